@@ -1,0 +1,148 @@
+//! Command-line interface (clap derive): one subcommand per verb.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// refugio: scheduled PostgreSQL backups that are proven by restoring them.
+#[derive(Debug, Parser)]
+#[command(name = "refugio", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML). Without one, commands take --source and
+    /// --repository (default ./refugio-backups).
+    #[arg(long, short = 'c', env = "REFUGIO_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Log format: `text` (journald-friendly) or `json` (containers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "REFUGIO_LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `refugio=debug`.
+    #[arg(long, default_value = "info", env = "REFUGIO_LOG", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take one backup now.
+    Backup(BackupArgs),
+    /// List the committed backups, newest first.
+    List(ListArgs),
+    /// Restore a backup into a database.
+    Restore(RestoreArgs),
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+/// Where the repository is, overriding the config.
+#[derive(Debug, Args, Clone)]
+pub struct RepoArgs {
+    /// Repository URL: `s3://bucket/prefix`, `file:///path` or a path.
+    /// Overrides `[repository] url`. Default ./refugio-backups.
+    #[arg(long, env = "REFUGIO_REPOSITORY")]
+    pub repository: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Job to run (from the config). Default: the only job.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Source database URL, for a backup without a config file.
+    /// Prefer PGPASSWORD or ~/.pgpass over a password in the URL.
+    #[arg(long, conflicts_with = "config")]
+    pub source: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Print the manifest as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Job whose backups to list. Default: every job in the repository.
+    #[arg(long)]
+    pub job: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// JSON output (an array of manifests).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup id, or `latest`.
+    #[arg(long)]
+    pub backup: String,
+    /// Target database URL. Its database is where the data goes.
+    #[arg(long)]
+    pub target: String,
+    /// Job the backup belongs to. Default: the only job in the repository.
+    #[arg(long)]
+    pub job: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Restore over a database that already has tables (drops and recreates the backup's objects).
+    #[arg(long)]
+    pub clean: bool,
+    /// Create the target database if it does not exist.
+    #[arg(long)]
+    pub create: bool,
+    /// Apply the backup's roles and tablespaces (pg_dumpall --globals-only) first.
+    #[arg(long)]
+    pub globals: bool,
+    /// Parallel pg_restore jobs. Above 1 the archive is downloaded to a
+    /// temporary file first (needs free space for the uncompressed archive).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: u32,
+    /// Directory for that temporary file. Default: $TMPDIR or /tmp.
+    #[arg(long)]
+    pub temp_dir: Option<PathBuf>,
+    /// Do not restore object ownership.
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Directory of pg_restore/psql to use. Default: search for the closest
+    /// major version >= the backup's pg_dump.
+    #[arg(long)]
+    pub pg_bindir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config file and test that every source and the repository are reachable.
+    Check {
+        /// Report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Logs go to stderr; stdout is for command output.
+pub fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_target(false).init(),
+    }
+}

@@ -1,0 +1,338 @@
+//! The commands behind the CLI.
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use refugio_store::manifest::Manifest;
+use refugio_store::repo::Repository;
+use refugio_store::RepositoryLocation;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{BackupArgs, Cli, Command, ConfigCommand, ListArgs, RepoArgs, RestoreArgs};
+use crate::config::{self, Config};
+
+/// A mistake in the invocation or the configuration: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct UsageError(anyhow::Error);
+
+fn usage(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(UsageError(e))
+}
+
+/// Runs a command; prints the error chain and maps it to an exit code.
+pub async fn dispatch(cli: Cli) -> ExitCode {
+    let result = match load_config(&cli) {
+        Ok(cfg) => match cli.command {
+            Command::Backup(a) => backup(cfg, a).await,
+            Command::List(a) => list(cfg, a).await,
+            Command::Restore(a) => restore(cfg, a).await,
+            Command::Config {
+                command: ConfigCommand::Check { json },
+            } => config_check(cfg, cli.config.is_some(), json).await,
+        },
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "command-failed");
+            eprintln!("refugio: error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    match &cli.config {
+        Some(path) => Config::load(path).map_err(usage),
+        None => Ok(Config {
+            repository: Default::default(),
+            jobs: Vec::new(),
+        }),
+    }
+}
+
+async fn open_repo(cfg: &Config, args: &RepoArgs) -> Result<Repository> {
+    let url = args.repository.as_deref().unwrap_or(&cfg.repository.url);
+    let location = RepositoryLocation::parse(url).map_err(|e| usage(e.into()))?;
+    let store = refugio_store::open(&location, &cfg.repository.s3_options())
+        .await
+        .with_context(|| format!("opening repository {location}"))?;
+    Ok(Repository::new(store))
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no SIGTERM handler");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("signal received: cancelling, nothing will be committed");
+        token.cancel();
+    });
+}
+
+async fn backup(cfg: Config, a: BackupArgs) -> Result<ExitCode> {
+    let job = match (&a.source, cfg.jobs.is_empty()) {
+        (Some(src), _) => config::adhoc_job(src, a.job.as_deref()).map_err(usage)?,
+        (None, false) => cfg.job(a.job.as_deref()).map_err(usage)?.clone(),
+        (None, true) => {
+            return Err(usage(anyhow!(
+                "nothing to back up: give --source postgres://… or a config file with [[jobs]] (--config / REFUGIO_CONFIG)"
+            )))
+        }
+    };
+    let repo = open_repo(&cfg, &a.repo).await?;
+    let token = CancellationToken::new();
+    cancel_on_signals(token.clone());
+    let m = crate::backup::run(&repo, &cfg.repository, &job, &token).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        println!(
+            "backup {} of job {} committed to {}: database {}, {} tables, {} stored ({} raw), {:.1}s",
+            m.backup_id,
+            m.job,
+            repo.describe(),
+            m.database,
+            m.tables.len(),
+            human(m.stored_size()),
+            human(m.raw_size()),
+            m.durations.total_seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `12.3 MiB`.
+pub fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
+    let repo = open_repo(&cfg, &a.repo).await?;
+    let jobs = match &a.job {
+        Some(j) => vec![j.clone()],
+        None => repo.jobs().await?,
+    };
+    let mut all: Vec<Manifest> = Vec::new();
+    for j in &jobs {
+        all.extend(repo.manifests(j).await?);
+    }
+    all.sort_by(|x, y| {
+        y.started_at
+            .cmp(&x.started_at)
+            .then(y.backup_id.cmp(&x.backup_id))
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if all.is_empty() {
+        println!("no backups in {}", repo.describe());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<22} {:<20} {:<16} {:<8} {:>11} {:>11} {:>9}",
+        "JOB", "BACKUP", "TIME (UTC)", "DATABASE", "SERVER", "STORED", "RAW", "DURATION"
+    );
+    for m in &all {
+        println!(
+            "{:<16} {:<22} {:<20} {:<16} {:<8} {:>11} {:>11} {:>8.1}s",
+            m.job,
+            m.backup_id,
+            m.snapshot_at.format("%Y-%m-%d %H:%M:%S"),
+            m.database,
+            m.server.version,
+            human(m.stored_size()),
+            human(m.raw_size()),
+            m.durations.total_seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore(cfg: Config, a: RestoreArgs) -> Result<ExitCode> {
+    let repo = open_repo(&cfg, &a.repo).await?;
+    let job = match (&a.job, cfg.jobs.as_slice()) {
+        (Some(j), _) => j.clone(),
+        (None, [one]) => one.name.clone(),
+        (None, _) => {
+            let jobs = repo.jobs().await?;
+            match jobs.as_slice() {
+                [one] => one.clone(),
+                [] => bail!("no backups in {}", repo.describe()),
+                many => {
+                    return Err(usage(anyhow!(
+                        "the repository holds several jobs ({}); choose one with --job",
+                        many.join(", ")
+                    )))
+                }
+            }
+        }
+    };
+    let manifest = repo.resolve(&job, &a.backup).await?;
+    let target =
+        refugio_dump::SourceSpec::new(&a.target, None, None).map_err(|e| usage(e.into()))?;
+    let opts = refugio_verify::RestoreOptions {
+        target,
+        clean: a.clean,
+        create: a.create,
+        globals: a.globals,
+        jobs: a.jobs.max(1),
+        no_owner: a.no_owner,
+        bindir: a.pg_bindir.clone(),
+        temp_dir: a.temp_dir.clone(),
+    };
+    tracing::info!(job, backup = %manifest.backup_id, target = %opts.target.redacted(), "restore-started");
+    let report = refugio_verify::restore(&repo, &manifest, &opts)
+        .await
+        .with_context(|| format!("restoring backup {} of job {job}", manifest.backup_id))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "restored backup {} of job {} into {} with {} {} in {:.1}s ({} fetched{})",
+            report.backup_id,
+            report.job,
+            report.target,
+            report.tool,
+            report.tool_version,
+            report.seconds,
+            human(report.bytes_fetched),
+            if report.globals_applied {
+                ", roles applied"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per check.
+#[derive(Debug, serde::Serialize)]
+struct Check {
+    what: String,
+    ok: bool,
+    detail: String,
+}
+
+async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<ExitCode> {
+    let mut checks = Vec::new();
+    if !from_file {
+        return Err(usage(anyhow!(
+            "config check needs a config file (--config FILE or REFUGIO_CONFIG)"
+        )));
+    }
+    checks.push(Check {
+        what: "config".into(),
+        ok: true,
+        detail: "parsed and valid".into(),
+    });
+    if cfg.jobs.is_empty() {
+        checks.push(Check {
+            what: "jobs".into(),
+            ok: false,
+            detail: "no [[jobs]] defined: nothing would be backed up".into(),
+        });
+    }
+    let repo_what = format!("repository {}", cfg.repository.url);
+    match open_repo(&cfg, &RepoArgs { repository: None }).await {
+        Ok(repo) => match repo.jobs().await {
+            Ok(jobs) => checks.push(Check {
+                what: repo_what,
+                ok: true,
+                detail: format!("reachable, {} job(s) stored", jobs.len()),
+            }),
+            Err(e) => checks.push(Check {
+                what: repo_what,
+                ok: false,
+                detail: format!("{e:#}"),
+            }),
+        },
+        Err(e) => checks.push(Check {
+            what: repo_what,
+            ok: false,
+            detail: format!("{e:#}"),
+        }),
+    }
+    for job in &cfg.jobs {
+        let what = format!("job {}", job.name);
+        let detail = async {
+            let source = crate::backup::source_spec(job)?;
+            let mut conn = source.connect().await?;
+            let facts = refugio_dump::snapshot::server_facts(&mut conn, &source).await?;
+            let tool = refugio_dump::tools::find(
+                refugio_dump::ToolKind::PgDump,
+                facts.pg_version(),
+                job.pg_bindir.as_deref(),
+            )
+            .await?;
+            anyhow::Ok(format!(
+                "source {} reachable: PostgreSQL {}{}, pg_dump {} at {}",
+                source.redacted(),
+                facts.version,
+                if facts.in_recovery { " (standby)" } else { "" },
+                tool.version,
+                tool.path.display()
+            ))
+        }
+        .await;
+        match detail {
+            Ok(d) => checks.push(Check {
+                what,
+                ok: true,
+                detail: d,
+            }),
+            Err(e) => checks.push(Check {
+                what,
+                ok: false,
+                detail: format!("{e:#}"),
+            }),
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            println!(
+                "{} {}: {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.what,
+                c.detail
+            );
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

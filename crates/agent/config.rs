@@ -1,0 +1,427 @@
+//! The configuration file (TOML). Every field is documented with its
+//! default here and in docs/configuration.md; unknown fields are errors.
+//! Secrets are not meant to live here: passwords come from libpq's sources
+//! or `password_file`, AWS credentials from the standard AWS chain.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Deserializer};
+
+use refugio_dump::snapshot::RowCountMode;
+use refugio_dump::{Compression, DumpFormat};
+use refugio_store::location::{ChecksumCalculation, S3Options};
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where backups are stored. Default: a directory `./refugio-backups`.
+    #[serde(default)]
+    pub repository: RepositoryConfig,
+    /// What to back up. At least one job.
+    #[serde(default)]
+    pub jobs: Vec<JobConfig>,
+}
+
+/// `[repository]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `s3://bucket/prefix`, `file:///abs/path` or a path. Default `./refugio-backups`.
+    #[serde(default = "default_repository_url")]
+    pub url: String,
+    /// S3 region. Default: from the AWS chain (`AWS_REGION`, profile), else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3 endpoint for S3-compatible stores (MinIO, Garage, Ceph…). Default: AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most
+    /// S3-compatible stores. Default false.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// The SDK's request checksum calculation: `when_supported` (default) or `when_required`.
+    #[serde(default)]
+    pub checksum_calculation: ChecksumSetting,
+    /// Size of upload parts. Default `8MiB` (minimum `5MiB`); grows
+    /// automatically for very large dumps so they stay under 10,000 parts.
+    #[serde(default = "default_part_size", deserialize_with = "de_size")]
+    pub part_size: u64,
+    /// Parts uploaded at once. Default 3. Memory ≈ part_size × (this + 1).
+    #[serde(default = "default_concurrency")]
+    pub upload_concurrency: usize,
+    /// Server-side encryption header: `AES256` or `aws:kms`. Default none.
+    #[serde(default)]
+    pub sse: Option<String>,
+    /// KMS key id with `sse = "aws:kms"`. Default none (the bucket's key).
+    #[serde(default)]
+    pub sse_kms_key_id: Option<String>,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig {
+            url: default_repository_url(),
+            region: None,
+            endpoint: None,
+            force_path_style: false,
+            checksum_calculation: ChecksumSetting::default(),
+            part_size: default_part_size(),
+            upload_concurrency: default_concurrency(),
+            sse: None,
+            sse_kms_key_id: None,
+        }
+    }
+}
+
+/// `checksum_calculation`.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumSetting {
+    #[default]
+    WhenSupported,
+    WhenRequired,
+}
+
+/// One `[[jobs]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Job name: the repository folder. Letters, digits, `-`, `_`, `.`. Required.
+    pub name: String,
+    /// Source connection URL, libpq syntax (`postgres://user@host:5432/db`,
+    /// unix socket: `?host=/run/postgresql`). Required. A password here
+    /// works but is discouraged: use `password_file` or `PGPASSWORD`/`~/.pgpass`.
+    pub source: String,
+    /// Database to dump. Default: the URL's database.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// File whose first line is the password. Default none (libpq's sources).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `custom` (default; pg_restore, parallel restore) or `plain` (SQL for `gunzip | psql`).
+    #[serde(default = "default_format")]
+    pub format: DumpFormat,
+    /// `zstd` (default), `gzip` or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// Compression level. Default: zstd 3, gzip 6.
+    #[serde(default)]
+    pub compression_level: Option<i32>,
+    /// Also store `pg_dumpall --globals-only` (roles, tablespaces). Default true.
+    #[serde(default = "yes")]
+    pub globals: bool,
+    /// Directory holding pg_dump/pg_dumpall to use (only that one).
+    /// Default: search `/usr/lib/postgresql/*/bin`, then `PATH`, for the
+    /// closest major version >= the server's.
+    #[serde(default)]
+    pub pg_bindir: Option<PathBuf>,
+    /// Tables left out (`schema.table` or `table`, `*`/`?` globs): passed to
+    /// pg_dump as `--exclude-table` and left out of the row counts. Default none.
+    #[serde(default)]
+    pub exclude_tables: Vec<String>,
+    /// Extra pg_dump arguments, passed as they are (after refugio's own).
+    /// refugio does not interpret them: an argument that leaves data out
+    /// makes the manifest's row counts disagree with the dump. Default none.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// How long pg_dump (and refugio's snapshot) waits for a table lock
+    /// before giving up; the backup is then retried. Default `30s`.
+    #[serde(default = "default_lock_wait", with = "humantime_serde")]
+    pub lock_wait_timeout: Duration,
+    /// Attempts on a lock timeout or another temporary failure. Default 3.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// `exact` (default: `count(*)` per table in the snapshot) or `estimated` (`reltuples`).
+    #[serde(default)]
+    pub row_counts: RowCountMode,
+}
+
+fn default_repository_url() -> String {
+    "./refugio-backups".into()
+}
+fn default_part_size() -> u64 {
+    8 * 1024 * 1024
+}
+fn default_concurrency() -> usize {
+    3
+}
+fn default_format() -> DumpFormat {
+    DumpFormat::Custom
+}
+fn default_compression() -> Compression {
+    Compression::Zstd
+}
+fn yes() -> bool {
+    true
+}
+fn default_lock_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_attempts() -> u32 {
+    3
+}
+
+/// Parses `"8MiB"`, `"16 MB"`, `"5242880"` or a TOML integer.
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `"8MiB"` → 8388608.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. \"8MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+impl Config {
+    /// Reads and validates a file; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "config file {}: {}",
+                path.display(),
+                e.to_string().trim_end()
+            )
+        })?;
+        cfg.validate()
+            .with_context(|| format!("config file {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: names, sizes, duplicates.
+    pub fn validate(&self) -> Result<()> {
+        let r = &self.repository;
+        if (r.part_size as usize) < refugio_store::MIN_PART_SIZE {
+            bail!(
+                "repository.part_size: {} bytes is below S3's minimum of 5MiB",
+                r.part_size
+            );
+        }
+        if r.part_size as usize > refugio_store::MAX_PART_SIZE {
+            bail!(
+                "repository.part_size: {} bytes is above S3's maximum of 5GiB",
+                r.part_size
+            );
+        }
+        if r.upload_concurrency == 0 || r.upload_concurrency > 64 {
+            bail!(
+                "repository.upload_concurrency: {} is not within 1..=64",
+                r.upload_concurrency
+            );
+        }
+        refugio_store::RepositoryLocation::parse(&r.url).context("repository.url")?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, j) in self.jobs.iter().enumerate() {
+            if !refugio_store::repo::valid_segment(&j.name) {
+                bail!("jobs[{i}].name: {:?} must be 1-128 letters, digits, '-', '_' or '.', not starting with '.'", j.name);
+            }
+            if !seen.insert(&j.name) {
+                bail!("jobs[{i}].name: {:?} is used by two jobs", j.name);
+            }
+            refugio_dump::SourceSpec::new(&j.source, j.database.as_deref(), None)
+                .with_context(|| format!("jobs[{i}] ({}).source", j.name))?;
+            if let Some(l) = j.compression_level {
+                let ok = match j.compression {
+                    Compression::Zstd => (1..=22).contains(&l),
+                    Compression::Gzip => (0..=9).contains(&l),
+                    Compression::None => false,
+                };
+                if !ok {
+                    bail!(
+                        "jobs[{i}] ({}).compression_level: {l} is not valid for {}",
+                        j.name,
+                        j.compression.as_str()
+                    );
+                }
+            }
+            if j.attempts == 0 {
+                bail!("jobs[{i}] ({}).attempts: must be at least 1", j.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The job named `name`, or the only job when `name` is None.
+    pub fn job(&self, name: Option<&str>) -> Result<&JobConfig> {
+        match name {
+            Some(n) => self.jobs.iter().find(|j| j.name == n).with_context(|| {
+                format!(
+                    "no job named {n:?} in the config (jobs: {})",
+                    self.jobs
+                        .iter()
+                        .map(|j| j.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }),
+            None => match self.jobs.as_slice() {
+                [one] => Ok(one),
+                [] => bail!("the config has no [[jobs]]"),
+                many => bail!(
+                    "the config has several jobs ({}); choose one with --job",
+                    many.iter()
+                        .map(|j| j.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        }
+    }
+}
+
+impl RepositoryConfig {
+    /// Options for the S3 backend.
+    pub fn s3_options(&self) -> S3Options {
+        S3Options {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            force_path_style: self.force_path_style,
+            checksum_calculation: match self.checksum_calculation {
+                ChecksumSetting::WhenSupported => ChecksumCalculation::WhenSupported,
+                ChecksumSetting::WhenRequired => ChecksumCalculation::WhenRequired,
+            },
+            sse: self.sse.clone(),
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
+            ..S3Options::default()
+        }
+    }
+}
+
+/// A job built from command-line flags alone (zero-config start).
+pub fn adhoc_job(source: &str, name: Option<&str>) -> Result<JobConfig> {
+    let spec = refugio_dump::SourceSpec::new(source, None, None).context("--source")?;
+    let db = spec.database().unwrap_or_else(|| "postgres".into());
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => {
+            let cleaned: String = db
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            if refugio_store::repo::valid_segment(&cleaned) {
+                cleaned
+            } else {
+                "default".into()
+            }
+        }
+    };
+    let toml = format!("name = {name:?}\nsource = {source:?}\n");
+    let job: JobConfig = toml::from_str(&toml).context("building the job from --source")?;
+    Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("refugio.example.toml");
+        let cfg = Config::load(&path).unwrap();
+        assert!(!cfg.jobs.is_empty());
+        assert!(cfg.repository.url.starts_with("s3://"));
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = toml::from_str::<Config>("[repository]\nurl = \"x\"\npart_sise = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("part_sise"), "{e}");
+        let e = toml::from_str::<Config>(
+            "[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\ncompresion = \"zstd\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("compresion"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("16 MB").unwrap(), 16_000_000);
+        assert_eq!(parse_size("5242880").unwrap(), 5 << 20);
+        assert!(parse_size("8 parsecs").is_err());
+        let cfg: Config = toml::from_str(
+            "[repository]\npart_size = \"16MiB\"\n[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\nlock_wait_timeout = \"90s\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.repository.part_size, 16 << 20);
+        assert_eq!(cfg.jobs[0].lock_wait_timeout, Duration::from_secs(90));
+        assert_eq!(cfg.jobs[0].format, DumpFormat::Custom);
+        assert!(cfg.jobs[0].globals);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cfg: Config = toml::from_str("[repository]\npart_size = \"1MiB\"\n").unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("repository.part_size"));
+        let cfg: Config = toml::from_str(
+            "[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\n[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\n",
+        )
+        .unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("jobs[1].name"));
+        let cfg: Config =
+            toml::from_str("[[jobs]]\nname = \"a/b\"\nsource = \"postgres://h/db\"\n").unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("jobs[0].name"));
+    }
+
+    #[test]
+    fn adhoc_job_takes_the_database_name() {
+        let j = adhoc_job("postgres://u:pw@h/trips", None).unwrap();
+        assert_eq!(j.name, "trips");
+        let j = adhoc_job("postgres://u@h/my%20db", None).unwrap();
+        assert_eq!(j.name, "my_db");
+    }
+}

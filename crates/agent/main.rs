@@ -1,0 +1,34 @@
+//! The `refugio` binary: command line, configuration, and the wiring of
+//! the dump, store and verify crates into backup, list, restore and
+//! config-check commands.
+//!
+//! Exit codes: 0 success; 1 the operation failed; 2 bad usage or
+//! configuration (clap's and ours).
+
+mod backup;
+mod cli;
+mod commands;
+mod config;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_logging(&args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("refugio: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(commands::dispatch(args));
+    // Background aborts/cleanups get a moment to finish.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    code
+}

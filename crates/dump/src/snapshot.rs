@@ -1,0 +1,299 @@
+//! A consistent point in the source database that the dump and the manifest
+//! both describe.
+//!
+//! One connection opens a REPEATABLE READ READ ONLY transaction, exports its
+//! snapshot, takes ACCESS SHARE locks on every table the dump will contain,
+//! and counts their rows. `pg_dump --snapshot` then reads that same snapshot.
+//! The transaction stays open (holding the locks) until the dump has ended,
+//! so a concurrent TRUNCATE — which is not MVCC-safe and would make pg_dump
+//! dump an empty table while the counts say otherwise — has to wait. The
+//! price is a known trap: pg_dump's own `LOCK TABLE` can queue behind that
+//! waiting TRUNCATE, which waits for us, which waits for pg_dump; PostgreSQL
+//! cannot see this cycle. `pg_dump --lock-wait-timeout` breaks it, and the
+//! caller retries the whole backup (see [`crate::Error::is_temporary`]).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, Executor, PgConnection, Row};
+
+use crate::conn::SourceSpec;
+use crate::error::{Error, Result};
+use crate::tools::PgVersion;
+
+/// Facts about the server, read in the snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerFacts {
+    /// `server_version`, e.g. "16.15".
+    pub version: String,
+    /// `server_version_num`, e.g. 160015.
+    pub version_num: u32,
+    /// `pg_control_system().system_identifier`, when readable by the role.
+    pub system_identifier: Option<String>,
+    /// True on a standby.
+    pub in_recovery: bool,
+    /// Current WAL LSN on a primary, last replayed LSN on a standby.
+    pub lsn: Option<String>,
+    /// Standby only: seconds since the last replayed transaction's commit.
+    pub replay_lag_seconds: Option<f64>,
+    /// `pg_database_size` of the dumped database, bytes.
+    pub database_size: i64,
+    /// Whether the role is a superuser (decides how globals are dumped).
+    pub superuser: bool,
+}
+
+impl ServerFacts {
+    pub fn pg_version(&self) -> PgVersion {
+        PgVersion::from_num(self.version_num)
+    }
+}
+
+/// Rows of one table in the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCount {
+    pub schema: String,
+    pub name: String,
+    pub rows: i64,
+}
+
+/// Exact (`count(*)`) or estimated (`reltuples`) row counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RowCountMode {
+    #[default]
+    Exact,
+    Estimated,
+}
+
+/// How to take the snapshot.
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// `lock_timeout` for our own locks and counts.
+    pub lock_timeout: Duration,
+    pub row_counts: RowCountMode,
+    /// Tables left out of the dump (`schema.table` or `table`, `*` globs),
+    /// left out of the counts too.
+    pub exclude_tables: Vec<String>,
+}
+
+/// An open snapshot: keep it alive until the dump has finished.
+pub struct Snapshot {
+    conn: PgConnection,
+    /// Snapshot id for `pg_dump --snapshot`.
+    pub id: String,
+    /// Server `now()` in the snapshot's transaction.
+    pub taken_at: DateTime<Utc>,
+    pub facts: ServerFacts,
+    pub tables: Vec<TableCount>,
+    pub row_counts: RowCountMode,
+    /// Number of large objects.
+    pub large_objects: i64,
+}
+
+fn q(e: sqlx::Error, spec: &SourceSpec, what: &str) -> Error {
+    Error::Query {
+        url: spec.redacted(),
+        what: what.to_string(),
+        source: e,
+    }
+}
+
+/// Reads server facts that need no snapshot (version, recovery, identity).
+pub async fn server_facts(conn: &mut PgConnection, spec: &SourceSpec) -> Result<ServerFacts> {
+    let row = conn
+        .fetch_one(
+            "SELECT current_setting('server_version') AS v, \
+                    current_setting('server_version_num')::int AS n, \
+                    pg_is_in_recovery() AS rec, \
+                    current_setting('is_superuser') = 'on' AS su, \
+                    pg_database_size(current_database()) AS size",
+        )
+        .await
+        .map_err(|e| q(e, spec, "reading server version"))?;
+    let version: String = row.get("v");
+    let version_num: i32 = row.get("n");
+    // pg_control_system() is restricted on some setups; it is a fact worth
+    // having, not worth failing for. Outside any transaction, so an error
+    // here cannot poison the snapshot's transaction.
+    let system_identifier = match conn
+        .fetch_one("SELECT system_identifier::text AS id FROM pg_control_system()")
+        .await
+    {
+        Ok(r) => Some(r.get::<String, _>("id")),
+        Err(e) => {
+            tracing::debug!(error = %e, "system identifier not readable");
+            None
+        }
+    };
+    Ok(ServerFacts {
+        version: version.split_whitespace().next().unwrap_or("").to_string(),
+        version_num: u32::try_from(version_num).unwrap_or(0),
+        system_identifier,
+        in_recovery: row.get("rec"),
+        lsn: None,
+        replay_lag_seconds: None,
+        database_size: row.get("size"),
+        superuser: row.get("su"),
+    })
+}
+
+/// Quotes an identifier the way `quote_ident` does, always.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Whether `schema.name` matches one of the exclusion patterns.
+pub fn excluded(patterns: &[String], schema: &str, name: &str) -> bool {
+    let full = format!("{schema}.{name}");
+    patterns.iter().any(|p| {
+        if p.contains('.') {
+            glob(p, &full)
+        } else {
+            glob(p, name)
+        }
+    })
+}
+
+fn glob(pattern: &str, s: &str) -> bool {
+    fn go(p: &[char], s: &[char]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = s.chars().collect();
+    go(&p, &s)
+}
+
+/// Tables whose data pg_dump writes: ordinary tables and partitions outside
+/// system schemas, not temporary, not owned by an extension; on a standby
+/// not unlogged (pg_dump skips their data there).
+const TABLES_SQL: &str = "\
+SELECT n.nspname AS schema, c.relname AS name, c.reltuples::float8 AS est
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND c.relpersistence <> 't'
+  AND ($1 = false OR c.relpersistence <> 'u')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+  AND n.nspname NOT LIKE 'pg_temp_%' AND n.nspname NOT LIKE 'pg_toast_temp_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                  WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY n.nspname, c.relname";
+
+impl Snapshot {
+    /// Opens the transaction, exports the snapshot, locks and counts.
+    pub async fn take(spec: &SourceSpec, opts: &SnapshotOptions) -> Result<Snapshot> {
+        let mut conn = spec.connect().await?;
+        let mut facts = server_facts(&mut conn, spec).await?;
+        let lock_ms = opts.lock_timeout.as_millis().max(1);
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| q(e, spec, "BEGIN"))?;
+        conn.execute(format!("SET LOCAL lock_timeout = {lock_ms}").as_str())
+            .await
+            .map_err(|e| q(e, spec, "SET lock_timeout"))?;
+        let lsn_sql = if facts.in_recovery {
+            "SELECT pg_export_snapshot() AS id, now() AS at, pg_last_wal_replay_lsn()::text AS lsn, \
+             EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8 AS lag"
+        } else {
+            "SELECT pg_export_snapshot() AS id, now() AS at, pg_current_wal_lsn()::text AS lsn, \
+             NULL::float8 AS lag"
+        };
+        let row = conn
+            .fetch_one(lsn_sql)
+            .await
+            .map_err(|e| q(e, spec, "exporting the snapshot"))?;
+        let id: String = row.get("id");
+        let taken_at: DateTime<Utc> = row.get("at");
+        facts.lsn = row.get("lsn");
+        facts.replay_lag_seconds = row.get("lag");
+
+        let rows = sqlx::query(TABLES_SQL)
+            .bind(facts.in_recovery)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| q(e, spec, "listing tables"))?;
+        let listed: Vec<(String, String, f64)> = rows
+            .iter()
+            .map(|r| (r.get("schema"), r.get("name"), r.get("est")))
+            .filter(|(s, n, _): &(String, String, f64)| !excluded(&opts.exclude_tables, s, n))
+            .collect();
+
+        // Lock before counting, in batches, so the counts and pg_dump see the
+        // same table contents (see the module doc).
+        for chunk in listed.chunks(500) {
+            let names: Vec<String> = chunk
+                .iter()
+                .map(|(s, n, _)| format!("{}.{}", quote_ident(s), quote_ident(n)))
+                .collect();
+            conn.execute(format!("LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", ")).as_str())
+                .await
+                .map_err(|e| q(e, spec, "locking tables"))?;
+        }
+
+        let mut tables = Vec::with_capacity(listed.len());
+        for (schema, name, est) in listed {
+            let rows = match opts.row_counts {
+                RowCountMode::Exact => {
+                    let sql = format!(
+                        "SELECT count(*) AS n FROM {}.{}",
+                        quote_ident(&schema),
+                        quote_ident(&name)
+                    );
+                    let r = conn
+                        .fetch_one(sql.as_str())
+                        .await
+                        .map_err(|e| q(e, spec, &format!("counting rows of {schema}.{name}")))?;
+                    r.get::<i64, _>("n")
+                }
+                RowCountMode::Estimated => est.max(0.0) as i64,
+            };
+            tables.push(TableCount { schema, name, rows });
+        }
+        let large_objects: i64 = conn
+            .fetch_one("SELECT count(*) AS n FROM pg_largeobject_metadata")
+            .await
+            .map_err(|e| q(e, spec, "counting large objects"))?
+            .get("n");
+        Ok(Snapshot {
+            conn,
+            id,
+            taken_at,
+            facts,
+            tables,
+            row_counts: opts.row_counts,
+            large_objects,
+        })
+    }
+
+    /// Ends the transaction (releasing the locks) and closes the connection.
+    pub async fn release(mut self) {
+        let _ = self.conn.execute("ROLLBACK").await;
+        let _ = self.conn.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusion_patterns() {
+        let p = vec!["public.audit_*".to_string(), "tmp_?".to_string()];
+        assert!(excluded(&p, "public", "audit_log"));
+        assert!(!excluded(&p, "other", "audit_log"));
+        assert!(excluded(&p, "any", "tmp_1"));
+        assert!(!excluded(&p, "any", "tmp_12"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident("café"), "\"café\"");
+    }
+}

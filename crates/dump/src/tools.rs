@@ -1,0 +1,229 @@
+//! Finding PostgreSQL client tools whose major version fits.
+//!
+//! A `pg_dump` can dump servers of its own major version and older; a
+//! `pg_restore` reads archives written by its own major version and older.
+//! So for a server (or archive) of major N we look for a tool of major >= N,
+//! preferring the closest: the configured bindir (only that, when given),
+//! then `/usr/lib/postgresql/*/bin`, then `PATH`.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Which client tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolKind {
+    PgDump,
+    PgDumpAll,
+    PgRestore,
+    Psql,
+}
+
+impl ToolKind {
+    pub fn binary(self) -> &'static str {
+        match self {
+            ToolKind::PgDump => "pg_dump",
+            ToolKind::PgDumpAll => "pg_dumpall",
+            ToolKind::PgRestore => "pg_restore",
+            ToolKind::Psql => "psql",
+        }
+    }
+}
+
+/// A PostgreSQL version as `major.minor` (10+ numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PgVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl PgVersion {
+    /// From `server_version_num` (e.g. 160015).
+    pub fn from_num(num: u32) -> Self {
+        PgVersion {
+            major: num / 10000,
+            minor: num % 10000,
+        }
+    }
+
+    /// From the first line of `pg_dump --version`:
+    /// `pg_dump (PostgreSQL) 16.15` or `psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)`.
+    pub fn parse_tool_output(s: &str) -> Option<Self> {
+        let after = s.split(')').nth(1)?.trim();
+        let token = after.split_whitespace().next()?;
+        Self::parse(token)
+    }
+
+    /// From `16.15`, `17beta1`, `18.0`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let digits_end = |t: &str| t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (maj, rest) = s.split_at(digits_end(s));
+        let major = maj.parse().ok()?;
+        let minor = rest
+            .strip_prefix('.')
+            .map(|r| &r[..digits_end(r)])
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        Some(PgVersion { major, minor })
+    }
+}
+
+impl std::fmt::Display for PgVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// A client tool binary with its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tool {
+    pub kind: ToolKind,
+    pub path: PathBuf,
+    pub version: PgVersion,
+}
+
+impl Tool {
+    /// The directory holding the tool, to find its siblings.
+    pub fn bindir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("/"))
+    }
+}
+
+/// Runs `<path> --version` and parses it.
+pub async fn probe(kind: ToolKind, path: &Path) -> std::result::Result<PgVersion, String> {
+    let out = tokio::process::Command::new(path)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`--version` exited with {}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next().unwrap_or("");
+    if !line.starts_with(kind.binary()) {
+        return Err(format!("not {}: {line:?}", kind.binary()));
+    }
+    PgVersion::parse_tool_output(line).ok_or_else(|| format!("unrecognised version {line:?}"))
+}
+
+/// Candidate paths in search order (see the module doc).
+pub fn candidates(kind: ToolKind, bindir: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(dir) = bindir {
+        return vec![dir.join(kind.binary())];
+    }
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut dirs: Vec<(u32, PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+                Some((n, e.path().join("bin").join(kind.binary())))
+            })
+            .filter(|(_, p)| p.exists())
+            .collect();
+        dirs.sort();
+        out.extend(dirs.into_iter().map(|(_, p)| p));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(kind.binary());
+            if p.is_file() && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Finds the tool of the smallest major version >= `required.major`.
+/// `what` names what the version belongs to, for the error ("server", "archive").
+pub async fn find(kind: ToolKind, required: PgVersion, bindir: Option<&Path>) -> Result<Tool> {
+    let mut found = Vec::new();
+    let mut best: Option<Tool> = None;
+    for path in candidates(kind, bindir) {
+        match probe(kind, &path).await {
+            Ok(version) => {
+                found.push((path.clone(), version.to_string()));
+                let fits = version.major >= required.major;
+                let closer = best
+                    .as_ref()
+                    .is_none_or(|b| version.major < b.version.major);
+                if fits && closer {
+                    best = Some(Tool {
+                        kind,
+                        path,
+                        version,
+                    });
+                }
+            }
+            Err(why) => found.push((path, why)),
+        }
+    }
+    best.ok_or(Error::NoSuitableTool {
+        tool: kind.binary(),
+        required: required.to_string(),
+        required_major: required.major,
+        found,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tool_versions() {
+        let v = PgVersion::parse_tool_output("pg_dump (PostgreSQL) 16.15").unwrap();
+        assert_eq!(
+            v,
+            PgVersion {
+                major: 16,
+                minor: 15
+            }
+        );
+        let v = PgVersion::parse_tool_output("psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)")
+            .unwrap();
+        assert_eq!(
+            v,
+            PgVersion {
+                major: 15,
+                minor: 18
+            }
+        );
+        let v = PgVersion::parse_tool_output("pg_dump (PostgreSQL) 17beta1").unwrap();
+        assert_eq!(
+            v,
+            PgVersion {
+                major: 17,
+                minor: 0
+            }
+        );
+        assert!(PgVersion::parse_tool_output("garbage").is_none());
+    }
+
+    #[test]
+    fn server_version_num() {
+        assert_eq!(PgVersion::from_num(160015).to_string(), "16.15");
+        assert_eq!(PgVersion::from_num(150018).to_string(), "15.18");
+    }
+
+    #[tokio::test]
+    async fn missing_bindir_names_versions() {
+        let err = find(
+            ToolKind::PgDump,
+            PgVersion {
+                major: 16,
+                minor: 4,
+            },
+            Some(Path::new("/nonexistent/bin")),
+        )
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("PostgreSQL 16.4"), "{msg}");
+        assert!(msg.contains("/nonexistent/bin/pg_dump"), "{msg}");
+    }
+}

@@ -1,0 +1,774 @@
+//! The directory backend: each key is a file under the root directory, `/`
+//! in keys being directory separators.
+//!
+//! Writes are atomic and durable: an object is written under a hidden
+//! temporary name in its final directory (`.<name>.refugio-tmp-<random>`
+//! for `put`, `.<name>.refugio-partial-<random>` for multipart uploads),
+//! fsynced, renamed to its final name, and the directory is fsynced. A
+//! reader therefore sees a whole object or none, and listings never show
+//! the temporary files; `list_multipart_uploads` does, so that garbage
+//! collection can remove what a crash left behind.
+//!
+//! Limits of a file system compared with S3: a key cannot also be a
+//! "directory" of other keys (`a` and `a/b` cannot both exist), and key
+//! segments may not be empty, `.` or `..`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use futures::stream::{self, BoxStream};
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, Result};
+use crate::{ByteReader, MultipartUpload, ObjectMeta, ObjectStore, PendingUpload};
+
+const TMP_MARKER: &str = ".refugio-tmp-";
+const PARTIAL_MARKER: &str = ".refugio-partial-";
+/// Read buffer of `get`: large enough that a reader with a small buffer does
+/// not cost one blocking-pool hop per few bytes.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Objects as files under a root directory.
+#[derive(Debug, Clone)]
+pub struct FsStore {
+    root: PathBuf,
+    describe: String,
+}
+
+impl FsStore {
+    /// Opens (and creates, if missing) the directory `root`. Relative paths
+    /// are resolved against the working directory now. Blocking.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let root = std::path::absolute(&root).map_err(|source| Error::Io {
+            op: "open",
+            store: root.display().to_string(),
+            key: String::new(),
+            source,
+        })?;
+        let describe = url::Url::from_file_path(&root)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|()| root.display().to_string());
+        fs::create_dir_all(&root).map_err(|source| Error::Io {
+            op: "create directory",
+            store: describe.clone(),
+            key: String::new(),
+            source,
+        })?;
+        Ok(FsStore { root, describe })
+    }
+
+    /// The absolute root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn io_error(&self, op: &'static str, key: &str, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            store: self.describe.clone(),
+            key: key.to_string(),
+            source,
+        }
+    }
+
+    fn invalid_key(&self, key: &str, reason: &str) -> Error {
+        Error::InvalidKey {
+            store: self.describe.clone(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The file of `key`, after checking the key cannot escape the root or
+    /// collide with temporary files.
+    fn path_of(&self, key: &str) -> Result<PathBuf> {
+        if key.is_empty() {
+            return Err(self.invalid_key(key, "empty key"));
+        }
+        check_segments(key).map_err(|reason| self.invalid_key(key, reason))?;
+        Ok(self.root.join(key))
+    }
+
+    /// Splits a listing prefix into the directory to walk (relative, with a
+    /// trailing `/` unless empty) after checking it stays under the root.
+    fn prefix_dir<'a>(&self, prefix: &'a str) -> Result<&'a str> {
+        let dir = match prefix.rfind('/') {
+            Some(i) => &prefix[..=i],
+            None => "",
+        };
+        if !dir.is_empty() {
+            check_segments(dir.trim_end_matches('/'))
+                .map_err(|reason| self.invalid_key(prefix, reason))?;
+        }
+        Ok(dir)
+    }
+
+    async fn blocking<T, F>(&self, op: &'static str, key: &str, f: F) -> Result<T>
+    where
+        F: FnOnce() -> io::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(result) => result.map_err(|source| self.io_error(op, key, source)),
+            Err(join) => Err(self.io_error(op, key, io::Error::other(join.to_string()))),
+        }
+    }
+}
+
+fn check_segments(path: &str) -> std::result::Result<(), &'static str> {
+    if path.starts_with('/') {
+        return Err("keys are relative: no leading '/'");
+    }
+    if path.contains('\0') {
+        return Err("NUL character");
+    }
+    for segment in path.split('/') {
+        match segment {
+            "" => return Err("empty segment (\"//\" or a trailing '/')"),
+            "." | ".." => return Err("\".\" and \"..\" segments are not allowed"),
+            s if s.contains(TMP_MARKER) || s.contains(PARTIAL_MARKER) => {
+                return Err("names containing .refugio-tmp- or .refugio-partial- are reserved")
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// For a temporary or partial file name, the name of the object it becomes.
+fn pending_object_name(file_name: &str) -> Option<&str> {
+    let rest = file_name.strip_prefix('.')?;
+    rest.rsplit_once(PARTIAL_MARKER)
+        .or_else(|| rest.rsplit_once(TMP_MARKER))
+        .map(|(name, _)| name)
+        .filter(|name| !name.is_empty())
+}
+
+fn is_internal(file_name: &str) -> bool {
+    pending_object_name(file_name).is_some()
+}
+
+fn hidden_name(final_path: &Path, marker: &str) -> io::Result<PathBuf> {
+    let name = final_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "key has no file name"))?;
+    let random: u64 = rand::random();
+    Ok(final_path.with_file_name(format!(".{name}{marker}{random:016x}")))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `path` (which must not exist), creating its parent directories.
+/// Retries when a concurrent `delete` removed a just-created empty parent.
+fn create_new_with_parents(path: &Path) -> io::Result<File> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let mut attempt = 0;
+    loop {
+        fs::create_dir_all(parent)?;
+        match OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(path)
+        {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+fn mtime(meta: &fs::Metadata) -> Option<DateTime<Utc>> {
+    meta.modified().ok().map(DateTime::<Utc>::from)
+}
+
+/// What a walk collects.
+#[derive(Clone, Copy)]
+enum Collect {
+    Objects,
+    Pending,
+}
+
+/// Walks `dir` (relative name `rel`, empty or ending in `/`) recursively.
+fn walk(
+    dir: &Path,
+    rel: &str,
+    what: Collect,
+    out: &mut Vec<(String, String, fs::Metadata)>,
+) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue; // not a key refugio could have written
+        };
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            walk(&entry.path(), &format!("{rel}{name}/"), what, out)?;
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(_) if file_type.is_symlink() => match fs::metadata(entry.path()) {
+                Ok(target) if target.is_file() => target,
+                _ => continue,
+            },
+            Ok(meta) if meta.is_file() => meta,
+            Ok(_) => continue,
+            // Removed between read_dir and stat: a concurrent delete.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let keep = match what {
+            Collect::Objects => !is_internal(&name),
+            Collect::Pending => is_internal(&name),
+        };
+        if keep {
+            out.push((format!("{rel}{name}"), name, meta));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `dir` holds at least one object, at any depth.
+fn has_objects(dir: &Path) -> io::Result<bool> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let file_type = entry.file_type()?;
+        if file_type.is_dir() {
+            if has_objects(&entry.path())? {
+                return Ok(true);
+            }
+        } else if !is_internal(name) && fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[async_trait]
+impl ObjectStore for FsStore {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path_of(key)?;
+        self.blocking("put", key, move || {
+            let tmp = hidden_name(&path, TMP_MARKER)?;
+            let write = || -> io::Result<()> {
+                let mut file = create_new_with_parents(&tmp)?;
+                file.write_all(&data)?;
+                file.sync_all()?;
+                fs::rename(&tmp, &path)?;
+                sync_dir(path.parent().unwrap_or(Path::new("/")))
+            };
+            write().inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })
+        })
+        .await
+    }
+
+    async fn put_multipart(&self, key: &str) -> Result<Box<dyn MultipartUpload>> {
+        let final_path = self.path_of(key)?;
+        let target = final_path.clone();
+        let (file, partial) = self
+            .blocking("start upload of", key, move || {
+                let partial = hidden_name(&target, PARTIAL_MARKER)?;
+                let file = create_new_with_parents(&partial)?;
+                Ok((file, partial))
+            })
+            .await?;
+        Ok(Box::new(FsMultipart {
+            store: self.describe.clone(),
+            key: key.to_string(),
+            file: Arc::new(file),
+            partial,
+            final_path,
+            offset: 0,
+            tasks: TaskTracker::new(),
+            failed: Arc::new(AtomicBool::new(false)),
+        }))
+    }
+
+    async fn get(&self, key: &str) -> Result<ByteReader> {
+        let path = self.path_of(key)?;
+        let not_found = || Error::NotFound {
+            store: self.describe.clone(),
+            key: key.to_string(),
+        };
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) => return Err(self.io_error("get", key, e)),
+        };
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|e| self.io_error("get", key, e))?;
+        if !meta.is_file() {
+            return Err(not_found());
+        }
+        Ok(Box::pin(tokio::io::BufReader::with_capacity(
+            READ_BUFFER,
+            file,
+        )))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let path = self.path_of(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) if meta.is_file() => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: meta.len(),
+                last_modified: mtime(&meta),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            // A path component is a file: `a/b` when `a` is an object.
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => Ok(None),
+            Err(e) => Err(self.io_error("head", key, e)),
+        }
+    }
+
+    /// Walks the directory of `prefix` when first polled and yields the
+    /// matching objects sorted by key (byte order, as S3 does).
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<ObjectMeta>> {
+        let prefix = prefix.to_string();
+        let dir = match self.prefix_dir(&prefix) {
+            Ok(dir) => dir.to_string(),
+            Err(e) => return stream::once(async move { Err(e) }).boxed(),
+        };
+        let start = self.root.join(&dir);
+        let key = prefix.clone();
+        let walked = async move {
+            self.blocking("list", &key, move || {
+                let mut found = Vec::new();
+                walk(&start, &dir, Collect::Objects, &mut found)?;
+                let mut objects: Vec<ObjectMeta> = found
+                    .into_iter()
+                    .filter(|(key, _, _)| key.starts_with(&prefix))
+                    .map(|(key, _, meta)| ObjectMeta {
+                        key,
+                        size: meta.len(),
+                        last_modified: mtime(&meta),
+                    })
+                    .collect();
+                objects.sort_by(|a, b| a.key.cmp(&b.key));
+                Ok(objects)
+            })
+            .await
+        };
+        stream::once(walked)
+            .map_ok(|objects| stream::iter(objects.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed()
+    }
+
+    async fn list_prefixes(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.prefix_dir(prefix)?.to_string();
+        let name_prefix = prefix[dir.len()..].to_string();
+        let start = self.root.join(&dir);
+        self.blocking("list", prefix, move || {
+            let entries = match fs::read_dir(&start) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let mut prefixes = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if name.starts_with(&name_prefix)
+                    && entry.file_type()?.is_dir()
+                    && has_objects(&entry.path())?
+                {
+                    prefixes.push(format!("{dir}{name}"));
+                }
+            }
+            prefixes.sort();
+            Ok(prefixes)
+        })
+        .await
+    }
+
+    /// Removes the file, then the directories it leaves empty (up to the
+    /// root), so that deleted backups do not linger as empty prefixes.
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path_of(key)?;
+        let root = self.root.clone();
+        self.blocking("delete", key, move || {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            let parent = path.parent().unwrap_or(&root);
+            sync_dir(parent)?;
+            let mut dir = parent;
+            while dir != root && dir.starts_with(&root) {
+                if fs::remove_dir(dir).is_err() {
+                    break; // not empty, or raced with a writer: keep it
+                }
+                dir = match dir.parent() {
+                    Some(up) => up,
+                    None => break,
+                };
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
+        let dir = self.prefix_dir(prefix)?.to_string();
+        let start = self.root.join(&dir);
+        let prefix = prefix.to_string();
+        let key = prefix.clone();
+        self.blocking("list uploads", &key, move || {
+            let mut found = Vec::new();
+            walk(&start, &dir, Collect::Pending, &mut found)?;
+            let mut pending: Vec<PendingUpload> = found
+                .into_iter()
+                .filter_map(|(path, file_name, meta)| {
+                    let object = pending_object_name(&file_name)?;
+                    let dir = &path[..path.len() - file_name.len()];
+                    let key = format!("{dir}{object}");
+                    key.starts_with(&prefix).then(|| PendingUpload {
+                        key,
+                        upload_id: file_name,
+                        initiated: mtime(&meta),
+                    })
+                })
+                .collect();
+            pending.sort_by(|a, b| (&a.key, &a.upload_id).cmp(&(&b.key, &b.upload_id)));
+            Ok(pending)
+        })
+        .await
+    }
+
+    async fn abort_multipart(&self, upload: &PendingUpload) -> Result<()> {
+        let path = self.path_of(&upload.key)?;
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if upload.upload_id.contains('/')
+            || pending_object_name(&upload.upload_id) != Some(file_name)
+        {
+            return Err(self.invalid_key(
+                &upload.key,
+                &format!("{:?} is not an upload of this key", upload.upload_id),
+            ));
+        }
+        let partial = path.with_file_name(&upload.upload_id);
+        self.blocking(
+            "abort upload of",
+            &upload.key,
+            move || match fs::remove_file(&partial) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+        )
+        .await
+    }
+}
+
+/// A multipart upload into a hidden partial file beside the final one.
+/// Each part is written at its offset by a blocking-pool task, so parts
+/// may be in flight together; `complete` renames the file into place.
+struct FsMultipart {
+    store: String,
+    key: String,
+    file: Arc<File>,
+    partial: PathBuf,
+    final_path: PathBuf,
+    offset: u64,
+    tasks: TaskTracker,
+    failed: Arc<AtomicBool>,
+}
+
+impl FsMultipart {
+    fn io_error(&self, op: &'static str, source: io::Error) -> Error {
+        Error::Io {
+            op,
+            store: self.store.clone(),
+            key: self.key.clone(),
+            source,
+        }
+    }
+
+    /// Waits for the part writes still running.
+    async fn settle(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+#[async_trait]
+impl MultipartUpload for FsMultipart {
+    fn put_part(&mut self, data: Bytes) -> BoxFuture<'static, Result<()>> {
+        let offset = self.offset;
+        self.offset += data.len() as u64;
+        let file = Arc::clone(&self.file);
+        let failed = Arc::clone(&self.failed);
+        let task = self.tasks.spawn_blocking(move || {
+            let result = file.write_all_at(&data, offset);
+            if result.is_err() {
+                failed.store(true, Ordering::SeqCst);
+            }
+            result
+        });
+        let (store, key) = (self.store.clone(), self.key.clone());
+        async move {
+            let result = match task.await {
+                Ok(result) => result,
+                Err(join) => Err(io::Error::other(join.to_string())),
+            };
+            result.map_err(|source| Error::Io {
+                op: "upload part of",
+                store,
+                key,
+                source,
+            })
+        }
+        .boxed()
+    }
+
+    async fn complete(self: Box<Self>) -> Result<()> {
+        self.settle().await;
+        if self.failed.load(Ordering::SeqCst) {
+            let _ = self.abort_inner().await;
+            return Err(self.io_error(
+                "complete upload of",
+                io::Error::other("a part failed to write"),
+            ));
+        }
+        let (file, partial, final_path) = (
+            Arc::clone(&self.file),
+            self.partial.clone(),
+            self.final_path.clone(),
+        );
+        let finish = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            file.sync_all()?;
+            fs::rename(&partial, &final_path)?;
+            sync_dir(final_path.parent().unwrap_or(Path::new("/")))
+        })
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
+        if let Err(source) = finish {
+            let _ = self.abort_inner().await;
+            return Err(self.io_error("complete upload of", source));
+        }
+        Ok(())
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        self.settle().await;
+        self.abort_inner().await
+    }
+}
+
+impl FsMultipart {
+    async fn abort_inner(&self) -> Result<()> {
+        let partial = self.partial.clone();
+        let removed = tokio::task::spawn_blocking(move || match fs::remove_file(&partial) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        })
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
+        removed.map_err(|source| self.io_error("abort upload of", source))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+    use tokio::io::AsyncReadExt;
+
+    fn store() -> (tempfile::TempDir, FsStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::new(dir.path().join("repo")).expect("store");
+        (dir, store)
+    }
+
+    async fn keys(store: &FsStore, prefix: &str) -> Vec<String> {
+        let listed: Vec<ObjectMeta> = store.list(prefix).try_collect().await.expect("list");
+        listed.into_iter().map(|m| m.key).collect()
+    }
+
+    #[tokio::test]
+    async fn partial_files_are_hidden_until_complete() {
+        let (_dir, store) = store();
+        let mut upload = store.put_multipart("job/b1/data").await.expect("start");
+        upload
+            .put_part(Bytes::from_static(b"hello "))
+            .await
+            .expect("part 1");
+        upload
+            .put_part(Bytes::from_static(b"world"))
+            .await
+            .expect("part 2");
+        assert!(keys(&store, "").await.is_empty());
+        assert_eq!(store.head("job/b1/data").await.expect("head"), None);
+        assert!(store
+            .list_prefixes("job/")
+            .await
+            .expect("prefixes")
+            .is_empty());
+        let pending = store.list_multipart_uploads("job/").await.expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].key, "job/b1/data");
+        assert!(pending[0].initiated.is_some());
+
+        upload.complete().await.expect("complete");
+        assert_eq!(keys(&store, "").await, vec!["job/b1/data"]);
+        assert!(store
+            .list_multipart_uploads("")
+            .await
+            .expect("pending")
+            .is_empty());
+        let mut text = String::new();
+        store
+            .get("job/b1/data")
+            .await
+            .expect("get")
+            .read_to_string(&mut text)
+            .await
+            .expect("read");
+        assert_eq!(text, "hello world");
+    }
+
+    #[tokio::test]
+    async fn parts_written_out_of_order_land_at_their_offsets() {
+        let (_dir, store) = store();
+        let mut upload = store.put_multipart("k").await.expect("start");
+        let first = upload.put_part(Bytes::from(vec![b'a'; 100_000]));
+        let second = upload.put_part(Bytes::from(vec![b'b'; 10]));
+        second.await.expect("second");
+        first.await.expect("first");
+        upload.complete().await.expect("complete");
+        let mut data = Vec::new();
+        store
+            .get("k")
+            .await
+            .expect("get")
+            .read_to_end(&mut data)
+            .await
+            .expect("read");
+        assert_eq!(data.len(), 100_010);
+        assert!(data[..100_000].iter().all(|&b| b == b'a'));
+        assert_eq!(&data[100_000..], b"bbbbbbbbbb");
+    }
+
+    #[tokio::test]
+    async fn pending_uploads_can_be_aborted_by_listing() {
+        let (_dir, store) = store();
+        let mut upload = store.put_multipart("a/b").await.expect("start");
+        upload
+            .put_part(Bytes::from_static(b"x"))
+            .await
+            .expect("part");
+        drop(upload); // a crash: the partial file stays
+        let pending = store.list_multipart_uploads("a/").await.expect("pending");
+        assert_eq!(pending.len(), 1);
+        let forged = PendingUpload {
+            upload_id: "../../etc/passwd".into(),
+            ..pending[0].clone()
+        };
+        assert!(matches!(
+            store.abort_multipart(&forged).await,
+            Err(Error::InvalidKey { .. })
+        ));
+        store.abort_multipart(&pending[0]).await.expect("abort");
+        assert!(store
+            .list_multipart_uploads("")
+            .await
+            .expect("pending")
+            .is_empty());
+        let leftovers: Vec<_> = fs::read_dir(store.root().join("a")).expect("dir").collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn list_is_in_byte_order_across_directories() {
+        let (_dir, store) = store();
+        for key in ["a/b", "a-c", "a/a/z", "b", "a.d"] {
+            store.put(key, Bytes::from_static(b"1")).await.expect("put");
+        }
+        assert_eq!(
+            keys(&store, "").await,
+            vec!["a-c", "a.d", "a/a/z", "a/b", "b"]
+        );
+        assert_eq!(keys(&store, "a/").await, vec!["a/a/z", "a/b"]);
+        assert_eq!(keys(&store, "a").await, vec!["a-c", "a.d", "a/a/z", "a/b"]);
+    }
+
+    #[tokio::test]
+    async fn delete_removes_emptied_directories() {
+        let (_dir, store) = store();
+        store
+            .put("j/b1/x", Bytes::from_static(b"1"))
+            .await
+            .expect("put");
+        store
+            .put("j/b2/x", Bytes::from_static(b"1"))
+            .await
+            .expect("put");
+        store.delete("j/b1/x").await.expect("delete");
+        assert!(!store.root().join("j/b1").exists());
+        assert!(store.root().join("j/b2").exists());
+        assert_eq!(
+            store.list_prefixes("j/").await.expect("prefixes"),
+            vec!["j/b2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_cannot_escape_the_root_or_use_reserved_names() {
+        let (_dir, store) = store();
+        for key in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "a/",
+            "",
+            "a/.b.refugio-partial-1",
+        ] {
+            let err = store.put(key, Bytes::new()).await.expect_err(key);
+            assert!(matches!(err, Error::InvalidKey { .. }), "{key}: {err:?}");
+        }
+        let listed: Result<Vec<ObjectMeta>> = store.list("../").try_collect().await;
+        assert!(matches!(listed, Err(Error::InvalidKey { .. })));
+    }
+}

@@ -1,0 +1,216 @@
+//! The repository layout on top of an [`ObjectStore`]:
+//! `<job>/<backup-id>/manifest.json` (the commit point) beside the
+//! artifacts. Listing finds manifests; a backup prefix without a manifest
+//! is an unfinished or failed backup and does not exist for readers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::AsyncReadExt;
+
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, MANIFEST_NAME};
+use crate::ObjectStore;
+
+/// Largest manifest we read; a manifest lists tables, so it can be large,
+/// but not unbounded.
+const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
+/// Manifests fetched at once when listing.
+const LIST_CONCURRENCY: usize = 16;
+
+/// A repository: a store plus the layout.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+}
+
+/// Whether a job name or backup id can be used as one path segment.
+pub fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// The backup id for a start time: `20261128T060000Z`, with `-N` appended
+/// when `n > 1` (several backups started in the same second).
+pub fn backup_id(start: DateTime<Utc>, n: u32) -> String {
+    let base = start.format("%Y%m%dT%H%M%SZ").to_string();
+    if n <= 1 {
+        base
+    } else {
+        format!("{base}-{n}")
+    }
+}
+
+impl Repository {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Repository { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// `s3://…` or `file://…`, for messages.
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    /// Key of an object of a backup.
+    pub fn key(job: &str, id: &str, name: &str) -> String {
+        format!("{job}/{id}/{name}")
+    }
+
+    /// Key of a backup's manifest.
+    pub fn manifest_key(job: &str, id: &str) -> String {
+        Self::key(job, id, MANIFEST_NAME)
+    }
+
+    /// Jobs that have anything in the repository.
+    pub async fn jobs(&self) -> Result<Vec<String>> {
+        let mut v = self.store.list_prefixes("").await?;
+        v.retain(|j| valid_segment(j));
+        Ok(v)
+    }
+
+    /// Picks a fresh backup id for a start time (adding a suffix when that
+    /// second is already taken in this job).
+    pub async fn new_backup_id(&self, job: &str, start: DateTime<Utc>) -> Result<String> {
+        for n in 1..1000 {
+            let id = backup_id(start, n);
+            let prefix = format!("{job}/{id}/");
+            let taken = self.store.list(&prefix).next().await.transpose()?.is_some();
+            if !taken {
+                return Ok(id);
+            }
+        }
+        Err(Error::Other(format!(
+            "job {job}: more than 999 backups started at {start}"
+        )))
+    }
+
+    /// Reads one manifest; `None` when the backup is not committed.
+    pub async fn read_manifest(&self, job: &str, id: &str) -> Result<Option<Manifest>> {
+        let key = Self::manifest_key(job, id);
+        let mut reader = match self.store.get(&key).await {
+            Ok(r) => r,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut buf = Vec::new();
+        (&mut reader)
+            .take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|source| Error::Io {
+                op: "reading",
+                store: self.describe(),
+                key: key.clone(),
+                source,
+            })?;
+        if buf.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::InvalidManifest {
+                key,
+                reason: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+            });
+        }
+        let m = Manifest::parse(&key, &buf)?;
+        if m.job != job || m.backup_id != id {
+            return Err(Error::InvalidManifest {
+                key,
+                reason: format!(
+                    "it describes job {:?} backup {:?}, but is stored under job {job:?} backup {id:?}",
+                    m.job, m.backup_id
+                ),
+            });
+        }
+        Ok(Some(m))
+    }
+
+    /// Committed backups of a job, newest first. Manifests are found by
+    /// listing (paginated) and read a few at a time.
+    pub async fn manifests(&self, job: &str) -> Result<Vec<Manifest>> {
+        let prefix = format!("{job}/");
+        let ids: Vec<String> = self
+            .store
+            .list(&prefix)
+            .try_filter_map(|meta| {
+                let id = meta
+                    .key
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.strip_suffix(&format!("/{MANIFEST_NAME}")))
+                    .filter(|id| valid_segment(id))
+                    .map(str::to_string);
+                futures::future::ready(Ok(id))
+            })
+            .try_collect()
+            .await?;
+        let mut out: Vec<Manifest> = futures::stream::iter(ids)
+            .map(|id| async move { self.read_manifest(job, &id).await })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_filter_map(|m| futures::future::ready(Ok(m)))
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| b.backup_id.cmp(&a.backup_id));
+        Ok(out)
+    }
+
+    /// `latest` or an id → the committed manifest, or a clear error.
+    pub async fn resolve(&self, job: &str, spec: &str) -> Result<Manifest> {
+        let not_found = || Error::BackupNotFound {
+            store: self.describe(),
+            job: job.to_string(),
+            backup: spec.to_string(),
+        };
+        if spec == "latest" {
+            return self
+                .manifests(job)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(not_found);
+        }
+        if !valid_segment(spec) {
+            return Err(not_found());
+        }
+        self.read_manifest(job, spec).await?.ok_or_else(not_found)
+    }
+
+    /// Writes the manifest: the commit. Call only after every artifact it
+    /// names is stored.
+    pub async fn commit(&self, m: &Manifest) -> Result<()> {
+        let key = Self::manifest_key(&m.job, &m.backup_id);
+        self.store.put(&key, Bytes::from(m.to_json())).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time() {
+        let t = DateTime::parse_from_rfc3339("2026-11-28T06:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(backup_id(t, 1), "20261128T060000Z");
+        assert_eq!(backup_id(t, 2), "20261128T060000Z-2");
+        assert!(backup_id(t, 1) < backup_id(t, 2));
+        assert!(backup_id(t, 2) < backup_id(t + chrono::Duration::seconds(1), 1));
+    }
+
+    #[test]
+    fn segments() {
+        assert!(valid_segment("trips"));
+        assert!(valid_segment("20261128T060000Z-2"));
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "é"] {
+            assert!(!valid_segment(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Streaming uploads: any `AsyncRead` into an object, in parts, with a
+//! bounded number of parts in flight, hashed and counted on the way.
+
+use bytes::BytesMut;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::{Error, Result};
+use crate::{MultipartUpload, ObjectStore, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+
+/// Parts per part-size step: the part size doubles every this many parts.
+/// 900 rather than 1,000 so that even a 5 MiB base reaches S3's 5 TiB
+/// object limit within 10,000 parts (doubling every 1,000 parts tops out
+/// at 4.9 TiB).
+pub const PARTS_PER_SIZE_STEP: usize = 900;
+
+/// How [`upload_stream`] cuts and sends the stream.
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    /// Size of the first parts, raised to at least [`MIN_PART_SIZE`];
+    /// default 8 MiB. Parts grow as the stream does, see [`part_size_for`].
+    pub part_size: usize,
+    /// Parts in flight at most (at least 1); default 3. Memory use is at
+    /// most `(concurrency + 1) × part size`.
+    pub concurrency: usize,
+    /// Expected total size, if known: raises the part size up front so the
+    /// stream fits in half of [`MAX_PARTS`] without growing. Default none.
+    pub expected_size: Option<u64>,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        UploadOptions {
+            part_size: 8 * 1024 * 1024,
+            concurrency: 3,
+            expected_size: None,
+        }
+    }
+}
+
+/// What was uploaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadOutcome {
+    /// Bytes read from the stream and stored.
+    pub size: u64,
+    /// SHA-256 of those bytes, lowercase hex.
+    pub sha256: String,
+    /// Parts sent (1 when the stream fit in a single `put`).
+    pub parts: usize,
+}
+
+/// Size of part `part_index` (0-based) for a base part size: `base`,
+/// doubled every [`PARTS_PER_SIZE_STEP`] parts, capped at [`MAX_PART_SIZE`].
+pub fn part_size_for(part_index: usize, base: usize) -> usize {
+    let base = base.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
+    let doublings = (part_index / PARTS_PER_SIZE_STEP).min(usize::BITS as usize - 1) as u32;
+    base.checked_shl(doublings)
+        .filter(|size| size >> doublings == base)
+        .unwrap_or(MAX_PART_SIZE)
+        .min(MAX_PART_SIZE)
+}
+
+/// The base part size for `options`: at least [`MIN_PART_SIZE`], and
+/// large enough that `expected_size` fits in `MAX_PARTS / 2` parts.
+pub fn base_part_size(options: &UploadOptions) -> usize {
+    const MIB: u64 = 1024 * 1024;
+    let mut base = options.part_size.clamp(MIN_PART_SIZE, MAX_PART_SIZE) as u64;
+    if let Some(expected) = options.expected_size {
+        let needed = expected.div_ceil((MAX_PARTS / 2) as u64).div_ceil(MIB) * MIB;
+        base = base.max(needed);
+    }
+    base.min(MAX_PART_SIZE as u64) as usize
+}
+
+/// Aborts the upload it holds when dropped before [`AbortOnDrop::take`]:
+/// the drop spawns the abort on the current tokio runtime, so that a caller
+/// dropping [`upload_stream`]'s future (a cancelled backup) leaves no parts
+/// behind. If there is no runtime, or it shuts down before the spawned task
+/// runs, the upload stays pending until garbage collection finds it with
+/// [`ObjectStore::list_multipart_uploads`].
+struct AbortOnDrop {
+    upload: Option<Box<dyn MultipartUpload>>,
+    key: String,
+}
+
+impl AbortOnDrop {
+    fn put_part(&mut self, data: bytes::Bytes) -> BoxFuture<'static, Result<()>> {
+        match self.upload.as_mut() {
+            Some(upload) => upload.put_part(data),
+            None => futures::future::ready(Err(Error::Other(format!(
+                "upload of {} already finished",
+                self.key
+            ))))
+            .boxed(),
+        }
+    }
+
+    /// Completes the upload; from here on a drop no longer aborts (a
+    /// failing `complete` aborts by itself).
+    async fn complete(mut self) -> Result<()> {
+        match self.upload.take() {
+            Some(upload) => upload.complete().await,
+            None => Err(Error::Other(format!(
+                "upload of {} already finished",
+                self.key
+            ))),
+        }
+    }
+
+    /// Aborts now, logging (not returning) a failure: the caller returns
+    /// the error that made it abort.
+    async fn abort(mut self) {
+        if let Some(upload) = self.upload.take() {
+            if let Err(error) = upload.abort().await {
+                tracing::warn!(key = %self.key, error = %error, "aborting the upload failed; it stays pending until garbage collection");
+            }
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(upload) = self.upload.take() else {
+            return;
+        };
+        let key = std::mem::take(&mut self.key);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    match upload.abort().await {
+                        Ok(()) => tracing::debug!(%key, "cancelled upload aborted"),
+                        Err(error) => tracing::warn!(%key, %error, "aborting the cancelled upload failed; it stays pending until garbage collection"),
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%key, "upload cancelled outside a tokio runtime; it stays pending until garbage collection")
+            }
+        }
+    }
+}
+
+/// Reads up to `size` bytes (fewer only at EOF), hashing them.
+async fn read_part<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    size: usize,
+    hasher: &mut Sha256,
+) -> std::io::Result<BytesMut> {
+    let mut buffer = BytesMut::with_capacity(size);
+    while buffer.len() < size {
+        let before = buffer.len();
+        let read = (&mut *reader)
+            .take((size - before) as u64)
+            .read_buf(&mut buffer)
+            .await?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[before..]);
+    }
+    Ok(buffer)
+}
+
+/// Uploads `reader` to EOF as object `key`.
+///
+/// The stream is read in parts ([`part_size_for`]), hashed (SHA-256) and
+/// counted as it goes. A stream that fits in the first part is stored with
+/// one `put`; a longer one becomes a multipart upload with at most
+/// `opts.concurrency` parts in flight: before reading the next part it
+/// waits for a slot, so a slow store slows the producer (backpressure) and
+/// memory stays within `(concurrency + 1)` part buffers.
+///
+/// If the reader fails (returned as [`Error::Source`]), a part fails, or
+/// the returned future is dropped before it finishes, the upload is
+/// aborted: nothing appears under `key` and no parts are left (on drop the
+/// abort runs as a spawned task, see the module source's `AbortOnDrop`).
+pub async fn upload_stream(
+    store: &dyn ObjectStore,
+    key: &str,
+    mut reader: impl AsyncRead + Unpin + Send,
+    opts: &UploadOptions,
+) -> Result<UploadOutcome> {
+    let base = base_part_size(opts);
+    let concurrency = opts.concurrency.max(1);
+    let mut hasher = Sha256::new();
+    let source_error = |source| Error::Source {
+        key: key.to_string(),
+        source,
+    };
+
+    let first = read_part(&mut reader, part_size_for(0, base), &mut hasher)
+        .await
+        .map_err(source_error)?;
+    let mut size = first.len() as u64;
+    if first.len() < part_size_for(0, base) {
+        store.put(key, first.freeze()).await?;
+        return Ok(UploadOutcome {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+            parts: 1,
+        });
+    }
+
+    let mut upload = AbortOnDrop {
+        upload: Some(store.put_multipart(key).await?),
+        key: key.to_string(),
+    };
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Result<()>>> = FuturesUnordered::new();
+    in_flight.push(upload.put_part(first.freeze()));
+    let mut parts = 1;
+
+    loop {
+        // Surface failed parts early, then wait for a free slot.
+        while let Some(Some(done)) = in_flight.next().now_or_never() {
+            if let Err(error) = done {
+                upload.abort().await;
+                return Err(error);
+            }
+        }
+        while in_flight.len() >= concurrency {
+            if let Some(Err(error)) = in_flight.next().await {
+                upload.abort().await;
+                return Err(error);
+            }
+        }
+        if parts >= MAX_PARTS {
+            // Only reachable with a stream beyond S3's 5 TiB object limit.
+            let mut probe = [0u8; 1];
+            match reader.read(&mut probe).await {
+                Ok(0) => break,
+                Ok(_) => {
+                    upload.abort().await;
+                    return Err(Error::Other(format!(
+                        "the data for {key} exceeds {MAX_PARTS} parts ({size} bytes read): larger than an object can be"
+                    )));
+                }
+                Err(source) => {
+                    upload.abort().await;
+                    return Err(source_error(source));
+                }
+            }
+        }
+        let part = match read_part(&mut reader, part_size_for(parts, base), &mut hasher).await {
+            Ok(part) => part,
+            Err(source) => {
+                upload.abort().await;
+                return Err(source_error(source));
+            }
+        };
+        if part.is_empty() {
+            break;
+        }
+        let last = part.len() < part_size_for(parts, base);
+        size += part.len() as u64;
+        parts += 1;
+        in_flight.push(upload.put_part(part.freeze()));
+        if last {
+            break;
+        }
+    }
+
+    while let Some(done) = in_flight.next().await {
+        if let Err(error) = done {
+            upload.abort().await;
+            return Err(error);
+        }
+    }
+    upload.complete().await?;
+    Ok(UploadOutcome {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+        parts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    const MIB: usize = 1024 * 1024;
+    const TIB: u64 = 1024 * 1024 * 1024 * 1024;
+
+    fn capacity(base: usize) -> u64 {
+        (0..MAX_PARTS).map(|i| part_size_for(i, base) as u64).sum()
+    }
+
+    #[rstest]
+    #[case(MIN_PART_SIZE)]
+    #[case(8 * MIB)]
+    #[case(64 * MIB)]
+    #[case(MAX_PART_SIZE)]
+    fn five_tib_fits_in_max_parts(#[case] base: usize) {
+        assert!(
+            capacity(base) >= 5 * TIB,
+            "base {base}: {} bytes",
+            capacity(base)
+        );
+    }
+
+    #[test]
+    fn part_sizes_double_per_step_and_are_capped() {
+        assert_eq!(part_size_for(0, 8 * MIB), 8 * MIB);
+        assert_eq!(part_size_for(PARTS_PER_SIZE_STEP - 1, 8 * MIB), 8 * MIB);
+        assert_eq!(part_size_for(PARTS_PER_SIZE_STEP, 8 * MIB), 16 * MIB);
+        assert_eq!(part_size_for(3 * PARTS_PER_SIZE_STEP, 8 * MIB), 64 * MIB);
+        assert_eq!(part_size_for(MAX_PARTS - 1, 8 * MIB), MAX_PART_SIZE);
+        assert_eq!(part_size_for(usize::MAX, 8 * MIB), MAX_PART_SIZE);
+        assert_eq!(
+            part_size_for(0, 1),
+            MIN_PART_SIZE,
+            "raised to the S3 minimum"
+        );
+        assert_eq!(part_size_for(0, usize::MAX), MAX_PART_SIZE);
+        let sizes: Vec<usize> = (0..MAX_PARTS)
+            .map(|i| part_size_for(i, MIN_PART_SIZE))
+            .collect();
+        assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "never shrinks");
+    }
+
+    #[rstest]
+    #[case(None, 8 * MIB)]
+    #[case(Some(10 * 1024 * MIB as u64), 8 * MIB)]
+    #[case(Some(TIB), 210 * MIB)]
+    #[case(Some(100 * TIB), MAX_PART_SIZE)]
+    fn expected_size_raises_the_base(#[case] expected: Option<u64>, #[case] base: usize) {
+        let options = UploadOptions {
+            expected_size: expected,
+            ..UploadOptions::default()
+        };
+        assert_eq!(base_part_size(&options), base);
+        if let Some(expected) = expected.filter(|&e| e <= 5 * TIB) {
+            assert!((base as u64) * (MAX_PARTS as u64 / 2) >= expected);
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Test-only helpers for refugio's crate and end-to-end tests: throwaway
+//! PostgreSQL clusters (one per test, each in its own short directory under
+//! `/tmp`, stopped and removed on drop even when the test panics), sample and
+//! bulk data to back up, and the S3 test servers (moto, Garage) that
+//! `scripts/services` starts. Nothing here is meant for production code.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use refugio_testkit::{load_sample, Cluster};
+//!
+//! let cluster = Cluster::start(16).await?;
+//! cluster.create_database("app").await?;
+//! let tables = load_sample(&cluster, "app").await?;
+//! // postgres://postgres@localhost:5432/app?host=/tmp/refugio-pg-…
+//! let url = cluster.url("app");
+//! let trips = cluster.psql("app", "SELECT count(*) FROM trips").await?;
+//! assert_eq!(trips, "120");
+//! # let _ = (tables, url);
+//! cluster.stop().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! PostgreSQL binaries, moto and Garage are installed by
+//! `scripts/install-test-deps`; `scripts/services start` runs the S3 servers
+//! and writes `.test-services/env` (source it before `cargo test`), and
+//! `scripts/test` does all of it.
+
+pub mod cluster;
+pub mod s3;
+pub mod sample;
+
+pub use cluster::{pg_bindir, Cluster, PASSWORD_USER, PASSWORD_USER_PASSWORD};
+pub use s3::{dead_port, garage, moto, unique_prefix, S3Kind, S3Target};
+pub use sample::{load_bulk, load_sample};

@@ -1,0 +1,396 @@
+//! `refugio restore`: one committed backup into one database.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use refugio_dump::process::{check_exit, tool_error, StderrTail};
+use refugio_dump::snapshot::quote_ident;
+use refugio_dump::spawn::{self, RestoreArgs};
+use refugio_dump::tools::{self, PgVersion, ToolKind};
+use refugio_dump::{Compression, SourceSpec};
+use refugio_store::manifest::{Artifact, Manifest};
+use refugio_store::repo::Repository;
+use refugio_store::verified;
+use serde::Serialize;
+use sqlx::{Connection, Executor, Row};
+use tokio::io::AsyncReadExt;
+
+use crate::error::{Error, Result};
+use crate::feed::{feed_held_back, FeedError};
+
+/// Largest globals artifact we accept (roles and tablespaces: small).
+const MAX_GLOBALS: u64 = 64 * 1024 * 1024;
+
+/// What to restore where, and how.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The target database (its name is the URL's database).
+    pub target: SourceSpec,
+    /// Restore over existing objects (`pg_restore --clean --if-exists`).
+    pub clean: bool,
+    /// Create the target database when it does not exist.
+    pub create: bool,
+    /// Apply the backup's roles and tablespaces first.
+    pub globals: bool,
+    /// Parallel `pg_restore` jobs; > 1 downloads the archive to a temporary
+    /// file first (`pg_restore -j` cannot read a pipe).
+    pub jobs: u32,
+    /// Skip ownership (`--no-owner`).
+    pub no_owner: bool,
+    /// Directory of the restore tools; None = search (see `refugio_dump::tools`).
+    pub bindir: Option<PathBuf>,
+    /// Where the temporary archive goes when `jobs > 1`; None = the system temp dir.
+    pub temp_dir: Option<PathBuf>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub job: String,
+    pub backup_id: String,
+    pub database: String,
+    pub target: String,
+    pub tool: String,
+    pub tool_version: String,
+    pub bytes_fetched: u64,
+    pub globals_applied: bool,
+    pub seconds: f64,
+}
+
+/// Restores `manifest`'s backup from `repo` as `opts` say.
+pub async fn restore(
+    repo: &Repository,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let db_art = manifest
+        .artifact("database")
+        .ok_or_else(|| Error::NoArtifact {
+            backup: manifest.backup_id.clone(),
+            kind: "database".into(),
+        })?;
+    let custom = db_art.format == "custom";
+    let dumped_by =
+        PgVersion::parse(&manifest.pg_dump_version).unwrap_or(PgVersion { major: 0, minor: 0 });
+    let kind = if custom {
+        ToolKind::PgRestore
+    } else {
+        ToolKind::Psql
+    };
+    let tool = tools::find(kind, dumped_by, opts.bindir.as_deref()).await?;
+    let database = opts.target.database().ok_or_else(|| Error::Artifact {
+        key: "target".into(),
+        detail: "the target URL names no database".into(),
+    })?;
+
+    prepare_target(opts, &database).await?;
+
+    let mut globals_applied = false;
+    if opts.globals {
+        match manifest.artifact("globals") {
+            Some(g) => {
+                apply_globals(repo, manifest, g, opts, dumped_by).await?;
+                globals_applied = true;
+            }
+            None => {
+                return Err(Error::NoArtifact {
+                    backup: manifest.backup_id.clone(),
+                    kind: "globals".into(),
+                })
+            }
+        }
+    }
+
+    let key = Repository::key(&manifest.job, &manifest.backup_id, &db_art.name);
+    let compression = Compression::parse(&db_art.compression).ok_or_else(|| Error::Artifact {
+        key: key.clone(),
+        detail: format!("unknown compression {:?}", db_art.compression),
+    })?;
+    if db_art.encryption != "none" {
+        return Err(Error::Artifact {
+            key,
+            detail: format!(
+                "encryption {:?} is not supported by this refugio",
+                db_art.encryption
+            ),
+        });
+    }
+
+    let fetched = if custom && opts.jobs > 1 {
+        restore_parallel(repo, &key, db_art, compression, &tool, opts).await?
+    } else {
+        restore_streaming(repo, &key, db_art, compression, &tool, opts, custom).await?
+    };
+
+    Ok(RestoreReport {
+        job: manifest.job.clone(),
+        backup_id: manifest.backup_id.clone(),
+        database,
+        target: opts.target.redacted(),
+        tool: tool.path.display().to_string(),
+        tool_version: tool.version.to_string(),
+        bytes_fetched: fetched,
+        globals_applied,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Creates the database when asked, and refuses a non-empty one without `--clean`.
+async fn prepare_target(opts: &RestoreOptions, database: &str) -> Result<()> {
+    let admin = opts.target.with_database("postgres");
+    let mut conn = admin.connect().await?;
+    let exists: bool =
+        sqlx::query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS e")
+            .bind(database)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| refugio_dump::Error::Query {
+                url: admin.redacted(),
+                what: "checking the target database".into(),
+                source: e,
+            })?
+            .get("e");
+    if !exists {
+        if !opts.create {
+            return Err(Error::TargetMissing {
+                target: opts.target.redacted(),
+                database: database.to_string(),
+            });
+        }
+        conn.execute(format!("CREATE DATABASE {}", quote_ident(database)).as_str())
+            .await
+            .map_err(|e| refugio_dump::Error::Query {
+                url: admin.redacted(),
+                what: format!("CREATE DATABASE {database}"),
+                source: e,
+            })?;
+    }
+    let _ = conn.close().await;
+
+    let mut conn = opts.target.connect().await?;
+    let row = conn
+        .fetch_one(
+            "SELECT count(*) AS n, min(n.nspname || '.' || c.relname) AS example \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+               AND n.nspname NOT LIKE 'pg_temp_%' \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                               AND d.objid = c.oid AND d.deptype = 'e')",
+        )
+        .await
+        .map_err(|e| refugio_dump::Error::Query {
+            url: opts.target.redacted(),
+            what: "checking that the target is empty".into(),
+            source: e,
+        })?;
+    let _ = conn.close().await;
+    let tables: i64 = row.get("n");
+    if tables > 0 && !opts.clean {
+        return Err(Error::TargetNotEmpty {
+            target: opts.target.redacted(),
+            database: database.to_string(),
+            tables,
+            example: row.get::<Option<String>, _>("example").unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
+/// Fetches the globals whole (they are small) with their digest checked,
+/// then applies them with psql. "already exists" errors are expected (the
+/// bootstrap superuser, roles restored before) and tolerated; any other
+/// error fails the restore.
+async fn apply_globals(
+    repo: &Repository,
+    manifest: &Manifest,
+    art: &Artifact,
+    opts: &RestoreOptions,
+    dumped_by: PgVersion,
+) -> Result<()> {
+    let key = Repository::key(&manifest.job, &manifest.backup_id, &art.name);
+    if art.raw_size > MAX_GLOBALS {
+        return Err(Error::Artifact {
+            key,
+            detail: format!("globals of {} bytes exceed {MAX_GLOBALS}", art.raw_size),
+        });
+    }
+    let compression = Compression::parse(&art.compression).ok_or_else(|| Error::Artifact {
+        key: key.clone(),
+        detail: format!("unknown compression {:?}", art.compression),
+    })?;
+    let reader =
+        verified::get_verified(repo.store().as_ref(), &key, art.stored_size, &art.sha256).await?;
+    let mut sql = Vec::new();
+    compression
+        .decoder(reader)
+        .take(MAX_GLOBALS)
+        .read_to_end(&mut sql)
+        .await
+        .map_err(|source| Error::Fetch {
+            key: key.clone(),
+            source,
+        })?;
+
+    let psql = tools::find(ToolKind::Psql, dumped_by, opts.bindir.as_deref()).await?;
+    let target = opts.target.with_database("postgres");
+    let mut child = spawn::psql(&psql, &target, false, false)?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| Error::Globals("psql stdin not piped".into()))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| Error::Globals("psql stderr not piped".into()))?;
+    let (tail, task) = StderrTail::collect("psql", stderr);
+    let fed = feed_held_back(&sql[..], stdin).await;
+    check_exit("psql", &mut child, &tail, Some(task)).await?;
+    if let Err(FeedError::Sink(e) | FeedError::Source(e)) = fed {
+        return Err(Error::Globals(format!("writing to psql: {e}")));
+    }
+    let unexpected: Vec<String> = tail
+        .text()
+        .lines()
+        .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
+        .map(str::to_string)
+        .collect();
+    if !unexpected.is_empty() {
+        return Err(Error::Globals(unexpected.join("\n")));
+    }
+    Ok(())
+}
+
+/// One job: artifact → digest check → decompress → tool stdin, in one
+/// transaction that commits only if the whole artifact checked out.
+async fn restore_streaming(
+    repo: &Repository,
+    key: &str,
+    art: &Artifact,
+    compression: Compression,
+    tool: &refugio_dump::Tool,
+    opts: &RestoreOptions,
+    custom: bool,
+) -> Result<u64> {
+    let reader =
+        verified::get_verified(repo.store().as_ref(), key, art.stored_size, &art.sha256).await?;
+    let plain = compression.decoder(reader);
+    let mut child = if custom {
+        let args = RestoreArgs {
+            jobs: 1,
+            clean: opts.clean,
+            no_owner: opts.no_owner,
+            single_transaction: true,
+        };
+        spawn::pg_restore(tool, &opts.target, &args, None)?
+    } else {
+        spawn::psql(tool, &opts.target, true, true)?
+    };
+    let name = tool.kind.binary();
+    let stdin = child.stdin.take().ok_or_else(|| Error::Artifact {
+        key: key.into(),
+        detail: format!("{name} stdin not piped"),
+    })?;
+    let stderr = child.stderr.take().ok_or_else(|| Error::Artifact {
+        key: key.into(),
+        detail: format!("{name} stderr not piped"),
+    })?;
+    let (tail, task) = StderrTail::collect(name, stderr);
+    match feed_held_back(plain, stdin).await {
+        Ok(_) => {
+            check_exit(name, &mut child, &tail, Some(task)).await?;
+            Ok(art.stored_size)
+        }
+        Err(FeedError::Source(source)) => {
+            // Kill before the tool sees the end of its input: its single
+            // transaction never commits.
+            let _ = child.kill().await;
+            Err(fetch_error(key, source))
+        }
+        Err(FeedError::Sink(_)) => {
+            // The tool stopped reading: its exit status and stderr say why.
+            check_exit(name, &mut child, &tail, Some(task)).await?;
+            Err(Error::Artifact {
+                key: key.into(),
+                detail: format!("{name} exited before reading the whole archive"),
+            })
+        }
+    }
+}
+
+fn fetch_error(key: &str, source: std::io::Error) -> Error {
+    // A digest/size mismatch from the verified reader is a store error: show it as such.
+    if let Some(inner) = source
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<refugio_store::Error>())
+    {
+        return Error::Artifact {
+            key: key.into(),
+            detail: inner.to_string(),
+        };
+    }
+    if let Some(t) = tool_error(&source) {
+        return Error::Artifact {
+            key: key.into(),
+            detail: t.to_string(),
+        };
+    }
+    Error::Fetch {
+        key: key.into(),
+        source,
+    }
+}
+
+/// Several jobs: the archive goes to a temporary file first (pg_restore -j
+/// needs to seek), fully verified before pg_restore starts.
+async fn restore_parallel(
+    repo: &Repository,
+    key: &str,
+    art: &Artifact,
+    compression: Compression,
+    tool: &refugio_dump::Tool,
+    opts: &RestoreOptions,
+) -> Result<u64> {
+    let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::Builder::new()
+        .prefix(".refugio-restore-")
+        .suffix(".dump")
+        .tempfile_in(&dir)
+        .map_err(|source| Error::TempFile {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    let reader =
+        verified::get_verified(repo.store().as_ref(), key, art.stored_size, &art.sha256).await?;
+    let mut plain = compression.decoder(reader);
+    let file = tokio::fs::File::from_std(tmp.reopen().map_err(|source| Error::TempFile {
+        dir: dir.display().to_string(),
+        source,
+    })?);
+    let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+    tokio::io::copy(&mut plain, &mut writer)
+        .await
+        .map_err(|source| fetch_error(key, source))?;
+    use tokio::io::AsyncWriteExt;
+    writer.flush().await.map_err(|source| Error::TempFile {
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    drop(writer);
+
+    let args = RestoreArgs {
+        jobs: opts.jobs,
+        clean: opts.clean,
+        no_owner: opts.no_owner,
+        single_transaction: false,
+    };
+    let mut child = spawn::pg_restore(tool, &opts.target, &args, Some(tmp.path()))?;
+    let stderr = child.stderr.take().ok_or_else(|| Error::Artifact {
+        key: key.into(),
+        detail: "pg_restore stderr not piped".into(),
+    })?;
+    let (tail, task) = StderrTail::collect("pg_restore", stderr);
+    check_exit("pg_restore", &mut child, &tail, Some(task)).await?;
+    Ok(art.stored_size)
+}

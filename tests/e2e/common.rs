@@ -1,0 +1,186 @@
+//! Helpers: running the binary, writing configs, reading manifests.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{bail, Context, Result};
+use refugio_testkit::s3::S3Target;
+use refugio_testkit::Cluster;
+use serde_json::Value;
+
+/// Where a test's backups go.
+pub enum Repo {
+    Dir(PathBuf),
+    S3 { target: S3Target, prefix: String },
+}
+
+impl Repo {
+    pub fn dir(tmp: &Path) -> Repo {
+        Repo::Dir(tmp.join("repo"))
+    }
+
+    pub fn s3(target: S3Target, name: &str) -> Repo {
+        Repo::S3 {
+            prefix: refugio_testkit::s3::unique_prefix(name),
+            target,
+        }
+    }
+
+    /// The `[repository]` section.
+    pub fn toml(&self) -> String {
+        match self {
+            Repo::Dir(p) => format!("[repository]\nurl = {:?}\n", format!("file://{}", p.display())),
+            Repo::S3 { target, prefix } => format!(
+                "[repository]\nurl = \"s3://{}/{}\"\nendpoint = {:?}\nregion = {:?}\nforce_path_style = true\n",
+                target.bucket, prefix, target.endpoint, target.region
+            ),
+        }
+    }
+
+    /// Environment the binary needs for this repository (credentials).
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string())];
+        if let Repo::S3 { target, .. } = self {
+            env.push(("AWS_ACCESS_KEY_ID".into(), target.access_key.clone()));
+            env.push(("AWS_SECRET_ACCESS_KEY".into(), target.secret_key.clone()));
+        }
+        env
+    }
+}
+
+/// A config file in `dir` with the repository and one job.
+pub fn write_config(dir: &Path, repo: &Repo, job: &str) -> PathBuf {
+    let path = dir.join("refugio.toml");
+    std::fs::write(&path, format!("{}\n[[jobs]]\n{job}\n", repo.toml())).expect("writing config");
+    path
+}
+
+/// A job section body for `cluster`'s database `db`.
+pub fn job(name: &str, cluster: &Cluster, db: &str, extra: &str) -> String {
+    format!(
+        "name = {name:?}\nsource = {:?}\npg_bindir = {:?}\n{extra}",
+        cluster.url(db),
+        cluster.bindir().display().to_string()
+    )
+}
+
+/// Runs the binary with `args` and `env`; never inherits AWS credentials.
+pub fn refugio(args: &[&str], env: &[(String, String)]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"));
+    cmd.args(args)
+        .env_remove("REFUGIO_CONFIG")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("REFUGIO_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running refugio")
+}
+
+/// Runs and demands success; returns stdout.
+pub fn refugio_ok(args: &[&str], env: &[(String, String)]) -> Result<String> {
+    let out = refugio(args, env);
+    if !out.status.success() {
+        bail!(
+            "refugio {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Text of stdout + stderr, for assertions on failures.
+pub fn all_output(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `refugio list --json` for the config.
+pub fn list(config: &Path, env: &[(String, String)]) -> Result<Vec<Value>> {
+    let out = refugio_ok(
+        &[
+            "--config",
+            config.to_str().unwrap_or_default(),
+            "list",
+            "--json",
+        ],
+        env,
+    )?;
+    let v: Value = serde_json::from_str(&out).context("list --json output")?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// Row counts of every user table in `db`, via the cluster's psql.
+pub async fn row_counts(cluster: &Cluster, db: &str) -> Result<Vec<(String, String, i64)>> {
+    let tables = cluster
+        .psql(
+            db,
+            "SELECT n.nspname || E'\\t' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog','information_schema') ORDER BY 1",
+        )
+        .await?;
+    let mut out = Vec::new();
+    for line in tables.lines().filter(|l| !l.is_empty()) {
+        let (s, t) = line.split_once('\t').context("psql output")?;
+        let n = cluster
+            .psql(
+                db,
+                &format!(
+                    "SELECT count(*) FROM \"{}\".\"{}\"",
+                    s.replace('"', "\"\""),
+                    t.replace('"', "\"\"")
+                ),
+            )
+            .await?;
+        out.push((s.to_string(), t.to_string(), n.trim().parse()?));
+    }
+    Ok(out)
+}
+
+/// The manifest's table counts, sorted like [`row_counts`].
+pub fn manifest_counts(m: &Value) -> Vec<(String, String, i64)> {
+    let mut v: Vec<(String, String, i64)> = m["tables"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    (
+                        t["schema"].as_str().unwrap_or_default().to_string(),
+                        t["name"].as_str().unwrap_or_default().to_string(),
+                        t["rows"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every file under `dir`, relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(base, &p, out);
+                } else if let Ok(rel) = p.strip_prefix(base) {
+                    out.push(rel.display().to_string());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

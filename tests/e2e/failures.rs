@@ -1,0 +1,573 @@
+//! Failure cases, each asserting the exact outcome: nothing committed,
+//! nothing left behind, a clear error that names what went wrong and never
+//! the password.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use refugio_testkit::{s3, Cluster, PASSWORD_USER, PASSWORD_USER_PASSWORD};
+
+use crate::common::*;
+
+/// Lists pending multipart uploads under the S3 repository's prefix with
+/// the store crate itself.
+async fn pending_uploads(target: &s3::S3Target, prefix: &str) -> Result<usize> {
+    let store = open_s3(target, prefix).await?;
+    Ok(store.list_multipart_uploads("").await?.len())
+}
+
+async fn open_s3(
+    target: &s3::S3Target,
+    prefix: &str,
+) -> Result<std::sync::Arc<dyn refugio_store::ObjectStore>> {
+    let loc =
+        refugio_store::RepositoryLocation::parse(&format!("s3://{}/{}", target.bucket, prefix))?;
+    let opts = refugio_store::S3Options {
+        region: Some(target.region.clone()),
+        endpoint: Some(target.endpoint.clone()),
+        force_path_style: true,
+        static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
+        ..Default::default()
+    };
+    Ok(refugio_store::open(&loc, &opts).await?)
+}
+
+/// PIDs of processes named `name` whose parent is `ppid`.
+fn children_named(ppid: u32, name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
+            let ppid_field = stat[close + 2..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok());
+            if comm == name && ppid_field == Some(ppid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Starts a backup in the background and waits for its pg_dump child.
+fn spawn_backup(config: &str, env: &[(String, String)]) -> Result<(std::process::Child, u32)> {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"));
+    cmd.args(["--config", config, "backup"])
+        .env_remove("REFUGIO_CONFIG")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(pid) = children_named(child.id(), "pg_dump").first() {
+            return Ok((child, *pid));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "pg_dump never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_dump_killed_mid_stream_commits_nothing_and_leaves_no_upload() -> Result<()> {
+    let target = s3::moto()?;
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::s3(target.clone(), "killed");
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_bulk(&src, "app", 1_500_000).await?;
+    // zstd level 19 makes the dump slow enough to be killed mid-stream.
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job(
+            "app",
+            &src,
+            "app",
+            "compression_level = 19\nglobals = false\n",
+        ),
+    );
+    let (child, pg_dump) = spawn_backup(config.to_str().unwrap_or_default(), &repo.env())?;
+    std::thread::sleep(Duration::from_millis(1500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pg_dump as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let out = child.wait_with_output()?;
+    let text = all_output(&out);
+    assert!(!out.status.success(), "backup must fail: {text}");
+    assert!(text.contains("pg_dump failed"), "names pg_dump: {text}");
+    assert!(list(&config, &repo.env())?.is_empty(), "no manifest");
+    let Repo::S3 { prefix, .. } = &repo else {
+        unreachable!()
+    };
+    assert_eq!(
+        pending_uploads(&target, prefix).await?,
+        0,
+        "multipart upload aborted"
+    );
+    let store = open_s3(&target, prefix).await?;
+    use futures::StreamExt;
+    let left: Vec<_> = store.list("").collect().await;
+    assert!(left.is_empty(), "no objects left: {left:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_s3_is_a_clear_error() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    let port = s3::dead_port();
+    let config = tmp.path().join("refugio.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nurl = \"s3://nowhere/x\"\nendpoint = \"http://127.0.0.1:{port}\"\nregion = \"us-east-1\"\nforce_path_style = true\n\n[[jobs]]\n{}",
+            job("app", &src, "app", "")
+        ),
+    )?;
+    let env = vec![
+        ("AWS_ACCESS_KEY_ID".to_string(), "k".to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), "s".to_string()),
+    ];
+    let started = Instant::now();
+    let out = refugio(
+        &["--config", config.to_str().unwrap_or_default(), "backup"],
+        &env,
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")),
+        "names the endpoint: {text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "fails in bounded time"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_is_reported_without_the_password() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    let repo = Repo::dir(tmp.path());
+    let wrong = "Wr0ng-but-s3cret-guess";
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &format!(
+            "name = \"app\"\nsource = {:?}\npg_bindir = {:?}\n",
+            src.url_as(PASSWORD_USER, Some(wrong), "app"),
+            src.bindir().display().to_string()
+        ),
+    );
+    let out = refugio(
+        &["--config", config.to_str().unwrap_or_default(), "backup"],
+        &repo.env(),
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains(wrong), "password leaked: {text}");
+    assert!(files_under(&tmp.path().join("repo"))
+        .iter()
+        .all(|f| !f.ends_with("manifest.json")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn password_is_never_on_a_command_line_or_in_logs() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_bulk(&src, "app", 600_000).await?;
+    src.psql(
+        "app",
+        &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {PASSWORD_USER}"),
+    )
+    .await?;
+    let pwfile = tmp.path().join("pw");
+    std::fs::write(&pwfile, format!("{PASSWORD_USER_PASSWORD}\n"))?;
+    let repo = Repo::dir(tmp.path());
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &format!(
+            "name = \"app\"\nsource = {:?}\npassword_file = {:?}\npg_bindir = {:?}\ncompression_level = 15\n",
+            src.url_as(PASSWORD_USER, None, "app"),
+            pwfile.display().to_string(),
+            src.bindir().display().to_string()
+        ),
+    );
+    let (child, pg_dump) = spawn_backup(
+        config.to_str().unwrap_or_default(),
+        &[("REFUGIO_LOG".into(), "debug".into())],
+    )?;
+    let cmdline =
+        std::fs::read(format!("/proc/{pg_dump}/cmdline")).context("reading pg_dump's cmdline")?;
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(
+        cmdline.contains("--snapshot="),
+        "really pg_dump's cmdline: {cmdline}"
+    );
+    assert!(
+        !cmdline.contains(PASSWORD_USER_PASSWORD),
+        "password on pg_dump's command line: {cmdline}"
+    );
+    let own = String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", child.id()))?)
+        .into_owned();
+    assert!(!own.contains(PASSWORD_USER_PASSWORD));
+    let out = child.wait_with_output()?;
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains(PASSWORD_USER_PASSWORD),
+        "password in output/logs: {text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_suitable_pg_dump_names_both_versions() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    let repo = Repo::dir(tmp.path());
+    let pg15 = refugio_testkit::pg_bindir(15)?;
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &format!(
+            "name = \"app\"\nsource = {:?}\npg_bindir = {:?}\n",
+            src.url("app"),
+            pg15.display().to_string()
+        ),
+    );
+    let out = refugio(
+        &["--config", config.to_str().unwrap_or_default(), "backup"],
+        &repo.env(),
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("PostgreSQL 16."), "server version: {text}");
+    assert!(text.contains("(15."), "pg_dump version found: {text}");
+    assert!(
+        text.contains(&pg15.join("pg_dump").display().to_string()),
+        "{text}"
+    );
+    assert!(
+        files_under(&tmp.path().join("repo")).is_empty(),
+        "nothing written"
+    );
+    Ok(())
+}
+
+/// Backs up the sample database into a directory repository; returns
+/// (tempdir, cluster, config path, manifest).
+async fn one_backup() -> Result<(
+    tempfile::TempDir,
+    Cluster,
+    std::path::PathBuf,
+    serde_json::Value,
+)> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let repo = Repo::dir(tmp.path());
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", ""));
+    refugio_ok(
+        &["--config", config.to_str().unwrap_or_default(), "backup"],
+        &[],
+    )?;
+    let m = list(&config, &[])?
+        .into_iter()
+        .next()
+        .context("a manifest")?;
+    Ok((tmp, src, config, m))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_artifact_is_refused_and_restores_nothing() -> Result<()> {
+    let (tmp, _src, config, m) = one_backup().await?;
+    let id = m["backup_id"].as_str().context("id")?;
+    let art = tmp
+        .path()
+        .join("repo/app")
+        .join(id)
+        .join("database.dump.zst");
+    let mut bytes = std::fs::read(&art)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&art, bytes)?;
+    let dst = Cluster::start(16).await?;
+    dst.create_database("app").await?;
+    let target = dst.url("app");
+    let out = refugio(
+        &[
+            "--config",
+            config.to_str().unwrap_or_default(),
+            "restore",
+            "--backup",
+            id,
+            "--target",
+            &target,
+            "--no-owner",
+        ],
+        &[],
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("database.dump.zst"),
+        "names the object: {text}"
+    );
+    assert!(
+        text.contains("SHA-256") || text.contains("zstd") || text.contains("Unknown frame"),
+        "digest or decode error: {text}"
+    );
+    let tables = dst.psql("app", "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog','information_schema')").await?;
+    assert_eq!(tables.trim(), "0", "nothing restored");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_manifest_format_is_a_clear_error() -> Result<()> {
+    let (tmp, _src, config, m) = one_backup().await?;
+    let id = m["backup_id"].as_str().context("id")?;
+    let path = tmp.path().join("repo/app").join(id).join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    v["format"] = "9.0".into();
+    std::fs::write(&path, serde_json::to_vec(&v)?)?;
+    let out = refugio(
+        &["--config", config.to_str().unwrap_or_default(), "list"],
+        &[],
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("format 9.0 is not supported") && text.contains("manifest.json"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn non_empty_target_is_refused_without_clean() -> Result<()> {
+    let (_tmp, _src, config, _m) = one_backup().await?;
+    let cfg = config.to_str().unwrap_or_default();
+    let dst = Cluster::start(16).await?;
+    dst.create_database("app").await?;
+    dst.psql(
+        "app",
+        "CREATE TABLE precious (id int); INSERT INTO precious VALUES (1), (2)",
+    )
+    .await?;
+    let target = dst.url("app");
+    let out = refugio(
+        &[
+            "--config",
+            cfg,
+            "restore",
+            "--backup",
+            "latest",
+            "--target",
+            &target,
+            "--no-owner",
+        ],
+        &[],
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("--clean") && text.contains("public.precious"),
+        "{text}"
+    );
+    assert_eq!(
+        dst.psql("app", "SELECT count(*) FROM precious")
+            .await?
+            .trim(),
+        "2",
+        "untouched"
+    );
+    let tables = dst
+        .psql(
+            "app",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+        )
+        .await?;
+    assert_eq!(tables.trim(), "1", "nothing restored");
+    // With --clean it goes through, and the unrelated table stays.
+    refugio_ok(
+        &[
+            "--config",
+            cfg,
+            "restore",
+            "--backup",
+            "latest",
+            "--target",
+            &target,
+            "--no-owner",
+            "--clean",
+        ],
+        &[],
+    )?;
+    assert_eq!(
+        dst.psql("app", "SELECT count(*) FROM precious")
+            .await?
+            .trim(),
+        "2"
+    );
+    assert!(
+        dst.psql("app", "SELECT count(*) FROM trips")
+            .await?
+            .trim()
+            .parse::<i64>()?
+            > 0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_target_database_needs_create() -> Result<()> {
+    let (_tmp, _src, config, _m) = one_backup().await?;
+    let dst = Cluster::start(16).await?;
+    let target = dst.url("nope");
+    let out = refugio(
+        &[
+            "--config",
+            config.to_str().unwrap_or_default(),
+            "restore",
+            "--backup",
+            "latest",
+            "--target",
+            &target,
+        ],
+        &[],
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("nope") && text.contains("--create"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_truncate_neither_hangs_nor_commits_wrong_counts() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let repo = Repo::dir(tmp.path());
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job(
+            "app",
+            &src,
+            "app",
+            "lock_wait_timeout = \"1s\"\nattempts = 5\n",
+        ),
+    );
+
+    // A reader holds a lock on trips; a TRUNCATE queues behind it. Any new
+    // lock on trips (ours, pg_dump's) now queues behind the TRUNCATE.
+    let pool = src.pool("app").await?;
+    let mut reader = pool.begin().await?;
+    sqlx::query("SELECT count(*) FROM trips")
+        .execute(&mut *reader)
+        .await?;
+    let truncate_url = src.url("app");
+    let bindir = src.bindir().to_path_buf();
+    let truncate = tokio::spawn(async move {
+        tokio::process::Command::new(bindir.join("psql"))
+            .args([truncate_url.as_str(), "-X", "-c", "TRUNCATE trips CASCADE"])
+            .output()
+            .await
+    });
+    // Wait until the TRUNCATE is really waiting.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND mode = 'AccessExclusiveLock'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if waiting > 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "TRUNCATE never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cfg = config.to_str().unwrap_or_default().to_string();
+    let backup = tokio::task::spawn_blocking(move || refugio(&["--config", &cfg, "backup"], &[]));
+    // Let the first attempt hit the lock timeout, then release the reader:
+    // the TRUNCATE goes through and a retry succeeds.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    reader.rollback().await?;
+    let out = tokio::time::timeout(Duration::from_secs(120), backup)
+        .await
+        .context("backup hung")??;
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("retry"),
+        "the lock timeout was hit and retried: {text}"
+    );
+    let t = truncate.await??;
+    assert!(
+        t.status.success(),
+        "TRUNCATE: {}",
+        String::from_utf8_lossy(&t.stderr)
+    );
+
+    let m = list(&config, &[])?.into_iter().next().context("manifest")?;
+    assert!(m["attempts"].as_u64().unwrap_or(0) >= 2, "{m}");
+    let dst = Cluster::start(16).await?;
+    let target = dst.url("app");
+    refugio_ok(
+        &[
+            "--config",
+            config.to_str().unwrap_or_default(),
+            "restore",
+            "--backup",
+            "latest",
+            "--target",
+            &target,
+            "--create",
+            "--globals",
+        ],
+        &[],
+    )?;
+    assert_eq!(
+        row_counts(&dst, "app").await?,
+        manifest_counts(&m),
+        "manifest counts = dump contents"
+    );
+    let trips = manifest_counts(&m)
+        .into_iter()
+        .find(|(_, t, _)| t == "trips")
+        .context("trips in manifest")?;
+    assert_eq!(
+        trips.2, 0,
+        "the TRUNCATE committed before the successful snapshot"
+    );
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of the `refugio` binary against real PostgreSQL
+//! clusters (15 and 16) and real S3 servers (moto, Garage) started by
+//! `scripts/services start` (or `scripts/test`).
+
+mod common;
+mod failures;
+mod roundtrip;

@@ -1,0 +1,192 @@
+//! Backup → restore into a fresh cluster → identical schema, counts equal
+//! to the manifest, on PG 15 and 16, to a directory, moto and Garage.
+
+use anyhow::Result;
+use refugio_testkit::{s3, Cluster};
+use rstest::rstest;
+
+use crate::common::*;
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Dir,
+    Moto,
+    Garage,
+}
+
+fn repo_for(backend: Backend, tmp: &std::path::Path, name: &str) -> Result<Repo> {
+    Ok(match backend {
+        Backend::Dir => Repo::dir(tmp),
+        Backend::Moto => Repo::s3(s3::moto()?, name),
+        Backend::Garage => Repo::s3(s3::garage()?, name),
+    })
+}
+
+async fn round_trip(
+    major: u32,
+    backend: Backend,
+    job_extra: &str,
+    restore_extra: &[&str],
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = repo_for(backend, tmp.path(), &format!("rt{major}"))?;
+    let env = repo.env();
+    let src = Cluster::start(major).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", job_extra));
+    let cfg = config.to_str().unwrap_or_default();
+
+    let out = refugio_ok(&["--config", cfg, "backup"], &env)?;
+    assert!(out.contains("committed"), "{out}");
+    let manifests = list(&config, &env)?;
+    assert_eq!(manifests.len(), 1, "one committed backup");
+    let m = &manifests[0];
+    assert_eq!(m["format"], "1.0");
+    assert_eq!(m["database"], "app");
+    assert_eq!(
+        m["server"]["version_num"].as_u64().map(|v| v / 10000),
+        Some(u64::from(major))
+    );
+    let source_counts = row_counts(&src, "app").await?;
+    assert_eq!(
+        manifest_counts(m),
+        source_counts,
+        "manifest counts = source counts"
+    );
+    assert!(
+        m["large_objects"].as_i64().unwrap_or(0) > 0,
+        "sample has large objects"
+    );
+
+    // Text listing names the backup too.
+    let text = refugio_ok(&["--config", cfg, "list"], &env)?;
+    assert!(
+        text.contains(m["backup_id"].as_str().unwrap_or("?")),
+        "{text}"
+    );
+
+    let dst = Cluster::start(major).await?;
+    let target = dst.url("app");
+    let mut args = vec![
+        "--config",
+        cfg,
+        "restore",
+        "--backup",
+        "latest",
+        "--target",
+        &target,
+        "--create",
+        "--globals",
+    ];
+    args.extend_from_slice(restore_extra);
+    refugio_ok(&args, &env)?;
+
+    assert_eq!(
+        src.schema_dump("app").await?,
+        dst.schema_dump("app").await?,
+        "schemas identical"
+    );
+    assert_eq!(
+        row_counts(&dst, "app").await?,
+        manifest_counts(m),
+        "restored counts = manifest"
+    );
+    let lo_sql = "SELECT count(*) FROM pg_largeobject_metadata";
+    assert_eq!(
+        src.psql("app", lo_sql).await?,
+        dst.psql("app", lo_sql).await?,
+        "large objects restored"
+    );
+    let owner = dst
+        .psql(
+            "app",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'trips'",
+        )
+        .await?;
+    assert_eq!(
+        owner.trim(),
+        "trip_owner",
+        "ownership restored with the role from globals"
+    );
+    Ok(())
+}
+
+#[rstest]
+#[case::pg15_dir(15, Backend::Dir)]
+#[case::pg16_dir(16, Backend::Dir)]
+#[case::pg15_moto(15, Backend::Moto)]
+#[case::pg16_moto(16, Backend::Moto)]
+#[case::pg15_garage(15, Backend::Garage)]
+#[case::pg16_garage(16, Backend::Garage)]
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_and_restore_identically(
+    #[case] major: u32,
+    #[case] backend: Backend,
+) -> Result<()> {
+    round_trip(major, backend, "", &[]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_gzip_round_trip() -> Result<()> {
+    round_trip(
+        16,
+        Backend::Dir,
+        "format = \"plain\"\ncompression = \"gzip\"\n",
+        &[],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_restore_from_a_temporary_file() -> Result<()> {
+    round_trip(16, Backend::Moto, "", &["--jobs", "2"]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_config_backup_writes_to_the_default_directory() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("trips").await?;
+    refugio_testkit::sample::load_sample(&src, "trips").await?;
+    let url = src.url("trips");
+    // The binary's cwd is the temp dir: ./refugio-backups lands there.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"))
+        .args(["backup", "--source", &url])
+        .env_remove("REFUGIO_CONFIG")
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                src.bindir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .current_dir(tmp.path())
+        .output()?;
+    assert!(out.status.success(), "{}", all_output(&out));
+    let files = files_under(&tmp.path().join("refugio-backups"));
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("trips/") && f.ends_with("/manifest.json")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.ends_with("/database.dump.zst")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.ends_with("/globals.sql.zst")),
+        "{files:?}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"))
+        .args(["list", "--json"])
+        .env_remove("REFUGIO_CONFIG")
+        .current_dir(tmp.path())
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v.as_array().map(Vec::len), Some(1));
+    assert_eq!(v[0]["job"], "trips");
+    Ok(())
+}
