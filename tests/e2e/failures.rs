@@ -74,8 +74,16 @@ fn spawn_backup(config: &str, env: &[(String, String)]) -> Result<(std::process:
     let child = cmd.spawn()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(pid) = children_named(child.id(), "pg_dump").first() {
-            return Ok((child, *pid));
+        // The dump itself, not a `pg_dump --version` probe.
+        let dumping = children_named(child.id(), "pg_dump")
+            .into_iter()
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains("--snapshot="))
+                    .unwrap_or(false)
+            });
+        if let Some(pid) = dumping {
+            return Ok((child, pid));
         }
         anyhow::ensure!(Instant::now() < deadline, "pg_dump never started");
         std::thread::sleep(Duration::from_millis(20));
@@ -89,7 +97,7 @@ async fn pg_dump_killed_mid_stream_commits_nothing_and_leaves_no_upload() -> Res
     let repo = Repo::s3(target.clone(), "killed");
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
-    refugio_testkit::sample::load_bulk(&src, "app", 1_500_000).await?;
+    refugio_testkit::sample::load_bulk(&src, "app", 3_000_000).await?;
     // zstd level 19 makes the dump slow enough to be killed mid-stream.
     let config = write_config(
         tmp.path(),
@@ -102,19 +110,30 @@ async fn pg_dump_killed_mid_stream_commits_nothing_and_leaves_no_upload() -> Res
         ),
     );
     let (child, pg_dump) = spawn_backup(config.to_str().unwrap_or_default(), &repo.env())?;
-    std::thread::sleep(Duration::from_millis(1500));
-    nix::sys::signal::kill(
+    // Mid-stream for real: wait until a multipart upload is under way.
+    let Repo::S3 { prefix, .. } = &repo else {
+        unreachable!()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while pending_uploads(&target, prefix).await? == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "no multipart upload started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Err(e) = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pg_dump as i32),
         nix::sys::signal::Signal::SIGKILL,
-    )?;
+    ) {
+        let out = child.wait_with_output()?;
+        anyhow::bail!(
+            "pg_dump was gone before the kill ({e}): {}",
+            all_output(&out)
+        );
+    }
     let out = child.wait_with_output()?;
     let text = all_output(&out);
     assert!(!out.status.success(), "backup must fail: {text}");
     assert!(text.contains("pg_dump failed"), "names pg_dump: {text}");
     assert!(list(&config, &repo.env())?.is_empty(), "no manifest");
-    let Repo::S3 { prefix, .. } = &repo else {
-        unreachable!()
-    };
     assert_eq!(
         pending_uploads(&target, prefix).await?,
         0,
@@ -321,6 +340,7 @@ async fn corrupted_artifact_is_refused_and_restores_nothing() -> Result<()> {
     let dst = Cluster::start(16).await?;
     dst.create_database("app").await?;
     let target = dst.url("app");
+    let bindir = dst.bindir().display().to_string();
     let out = refugio(
         &[
             "--config",
@@ -331,6 +351,8 @@ async fn corrupted_artifact_is_refused_and_restores_nothing() -> Result<()> {
             "--target",
             &target,
             "--no-owner",
+            "--pg-bindir",
+            &bindir,
         ],
         &[],
     );
@@ -341,7 +363,7 @@ async fn corrupted_artifact_is_refused_and_restores_nothing() -> Result<()> {
         "names the object: {text}"
     );
     assert!(
-        text.contains("SHA-256") || text.contains("zstd") || text.contains("Unknown frame"),
+        text.contains("SHA-256 is") && text.contains("the manifest says"),
         "digest or decode error: {text}"
     );
     let tables = dst.psql("app", "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog','information_schema')").await?;
@@ -382,6 +404,7 @@ async fn non_empty_target_is_refused_without_clean() -> Result<()> {
     )
     .await?;
     let target = dst.url("app");
+    let bindir = dst.bindir().display().to_string();
     let out = refugio(
         &[
             "--config",
@@ -392,6 +415,8 @@ async fn non_empty_target_is_refused_without_clean() -> Result<()> {
             "--target",
             &target,
             "--no-owner",
+            "--pg-bindir",
+            &bindir,
         ],
         &[],
     );
@@ -427,6 +452,8 @@ async fn non_empty_target_is_refused_without_clean() -> Result<()> {
             &target,
             "--no-owner",
             "--clean",
+            "--pg-bindir",
+            &bindir,
         ],
         &[],
     )?;
@@ -451,6 +478,7 @@ async fn missing_target_database_needs_create() -> Result<()> {
     let (_tmp, _src, config, _m) = one_backup().await?;
     let dst = Cluster::start(16).await?;
     let target = dst.url("nope");
+    let bindir = dst.bindir().display().to_string();
     let out = refugio(
         &[
             "--config",
@@ -460,6 +488,8 @@ async fn missing_target_database_needs_create() -> Result<()> {
             "latest",
             "--target",
             &target,
+            "--pg-bindir",
+            &bindir,
         ],
         &[],
     );
@@ -542,6 +572,7 @@ async fn concurrent_truncate_neither_hangs_nor_commits_wrong_counts() -> Result<
     assert!(m["attempts"].as_u64().unwrap_or(0) >= 2, "{m}");
     let dst = Cluster::start(16).await?;
     let target = dst.url("app");
+    let bindir = dst.bindir().display().to_string();
     refugio_ok(
         &[
             "--config",
@@ -553,6 +584,8 @@ async fn concurrent_truncate_neither_hangs_nor_commits_wrong_counts() -> Result<
             &target,
             "--create",
             "--globals",
+            "--pg-bindir",
+            &bindir,
         ],
         &[],
     )?;

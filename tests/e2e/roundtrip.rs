@@ -68,6 +68,7 @@ async fn round_trip(
 
     let dst = Cluster::start(major).await?;
     let target = dst.url("app");
+    let bindir = dst.bindir().display().to_string();
     let mut args = vec![
         "--config",
         cfg,
@@ -78,6 +79,8 @@ async fn round_trip(
         &target,
         "--create",
         "--globals",
+        "--pg-bindir",
+        &bindir,
     ];
     args.extend_from_slice(restore_extra);
     refugio_ok(&args, &env)?;

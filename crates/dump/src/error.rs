@@ -35,7 +35,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("no suitable {tool} for PostgreSQL {required}: need major version >= {required_major}; found {}", describe_found(.found))]
+    #[error("no suitable {tool} for {required}: need major version >= {required_major}; found {}", describe_found(.found))]
     NoSuitableTool {
         tool: &'static str,
         /// The version that must be served (server version, or the pg_dump that wrote an archive).

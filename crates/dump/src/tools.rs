@@ -141,6 +141,17 @@ pub fn candidates(kind: ToolKind, bindir: Option<&Path>) -> Vec<PathBuf> {
 /// Finds the tool of the smallest major version >= `required.major`.
 /// `what` names what the version belongs to, for the error ("server", "archive").
 pub async fn find(kind: ToolKind, required: PgVersion, bindir: Option<&Path>) -> Result<Tool> {
+    find_for(kind, required, &format!("PostgreSQL {required}"), bindir).await
+}
+
+/// Like [`find`], with `what` naming what needs the version in the error
+/// (e.g. "an archive written by pg_dump 16.15").
+pub async fn find_for(
+    kind: ToolKind,
+    required: PgVersion,
+    what: &str,
+    bindir: Option<&Path>,
+) -> Result<Tool> {
     let mut found = Vec::new();
     let mut best: Option<Tool> = None;
     for path in candidates(kind, bindir) {
@@ -164,7 +175,7 @@ pub async fn find(kind: ToolKind, required: PgVersion, bindir: Option<&Path>) ->
     }
     best.ok_or(Error::NoSuitableTool {
         tool: kind.binary(),
-        required: required.to_string(),
+        required: what.to_string(),
         required_major: required.major,
         found,
     })

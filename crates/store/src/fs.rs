@@ -322,7 +322,14 @@ impl ObjectStore for FsStore {
         };
         let file = match tokio::fs::File::open(&path).await {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Err(not_found())
+            }
             Err(e) => return Err(self.io_error("get", key, e)),
         };
         let meta = file

@@ -176,8 +176,9 @@ pub enum ChecksumCalculation {
     WhenRequired,
 }
 
-/// How to reach S3. Every field's default fits AWS itself.
-#[derive(Debug, Clone, Default)]
+/// How to reach S3. Every field's default fits AWS itself. `Debug` shows
+/// the access key id but never the secret.
+#[derive(Clone, Default)]
 pub struct S3Options {
     /// Region; default: from the AWS chain (`AWS_REGION`, profile), else
     /// `us-east-1`.
@@ -197,6 +198,26 @@ pub struct S3Options {
     /// (access key id, secret access key), for tests; default `None` = the
     /// standard AWS credential chain (environment, profile, IMDS, …).
     pub static_credentials: Option<(String, String)>,
+}
+
+impl fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Options")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("force_path_style", &self.force_path_style)
+            .field("checksum_calculation", &self.checksum_calculation)
+            .field("sse", &self.sse)
+            .field("sse_kms_key_id", &self.sse_kms_key_id)
+            .field(
+                "static_credentials",
+                &self
+                    .static_credentials
+                    .as_ref()
+                    .map(|(id, _)| (id, "<redacted>")),
+            )
+            .finish()
+    }
 }
 
 /// Opens the store: a directory (created if missing) or an S3 bucket (not
@@ -296,6 +317,17 @@ mod tests {
             "reason {reason:?} should mention {what:?}"
         );
         assert!(err.to_string().contains(&format!("{url:?}")), "{err}");
+    }
+
+    #[test]
+    fn options_debug_hides_the_secret() {
+        let options = S3Options {
+            static_credentials: Some(("AKIDPUBLIC".into(), "very-secret-key".into())),
+            ..S3Options::default()
+        };
+        let text = format!("{options:?}");
+        assert!(text.contains("AKIDPUBLIC"), "{text}");
+        assert!(!text.contains("very-secret-key"), "{text}");
     }
 
     #[test]

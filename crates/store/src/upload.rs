@@ -280,6 +280,235 @@ pub async fn upload_stream(
 mod tests {
     use super::*;
     use rstest::rstest;
+    use std::collections::BTreeMap;
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use futures::stream::BoxStream;
+    use tokio::io::ReadBuf;
+
+    use crate::{ByteReader, ObjectMeta, PendingUpload};
+
+    /// Shared record of what the fake store saw.
+    #[derive(Debug, Default)]
+    struct Record {
+        puts: Mutex<Vec<(String, Bytes)>>,
+        parts: Mutex<BTreeMap<usize, Bytes>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+        aborted: AtomicBool,
+        completed: AtomicBool,
+    }
+
+    /// A store whose parts take `delay` each and part `fail_part` fails.
+    #[derive(Debug)]
+    struct FakeStore {
+        record: Arc<Record>,
+        delay: Duration,
+        fail_part: Option<usize>,
+    }
+
+    impl FakeStore {
+        fn new(delay: Duration, fail_part: Option<usize>) -> Self {
+            FakeStore {
+                record: Arc::default(),
+                delay,
+                fail_part,
+            }
+        }
+    }
+
+    fn unsupported<T>() -> Result<T> {
+        Err(Error::Other("not supported by the fake".into()))
+    }
+
+    #[async_trait]
+    impl ObjectStore for FakeStore {
+        fn describe(&self) -> String {
+            "fake://".into()
+        }
+        async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+            self.record
+                .puts
+                .lock()
+                .expect("lock")
+                .push((key.to_string(), data));
+            Ok(())
+        }
+        async fn put_multipart(&self, _key: &str) -> Result<Box<dyn MultipartUpload>> {
+            Ok(Box::new(FakeUpload {
+                record: Arc::clone(&self.record),
+                delay: self.delay,
+                fail_part: self.fail_part,
+                next: 0,
+            }))
+        }
+        async fn get(&self, _key: &str) -> Result<ByteReader> {
+            unsupported()
+        }
+        async fn head(&self, _key: &str) -> Result<Option<ObjectMeta>> {
+            unsupported()
+        }
+        fn list(&self, _prefix: &str) -> BoxStream<'_, Result<ObjectMeta>> {
+            futures::stream::empty().boxed()
+        }
+        async fn list_prefixes(&self, _prefix: &str) -> Result<Vec<String>> {
+            unsupported()
+        }
+        async fn delete(&self, _key: &str) -> Result<()> {
+            unsupported()
+        }
+        async fn list_multipart_uploads(&self, _prefix: &str) -> Result<Vec<PendingUpload>> {
+            unsupported()
+        }
+        async fn abort_multipart(&self, _upload: &PendingUpload) -> Result<()> {
+            unsupported()
+        }
+    }
+
+    struct FakeUpload {
+        record: Arc<Record>,
+        delay: Duration,
+        fail_part: Option<usize>,
+        next: usize,
+    }
+
+    #[async_trait]
+    impl MultipartUpload for FakeUpload {
+        fn put_part(&mut self, data: Bytes) -> BoxFuture<'static, Result<()>> {
+            let index = self.next;
+            self.next += 1;
+            let record = Arc::clone(&self.record);
+            let now = record.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            record.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            let (delay, fail) = (self.delay, self.fail_part == Some(index));
+            async move {
+                tokio::time::sleep(delay).await;
+                record.in_flight.fetch_sub(1, Ordering::SeqCst);
+                if fail {
+                    return Err(Error::Other(format!("part {index} failed")));
+                }
+                record.parts.lock().expect("lock").insert(index, data);
+                Ok(())
+            }
+            .boxed()
+        }
+        async fn complete(self: Box<Self>) -> Result<()> {
+            self.record.completed.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn abort(self: Box<Self>) -> Result<()> {
+            self.record.aborted.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// Yields `data`, then stays pending forever (a stalled producer).
+    struct Stalling(io::Cursor<Vec<u8>>);
+
+    impl AsyncRead for Stalling {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            match Pin::new(&mut self.0).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() == before => Poll::Pending,
+                other => other,
+            }
+        }
+    }
+
+    fn options(concurrency: usize) -> UploadOptions {
+        UploadOptions {
+            part_size: MIN_PART_SIZE,
+            concurrency,
+            expected_size: None,
+        }
+    }
+
+    fn input(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn parts_in_flight_never_exceed_the_concurrency() {
+        let store = FakeStore::new(Duration::from_millis(20), None);
+        let data = input(7 * MIN_PART_SIZE + 99);
+        let outcome = upload_stream(&store, "k", &data[..], &options(2))
+            .await
+            .expect("upload");
+        assert_eq!(outcome.parts, 8);
+        assert_eq!(outcome.size, data.len() as u64);
+        assert_eq!(outcome.sha256, hex::encode(Sha256::digest(&data)));
+        assert_eq!(store.record.max_in_flight.load(Ordering::SeqCst), 2);
+        assert!(store.record.completed.load(Ordering::SeqCst));
+        assert!(!store.record.aborted.load(Ordering::SeqCst));
+        let parts = store.record.parts.lock().expect("lock");
+        let joined: Vec<u8> = parts.values().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(joined, data);
+        assert!(store.record.puts.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_aborts_and_returns_its_error() {
+        let store = FakeStore::new(Duration::from_millis(1), Some(2));
+        let data = input(6 * MIN_PART_SIZE);
+        let error = upload_stream(&store, "k", &data[..], &options(3))
+            .await
+            .expect_err("part 2 fails");
+        assert!(error.to_string().contains("part 2 failed"), "{error}");
+        assert!(store.record.aborted.load(Ordering::SeqCst));
+        assert!(!store.record.completed.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_upload_is_aborted_in_the_background() {
+        let store = FakeStore::new(Duration::from_millis(1), None);
+        let reader = Stalling(io::Cursor::new(input(2 * MIN_PART_SIZE + 5)));
+        let options = options(2);
+        let upload = upload_stream(&store, "k", reader, &options);
+        assert!(tokio::time::timeout(Duration::from_millis(200), upload)
+            .await
+            .is_err());
+        for _ in 0..100 {
+            if store.record.aborted.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            store.record.aborted.load(Ordering::SeqCst),
+            "the drop aborted the upload"
+        );
+        assert!(!store.record.completed.load(Ordering::SeqCst));
+    }
+
+    #[rstest]
+    #[case(0)]
+    #[case(1)]
+    #[case(MIN_PART_SIZE - 1)]
+    #[tokio::test]
+    async fn a_stream_shorter_than_a_part_is_one_put(#[case] len: usize) {
+        let store = FakeStore::new(Duration::ZERO, None);
+        let data = input(len);
+        let outcome = upload_stream(&store, "k", &data[..], &options(3))
+            .await
+            .expect("upload");
+        assert_eq!((outcome.size, outcome.parts), (len as u64, 1));
+        let puts = store.record.puts.lock().expect("lock");
+        assert_eq!(puts.len(), 1);
+        assert_eq!(puts[0].0, "k");
+        assert_eq!(&puts[0].1[..], &data[..]);
+        assert!(store.record.parts.lock().expect("lock").is_empty());
+    }
 
     const MIB: usize = 1024 * 1024;
     const TIB: u64 = 1024 * 1024 * 1024 * 1024;

@@ -13,7 +13,11 @@ use refugio_store::repo::Repository;
 use refugio_store::verified;
 use serde::Serialize;
 use sqlx::{Connection, Executor, Row};
-use tokio::io::AsyncReadExt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::error::{Error, Result};
 use crate::feed::{feed_held_back, FeedError};
@@ -78,7 +82,11 @@ pub async fn restore(
     } else {
         ToolKind::Psql
     };
-    let tool = tools::find(kind, dumped_by, opts.bindir.as_deref()).await?;
+    let what = format!(
+        "backup {} (written by pg_dump {})",
+        manifest.backup_id, manifest.pg_dump_version
+    );
+    let tool = tools::find_for(kind, dumped_by, &what, opts.bindir.as_deref()).await?;
     let database = opts.target.database().ok_or_else(|| Error::Artifact {
         key: "target".into(),
         detail: "the target URL names no database".into(),
@@ -233,7 +241,11 @@ async fn apply_globals(
             source,
         })?;
 
-    let psql = tools::find(ToolKind::Psql, dumped_by, opts.bindir.as_deref()).await?;
+    let what = format!(
+        "the globals of backup {} (written by pg_dumpall {})",
+        manifest.backup_id, manifest.pg_dump_version
+    );
+    let psql = tools::find_for(ToolKind::Psql, dumped_by, &what, opts.bindir.as_deref()).await?;
     let target = opts.target.with_database("postgres");
     let mut child = spawn::psql(&psql, &target, false, false)?;
     let stdin = child
@@ -273,9 +285,7 @@ async fn restore_streaming(
     opts: &RestoreOptions,
     custom: bool,
 ) -> Result<u64> {
-    let reader =
-        verified::get_verified(repo.store().as_ref(), key, art.stored_size, &art.sha256).await?;
-    let plain = compression.decoder(reader);
+    let (plain, raw) = open_artifact(repo, key, art, compression).await?;
     let mut child = if custom {
         let args = RestoreArgs {
             jobs: 1,
@@ -306,7 +316,7 @@ async fn restore_streaming(
             // Kill before the tool sees the end of its input: its single
             // transaction never commits.
             let _ = child.kill().await;
-            Err(fetch_error(key, source))
+            Err(explain(key, source, raw).await)
         }
         Err(FeedError::Sink(_)) => {
             // The tool stopped reading: its exit status and stderr say why.
@@ -317,6 +327,55 @@ async fn restore_streaming(
             })
         }
     }
+}
+
+/// A reader that stays reachable after it was moved into a decoder, so the
+/// raw stream can be drained to its end when decoding fails.
+struct Shared<R>(Arc<Mutex<R>>);
+
+impl<R: AsyncRead + Unpin> AsyncRead for Shared<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Pin::new(&mut *inner).poll_read(cx, buf)
+    }
+}
+
+/// Opens an artifact with size and digest checks, decompressing; keeps a
+/// handle on the raw stream for [`explain`].
+async fn open_artifact(
+    repo: &Repository,
+    key: &str,
+    art: &Artifact,
+    compression: Compression,
+) -> Result<(Pin<Box<dyn AsyncRead + Send>>, Shared<Raw>)> {
+    let reader =
+        verified::get_verified(repo.store().as_ref(), key, art.stored_size, &art.sha256).await?;
+    let shared = Arc::new(Mutex::new(reader));
+    let decoded = compression.decoder(Shared(shared.clone()));
+    Ok((decoded, Shared(shared)))
+}
+
+type Raw = verified::VerifiedReader<refugio_store::ByteReader>;
+
+/// A decoding error may be the symptom of damaged stored bytes: read the
+/// rest of the raw stream so its size/digest check can name the real cause.
+async fn explain(key: &str, decode_error: std::io::Error, mut raw: Shared<Raw>) -> Error {
+    if is_store_error(&decode_error) {
+        return fetch_error(key, decode_error);
+    }
+    match tokio::io::copy(&mut raw, &mut tokio::io::sink()).await {
+        Err(e) if is_store_error(&e) => fetch_error(key, e),
+        _ => fetch_error(key, decode_error),
+    }
+}
+
+fn is_store_error(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|i| i.downcast_ref::<refugio_store::Error>().is_some())
 }
 
 fn fetch_error(key: &str, source: std::io::Error) -> Error {
@@ -361,17 +420,15 @@ async fn restore_parallel(
             dir: dir.display().to_string(),
             source,
         })?;
-    let reader =
-        verified::get_verified(repo.store().as_ref(), key, art.stored_size, &art.sha256).await?;
-    let mut plain = compression.decoder(reader);
+    let (mut plain, raw) = open_artifact(repo, key, art, compression).await?;
     let file = tokio::fs::File::from_std(tmp.reopen().map_err(|source| Error::TempFile {
         dir: dir.display().to_string(),
         source,
     })?);
     let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
-    tokio::io::copy(&mut plain, &mut writer)
-        .await
-        .map_err(|source| fetch_error(key, source))?;
+    if let Err(e) = tokio::io::copy(&mut plain, &mut writer).await {
+        return Err(explain(key, e, raw).await);
+    }
     use tokio::io::AsyncWriteExt;
     writer.flush().await.map_err(|source| Error::TempFile {
         dir: dir.display().to_string(),
