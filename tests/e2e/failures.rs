@@ -604,3 +604,120 @@ async fn concurrent_truncate_neither_hangs_nor_commits_wrong_counts() -> Result<
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_mid_stream_aborts_the_upload_and_commits_nothing() -> Result<()> {
+    let target = s3::moto()?;
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::s3(target.clone(), "sigint");
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_bulk(&src, "app", 3_000_000).await?;
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job(
+            "app",
+            &src,
+            "app",
+            "compression_level = 19\nglobals = false\n",
+        ),
+    );
+    let (child, pg_dump) = spawn_backup(config.to_str().unwrap_or_default(), &repo.env())?;
+    let Repo::S3 { prefix, .. } = &repo else {
+        unreachable!()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while pending_uploads(&target, prefix).await? == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "no multipart upload started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let out = child.wait_with_output()?;
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("cancelled"), "{text}");
+    assert!(list(&config, &repo.env())?.is_empty(), "no manifest");
+    assert_eq!(
+        pending_uploads(&target, prefix).await?,
+        0,
+        "multipart upload aborted"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pg_dump}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pg_dump}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true),
+        "pg_dump was stopped"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_check_reports_one_line_per_problem() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    let repo = Repo::dir(tmp.path());
+    let good = write_config(tmp.path(), &repo, &job("app", &src, "app", ""));
+    let out = refugio(
+        &[
+            "--config",
+            good.to_str().unwrap_or_default(),
+            "config",
+            "check",
+        ],
+        &[],
+    );
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("ok   job app") && text.contains("PostgreSQL 16."),
+        "{text}"
+    );
+
+    // A source that is down and a typo in a field: each named.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n[[jobs]]\nname = \"down\"\nsource = \"postgres://postgres:topsecret@localhost:5432/app?host=/nonexistent\"\n",
+            repo.toml()
+        ),
+    )?;
+    let out = refugio(
+        &[
+            "--config",
+            bad.to_str().unwrap_or_default(),
+            "config",
+            "check",
+        ],
+        &[],
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL job down"), "{text}");
+    assert!(!text.contains("topsecret"), "{text}");
+
+    let typo = tmp.path().join("typo.toml");
+    std::fs::write(&typo, format!("{}\npart_sise = 5\n", repo.toml()))?;
+    let out = refugio(
+        &[
+            "--config",
+            typo.to_str().unwrap_or_default(),
+            "config",
+            "check",
+        ],
+        &[],
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("part_sise") && text.contains("typo.toml"),
+        "{text}"
+    );
+    Ok(())
+}

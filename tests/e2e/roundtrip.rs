@@ -193,3 +193,58 @@ async fn zero_config_backup_writes_to_the_default_directory() -> Result<()> {
     assert_eq!(v[0]["job"], "trips");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_from_a_streaming_standby_records_replay_facts() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let primary = Cluster::start(16).await?;
+    primary.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&primary, "app").await?;
+    let standby = Cluster::start_standby(&primary).await?;
+    assert_eq!(
+        standby
+            .psql("postgres", "SELECT pg_is_in_recovery()")
+            .await?,
+        "t"
+    );
+    let repo = Repo::dir(tmp.path());
+    let config = write_config(tmp.path(), &repo, &job("app", &standby, "app", ""));
+    let cfg = config.to_str().unwrap_or_default();
+    refugio_ok(&["--config", cfg, "backup"], &[])?;
+    let m = list(&config, &[])?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no manifest"))?;
+    assert_eq!(m["server"]["in_recovery"], true, "{m}");
+    assert!(
+        m["server"]["lsn"].as_str().is_some_and(|l| l.contains('/')),
+        "replay LSN: {m}"
+    );
+    assert_eq!(manifest_counts(&m), row_counts(&primary, "app").await?);
+
+    let dst = Cluster::start(16).await?;
+    let target = dst.url("app");
+    let bindir = dst.bindir().display().to_string();
+    refugio_ok(
+        &[
+            "--config",
+            cfg,
+            "restore",
+            "--backup",
+            "latest",
+            "--target",
+            &target,
+            "--create",
+            "--globals",
+            "--pg-bindir",
+            &bindir,
+        ],
+        &[],
+    )?;
+    assert_eq!(row_counts(&dst, "app").await?, manifest_counts(&m));
+    assert_eq!(
+        primary.schema_dump("app").await?,
+        dst.schema_dump("app").await?
+    );
+    Ok(())
+}

@@ -166,6 +166,54 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts a hot standby of `primary`: `pg_basebackup -R` over the
+    /// primary's socket (streaming replication), then the server in its own
+    /// directory. It replays the primary's changes and accepts read-only
+    /// connections.
+    pub async fn start_standby(primary: &Cluster) -> Result<Cluster> {
+        let bindir = primary.bindir.clone();
+        let dir = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .tempdir_in(TMP_ROOT)
+            .context("creating the standby directory under /tmp")?
+            .keep();
+        let mut cluster = Cluster {
+            major: primary.major,
+            data: dir.join("data"),
+            dir,
+            bindir,
+            server: None,
+            removed: false,
+        };
+        fs::write(cluster.dir.join(OWNER_FILE), owner_record())
+            .context("writing the standby's owner file")?;
+        if running_as_root() {
+            std::os::unix::fs::chown(&cluster.dir, Some(UNPRIVILEGED_ID), Some(UNPRIVILEGED_ID))
+                .with_context(|| format!("chown {} to 65534", cluster.dir.display()))?;
+        }
+        let output = cluster
+            .server_command("pg_basebackup")
+            .arg("-D")
+            .arg(&cluster.data)
+            .args(["-R", "-X", "stream", "--no-sync", "-U", "postgres", "-h"])
+            .arg(primary.socket_dir())
+            .args(["-p", &PORT.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running pg_basebackup")?;
+        if !output.status.success() {
+            return Err(anyhow!(
+                "pg_basebackup failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        cluster.spawn_server()?;
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
     /// The PostgreSQL major version of the server and its client tools.
     pub fn major(&self) -> u32 {
         self.major
