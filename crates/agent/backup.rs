@@ -50,10 +50,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for Cancellable<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if self.cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "backup cancelled",
-            )));
+            // Not ErrorKind::Interrupted: readers retry that kind.
+            return Poll::Ready(Err(io::Error::other("backup cancelled by signal")));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }

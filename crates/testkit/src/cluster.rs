@@ -195,7 +195,16 @@ impl Cluster {
             .server_command("pg_basebackup")
             .arg("-D")
             .arg(&cluster.data)
-            .args(["-R", "-X", "stream", "--no-sync", "-U", "postgres", "-h"])
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+                "-U",
+                "postgres",
+                "-h",
+            ])
             .arg(primary.socket_dir())
             .args(["-p", &PORT.to_string()])
             .stdin(Stdio::null())
