@@ -90,15 +90,26 @@ fn spawn_backup(config: &str, env: &[(String, String)]) -> Result<(std::process:
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pg_dump_killed_mid_stream_commits_nothing_and_leaves_no_upload() -> Result<()> {
+/// A backup to moto caught mid-stream: a multipart upload is under way.
+struct MidStream {
+    target: s3::S3Target,
+    prefix: String,
+    env: Vec<(String, String)>,
+    config: std::path::PathBuf,
+    child: std::process::Child,
+    pg_dump: u32,
+    _tmp: tempfile::TempDir,
+    _src: Cluster,
+}
+
+async fn backup_caught_mid_stream(name: &str) -> Result<MidStream> {
     let target = s3::moto()?;
     let tmp = tempfile::tempdir()?;
-    let repo = Repo::s3(target.clone(), "killed");
+    let repo = Repo::s3(target.clone(), name);
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
     refugio_testkit::sample::load_bulk(&src, "app", 3_000_000).await?;
-    // zstd level 19 makes the dump slow enough to be killed mid-stream.
+    // zstd level 19 makes the dump slow enough to be caught mid-stream.
     let config = write_config(
         tmp.path(),
         &repo,
@@ -109,16 +120,40 @@ async fn pg_dump_killed_mid_stream_commits_nothing_and_leaves_no_upload() -> Res
             "compression_level = 19\nglobals = false\n",
         ),
     );
-    let (child, pg_dump) = spawn_backup(config.to_str().unwrap_or_default(), &repo.env())?;
-    // Mid-stream for real: wait until a multipart upload is under way.
-    let Repo::S3 { prefix, .. } = &repo else {
+    let env = repo.env();
+    let (child, pg_dump) = spawn_backup(config.to_str().unwrap_or_default(), &env)?;
+    let Repo::S3 { prefix, .. } = repo else {
         unreachable!()
     };
     let deadline = Instant::now() + Duration::from_secs(90);
-    while pending_uploads(&target, prefix).await? == 0 {
+    while pending_uploads(&target, &prefix).await? == 0 {
         anyhow::ensure!(Instant::now() < deadline, "no multipart upload started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(MidStream {
+        target,
+        prefix,
+        env,
+        config,
+        child,
+        pg_dump,
+        _tmp: tmp,
+        _src: src,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_dump_killed_mid_stream_commits_nothing_and_leaves_no_upload() -> Result<()> {
+    let MidStream {
+        target,
+        prefix,
+        env,
+        config,
+        child,
+        pg_dump,
+        _tmp,
+        _src,
+    } = backup_caught_mid_stream("killed").await?;
     if let Err(e) = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pg_dump as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -133,13 +168,13 @@ async fn pg_dump_killed_mid_stream_commits_nothing_and_leaves_no_upload() -> Res
     let text = all_output(&out);
     assert!(!out.status.success(), "backup must fail: {text}");
     assert!(text.contains("pg_dump failed"), "names pg_dump: {text}");
-    assert!(list(&config, &repo.env())?.is_empty(), "no manifest");
+    assert!(list(&config, &env)?.is_empty(), "no manifest");
     assert_eq!(
-        pending_uploads(&target, prefix).await?,
+        pending_uploads(&target, &prefix).await?,
         0,
         "multipart upload aborted"
     );
-    let store = open_s3(&target, prefix).await?;
+    let store = open_s3(&target, &prefix).await?;
     use futures::StreamExt;
     let left: Vec<_> = store.list("").collect().await;
     assert!(left.is_empty(), "no objects left: {left:?}");
@@ -607,31 +642,16 @@ async fn concurrent_truncate_neither_hangs_nor_commits_wrong_counts() -> Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_mid_stream_aborts_the_upload_and_commits_nothing() -> Result<()> {
-    let target = s3::moto()?;
-    let tmp = tempfile::tempdir()?;
-    let repo = Repo::s3(target.clone(), "sigint");
-    let src = Cluster::start(16).await?;
-    src.create_database("app").await?;
-    refugio_testkit::sample::load_bulk(&src, "app", 3_000_000).await?;
-    let config = write_config(
-        tmp.path(),
-        &repo,
-        &job(
-            "app",
-            &src,
-            "app",
-            "compression_level = 19\nglobals = false\n",
-        ),
-    );
-    let (child, pg_dump) = spawn_backup(config.to_str().unwrap_or_default(), &repo.env())?;
-    let Repo::S3 { prefix, .. } = &repo else {
-        unreachable!()
-    };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while pending_uploads(&target, prefix).await? == 0 {
-        anyhow::ensure!(Instant::now() < deadline, "no multipart upload started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let MidStream {
+        target,
+        prefix,
+        env,
+        config,
+        child,
+        pg_dump,
+        _tmp,
+        _src,
+    } = backup_caught_mid_stream("sigint").await?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -640,9 +660,9 @@ async fn ctrl_c_mid_stream_aborts_the_upload_and_commits_nothing() -> Result<()>
     let text = all_output(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("cancelled"), "{text}");
-    assert!(list(&config, &repo.env())?.is_empty(), "no manifest");
+    assert!(list(&config, &env)?.is_empty(), "no manifest");
     assert_eq!(
-        pending_uploads(&target, prefix).await?,
+        pending_uploads(&target, &prefix).await?,
         0,
         "multipart upload aborted"
     );

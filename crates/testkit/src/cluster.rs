@@ -117,26 +117,7 @@ impl Cluster {
         let bindir = pg_bindir(major)?;
         sweep_stale_clusters();
 
-        let dir = tempfile::Builder::new()
-            .prefix(DIR_PREFIX)
-            .tempdir_in(TMP_ROOT)
-            .context("creating the cluster directory under /tmp")?
-            .keep();
-        // From here on, Drop removes the directory whatever fails below.
-        let mut cluster = Cluster {
-            major,
-            data: dir.join("data"),
-            dir,
-            bindir,
-            server: None,
-            removed: false,
-        };
-        fs::write(cluster.dir.join(OWNER_FILE), owner_record())
-            .context("writing the cluster's owner file")?;
-        if running_as_root() {
-            std::os::unix::fs::chown(&cluster.dir, Some(UNPRIVILEGED_ID), Some(UNPRIVILEGED_ID))
-                .with_context(|| format!("chown {} to 65534", cluster.dir.display()))?;
-        }
+        let mut cluster = Cluster::empty(major, bindir)?;
 
         cluster.initdb().await?;
         // Overwrite rather than replace: the file keeps the owner (the server's
@@ -166,19 +147,16 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Starts a hot standby of `primary`: `pg_basebackup -R` over the
-    /// primary's socket (streaming replication), then the server in its own
-    /// directory. It replays the primary's changes and accepts read-only
-    /// connections.
-    pub async fn start_standby(primary: &Cluster) -> Result<Cluster> {
-        let bindir = primary.bindir.clone();
+    /// A fresh cluster directory (owned by the server's user), no server yet.
+    /// From here on, Drop removes the directory whatever fails.
+    fn empty(major: u32, bindir: PathBuf) -> Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
             .tempdir_in(TMP_ROOT)
-            .context("creating the standby directory under /tmp")?
+            .context("creating the cluster directory under /tmp")?
             .keep();
-        let mut cluster = Cluster {
-            major: primary.major,
+        let cluster = Cluster {
+            major,
             data: dir.join("data"),
             dir,
             bindir,
@@ -186,11 +164,21 @@ impl Cluster {
             removed: false,
         };
         fs::write(cluster.dir.join(OWNER_FILE), owner_record())
-            .context("writing the standby's owner file")?;
+            .context("writing the cluster's owner file")?;
         if running_as_root() {
             std::os::unix::fs::chown(&cluster.dir, Some(UNPRIVILEGED_ID), Some(UNPRIVILEGED_ID))
                 .with_context(|| format!("chown {} to 65534", cluster.dir.display()))?;
         }
+        Ok(cluster)
+    }
+
+    /// Starts a hot standby of `primary`: `pg_basebackup -R` over the
+    /// primary's socket (streaming replication), then the server in its own
+    /// directory. It replays the primary's changes and accepts read-only
+    /// connections.
+    pub async fn start_standby(primary: &Cluster) -> Result<Cluster> {
+        let bindir = primary.bindir.clone();
+        let mut cluster = Cluster::empty(primary.major, bindir)?;
         let output = cluster
             .server_command("pg_basebackup")
             .arg("-D")
