@@ -288,6 +288,7 @@ pub async fn run(
             total_seconds: t0.elapsed().as_secs_f64(),
         },
         attempts: attempt,
+        schema_fingerprint: Some(snap_info.schema_fingerprint),
     };
     if cancel.is_cancelled() {
         discard(repo, &job.name, &id, &manifest.artifacts).await;
@@ -308,6 +309,7 @@ struct SnapInfo {
     tables: Vec<TableRows>,
     row_counts: String,
     large_objects: i64,
+    schema_fingerprint: String,
 }
 
 impl From<&Snapshot> for SnapInfo {
@@ -337,6 +339,7 @@ impl From<&Snapshot> for SnapInfo {
                 refugio_dump::snapshot::RowCountMode::Estimated => "estimated".into(),
             },
             large_objects: s.large_objects,
+            schema_fingerprint: s.schema_fingerprint.clone(),
         }
     }
 }

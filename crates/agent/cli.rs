@@ -39,6 +39,8 @@ pub enum Command {
     List(ListArgs),
     /// Restore a backup into a database.
     Restore(RestoreArgs),
+    /// Run a restore drill: restore into a scratch database, check, measure RPO/RTO, record a receipt.
+    Verify(VerifyArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -120,6 +122,27 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub pg_bindir: Option<PathBuf>,
     /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Job to drill (from the config). Default: the only job.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Backup id, `latest`, or `unverified` (the newest backup without a passing drill).
+    #[arg(long, default_value = "latest")]
+    pub backup: String,
+    /// Scratch server URL, overriding the job's `scratch`.
+    #[arg(long)]
+    pub scratch: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// Directory of pg_restore/psql to use.
+    #[arg(long)]
+    pub pg_bindir: Option<PathBuf>,
+    /// Print the receipt as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -8,7 +8,9 @@ use refugio_store::repo::Repository;
 use refugio_store::RepositoryLocation;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{BackupArgs, Cli, Command, ConfigCommand, ListArgs, RepoArgs, RestoreArgs};
+use crate::cli::{
+    BackupArgs, Cli, Command, ConfigCommand, ListArgs, RepoArgs, RestoreArgs, VerifyArgs,
+};
 use crate::config::{self, Config};
 
 /// A mistake in the invocation or the configuration: exit code 2.
@@ -27,6 +29,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             Command::Backup(a) => backup(cfg, a).await,
             Command::List(a) => list(cfg, a).await,
             Command::Restore(a) => restore(cfg, a).await,
+            Command::Verify(a) => verify(cfg, a).await,
             Command::Config {
                 command: ConfigCommand::Check { json },
             } => config_check(cfg, cli.config.is_some(), json).await,
@@ -141,16 +144,42 @@ async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
         None => repo.jobs().await?,
     };
     let mut all: Vec<Manifest> = Vec::new();
+    let mut receipts: Vec<(String, String, refugio_verify::drill::Receipt)> = Vec::new();
     for j in &jobs {
         all.extend(repo.manifests(j).await?);
+        for (id, r) in refugio_verify::drill::receipts(&repo, j).await? {
+            receipts.push((j.clone(), id, r));
+        }
     }
     all.sort_by(|x, y| {
         y.started_at
             .cmp(&x.started_at)
             .then(y.backup_id.cmp(&x.backup_id))
     });
+    // The newest drill of each backup.
+    let last_drill = |m: &Manifest| {
+        receipts
+            .iter()
+            .filter(|(j, id, _)| *j == m.job && *id == m.backup_id)
+            .map(|(_, _, r)| r)
+            .max_by_key(|r| r.started_at)
+    };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        let mut out = Vec::new();
+        for m in &all {
+            let mut v = serde_json::to_value(m)?;
+            v["verification"] = match last_drill(m) {
+                Some(r) => serde_json::json!({
+                    "verified": r.verified,
+                    "passed": r.passed,
+                    "at": r.started_at,
+                    "rto_seconds": r.rto.measured_seconds,
+                }),
+                None => serde_json::Value::Null,
+            };
+            out.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     if all.is_empty() {
@@ -158,12 +187,32 @@ async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<16} {:<22} {:<20} {:<16} {:<8} {:>11} {:>11} {:>9}",
-        "JOB", "BACKUP", "TIME (UTC)", "DATABASE", "SERVER", "STORED", "RAW", "DURATION"
+        "{:<16} {:<22} {:<20} {:<16} {:<8} {:>11} {:>11} {:>9}  {:<10} {:<20} {:>8}",
+        "JOB",
+        "BACKUP",
+        "TIME (UTC)",
+        "DATABASE",
+        "SERVER",
+        "STORED",
+        "RAW",
+        "DURATION",
+        "VERIFIED",
+        "DRILL (UTC)",
+        "RTO"
     );
     for m in &all {
+        let (state, when, rto) = match last_drill(m) {
+            Some(r) => (
+                if r.verified { "yes" } else { "FAILED" },
+                r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                r.rto
+                    .measured_seconds
+                    .map_or("-".to_string(), |s| format!("{s:.1}s")),
+            ),
+            None => ("no", "-".to_string(), "-".to_string()),
+        };
         println!(
-            "{:<16} {:<22} {:<20} {:<16} {:<8} {:>11} {:>11} {:>8.1}s",
+            "{:<16} {:<22} {:<20} {:<16} {:<8} {:>11} {:>11} {:>8.1}s  {:<10} {:<20} {:>8}",
             m.job,
             m.backup_id,
             m.snapshot_at.format("%Y-%m-%d %H:%M:%S"),
@@ -171,10 +220,100 @@ async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
             m.server.version,
             human(m.stored_size()),
             human(m.raw_size()),
-            m.durations.total_seconds
+            m.durations.total_seconds,
+            state,
+            when,
+            rto
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
+    let job = cfg.job(a.job.as_deref()).map_err(usage)?.clone();
+    let repo = open_repo(&cfg, &a.repo).await?;
+    let scratch_url = a
+        .scratch
+        .clone()
+        .or_else(|| job.scratch.clone())
+        .ok_or_else(|| {
+            usage(anyhow!(
+                "job {}: no scratch server: set `scratch` in the job or pass --scratch URL",
+                job.name
+            ))
+        })?;
+    let scratch =
+        refugio_dump::SourceSpec::new(&scratch_url, None, None).map_err(|e| usage(e.into()))?;
+    let history = repo.manifests(&job.name).await?;
+    let manifest = if a.backup == "unverified" {
+        let done = refugio_verify::drill::receipts(&repo, &job.name).await?;
+        history
+            .iter()
+            .find(|m| !done.iter().any(|(id, r)| *id == m.backup_id && r.verified))
+            .cloned()
+            .ok_or_else(|| anyhow!("job {}: every backup is verified", job.name))?
+    } else {
+        repo.resolve(&job.name, &a.backup).await?
+    };
+    let opts = refugio_verify::drill::DrillOptions {
+        scratch: scratch.clone(),
+        checks: job.checks.clone(),
+        rpo_target: job.targets.rpo,
+        rto_target: job.targets.rto,
+        jobs: job.drill_jobs,
+        bindir: a.pg_bindir.clone(),
+    };
+    tracing::info!(job = %job.name, backup = %manifest.backup_id, scratch = %scratch.redacted(), "drill-started");
+    let token = CancellationToken::new();
+    cancel_on_signals(token.clone());
+    let drill = refugio_verify::drill::drill(&repo, &manifest, &history, &opts, chrono::Utc::now());
+    let receipt = tokio::select! {
+        r = drill => r?,
+        _ = token.cancelled() => {
+            // The drill was dropped mid-way (its child processes killed):
+            // remove its scratch database before exiting.
+            let admin = scratch.with_database("postgres");
+            let name = refugio_verify::drill::scratch_name(&manifest.backup_id);
+            refugio_verify::drill::drop_scratch(&admin, Some(&name)).await?;
+            bail!("drill cancelled; scratch database {name} dropped");
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&receipt)?);
+    } else {
+        println!(
+            "drill of backup {} (job {}): {}",
+            receipt.backup_id,
+            receipt.job,
+            if receipt.passed { "PASSED" } else { "FAILED" }
+        );
+        println!(
+            "  restore + checks: {:.1}s (fetch+restore {:.1}s, analyze {:.1}s, checks {:.1}s); {} tables compared, {} SQL checks",
+            receipt.rto.measured_seconds.unwrap_or_default(),
+            receipt.phases.fetch_restore_seconds,
+            receipt.phases.analyze_seconds,
+            receipt.phases.checks_seconds,
+            receipt.counts.len(),
+            receipt.checks.len()
+        );
+        let secs = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.0}s"));
+        println!(
+            "  RTO {} (target {}), RPO {} (target {}), largest gap between verified backups {}",
+            secs(receipt.rto.measured_seconds),
+            secs(receipt.rto.target_seconds),
+            secs(receipt.rpo.measured_seconds),
+            secs(receipt.rpo.target_seconds),
+            secs(receipt.rpo_detail.largest_gap_seconds)
+        );
+        for f in &receipt.failures {
+            println!("  FAIL {f}");
+        }
+    }
+    Ok(if receipt.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 async fn restore(cfg: Config, a: RestoreArgs) -> Result<ExitCode> {

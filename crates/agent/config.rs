@@ -137,6 +137,33 @@ pub struct JobConfig {
     /// `exact` (default: `count(*)` per table in the snapshot) or `estimated` (`reltuples`).
     #[serde(default)]
     pub row_counts: RowCountMode,
+    /// Where restore drills restore: a server URL where refugio may create
+    /// and drop `refugio_drill_*` databases. Default none (`refugio verify`
+    /// then needs `--scratch`).
+    #[serde(default)]
+    pub scratch: Option<String>,
+    /// Recovery targets checked by drills: `{ rpo = "6h", rto = "2h" }`. Default none.
+    #[serde(default)]
+    pub targets: Targets,
+    /// SQL checks run on the restored database by drills; each must return
+    /// one row with one true value. Default none.
+    #[serde(default)]
+    pub checks: Vec<String>,
+    /// Parallel pg_restore jobs in drills. Default 1.
+    #[serde(default = "one")]
+    pub drill_jobs: u32,
+}
+
+/// `targets = { rpo = "6h", rto = "2h" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    /// Largest acceptable age of the newest verified backup.
+    #[serde(default, with = "humantime_serde")]
+    pub rpo: Option<Duration>,
+    /// Longest acceptable restore (fetch to end of checks).
+    #[serde(default, with = "humantime_serde")]
+    pub rto: Option<Duration>,
 }
 
 fn default_repository_url() -> String {
@@ -162,6 +189,9 @@ fn default_lock_wait() -> Duration {
 }
 fn default_attempts() -> u32 {
     3
+}
+fn one() -> u32 {
+    1
 }
 
 /// Parses `"8MiB"`, `"16 MB"`, `"5242880"` or a TOML integer.
@@ -266,6 +296,13 @@ impl Config {
                         j.compression.as_str()
                     );
                 }
+            }
+            if let Some(scratch) = &j.scratch {
+                if scratch == "ephemeral" {
+                    bail!("jobs[{i}] ({}).scratch: \"ephemeral\" (a throwaway cluster) is not supported yet; give a server URL", j.name);
+                }
+                refugio_dump::SourceSpec::new(scratch, None, None)
+                    .with_context(|| format!("jobs[{i}] ({}).scratch", j.name))?;
             }
             if j.attempts == 0 {
                 bail!("jobs[{i}] ({}).attempts: must be at least 1", j.name);

@@ -3,5 +3,6 @@
 //! `scripts/services start` (or `scripts/test`).
 
 mod common;
+mod drill;
 mod failures;
 mod roundtrip;

@@ -42,7 +42,13 @@ async fn round_trip(
     let manifests = list(&config, &env)?;
     assert_eq!(manifests.len(), 1, "one committed backup");
     let m = &manifests[0];
-    assert_eq!(m["format"], "1.0");
+    assert_eq!(m["format"], "1.1");
+    assert!(
+        m["schema_fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.len() == 64),
+        "{m}"
+    );
     assert_eq!(m["database"], "app");
     assert_eq!(
         m["server"]["version_num"].as_u64().map(|v| v / 10000),
@@ -94,6 +100,20 @@ async fn round_trip(
         row_counts(&dst, "app").await?,
         manifest_counts(m),
         "restored counts = manifest"
+    );
+    // The schema fingerprint taken in the snapshot matches the restored schema.
+    let mut conn = refugio_dump::SourceSpec::new(&dst.url("app"), None, None)?
+        .connect()
+        .await?;
+    let (restored_fp, objects) = refugio_dump::fingerprint::schema_fingerprint(&mut conn).await?;
+    assert!(
+        objects > 20,
+        "the listing covers the sample's objects: {objects}"
+    );
+    assert_eq!(
+        m["schema_fingerprint"].as_str(),
+        Some(restored_fp.as_str()),
+        "schema fingerprint"
     );
     let lo_sql = "SELECT count(*) FROM pg_largeobject_metadata";
     assert_eq!(

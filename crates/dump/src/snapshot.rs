@@ -89,6 +89,8 @@ pub struct Snapshot {
     pub row_counts: RowCountMode,
     /// Number of large objects.
     pub large_objects: i64,
+    /// [`crate::fingerprint`] of the schema in the snapshot.
+    pub schema_fingerprint: String,
 }
 
 fn q(e: sqlx::Error, spec: &SourceSpec, what: &str) -> Error {
@@ -260,6 +262,9 @@ impl Snapshot {
             .await
             .map_err(|e| q(e, spec, "counting large objects"))?
             .get("n");
+        let (schema_fingerprint, _) = crate::fingerprint::schema_fingerprint(&mut conn)
+            .await
+            .map_err(|e| q(e, spec, "fingerprinting the schema"))?;
         Ok(Snapshot {
             conn,
             id,
@@ -268,6 +273,7 @@ impl Snapshot {
             tables,
             row_counts: opts.row_counts,
             large_objects,
+            schema_fingerprint,
         })
     }
 

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// The manifest major version this build reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The manifest format written by this build.
-pub const FORMAT: &str = "1.0";
+pub const FORMAT: &str = "1.1";
 /// Object name of the manifest inside a backup's prefix.
 pub const MANIFEST_NAME: &str = "manifest.json";
 
@@ -21,7 +21,7 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// `"1.0"`.
+    /// `"1.1"` (1.0 had no `schema_fingerprint`).
     pub format: String,
     pub job: String,
     pub backup_id: String,
@@ -45,6 +45,10 @@ pub struct Manifest {
     #[serde(default)]
     pub large_objects: i64,
     pub durations: Durations,
+    /// SHA-256 of the schema listing in the snapshot (format 1.1+), compared
+    /// by restore drills.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_fingerprint: Option<String>,
     /// Backups of this database that were retried (lock timeouts) before this one succeeded.
     #[serde(default)]
     pub attempts: u32,
@@ -237,6 +241,7 @@ mod tests {
             large_objects: 1,
             durations: Durations::default(),
             attempts: 1,
+            schema_fingerprint: None,
         }
     }
 

@@ -3,8 +3,10 @@
 //! `psql` so that a corrupted or truncated artifact restores nothing. The
 //! user's `refugio restore` and the restore drills (later) share this path.
 
+pub mod drill;
 pub mod error;
 pub mod feed;
+pub mod measure;
 pub mod restore;
 
 pub use error::{Error, Result};

@@ -1,0 +1,229 @@
+//! Restore drills (`refugio verify`) against real clusters: a scratch
+//! server, receipts in the repository, failures named, nothing left behind.
+
+use anyhow::{Context, Result};
+use refugio_testkit::Cluster;
+use rstest::rstest;
+use serde_json::Value;
+
+use crate::common::*;
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    _src: Cluster,
+    scratch: Cluster,
+    config: std::path::PathBuf,
+    manifest: Value,
+}
+
+/// A backed-up sample database and a scratch server; `extra` goes into the job.
+async fn setup(major: u32, extra: &str) -> Result<Setup> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(major).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let scratch = Cluster::start(major).await?;
+    let repo = Repo::dir(tmp.path());
+    let job_extra = format!("scratch = {:?}\n{extra}", scratch.url("postgres"));
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &job_extra));
+    refugio_ok(
+        &["--config", config.to_str().unwrap_or_default(), "backup"],
+        &[],
+    )?;
+    let manifest = list(&config, &[])?.into_iter().next().context("manifest")?;
+    Ok(Setup {
+        tmp,
+        _src: src,
+        scratch,
+        config,
+        manifest,
+    })
+}
+
+impl Setup {
+    fn verify(&self, extra: &[&str]) -> std::process::Output {
+        let bindir = self.scratch.bindir().display().to_string();
+        let mut args = vec![
+            "--config",
+            self.config.to_str().unwrap_or_default(),
+            "verify",
+            "--json",
+            "--pg-bindir",
+            &bindir,
+        ];
+        args.extend_from_slice(extra);
+        refugio(&args, &[])
+    }
+
+    fn backup_dir(&self) -> std::path::PathBuf {
+        self.tmp
+            .path()
+            .join("repo/app")
+            .join(self.manifest["backup_id"].as_str().unwrap_or("?"))
+    }
+
+    fn receipts(&self) -> Vec<Value> {
+        files_under(&self.backup_dir())
+            .into_iter()
+            .filter(|f| f.starts_with("verify-"))
+            .filter_map(|f| std::fs::read(self.backup_dir().join(f)).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    }
+
+    async fn drill_databases(&self) -> Result<String> {
+        self.scratch.psql("postgres", "SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE 'refugio_drill_%'").await
+    }
+}
+
+#[rstest]
+#[case::pg15(15)]
+#[case::pg16(16)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_good_backup_passes_its_drill(#[case] major: u32) -> Result<()> {
+    let s = setup(
+        major,
+        "checks = [\"SELECT count(*) > 0 FROM trips\"]\ntargets = { rpo = \"6h\", rto = \"2h\" }\n",
+    )
+    .await?;
+    let out = s.verify(&[]);
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    let r: Value = serde_json::from_slice(&out.stdout).context("receipt JSON")?;
+    assert_eq!(r["passed"], true);
+    assert_eq!(r["verified"], true);
+    assert_eq!(
+        r["counts"].as_array().map(Vec::len),
+        s.manifest["tables"].as_array().map(Vec::len)
+    );
+    assert!(r["counts"].as_array().is_some_and(|c| c
+        .iter()
+        .all(|c| c["ok"] == true && c["expected"] == c["actual"])));
+    let art = s.manifest["artifacts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["kind"] == "database"))
+        .context("artifact")?;
+    assert_eq!(r["digests_checked"][0][1], art["sha256"]);
+    assert_eq!(r["schema_fingerprint"][0], r["schema_fingerprint"][1]);
+    assert_eq!(r["checks"][0]["ok"], true);
+    assert_eq!(r["rto"]["met"], true);
+    assert_eq!(r["rpo"]["met"], true);
+    assert!(r["scratch_server_version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with(&major.to_string())));
+    // The receipt is in the repository, beside the manifest, identical.
+    let stored = s.receipts();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0], r);
+    // list shows the backup as verified, with its RTO.
+    let l = list(&s.config, &[])?;
+    assert_eq!(l[0]["verification"]["verified"], true, "{}", l[0]);
+    assert!(l[0]["verification"]["rto_seconds"].as_f64().is_some());
+    assert_eq!(s.drill_databases().await?, "", "scratch database dropped");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flipped_byte_fails_at_fetch_and_restores_nothing() -> Result<()> {
+    let s = setup(16, "").await?;
+    let art = s.backup_dir().join("database.dump.zst");
+    let mut bytes = std::fs::read(&art)?;
+    let i = bytes.len() / 3;
+    bytes[i] ^= 0x40;
+    std::fs::write(&art, bytes)?;
+    let out = s.verify(&[]);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let r: Value = serde_json::from_slice(&out.stdout).context("receipt JSON")?;
+    let failures = r["failures"].to_string();
+    assert!(
+        failures.contains("SHA-256") && failures.contains("database.dump.zst"),
+        "{failures}"
+    );
+    assert_eq!(
+        r["counts"].as_array().map(Vec::len),
+        Some(0),
+        "nothing was checked: nothing restored"
+    );
+    assert_eq!(s.drill_databases().await?, "");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_data_loss_in_the_manifest_fails_the_count_check() -> Result<()> {
+    let s = setup(16, "").await?;
+    let path = s.backup_dir().join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let tables = m["tables"].as_array_mut().context("tables")?;
+    let trips = tables
+        .iter_mut()
+        .find(|t| t["name"] == "trips")
+        .context("trips")?;
+    trips["rows"] = 121.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m)?)?;
+    let out = s.verify(&[]);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("table public.trips: expected 121 rows (manifest), restored 120"),
+        "{text}"
+    );
+    assert_eq!(s.drill_databases().await?, "");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_sql_check_is_named() -> Result<()> {
+    let s = setup(
+        16,
+        "checks = [\"SELECT count(*) > 0 FROM trips\", \"SELECT count(*) > 1000000 FROM trips\"]\n",
+    )
+    .await?;
+    let out = s.verify(&[]);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let r: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["checks"][0]["ok"], true);
+    assert_eq!(r["checks"][1]["ok"], false);
+    assert!(
+        r["failures"]
+            .to_string()
+            .contains("SELECT count(*) > 1000000 FROM trips"),
+        "{r}"
+    );
+    assert_eq!(r["verified"], false);
+    Ok(())
+}
+
+#[rstest]
+#[case::impossible("1ms", false)]
+#[case::generous("2h", true)]
+#[tokio::test(flavor = "multi_thread")]
+async fn rto_target_is_measured(#[case] rto: &str, #[case] met: bool) -> Result<()> {
+    let s = setup(16, &format!("targets = {{ rto = {rto:?} }}\n")).await?;
+    let out = s.verify(&[]);
+    let text = all_output(&out);
+    let r: Value = serde_json::from_slice(&out.stdout).with_context(|| text.clone())?;
+    assert_eq!(r["rto"]["met"], met, "{r}");
+    assert!(r["rto"]["measured_seconds"]
+        .as_f64()
+        .is_some_and(|s| s > 0.0));
+    assert_eq!(out.status.success(), met, "{text}");
+    if !met {
+        assert!(text.contains("RTO target missed"), "{text}");
+        assert_eq!(r["verified"], true, "the backup itself is fine");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leftovers_of_a_crashed_drill_are_dropped() -> Result<()> {
+    let s = setup(16, "").await?;
+    s.scratch
+        .create_database("refugio_drill_20200101t000000z")
+        .await?;
+    let out = s.verify(&[]);
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(s.drill_databases().await?, "");
+    Ok(())
+}
