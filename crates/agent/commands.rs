@@ -232,18 +232,19 @@ async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
 async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
     let job = cfg.job(a.job.as_deref()).map_err(usage)?.clone();
     let repo = open_repo(&cfg, &a.repo).await?;
-    let scratch_url = a
-        .scratch
-        .clone()
-        .or_else(|| job.scratch.clone())
-        .ok_or_else(|| {
-            usage(anyhow!(
-                "job {}: no scratch server: set `scratch` in the job or pass --scratch URL",
-                job.name
-            ))
-        })?;
-    let scratch =
-        refugio_dump::SourceSpec::new(&scratch_url, None, None).map_err(|e| usage(e.into()))?;
+    let scratch_url = a.scratch.clone().or_else(|| job.scratch.clone()).ok_or_else(|| {
+        usage(anyhow!(
+            "job {}: no scratch target: set `scratch` in the job (a server URL or \"ephemeral\") or pass --scratch",
+            job.name
+        ))
+    })?;
+    let scratch = if scratch_url == "ephemeral" {
+        refugio_verify::drill::Scratch::Ephemeral
+    } else {
+        refugio_verify::drill::Scratch::Server(
+            refugio_dump::SourceSpec::new(&scratch_url, None, None).map_err(|e| usage(e.into()))?,
+        )
+    };
     let history = repo.manifests(&job.name).await?;
     let manifest = if a.backup == "unverified" {
         let done = refugio_verify::drill::receipts(&repo, &job.name).await?;
@@ -256,14 +257,14 @@ async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
         repo.resolve(&job.name, &a.backup).await?
     };
     let opts = refugio_verify::drill::DrillOptions {
-        scratch: scratch.clone(),
+        scratch,
         checks: job.checks.clone(),
         rpo_target: job.targets.rpo,
         rto_target: job.targets.rto,
         jobs: job.drill_jobs,
         bindir: a.pg_bindir.clone(),
     };
-    tracing::info!(job = %job.name, backup = %manifest.backup_id, scratch = %scratch.redacted(), "drill-started");
+    tracing::info!(job = %job.name, backup = %manifest.backup_id, "drill-started");
     let token = CancellationToken::new();
     cancel_on_signals(token.clone());
     let drill = refugio_verify::drill::drill(&repo, &manifest, &history, &opts, chrono::Utc::now());
@@ -271,11 +272,13 @@ async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
         r = drill => r?,
         _ = token.cancelled() => {
             // The drill was dropped mid-way (its child processes killed):
-            // remove its scratch database before exiting.
-            let admin = scratch.with_database("postgres");
+            // remove a server's scratch database before exiting (an
+            // ephemeral cluster was removed when the drill was dropped).
             let name = refugio_verify::drill::scratch_name(&manifest.backup_id);
-            refugio_verify::drill::drop_scratch(&admin, Some(&name)).await?;
-            bail!("drill cancelled; scratch database {name} dropped");
+            if let refugio_verify::drill::Scratch::Server(spec) = &opts.scratch {
+                refugio_verify::drill::drop_scratch(&spec.with_database("postgres"), Some(&name)).await?;
+            }
+            bail!("drill cancelled; scratch database {name} removed");
         }
     };
     if a.json {

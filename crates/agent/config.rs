@@ -138,8 +138,9 @@ pub struct JobConfig {
     #[serde(default)]
     pub row_counts: RowCountMode,
     /// Where restore drills restore: a server URL where refugio may create
-    /// and drop `refugio_drill_*` databases. Default none (`refugio verify`
-    /// then needs `--scratch`).
+    /// and drop `refugio_drill_*` databases, or `"ephemeral"`: a throwaway
+    /// cluster refugio starts itself (roles restored too). Default none
+    /// (`refugio verify` then needs `--scratch`).
     #[serde(default)]
     pub scratch: Option<String>,
     /// Recovery targets checked by drills: `{ rpo = "6h", rto = "2h" }`. Default none.
@@ -297,10 +298,7 @@ impl Config {
                     );
                 }
             }
-            if let Some(scratch) = &j.scratch {
-                if scratch == "ephemeral" {
-                    bail!("jobs[{i}] ({}).scratch: \"ephemeral\" (a throwaway cluster) is not supported yet; give a server URL", j.name);
-                }
+            if let Some(scratch) = j.scratch.as_deref().filter(|s| *s != "ephemeral") {
                 refugio_dump::SourceSpec::new(scratch, None, None)
                     .with_context(|| format!("jobs[{i}] ({}).scratch", j.name))?;
             }

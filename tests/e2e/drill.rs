@@ -227,3 +227,87 @@ async fn leftovers_of_a_crashed_drill_are_dropped() -> Result<()> {
     assert_eq!(s.drill_databases().await?, "");
     Ok(())
 }
+
+fn drill_dirs() -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("refugio-drill-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[rstest]
+#[case::pg15(15)]
+#[case::pg16(16)]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ephemeral_cluster_restores_roles_and_is_removed(#[case] major: u32) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(major).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let repo = Repo::dir(tmp.path());
+    let extra = "scratch = \"ephemeral\"\nchecks = [\"SELECT tableowner = 'trip_owner' FROM pg_tables WHERE tablename = 'trips'\"]\n";
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", extra));
+    let cfg = config.to_str().unwrap_or_default();
+    refugio_ok(&["--config", cfg, "backup"], &[])?;
+    let bindir = src.bindir().display().to_string();
+    let out = refugio(
+        &["--config", cfg, "verify", "--json", "--pg-bindir", &bindir],
+        &[],
+    );
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    let r: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["scratch_kind"], "ephemeral");
+    assert_eq!(
+        r["checks"][0]["ok"], true,
+        "ownership restored with the roles: {r}"
+    );
+    assert!(r["scratch_server_version"]
+        .as_str()
+        .is_some_and(|v| v.starts_with(&major.to_string())));
+    // This drill's cluster directory is gone (others may be running in parallel
+    // tests, so look for directories whose owner is not alive).
+    for d in drill_dirs() {
+        let owner =
+            std::fs::read_to_string(std::env::temp_dir().join(&d).join("refugio-owner.pid"))
+                .unwrap_or_default();
+        let alive = owner
+            .trim()
+            .parse::<u32>()
+            .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        assert!(alive, "leftover drill cluster {d}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_drills_cluster_directory_is_removed_by_the_next() -> Result<()> {
+    // A leftover as a crashed drill leaves it: owner process gone.
+    let dead = std::process::Command::new("true").spawn()?;
+    let dead_pid = dead.id();
+    let mut dead = dead;
+    dead.wait()?;
+    let leftover = std::env::temp_dir().join("refugio-drill-crashedtest");
+    std::fs::create_dir_all(leftover.join("data"))?;
+    std::fs::write(leftover.join("refugio-owner.pid"), dead_pid.to_string())?;
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let repo = Repo::dir(tmp.path());
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job("app", &src, "app", "scratch = \"ephemeral\"\n"),
+    );
+    let cfg = config.to_str().unwrap_or_default();
+    refugio_ok(&["--config", cfg, "backup"], &[])?;
+    let bindir = src.bindir().display().to_string();
+    refugio_ok(&["--config", cfg, "verify", "--pg-bindir", &bindir], &[])?;
+    assert!(!leftover.exists(), "leftover removed");
+    Ok(())
+}

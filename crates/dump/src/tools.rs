@@ -17,6 +17,10 @@ pub enum ToolKind {
     PgDumpAll,
     PgRestore,
     Psql,
+    /// Server binaries, for throwaway clusters (ephemeral drills).
+    Initdb,
+    Postgres,
+    PgCtl,
 }
 
 impl ToolKind {
@@ -26,6 +30,9 @@ impl ToolKind {
             ToolKind::PgDumpAll => "pg_dumpall",
             ToolKind::PgRestore => "pg_restore",
             ToolKind::Psql => "psql",
+            ToolKind::Initdb => "initdb",
+            ToolKind::Postgres => "postgres",
+            ToolKind::PgCtl => "pg_ctl",
         }
     }
 }

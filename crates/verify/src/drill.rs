@@ -26,11 +26,19 @@ pub const RECEIPT_FORMAT: &str = "1.0";
 /// Prefix of scratch databases; leftovers with it are dropped by the next drill.
 pub const SCRATCH_PREFIX: &str = "refugio_drill_";
 
+/// Where a drill restores.
+#[derive(Debug, Clone)]
+pub enum Scratch {
+    /// A server where refugio may create and drop `refugio_drill_*` databases.
+    Server(SourceSpec),
+    /// A throwaway cluster refugio starts itself; roles are restored too.
+    Ephemeral,
+}
+
 /// How to run a drill.
 #[derive(Debug, Clone)]
 pub struct DrillOptions {
-    /// A server where refugio may create and drop `refugio_drill_*` databases.
-    pub scratch: SourceSpec,
+    pub scratch: Scratch,
     /// SQL checks, each must return one row with one true value.
     pub checks: Vec<String>,
     pub rpo_target: Option<Duration>,
@@ -204,13 +212,27 @@ pub async fn drill(
     now: DateTime<Utc>,
 ) -> Result<Receipt> {
     let started = Instant::now();
-    let admin = opts.scratch.with_database("postgres");
+    // An ephemeral cluster lives for this drill only; dropping it (also on
+    // cancellation) stops it and removes its directory.
+    let (cluster, server, kind) = match &opts.scratch {
+        Scratch::Server(spec) => (None, spec.clone(), "server"),
+        Scratch::Ephemeral => {
+            let c = crate::ephemeral::EphemeralCluster::start(
+                refugio_dump::PgVersion::from_num(manifest.server.version_num),
+                opts.bindir.as_deref(),
+            )
+            .await?;
+            let spec = c.spec("postgres")?;
+            (Some(c), spec, "ephemeral")
+        }
+    };
+    let admin = server.with_database("postgres");
     let dropped = drop_scratch(&admin, None).await?;
     if !dropped.is_empty() {
         tracing::warn!(databases = ?dropped, "drill-leftovers-dropped");
     }
     let name = scratch_name(&manifest.backup_id);
-    let target = opts.scratch.with_database(&name);
+    let target = server.with_database(&name);
     let mut receipt = Receipt {
         format: RECEIPT_FORMAT.into(),
         job: manifest.job.clone(),
@@ -221,7 +243,7 @@ pub async fn drill(
         passed: false,
         failures: Vec::new(),
         refugio_version: env!("CARGO_PKG_VERSION").into(),
-        scratch_kind: "server".into(),
+        scratch_kind: kind.into(),
         scratch_server_version: None,
         restore_tool: None,
         digests_checked: Vec::new(),
@@ -243,7 +265,8 @@ pub async fn drill(
         rpo_detail: measure::rpo(&[], now),
     };
 
-    let outcome = run_checks(repo, manifest, opts, &target, &mut receipt).await;
+    let ephemeral = cluster.is_some();
+    let outcome = run_checks(repo, manifest, opts, &target, ephemeral, &mut receipt).await;
     if let Err(e) = &outcome {
         receipt.failures.push(format!("{e}"));
     }
@@ -309,16 +332,20 @@ async fn run_checks(
     manifest: &Manifest,
     opts: &DrillOptions,
     target: &SourceSpec,
+    ephemeral: bool,
     receipt: &mut Receipt,
 ) -> Result<()> {
     let t = Instant::now();
+    // On our own cluster the roles are restored too, so ownership and
+    // grants are restored for real; on a shared server they are not touched.
+    let with_globals = ephemeral && manifest.artifact("globals").is_some();
     let ropts = RestoreOptions {
         target: target.clone(),
         clean: false,
         create: true,
-        globals: false,
+        globals: with_globals,
         jobs: opts.jobs.max(1),
-        no_owner: true,
+        no_owner: !with_globals,
         bindir: opts.bindir.clone(),
         temp_dir: None,
     };

@@ -39,6 +39,9 @@ pub enum Error {
     #[error("applying globals (roles) failed: {0}")]
     Globals(String),
 
+    #[error("ephemeral drill cluster: {0}")]
+    Ephemeral(String),
+
     #[error("temporary file for a parallel restore in {dir}: {source}")]
     TempFile {
         dir: String,

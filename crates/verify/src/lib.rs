@@ -4,6 +4,7 @@
 //! user's `refugio restore` and the restore drills (later) share this path.
 
 pub mod drill;
+pub mod ephemeral;
 pub mod error;
 pub mod feed;
 pub mod measure;

@@ -1,0 +1,252 @@
+//! Throwaway PostgreSQL clusters for drills (`scratch = "ephemeral"`):
+//! initdb into a fresh directory under the system temp dir, a server on a
+//! unix socket in that directory (no TCP port), run as an unprivileged user
+//! (65534) when refugio runs as root, removed afterwards. A directory left
+//! by a crashed drill (its owner process gone) is removed by the next one,
+//! its server stopped by the PID it recorded.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use refugio_dump::tools::{self, PgVersion, Tool, ToolKind};
+use refugio_dump::SourceSpec;
+
+use crate::error::{Error, Result};
+
+/// Directory name prefix of ephemeral clusters.
+pub const DIR_PREFIX: &str = "refugio-drill-";
+const OWNER_FILE: &str = "refugio-owner.pid";
+const NOBODY: u32 = 65534;
+const PORT: u16 = 5432;
+
+fn err(what: impl Into<String>) -> Error {
+    Error::Ephemeral(what.into())
+}
+
+/// A running throwaway cluster; dropping it stops the server and removes
+/// the directory.
+pub struct EphemeralCluster {
+    dir: PathBuf,
+    server: Option<tokio::process::Child>,
+    pub version: PgVersion,
+    pub bindir: PathBuf,
+}
+
+impl std::fmt::Debug for EphemeralCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EphemeralCluster")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+fn as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn server_cmd(tool: &Path, dir: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(tool);
+    c.current_dir(dir).stdin(Stdio::null());
+    if as_root() {
+        c.uid(NOBODY).gid(NOBODY);
+    }
+    c
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes clusters of crashed drills: directories whose owner process is gone.
+pub fn sweep(root: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let owner = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if owner.is_some_and(pid_alive) {
+            continue;
+        }
+        // Our server, started by the dead drill: stop it by its recorded PID.
+        if let Some(pid) = std::fs::read_to_string(path.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        {
+            if pid_alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGQUIT,
+                );
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while pid_alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        if std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+impl EphemeralCluster {
+    /// Starts a cluster whose major version is the closest >= `server`
+    /// (from `bindir`, else the usual search).
+    pub async fn start(server: PgVersion, bindir: Option<&Path>) -> Result<EphemeralCluster> {
+        let root = std::env::temp_dir();
+        for old in sweep(&root) {
+            tracing::warn!(dir = %old.display(), "drill-cluster-leftover-removed");
+        }
+        let what = format!("an ephemeral drill cluster for a PostgreSQL {server} backup");
+        let initdb: Tool = tools::find_for(ToolKind::Initdb, server, &what, bindir).await?;
+        let postgres = initdb.bindir().join("postgres");
+        let dir = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .tempdir_in(&root)
+            .map_err(|e| err(format!("creating a directory in {}: {e}", root.display())))?
+            .keep();
+        let mut cluster = EphemeralCluster {
+            dir: dir.clone(),
+            server: None,
+            version: initdb.version,
+            bindir: initdb.bindir().to_path_buf(),
+        };
+        std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
+            .map_err(|e| err(format!("writing {}: {e}", dir.join(OWNER_FILE).display())))?;
+        if as_root() {
+            std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY))
+                .map_err(|e| err(format!("chown {}: {e}", dir.display())))?;
+        }
+        let data = dir.join("data");
+        let out = server_cmd(&initdb.path, &dir)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .await
+            .map_err(|e| err(format!("running {}: {e}", initdb.path.display())))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "initdb failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| err(e.to_string()))?;
+        if as_root() {
+            let _ = std::os::unix::fs::chown(dir.join("server.log"), Some(NOBODY), Some(NOBODY));
+        }
+        let child = server_cmd(&postgres, &dir)
+            .arg("-D")
+            .arg(&data)
+            .args(["-c", "listen_addresses=", "-c", &format!("port={PORT}")])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", dir.display()))
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "synchronous_commit=off",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| err(format!("starting {}: {e}", postgres.display())))?;
+        cluster.server = Some(child);
+        let spec = cluster.spec("postgres")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match spec.connect().await {
+                Ok(c) => {
+                    drop(c);
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                    return Err(err(format!(
+                        "the drill cluster did not start: {e}; server log: {log}"
+                    )));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Connection to a database of this cluster.
+    pub fn spec(&self, db: &str) -> Result<SourceSpec> {
+        let host: String =
+            url::form_urlencoded::byte_serialize(self.dir.to_string_lossy().as_bytes()).collect();
+        Ok(SourceSpec::new(
+            &format!("postgres://postgres@localhost:{PORT}/{db}?host={host}"),
+            None,
+            None,
+        )?)
+    }
+
+    /// Stops the server (fast shutdown) and removes the directory.
+    pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for EphemeralCluster {
+    fn drop(&mut self) {
+        if let Some(child) = self.server.as_mut() {
+            if let Some(pid) = child.id() {
+                // Immediate shutdown; the directory goes right after.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGQUIT,
+                );
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while pid_alive(pid as i32) && Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
