@@ -311,3 +311,99 @@ async fn a_crashed_drills_cluster_directory_is_removed_by_the_next() -> Result<(
     assert!(!leftover.exists(), "leftover removed");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rpo_and_largest_gap_come_from_verified_backups_snapshot_times() -> Result<()> {
+    let s = setup(16, "targets = { rpo = \"2h\" }\n").await?;
+    let cfg = s.config.to_str().unwrap_or_default();
+    refugio_ok(&["--config", cfg, "backup"], &[])?;
+    refugio_ok(&["--config", cfg, "backup"], &[])?;
+    let mut ids: Vec<String> = list(&s.config, &[])?
+        .iter()
+        .filter_map(|m| m["backup_id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 3);
+    // Space the snapshots: 13 h, 7 h and 1 h ago (a 6 h schedule).
+    let now = chrono::Utc::now();
+    for (id, hours_ago) in ids.iter().zip([13, 7, 1]) {
+        let path = s.tmp.path().join("repo/app").join(id).join("manifest.json");
+        let mut m: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        let at = now - chrono::Duration::hours(hours_ago);
+        m["snapshot_at"] = serde_json::to_value(at)?;
+        std::fs::write(&path, serde_json::to_vec_pretty(&m)?)?;
+    }
+    let bindir = s.scratch.bindir().display().to_string();
+    let mut last = Value::Null;
+    for id in &ids {
+        let out = refugio(
+            &[
+                "--config",
+                cfg,
+                "verify",
+                "--json",
+                "--pg-bindir",
+                &bindir,
+                "--backup",
+                id,
+            ],
+            &[],
+        );
+        last = serde_json::from_slice(&out.stdout).with_context(|| all_output(&out))?;
+    }
+    let rpo = &last["rpo_detail"];
+    assert_eq!(rpo["verified_backups"], 3, "{last}");
+    assert_eq!(
+        rpo["largest_gap_seconds"].as_f64(),
+        Some(21600.0),
+        "6 h between verified snapshots"
+    );
+    assert_eq!(
+        rpo["newest_verified"].as_str(),
+        ids.last().map(String::as_str)
+    );
+    let secs = rpo["seconds"].as_f64().context("rpo seconds")?;
+    assert!(
+        (3600.0..3600.0 + 300.0).contains(&secs),
+        "RPO ≈ 1 h: {secs}"
+    );
+    assert_eq!(last["rpo"]["met"], true, "1 h < 2 h target");
+    // Without a passing drill of the newest, the recovery point is the 7 h old one.
+    let newest = ids.last().context("id")?;
+    let art = s
+        .tmp
+        .path()
+        .join("repo/app")
+        .join(newest)
+        .join("database.dump.zst");
+    let mut bytes = std::fs::read(&art)?;
+    bytes[10] ^= 1;
+    std::fs::write(&art, bytes)?;
+    for f in files_under(&s.tmp.path().join("repo/app").join(newest)) {
+        if f.starts_with("verify-") {
+            std::fs::remove_file(s.tmp.path().join("repo/app").join(newest).join(f))?;
+        }
+    }
+    let out = refugio(
+        &[
+            "--config",
+            cfg,
+            "verify",
+            "--json",
+            "--pg-bindir",
+            &bindir,
+            "--backup",
+            newest,
+        ],
+        &[],
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).with_context(|| all_output(&out))?;
+    assert_eq!(r["verified"], false);
+    assert_eq!(
+        r["rpo_detail"]["newest_verified"].as_str(),
+        Some(ids[1].as_str())
+    );
+    assert_eq!(r["rpo"]["met"], false, "7 h > 2 h target: {r}");
+    assert!(all_output(&out).contains("RPO target missed"));
+    Ok(())
+}
