@@ -407,3 +407,88 @@ async fn rpo_and_largest_gap_come_from_verified_backups_snapshot_times() -> Resu
     assert!(all_output(&out).contains("RPO target missed"));
     Ok(())
 }
+
+#[rstest]
+#[case::server(false)]
+#[case::ephemeral(true)]
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_a_drill_removes_the_scratch(#[case] ephemeral: bool) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_bulk(&src, "app", 1_000_000).await?;
+    let scratch = Cluster::start(16).await?;
+    let repo = Repo::dir(tmp.path());
+    let target = if ephemeral {
+        "ephemeral".to_string()
+    } else {
+        scratch.url("postgres")
+    };
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job(
+            "app",
+            &src,
+            "app",
+            &format!("scratch = {target:?}\nglobals = false\n"),
+        ),
+    );
+    let cfg = config.to_str().unwrap_or_default();
+    refugio_ok(&["--config", cfg, "backup"], &[])?;
+    let bindir = src.bindir().display().to_string();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"))
+        .args(["--config", cfg, "verify", "--pg-bindir", &bindir])
+        .env_remove("REFUGIO_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let me = child.id().to_string();
+    // Wait until the restore is under way: pg_restore is a child of refugio.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let restoring = std::fs::read_dir("/proc")?.flatten().any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            stat.contains("(pg_restore)")
+                && stat
+                    .split(") ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    == Some(me.as_str())
+        });
+        if restoring {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the drill never started restoring"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let out = child.wait_with_output()?;
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("drill cancelled"), "{text}");
+    let left = scratch
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'refugio_drill_%'",
+        )
+        .await?;
+    assert_eq!(left, "0");
+    for d in drill_dirs() {
+        let owner =
+            std::fs::read_to_string(std::env::temp_dir().join(&d).join("refugio-owner.pid"))
+                .unwrap_or_default();
+        assert_ne!(
+            owner.trim(),
+            me,
+            "the interrupted drill's cluster directory {d} remains"
+        );
+    }
+    Ok(())
+}
