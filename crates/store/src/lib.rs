@@ -16,6 +16,7 @@ pub mod fs;
 pub mod location;
 pub mod manifest;
 pub mod repo;
+pub mod retention;
 pub mod s3;
 pub mod upload;
 pub mod verified;
