@@ -41,6 +41,12 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Run a restore drill: restore into a scratch database, check, measure RPO/RTO, record a receipt.
     Verify(VerifyArgs),
+    /// Apply the retention policy and collect garbage (orphans, stale uploads).
+    Prune(PruneArgs),
+    /// Protect a backup from every retention rule.
+    Pin(PinArgs),
+    /// Remove a backup's pin.
+    Unpin(PinArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -145,6 +151,32 @@ pub struct VerifyArgs {
     /// Print the receipt as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Job to prune. Default: every job with a retention policy.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only print the decisions.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Backup id (or `latest`).
+    pub backup: String,
+    /// Job of the backup. Default: the only job.
+    #[arg(long)]
+    pub job: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
 }
 
 #[derive(Debug, Subcommand)]

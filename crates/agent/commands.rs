@@ -9,7 +9,8 @@ use refugio_store::RepositoryLocation;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
-    BackupArgs, Cli, Command, ConfigCommand, ListArgs, RepoArgs, RestoreArgs, VerifyArgs,
+    BackupArgs, Cli, Command, ConfigCommand, ListArgs, PinArgs, PruneArgs, RepoArgs, RestoreArgs,
+    VerifyArgs,
 };
 use crate::config::{self, Config};
 
@@ -30,6 +31,9 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             Command::List(a) => list(cfg, a).await,
             Command::Restore(a) => restore(cfg, a).await,
             Command::Verify(a) => verify(cfg, a).await,
+            Command::Prune(a) => prune(cfg, a).await,
+            Command::Pin(a) => pin(cfg, a, true).await,
+            Command::Unpin(a) => pin(cfg, a, false).await,
             Command::Config {
                 command: ConfigCommand::Check { json },
             } => config_check(cfg, cli.config.is_some(), json).await,
@@ -372,6 +376,100 @@ async fn restore(cfg: Config, a: RestoreArgs) -> Result<ExitCode> {
             } else {
                 ""
             }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn pin(cfg: Config, a: PinArgs, on: bool) -> Result<ExitCode> {
+    let repo = open_repo(&cfg, &a.repo).await?;
+    let job = match (&a.job, cfg.jobs.as_slice()) {
+        (Some(j), _) => j.clone(),
+        (None, [one]) => one.name.clone(),
+        (None, _) => return Err(usage(anyhow!("choose the job with --job"))),
+    };
+    crate::prune::set_pin(&repo, &job, &a.backup, on).await?;
+    println!(
+        "backup {} of job {job} {}",
+        a.backup,
+        if on { "pinned" } else { "unpinned" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
+    let repo = open_repo(&cfg, &a.repo).await?;
+    let jobs: Vec<&config::JobConfig> = match &a.job {
+        Some(_) => vec![cfg.job(a.job.as_deref()).map_err(usage)?],
+        None => cfg.jobs.iter().filter(|j| j.retention.is_some()).collect(),
+    };
+    if jobs.is_empty() {
+        return Err(usage(anyhow!(
+            "no job has a retention policy ([jobs.retention])"
+        )));
+    }
+    let mut reports = Vec::new();
+    for job in jobs {
+        let r = job
+            .retention
+            .as_ref()
+            .ok_or_else(|| usage(anyhow!("job {} has no retention policy", job.name)))?;
+        let policy = r.policy().map_err(usage)?;
+        reports.push(
+            crate::prune::prune(
+                &repo,
+                &job.name,
+                &policy,
+                r.gc_grace,
+                a.dry_run,
+                chrono::Utc::now(),
+            )
+            .await?,
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &reports {
+        println!(
+            "job {}{}:",
+            r.job,
+            if r.dry_run { " (dry run)" } else { "" }
+        );
+        for d in &r.decisions {
+            let reasons: Vec<String> = d
+                .reasons
+                .iter()
+                .map(|x| {
+                    serde_json::to_string(x)
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                        .to_string()
+                })
+                .collect();
+            let state = r
+                .states
+                .get(&d.id)
+                .map(|s| {
+                    serde_json::to_string(s)
+                        .unwrap_or_default()
+                        .trim_matches('"')
+                        .to_string()
+                })
+                .unwrap_or_default();
+            println!(
+                "  {:<22} {:<10} {:<6} {}",
+                d.id,
+                state,
+                if d.keep { "keep" } else { "delete" },
+                reasons.join(",")
+            );
+        }
+        println!(
+            "  orphaned objects: {}, stale multipart uploads: {}",
+            r.orphans.len(),
+            r.stale_uploads.len()
         );
     }
     Ok(ExitCode::SUCCESS)

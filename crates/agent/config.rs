@@ -153,6 +153,81 @@ pub struct JobConfig {
     /// Parallel pg_restore jobs in drills. Default 1.
     #[serde(default = "one")]
     pub drill_jobs: u32,
+    /// Retention policy applied by `refugio prune`. Default none (prune
+    /// then refuses to run for this job).
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
+}
+
+/// `retention = { keep_daily = 7, keep_weekly = 4, min_verified = 2 }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Newest N verified backups. Default 0.
+    #[serde(default)]
+    pub keep_last: u32,
+    /// Newest verified backup in each of the last N hours/days/weeks/months/years. Default 0.
+    #[serde(default)]
+    pub keep_hourly: u32,
+    #[serde(default)]
+    pub keep_daily: u32,
+    #[serde(default)]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// Every verified backup younger than this (e.g. "2d"). Default none.
+    #[serde(default, with = "humantime_serde")]
+    pub keep_within: Option<Duration>,
+    /// Never fewer verified backups than this. Default 1.
+    #[serde(default = "one")]
+    pub min_verified: u32,
+    /// IANA time zone of period boundaries, e.g. "Europe/Madrid". Default "UTC".
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Objects without a manifest and multipart uploads older than this are
+    /// garbage-collected by prune. Default "24h".
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub gc_grace: Duration,
+}
+
+impl RetentionConfig {
+    /// The pure policy.
+    pub fn policy(&self) -> Result<refugio_store::retention::Policy> {
+        let tz = match &self.time_zone {
+            Some(name) => Some(name.parse::<chrono_tz::Tz>().map_err(|_| {
+                anyhow::anyhow!(
+                    "time_zone {name:?} is not an IANA time zone (e.g. \"Europe/Madrid\")"
+                )
+            })?),
+            None => None,
+        };
+        let p = refugio_store::retention::Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within: self.keep_within,
+            min_verified: self.min_verified,
+            tz,
+        };
+        let rules_empty = refugio_store::retention::Policy {
+            min_verified: 0,
+            ..p.clone()
+        }
+        .is_empty();
+        if rules_empty {
+            bail!("the policy has no keep rule (keep_last, keep_hourly … keep_yearly, keep_within): it would keep only min_verified backups; say so with keep_last instead");
+        }
+        Ok(p)
+    }
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// `targets = { rpo = "6h", rto = "2h" }`.
@@ -301,6 +376,10 @@ impl Config {
             if let Some(scratch) = j.scratch.as_deref().filter(|s| *s != "ephemeral") {
                 refugio_dump::SourceSpec::new(scratch, None, None)
                     .with_context(|| format!("jobs[{i}] ({}).scratch", j.name))?;
+            }
+            if let Some(r) = &j.retention {
+                r.policy()
+                    .with_context(|| format!("jobs[{i}] ({}).retention", j.name))?;
             }
             if j.attempts == 0 {
                 bail!("jobs[{i}] ({}).attempts: must be at least 1", j.name);

@@ -9,6 +9,7 @@ mod backup;
 mod cli;
 mod commands;
 mod config;
+mod prune;
 
 use std::process::ExitCode;
 

@@ -5,4 +5,5 @@
 mod common;
 mod drill;
 mod failures;
+mod prune;
 mod roundtrip;

@@ -1,0 +1,210 @@
+//! `refugio prune`, `pin`, `unpin`: the policy applied to real backups with
+//! real drills, dry run and real run agreeing, garbage collected.
+
+use anyhow::{Context, Result};
+use refugio_testkit::{s3, Cluster};
+use serde_json::Value;
+
+use crate::common::*;
+
+fn prune_json(cfg: &str, env: &[(String, String)], dry: bool) -> Result<Value> {
+    let mut args = vec!["--config", cfg, "prune", "--json"];
+    if dry {
+        args.push("--dry-run");
+    }
+    let out = refugio_ok(&args, env)?;
+    let v: Value = serde_json::from_str(&out)?;
+    Ok(v[0].clone())
+}
+
+fn kept(report: &Value) -> Vec<String> {
+    let mut k: Vec<String> = report["decisions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|d| d["keep"] == true)
+                .filter_map(|d| d["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    k.sort();
+    k
+}
+
+async fn policy_round(repo: Repo, name: &str) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = match repo {
+        Repo::Dir(_) => Repo::dir(tmp.path()),
+        other => other,
+    };
+    let env = repo.env();
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let scratch = Cluster::start(16).await?;
+    let extra = format!(
+        "scratch = {:?}\nglobals = false\nretention = {{ keep_last = 2, min_verified = 1, gc_grace = \"1s\" }}\n",
+        scratch.url("postgres")
+    );
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
+    let cfg = config.to_str().unwrap_or_default();
+    let bindir = src.bindir().display().to_string();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        refugio_ok(&["--config", cfg, "backup"], &env)?;
+        let newest = list(&config, &env)?
+            .first()
+            .and_then(|m| m["backup_id"].as_str().map(str::to_string))
+            .context("id")?;
+        if i < 3 {
+            refugio_ok(
+                &[
+                    "--config",
+                    cfg,
+                    "verify",
+                    "--backup",
+                    &newest,
+                    "--pg-bindir",
+                    &bindir,
+                ],
+                &env,
+            )?;
+        }
+        ids.push(newest);
+        // Distinct seconds, so ids and times order the same way.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    // b0..b2 verified, b3 awaiting its drill. keep_last 2 (verified) → b1, b2; b3 kept; b0 goes.
+    let dry = prune_json(cfg, &env, true)?;
+    assert_eq!(
+        kept(&dry),
+        vec![ids[1].clone(), ids[2].clone(), ids[3].clone()],
+        "{name}: {dry}"
+    );
+    let b3 = dry["decisions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["id"] == ids[3].as_str()))
+        .context("b3")?;
+    assert_eq!(b3["reasons"][0], "awaiting_drill");
+    assert_eq!(list(&config, &env)?.len(), 4, "dry run deletes nothing");
+
+    // Pin the oldest: now nothing goes.
+    refugio_ok(&["--config", cfg, "pin", &ids[0]], &env)?;
+    let pinned = prune_json(cfg, &env, true)?;
+    assert_eq!(kept(&pinned).len(), 4, "{pinned}");
+    refugio_ok(&["--config", cfg, "unpin", &ids[0]], &env)?;
+
+    let real = prune_json(cfg, &env, false)?;
+    assert_eq!(
+        real["decisions"], dry["decisions"],
+        "dry run and prune agree"
+    );
+    assert_eq!(real["deleted_backups"], serde_json::json!([ids[0]]));
+    let left: Vec<String> = list(&config, &env)?
+        .iter()
+        .filter_map(|m| m["backup_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(left, vec![ids[3].clone(), ids[2].clone(), ids[1].clone()]);
+    // Nothing of the deleted backup remains (receipts included).
+    let again = prune_json(cfg, &env, true)?;
+    assert_eq!(
+        again["orphans"].as_array().map(Vec::len),
+        Some(0),
+        "{again}"
+    );
+    if let Repo::Dir(dir) = &repo {
+        assert!(
+            files_under(dir).iter().all(|f| !f.contains(&ids[0])),
+            "{:?}",
+            files_under(dir)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_keeps_what_the_policy_says_on_a_directory() -> Result<()> {
+    policy_round(Repo::Dir(std::path::PathBuf::new()), "dir").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_keeps_what_the_policy_says_on_moto() -> Result<()> {
+    policy_round(Repo::s3(s3::moto()?, "prune"), "moto").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_removes_orphans_and_stale_uploads_after_the_grace_period() -> Result<()> {
+    let target = s3::moto()?;
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::s3(target.clone(), "gc");
+    let env = repo.env();
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job(
+            "app",
+            &src,
+            "app",
+            "retention = { keep_last = 3, gc_grace = \"2s\" }\n",
+        ),
+    );
+    let cfg = config.to_str().unwrap_or_default();
+    refugio_ok(&["--config", cfg, "backup"], &env)?;
+    let Repo::S3 { prefix, .. } = &repo else {
+        unreachable!()
+    };
+    let loc =
+        refugio_store::RepositoryLocation::parse(&format!("s3://{}/{}", target.bucket, prefix))?;
+    let opts = refugio_store::S3Options {
+        region: Some(target.region.clone()),
+        endpoint: Some(target.endpoint.clone()),
+        force_path_style: true,
+        static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
+        ..Default::default()
+    };
+    let store = refugio_store::open(&loc, &opts).await?;
+    // What a crashed backup leaves: an artifact without manifest, and an
+    // unfinished multipart upload.
+    store
+        .put(
+            "app/20200101T000000Z/database.dump.zst",
+            bytes::Bytes::from_static(b"partial"),
+        )
+        .await?;
+    let upload = store
+        .put_multipart("app/20200101T000001Z/database.dump.zst")
+        .await?;
+    drop(upload);
+    assert_eq!(store.list_multipart_uploads("app/").await?.len(), 1);
+    // Within the grace period: reported nowhere, kept.
+    let early = prune_json(cfg, &env, true)?;
+    assert_eq!(
+        early["orphans"].as_array().map(Vec::len),
+        Some(0),
+        "{early}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let dry = prune_json(cfg, &env, true)?;
+    assert_eq!(
+        dry["orphans"],
+        serde_json::json!(["app/20200101T000000Z/database.dump.zst"])
+    );
+    assert_eq!(dry["stale_uploads"].as_array().map(Vec::len), Some(1));
+    prune_json(cfg, &env, false)?;
+    assert!(
+        store
+            .head("app/20200101T000000Z/database.dump.zst")
+            .await?
+            .is_none(),
+        "orphan deleted"
+    );
+    assert_eq!(
+        store.list_multipart_uploads("app/").await?.len(),
+        0,
+        "upload aborted"
+    );
+    assert_eq!(list(&config, &env)?.len(), 1, "the committed backup stays");
+    Ok(())
+}
