@@ -208,3 +208,156 @@ async fn gc_removes_orphans_and_stale_uploads_after_the_grace_period() -> Result
     assert_eq!(list(&config, &env)?.len(), 1, "the committed backup stays");
     Ok(())
 }
+
+/// kill -9 in the middle of a real prune, then prune again: never a manifest
+/// without its artifacts, and every orphan collected.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() -> Result<()> {
+    use futures::{StreamExt, TryStreamExt};
+    let target = s3::moto()?;
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::s3(target.clone(), "kill9");
+    let env = repo.env();
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let scratch = Cluster::start(16).await?;
+    let extra = format!(
+        "scratch = {:?}\nglobals = false\nretention = {{ keep_last = 1, gc_grace = \"1s\" }}\n",
+        scratch.url("postgres")
+    );
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
+    let cfg = config.to_str().unwrap_or_default();
+    refugio_ok(&["--config", cfg, "backup"], &env)?;
+    let bindir = src.bindir().display().to_string();
+    refugio_ok(&["--config", cfg, "verify", "--pg-bindir", &bindir], &env)?;
+    let real = list(&config, &env)?
+        .into_iter()
+        .next()
+        .context("manifest")?;
+    let real_id = real["backup_id"].as_str().context("id")?.to_string();
+
+    // 300 older verified backups, cloned from the real one's objects.
+    let Repo::S3 { prefix, .. } = &repo else {
+        unreachable!()
+    };
+    let loc =
+        refugio_store::RepositoryLocation::parse(&format!("s3://{}/{}", target.bucket, prefix))?;
+    let opts = refugio_store::S3Options {
+        region: Some(target.region.clone()),
+        endpoint: Some(target.endpoint.clone()),
+        force_path_style: true,
+        static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
+        ..Default::default()
+    };
+    let store = refugio_store::open(&loc, &opts).await?;
+    let objects: Vec<refugio_store::ObjectMeta> =
+        store.list(&format!("app/{real_id}/")).try_collect().await?;
+    let mut originals = Vec::new();
+    for o in &objects {
+        let mut buf = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut store.get(&o.key).await?, &mut buf).await?;
+        originals.push((
+            o.key.rsplit('/').next().unwrap_or_default().to_string(),
+            buf,
+        ));
+    }
+    let base =
+        chrono::DateTime::parse_from_rfc3339("2020-01-01T00:00:00Z")?.with_timezone(&chrono::Utc);
+    let n = 300;
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let store = store.clone();
+            let originals = &originals;
+            async move {
+                let at = base + chrono::Duration::hours(i);
+                let id = refugio_store::repo::backup_id(at, 1);
+                let mut manifest = None;
+                for (name, bytes) in originals {
+                    let mut body = bytes.clone();
+                    if name.ends_with(".json") {
+                        let mut v: Value = serde_json::from_slice(bytes)?;
+                        v["backup_id"] = id.clone().into();
+                        if name == "manifest.json" {
+                            v["snapshot_at"] = serde_json::to_value(at)?;
+                        }
+                        body = serde_json::to_vec(&v)?;
+                    }
+                    let key = format!("app/{id}/{name}");
+                    if name == "manifest.json" {
+                        manifest = Some((key, body));
+                    } else {
+                        store.put(&key, bytes::Bytes::from(body)).await?;
+                    }
+                }
+                let (key, body) = manifest.context("manifest")?;
+                store.put(&key, bytes::Bytes::from(body)).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let manifests = |store: std::sync::Arc<dyn refugio_store::ObjectStore>| async move {
+        let keys: Vec<String> = store
+            .list("app/")
+            .try_filter_map(|o| {
+                futures::future::ready(Ok(o.key.ends_with("/manifest.json").then_some(o.key)))
+            })
+            .try_collect()
+            .await?;
+        anyhow::Ok(keys)
+    };
+    assert_eq!(manifests(store.clone()).await?.len(), n as usize + 1);
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"))
+        .args(["--config", cfg, "prune"])
+        .env_remove("REFUGIO_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let left = manifests(store.clone()).await?.len();
+        if left < n as usize - 20 {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "prune made no progress"
+        );
+        anyhow::ensure!(
+            child.try_wait()?.is_none(),
+            "prune finished before it could be killed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    child.kill()?; // SIGKILL
+    child.wait()?;
+
+    // Every manifest still there has all its artifacts.
+    let keys: Vec<String> = store.list("app/").map_ok(|o| o.key).try_collect().await?;
+    let remaining = manifests(store.clone()).await?;
+    assert!(remaining.len() > 1, "killed mid-way");
+    for m in &remaining {
+        let dir = m.trim_end_matches("manifest.json");
+        for (name, _) in &originals {
+            assert!(
+                keys.contains(&format!("{dir}{name}")),
+                "{m} lost its {name}"
+            );
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    refugio_ok(&["--config", cfg, "prune"], &env)?;
+    let after: Vec<String> = store.list("app/").map_ok(|o| o.key).try_collect().await?;
+    assert!(
+        after
+            .iter()
+            .all(|k| k.starts_with(&format!("app/{real_id}/"))),
+        "only the kept backup remains: {after:?}"
+    );
+    assert_eq!(list(&config, &env)?.len(), 1);
+    Ok(())
+}
