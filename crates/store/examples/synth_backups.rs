@@ -12,10 +12,16 @@ use tokio::io::AsyncReadExt;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(a.len() == 7, "usage: synth_backups S3_URL ENDPOINT REGION JOB TEMPLATE_ID COUNT");
+    anyhow::ensure!(
+        a.len() == 7,
+        "usage: synth_backups S3_URL ENDPOINT REGION JOB TEMPLATE_ID COUNT"
+    );
     let (url, endpoint, region, job, template) = (&a[1], &a[2], &a[3], &a[4], &a[5]);
     let count: i64 = a[6].parse()?;
-    let creds = (std::env::var("AWS_ACCESS_KEY_ID")?, std::env::var("AWS_SECRET_ACCESS_KEY")?);
+    let creds = (
+        std::env::var("AWS_ACCESS_KEY_ID")?,
+        std::env::var("AWS_SECRET_ACCESS_KEY")?,
+    );
     let opts = S3Options {
         region: Some(region.clone()),
         endpoint: Some(endpoint.clone()),
@@ -24,14 +30,21 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let store = open(&RepositoryLocation::parse(url)?, &opts).await?;
-    let objects: Vec<_> = store.list(&format!("{job}/{template}/")).try_collect().await?;
+    let objects: Vec<_> = store
+        .list(&format!("{job}/{template}/"))
+        .try_collect()
+        .await?;
     let mut originals = Vec::new();
     for o in &objects {
         let mut buf = Vec::new();
         store.get(&o.key).await?.read_to_end(&mut buf).await?;
-        originals.push((o.key.rsplit('/').next().unwrap_or_default().to_string(), buf));
+        originals.push((
+            o.key.rsplit('/').next().unwrap_or_default().to_string(),
+            buf,
+        ));
     }
-    let base = chrono::DateTime::parse_from_rfc3339("2010-01-01T00:00:00Z")?.with_timezone(&chrono::Utc);
+    let base =
+        chrono::DateTime::parse_from_rfc3339("2010-01-01T00:00:00Z")?.with_timezone(&chrono::Utc);
     futures::stream::iter(0..count)
         .map(|i| {
             let store = store.clone();
