@@ -184,3 +184,20 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The store of an S3 repository at `prefix`, opened with the test server's credentials.
+pub async fn open_s3(
+    target: &S3Target,
+    prefix: &str,
+) -> Result<std::sync::Arc<dyn refugio_store::ObjectStore>> {
+    let loc =
+        refugio_store::RepositoryLocation::parse(&format!("s3://{}/{}", target.bucket, prefix))?;
+    let opts = refugio_store::S3Options {
+        region: Some(target.region.clone()),
+        endpoint: Some(target.endpoint.clone()),
+        force_path_style: true,
+        static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
+        ..Default::default()
+    };
+    Ok(refugio_store::open(&loc, &opts).await?)
+}

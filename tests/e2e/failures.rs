@@ -16,22 +16,6 @@ async fn pending_uploads(target: &s3::S3Target, prefix: &str) -> Result<usize> {
     Ok(store.list_multipart_uploads("").await?.len())
 }
 
-async fn open_s3(
-    target: &s3::S3Target,
-    prefix: &str,
-) -> Result<std::sync::Arc<dyn refugio_store::ObjectStore>> {
-    let loc =
-        refugio_store::RepositoryLocation::parse(&format!("s3://{}/{}", target.bucket, prefix))?;
-    let opts = refugio_store::S3Options {
-        region: Some(target.region.clone()),
-        endpoint: Some(target.endpoint.clone()),
-        force_path_style: true,
-        static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
-        ..Default::default()
-    };
-    Ok(refugio_store::open(&loc, &opts).await?)
-}
-
 /// PIDs of processes named `name` whose parent is `ppid`.
 fn children_named(ppid: u32, name: &str) -> Vec<u32> {
     let mut out = Vec::new();

@@ -155,16 +155,7 @@ async fn gc_removes_orphans_and_stale_uploads_after_the_grace_period() -> Result
     let Repo::S3 { prefix, .. } = &repo else {
         unreachable!()
     };
-    let loc =
-        refugio_store::RepositoryLocation::parse(&format!("s3://{}/{}", target.bucket, prefix))?;
-    let opts = refugio_store::S3Options {
-        region: Some(target.region.clone()),
-        endpoint: Some(target.endpoint.clone()),
-        force_path_style: true,
-        static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
-        ..Default::default()
-    };
-    let store = refugio_store::open(&loc, &opts).await?;
+    let store = open_s3(&target, prefix).await?;
     // What a crashed backup leaves: an artifact without manifest, and an
     // unfinished multipart upload.
     store
@@ -241,16 +232,7 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
     let Repo::S3 { prefix, .. } = &repo else {
         unreachable!()
     };
-    let loc =
-        refugio_store::RepositoryLocation::parse(&format!("s3://{}/{}", target.bucket, prefix))?;
-    let opts = refugio_store::S3Options {
-        region: Some(target.region.clone()),
-        endpoint: Some(target.endpoint.clone()),
-        force_path_style: true,
-        static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
-        ..Default::default()
-    };
-    let store = refugio_store::open(&loc, &opts).await?;
+    let store = open_s3(&target, prefix).await?;
     let objects: Vec<refugio_store::ObjectMeta> =
         store.list(&format!("app/{real_id}/")).try_collect().await?;
     let mut originals = Vec::new();
