@@ -1,0 +1,1 @@
+//! Scheduler core (being written).
