@@ -9,6 +9,12 @@ mod backup;
 mod cli;
 mod commands;
 mod config;
+// wired by refugio run
+#[cfg_attr(not(test), allow(dead_code))]
+mod http;
+// wired by refugio run
+#[cfg_attr(not(test), allow(dead_code))]
+mod metrics;
 mod prune;
 
 use std::process::ExitCode;

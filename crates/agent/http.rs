@@ -1,0 +1,325 @@
+//! The agent's HTTP endpoint: `/metrics` (OpenMetrics text), `/healthz`
+//! (the process answers) and `/readyz` (the scheduler runs, the repository
+//! answered its last check and, when required, every job meets its RPO).
+//! Every other path is 404; other methods on these paths are 405.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Content type of the exposition `prometheus_client::encoding::text`
+/// writes: OpenMetrics 1.0 text (it ends with `# EOF` and names counter
+/// families without `_total`), which Prometheus negotiates and parses.
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Readiness inputs, set by the daemon; share it as `Arc<Health>`.
+#[derive(Debug)]
+pub struct Health {
+    require_rpo: bool,
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    scheduler_running: bool,
+    /// `None` until the first repository check has finished.
+    repository: Option<Result<(), String>>,
+    /// Whether each job meets its RPO target; sorted for stable output.
+    rpo_ok: BTreeMap<String, bool>,
+}
+
+impl Health {
+    /// Not ready until the scheduler runs and a repository check passed.
+    /// With `require_rpo`, a job breaching its RPO target also makes the
+    /// agent not ready.
+    pub fn new(require_rpo: bool) -> Self {
+        Self {
+            require_rpo,
+            state: Mutex::new(HealthState::default()),
+        }
+    }
+
+    /// Whether the scheduler loop is running (false again when stopping).
+    pub fn set_scheduler_running(&self, running: bool) {
+        self.state().scheduler_running = running;
+    }
+
+    /// The result of the last repository check. The error text is shown
+    /// on `/readyz` as is, so it must not carry secrets (caller's duty).
+    pub fn set_repository(&self, result: Result<(), String>) {
+        self.state().repository = Some(result);
+    }
+
+    /// Whether a job currently meets its RPO target.
+    pub fn set_rpo_ok(&self, job: &str, ok: bool) {
+        self.state().rpo_ok.insert(job.to_owned(), ok);
+    }
+
+    /// Drops a job a config reload removed.
+    pub fn forget_job(&self, job: &str) {
+        self.state().rpo_ok.remove(job);
+    }
+
+    /// `Ok` when ready, else the reasons, one line each.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let state = self.state();
+        let mut reasons = Vec::new();
+        if !state.scheduler_running {
+            reasons.push("scheduler not running".to_owned());
+        }
+        match &state.repository {
+            None => reasons.push("repository not checked yet".to_owned()),
+            Some(Err(e)) => reasons.push(format!("repository unreachable: {}", one_line(e))),
+            Some(Ok(())) => {}
+        }
+        if self.require_rpo {
+            for (job, _) in state.rpo_ok.iter().filter(|(_, ok)| !**ok) {
+                reasons.push(format!("job {job}: RPO target breached"));
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        // The state is plain flags; a panic elsewhere cannot leave it torn.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Keeps the one-reason-per-line format when an error chain spans lines.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+/// Serves the endpoints on `listener` until `shutdown` is cancelled, then
+/// stops accepting and returns once open requests have been answered.
+/// A client that keeps a request open delays the return; the caller
+/// bounds the wait (as with every task at shutdown).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(AppState { metrics, health }))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.health.readiness() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(reasons) => (StatusCode::SERVICE_UNAVAILABLE, reasons.join("\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    struct Reply {
+        status: u16,
+        headers: String,
+        body: String,
+    }
+
+    /// One HTTP/1.1 request over a fresh connection, read to the end.
+    async fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> Reply {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut raw))
+            .await
+            .expect("response within 10 s")
+            .expect("read");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("header end");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        Reply {
+            status,
+            headers: head.to_ascii_lowercase(),
+            body: body.to_owned(),
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> Reply {
+        request(addr, "GET", path).await
+    }
+
+    struct Server {
+        addr: std::net::SocketAddr,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    async fn start(require_rpo: bool) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new(require_rpo));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            listener,
+            metrics.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+        Server {
+            addr,
+            metrics,
+            health,
+            shutdown,
+            task,
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_healthz_and_unknown_paths() {
+        let s = start(false).await;
+        s.metrics.register_job("trips", None, None);
+        s.metrics.backup_failed("trips");
+
+        let r = get(s.addr, "/metrics").await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.headers.contains(
+                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+            ),
+            "{}",
+            r.headers
+        );
+        assert!(r
+            .body
+            .lines()
+            .any(|l| l == r#"refugio_backup_runs_total{backup_job="trips",result="failure"} 1"#));
+        assert!(r.body.ends_with("# EOF\n"));
+
+        let r = get(s.addr, "/healthz").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+
+        for path in ["/", "/nope", "/metrics/extra", "/healthz/"] {
+            assert_eq!(get(s.addr, path).await.status, 404, "{path}");
+        }
+        assert_eq!(request(s.addr, "POST", "/metrics").await.status, 405);
+        s.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn readiness_transitions() {
+        let s = start(false).await;
+        let r = get(s.addr, "/readyz").await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.body, "scheduler not running\nrepository not checked yet");
+
+        s.health.set_scheduler_running(true);
+        s.health
+            .set_repository(Err("bucket backups:\n  connection refused".to_owned()));
+        let r = get(s.addr, "/readyz").await;
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            r.body,
+            "repository unreachable: bucket backups: connection refused"
+        );
+
+        s.health.set_repository(Ok(()));
+        // Without require_rpo a breached RPO does not make the agent unready.
+        s.health.set_rpo_ok("trips", false);
+        let r = get(s.addr, "/readyz").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ready"));
+        assert_eq!(s.health.readiness(), Ok(()));
+
+        s.health.set_scheduler_running(false);
+        let r = get(s.addr, "/readyz").await;
+        assert_eq!((r.status, r.body.as_str()), (503, "scheduler not running"));
+        s.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn rpo_reasons_only_when_required() {
+        let s = start(true).await;
+        s.health.set_scheduler_running(true);
+        s.health.set_repository(Ok(()));
+        s.health.set_rpo_ok("users", true);
+        assert_eq!(get(s.addr, "/readyz").await.status, 200);
+
+        s.health.set_rpo_ok("trips", false);
+        s.health.set_rpo_ok("audit", false);
+        let r = get(s.addr, "/readyz").await;
+        assert_eq!(r.status, 503);
+        assert_eq!(
+            r.body,
+            "job audit: RPO target breached\njob trips: RPO target breached"
+        );
+
+        s.health.set_rpo_ok("trips", true);
+        s.health.forget_job("audit");
+        let r = get(s.addr, "/readyz").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ready"));
+        s.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn cancelling_the_token_stops_serve() {
+        let s = start(false).await;
+        assert_eq!(get(s.addr, "/healthz").await.status, 200);
+        assert!(!s.task.is_finished());
+        s.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(10), s.task)
+            .await
+            .expect("serve returns within 10 s of cancel")
+            .expect("serve task not panicked");
+        assert!(result.is_ok(), "{result:?}");
+        // The listener is closed: new connections are refused.
+        assert!(tokio::net::TcpStream::connect(s.addr).await.is_err());
+    }
+}
