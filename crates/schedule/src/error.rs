@@ -7,9 +7,9 @@ use crate::guard::TaskKey;
 /// Everything that can go wrong in the scheduler core.
 ///
 /// All of these are permanent: they come from configuration (a bad cron
-/// expression, a too-short interval, a task listed twice) or from misuse at
-/// start-up, and retrying the same call gives the same answer. See
-/// [`ScheduleError::is_temporary`].
+/// expression, a too-short interval, a task listed twice), from misuse at
+/// start-up, or from an internal failure of the timer, and retrying the
+/// same call gives the same answer. See [`ScheduleError::is_temporary`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScheduleError {
@@ -72,6 +72,16 @@ pub enum ScheduleError {
     #[error("the scheduler must be started from within a Tokio runtime")]
     NoRuntime,
 
+    /// tokio-cron-scheduler, the timer underneath [`Scheduler`](crate::Scheduler),
+    /// failed: it did not start, or did not take an entry's next job.
+    #[error("the timer (tokio-cron-scheduler) failed to {action}")]
+    Timer {
+        /// What it was asked to do: `"start"` or `"take a job"`.
+        action: &'static str,
+        /// Its error.
+        source: tokio_cron_scheduler::JobSchedulerError,
+    },
+
     /// The guards were closed (the agent is shutting down) while a task
     /// waited for a global slot.
     #[error("no task slot: the agent is shutting down")]
@@ -80,7 +90,7 @@ pub enum ScheduleError {
 
 impl ScheduleError {
     /// Whether retrying the same operation could succeed. Always `false`:
-    /// every variant is a configuration or shutdown condition.
+    /// every variant is a configuration, shutdown or internal condition.
     pub fn is_temporary(&self) -> bool {
         false
     }

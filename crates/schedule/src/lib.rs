@@ -4,8 +4,10 @@
 //! - [`Trigger`]: a cron expression (5 fields, or 6 with seconds) in a time
 //!   zone, daylight-saving aware, or a fixed interval; configuration holds a
 //!   [`TriggerSpec`] (`"0 */6 * * *"` or `{ every = "6h" }`).
-//! - [`Scheduler`]: one timer per [`Entry`], delivering [`Fire`]s with
-//!   jitter on a bounded channel; a full channel drops fires, never queues.
+//! - [`Scheduler`]: tokio-cron-scheduler underneath, holding a one-shot job
+//!   per [`Entry`] at its next fire time and re-arming it after each fire;
+//!   delivers [`Fire`]s with jitter on a bounded channel (a full channel
+//!   drops fires, never queues).
 //! - [`Guards`]: the overlap guard (a job's task never runs twice at once,
 //!   and a trigger arriving meanwhile is refused, not queued) and the global
 //!   limit on concurrent tasks.
@@ -38,5 +40,5 @@ pub use backoff::{retry, Backoff};
 pub use catchup::needs_catch_up;
 pub use error::ScheduleError;
 pub use guard::{Guards, Running, TaskKey, TaskKind};
-pub use scheduler::{Entry, Fire, FireReason, Scheduler, FIRE_CHANNEL_CAPACITY, MAX_SLEEP};
+pub use scheduler::{Entry, Fire, FireReason, Scheduler, FIRE_CHANNEL_CAPACITY, TIMER_RESOLUTION};
 pub use trigger::{CronSchedule, Trigger, TriggerSpec, MIN_INTERVAL};

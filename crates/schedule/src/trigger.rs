@@ -59,7 +59,8 @@ pub enum Trigger {
         schedule: CronSchedule,
     },
     /// A fixed interval: the first fire is one interval after the scheduler
-    /// starts, then one every interval. Build it with [`Trigger::every`]
+    /// starts (or after the entry's [anchor](crate::Entry::anchor)), then
+    /// one every interval. Build it with [`Trigger::every`]
     /// (the scheduler refuses intervals under a second).
     Every(Duration),
 }
