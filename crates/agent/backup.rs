@@ -289,10 +289,30 @@ pub async fn run(
         },
         attempts: attempt,
         schema_fingerprint: Some(snap_info.schema_fingerprint),
+        object_lock: None,
     };
+    let mut manifest = manifest;
     if cancel.is_cancelled() {
         discard(repo, &job.name, &id, &manifest.artifacts).await;
         return Err(anyhow!("job {}: backup cancelled before commit", job.name));
+    }
+    // Object lock: every artifact gets the retention before the manifest
+    // (itself written locked) claims it. A store that refuses fails the
+    // backup: the operator asked for immutability, and a manifest never
+    // claims a lock that is not there.
+    if let Some(lock) = &repo_cfg.object_lock {
+        let retention = lock.retention(Utc::now());
+        for a in &manifest.artifacts {
+            let key = Repository::key(&job.name, &id, &a.name);
+            if let Err(e) = repo.store().set_retention(&key, &retention).await {
+                discard(repo, &job.name, &id, &manifest.artifacts).await;
+                return Err(e).context(format!(
+                    "job {}: repository.object_lock is configured, but the retention could not be set on {key}; run `refugio config check` (the bucket must be created with object lock enabled)",
+                    job.name
+                ));
+            }
+        }
+        manifest.object_lock = Some(retention);
     }
     if let Err(e) = repo.commit(&manifest).await {
         discard(repo, &job.name, &id, &manifest.artifacts).await;

@@ -33,6 +33,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the agent: back up, drill and prune on schedule; signals
+    /// (USR1 backup, USR2 drill, HUP reload, TERM stop); HTTP metrics.
+    Run,
     /// Take one backup now.
     Backup(BackupArgs),
     /// List the committed backups, newest first.
@@ -166,6 +169,20 @@ pub struct PruneArgs {
     /// JSON output.
     #[arg(long)]
     pub json: bool,
+    /// Decide as if it were this time (RFC 3339). For tests: the policy,
+    /// grace periods and lock expiry use it; the store's clock does not.
+    #[arg(long, hide = true, value_parser = parse_time)]
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
+    /// Backups deleted per batch (manifests of a batch, then their
+    /// artifacts). Hidden: tests use small batches to interrupt a prune.
+    #[arg(long, hide = true, default_value_t = crate::prune::DELETE_BATCH)]
+    pub batch: usize,
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
 }
 
 #[derive(Debug, Args)]

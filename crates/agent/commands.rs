@@ -34,6 +34,12 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             Command::Prune(a) => prune(cfg, a).await,
             Command::Pin(a) => pin(cfg, a, true).await,
             Command::Unpin(a) => pin(cfg, a, false).await,
+            Command::Run => match cli.config.clone() {
+                Some(path) => crate::run::run(path, cfg).await,
+                None => Err(usage(anyhow!(
+                    "refugio run needs a config file (--config FILE or REFUGIO_CONFIG)"
+                ))),
+            },
             Command::Config {
                 command: ConfigCommand::Check { json },
             } => config_check(cfg, cli.config.is_some(), json).await,
@@ -60,7 +66,66 @@ fn load_config(cli: &Cli) -> Result<Config> {
         None => Ok(Config {
             repository: Default::default(),
             jobs: Vec::new(),
+            agent: Default::default(),
         }),
+    }
+}
+
+/// The repository of the config (no command-line override).
+pub async fn open_repo_of(cfg: &Config) -> Result<Repository> {
+    open_repo(cfg, &RepoArgs { repository: None }).await
+}
+
+/// A restore drill of the job's newest backup (the agent's drill task).
+/// Cancelling stops it and drops the scratch database.
+pub async fn drill_latest(
+    repo: &Repository,
+    job: &config::JobConfig,
+    bindir: Option<std::path::PathBuf>,
+    cancel: &CancellationToken,
+) -> Result<refugio_verify::drill::Receipt> {
+    let scratch_url = job.scratch.clone().ok_or_else(|| {
+        anyhow!(
+            "job {}: no scratch target: set `scratch` (a server URL or \"ephemeral\")",
+            job.name
+        )
+    })?;
+    let scratch = if scratch_url == "ephemeral" {
+        refugio_verify::drill::Scratch::Ephemeral
+    } else {
+        refugio_verify::drill::Scratch::Server(refugio_dump::SourceSpec::new(
+            &scratch_url,
+            None,
+            None,
+        )?)
+    };
+    let history = repo.manifests(&job.name).await?;
+    let manifest = history.first().cloned().ok_or_else(|| {
+        anyhow!(
+            "job {}: no backup to drill in {}",
+            job.name,
+            repo.describe()
+        )
+    })?;
+    let opts = refugio_verify::drill::DrillOptions {
+        scratch,
+        checks: job.checks.clone(),
+        rpo_target: job.targets.rpo,
+        rto_target: job.targets.rto,
+        jobs: job.drill_jobs,
+        bindir: bindir.or_else(|| job.pg_bindir.clone()),
+    };
+    tracing::info!(job = %job.name, backup = %manifest.backup_id, "drill-started");
+    let drill = refugio_verify::drill::drill(repo, &manifest, &history, &opts, chrono::Utc::now());
+    tokio::select! {
+        r = drill => Ok(r?),
+        _ = cancel.cancelled() => {
+            let name = refugio_verify::drill::scratch_name(&manifest.backup_id);
+            if let refugio_verify::drill::Scratch::Server(spec) = &opts.scratch {
+                refugio_verify::drill::drop_scratch(&spec.with_database("postgres"), Some(&name)).await?;
+            }
+            bail!("drill cancelled; scratch database {name} removed");
+        }
     }
 }
 
@@ -421,15 +486,22 @@ async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
                 &job.name,
                 &policy,
                 r.gc_grace,
+                cfg.repository.object_lock.as_ref(),
                 a.dry_run,
-                chrono::Utc::now(),
+                a.now.unwrap_or_else(chrono::Utc::now),
+                a.batch,
             )
             .await?,
         );
     }
+    let code = if reports.iter().any(|r| r.has_errors()) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     for r in &reports {
         println!(
@@ -466,13 +538,28 @@ async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
                 reasons.join(",")
             );
         }
+        for l in &r.locked {
+            println!(
+                "  {:<22} deletion deferred: object-locked until {}",
+                l.id,
+                l.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+        for f in &r.failed_deletes {
+            println!(
+                "  {} {}: {}",
+                if f.locked { "locked:" } else { "FAILED:" },
+                f.key,
+                f.error
+            );
+        }
         println!(
             "  orphaned objects: {}, stale multipart uploads: {}",
             r.orphans.len(),
             r.stale_uploads.len()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// One line per check.
@@ -482,6 +569,10 @@ struct Check {
     ok: bool,
     detail: String,
 }
+
+/// Where `config check` writes its object-lock probe (not a job: job
+/// names cannot start with '.').
+const LOCK_PROBE_PREFIX: &str = ".refugio-lock-probe";
 
 async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<ExitCode> {
     let mut checks = Vec::new();
@@ -521,6 +612,31 @@ async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<ExitCo
             ok: false,
             detail: format!("{e:#}"),
         }),
+    }
+    if let Some(lock) = &cfg.repository.object_lock {
+        let what = format!("object lock ({}, {} days)", lock.mode, lock.days);
+        let probe = async {
+            let repo = open_repo(&cfg, &RepoArgs { repository: None }).await?;
+            anyhow::Ok(repo.store().probe_object_lock(LOCK_PROBE_PREFIX).await?)
+        }
+        .await;
+        checks.push(match probe {
+            Ok(refugio_store::LockProbe::Enforced) => Check {
+                what,
+                ok: true,
+                detail: "enforced: the store refused to delete a locked probe object".into(),
+            },
+            Ok(refugio_store::LockProbe::NotEnforced(reason)) => Check {
+                what,
+                ok: false,
+                detail: format!("NOT enforced, backups would not be immutable: {reason}. Backups fail while object_lock is configured on this store"),
+            },
+            Err(e) => Check {
+                what,
+                ok: false,
+                detail: format!("could not be probed: {e:#}"),
+            },
+        });
     }
     for job in &cfg.jobs {
         let what = format!("job {}", job.name);

@@ -23,6 +23,105 @@ pub struct Config {
     /// What to back up. At least one job.
     #[serde(default)]
     pub jobs: Vec<JobConfig>,
+    /// The long-running agent (`refugio run`). Defaults fit a systemd service.
+    #[serde(default)]
+    pub agent: AgentConfig,
+}
+
+/// `[agent]`: settings of `refugio run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// HTTP address of `/metrics`, `/healthz`, `/readyz`. Default
+    /// `127.0.0.1:9187`; `""` turns HTTP off.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Tasks (backup, drill, prune of any job) running at once. Default 2.
+    #[serde(default = "two")]
+    pub max_concurrent_tasks: usize,
+    /// On SIGTERM/SIGINT, how long running tasks get to stop cleanly
+    /// (abort uploads, drop scratch databases) before the agent exits. Default 60s.
+    #[serde(default = "default_shutdown", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// `/readyz` also requires every job with an RPO target to meet it. Default false.
+    #[serde(default)]
+    pub ready_requires_rpo: bool,
+    /// Jobs SIGUSR1 (backup) and SIGUSR2 (drill) act on. Default: all.
+    #[serde(default)]
+    pub signal_jobs: Vec<String>,
+    /// Retry of failed tasks with exponential backoff (temporary errors only).
+    #[serde(default)]
+    pub backoff: refugio_schedule::Backoff,
+    /// Failure/recovery notifications: not implemented in this version, so
+    /// a config that sets it is refused rather than silently ignored.
+    #[serde(default)]
+    pub webhook: Option<toml::Value>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: default_listen(),
+            max_concurrent_tasks: 2,
+            shutdown_timeout: default_shutdown(),
+            ready_requires_rpo: false,
+            signal_jobs: Vec::new(),
+            backoff: refugio_schedule::Backoff::default(),
+            webhook: None,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9187".into()
+}
+fn default_shutdown() -> Duration {
+    Duration::from_secs(60)
+}
+fn two() -> usize {
+    2
+}
+
+/// `[jobs.schedule]`: when `refugio run` backs up, drills and prunes a job.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Cron (5 fields, or 6 with seconds) or `{ every = "6h" }`. Default: none.
+    #[serde(default)]
+    pub backup: Option<refugio_schedule::TriggerSpec>,
+    /// Restore drill of the latest backup. Default: none.
+    #[serde(default)]
+    pub drill: Option<refugio_schedule::TriggerSpec>,
+    /// Retention (needs `retention`). Default: none.
+    #[serde(default)]
+    pub prune: Option<refugio_schedule::TriggerSpec>,
+    /// IANA time zone of cron expressions. Default "UTC".
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Random delay in [0, jitter) before each scheduled run. Default 0.
+    #[serde(default, with = "humantime_serde")]
+    pub jitter: Option<Duration>,
+    /// Drill each new backup right after it is committed. Default false.
+    #[serde(default)]
+    pub drill_after_backup: bool,
+    /// At start, back up now when the newest backup in the repository is
+    /// older than the backup schedule's interval. Default true.
+    #[serde(default = "yes")]
+    pub catch_up: bool,
+}
+
+impl ScheduleConfig {
+    /// The time zone of cron expressions.
+    pub fn tz(&self) -> Result<chrono_tz::Tz> {
+        match &self.time_zone {
+            None => Ok(chrono_tz::UTC),
+            Some(name) => name.parse::<chrono_tz::Tz>().map_err(|_| {
+                anyhow::anyhow!(
+                    "time_zone {name:?} is not an IANA time zone (e.g. \"Europe/Madrid\")"
+                )
+            }),
+        }
+    }
 }
 
 /// `[repository]`.
@@ -58,6 +157,31 @@ pub struct RepositoryConfig {
     /// KMS key id with `sse = "aws:kms"`. Default none (the bucket's key).
     #[serde(default)]
     pub sse_kms_key_id: Option<String>,
+    /// S3 Object Lock on every artifact and manifest:
+    /// `{ mode = "governance" | "compliance", days = N }`. Default none.
+    /// The bucket must have been created with object lock enabled;
+    /// `refugio config check` proves the store enforces it.
+    #[serde(default)]
+    pub object_lock: Option<ObjectLockConfig>,
+}
+
+/// `object_lock = { mode = "compliance", days = 30 }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockConfig {
+    pub mode: refugio_store::LockMode,
+    /// Days each object stays undeletable after it is written. 1..=36500.
+    pub days: u32,
+}
+
+impl ObjectLockConfig {
+    /// The retention for an object written at `now`.
+    pub fn retention(&self, now: chrono::DateTime<chrono::Utc>) -> refugio_store::Retention {
+        refugio_store::Retention {
+            mode: self.mode,
+            until: now + chrono::Duration::days(i64::from(self.days)),
+        }
+    }
 }
 
 impl Default for RepositoryConfig {
@@ -72,6 +196,7 @@ impl Default for RepositoryConfig {
             upload_concurrency: default_concurrency(),
             sse: None,
             sse_kms_key_id: None,
+            object_lock: None,
         }
     }
 }
@@ -143,6 +268,9 @@ pub struct JobConfig {
     /// (`refugio verify` then needs `--scratch`).
     #[serde(default)]
     pub scratch: Option<String>,
+    /// When `refugio run` backs up, drills and prunes this job. Default: never.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
     /// Recovery targets checked by drills: `{ rpo = "6h", rto = "2h" }`. Default none.
     #[serde(default)]
     pub targets: Targets,
@@ -348,7 +476,40 @@ impl Config {
                 r.upload_concurrency
             );
         }
-        refugio_store::RepositoryLocation::parse(&r.url).context("repository.url")?;
+        let location =
+            refugio_store::RepositoryLocation::parse(&r.url).context("repository.url")?;
+        if let Some(lock) = &r.object_lock {
+            if !matches!(location, refugio_store::RepositoryLocation::S3 { .. }) {
+                bail!(
+                    "repository.object_lock: object lock needs an S3 repository; {} is not one",
+                    r.url
+                );
+            }
+            if !(1..=36500).contains(&lock.days) {
+                bail!(
+                    "repository.object_lock.days: {} is not within 1..=36500",
+                    lock.days
+                );
+            }
+        }
+        let a = &self.agent;
+        if !a.listen.is_empty() && a.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!(
+                "agent.listen: {:?} is not an address:port (e.g. \"127.0.0.1:9187\"; \"\" turns HTTP off)",
+                a.listen
+            );
+        }
+        if a.max_concurrent_tasks == 0 {
+            bail!("agent.max_concurrent_tasks: must be at least 1");
+        }
+        for name in &a.signal_jobs {
+            if !self.jobs.iter().any(|j| &j.name == name) {
+                bail!("agent.signal_jobs: no job named {name:?}");
+            }
+        }
+        if a.webhook.is_some() {
+            bail!("agent.webhook: webhooks are not implemented in this version of refugio; remove the setting (alert on the Prometheus metrics instead)");
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, j) in self.jobs.iter().enumerate() {
             if !refugio_store::repo::valid_segment(&j.name) {
@@ -380,6 +541,32 @@ impl Config {
             if let Some(r) = &j.retention {
                 r.policy()
                     .with_context(|| format!("jobs[{i}] ({}).retention", j.name))?;
+            }
+            let sched = &j.schedule;
+            let tz = sched
+                .tz()
+                .with_context(|| format!("jobs[{i}] ({}).schedule.time_zone", j.name))?;
+            for (what, spec) in [
+                ("backup", &sched.backup),
+                ("drill", &sched.drill),
+                ("prune", &sched.prune),
+            ] {
+                if let Some(spec) = spec {
+                    spec.resolve(tz)
+                        .with_context(|| format!("jobs[{i}] ({}).schedule.{what}", j.name))?;
+                }
+            }
+            if (sched.drill.is_some() || sched.drill_after_backup) && j.scratch.is_none() {
+                bail!(
+                    "jobs[{i}] ({}).schedule: drills are scheduled but the job has no `scratch` (a server URL or \"ephemeral\")",
+                    j.name
+                );
+            }
+            if sched.prune.is_some() && j.retention.is_none() {
+                bail!(
+                    "jobs[{i}] ({}).schedule.prune: the job has no `retention` policy",
+                    j.name
+                );
             }
             if j.attempts == 0 {
                 bail!("jobs[{i}] ({}).attempts: must be at least 1", j.name);
@@ -429,6 +616,7 @@ impl RepositoryConfig {
             },
             sse: self.sse.clone(),
             sse_kms_key_id: self.sse_kms_key_id.clone(),
+            versioned_deletes: self.object_lock.is_some(),
             ..S3Options::default()
         }
     }

@@ -1,6 +1,6 @@
 //! The `refugio` binary: command line, configuration, and the wiring of
-//! the dump, store and verify crates into backup, list, restore and
-//! config-check commands.
+//! the dump, store, verify and schedule crates into the commands and the
+//! long-running agent (`refugio run`).
 //!
 //! Exit codes: 0 success; 1 the operation failed; 2 bad usage or
 //! configuration (clap's and ours).
@@ -9,13 +9,10 @@ mod backup;
 mod cli;
 mod commands;
 mod config;
-// wired by refugio run
-#[cfg_attr(not(test), allow(dead_code))]
 mod http;
-// wired by refugio run
-#[cfg_attr(not(test), allow(dead_code))]
 mod metrics;
 mod prune;
+mod run;
 
 use std::process::ExitCode;
 

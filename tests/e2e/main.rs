@@ -2,8 +2,10 @@
 //! clusters (15 and 16) and real S3 servers (moto, Garage) started by
 //! `scripts/services start` (or `scripts/test`).
 
+mod agent;
 mod common;
 mod drill;
 mod failures;
+mod lock;
 mod prune;
 mod roundtrip;

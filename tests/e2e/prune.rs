@@ -293,7 +293,8 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
     assert_eq!(manifests(store.clone()).await?.len(), n as usize + 1);
 
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"))
-        .args(["--config", cfg, "prune"])
+        // One backup per batch: many requests, so the kill lands mid-way.
+        .args(["--config", cfg, "prune", "--batch", "1"])
         .env_remove("REFUGIO_CONFIG")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(std::process::Stdio::null())

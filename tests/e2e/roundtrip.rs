@@ -42,7 +42,7 @@ async fn round_trip(
     let manifests = list(&config, &env)?;
     assert_eq!(manifests.len(), 1, "one committed backup");
     let m = &manifests[0];
-    assert_eq!(m["format"], "1.1");
+    assert_eq!(m["format"], refugio_store::manifest::FORMAT);
     assert!(
         m["schema_fingerprint"]
             .as_str()

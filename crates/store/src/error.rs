@@ -79,6 +79,20 @@ pub enum Error {
         backup: String,
     },
 
+    #[error("object {key} in {store} is locked (object lock){}; it cannot be deleted before then", until.map(|t| format!(" until {}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))).unwrap_or_default())]
+    Locked {
+        store: String,
+        key: String,
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+
+    #[error("object lock on {key} in {store}: {reason}")]
+    LockUnsupported {
+        store: String,
+        key: String,
+        reason: String,
+    },
+
     #[error("{0}")]
     Other(String),
 }

@@ -14,6 +14,7 @@
 pub mod error;
 pub mod fs;
 pub mod location;
+pub mod lock;
 pub mod manifest;
 pub mod repo;
 pub mod retention;
@@ -33,6 +34,7 @@ use tokio::io::AsyncRead;
 
 pub use error::{Error, Result};
 pub use location::{open, ChecksumCalculation, RepositoryLocation, S3Options};
+pub use lock::{LockMode, LockProbe, Retention};
 
 /// A stream of an object's bytes.
 pub type ByteReader = Pin<Box<dyn AsyncRead + Send>>;
@@ -95,6 +97,58 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
 
     /// Aborts a pending multipart upload found by `list_multipart_uploads`.
     async fn abort_multipart(&self, upload: &PendingUpload) -> Result<()>;
+
+    /// Deletes many objects; the failures come back one per key (a locked
+    /// object, say) while the others are deleted. `Err` only when the
+    /// store could not be asked at all. S3 batches 1,000 keys a request.
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Error)>> {
+        use futures::StreamExt;
+        let failures = futures::stream::iter(keys.iter().cloned())
+            .map(|key| async move {
+                let r = self.delete(&key).await;
+                r.err().map(|e| (key, e))
+            })
+            .buffer_unordered(16)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        Ok(failures)
+    }
+
+    /// Stores a small object with an Object Lock retention. Stores without
+    /// object lock refuse.
+    async fn put_retained(&self, key: &str, _data: Bytes, _retention: &Retention) -> Result<()> {
+        Err(Error::LockUnsupported {
+            store: self.describe(),
+            key: key.to_string(),
+            reason: "this store has no object lock".into(),
+        })
+    }
+
+    /// Sets an Object Lock retention on a stored object (its current
+    /// version). Stores without object lock refuse.
+    async fn set_retention(&self, key: &str, _retention: &Retention) -> Result<()> {
+        Err(Error::LockUnsupported {
+            store: self.describe(),
+            key: key.to_string(),
+            reason: "this store has no object lock".into(),
+        })
+    }
+
+    /// The retention of an object, `None` when it has none.
+    async fn retention(&self, _key: &str) -> Result<Option<Retention>> {
+        Ok(None)
+    }
+
+    /// Proves (or disproves) that the store enforces object lock in `mode`,
+    /// by writing a locked probe object under `probe_prefix` and trying to
+    /// delete it.
+    async fn probe_object_lock(&self, _probe_prefix: &str) -> Result<LockProbe> {
+        Ok(LockProbe::NotEnforced(format!(
+            "{} has no object lock (only S3 buckets created with object lock enabled have it)",
+            self.describe()
+        )))
+    }
 }
 
 /// One multipart upload in progress (object_store's `MultipartUpload`).

@@ -198,6 +198,10 @@ pub struct S3Options {
     /// (access key id, secret access key), for tests; default `None` = the
     /// standard AWS credential chain (environment, profile, IMDS, …).
     pub static_credentials: Option<(String, String)>,
+    /// Delete every version of an object instead of adding a delete marker.
+    /// Set with object lock: its buckets are versioned, and only deleting a
+    /// version frees space (or is refused while the version is locked).
+    pub versioned_deletes: bool,
 }
 
 impl fmt::Debug for S3Options {

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// The manifest major version this build reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The manifest format written by this build.
-pub const FORMAT: &str = "1.1";
+pub const FORMAT: &str = "1.2";
 /// Object name of the manifest inside a backup's prefix.
 pub const MANIFEST_NAME: &str = "manifest.json";
 
@@ -21,7 +21,7 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// `"1.1"` (1.0 had no `schema_fingerprint`).
+    /// `"1.2"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`).
     pub format: String,
     pub job: String,
     pub backup_id: String,
@@ -52,6 +52,10 @@ pub struct Manifest {
     /// Backups of this database that were retried (lock timeouts) before this one succeeded.
     #[serde(default)]
     pub attempts: u32,
+    /// The S3 Object Lock retention set on every artifact and on this
+    /// manifest (format 1.2+). Absent: the backup is not locked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<crate::lock::Retention>,
 }
 
 /// Facts about the source server at the snapshot.
@@ -242,6 +246,7 @@ mod tests {
             durations: Durations::default(),
             attempts: 1,
             schema_fingerprint: None,
+            object_lock: None,
         }
     }
 

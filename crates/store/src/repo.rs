@@ -184,9 +184,18 @@ impl Repository {
 
     /// Writes the manifest: the commit. Call only after every artifact it
     /// names is stored.
+    /// With `m.object_lock` set, the manifest is written locked in the same
+    /// request.
     pub async fn commit(&self, m: &Manifest) -> Result<()> {
         let key = Self::manifest_key(&m.job, &m.backup_id);
-        self.store.put(&key, Bytes::from(m.to_json())).await
+        match &m.object_lock {
+            Some(retention) => {
+                self.store
+                    .put_retained(&key, Bytes::from(m.to_json()), retention)
+                    .await
+            }
+            None => self.store.put(&key, Bytes::from(m.to_json())).await,
+        }
     }
 }
 

@@ -495,6 +495,7 @@ mod tests {
     #[test]
     fn properties() {
         let now = t("2026-11-28T06:00:00Z");
+        let mut checked_unrelated = 0;
         for seed in 0..2000u64 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let n = rng.gen_range(0..60);
@@ -536,36 +537,56 @@ mod tests {
                 backups.is_empty() || !keep.is_empty(),
                 "seed {seed}: everything deleted"
             );
-            // Adding unrelated backups older than every window changes nothing
-            // (when no count rule reaches back that far: only within + last).
-            let simple = Policy {
-                keep_last: policy.keep_last,
-                keep_within: policy.keep_within,
-                ..p()
+            // Adding an unrelated backup older than every window changes no
+            // other decision. "Beyond every window": each count rule already
+            // has its N periods among the verified backups, keep_last and
+            // min_verified are already met by them, and keep_within ends
+            // after it (year 2000). Any state, since unrelated.
+            let tz = policy.tz.unwrap_or(chrono_tz::UTC);
+            let periods = |period: Period| {
+                verified
+                    .iter()
+                    .map(|b| bucket(b.time, tz, period))
+                    .collect::<HashSet<_>>()
+                    .len()
             };
-            if !simple.is_empty() && policy.keep_within.is_some() {
-                let before = apply(&simple, &backups, now);
+            let saturated = [
+                (policy.keep_hourly, Period::Hour),
+                (policy.keep_daily, Period::Day),
+                (policy.keep_weekly, Period::Week),
+                (policy.keep_monthly, Period::Month),
+                (policy.keep_yearly, Period::Year),
+            ]
+            .iter()
+            .all(|&(n, period)| periods(period) >= n as usize)
+                && verified.len() >= policy.keep_last as usize
+                && verified.len() >= policy.min_verified as usize;
+            let safety_net = d.iter().any(|d| d.reasons.contains(&Reason::SafetyNet));
+            if saturated && !safety_net {
+                let state =
+                    [State::Verified, State::Unverified, State::Failed][rng.gen_range(0..3)];
                 let mut more = backups.clone();
                 more.push(Candidate {
                     id: "ancient".into(),
                     time: t("2000-01-01T00:00:00Z"),
-                    state: State::Verified,
+                    state,
                     pinned: false,
                 });
-                let after: Vec<Decision> = apply(&simple, &more, now)
+                let after: Vec<Decision> = apply(&policy, &more, now)
                     .into_iter()
                     .filter(|d| d.id != "ancient")
                     .collect();
-                if before
-                    .iter()
-                    .any(|d| d.keep && !d.reasons.contains(&Reason::SafetyNet))
-                {
-                    assert_eq!(
-                        before, after,
-                        "seed {seed}: an older backup changed decisions"
-                    );
-                }
+                assert_eq!(
+                    d, after,
+                    "seed {seed}: an older, unrelated {state:?} backup changed decisions ({policy:?})"
+                );
+                checked_unrelated += 1;
             }
         }
+        // The property must have been exercised, not skipped every time.
+        assert!(
+            checked_unrelated > 200,
+            "only {checked_unrelated} cases checked"
+        );
     }
 }

@@ -17,7 +17,8 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier,
+    ObjectLockMode, ObjectLockRetention, ObjectLockRetentionMode, ServerSideEncryption,
 };
 use aws_sdk_s3::Client;
 use bytes::Bytes;
@@ -30,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
 use crate::location::{ChecksumCalculation, S3Options};
+use crate::lock::{LockMode, LockProbe, Retention};
 use crate::{ByteReader, MultipartUpload, ObjectMeta, ObjectStore, PendingUpload};
 
 /// Region used when neither the options nor the AWS chain name one.
@@ -133,6 +135,10 @@ fn is_missing_object<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
     }
 }
 
+fn to_smithy(time: DateTime<Utc>) -> aws_sdk_s3::primitives::DateTime {
+    aws_sdk_s3::primitives::DateTime::from_secs(time.timestamp())
+}
+
 fn to_chrono(time: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
     time.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
 }
@@ -147,6 +153,7 @@ pub struct S3Store {
     checksums: ChecksumCalculation,
     sse: Option<ServerSideEncryption>,
     sse_kms_key_id: Option<String>,
+    versioned_deletes: bool,
     context: Arc<Context>,
 }
 
@@ -213,6 +220,7 @@ impl S3Store {
             checksums: options.checksum_calculation,
             sse: options.sse.as_deref().map(ServerSideEncryption::from),
             sse_kms_key_id: options.sse_kms_key_id.clone(),
+            versioned_deletes: options.versioned_deletes,
             context: Arc::new(Context { store, endpoint }),
         })
     }
@@ -234,6 +242,77 @@ impl S3Store {
         } else {
             format!("{}/{key}", self.prefix)
         }
+    }
+
+    /// Version ids (and delete markers) of exactly `key`.
+    async fn versions(&self, key: &str) -> Result<Vec<String>> {
+        let full = self.full_key(key);
+        let mut ids = Vec::new();
+        let mut markers: (Option<String>, Option<String>) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .set_key_marker(markers.0.take())
+                .set_version_id_marker(markers.1.take())
+                .send()
+                .await
+                .map_err(|e| self.context.error("ListObjectVersions", key, &e))?;
+            ids.extend(
+                page.versions()
+                    .iter()
+                    .filter(|v| v.key() == Some(full.as_str()))
+                    .filter_map(|v| v.version_id().map(str::to_string)),
+            );
+            ids.extend(
+                page.delete_markers()
+                    .iter()
+                    .filter(|v| v.key() == Some(full.as_str()))
+                    .filter_map(|v| v.version_id().map(str::to_string)),
+            );
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            markers = (
+                page.next_key_marker().map(str::to_string),
+                page.next_version_id_marker().map(str::to_string),
+            );
+            if markers.0.is_none() {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Deletes every version of `key`; a locked version makes it
+    /// `Error::Locked` (with the date when the store tells it).
+    async fn delete_versions(&self, key: &str) -> Result<()> {
+        for version in self.versions(key).await? {
+            let r = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .version_id(&version)
+                .send()
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if is_missing_object(&e) => {}
+                Err(e) if e.code() == Some("AccessDenied") => {
+                    let until = self.retention(key).await.ok().flatten().map(|r| r.until);
+                    return Err(Error::Locked {
+                        store: self.context.store.clone(),
+                        key: key.to_string(),
+                        until,
+                    });
+                }
+                Err(e) => return Err(self.context.error("DeleteObject", key, &e)),
+            }
+        }
+        Ok(())
     }
 
     /// `full` with the store prefix removed; `None` if outside it.
@@ -428,6 +507,9 @@ impl ObjectStore for S3Store {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
+        if self.versioned_deletes {
+            return self.delete_versions(key).await;
+        }
         match self
             .client
             .delete_object()
@@ -440,6 +522,235 @@ impl ObjectStore for S3Store {
             Err(e) if is_missing_object(&e) => Ok(()),
             Err(e) => Err(self.context.error("DeleteObject", key, &e)),
         }
+    }
+
+    /// DeleteObjects, 1,000 keys a request (per-version deletes in a
+    /// versioned bucket).
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Error)>> {
+        if self.versioned_deletes {
+            let failures = stream::iter(keys.iter().cloned())
+                .map(|key| async move {
+                    let r = self.delete_versions(&key).await;
+                    r.err().map(|e| (key, e))
+                })
+                .buffer_unordered(16)
+                .filter_map(futures::future::ready)
+                .collect()
+                .await;
+            return Ok(failures);
+        }
+        let mut failures = Vec::new();
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|k| ObjectIdentifier::builder().key(self.full_key(k)).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Other(format!("DeleteObjects: {e}")))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::Other(format!("DeleteObjects: {e}")))?;
+            let first = chunk.first().map(String::as_str).unwrap_or("");
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| self.context.error("DeleteObjects", first, &e))?;
+            for err in out.errors() {
+                let full = err.key().unwrap_or_default();
+                let key = self.relative(full).unwrap_or(full).to_string();
+                if err.code() == Some("NoSuchKey") {
+                    continue;
+                }
+                let code = err.code().unwrap_or("error");
+                let message = err.message().unwrap_or("");
+                failures.push((
+                    key.clone(),
+                    Error::S3 {
+                        op: "DeleteObjects",
+                        store: self.context.store.clone(),
+                        key,
+                        message: format!("{code}: {message}"),
+                        temporary: TEMPORARY_CODES.contains(&code),
+                    },
+                ));
+            }
+        }
+        Ok(failures)
+    }
+
+    async fn put_retained(&self, key: &str, data: Bytes, retention: &Retention) -> Result<()> {
+        // S3 wants a body checksum with lock headers, whatever the
+        // configured checksum calculation.
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .content_length(data.len() as i64)
+            .body(ByteStream::from(data))
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .object_lock_mode(match retention.mode {
+                LockMode::Governance => ObjectLockMode::Governance,
+                LockMode::Compliance => ObjectLockMode::Compliance,
+            })
+            .object_lock_retain_until_date(to_smithy(retention.until))
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .send()
+            .await
+            .map_err(|e| self.context.error("PutObject", key, &e))?;
+        Ok(())
+    }
+
+    async fn set_retention(&self, key: &str, retention: &Retention) -> Result<()> {
+        let lock = ObjectLockRetention::builder()
+            .mode(match retention.mode {
+                LockMode::Governance => ObjectLockRetentionMode::Governance,
+                LockMode::Compliance => ObjectLockRetentionMode::Compliance,
+            })
+            .retain_until_date(to_smithy(retention.until))
+            .build();
+        self.client
+            .put_object_retention()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .retention(lock)
+            .send()
+            .await
+            .map_err(|e| self.context.error("PutObjectRetention", key, &e))?;
+        Ok(())
+    }
+
+    /// From HeadObject's lock headers (AWS sends them to callers allowed
+    /// `s3:GetObjectRetention`; moto 5.2 has no GetObjectRetention).
+    async fn retention(&self, key: &str) -> Result<Option<Retention>> {
+        let out = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if is_missing_object(&e) => return Ok(None),
+            Err(e) => return Err(self.context.error("HeadObject", key, &e)),
+        };
+        let mode = match out.object_lock_mode() {
+            Some(ObjectLockMode::Compliance) => LockMode::Compliance,
+            Some(ObjectLockMode::Governance) => LockMode::Governance,
+            _ => return Ok(None),
+        };
+        Ok(to_chrono(out.object_lock_retain_until_date()).map(|until| Retention { mode, until }))
+    }
+
+    async fn probe_object_lock(&self, probe_prefix: &str) -> Result<LockProbe> {
+        let bucket_key = "(bucket object lock configuration)";
+        match self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let enabled = out
+                    .object_lock_configuration()
+                    .and_then(|c| c.object_lock_enabled())
+                    .is_some_and(|e| e.as_str() == "Enabled");
+                if !enabled {
+                    return Ok(LockProbe::NotEnforced(format!(
+                        "bucket {} does not have object lock enabled (it can only be enabled when the bucket is created)",
+                        self.bucket
+                    )));
+                }
+            }
+            Err(e) if matches!(e, SdkError::ServiceError(_)) => {
+                let err = self
+                    .context
+                    .error("GetObjectLockConfiguration", bucket_key, &e);
+                return Ok(LockProbe::NotEnforced(format!(
+                    "the store does not report object lock for bucket {}: {err}",
+                    self.bucket
+                )));
+            }
+            Err(e) => {
+                return Err(self
+                    .context
+                    .error("GetObjectLockConfiguration", bucket_key, &e))
+            }
+        }
+        // The bucket says it locks; prove it. Governance mode so the probe
+        // can be removed right after (with the bypass permission), and a
+        // short date so it expires soon if that permission is missing.
+        let key = format!(
+            "{}/probe-{}",
+            probe_prefix.trim_end_matches('/'),
+            Utc::now().format("%Y%m%dT%H%M%S%.6fZ")
+        );
+        let retention = Retention {
+            mode: LockMode::Governance,
+            until: Utc::now() + chrono::Duration::minutes(2),
+        };
+        if let Err(e) = self
+            .put_retained(
+                &key,
+                Bytes::from_static(b"refugio object lock probe\n"),
+                &retention,
+            )
+            .await
+        {
+            return Ok(LockProbe::NotEnforced(format!(
+                "writing a locked probe object failed: {e}"
+            )));
+        }
+        let versions = match self.versions(&key).await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.delete(&key).await;
+                return Ok(LockProbe::NotEnforced(format!(
+                    "listing the versions of the probe object {key} failed: {e}"
+                )));
+            }
+        };
+        let mut refused = !versions.is_empty();
+        for version in &versions {
+            let r = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(&key))
+                .version_id(version)
+                .send()
+                .await;
+            if r.is_ok() {
+                refused = false;
+            }
+        }
+        let verdict = if refused {
+            LockProbe::Enforced
+        } else {
+            LockProbe::NotEnforced(format!(
+                "the store accepted a locked object ({key}) and then let it be deleted: it does not enforce object lock"
+            ))
+        };
+        // Clean up (governance bypass); a probe that stays expires in minutes.
+        for version in &versions {
+            let _ = self
+                .client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(&key))
+                .version_id(version)
+                .bypass_governance_retention(true)
+                .send()
+                .await;
+        }
+        Ok(verdict)
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {

@@ -112,11 +112,14 @@ pub struct Receipt {
 }
 
 impl Receipt {
-    /// Object name beside the manifest.
+    /// Object name beside the manifest: `verify-<time>-ok.json` when the
+    /// backup restored and passed its checks, `-failed.json` otherwise, so
+    /// retention can tell verified backups from a listing alone.
     pub fn name(&self) -> String {
         format!(
-            "verify-{}.json",
-            self.started_at.format("%Y%m%dT%H%M%S%.3fZ")
+            "verify-{}-{}.json",
+            self.started_at.format("%Y%m%dT%H%M%S%.3fZ"),
+            if self.verified { "ok" } else { "failed" }
         )
     }
 }
