@@ -485,11 +485,13 @@ async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
                 &repo,
                 &job.name,
                 &policy,
-                r.gc_grace,
-                cfg.repository.object_lock.as_ref(),
-                a.dry_run,
-                a.now.unwrap_or_else(chrono::Utc::now),
-                a.batch,
+                &crate::prune::PruneOptions {
+                    grace: r.gc_grace,
+                    lock: cfg.repository.object_lock.as_ref(),
+                    dry_run: a.dry_run,
+                    now: a.now.unwrap_or_else(chrono::Utc::now),
+                    batch: a.batch,
+                },
             )
             .await?,
         );

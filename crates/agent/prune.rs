@@ -183,17 +183,35 @@ pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
     Ok(st)
 }
 
+/// How prune runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneOptions<'a> {
+    /// Orphans and multipart uploads older than this are collected.
+    pub grace: Duration,
+    /// The repository's object lock, if configured.
+    pub lock: Option<&'a ObjectLockConfig>,
+    /// Decide and report only.
+    pub dry_run: bool,
+    /// The time decisions are made for.
+    pub now: DateTime<Utc>,
+    /// Backups deleted per batch ([`DELETE_BATCH`]).
+    pub batch: usize,
+}
+
 /// Runs the policy (and, unless `dry_run`, deletes and collects garbage).
 pub async fn prune(
     repo: &Repository,
     job: &str,
     policy: &Policy,
-    grace: Duration,
-    lock: Option<&ObjectLockConfig>,
-    dry_run: bool,
-    now: DateTime<Utc>,
-    batch: usize,
+    opts: &PruneOptions<'_>,
 ) -> Result<PruneReport> {
+    let PruneOptions {
+        grace,
+        lock,
+        dry_run,
+        now,
+        batch,
+    } = *opts;
     let prefix = format!("{job}/");
     let listed = list_job(repo, job).await?;
 

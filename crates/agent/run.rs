@@ -481,7 +481,7 @@ impl Agent {
 }
 
 enum Done {
-    Backup(refugio_store::manifest::Manifest),
+    Backup(Box<refugio_store::manifest::Manifest>),
     Drill(Box<refugio_verify::drill::Receipt>),
     Prune(u64),
 }
@@ -493,9 +493,9 @@ async fn run_once(
     cancel: &CancellationToken,
 ) -> Result<Done> {
     match kind {
-        TaskKind::Backup => Ok(Done::Backup(
+        TaskKind::Backup => Ok(Done::Backup(Box::new(
             crate::backup::run(&cur.repo, &cur.cfg.repository, job, cancel).await?,
-        )),
+        ))),
         TaskKind::Drill => Ok(Done::Drill(Box::new(
             crate::commands::drill_latest(&cur.repo, job, None, cancel).await?,
         ))),
@@ -505,10 +505,15 @@ async fn run_once(
                 .as_ref()
                 .ok_or_else(|| anyhow!("job {} has no retention policy", job.name))?;
             let policy = r.policy()?;
+            let opts = crate::prune::PruneOptions {
+                grace: r.gc_grace,
+                lock: cur.cfg.repository.object_lock.as_ref(),
+                dry_run: false,
+                now: Utc::now(),
+                batch: crate::prune::DELETE_BATCH,
+            };
             let report = tokio::select! {
-                r = crate::prune::prune(&cur.repo, &job.name, &policy, r.gc_grace,
-                    cur.cfg.repository.object_lock.as_ref(), false, Utc::now(),
-                    crate::prune::DELETE_BATCH) => r?,
+                r = crate::prune::prune(&cur.repo, &job.name, &policy, &opts) => r?,
                 _ = cancel.cancelled() => bail!("prune cancelled (an interrupted prune leaves only orphans)"),
             };
             if report.has_errors() {
