@@ -52,10 +52,10 @@ pub struct AgentConfig {
     /// Retry of failed tasks with exponential backoff (temporary errors only).
     #[serde(default)]
     pub backoff: refugio_schedule::Backoff,
-    /// Failure/recovery notifications: not implemented in this version, so
-    /// a config that sets it is refused rather than silently ignored.
+    /// JSON POST on every failed task and on the first success after a
+    /// failure: `{ url = "https://…", attempts = 3, timeout = "10s" }`.
     #[serde(default)]
-    pub webhook: Option<toml::Value>,
+    pub webhook: Option<WebhookConfig>,
 }
 
 impl Default for AgentConfig {
@@ -70,6 +70,27 @@ impl Default for AgentConfig {
             webhook: None,
         }
     }
+}
+
+/// `webhook = { url = "https://…", attempts = 3, timeout = "10s" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// http:// or https:// URL; may carry a token (it is never logged).
+    pub url: String,
+    /// Delivery attempts. Default 3.
+    #[serde(default = "three")]
+    pub attempts: u32,
+    /// Timeout of one attempt. Default 10s.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn three() -> u32 {
+    3
+}
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_listen() -> String {
@@ -661,6 +682,100 @@ mod tests {
         let cfg = Config::load(&path).unwrap();
         assert!(!cfg.jobs.is_empty());
         assert!(cfg.repository.url.starts_with("s3://"));
+    }
+
+    /// The configs shipped for the container and systemd load and validate
+    /// (schedules, agent settings), so deployments start from a good file.
+    #[test]
+    fn shipped_deployment_configs_validate() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in ["docker/refugio.toml", "systemd/refugio.toml.example"] {
+            let cfg = Config::load(&root.join(file)).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            assert!(!cfg.jobs.is_empty(), "{file}");
+            assert!(
+                cfg.jobs.iter().any(|j| j.schedule.backup.is_some()),
+                "{file}: no backup schedule"
+            );
+        }
+    }
+
+    #[test]
+    fn schedules_and_agent_settings_are_checked() {
+        let base = "[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\n";
+        let load = |extra: &str| -> Result<Config> {
+            let cfg: Config = toml::from_str(&format!("{base}{extra}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let unknown = load("[jobs.schedule]\nbackup = \"0 */6 * * *\"\nprune = { every = \"1d\" }\nretention_placeholder = 1\n");
+        assert!(
+            unknown.is_err(),
+            "unknown field in schedule must be refused"
+        );
+        let cfg =
+            load("[jobs.schedule]\nbackup = \"0 */6 * * *\"\ntime_zone = \"Europe/Madrid\"\n")
+                .expect("valid");
+        assert!(cfg.jobs[0].schedule.catch_up);
+        let e = format!(
+            "{:#}",
+            load("[jobs.schedule]\nbackup = \"0 */6 * *\"\n").unwrap_err()
+        );
+        assert!(e.contains("0 */6 * *"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[jobs.schedule]\ndrill = { every = \"1h\" }\n").unwrap_err()
+        );
+        assert!(e.contains("scratch"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[jobs.schedule]\nprune = { every = \"1h\" }\n").unwrap_err()
+        );
+        assert!(e.contains("retention"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[jobs.schedule]\ntime_zone = \"Mars/Olympus\"\n").unwrap_err()
+        );
+        assert!(e.contains("Mars/Olympus"), "{e}");
+        let agent = |a: &str| -> Result<Config> {
+            let cfg: Config = toml::from_str(&format!("[agent]\n{a}\n{base}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        assert!(
+            format!("{:#}", agent("listen = \"localhost\"").unwrap_err()).contains("agent.listen")
+        );
+        assert!(format!("{:#}", agent("signal_jobs = [\"b\"]").unwrap_err()).contains("\"b\""));
+        assert!(format!(
+            "{:#}",
+            agent("webhook = { url = \"ftp://x\" }").unwrap_err()
+        )
+        .contains("webhook"));
+        assert!(agent("webhook = { url = \"https://hooks.example.com/x\" }").is_ok());
+        assert_eq!(agent("").expect("defaults").agent.listen, "127.0.0.1:9187");
+    }
+
+    #[test]
+    fn object_lock_needs_s3_and_sane_days() {
+        let e = toml::from_str::<Config>(
+            "[repository]\nurl = \"/tmp/x\"\nobject_lock = { mode = \"compliance\", days = 7 }\n",
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|c| c.validate().map(|_| c))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("S3"), "{e:#}");
+        let e = toml::from_str::<Config>(
+            "[repository]\nurl = \"s3://b/p\"\nobject_lock = { mode = \"compliance\", days = 0 }\n",
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|c| c.validate().map(|_| c))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("days"), "{e:#}");
+        let e = toml::from_str::<Config>(
+            "[repository]\nurl = \"s3://b/p\"\nobject_lock = { mode = \"forever\", days = 3 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("forever"), "{e}");
     }
 
     #[test]

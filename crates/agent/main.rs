@@ -13,6 +13,7 @@ mod http;
 mod metrics;
 mod prune;
 mod run;
+mod webhook;
 
 use std::process::ExitCode;
 

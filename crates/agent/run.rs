@@ -56,6 +56,8 @@ struct Agent {
     /// Cancelled at shutdown: running tasks stop cleanly.
     cancel: CancellationToken,
     tasks: TaskTracker,
+    outcomes: crate::webhook::Outcomes,
+    hostname: String,
 }
 
 /// Runs until SIGTERM/SIGINT.
@@ -81,6 +83,8 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
         own_fires: own_tx,
         cancel: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        outcomes: crate::webhook::Outcomes::default(),
+        hostname: crate::webhook::hostname(),
     });
     let http_stop = CancellationToken::new();
     let mut http_task = None;
@@ -385,7 +389,13 @@ impl Agent {
         let kind = fire.key.kind;
         let cancel = self.cancel.child_token();
         // One replica at a time per job: a session advisory lock on the source.
-        let lock = match advisory_lock(&job).await {
+        let backoff = cur.cfg.agent.backoff;
+        let lock = refugio_schedule::retry(&backoff, is_temporary, &cancel, |_| {
+            let job = job.clone();
+            async move { advisory_lock(&job).await }
+        })
+        .await;
+        let lock = match lock {
             Ok(Some(conn)) => conn,
             Ok(None) => {
                 tracing::info!("task-skipped: another refugio holds this job's lock");
@@ -398,6 +408,7 @@ impl Agent {
                     "task-failed: cannot take the job's lock on its source"
                 );
                 self.record_failure(&job, kind);
+                self.notify(&cur, &job, &fire, false, None, Some(format!("{e:#}")));
                 return;
             }
         };
@@ -409,7 +420,6 @@ impl Agent {
             drop(lock);
             return;
         }
-        let backoff = cur.cfg.agent.backoff;
         let started = Instant::now();
         let outcome = refugio_schedule::retry(&backoff, is_temporary, &cancel, |attempt| {
             let (cur, job, cancel) = (cur.clone(), job.clone(), cancel.clone());
@@ -422,6 +432,17 @@ impl Agent {
         })
         .await;
         drop(lock);
+        let (ok, backup_id, error) = match &outcome {
+            Ok(Done::Backup(m)) => (true, Some(m.backup_id.clone()), None),
+            Ok(Done::Drill(r)) => (
+                r.passed,
+                Some(r.backup_id.clone()),
+                (!r.passed).then(|| r.failures.join("; ")),
+            ),
+            Ok(Done::Prune(_)) => (true, None, None),
+            Err(e) => (false, None, Some(format!("{e:#}"))),
+        };
+        self.notify(&cur, &job, &fire, ok, backup_id, error);
         match outcome {
             Ok(Done::Backup(m)) => {
                 self.metrics.backup_succeeded(
@@ -467,6 +488,44 @@ impl Agent {
         if let Ok(st) = crate::prune::status(&cur.repo, &job.name).await {
             self.publish_status(&job, &st);
         }
+    }
+
+    /// Sends a failure/recovery webhook in the background (never delays
+    /// or fails the task).
+    fn notify(
+        &self,
+        cur: &Current,
+        job: &JobConfig,
+        fire: &Fire,
+        ok: bool,
+        backup_id: Option<String>,
+        error: Option<String>,
+    ) {
+        let kind = fire.key.kind.as_str();
+        let Some(event) = self.outcomes.record(&job.name, kind, ok) else {
+            return;
+        };
+        let Some(cfg) = cur.cfg.agent.webhook.clone() else {
+            return;
+        };
+        let event = crate::webhook::Event {
+            event,
+            job: job.name.clone(),
+            task: kind.to_string(),
+            reason: fire.reason.to_string(),
+            backup_id,
+            error,
+            at: Utc::now(),
+            agent: self.hostname.clone(),
+        };
+        self.tasks.spawn(async move {
+            match crate::webhook::Webhook::new(&cfg) {
+                Ok(hook) => {
+                    hook.send(&event).await;
+                }
+                Err(e) => tracing::error!(error = format!("{e:#}"), "webhook-invalid"),
+            }
+        });
     }
 
     fn record_failure(&self, job: &JobConfig, kind: TaskKind) {

@@ -233,6 +233,25 @@ async fn agent_backs_up_on_schedule_and_metrics_match_the_repository() -> Result
         (last - newest.timestamp() as f64).abs() < 10.0,
         "{last} vs {newest}"
     );
+    // Every refugio metric the shipped alert rules use is exported.
+    let (_, body) = http_get(port, "/metrics")?;
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/prometheus/alerts.yml"),
+    )?;
+    let mut names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("refugio_"))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 5, "alert rules name only {names:?}");
+    for name in names {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            body.contains(&format!("# TYPE {family} ")),
+            "alerts.yml uses {name}, which /metrics does not export:\n{body}"
+        );
+    }
     // No drill yet: no verified backup, so no RPO sample and the target is not met.
     assert_eq!(
         agent.metric("refugio_rpo_target_met{backup_job=\"app\"}")?,
@@ -537,5 +556,123 @@ async fn a_backup_slower_than_its_interval_never_overlaps_itself() -> Result<()>
         "the backup was not slower than its interval: {slowest}"
     );
     assert!(skipped >= 1.0, "no overlapping trigger was skipped");
+    Ok(())
+}
+
+/// A one-thread HTTP server on 127.0.0.1 that records request bodies and
+/// answers 500 to the first request, 200 afterwards.
+fn webhook_receiver() -> Result<(u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let Ok(k) = conn.read(&mut chunk) else {
+                    break None;
+                };
+                if k == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..k]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break Some(body.to_string());
+                    }
+                }
+            };
+            let status = if n == 0 {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            if let Some(b) = body {
+                seen.lock().expect("lock").push(b);
+            }
+        }
+    });
+    Ok((port, bodies))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_reports_failure_then_recovery_and_never_fails_the_task() -> Result<()> {
+    let target = s3::moto()?;
+    let repo = Repo::s3(target.clone(), "webhook");
+    let env = repo.env();
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    let (hook_port, bodies) = webhook_receiver()?;
+    let port = free_port()?;
+    // The database does not exist yet: the first backup fails (permanently).
+    let job_toml = job(
+        "app",
+        &src,
+        "later",
+        "globals = false\n[jobs.schedule]\nbackup = \"0 0 1 1 *\"\ncatch_up = false\n",
+    );
+    let config = agent_config(
+        tmp.path(),
+        &repo,
+        port,
+        &format!("webhook = {{ url = \"http://127.0.0.1:{hook_port}/hook?token=SECRET\", attempts = 3, timeout = \"5s\" }}"),
+        &[job_toml],
+    );
+    let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
+    agent.signal(Signal::SIGUSR1)?;
+    // First delivery gets a 500, the retry a 200: two bodies, same event.
+    wait_until("the failure webhook", Duration::from_secs(30), || {
+        Ok(bodies.lock().expect("lock").len() >= 2)
+    })
+    .with_context(|| agent.log_text())?;
+    let first: Value = serde_json::from_str(&bodies.lock().expect("lock")[1])?;
+    assert_eq!(first["event"], "failure", "{first}");
+    assert_eq!(first["job"], "app");
+    assert_eq!(first["task"], "backup");
+    assert!(
+        first["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("later"),
+        "{first}"
+    );
+    assert_eq!(
+        agent.metric("refugio_backup_runs_total{backup_job=\"app\",result=\"failure\"}")?,
+        Some(1.0)
+    );
+
+    // Fixed: the next backup succeeds and a recovery is sent.
+    src.create_database("later").await?;
+    agent.signal(Signal::SIGUSR1)?;
+    wait_until("the recovery webhook", Duration::from_secs(30), || {
+        Ok(bodies.lock().expect("lock").len() >= 3)
+    })
+    .with_context(|| agent.log_text())?;
+    let recovery: Value = serde_json::from_str(&bodies.lock().expect("lock")[2])?;
+    assert_eq!(recovery["event"], "recovery", "{recovery}");
+    assert!(recovery["backup_id"].as_str().is_some(), "{recovery}");
+    assert_eq!(backups(&config, &env)?.len(), 1);
+    let log = agent.log_text();
+    assert!(
+        !log.contains("SECRET"),
+        "the webhook URL's token was logged:\n{log}"
+    );
+    assert!(agent.stop(Duration::from_secs(30))?.success());
     Ok(())
 }

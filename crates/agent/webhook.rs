@@ -1,0 +1,178 @@
+//! Failure and recovery notifications: a JSON POST to the configured URL,
+//! retried with a short backoff. A webhook that fails is logged and
+//! counted, never allowed to fail or delay the task it reports on.
+//!
+//! The URL often carries a token (Slack, ntfy, Teams): it is never logged;
+//! messages name the host only, and reqwest's errors are stripped of it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::WebhookConfig;
+
+/// What the webhook receives.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    /// `failure` or `recovery`.
+    pub event: &'static str,
+    pub job: String,
+    /// `backup`, `drill` or `prune`.
+    pub task: String,
+    /// Why the task ran: `schedule`, `signal`, `catch_up`, `after_backup`.
+    pub reason: String,
+    /// The backup made or drilled, when known.
+    pub backup_id: Option<String>,
+    /// The error, for failures (never contains a password).
+    pub error: Option<String>,
+    pub at: DateTime<Utc>,
+    /// Host name of the agent that sends it.
+    pub agent: String,
+}
+
+/// A configured webhook.
+#[derive(Debug)]
+pub struct Webhook {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    attempts: u32,
+}
+
+impl Webhook {
+    pub fn new(cfg: &WebhookConfig) -> Result<Webhook> {
+        let url = reqwest::Url::parse(&cfg.url)
+            .map_err(|e| anyhow::anyhow!("agent.webhook.url is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            bail!("agent.webhook.url: only http:// and https:// URLs with a host are supported");
+        }
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .user_agent(concat!("refugio/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the webhook HTTP client")?;
+        Ok(Webhook {
+            client,
+            url,
+            attempts: cfg.attempts.max(1),
+        })
+    }
+
+    /// The host, for messages (the URL itself may hold a token).
+    pub fn host(&self) -> &str {
+        self.url.host_str().unwrap_or("?")
+    }
+
+    /// Posts `event`; retries (1 s, 2 s, 4 s…) on transport errors and
+    /// non-2xx answers. Returns whether it was delivered.
+    pub async fn send(&self, event: &Event) -> bool {
+        for attempt in 1..=self.attempts {
+            let result = self.client.post(self.url.clone()).json(event).send().await;
+            let problem = match result {
+                Ok(r) if r.status().is_success() => {
+                    tracing::info!(host = self.host(), event = event.event, job = %event.job,
+                        task = %event.task, "webhook-sent");
+                    return true;
+                }
+                Ok(r) => format!("HTTP {}", r.status()),
+                Err(e) => e.without_url().to_string(),
+            };
+            tracing::warn!(host = self.host(), attempt, attempts = self.attempts, error = %problem,
+                "webhook-failed");
+            if attempt < self.attempts {
+                tokio::time::sleep(Duration::from_secs(1 << (attempt - 1).min(5))).await;
+            }
+        }
+        false
+    }
+}
+
+/// Last outcome of each job's task: turns outcomes into events.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    last: Mutex<HashMap<(String, String), bool>>,
+}
+
+impl Outcomes {
+    /// Records an outcome; `failure` for every failed run, `recovery` for
+    /// the first success after a failure, nothing otherwise.
+    pub fn record(&self, job: &str, task: &str, ok: bool) -> Option<&'static str> {
+        let mut last = match self.last.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let before = last.insert((job.to_string(), task.to_string()), ok);
+        match (before, ok) {
+            (_, false) => Some("failure"),
+            (Some(false), true) => Some("recovery"),
+            _ => None,
+        }
+    }
+}
+
+/// This host's name, for events.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_and_recoveries() {
+        let o = Outcomes::default();
+        assert_eq!(o.record("a", "backup", true), None);
+        assert_eq!(o.record("a", "backup", false), Some("failure"));
+        assert_eq!(o.record("a", "backup", false), Some("failure"));
+        assert_eq!(o.record("a", "drill", true), None, "tasks are separate");
+        assert_eq!(o.record("a", "backup", true), Some("recovery"));
+        assert_eq!(o.record("a", "backup", true), None);
+        assert_eq!(o.record("b", "backup", false), Some("failure"));
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let cfg = |url: &str| WebhookConfig {
+            url: url.into(),
+            attempts: 3,
+            timeout: Duration::from_secs(1),
+        };
+        assert!(Webhook::new(&cfg("ftp://x/y")).is_err());
+        assert!(Webhook::new(&cfg("not a url")).is_err());
+        let w = Webhook::new(&cfg("https://hooks.example.com/T0K3N")).expect("valid");
+        assert_eq!(w.host(), "hooks.example.com");
+        assert!(!format!("{w:?}").is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_webhook_gives_up_quietly() {
+        // A port nothing listens on: refused at once, never panics.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let w = Webhook::new(&WebhookConfig {
+            url: format!("http://127.0.0.1:{port}/hook?token=SECRET"),
+            attempts: 1,
+            timeout: Duration::from_secs(2),
+        })
+        .expect("valid");
+        let event = Event {
+            event: "failure",
+            job: "a".into(),
+            task: "backup".into(),
+            reason: "schedule".into(),
+            backup_id: None,
+            error: Some("x".into()),
+            at: Utc::now(),
+            agent: hostname(),
+        };
+        assert!(!w.send(&event).await);
+    }
+}
