@@ -528,8 +528,8 @@ impl Config {
                 bail!("agent.signal_jobs: no job named {name:?}");
             }
         }
-        if a.webhook.is_some() {
-            bail!("agent.webhook: webhooks are not implemented in this version of refugio; remove the setting (alert on the Prometheus metrics instead)");
+        if let Some(w) = &a.webhook {
+            crate::webhook::Webhook::new(w)?;
         }
         let mut seen = std::collections::HashSet::new();
         for (i, j) in self.jobs.iter().enumerate() {

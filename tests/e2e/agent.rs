@@ -233,25 +233,6 @@ async fn agent_backs_up_on_schedule_and_metrics_match_the_repository() -> Result
         (last - newest.timestamp() as f64).abs() < 10.0,
         "{last} vs {newest}"
     );
-    // Every refugio metric the shipped alert rules use is exported.
-    let (_, body) = http_get(port, "/metrics")?;
-    let rules = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/prometheus/alerts.yml"),
-    )?;
-    let mut names: Vec<&str> = rules
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("refugio_"))
-        .collect();
-    names.sort();
-    names.dedup();
-    assert!(names.len() >= 5, "alert rules name only {names:?}");
-    for name in names {
-        let family = name.strip_suffix("_total").unwrap_or(name);
-        assert!(
-            body.contains(&format!("# TYPE {family} ")),
-            "alerts.yml uses {name}, which /metrics does not export:\n{body}"
-        );
-    }
     // No drill yet: no verified backup, so no RPO sample and the target is not met.
     assert_eq!(
         agent.metric("refugio_rpo_target_met{backup_job=\"app\"}")?,
@@ -284,7 +265,7 @@ async fn signals_back_up_drill_reload_and_stop_cleanly() -> Result<()> {
         &src,
         "app",
         &format!(
-            "globals = false\nscratch = {:?}\n{quiet}",
+            "globals = false\nscratch = {:?}\ntargets = {{ rpo = \"1h\", rto = \"1h\" }}\n{quiet}",
             scratch.url("postgres")
         ),
     );
@@ -317,6 +298,39 @@ async fn signals_back_up_drill_reload_and_stop_cleanly() -> Result<()> {
     wait_until("drill metric", Duration::from_secs(10), || {
         Ok(agent.metric("refugio_drill_last_success{backup_job=\"app\"}")? == Some(1.0))
     })?;
+    wait_until("RPO metric", Duration::from_secs(10), || {
+        Ok(agent
+            .metric("refugio_rpo_seconds{backup_job=\"app\"}")?
+            .is_some())
+    })?;
+    assert_eq!(
+        agent.metric("refugio_rpo_target_met{backup_job=\"app\"}")?,
+        Some(1.0)
+    );
+    assert_eq!(
+        agent.metric("refugio_rto_target_met{backup_job=\"app\"}")?,
+        Some(1.0)
+    );
+
+    // Every refugio metric the shipped alert rules use is exported.
+    let (_, body) = http_get(port, "/metrics")?;
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/prometheus/alerts.yml"),
+    )?;
+    let mut names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("refugio_"))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 5, "alert rules name only {names:?}");
+    for name in names {
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            body.contains(&format!("# TYPE {family} ")),
+            "alerts.yml uses {name}, which /metrics does not export:\n{body}"
+        );
+    }
 
     // SIGHUP with a broken file: rejected, the agent keeps running.
     let good = std::fs::read_to_string(&config)?;
