@@ -18,7 +18,12 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `refugio=debug`.
-    #[arg(long, default_value = "info", env = "REFUGIO_LOG", global = true)]
+    #[arg(
+        long,
+        default_value = "info,tokio_cron_scheduler=warn",
+        env = "REFUGIO_LOG",
+        global = true
+    )]
     pub log: String,
 
     #[command(subcommand)]
@@ -210,8 +215,10 @@ pub enum ConfigCommand {
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => builder.json().init(),

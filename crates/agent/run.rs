@@ -115,15 +115,12 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
     health.set_scheduler_running(true);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(jobs = cfg.jobs.len(), "agent-ready");
-    let watchdog = sd_notify::watchdog_enabled().map(|period| {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period / 2);
-            loop {
-                tick.tick().await;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-        })
-    });
+    // Watchdog pings come from the main loop itself: a loop that hangs
+    // stops pinging and systemd restarts the agent.
+    let mut watchdog = tokio::time::interval(
+        sd_notify::watchdog_enabled().map_or(Duration::from_secs(3600), |period| period / 2),
+    );
+    let watchdog_on = sd_notify::watchdog_enabled().is_some();
     let mut refresh = tokio::time::interval(Duration::from_secs(60));
     refresh.tick().await;
 
@@ -151,6 +148,9 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             }
             _ = refresh.tick() => { agent.check_repository().await; }
+            _ = watchdog.tick(), if watchdog_on => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
             _ = term.recv() => { tracing::info!(signal = "SIGTERM", "agent-stopping"); break; }
             _ = int.recv() => { tracing::info!(signal = "SIGINT", "agent-stopping"); break; }
         }
@@ -168,9 +168,6 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
     http_stop.cancel();
     if let Some(t) = http_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-    }
-    if let Some(w) = watchdog {
-        w.abort();
     }
     if clean {
         tracing::info!("agent-stopped");

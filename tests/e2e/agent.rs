@@ -690,3 +690,49 @@ async fn webhook_reports_failure_then_recovery_and_never_fails_the_task() -> Res
     assert!(agent.stop(Duration::from_secs(30))?.success());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_watchdog_and_stopping() -> Result<()> {
+    let target = s3::moto()?;
+    let repo = Repo::s3(target, "notify");
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
+    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut env = repo.env();
+    env.push(("NOTIFY_SOCKET".into(), socket_path.display().to_string()));
+    env.push(("WATCHDOG_USEC".into(), "1000000".into()));
+    let port = free_port()?;
+    let job_toml = job(
+        "app",
+        &src,
+        "app",
+        "globals = false\n[jobs.schedule]\nbackup = \"0 0 1 1 *\"\ncatch_up = false\n",
+    );
+    let config = agent_config(tmp.path(), &repo, port, "", &[job_toml]);
+    let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !heard.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let n = socket.recv(&mut buf)?;
+        heard.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(
+        heard.first().is_some_and(|m| m.contains("READY=1")),
+        "{heard:?}"
+    );
+    assert!(heard.iter().any(|m| m.contains("WATCHDOG=1")), "{heard:?}");
+    assert!(agent.stop(Duration::from_secs(30))?.success());
+    let mut stopping = false;
+    while let Ok(n) = socket.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+    Ok(())
+}
