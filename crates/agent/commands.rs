@@ -90,15 +90,7 @@ pub async fn drill_latest(
             job.name
         )
     })?;
-    let scratch = if scratch_url == "ephemeral" {
-        refugio_verify::drill::Scratch::Ephemeral
-    } else {
-        refugio_verify::drill::Scratch::Server(refugio_dump::SourceSpec::new(
-            &scratch_url,
-            None,
-            None,
-        )?)
-    };
+    let scratch = parse_scratch(&scratch_url)?;
     let history = repo.manifests(&job.name).await?;
     let manifest = history.first().cloned().ok_or_else(|| {
         anyhow!(
@@ -107,16 +99,47 @@ pub async fn drill_latest(
             repo.describe()
         )
     })?;
-    let opts = refugio_verify::drill::DrillOptions {
+    let opts = drill_options(job, scratch, bindir.or_else(|| job.pg_bindir.clone()));
+    drill_cancellable(repo, &manifest, &history, &opts, cancel).await
+}
+
+/// A job's drill settings.
+fn drill_options(
+    job: &config::JobConfig,
+    scratch: refugio_verify::drill::Scratch,
+    bindir: Option<std::path::PathBuf>,
+) -> refugio_verify::drill::DrillOptions {
+    refugio_verify::drill::DrillOptions {
         scratch,
         checks: job.checks.clone(),
         rpo_target: job.targets.rpo,
         rto_target: job.targets.rto,
         jobs: job.drill_jobs,
-        bindir: bindir.or_else(|| job.pg_bindir.clone()),
-    };
-    tracing::info!(job = %job.name, backup = %manifest.backup_id, "drill-started");
-    let drill = refugio_verify::drill::drill(repo, &manifest, &history, &opts, chrono::Utc::now());
+        bindir,
+    }
+}
+
+/// `scratch`: `"ephemeral"` or a server URL.
+fn parse_scratch(url: &str) -> Result<refugio_verify::drill::Scratch> {
+    Ok(if url == "ephemeral" {
+        refugio_verify::drill::Scratch::Ephemeral
+    } else {
+        refugio_verify::drill::Scratch::Server(refugio_dump::SourceSpec::new(url, None, None)?)
+    })
+}
+
+/// A drill that `cancel` stops: the drill is dropped mid-way (its child
+/// processes killed; an ephemeral cluster removed with it) and a server's
+/// scratch database is dropped before returning.
+async fn drill_cancellable(
+    repo: &Repository,
+    manifest: &refugio_store::manifest::Manifest,
+    history: &[refugio_store::manifest::Manifest],
+    opts: &refugio_verify::drill::DrillOptions,
+    cancel: &CancellationToken,
+) -> Result<refugio_verify::drill::Receipt> {
+    tracing::info!(job = %manifest.job, backup = %manifest.backup_id, "drill-started");
+    let drill = refugio_verify::drill::drill(repo, manifest, history, opts, chrono::Utc::now());
     tokio::select! {
         r = drill => Ok(r?),
         _ = cancel.cancelled() => {
@@ -307,13 +330,7 @@ async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
             job.name
         ))
     })?;
-    let scratch = if scratch_url == "ephemeral" {
-        refugio_verify::drill::Scratch::Ephemeral
-    } else {
-        refugio_verify::drill::Scratch::Server(
-            refugio_dump::SourceSpec::new(&scratch_url, None, None).map_err(|e| usage(e.into()))?,
-        )
-    };
+    let scratch = parse_scratch(&scratch_url).map_err(usage)?;
     let history = repo.manifests(&job.name).await?;
     let manifest = if a.backup == "unverified" {
         let done = refugio_verify::drill::receipts(&repo, &job.name).await?;
@@ -325,31 +342,10 @@ async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
     } else {
         repo.resolve(&job.name, &a.backup).await?
     };
-    let opts = refugio_verify::drill::DrillOptions {
-        scratch,
-        checks: job.checks.clone(),
-        rpo_target: job.targets.rpo,
-        rto_target: job.targets.rto,
-        jobs: job.drill_jobs,
-        bindir: a.pg_bindir.clone(),
-    };
-    tracing::info!(job = %job.name, backup = %manifest.backup_id, "drill-started");
+    let opts = drill_options(&job, scratch, a.pg_bindir.clone());
     let token = CancellationToken::new();
     cancel_on_signals(token.clone());
-    let drill = refugio_verify::drill::drill(&repo, &manifest, &history, &opts, chrono::Utc::now());
-    let receipt = tokio::select! {
-        r = drill => r?,
-        _ = token.cancelled() => {
-            // The drill was dropped mid-way (its child processes killed):
-            // remove a server's scratch database before exiting (an
-            // ephemeral cluster was removed when the drill was dropped).
-            let name = refugio_verify::drill::scratch_name(&manifest.backup_id);
-            if let refugio_verify::drill::Scratch::Server(spec) = &opts.scratch {
-                refugio_verify::drill::drop_scratch(&spec.with_database("postgres"), Some(&name)).await?;
-            }
-            bail!("drill cancelled; scratch database {name} removed");
-        }
-    };
+    let receipt = drill_cancellable(&repo, &manifest, &history, &opts, &token).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&receipt)?);
     } else {

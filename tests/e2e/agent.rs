@@ -95,6 +95,14 @@ impl Drop for Agent {
     }
 }
 
+/// PostgreSQL 16 with the sample data in database `app`.
+async fn sample_source() -> Result<Cluster> {
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    Ok(src)
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -185,9 +193,7 @@ async fn agent_backs_up_on_schedule_and_metrics_match_the_repository() -> Result
     let repo = Repo::s3(target.clone(), "agent");
     let env = repo.env();
     let tmp = tempfile::tempdir()?;
-    let src = Cluster::start(16).await?;
-    src.create_database("app").await?;
-    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let src = sample_source().await?;
     let port = free_port()?;
     let job_toml = job(
         "app",
@@ -427,9 +433,7 @@ async fn catch_up_backs_up_at_start_when_the_newest_backup_is_old() -> Result<()
     let repo = Repo::s3(target.clone(), "catchup");
     let env = repo.env();
     let tmp = tempfile::tempdir()?;
-    let src = Cluster::start(16).await?;
-    src.create_database("app").await?;
-    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let src = sample_source().await?;
     let port = free_port()?;
     let job_toml = job(
         "app",
@@ -472,9 +476,7 @@ async fn three_agents_one_database_each_run_happens_once() -> Result<()> {
     let repo = Repo::s3(target.clone(), "replicas");
     let env = repo.env();
     let tmp = tempfile::tempdir()?;
-    let src = Cluster::start(16).await?;
-    src.create_database("app").await?;
-    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let src = sample_source().await?;
     // Every 5 s on the wall clock: the three fire at the same instants.
     let job_toml = job(
         "app",
