@@ -33,6 +33,8 @@ pub const PIN_NAME: &str = "pinned";
 /// Backups deleted per batch (manifests of a batch go before its
 /// artifacts): 100 backups' objects fit one 1,000-key DeleteObjects.
 pub const DELETE_BATCH: usize = 100;
+/// Batches deleted at once.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// What prune decided and did.
 #[derive(Debug, Serialize)]
@@ -312,30 +314,22 @@ pub async fn prune(
         return Ok(report);
     }
 
-    for batch in doomed.chunks(batch.max(1)) {
-        // Manifests first: from here on these backups do not exist for readers.
-        let manifests: Vec<String> = batch
-            .iter()
-            .map(|id| Repository::manifest_key(job, id))
-            .collect();
-        let refused = repo.store().delete_many(&manifests).await?;
-        let mut artifacts = Vec::new();
-        for id in batch {
-            let key = Repository::manifest_key(job, id);
-            if let Some((_, e)) = refused.iter().find(|(k, _)| *k == key) {
-                tracing::warn!(job, backup = %id, error = %e, "backup-delete-refused");
-                report.failed_deletes.push(failed(key, e));
-                continue;
-            }
-            artifacts.extend(listed.get(id).into_iter().flat_map(|l| l.others.clone()));
-            tracing::info!(job, backup = %id, "backup-deleted");
-            report.deleted_backups.push(id.clone());
-        }
-        // A refusal here leaves an orphan: GC retries it next time.
-        for (key, e) in repo.store().delete_many(&artifacts).await? {
-            report.failed_deletes.push(failed(key, &e));
-        }
+    // Batches run a few at a time; within each, manifests go first.
+    let listed = &listed;
+    let chunks: Vec<Vec<String>> = doomed
+        .chunks(batch.max(1))
+        .map(<[String]>::to_vec)
+        .collect();
+    let mut batches = futures::stream::iter(chunks)
+        .map(|batch| async move { delete_batch(repo, job, &batch, listed).await })
+        .buffer_unordered(BATCHES_IN_FLIGHT);
+    while let Some(done) = batches.next().await {
+        let (deleted, failures) = done?;
+        report.deleted_backups.extend(deleted);
+        report.failed_deletes.extend(failures);
     }
+    drop(batches);
+    report.deleted_backups.sort_by(|a, b| b.cmp(a));
     for (key, e) in repo.store().delete_many(&report.orphans).await? {
         report.failed_deletes.push(failed(key, &e));
     }
@@ -345,6 +339,41 @@ pub async fn prune(
         }
     }
     Ok(report)
+}
+
+/// Deletes one batch of backups: their manifests (one request), then the
+/// artifacts of those whose manifest is gone. Returns (deleted ids, failures).
+async fn delete_batch(
+    repo: &Repository,
+    job: &str,
+    batch: &[String],
+    listed: &BTreeMap<String, Listed>,
+) -> Result<(Vec<String>, Vec<FailedDelete>)> {
+    let mut deleted = Vec::new();
+    let mut failures = Vec::new();
+    // Manifests first: from here on these backups do not exist for readers.
+    let manifests: Vec<String> = batch
+        .iter()
+        .map(|id| Repository::manifest_key(job, id))
+        .collect();
+    let refused = repo.store().delete_many(&manifests).await?;
+    let mut artifacts = Vec::new();
+    for id in batch {
+        let key = Repository::manifest_key(job, id);
+        if let Some((_, e)) = refused.iter().find(|(k, _)| *k == key) {
+            tracing::warn!(job, backup = %id, error = %e, "backup-delete-refused");
+            failures.push(failed(key, e));
+            continue;
+        }
+        artifacts.extend(listed.get(id).into_iter().flat_map(|l| l.others.clone()));
+        tracing::info!(job, backup = %id, "backup-deleted");
+        deleted.push(id.clone());
+    }
+    // A refusal here leaves an orphan: GC retries it next time.
+    for (key, e) in repo.store().delete_many(&artifacts).await? {
+        failures.push(failed(key, &e));
+    }
+    Ok((deleted, failures))
 }
 
 fn failed(key: String, e: &refugio_store::Error) -> FailedDelete {
