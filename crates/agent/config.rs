@@ -136,11 +136,7 @@ impl ScheduleConfig {
     pub fn tz(&self) -> Result<chrono_tz::Tz> {
         match &self.time_zone {
             None => Ok(chrono_tz::UTC),
-            Some(name) => name.parse::<chrono_tz::Tz>().map_err(|_| {
-                anyhow::anyhow!(
-                    "time_zone {name:?} is not an IANA time zone (e.g. \"Europe/Madrid\")"
-                )
-            }),
+            Some(name) => parse_tz(name),
         }
     }
 }
@@ -341,15 +337,18 @@ pub struct RetentionConfig {
     pub gc_grace: Duration,
 }
 
+/// A `time_zone` value: an IANA zone name.
+fn parse_tz(name: &str) -> Result<chrono_tz::Tz> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| {
+        anyhow::anyhow!("time_zone {name:?} is not an IANA time zone (e.g. \"Europe/Madrid\")")
+    })
+}
+
 impl RetentionConfig {
     /// The pure policy.
     pub fn policy(&self) -> Result<refugio_store::retention::Policy> {
         let tz = match &self.time_zone {
-            Some(name) => Some(name.parse::<chrono_tz::Tz>().map_err(|_| {
-                anyhow::anyhow!(
-                    "time_zone {name:?} is not an IANA time zone (e.g. \"Europe/Madrid\")"
-                )
-            })?),
+            Some(name) => Some(parse_tz(name)?),
             None => None,
         };
         let p = refugio_store::retention::Policy {

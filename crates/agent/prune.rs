@@ -168,17 +168,24 @@ pub struct JobStatus {
 pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
     let listed = list_job(repo, job).await?;
     let mut st = JobStatus::default();
-    for (id, l) in listed.iter().filter(|(_, l)| l.committed) {
+    // Newest first: once a verified backup is found, older ones need no
+    // receipt reads.
+    for (id, l) in listed.iter().rev().filter(|(_, l)| l.committed) {
         st.backups += 1;
         st.bytes += l.bytes;
         let Some(time) = id_time(id) else { continue };
-        if st.newest.as_ref().is_none_or(|(_, t)| time >= *t) {
+        if st.newest.as_ref().is_none_or(|(_, t)| time > *t) {
             st.newest = Some((id.clone(), time));
             st.newest_drilled_at = l.newest_receipt;
         }
+        // Old receipts are fetched only when they could move the answer
+        // (the agent calls this every minute).
+        let newer = st.newest_verified.is_none_or(|t| time > t);
         let verified = l.ok_receipt
-            || (!l.legacy_receipts.is_empty() && legacy_verified(repo, &l.legacy_receipts).await?);
-        if verified && st.newest_verified.is_none_or(|t| time > t) {
+            || (newer
+                && !l.legacy_receipts.is_empty()
+                && legacy_verified(repo, &l.legacy_receipts).await?);
+        if verified && newer {
             st.newest_verified = Some(time);
         }
     }

@@ -102,17 +102,7 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// object, say) while the others are deleted. `Err` only when the
     /// store could not be asked at all. S3 batches 1,000 keys a request.
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Error)>> {
-        use futures::StreamExt;
-        let failures = futures::stream::iter(keys.iter().cloned())
-            .map(|key| async move {
-                let r = self.delete(&key).await;
-                r.err().map(|e| (key, e))
-            })
-            .buffer_unordered(16)
-            .filter_map(futures::future::ready)
-            .collect()
-            .await;
-        Ok(failures)
+        Ok(delete_each(self, keys).await)
     }
 
     /// Stores a small object with an Object Lock retention. Stores without
@@ -149,6 +139,24 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
             self.describe()
         )))
     }
+}
+
+/// Deletes `keys` one request each, 16 at a time; the failures, per key.
+/// The default of [`ObjectStore::delete_many`].
+pub async fn delete_each<S: ObjectStore + ?Sized>(
+    store: &S,
+    keys: &[String],
+) -> Vec<(String, Error)> {
+    use futures::StreamExt;
+    futures::stream::iter(keys.iter().cloned())
+        .map(|key| async move {
+            let r = store.delete(&key).await;
+            r.err().map(|e| (key, e))
+        })
+        .buffer_unordered(16)
+        .filter_map(futures::future::ready)
+        .collect()
+        .await
 }
 
 /// One multipart upload in progress (object_store's `MultipartUpload`).

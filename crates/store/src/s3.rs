@@ -528,16 +528,8 @@ impl ObjectStore for S3Store {
     /// versioned bucket).
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Error)>> {
         if self.versioned_deletes {
-            let failures = stream::iter(keys.iter().cloned())
-                .map(|key| async move {
-                    let r = self.delete_versions(&key).await;
-                    r.err().map(|e| (key, e))
-                })
-                .buffer_unordered(16)
-                .filter_map(futures::future::ready)
-                .collect()
-                .await;
-            return Ok(failures);
+            // `delete` goes by version: one key at a time.
+            return Ok(crate::delete_each(self, keys).await);
         }
         let mut failures = Vec::new();
         for chunk in keys.chunks(1000) {
