@@ -93,6 +93,13 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("object {key} in {store} is larger than {limit} bytes, more than such an object can be")]
+    TooLarge {
+        store: String,
+        key: String,
+        limit: u64,
+    },
+
     #[error("{0}")]
     Other(String),
 }

@@ -95,31 +95,50 @@ impl Repository {
         )))
     }
 
-    /// Reads one manifest; `None` when the backup is not committed.
-    pub async fn read_manifest(&self, job: &str, id: &str) -> Result<Option<Manifest>> {
-        let key = Self::manifest_key(job, id);
-        let mut reader = match self.store.get(&key).await {
+    /// Reads a small object (a manifest, a receipt) whole, refusing one
+    /// larger than `limit` bytes; `None` when it does not exist. The one
+    /// place small objects are read: nothing is buffered without a bound.
+    pub async fn read_small(&self, key: &str, limit: u64) -> Result<Option<Bytes>> {
+        let mut reader = match self.store.get(key).await {
             Ok(r) => r,
             Err(Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
         let mut buf = Vec::new();
         (&mut reader)
-            .take(MAX_MANIFEST_BYTES + 1)
+            .take(limit.saturating_add(1))
             .read_to_end(&mut buf)
             .await
             .map_err(|source| Error::Io {
                 op: "reading",
                 store: self.describe(),
-                key: key.clone(),
+                key: key.to_string(),
                 source,
             })?;
-        if buf.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(Error::InvalidManifest {
-                key,
-                reason: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+        if buf.len() as u64 > limit {
+            return Err(Error::TooLarge {
+                store: self.describe(),
+                key: key.to_string(),
+                limit,
             });
         }
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    /// Reads one manifest; `None` when the backup is not committed.
+    pub async fn read_manifest(&self, job: &str, id: &str) -> Result<Option<Manifest>> {
+        let key = Self::manifest_key(job, id);
+        let buf = match self.read_small(&key, MAX_MANIFEST_BYTES).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(Error::TooLarge { .. }) => {
+                return Err(Error::InvalidManifest {
+                    key,
+                    reason: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         let m = Manifest::parse(&key, &buf)?;
         if m.job != job || m.backup_id != id {
             return Err(Error::InvalidManifest {
