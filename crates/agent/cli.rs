@@ -180,7 +180,7 @@ pub struct PruneArgs {
     pub now: Option<chrono::DateTime<chrono::Utc>>,
     /// Backups deleted per batch (manifests of a batch, then their
     /// artifacts). Hidden: tests use small batches to interrupt a prune.
-    #[arg(long, hide = true, default_value_t = crate::prune::DELETE_BATCH)]
+    #[arg(long, hide = true, default_value_t = refugio_core::prune::DELETE_BATCH)]
     pub batch: usize,
 }
 

@@ -1,18 +1,22 @@
-//! The `refugio` binary: command line, configuration, and the wiring of
-//! the dump, store, verify and schedule crates into the commands and the
-//! long-running agent (`refugio run`).
+//! The `refugio` binary, wiring only: the command line, the configuration
+//! file mapped to the options of refugio-core's operations, the
+//! long-running agent (`refugio run`: scheduler wiring, signals, advisory
+//! locks, HTTP metrics and health, webhook) and the output of each command.
 //!
 //! Exit codes: 0 success; 1 the operation failed; 2 bad usage or
 //! configuration (clap's and ours).
 
-mod backup;
 mod cli;
 mod commands;
 mod config;
+mod exit;
 mod http;
 mod metrics;
-mod prune;
+mod output;
+mod repo;
+mod retry;
 mod run;
+mod signals;
 mod webhook;
 
 use std::process::ExitCode;

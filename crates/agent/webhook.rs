@@ -11,9 +11,28 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::WebhookConfig;
+/// `webhook = { url = "https://…", attempts = 3, timeout = "10s" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// http:// or https:// URL; may carry a token (it is never logged).
+    pub url: String,
+    /// Delivery attempts. Default 3.
+    #[serde(default = "three")]
+    pub attempts: u32,
+    /// Timeout of one attempt. Default 10s.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn three() -> u32 {
+    3
+}
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
 
 /// What the webhook receives.
 #[derive(Debug, Clone, Serialize, PartialEq)]

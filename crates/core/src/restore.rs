@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::feed::{feed_held_back, FeedError};
@@ -61,8 +62,26 @@ pub struct RestoreReport {
     pub seconds: f64,
 }
 
-/// Restores `manifest`'s backup from `repo` as `opts` say.
+/// Restores `manifest`'s backup from `repo` as `opts` say. Cancelling
+/// kills the restore tool before it commits (a single-transaction restore
+/// leaves nothing) and returns [`Error::Cancelled`].
 pub async fn restore(
+    repo: &Repository,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+    cancel: &CancellationToken,
+) -> Result<RestoreReport> {
+    tokio::select! {
+        r = restore_into(repo, manifest, opts) => r,
+        _ = cancel.cancelled() => Err(Error::Cancelled {
+            what: format!("restore of backup {}", manifest.backup_id),
+            detail: "the restore tool was stopped".into(),
+        }),
+    }
+}
+
+/// [`restore`] without cancellation (the drill cancels around it).
+pub(crate) async fn restore_into(
     repo: &Repository,
     manifest: &Manifest,
     opts: &RestoreOptions,

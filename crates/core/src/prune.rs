@@ -1,35 +1,32 @@
-//! `refugio prune`: apply the job's retention policy, then collect garbage.
+//! Prune: apply the job's retention policy, then collect garbage.
 //!
-//! Everything is decided from one paginated listing of the job's prefix:
-//! a backup's time is its id (the UTC start time), its drill state is in
-//! its receipts' names (`verify-<time>-ok.json` / `-failed.json`), a pin is
-//! an object named `pinned`. No manifest is read, so 10,000 backups cost
-//! about ten list requests, not 10,000 GETs; only receipts written before
+//! Everything is decided from one paginated listing of the job's prefix
+//! ([`crate::listing`]): no manifest is read, so 10,000 backups cost about
+//! ten list requests, not 10,000 GETs; only receipts written before
 //! outcome-named receipts existed are fetched.
 //!
-//! Deletion removes manifests first (a batch), then those backups'
-//! artifacts, so an interruption leaves orphans (no manifest) for the next
-//! run's GC, never a manifest pointing at missing data. Under S3 Object
-//! Lock a backup whose lock has not expired is skipped and reported with
-//! its date; a delete the server refuses anyway is reported and the rest
-//! goes on.
+//! The plan is pure ([`retention::apply`] over the listing); executing it
+//! removes manifests first (a batch), then those backups' artifacts, so an
+//! interruption leaves orphans (no manifest) for the next run's GC, never a
+//! manifest pointing at missing data. Under S3 Object Lock a backup whose
+//! lock has not expired is skipped and reported with its date; a delete the
+//! server refuses anyway is reported and the rest goes on.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Result;
-use bytes::Bytes;
-use chrono::{DateTime, NaiveDateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
-use refugio_store::manifest::MANIFEST_NAME;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use refugio_store::repo::Repository;
 use refugio_store::retention::{self, Candidate, Decision, Policy, State};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::ObjectLockConfig;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::listing::{id_time, list_job, Listed};
+use crate::receipt;
 
-/// Object name that pins a backup.
-pub const PIN_NAME: &str = "pinned";
 /// Backups deleted per batch (manifests of a batch go before its
 /// artifacts): 100 backups' objects fit one 1,000-key DeleteObjects.
 pub const DELETE_BATCH: usize = 100;
@@ -54,12 +51,14 @@ pub struct PruneReport {
     pub stale_uploads: Vec<String>,
 }
 
+/// A backup kept past its policy because its object lock has not expired.
 #[derive(Debug, Serialize)]
 pub struct LockedBackup {
     pub id: String,
     pub until: DateTime<Utc>,
 }
 
+/// One delete that did not happen.
 #[derive(Debug, Serialize)]
 pub struct FailedDelete {
     pub key: String,
@@ -75,152 +74,56 @@ impl PruneReport {
     }
 }
 
-/// Pins or unpins a committed backup.
-pub async fn set_pin(repo: &Repository, job: &str, id: &str, pin: bool) -> Result<()> {
-    let m = repo.resolve(job, id).await?;
-    let key = Repository::key(job, &m.backup_id, PIN_NAME);
-    if pin {
-        let body = serde_json::json!({ "pinned_at": Utc::now() }).to_string();
-        repo.store().put(&key, Bytes::from(body)).await?;
-    } else {
-        repo.store().delete(&key).await?;
-    }
-    Ok(())
-}
-
-/// What the listing says of one backup id.
-#[derive(Debug, Default)]
-struct Listed {
-    committed: bool,
-    pinned: bool,
-    ok_receipt: bool,
-    failed_receipt: bool,
-    /// Receipts named without their outcome (written by refugio < 0.2).
-    legacy_receipts: Vec<String>,
-    /// Every key but the manifest.
-    others: Vec<String>,
-    newest: Option<DateTime<Utc>>,
-    newest_receipt: Option<DateTime<Utc>>,
-    /// Bytes of every object.
-    bytes: u64,
-}
-
-/// The start time encoded in a backup id (`20261128T060000Z[-n]`).
-pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
-    let stamp = id.get(..16)?;
-    NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
-        .ok()
-        .map(|t| t.and_utc())
-}
-
-/// One paginated listing of a job, summarised per backup id.
-async fn list_job(repo: &Repository, job: &str) -> Result<BTreeMap<String, Listed>> {
-    let prefix = format!("{job}/");
-    let mut listed: BTreeMap<String, Listed> = BTreeMap::new();
-    let mut objects = repo.store().list(&prefix);
-    while let Some(o) = objects.try_next().await? {
-        let rest = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
-        let Some((id, name)) = rest.split_once('/') else {
-            continue;
-        };
-        let entry = listed.entry(id.to_string()).or_default();
-        entry.newest = entry.newest.max(o.last_modified);
-        entry.bytes += o.size;
-        if name == MANIFEST_NAME {
-            entry.committed = true;
-            continue;
-        }
-        if name == PIN_NAME {
-            entry.pinned = true;
-        } else if name.starts_with("verify-") && name.ends_with("-ok.json") {
-            entry.ok_receipt = true;
-        } else if name.starts_with("verify-") && name.ends_with("-failed.json") {
-            entry.failed_receipt = true;
-        } else if name.starts_with("verify-") && name.ends_with(".json") {
-            entry.legacy_receipts.push(o.key.clone());
-        }
-        if name.starts_with("verify-") {
-            entry.newest_receipt = entry.newest_receipt.max(o.last_modified);
-        }
-        entry.others.push(o.key);
-    }
-    Ok(listed)
-}
-
-/// What the repository holds of a job, from one listing (for metrics and
-/// the agent's decisions).
-#[derive(Debug, Default, Clone)]
-pub struct JobStatus {
-    /// Committed backups.
-    pub backups: u64,
-    /// Bytes of the committed backups' objects.
-    pub bytes: u64,
-    /// Newest committed backup: id and start time.
-    pub newest: Option<(String, DateTime<Utc>)>,
-    /// Start time of the newest backup a drill verified.
-    pub newest_verified: Option<DateTime<Utc>>,
-    /// When the newest committed backup's latest drill receipt was written.
-    pub newest_drilled_at: Option<DateTime<Utc>>,
-}
-
-/// The job's status from one listing; receipts without an outcome in
-/// their name (older refugio) are read.
-pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
-    let listed = list_job(repo, job).await?;
-    let mut st = JobStatus::default();
-    // Newest first: once a verified backup is found, older ones need no
-    // receipt reads.
-    for (id, l) in listed.iter().rev().filter(|(_, l)| l.committed) {
-        st.backups += 1;
-        st.bytes += l.bytes;
-        let Some(time) = id_time(id) else { continue };
-        if st.newest.as_ref().is_none_or(|(_, t)| time > *t) {
-            st.newest = Some((id.clone(), time));
-            st.newest_drilled_at = l.newest_receipt;
-        }
-        // Old receipts are fetched only when they could move the answer
-        // (the agent calls this every minute).
-        let newer = st.newest_verified.is_none_or(|t| time > t);
-        let verified = l.ok_receipt
-            || (newer
-                && !l.legacy_receipts.is_empty()
-                && legacy_verified(repo, &l.legacy_receipts).await?);
-        if verified && newer {
-            st.newest_verified = Some(time);
-        }
-    }
-    Ok(st)
-}
-
 /// How prune runs.
-#[derive(Debug, Clone, Copy)]
-pub struct PruneOptions<'a> {
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// The job whose backups are pruned.
+    pub job: String,
+    /// The retention policy.
+    pub policy: Policy,
     /// Orphans and multipart uploads older than this are collected.
     pub grace: Duration,
-    /// The repository's object lock, if configured.
-    pub lock: Option<&'a ObjectLockConfig>,
+    /// The repository has S3 Object Lock configured: ask each doomed
+    /// backup's retention before deleting it.
+    pub object_lock: bool,
     /// Decide and report only.
     pub dry_run: bool,
-    /// The time decisions are made for.
-    pub now: DateTime<Utc>,
     /// Backups deleted per batch ([`DELETE_BATCH`]).
     pub batch: usize,
 }
 
-/// Runs the policy (and, unless `dry_run`, deletes and collects garbage).
+/// Runs the policy at the clock's time (and, unless `dry_run`, deletes and
+/// collects garbage). Cancelling stops between requests: an interrupted
+/// prune leaves only orphans, which the next one collects.
 pub async fn prune(
     repo: &Repository,
-    job: &str,
-    policy: &Policy,
-    opts: &PruneOptions<'_>,
+    opts: &PruneOptions,
+    clock: &dyn Clock,
+    cancel: &CancellationToken,
+) -> Result<PruneReport> {
+    tokio::select! {
+        r = prune_once(repo, opts, clock.now()) => r,
+        _ = cancel.cancelled() => Err(Error::Cancelled {
+            what: format!("prune of job {}", opts.job),
+            detail: "an interrupted prune leaves only orphans".into(),
+        }),
+    }
+}
+
+async fn prune_once(
+    repo: &Repository,
+    opts: &PruneOptions,
+    now: DateTime<Utc>,
 ) -> Result<PruneReport> {
     let PruneOptions {
+        ref job,
+        ref policy,
         grace,
-        lock,
+        object_lock,
         dry_run,
-        now,
         batch,
     } = *opts;
+    let job = job.as_str();
     let prefix = format!("{job}/");
     let listed = list_job(repo, job).await?;
 
@@ -235,7 +138,7 @@ pub async fn prune(
             State::Unverified
         };
         if state != State::Verified && !l.legacy_receipts.is_empty() {
-            let verified = legacy_verified(repo, &l.legacy_receipts).await?;
+            let verified = receipt::any_verified(repo, &l.legacy_receipts).await?;
             state = if verified {
                 State::Verified
             } else {
@@ -295,7 +198,7 @@ pub async fn prune(
         .map(|d| d.id.clone())
         .collect();
     let mut doomed = Vec::new();
-    if lock.is_some() {
+    if object_lock {
         let store = repo.store();
         let mut locks = futures::stream::iter(to_delete)
             .map(|id| async move {
@@ -388,40 +291,5 @@ fn failed(key: String, e: &refugio_store::Error) -> FailedDelete {
         key,
         locked: matches!(e, refugio_store::Error::Locked { .. }),
         error: e.to_string(),
-    }
-}
-
-/// Whether any of these outcome-less receipts says "verified".
-async fn legacy_verified(repo: &Repository, keys: &[String]) -> Result<bool> {
-    use tokio::io::AsyncReadExt;
-    for key in keys {
-        let mut r = repo.store().get(key).await?;
-        let mut buf = Vec::new();
-        (&mut r)
-            .take(16 * 1024 * 1024)
-            .read_to_end(&mut buf)
-            .await?;
-        let verified = serde_json::from_slice::<serde_json::Value>(&buf)
-            .ok()
-            .and_then(|v| v.get("verified").and_then(|x| x.as_bool()))
-            .unwrap_or(false);
-        if verified {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_carry_their_time() {
-        let t = id_time("20261128T060000Z").expect("time");
-        assert_eq!(t.to_rfc3339(), "2026-11-28T06:00:00+00:00");
-        assert_eq!(id_time("20261128T060000Z-2"), Some(t));
-        assert_eq!(id_time("manual-backup"), None);
-        assert_eq!(id_time("20261399T060000Z"), None);
     }
 }

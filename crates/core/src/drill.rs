@@ -1,28 +1,26 @@
 //! Restore drills: restore a backup into a scratch database, check it
 //! against its manifest, measure RTO and RPO against the targets, write a
-//! receipt (`verify-<time>.json`) beside the manifest, drop the scratch
-//! database whatever happened.
+//! receipt ([`Receipt`], `verify-<time>-ok.json`) beside the manifest, drop
+//! the scratch database whatever happened.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use refugio_dump::snapshot::quote_ident;
 use refugio_dump::SourceSpec;
 use refugio_store::manifest::Manifest;
 use refugio_store::repo::Repository;
-use serde::{Deserialize, Serialize};
 use sqlx::{Connection, Executor, PgConnection, Row};
-use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::measure::{self, Rpo};
-use crate::restore::{restore, RestoreOptions};
+use crate::measure;
+use crate::receipt::{self, CountCheck, Phases, Receipt, SqlCheck, Target, RECEIPT_FORMAT};
+use crate::restore::{restore_into, RestoreOptions};
 
-/// Receipt format version.
-pub const RECEIPT_FORMAT: &str = "1.0";
 /// Prefix of scratch databases; leftovers with it are dropped by the next drill.
 pub const SCRATCH_PREFIX: &str = "refugio_drill_";
 
@@ -48,79 +46,14 @@ pub struct DrillOptions {
     pub bindir: Option<PathBuf>,
 }
 
-/// One table's count compared.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CountCheck {
-    pub table: String,
-    pub expected: i64,
-    pub actual: Option<i64>,
-    pub ok: bool,
-}
-
-/// One SQL check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SqlCheck {
-    pub sql: String,
-    pub ok: bool,
-    pub detail: String,
-}
-
-/// A target and whether it was met.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Target {
-    pub measured_seconds: Option<f64>,
-    pub target_seconds: Option<f64>,
-    pub met: Option<bool>,
-}
-
-/// Wall times of the drill's phases, seconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct Phases {
-    /// Fetch, digest check, decompression and restore (streamed together).
-    pub fetch_restore_seconds: f64,
-    pub analyze_seconds: f64,
-    pub checks_seconds: f64,
-}
-
-/// The restore receipt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Receipt {
-    pub format: String,
-    pub job: String,
-    pub backup_id: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    /// Restore and every check passed (the backup is verified).
-    pub verified: bool,
-    /// `verified` and every target met.
-    pub passed: bool,
-    pub failures: Vec<String>,
-    pub refugio_version: String,
-    pub scratch_kind: String,
-    pub scratch_server_version: Option<String>,
-    pub restore_tool: Option<String>,
-    /// Artifact digests checked while streaming: name → sha256.
-    pub digests_checked: Vec<(String, String)>,
-    pub counts: Vec<CountCheck>,
-    pub large_objects: Option<(i64, i64)>,
-    pub schema_fingerprint: Option<(String, String)>,
-    pub checks: Vec<SqlCheck>,
-    pub phases: Phases,
-    pub rto: Target,
-    pub rpo: Target,
-    pub rpo_detail: Rpo,
-}
-
-impl Receipt {
-    /// Object name beside the manifest: `verify-<time>-ok.json` when the
-    /// backup restored and passed its checks, `-failed.json` otherwise, so
-    /// retention can tell verified backups from a listing alone.
-    pub fn name(&self) -> String {
-        format!(
-            "verify-{}-{}.json",
-            self.started_at.format("%Y%m%dT%H%M%S%.3fZ"),
-            if self.verified { "ok" } else { "failed" }
-        )
+impl Scratch {
+    /// A job's `scratch` setting: `"ephemeral"` or a server URL.
+    pub fn parse(url: &str) -> Result<Scratch> {
+        Ok(if url == "ephemeral" {
+            Scratch::Ephemeral
+        } else {
+            Scratch::Server(SourceSpec::new(url, None, None)?)
+        })
     }
 }
 
@@ -169,45 +102,79 @@ pub async fn drop_scratch(admin: &SourceSpec, only: Option<&str>) -> Result<Vec<
     Ok(names)
 }
 
-/// Receipts of a job already in the repository: (backup id, receipt).
-pub async fn receipts(repo: &Repository, job: &str) -> Result<Vec<(String, Receipt)>> {
-    let prefix = format!("{job}/");
-    let keys: Vec<String> = repo
-        .store()
-        .list(&prefix)
-        .try_filter_map(|m| {
-            let keep = m
-                .key
-                .rsplit('/')
-                .next()
-                .is_some_and(|n| n.starts_with("verify-") && n.ends_with(".json"));
-            futures::future::ready(Ok(keep.then_some(m.key)))
-        })
-        .try_collect()
-        .await?;
-    let mut out = Vec::new();
-    for key in keys {
-        let mut r = repo.store().get(&key).await?;
-        let mut buf = Vec::new();
-        (&mut r)
-            .take(16 * 1024 * 1024)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|source| Error::Fetch {
-                key: key.clone(),
-                source,
-            })?;
-        match serde_json::from_slice::<Receipt>(&buf) {
-            Ok(rec) => out.push((rec.backup_id.clone(), rec)),
-            Err(e) => tracing::warn!(key, error = %e, "receipt-unreadable"),
-        }
-    }
-    Ok(out)
+/// Which backup of a job a drill restores.
+#[derive(Debug, Clone, Copy)]
+pub enum Pick<'a> {
+    /// The newest committed backup.
+    Newest,
+    /// The newest backup no drill has verified yet.
+    Unverified,
+    /// `latest` or a backup id.
+    Spec(&'a str),
 }
 
-/// Runs one drill of `manifest`. `history` is every committed manifest of
-/// the job (for RPO), `now` the drill's clock.
+/// The backup `pick` names and every committed manifest of the job (newest
+/// first, for RPO).
+pub async fn pick(
+    repo: &Repository,
+    job: &str,
+    pick: Pick<'_>,
+) -> Result<(Manifest, Vec<Manifest>)> {
+    let history = repo.manifests(job).await?;
+    let manifest = match pick {
+        Pick::Newest => history
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::NothingToDrill {
+                job: job.to_string(),
+                store: repo.describe(),
+            })?,
+        Pick::Unverified => {
+            let done = receipt::read_all(repo, job).await?;
+            history
+                .iter()
+                .find(|m| !done.iter().any(|(id, r)| *id == m.backup_id && r.verified))
+                .cloned()
+                .ok_or_else(|| Error::AllVerified {
+                    job: job.to_string(),
+                })?
+        }
+        Pick::Spec(spec) => repo.resolve(job, spec).await?,
+    };
+    Ok((manifest, history))
+}
+
+/// Runs one drill of `manifest` and writes its receipt. `history` is every
+/// committed manifest of the job (for RPO); `clock` says when the drill
+/// runs. Cancelling stops it mid-way (child processes killed, an ephemeral
+/// cluster removed with it) and drops a server's scratch database before
+/// returning [`Error::Cancelled`]; no receipt is written then.
 pub async fn drill(
+    repo: &Repository,
+    manifest: &Manifest,
+    history: &[Manifest],
+    opts: &DrillOptions,
+    clock: &dyn Clock,
+    cancel: &CancellationToken,
+) -> Result<Receipt> {
+    tracing::info!(job = %manifest.job, backup = %manifest.backup_id, "drill-started");
+    let run = drill_once(repo, manifest, history, opts, clock.now());
+    tokio::select! {
+        r = run => r,
+        _ = cancel.cancelled() => {
+            let name = scratch_name(&manifest.backup_id);
+            if let Scratch::Server(spec) = &opts.scratch {
+                drop_scratch(&spec.with_database("postgres"), Some(&name)).await?;
+            }
+            Err(Error::Cancelled {
+                what: "drill".into(),
+                detail: format!("scratch database {name} removed"),
+            })
+        }
+    }
+}
+
+async fn drill_once(
     repo: &Repository,
     manifest: &Manifest,
     history: &[Manifest],
@@ -284,7 +251,9 @@ pub async fn drill(
 
     // RPO over verified backups: earlier receipts plus this one.
     let mut verified: Vec<(String, DateTime<Utc>)> = Vec::new();
-    let earlier = receipts(repo, &manifest.job).await.unwrap_or_default();
+    let earlier = receipt::read_all(repo, &manifest.job)
+        .await
+        .unwrap_or_default();
     for m in history {
         let ok = earlier
             .iter()
@@ -352,7 +321,7 @@ async fn run_checks(
         bindir: opts.bindir.clone(),
         temp_dir: None,
     };
-    let report = restore(repo, manifest, &ropts).await?;
+    let report = restore_into(repo, manifest, &ropts).await?;
     receipt.phases.fetch_restore_seconds = t.elapsed().as_secs_f64();
     receipt.restore_tool = Some(format!("{} {}", report.tool, report.tool_version));
     receipt.digests_checked = manifest

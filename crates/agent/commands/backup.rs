@@ -1,0 +1,51 @@
+//! `refugio backup`.
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+use refugio_core::SystemClock;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::BackupArgs;
+use crate::config::{self, Config};
+use crate::exit::usage;
+use crate::output::human;
+
+pub async fn backup(cfg: Config, a: BackupArgs) -> Result<ExitCode> {
+    let job = match (&a.source, cfg.jobs.is_empty()) {
+        (Some(src), _) => config::adhoc_job(src, a.job.as_deref()).map_err(usage)?,
+        (None, false) => cfg.job(a.job.as_deref()).map_err(usage)?.clone(),
+        (None, true) => {
+            return Err(usage(anyhow!(
+                "nothing to back up: give --source postgres://… or a config file with [[jobs]] (--config / REFUGIO_CONFIG)"
+            )))
+        }
+    };
+    let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
+    let token = CancellationToken::new();
+    crate::signals::cancel_on_stop(token.clone());
+    let m = crate::retry::retry(&job.backoff(), &token, |attempt| {
+        let (repo, job, cfg, token) = (&repo, &job, &cfg, &token);
+        async move {
+            let opts = job.backup_options(&cfg.repository, attempt)?;
+            Ok(refugio_core::backup(repo, &opts, &SystemClock, token).await?)
+        }
+    })
+    .await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        println!(
+            "backup {} of job {} committed to {}: database {}, {} tables, {} stored ({} raw), {:.1}s",
+            m.backup_id,
+            m.job,
+            repo.describe(),
+            m.database,
+            m.tables.len(),
+            human(m.stored_size()),
+            human(m.raw_size()),
+            m.durations.total_seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,133 @@
+//! `refugio config check`: the file, the repository, object lock, every source.
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+
+use crate::config::Config;
+use crate::exit::usage;
+
+/// One line per check.
+#[derive(Debug, serde::Serialize)]
+struct Check {
+    what: String,
+    ok: bool,
+    detail: String,
+}
+
+/// Where `config check` writes its object-lock probe (not a job: job
+/// names cannot start with '.').
+const LOCK_PROBE_PREFIX: &str = ".refugio-lock-probe";
+
+pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<ExitCode> {
+    let mut checks = Vec::new();
+    if !from_file {
+        return Err(usage(anyhow!(
+            "config check needs a config file (--config FILE or REFUGIO_CONFIG)"
+        )));
+    }
+    checks.push(Check {
+        what: "config".into(),
+        ok: true,
+        detail: "parsed and valid".into(),
+    });
+    if cfg.jobs.is_empty() {
+        checks.push(Check {
+            what: "jobs".into(),
+            ok: false,
+            detail: "no [[jobs]] defined: nothing would be backed up".into(),
+        });
+    }
+    let repo_what = format!("repository {}", cfg.repository.url);
+    match crate::repo::open(&cfg, None).await {
+        Ok(repo) => match repo.jobs().await {
+            Ok(jobs) => checks.push(Check {
+                what: repo_what,
+                ok: true,
+                detail: format!("reachable, {} job(s) stored", jobs.len()),
+            }),
+            Err(e) => checks.push(Check {
+                what: repo_what,
+                ok: false,
+                detail: format!("{e:#}"),
+            }),
+        },
+        Err(e) => checks.push(Check {
+            what: repo_what,
+            ok: false,
+            detail: format!("{e:#}"),
+        }),
+    }
+    if let Some(lock) = &cfg.repository.object_lock {
+        let what = format!("object lock ({}, {} days)", lock.mode, lock.days);
+        let probe = async {
+            let repo = crate::repo::open(&cfg, None).await?;
+            anyhow::Ok(repo.store().probe_object_lock(LOCK_PROBE_PREFIX).await?)
+        }
+        .await;
+        checks.push(match probe {
+            Ok(refugio_store::LockProbe::Enforced) => Check {
+                what,
+                ok: true,
+                detail: "enforced: the store refused to delete a locked probe object".into(),
+            },
+            Ok(refugio_store::LockProbe::NotEnforced(reason)) => Check {
+                what,
+                ok: false,
+                detail: format!("NOT enforced, backups would not be immutable: {reason}. Backups fail while object_lock is configured on this store"),
+            },
+            Err(e) => Check {
+                what,
+                ok: false,
+                detail: format!("could not be probed: {e:#}"),
+            },
+        });
+    }
+    for job in &cfg.jobs {
+        let what = format!("job {}", job.name);
+        let detail = async {
+            let source = job.source_spec()?;
+            let probe = refugio_core::probe::source(&source, job.pg_bindir.as_deref()).await?;
+            let (facts, tool) = (probe.facts, probe.pg_dump);
+            anyhow::Ok(format!(
+                "source {} reachable: PostgreSQL {}{}, pg_dump {} at {}",
+                source.redacted(),
+                facts.version,
+                if facts.in_recovery { " (standby)" } else { "" },
+                tool.version,
+                tool.path.display()
+            ))
+        }
+        .await;
+        match detail {
+            Ok(d) => checks.push(Check {
+                what,
+                ok: true,
+                detail: d,
+            }),
+            Err(e) => checks.push(Check {
+                what,
+                ok: false,
+                detail: format!("{e:#}"),
+            }),
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            println!(
+                "{} {}: {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.what,
+                c.detail
+            );
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

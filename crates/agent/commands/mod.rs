@@ -1,0 +1,61 @@
+//! The commands behind the CLI: each maps its arguments and the config to
+//! an operation of refugio-core and prints the report.
+
+mod backup;
+mod check;
+mod list;
+mod prune;
+mod restore;
+mod verify;
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::config::Config;
+use crate::exit::{code_of, usage};
+
+/// Runs a command; prints the error chain and maps it to an exit code.
+pub async fn dispatch(cli: Cli) -> ExitCode {
+    let result = match load_config(&cli) {
+        Ok(cfg) => match cli.command {
+            Command::Backup(a) => backup::backup(cfg, a).await,
+            Command::List(a) => list::list(cfg, a).await,
+            Command::Restore(a) => restore::restore(cfg, a).await,
+            Command::Verify(a) => verify::verify(cfg, a).await,
+            Command::Prune(a) => prune::prune(cfg, a).await,
+            Command::Pin(a) => prune::pin(cfg, a, true).await,
+            Command::Unpin(a) => prune::pin(cfg, a, false).await,
+            Command::Run => match cli.config.clone() {
+                Some(path) => crate::run::run(path, cfg).await,
+                None => Err(usage(anyhow!(
+                    "refugio run needs a config file (--config FILE or REFUGIO_CONFIG)"
+                ))),
+            },
+            Command::Config {
+                command: ConfigCommand::Check { json },
+            } => check::config_check(cfg, cli.config.is_some(), json).await,
+        },
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "command-failed");
+            eprintln!("refugio: error: {e:#}");
+            code_of(&e)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    match &cli.config {
+        Some(path) => Config::load(path).map_err(usage),
+        None => Ok(Config {
+            repository: Default::default(),
+            jobs: Vec::new(),
+            agent: Default::default(),
+        }),
+    }
+}

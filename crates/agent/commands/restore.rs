@@ -1,0 +1,71 @@
+//! `refugio restore`: one backup into a target database.
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::RestoreArgs;
+use crate::config::Config;
+use crate::exit::usage;
+use crate::output::human;
+
+pub async fn restore(cfg: Config, a: RestoreArgs) -> Result<ExitCode> {
+    let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
+    let job = match (&a.job, cfg.jobs.as_slice()) {
+        (Some(j), _) => j.clone(),
+        (None, [one]) => one.name.clone(),
+        (None, _) => {
+            let jobs = repo.jobs().await?;
+            match jobs.as_slice() {
+                [one] => one.clone(),
+                [] => bail!("no backups in {}", repo.describe()),
+                many => {
+                    return Err(usage(anyhow!(
+                        "the repository holds several jobs ({}); choose one with --job",
+                        many.join(", ")
+                    )))
+                }
+            }
+        }
+    };
+    let manifest = repo.resolve(&job, &a.backup).await?;
+    let target =
+        refugio_dump::SourceSpec::new(&a.target, None, None).map_err(|e| usage(e.into()))?;
+    let opts = refugio_core::RestoreOptions {
+        target,
+        clean: a.clean,
+        create: a.create,
+        globals: a.globals,
+        jobs: a.jobs.max(1),
+        no_owner: a.no_owner,
+        bindir: a.pg_bindir.clone(),
+        temp_dir: a.temp_dir.clone(),
+    };
+    tracing::info!(job, backup = %manifest.backup_id, target = %opts.target.redacted(), "restore-started");
+    let token = CancellationToken::new();
+    crate::signals::cancel_on_stop(token.clone());
+    let report = refugio_core::restore(&repo, &manifest, &opts, &token)
+        .await
+        .with_context(|| format!("restoring backup {} of job {job}", manifest.backup_id))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "restored backup {} of job {} into {} with {} {} in {:.1}s ({} fetched{})",
+            report.backup_id,
+            report.job,
+            report.target,
+            report.tool,
+            report.tool_version,
+            report.seconds,
+            human(report.bytes_fetched),
+            if report.globals_applied {
+                ", roles applied"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,71 @@
+//! `refugio verify`: a restore drill of one backup.
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+use refugio_core::drill::{self, Pick};
+use refugio_core::SystemClock;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::VerifyArgs;
+use crate::config::Config;
+use crate::exit::usage;
+
+pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
+    let job = cfg.job(a.job.as_deref()).map_err(usage)?.clone();
+    let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
+    let scratch = a.scratch.clone().or_else(|| job.scratch.clone()).ok_or_else(|| {
+        usage(anyhow!(
+            "job {}: no scratch target: set `scratch` in the job (a server URL or \"ephemeral\") or pass --scratch",
+            job.name
+        ))
+    })?;
+    let opts = job
+        .drill_options(&scratch, a.pg_bindir.clone())
+        .map_err(usage)?;
+    let pick = match a.backup.as_str() {
+        "unverified" => Pick::Unverified,
+        spec => Pick::Spec(spec),
+    };
+    let (manifest, history) = drill::pick(&repo, &job.name, pick).await?;
+    let token = CancellationToken::new();
+    crate::signals::cancel_on_stop(token.clone());
+    let receipt =
+        refugio_core::drill(&repo, &manifest, &history, &opts, &SystemClock, &token).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&receipt)?);
+    } else {
+        println!(
+            "drill of backup {} (job {}): {}",
+            receipt.backup_id,
+            receipt.job,
+            if receipt.passed { "PASSED" } else { "FAILED" }
+        );
+        println!(
+            "  restore + checks: {:.1}s (fetch+restore {:.1}s, analyze {:.1}s, checks {:.1}s); {} tables compared, {} SQL checks",
+            receipt.rto.measured_seconds.unwrap_or_default(),
+            receipt.phases.fetch_restore_seconds,
+            receipt.phases.analyze_seconds,
+            receipt.phases.checks_seconds,
+            receipt.counts.len(),
+            receipt.checks.len()
+        );
+        let secs = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.0}s"));
+        println!(
+            "  RTO {} (target {}), RPO {} (target {}), largest gap between verified backups {}",
+            secs(receipt.rto.measured_seconds),
+            secs(receipt.rto.target_seconds),
+            secs(receipt.rpo.measured_seconds),
+            secs(receipt.rpo.target_seconds),
+            secs(receipt.rpo_detail.largest_gap_seconds)
+        );
+        for f in &receipt.failures {
+            println!("  FAIL {f}");
+        }
+    }
+    Ok(if receipt.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,208 @@
+//! One `[[jobs]]` entry: what to back up and how, its drills' targets and
+//! checks, and the mapping to the operations' options.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use refugio_core::{BackupOptions, DrillOptions, Scratch};
+use refugio_dump::snapshot::RowCountMode;
+use refugio_dump::{Compression, DumpFormat, SourceSpec};
+
+use super::repository::RepositoryConfig;
+use super::retention::RetentionConfig;
+use super::schedule::ScheduleConfig;
+use super::values::{one, yes};
+
+/// One `[[jobs]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Job name: the repository folder. Letters, digits, `-`, `_`, `.`. Required.
+    pub name: String,
+    /// Source connection URL, libpq syntax (`postgres://user@host:5432/db`,
+    /// unix socket: `?host=/run/postgresql`). Required. A password here
+    /// works but is discouraged: use `password_file` or `PGPASSWORD`/`~/.pgpass`.
+    pub source: String,
+    /// Database to dump. Default: the URL's database.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// File whose first line is the password. Default none (libpq's sources).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `custom` (default; pg_restore, parallel restore) or `plain` (SQL for `gunzip | psql`).
+    #[serde(default = "default_format")]
+    pub format: DumpFormat,
+    /// `zstd` (default), `gzip` or `none`.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// Compression level. Default: zstd 3, gzip 6.
+    #[serde(default)]
+    pub compression_level: Option<i32>,
+    /// Also store `pg_dumpall --globals-only` (roles, tablespaces). Default true.
+    #[serde(default = "yes")]
+    pub globals: bool,
+    /// Directory holding pg_dump/pg_dumpall to use (only that one).
+    /// Default: search `/usr/lib/postgresql/*/bin`, then `PATH`, for the
+    /// closest major version >= the server's.
+    #[serde(default)]
+    pub pg_bindir: Option<PathBuf>,
+    /// Tables left out (`schema.table` or `table`, `*`/`?` globs): passed to
+    /// pg_dump as `--exclude-table` and left out of the row counts. Default none.
+    #[serde(default)]
+    pub exclude_tables: Vec<String>,
+    /// Extra pg_dump arguments, passed as they are (after refugio's own).
+    /// refugio does not interpret them: an argument that leaves data out
+    /// makes the manifest's row counts disagree with the dump. Default none.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// How long pg_dump (and refugio's snapshot) waits for a table lock
+    /// before giving up; the backup is then retried. Default `30s`.
+    #[serde(default = "default_lock_wait", with = "humantime_serde")]
+    pub lock_wait_timeout: Duration,
+    /// Attempts of `refugio backup` on a lock timeout or another temporary
+    /// failure, 2 s, 4 s, 8 s… apart (the agent uses `agent.backoff`). Default 3.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// `exact` (default: `count(*)` per table in the snapshot) or `estimated` (`reltuples`).
+    #[serde(default)]
+    pub row_counts: RowCountMode,
+    /// Where restore drills restore: a server URL where refugio may create
+    /// and drop `refugio_drill_*` databases, or `"ephemeral"`: a throwaway
+    /// cluster refugio starts itself (roles restored too). Default none
+    /// (`refugio verify` then needs `--scratch`).
+    #[serde(default)]
+    pub scratch: Option<String>,
+    /// When `refugio run` backs up, drills and prunes this job. Default: never.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Recovery targets checked by drills: `{ rpo = "6h", rto = "2h" }`. Default none.
+    #[serde(default)]
+    pub targets: Targets,
+    /// SQL checks run on the restored database by drills; each must return
+    /// one row with one true value. Default none.
+    #[serde(default)]
+    pub checks: Vec<String>,
+    /// Parallel pg_restore jobs in drills. Default 1.
+    #[serde(default = "one")]
+    pub drill_jobs: u32,
+    /// Retention policy applied by `refugio prune`. Default none (prune
+    /// then refuses to run for this job).
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
+}
+
+impl JobConfig {
+    /// The source, as the job names it.
+    pub fn source_spec(&self) -> Result<SourceSpec> {
+        SourceSpec::new(
+            &self.source,
+            self.database.as_deref(),
+            self.password_file.as_deref(),
+        )
+        .with_context(|| format!("job {}: source", self.name))
+    }
+
+    /// Options of one backup attempt (`attempt` counts from 1) into `repo`.
+    pub fn backup_options(&self, repo: &RepositoryConfig, attempt: u32) -> Result<BackupOptions> {
+        Ok(BackupOptions {
+            job: self.name.clone(),
+            source: self.source_spec()?,
+            format: self.format,
+            compression: self.compression,
+            compression_level: self.compression_level,
+            globals: self.globals,
+            pg_bindir: self.pg_bindir.clone(),
+            exclude_tables: self.exclude_tables.clone(),
+            extra_args: self.extra_args.clone(),
+            lock_wait_timeout: self.lock_wait_timeout,
+            row_counts: self.row_counts,
+            part_size: usize::try_from(repo.part_size).unwrap_or(usize::MAX),
+            upload_concurrency: repo.upload_concurrency,
+            object_lock: repo.object_lock.as_ref().map(|l| l.lock()),
+            attempt,
+        })
+    }
+
+    /// How `refugio backup` retries a lock timeout or another temporary
+    /// failure: `attempts` in all, 2 s, 4 s, 8 s… between them. (The agent
+    /// retries with `agent.backoff`.)
+    pub fn backoff(&self) -> refugio_schedule::Backoff {
+        refugio_schedule::Backoff {
+            attempts: self.attempts,
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(10),
+        }
+    }
+
+    /// Options of a drill into `scratch` (`"ephemeral"` or a server URL)
+    /// with the restore tools in `bindir` (None: search).
+    pub fn drill_options(&self, scratch: &str, bindir: Option<PathBuf>) -> Result<DrillOptions> {
+        Ok(DrillOptions {
+            scratch: Scratch::parse(scratch)
+                .with_context(|| format!("job {}: scratch", self.name))?,
+            checks: self.checks.clone(),
+            rpo_target: self.targets.rpo,
+            rto_target: self.targets.rto,
+            jobs: self.drill_jobs,
+            bindir,
+        })
+    }
+}
+
+/// `targets = { rpo = "6h", rto = "2h" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    /// Largest acceptable age of the newest verified backup.
+    #[serde(default, with = "humantime_serde")]
+    pub rpo: Option<Duration>,
+    /// Longest acceptable restore (fetch to end of checks).
+    #[serde(default, with = "humantime_serde")]
+    pub rto: Option<Duration>,
+}
+
+fn default_format() -> DumpFormat {
+    DumpFormat::Custom
+}
+fn default_compression() -> Compression {
+    Compression::Zstd
+}
+
+fn default_lock_wait() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_attempts() -> u32 {
+    3
+}
+
+/// A job built from command-line flags alone (zero-config start).
+pub fn adhoc_job(source: &str, name: Option<&str>) -> Result<JobConfig> {
+    let spec = refugio_dump::SourceSpec::new(source, None, None).context("--source")?;
+    let db = spec.database().unwrap_or_else(|| "postgres".into());
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => {
+            let cleaned: String = db
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            if refugio_store::repo::valid_segment(&cleaned) {
+                cleaned
+            } else {
+                "default".into()
+            }
+        }
+    };
+    let toml = format!("name = {name:?}\nsource = {source:?}\n");
+    let job: JobConfig = toml::from_str(&toml).context("building the job from --source")?;
+    Ok(job)
+}

@@ -1,0 +1,377 @@
+//! The configuration file (TOML), one module per section. Every field is
+//! documented with its default here and in docs/configuration.md; unknown
+//! fields are errors. Secrets are not meant to live here: passwords come
+//! from libpq's sources or `password_file`, AWS credentials from the
+//! standard AWS chain.
+
+mod agent;
+mod job;
+mod repository;
+mod retention;
+mod schedule;
+mod values;
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use refugio_dump::Compression;
+
+pub use agent::AgentConfig;
+pub use job::{adhoc_job, JobConfig};
+pub use repository::RepositoryConfig;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where backups are stored. Default: a directory `./refugio-backups`.
+    #[serde(default)]
+    pub repository: RepositoryConfig,
+    /// What to back up. At least one job.
+    #[serde(default)]
+    pub jobs: Vec<JobConfig>,
+    /// The long-running agent (`refugio run`). Defaults fit a systemd service.
+    #[serde(default)]
+    pub agent: AgentConfig,
+}
+
+impl Config {
+    /// Reads and validates a file; errors name the file and the field.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "config file {}: {}",
+                path.display(),
+                e.to_string().trim_end()
+            )
+        })?;
+        cfg.validate()
+            .with_context(|| format!("config file {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: names, sizes, duplicates.
+    pub fn validate(&self) -> Result<()> {
+        let r = &self.repository;
+        if (r.part_size as usize) < refugio_store::MIN_PART_SIZE {
+            bail!(
+                "repository.part_size: {} bytes is below S3's minimum of 5MiB",
+                r.part_size
+            );
+        }
+        if r.part_size as usize > refugio_store::MAX_PART_SIZE {
+            bail!(
+                "repository.part_size: {} bytes is above S3's maximum of 5GiB",
+                r.part_size
+            );
+        }
+        if r.upload_concurrency == 0 || r.upload_concurrency > 64 {
+            bail!(
+                "repository.upload_concurrency: {} is not within 1..=64",
+                r.upload_concurrency
+            );
+        }
+        let location =
+            refugio_store::RepositoryLocation::parse(&r.url).context("repository.url")?;
+        if let Some(lock) = &r.object_lock {
+            if !matches!(location, refugio_store::RepositoryLocation::S3 { .. }) {
+                bail!(
+                    "repository.object_lock: object lock needs an S3 repository; {} is not one",
+                    r.url
+                );
+            }
+            if !(1..=36500).contains(&lock.days) {
+                bail!(
+                    "repository.object_lock.days: {} is not within 1..=36500",
+                    lock.days
+                );
+            }
+        }
+        let a = &self.agent;
+        if !a.listen.is_empty() && a.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!(
+                "agent.listen: {:?} is not an address:port (e.g. \"127.0.0.1:9187\"; \"\" turns HTTP off)",
+                a.listen
+            );
+        }
+        if a.max_concurrent_tasks == 0 {
+            bail!("agent.max_concurrent_tasks: must be at least 1");
+        }
+        for name in &a.signal_jobs {
+            if !self.jobs.iter().any(|j| &j.name == name) {
+                bail!("agent.signal_jobs: no job named {name:?}");
+            }
+        }
+        if let Some(w) = &a.webhook {
+            crate::webhook::Webhook::new(w)?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, j) in self.jobs.iter().enumerate() {
+            if !refugio_store::repo::valid_segment(&j.name) {
+                bail!("jobs[{i}].name: {:?} must be 1-128 letters, digits, '-', '_' or '.', not starting with '.'", j.name);
+            }
+            if !seen.insert(&j.name) {
+                bail!("jobs[{i}].name: {:?} is used by two jobs", j.name);
+            }
+            refugio_dump::SourceSpec::new(&j.source, j.database.as_deref(), None)
+                .with_context(|| format!("jobs[{i}] ({}).source", j.name))?;
+            if let Some(l) = j.compression_level {
+                let ok = match j.compression {
+                    Compression::Zstd => (1..=22).contains(&l),
+                    Compression::Gzip => (0..=9).contains(&l),
+                    Compression::None => false,
+                };
+                if !ok {
+                    bail!(
+                        "jobs[{i}] ({}).compression_level: {l} is not valid for {}",
+                        j.name,
+                        j.compression.as_str()
+                    );
+                }
+            }
+            if let Some(scratch) = j.scratch.as_deref().filter(|s| *s != "ephemeral") {
+                refugio_dump::SourceSpec::new(scratch, None, None)
+                    .with_context(|| format!("jobs[{i}] ({}).scratch", j.name))?;
+            }
+            if let Some(r) = &j.retention {
+                r.policy()
+                    .with_context(|| format!("jobs[{i}] ({}).retention", j.name))?;
+            }
+            let sched = &j.schedule;
+            let tz = sched
+                .tz()
+                .with_context(|| format!("jobs[{i}] ({}).schedule.time_zone", j.name))?;
+            for (what, spec) in [
+                ("backup", &sched.backup),
+                ("drill", &sched.drill),
+                ("prune", &sched.prune),
+            ] {
+                if let Some(spec) = spec {
+                    spec.resolve(tz)
+                        .with_context(|| format!("jobs[{i}] ({}).schedule.{what}", j.name))?;
+                }
+            }
+            if (sched.drill.is_some() || sched.drill_after_backup) && j.scratch.is_none() {
+                bail!(
+                    "jobs[{i}] ({}).schedule: drills are scheduled but the job has no `scratch` (a server URL or \"ephemeral\")",
+                    j.name
+                );
+            }
+            if sched.prune.is_some() && j.retention.is_none() {
+                bail!(
+                    "jobs[{i}] ({}).schedule.prune: the job has no `retention` policy",
+                    j.name
+                );
+            }
+            if j.attempts == 0 {
+                bail!("jobs[{i}] ({}).attempts: must be at least 1", j.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The job named `name`, or the only job when `name` is None.
+    pub fn job(&self, name: Option<&str>) -> Result<&JobConfig> {
+        match name {
+            Some(n) => self.jobs.iter().find(|j| j.name == n).with_context(|| {
+                format!(
+                    "no job named {n:?} in the config (jobs: {})",
+                    self.jobs
+                        .iter()
+                        .map(|j| j.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }),
+            None => match self.jobs.as_slice() {
+                [one] => Ok(one),
+                [] => bail!("the config has no [[jobs]]"),
+                many => bail!(
+                    "the config has several jobs ({}); choose one with --job",
+                    many.iter()
+                        .map(|j| j.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repository::parse_size;
+    use super::*;
+    use refugio_dump::DumpFormat;
+    use std::time::Duration;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("refugio.example.toml");
+        let cfg = Config::load(&path).unwrap();
+        assert!(!cfg.jobs.is_empty());
+        assert!(cfg.repository.url.starts_with("s3://"));
+    }
+
+    /// The configs shipped for the container and systemd load and validate
+    /// (schedules, agent settings), so deployments start from a good file.
+    #[test]
+    fn shipped_deployment_configs_validate() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in ["docker/refugio.toml", "systemd/refugio.toml.example"] {
+            let cfg = Config::load(&root.join(file)).unwrap_or_else(|e| panic!("{file}: {e:#}"));
+            assert!(!cfg.jobs.is_empty(), "{file}");
+            assert!(
+                cfg.jobs.iter().any(|j| j.schedule.backup.is_some()),
+                "{file}: no backup schedule"
+            );
+        }
+    }
+
+    #[test]
+    fn schedules_and_agent_settings_are_checked() {
+        let base = "[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\n";
+        let load = |extra: &str| -> Result<Config> {
+            let cfg: Config = toml::from_str(&format!("{base}{extra}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let unknown = load("[jobs.schedule]\nbackup = \"0 */6 * * *\"\nprune = { every = \"1d\" }\nretention_placeholder = 1\n");
+        assert!(
+            unknown.is_err(),
+            "unknown field in schedule must be refused"
+        );
+        let cfg =
+            load("[jobs.schedule]\nbackup = \"0 */6 * * *\"\ntime_zone = \"Europe/Madrid\"\n")
+                .expect("valid");
+        assert!(cfg.jobs[0].schedule.catch_up);
+        let e = format!(
+            "{:#}",
+            load("[jobs.schedule]\nbackup = \"0 */6 * *\"\n").unwrap_err()
+        );
+        assert!(e.contains("0 */6 * *"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[jobs.schedule]\ndrill = { every = \"1h\" }\n").unwrap_err()
+        );
+        assert!(e.contains("scratch"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[jobs.schedule]\nprune = { every = \"1h\" }\n").unwrap_err()
+        );
+        assert!(e.contains("retention"), "{e}");
+        let e = format!(
+            "{:#}",
+            load("[jobs.schedule]\ntime_zone = \"Mars/Olympus\"\n").unwrap_err()
+        );
+        assert!(e.contains("Mars/Olympus"), "{e}");
+        let agent = |a: &str| -> Result<Config> {
+            let cfg: Config = toml::from_str(&format!("[agent]\n{a}\n{base}"))?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        assert!(
+            format!("{:#}", agent("listen = \"localhost\"").unwrap_err()).contains("agent.listen")
+        );
+        assert!(format!("{:#}", agent("signal_jobs = [\"b\"]").unwrap_err()).contains("\"b\""));
+        assert!(format!(
+            "{:#}",
+            agent("webhook = { url = \"ftp://x\" }").unwrap_err()
+        )
+        .contains("webhook"));
+        assert!(agent("webhook = { url = \"https://hooks.example.com/x\" }").is_ok());
+        assert_eq!(agent("").expect("defaults").agent.listen, "127.0.0.1:9187");
+    }
+
+    #[test]
+    fn object_lock_needs_s3_and_sane_days() {
+        let e = toml::from_str::<Config>(
+            "[repository]\nurl = \"/tmp/x\"\nobject_lock = { mode = \"compliance\", days = 7 }\n",
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|c| c.validate().map(|_| c))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("S3"), "{e:#}");
+        let e = toml::from_str::<Config>(
+            "[repository]\nurl = \"s3://b/p\"\nobject_lock = { mode = \"compliance\", days = 0 }\n",
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|c| c.validate().map(|_| c))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("days"), "{e:#}");
+        let e = toml::from_str::<Config>(
+            "[repository]\nurl = \"s3://b/p\"\nobject_lock = { mode = \"forever\", days = 3 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("forever"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = toml::from_str::<Config>("[repository]\nurl = \"x\"\npart_sise = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("part_sise"), "{e}");
+        let e = toml::from_str::<Config>(
+            "[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\ncompresion = \"zstd\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("compresion"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("16 MB").unwrap(), 16_000_000);
+        assert_eq!(parse_size("5242880").unwrap(), 5 << 20);
+        assert!(parse_size("8 parsecs").is_err());
+        let cfg: Config = toml::from_str(
+            "[repository]\npart_size = \"16MiB\"\n[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\nlock_wait_timeout = \"90s\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.repository.part_size, 16 << 20);
+        assert_eq!(cfg.jobs[0].lock_wait_timeout, Duration::from_secs(90));
+        assert_eq!(cfg.jobs[0].format, DumpFormat::Custom);
+        assert!(cfg.jobs[0].globals);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cfg: Config = toml::from_str("[repository]\npart_size = \"1MiB\"\n").unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("repository.part_size"));
+        let cfg: Config = toml::from_str(
+            "[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\n[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\n",
+        )
+        .unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("jobs[1].name"));
+        let cfg: Config =
+            toml::from_str("[[jobs]]\nname = \"a/b\"\nsource = \"postgres://h/db\"\n").unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("jobs[0].name"));
+    }
+
+    #[test]
+    fn adhoc_job_takes_the_database_name() {
+        let j = adhoc_job("postgres://u:pw@h/trips", None).unwrap();
+        assert_eq!(j.name, "trips");
+        let j = adhoc_job("postgres://u@h/my%20db", None).unwrap();
+        assert_eq!(j.name, "my_db");
+    }
+}

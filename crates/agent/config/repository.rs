@@ -1,0 +1,160 @@
+//! `[repository]`: where backups are stored, S3 settings, object lock.
+
+use serde::{Deserialize, Deserializer};
+
+use refugio_store::location::{ChecksumCalculation, S3Options};
+
+/// `[repository]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `s3://bucket/prefix`, `file:///abs/path` or a path. Default `./refugio-backups`.
+    #[serde(default = "default_repository_url")]
+    pub url: String,
+    /// S3 region. Default: from the AWS chain (`AWS_REGION`, profile), else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3 endpoint for S3-compatible stores (MinIO, Garage, Ceph…). Default: AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most
+    /// S3-compatible stores. Default false.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// The SDK's request checksum calculation: `when_supported` (default) or `when_required`.
+    #[serde(default)]
+    pub checksum_calculation: ChecksumSetting,
+    /// Size of upload parts. Default `8MiB` (minimum `5MiB`); grows
+    /// automatically for very large dumps so they stay under 10,000 parts.
+    #[serde(default = "default_part_size", deserialize_with = "de_size")]
+    pub part_size: u64,
+    /// Parts uploaded at once. Default 3. Memory ≈ part_size × (this + 1).
+    #[serde(default = "default_concurrency")]
+    pub upload_concurrency: usize,
+    /// Server-side encryption header: `AES256` or `aws:kms`. Default none.
+    #[serde(default)]
+    pub sse: Option<String>,
+    /// KMS key id with `sse = "aws:kms"`. Default none (the bucket's key).
+    #[serde(default)]
+    pub sse_kms_key_id: Option<String>,
+    /// S3 Object Lock on every artifact and manifest:
+    /// `{ mode = "governance" | "compliance", days = N }`. Default none.
+    /// The bucket must have been created with object lock enabled;
+    /// `refugio config check` proves the store enforces it.
+    #[serde(default)]
+    pub object_lock: Option<ObjectLockConfig>,
+}
+
+/// `object_lock = { mode = "compliance", days = 30 }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLockConfig {
+    pub mode: refugio_store::LockMode,
+    /// Days each object stays undeletable after it is written. 1..=36500.
+    pub days: u32,
+}
+
+impl ObjectLockConfig {
+    /// The backup's object-lock option.
+    pub fn lock(&self) -> refugio_core::ObjectLock {
+        refugio_core::ObjectLock {
+            mode: self.mode,
+            days: self.days,
+        }
+    }
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig {
+            url: default_repository_url(),
+            region: None,
+            endpoint: None,
+            force_path_style: false,
+            checksum_calculation: ChecksumSetting::default(),
+            part_size: default_part_size(),
+            upload_concurrency: default_concurrency(),
+            sse: None,
+            sse_kms_key_id: None,
+            object_lock: None,
+        }
+    }
+}
+
+/// `checksum_calculation`.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumSetting {
+    #[default]
+    WhenSupported,
+    WhenRequired,
+}
+
+fn default_repository_url() -> String {
+    "./refugio-backups".into()
+}
+fn default_part_size() -> u64 {
+    8 * 1024 * 1024
+}
+fn default_concurrency() -> usize {
+    3
+}
+
+/// Parses `"8MiB"`, `"16 MB"`, `"5242880"` or a TOML integer.
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// `"8MiB"` → 8388608.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. \"8MiB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+impl RepositoryConfig {
+    /// Options for the S3 backend.
+    pub fn s3_options(&self) -> S3Options {
+        S3Options {
+            region: self.region.clone(),
+            endpoint: self.endpoint.clone(),
+            force_path_style: self.force_path_style,
+            checksum_calculation: match self.checksum_calculation {
+                ChecksumSetting::WhenSupported => ChecksumCalculation::WhenSupported,
+                ChecksumSetting::WhenRequired => ChecksumCalculation::WhenRequired,
+            },
+            sse: self.sse.clone(),
+            sse_kms_key_id: self.sse_kms_key_id.clone(),
+            versioned_deletes: self.object_lock.is_some(),
+            ..S3Options::default()
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The registry: every metric refugio exports, registered once, and the
+//! per-job series created and removed as jobs come and go.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Float gauge (seconds, timestamps).
+pub(super) type FloatGauge = Gauge<f64, AtomicU64>;
+/// Integer gauge (bytes, counts, 1/0 flags).
+pub(super) type IntGauge = Gauge<i64>;
+
+/// Tasks and skip reasons the scheduler reports; their counters start at 0.
+const SKIP_TASKS: [&str; 3] = ["backup", "drill", "prune"];
+const SKIP_REASONS: [&str; 2] = ["overlap", "lock"];
+pub(super) const SUCCESS: &str = "success";
+pub(super) const FAILURE: &str = "failure";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct JobLabels {
+    backup_job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ResultLabels {
+    backup_job: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct SkipLabels {
+    backup_job: String,
+    task: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct VersionLabels {
+    version: &'static str,
+}
+
+/// All agent metrics; share it as `Arc<Metrics>`.
+#[derive(Debug)]
+pub struct Metrics {
+    pub(super) registry: Registry,
+    pub(super) backup_last_success: Family<JobLabels, FloatGauge>,
+    pub(super) backup_last_duration: Family<JobLabels, FloatGauge>,
+    pub(super) backup_last_stored: Family<JobLabels, IntGauge>,
+    pub(super) backup_last_raw: Family<JobLabels, IntGauge>,
+    pub(super) backup_runs: Family<ResultLabels, Counter>,
+    pub(super) task_skipped: Family<SkipLabels, Counter>,
+    pub(super) drill_runs: Family<ResultLabels, Counter>,
+    pub(super) drill_last_timestamp: Family<JobLabels, FloatGauge>,
+    pub(super) drill_last_success: Family<JobLabels, IntGauge>,
+    pub(super) rpo: Family<JobLabels, FloatGauge>,
+    pub(super) rpo_target: Family<JobLabels, FloatGauge>,
+    pub(super) rpo_target_met: Family<JobLabels, IntGauge>,
+    pub(super) rto: Family<JobLabels, FloatGauge>,
+    pub(super) rto_target: Family<JobLabels, FloatGauge>,
+    pub(super) rto_target_met: Family<JobLabels, IntGauge>,
+    pub(super) repository_backups: Family<JobLabels, IntGauge>,
+    pub(super) repository_bytes: Family<JobLabels, IntGauge>,
+    pub(super) prune_deleted: Family<JobLabels, Counter>,
+    pub(super) prune_runs: Family<ResultLabels, Counter>,
+    /// Every (task, reason) pair seen per job, so `forget_job` can remove
+    /// the skip series whatever strings the caller used.
+    pub(super) skip_pairs: Mutex<HashMap<String, HashSet<(String, String)>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every refugio metric registered and no job yet.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        // prometheus-client appends the unit to the name and `_total` to
+        // counter samples, so names are registered without those suffixes.
+        // HELP text must not end in a period: the encoder adds one.
+        let mut gauge_f = |name: &str, help: &str, unit: Option<Unit>| {
+            let family = Family::<JobLabels, FloatGauge>::default();
+            register(&mut registry, name, help, unit, family.clone());
+            family
+        };
+        let backup_last_success = gauge_f(
+            "refugio_backup_last_success_timestamp",
+            "Time the last successful backup finished, in unix seconds",
+            Some(Unit::Seconds),
+        );
+        let backup_last_duration = gauge_f(
+            "refugio_backup_last_duration",
+            "Wall time of the last successful backup, in seconds",
+            Some(Unit::Seconds),
+        );
+        let drill_last_timestamp = gauge_f(
+            "refugio_drill_last_timestamp",
+            "Time the last restore drill finished, in unix seconds",
+            Some(Unit::Seconds),
+        );
+        let rpo = gauge_f(
+            "refugio_rpo",
+            "Age of the newest verified backup, in seconds; absent while there is none",
+            Some(Unit::Seconds),
+        );
+        let rpo_target = gauge_f(
+            "refugio_rpo_target",
+            "Configured recovery point objective, in seconds",
+            Some(Unit::Seconds),
+        );
+        let rto = gauge_f(
+            "refugio_rto",
+            "Restore wall time measured by the last restore drill, in seconds",
+            Some(Unit::Seconds),
+        );
+        let rto_target = gauge_f(
+            "refugio_rto_target",
+            "Configured recovery time objective, in seconds",
+            Some(Unit::Seconds),
+        );
+
+        let mut gauge_i = |name: &str, help: &str, unit: Option<Unit>| {
+            let family = Family::<JobLabels, IntGauge>::default();
+            register(&mut registry, name, help, unit, family.clone());
+            family
+        };
+        let backup_last_stored = gauge_i(
+            "refugio_backup_last_stored",
+            "Bytes stored in the repository by the last successful backup, after compression and encryption",
+            Some(Unit::Bytes),
+        );
+        let backup_last_raw = gauge_i(
+            "refugio_backup_last_raw",
+            "Bytes pg_dump produced in the last successful backup, before compression",
+            Some(Unit::Bytes),
+        );
+        let drill_last_success = gauge_i(
+            "refugio_drill_last_success",
+            "1 when the last restore drill passed, 0 when it failed",
+            None,
+        );
+        let rpo_target_met = gauge_i(
+            "refugio_rpo_target_met",
+            "1 when refugio_rpo_seconds is within the RPO target, 0 when not or when there is no verified backup",
+            None,
+        );
+        let rto_target_met = gauge_i(
+            "refugio_rto_target_met",
+            "1 when the last measured RTO is within the RTO target, 0 when not",
+            None,
+        );
+        let repository_backups = gauge_i(
+            "refugio_repository_backups",
+            "Number of committed backups of the job in the repository",
+            None,
+        );
+        let repository_bytes = gauge_i(
+            "refugio_repository",
+            "Bytes stored in the repository for the job",
+            Some(Unit::Bytes),
+        );
+
+        let backup_runs = Family::<ResultLabels, Counter>::default();
+        register(
+            &mut registry,
+            "refugio_backup_runs",
+            "Number of backup runs, by result (success, failure)",
+            None,
+            backup_runs.clone(),
+        );
+        let task_skipped = Family::<SkipLabels, Counter>::default();
+        register(
+            &mut registry,
+            "refugio_task_skipped",
+            "Number of scheduled tasks (backup, drill, prune) not started, by reason (overlap, lock)",
+            None,
+            task_skipped.clone(),
+        );
+        let drill_runs = Family::<ResultLabels, Counter>::default();
+        register(
+            &mut registry,
+            "refugio_drill_runs",
+            "Number of restore drills, by result (success, failure)",
+            None,
+            drill_runs.clone(),
+        );
+        let prune_deleted = Family::<JobLabels, Counter>::default();
+        register(
+            &mut registry,
+            "refugio_prune_deleted_backups",
+            "Number of backups deleted by retention",
+            None,
+            prune_deleted.clone(),
+        );
+        let prune_runs = Family::<ResultLabels, Counter>::default();
+        register(
+            &mut registry,
+            "refugio_prune_runs",
+            "Number of prune runs, by result (success, failure)",
+            None,
+            prune_runs.clone(),
+        );
+
+        let build_info = Family::<VersionLabels, IntGauge>::default();
+        build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        register(
+            &mut registry,
+            "refugio_build_info",
+            "Always 1; the version label carries the refugio version",
+            None,
+            build_info,
+        );
+
+        Self {
+            registry,
+            backup_last_success,
+            backup_last_duration,
+            backup_last_stored,
+            backup_last_raw,
+            backup_runs,
+            task_skipped,
+            drill_runs,
+            drill_last_timestamp,
+            drill_last_success,
+            rpo,
+            rpo_target,
+            rpo_target_met,
+            rto,
+            rto_target,
+            rto_target_met,
+            repository_backups,
+            repository_bytes,
+            prune_deleted,
+            prune_runs,
+            skip_pairs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Declares a job (at start and after each config reload): sets or
+    /// removes its target gauges and creates its counters at 0. A job
+    /// without a target exports no `*_target_seconds` / `*_target_met`
+    /// series. `*_target_met` is recomputed from the current measurement
+    /// when there is one.
+    pub fn register_job(
+        &self,
+        job: &str,
+        rpo_target: Option<Duration>,
+        rto_target: Option<Duration>,
+    ) {
+        let l = job_labels(job);
+        match rpo_target {
+            Some(target) => {
+                self.rpo_target.get_or_create(&l).set(target.as_secs_f64());
+                let measured = self.rpo.get(&l).map(|g| g.get());
+                // No verified backup yet (no rpo series) means not met.
+                let met = measured.is_some_and(|rpo| rpo <= target.as_secs_f64());
+                self.rpo_target_met.get_or_create(&l).set(flag(met));
+            }
+            None => {
+                self.rpo_target.remove(&l);
+                self.rpo_target_met.remove(&l);
+            }
+        }
+        match rto_target {
+            Some(target) => {
+                self.rto_target.get_or_create(&l).set(target.as_secs_f64());
+                // Before the first drill nothing is known; leave `met` absent.
+                match self.rto.get(&l).map(|g| g.get()) {
+                    Some(rto) => {
+                        let met = rto <= target.as_secs_f64();
+                        self.rto_target_met.get_or_create(&l).set(flag(met));
+                    }
+                    None => {
+                        self.rto_target_met.remove(&l);
+                    }
+                }
+            }
+            None => {
+                self.rto_target.remove(&l);
+                self.rto_target_met.remove(&l);
+            }
+        }
+        // Only creating the series (at 0) matters here, not the handle.
+        for result in [SUCCESS, FAILURE] {
+            let rl = result_labels(job, result);
+            self.backup_runs.get_or_create_owned(&rl);
+            self.drill_runs.get_or_create_owned(&rl);
+            self.prune_runs.get_or_create_owned(&rl);
+        }
+        self.prune_deleted.get_or_create_owned(&l);
+        for task in SKIP_TASKS {
+            for reason in SKIP_REASONS {
+                self.task_skipped
+                    .get_or_create_owned(&self.skip_labels(job, task, reason));
+            }
+        }
+    }
+
+    /// Removes every series of a job (after a config reload dropped it).
+    pub fn forget_job(&self, job: &str) {
+        let l = job_labels(job);
+        for family in [
+            &self.backup_last_success,
+            &self.backup_last_duration,
+            &self.drill_last_timestamp,
+            &self.rpo,
+            &self.rpo_target,
+            &self.rto,
+            &self.rto_target,
+        ] {
+            family.remove(&l);
+        }
+        for family in [
+            &self.backup_last_stored,
+            &self.backup_last_raw,
+            &self.drill_last_success,
+            &self.rpo_target_met,
+            &self.rto_target_met,
+            &self.repository_backups,
+            &self.repository_bytes,
+        ] {
+            family.remove(&l);
+        }
+        self.prune_deleted.remove(&l);
+        for result in [SUCCESS, FAILURE] {
+            let rl = result_labels(job, result);
+            self.backup_runs.remove(&rl);
+            self.drill_runs.remove(&rl);
+            self.prune_runs.remove(&rl);
+        }
+        let pairs = self
+            .skip_pairs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(job)
+            .unwrap_or_default();
+        for (task, reason) in pairs {
+            self.task_skipped.remove(&SkipLabels {
+                backup_job: job.to_owned(),
+                task,
+                reason,
+            });
+        }
+    }
+
+    /// The registry as OpenMetrics text (ends with `# EOF`), for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; should an encoder fail anyway,
+        // the truncated text (no `# EOF`) makes the scrape fail visibly.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+
+    /// Labels of a skip series, remembered so `forget_job` can remove it.
+    pub(super) fn skip_labels(&self, job: &str, task: &str, reason: &str) -> SkipLabels {
+        self.skip_pairs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(job.to_owned())
+            .or_default()
+            .insert((task.to_owned(), reason.to_owned()));
+        SkipLabels {
+            backup_job: job.to_owned(),
+            task: task.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+fn register(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, metric),
+        None => registry.register(name, help, metric),
+    }
+}
+
+pub(super) fn job_labels(job: &str) -> JobLabels {
+    JobLabels {
+        backup_job: job.to_owned(),
+    }
+}
+
+pub(super) fn result_labels(job: &str, result: &'static str) -> ResultLabels {
+    ResultLabels {
+        backup_job: job.to_owned(),
+        result,
+    }
+}
+
+pub(super) fn flag(b: bool) -> i64 {
+    i64::from(b)
+}
+
+pub(super) fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(super) fn unix_seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp() as f64 + f64::from(t.timestamp_subsec_nanos()) / 1e9
+}

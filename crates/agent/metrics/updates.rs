@@ -1,0 +1,136 @@
+//! Updates from the operations' reports: a committed backup, a drill's
+//! receipt, an RPO measured from the repository, a prune.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::metrics::family::Family;
+
+use super::registry::{
+    flag, job_labels, result_labels, saturating_i64, unix_seconds, FloatGauge, JobLabels, Metrics,
+    FAILURE, SUCCESS,
+};
+
+impl Metrics {
+    /// Records a committed backup (manifest written).
+    pub fn backup_succeeded(
+        &self,
+        job: &str,
+        finished_at: DateTime<Utc>,
+        duration: Duration,
+        stored_bytes: u64,
+        raw_bytes: u64,
+    ) {
+        let l = job_labels(job);
+        self.backup_runs
+            .get_or_create(&result_labels(job, SUCCESS))
+            .inc();
+        self.backup_last_success
+            .get_or_create(&l)
+            .set(unix_seconds(finished_at));
+        self.backup_last_duration
+            .get_or_create(&l)
+            .set(duration.as_secs_f64());
+        self.backup_last_stored
+            .get_or_create(&l)
+            .set(saturating_i64(stored_bytes));
+        self.backup_last_raw
+            .get_or_create(&l)
+            .set(saturating_i64(raw_bytes));
+    }
+
+    /// Records a failed backup; the `last_*` gauges keep the last success.
+    pub fn backup_failed(&self, job: &str) {
+        self.backup_runs
+            .get_or_create(&result_labels(job, FAILURE))
+            .inc();
+    }
+
+    /// Records a task the scheduler did not start. `task` is `backup`,
+    /// `drill` or `prune`; `reason` is `overlap` (still running here) or
+    /// `lock` (another replica holds the job's lock).
+    pub fn task_skipped(&self, job: &str, task: &str, reason: &str) {
+        self.task_skipped
+            .get_or_create(&self.skip_labels(job, task, reason))
+            .inc();
+    }
+
+    /// Records a finished restore drill. When `rto` is `Some`, the RTO
+    /// gauge is set and, if the job has an RTO target, `rto_target_met`.
+    /// A drill that failed before measuring anything leaves the last RTO
+    /// as it was; `refugio_drill_last_success` shows the failure.
+    pub fn drill_finished(
+        &self,
+        job: &str,
+        at: DateTime<Utc>,
+        success: bool,
+        rto: Option<Duration>,
+    ) {
+        let l = job_labels(job);
+        let result = if success { SUCCESS } else { FAILURE };
+        self.drill_runs
+            .get_or_create(&result_labels(job, result))
+            .inc();
+        self.drill_last_timestamp
+            .get_or_create(&l)
+            .set(unix_seconds(at));
+        self.drill_last_success.get_or_create(&l).set(flag(success));
+        if let Some(rto) = rto {
+            let rto = rto.as_secs_f64();
+            self.rto.get_or_create(&l).set(rto);
+            if let Some(target) = self.target(&self.rto_target, &l) {
+                self.rto_target_met
+                    .get_or_create(&l)
+                    .set(flag(rto <= target));
+            }
+        }
+    }
+
+    /// Sets the current RPO (age of the newest verified backup). `None`
+    /// means there is no verified backup: the `refugio_rpo_seconds` series
+    /// is removed (an absent series, not a fake number) and, when the job
+    /// has an RPO target, `refugio_rpo_target_met` is set to 0.
+    pub fn set_rpo(&self, job: &str, rpo: Option<Duration>) {
+        let l = job_labels(job);
+        let met = match rpo {
+            Some(rpo) => {
+                let rpo = rpo.as_secs_f64();
+                self.rpo.get_or_create(&l).set(rpo);
+                self.target(&self.rpo_target, &l).map(|t| rpo <= t)
+            }
+            None => {
+                self.rpo.remove(&l);
+                self.target(&self.rpo_target, &l).map(|_| false)
+            }
+        };
+        if let Some(met) = met {
+            self.rpo_target_met.get_or_create(&l).set(flag(met));
+        }
+    }
+
+    /// Sets what the repository holds for the job (from the last listing).
+    pub fn set_repository(&self, job: &str, backups: u64, bytes: u64) {
+        let l = job_labels(job);
+        self.repository_backups
+            .get_or_create(&l)
+            .set(saturating_i64(backups));
+        self.repository_bytes
+            .get_or_create(&l)
+            .set(saturating_i64(bytes));
+    }
+
+    /// Records a prune run and how many backups it deleted.
+    pub fn prune_finished(&self, job: &str, success: bool, deleted: u64) {
+        let result = if success { SUCCESS } else { FAILURE };
+        self.prune_runs
+            .get_or_create(&result_labels(job, result))
+            .inc();
+        self.prune_deleted
+            .get_or_create(&job_labels(job))
+            .inc_by(deleted);
+    }
+
+    fn target(&self, family: &Family<JobLabels, FloatGauge>, l: &JobLabels) -> Option<f64> {
+        family.get(l).map(|g| g.get())
+    }
+}

@@ -1,0 +1,18 @@
+//! Opening the configured repository (or the command line's).
+
+use anyhow::{Context, Result};
+use refugio_store::repo::Repository;
+use refugio_store::RepositoryLocation;
+
+use crate::config::Config;
+use crate::exit::usage;
+
+/// The repository `url` names, or the config's when `url` is None.
+pub async fn open(cfg: &Config, url: Option<&str>) -> Result<Repository> {
+    let url = url.unwrap_or(&cfg.repository.url);
+    let location = RepositoryLocation::parse(url).map_err(|e| usage(e.into()))?;
+    let store = refugio_store::open(&location, &cfg.repository.s3_options())
+        .await
+        .with_context(|| format!("opening repository {location}"))?;
+    Ok(Repository::new(store))
+}

@@ -1,0 +1,402 @@
+//! The agent's state and its tasks: the scheduler's fires become backups,
+//! drills and prunes, each under the job's guard and advisory lock, retried
+//! on temporary errors, reported in metrics and the webhook.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use chrono::Utc;
+use refugio_core::JobStatus;
+use refugio_schedule::{
+    needs_catch_up, Entry, Fire, FireReason, Guards, Scheduler, TaskKey, TaskKind,
+};
+use refugio_store::repo::Repository;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::lock::{advisory_lock, already_done};
+use super::task::{run_once, Done};
+use crate::config::{Config, JobConfig};
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::webhook::{Event, Outcomes, Webhook};
+
+/// The configuration in force and the repository it names.
+#[derive(Clone)]
+pub(super) struct Current {
+    pub(super) cfg: Arc<Config>,
+    pub(super) repo: Repository,
+}
+
+pub(super) struct Agent {
+    pub(super) current: RwLock<Current>,
+    pub(super) guards: Guards,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) health: Arc<Health>,
+    /// Fires the agent makes itself (signals, catch-up, drill after backup).
+    pub(super) own_fires: mpsc::Sender<Fire>,
+    /// Cancelled at shutdown: running tasks stop cleanly.
+    pub(super) cancel: CancellationToken,
+    pub(super) tasks: TaskTracker,
+    pub(super) outcomes: Outcomes,
+    pub(super) hostname: String,
+}
+
+impl Agent {
+    pub(super) fn current(&self) -> Current {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Lists every job: repository health, metrics, RPO. Returns the statuses.
+    pub(super) async fn check_repository(&self) -> HashMap<String, JobStatus> {
+        let cur = self.current();
+        let mut out = HashMap::new();
+        let mut error = None;
+        for job in &cur.cfg.jobs {
+            match refugio_core::status(&cur.repo, &job.name).await {
+                Ok(st) => {
+                    self.publish_status(job, &st);
+                    out.insert(job.name.clone(), st);
+                }
+                Err(e) => error = Some(format!("{e:#}")),
+            }
+        }
+        match error {
+            None => self.health.set_repository(Ok(())),
+            Some(e) => {
+                tracing::warn!(repository = %cur.repo.describe(), error = %e, "repository-check-failed");
+                self.health.set_repository(Err(e));
+            }
+        }
+        out
+    }
+
+    fn publish_status(&self, job: &JobConfig, st: &JobStatus) {
+        self.metrics.set_repository(&job.name, st.backups, st.bytes);
+        let rpo = st
+            .newest_verified
+            .map(|t| (Utc::now() - t).to_std().unwrap_or_default());
+        self.metrics.set_rpo(&job.name, rpo);
+        if let Some(target) = job.targets.rpo {
+            self.health
+                .set_rpo_ok(&job.name, rpo.is_some_and(|r| r <= target));
+        }
+    }
+
+    pub(super) async fn start_scheduler(
+        &self,
+        statuses: &HashMap<String, JobStatus>,
+    ) -> Result<(Scheduler, mpsc::Receiver<Fire>)> {
+        let cur = self.current();
+        let mut entries = Vec::new();
+        for job in &cur.cfg.jobs {
+            self.metrics
+                .register_job(&job.name, job.targets.rpo, job.targets.rto);
+            let s = &job.schedule;
+            let tz = s.tz()?;
+            let newest = statuses
+                .get(&job.name)
+                .and_then(|st| st.newest.as_ref().map(|(_, t)| *t));
+            for (kind, spec) in [
+                (TaskKind::Backup, &s.backup),
+                (TaskKind::Drill, &s.drill),
+                (TaskKind::Prune, &s.prune),
+            ] {
+                let Some(spec) = spec else { continue };
+                entries.push(Entry {
+                    key: TaskKey::new(job.name.clone(), kind),
+                    trigger: spec.resolve(tz)?,
+                    jitter: s.jitter.unwrap_or_default(),
+                    anchor: if kind == TaskKind::Backup {
+                        newest
+                    } else {
+                        None
+                    },
+                });
+            }
+        }
+        Ok(Scheduler::start(entries).await?)
+    }
+
+    /// Back up now every job whose newest backup is older than its interval.
+    pub(super) async fn catch_up(&self, statuses: &HashMap<String, JobStatus>) {
+        let cur = self.current();
+        let now = Utc::now();
+        for job in &cur.cfg.jobs {
+            let s = &job.schedule;
+            let (Some(spec), true) = (&s.backup, s.catch_up) else {
+                continue;
+            };
+            let Ok(trigger) = s.tz().and_then(|tz| Ok(spec.resolve(tz)?)) else {
+                continue;
+            };
+            let newest = statuses
+                .get(&job.name)
+                .and_then(|st| st.newest.as_ref().map(|(_, t)| *t));
+            if needs_catch_up(newest, &trigger, now) {
+                tracing::info!(job = %job.name, newest = ?newest, "catch-up: the newest backup is older than the schedule; backing up now");
+                self.send(Fire::new(
+                    TaskKey::new(job.name.clone(), TaskKind::Backup),
+                    FireReason::CatchUp,
+                    now,
+                ))
+                .await;
+            }
+        }
+    }
+
+    async fn send(&self, fire: Fire) {
+        if self.own_fires.try_send(fire).is_err() {
+            tracing::warn!("too many pending requests; one dropped");
+        }
+    }
+
+    pub(super) async fn on_signal(&self, kind: TaskKind, name: &str) {
+        let cur = self.current();
+        let now = Utc::now();
+        for job in &cur.cfg.jobs {
+            let named = &cur.cfg.agent.signal_jobs;
+            if !named.is_empty() && !named.contains(&job.name) {
+                continue;
+            }
+            if kind == TaskKind::Drill && job.scratch.is_none() {
+                tracing::warn!(job = %job.name, signal = name, "no scratch configured: no drill");
+                continue;
+            }
+            tracing::info!(job = %job.name, signal = name, task = %kind, "signal-received");
+            self.send(Fire::new(
+                TaskKey::new(job.name.clone(), kind),
+                FireReason::Signal,
+                now,
+            ))
+            .await;
+        }
+    }
+
+    /// Loads and validates the file again; swaps it in only if it is good.
+    pub(super) async fn reload(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<HashMap<String, JobStatus>> {
+        let cfg = Config::load(path)?;
+        if cfg.jobs.is_empty() {
+            bail!("no [[jobs]]");
+        }
+        let repo = crate::repo::open(&cfg, None).await?;
+        let old = self.current();
+        for job in &old.cfg.jobs {
+            if !cfg.jobs.iter().any(|j| j.name == job.name) {
+                self.metrics.forget_job(&job.name);
+                self.health.forget_job(&job.name);
+            }
+        }
+        {
+            let mut w = match self.current.write() {
+                Ok(w) => w,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *w = Current {
+                cfg: Arc::new(cfg),
+                repo,
+            };
+        }
+        Ok(self.check_repository().await)
+    }
+
+    /// Starts the task of a fire unless the same task is running.
+    pub(super) fn handle(self: &Arc<Self>, fire: Fire) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let cur = self.current();
+        let Some(job) = cur
+            .cfg
+            .jobs
+            .iter()
+            .find(|j| j.name == fire.key.job)
+            .cloned()
+        else {
+            return; // removed by a reload
+        };
+        let Some(running) = self.guards.try_start(&fire.key) else {
+            tracing::warn!(job = %job.name, task = %fire.key.kind, reason = %fire.reason,
+                "task-skipped: the previous run is still going");
+            self.metrics
+                .task_skipped(&job.name, fire.key.kind.as_str(), "overlap");
+            return;
+        };
+        let agent = Arc::clone(self);
+        let span = tracing::info_span!("task", job = %job.name, task = %fire.key.kind, reason = %fire.reason);
+        self.tasks.spawn(
+            async move {
+                let mut running = running;
+                if running.acquire_slot().await.is_err() {
+                    return;
+                }
+                agent.run_task(cur, job, fire).await;
+                drop(running);
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn run_task(self: &Arc<Self>, cur: Current, job: JobConfig, fire: Fire) {
+        let kind = fire.key.kind;
+        let cancel = self.cancel.child_token();
+        // One replica at a time per job: a session advisory lock on the source.
+        let backoff = cur.cfg.agent.backoff;
+        let lock = crate::retry::retry(&backoff, &cancel, |_| {
+            let job = job.clone();
+            async move { advisory_lock(&job).await }
+        })
+        .await;
+        let lock = match lock {
+            Ok(Some(conn)) => conn,
+            Ok(None) => {
+                tracing::info!("task-skipped: another refugio holds this job's lock");
+                self.metrics.task_skipped(&job.name, kind.as_str(), "lock");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "task-failed: cannot take the job's lock on its source"
+                );
+                self.record_failure(&job, kind);
+                self.notify(&cur, &job, &fire, false, None, Some(format!("{e:#}")));
+                return;
+            }
+        };
+        if matches!(fire.reason, FireReason::Schedule | FireReason::CatchUp)
+            && already_done(&cur.repo, &job, kind, fire.scheduled_at).await
+        {
+            tracing::info!("task-skipped: another replica already did this run");
+            self.metrics.task_skipped(&job.name, kind.as_str(), "lock");
+            drop(lock);
+            return;
+        }
+        let started = Instant::now();
+        let outcome = crate::retry::retry(&backoff, &cancel, |attempt| {
+            let (cur, job, cancel) = (cur.clone(), job.clone(), cancel.clone());
+            async move {
+                if attempt > 1 {
+                    tracing::info!(attempt, "task-retry");
+                }
+                run_once(&cur.repo, &cur.cfg, &job, kind, attempt, &cancel).await
+            }
+        })
+        .await;
+        drop(lock);
+        let (ok, backup_id, error) = match &outcome {
+            Ok(Done::Backup(m)) => (true, Some(m.backup_id.clone()), None),
+            Ok(Done::Drill(r)) => (
+                r.passed,
+                Some(r.backup_id.clone()),
+                (!r.passed).then(|| r.failures.join("; ")),
+            ),
+            Ok(Done::Prune(_)) => (true, None, None),
+            Err(e) => (false, None, Some(format!("{e:#}"))),
+        };
+        self.notify(&cur, &job, &fire, ok, backup_id, error);
+        match outcome {
+            Ok(Done::Backup(m)) => {
+                self.metrics.backup_succeeded(
+                    &job.name,
+                    m.finished_at,
+                    started.elapsed(),
+                    m.stored_size(),
+                    m.raw_size(),
+                );
+                if job.schedule.drill_after_backup && job.scratch.is_some() {
+                    self.send(Fire::new(
+                        TaskKey::new(job.name.clone(), TaskKind::Drill),
+                        FireReason::AfterBackup,
+                        Utc::now(),
+                    ))
+                    .await;
+                }
+            }
+            Ok(Done::Drill(r)) => {
+                self.metrics.drill_finished(
+                    &job.name,
+                    r.finished_at,
+                    r.verified,
+                    r.rto.measured_seconds.map(Duration::from_secs_f64),
+                );
+                if !r.passed {
+                    tracing::error!(failures = ?r.failures, "drill-failed");
+                }
+            }
+            Ok(Done::Prune(deleted)) => self.metrics.prune_finished(&job.name, true, deleted),
+            Err(e) => {
+                if cancel.is_cancelled() {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "task-cancelled: nothing was committed"
+                    );
+                } else {
+                    tracing::error!(error = format!("{e:#}"), "task-failed");
+                }
+                self.record_failure(&job, kind);
+            }
+        }
+        if let Ok(st) = refugio_core::status(&cur.repo, &job.name).await {
+            self.publish_status(&job, &st);
+        }
+    }
+
+    /// Sends a failure/recovery webhook in the background (never delays
+    /// or fails the task).
+    fn notify(
+        &self,
+        cur: &Current,
+        job: &JobConfig,
+        fire: &Fire,
+        ok: bool,
+        backup_id: Option<String>,
+        error: Option<String>,
+    ) {
+        let kind = fire.key.kind.as_str();
+        let Some(event) = self.outcomes.record(&job.name, kind, ok) else {
+            return;
+        };
+        let Some(cfg) = cur.cfg.agent.webhook.clone() else {
+            return;
+        };
+        let event = Event {
+            event,
+            job: job.name.clone(),
+            task: kind.to_string(),
+            reason: fire.reason.to_string(),
+            backup_id,
+            error,
+            at: Utc::now(),
+            agent: self.hostname.clone(),
+        };
+        self.tasks.spawn(async move {
+            match Webhook::new(&cfg) {
+                Ok(hook) => {
+                    hook.send(&event).await;
+                }
+                Err(e) => tracing::error!(error = format!("{e:#}"), "webhook-invalid"),
+            }
+        });
+    }
+
+    fn record_failure(&self, job: &JobConfig, kind: TaskKind) {
+        match kind {
+            TaskKind::Backup => self.metrics.backup_failed(&job.name),
+            TaskKind::Drill => self
+                .metrics
+                .drill_finished(&job.name, Utc::now(), false, None),
+            TaskKind::Prune => self.metrics.prune_finished(&job.name, false, 0),
+        }
+    }
+}

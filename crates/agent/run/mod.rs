@@ -1,0 +1,159 @@
+//! `refugio run`: the long-running agent. Backs up, drills and prunes each
+//! job on its schedule (crates/schedule), answers signals, serves
+//! `/metrics`, `/healthz`, `/readyz`, and tells systemd when it is ready.
+//!
+//! - A job's task never overlaps itself (in-process guard); a global
+//!   semaphore bounds concurrent tasks.
+//! - Several replicas may run against one repository: every task takes a
+//!   PostgreSQL session advisory lock on the job's source first, and a
+//!   scheduled run that finds the work already done by another replica
+//!   (a backup or receipt newer than the fire time) skips.
+//! - The agent is stateless: catch-up at start reads the newest backup from
+//!   the repository.
+//! - SIGUSR1 backs up, SIGUSR2 drills (the jobs of `agent.signal_jobs`, or
+//!   all), SIGHUP reloads the config (a bad one is logged and ignored),
+//!   SIGTERM/SIGINT stop: running tasks are cancelled (uploads aborted,
+//!   nothing committed, scratch databases dropped) within
+//!   `agent.shutdown_timeout`, then the agent exits 0.
+
+mod agent;
+mod lock;
+mod task;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use refugio_schedule::{Fire, Guards, TaskKind};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{self, Health};
+use crate::metrics::Metrics;
+use crate::signals::Stop;
+use crate::webhook::{hostname, Outcomes};
+use agent::{Agent, Current};
+
+/// Runs until SIGTERM/SIGINT.
+pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
+    if cfg.jobs.is_empty() {
+        bail!(
+            "config file {}: no [[jobs]]: the agent would have nothing to do",
+            path.display()
+        );
+    }
+    let repo = crate::repo::open(&cfg, None).await?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new(cfg.agent.ready_requires_rpo));
+    let (own_tx, mut own_rx) = mpsc::channel::<Fire>(refugio_schedule::FIRE_CHANNEL_CAPACITY);
+    let agent = Arc::new(Agent {
+        current: RwLock::new(Current {
+            cfg: Arc::new(cfg.clone()),
+            repo: repo.clone(),
+        }),
+        guards: Guards::new(cfg.agent.max_concurrent_tasks),
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        own_fires: own_tx,
+        cancel: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        outcomes: Outcomes::default(),
+        hostname: hostname(),
+    });
+    let http_stop = CancellationToken::new();
+    let mut http_task = None;
+    if !cfg.agent.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&cfg.agent.listen)
+            .await
+            .with_context(|| format!("agent.listen: cannot listen on {}", cfg.agent.listen))?;
+        tracing::info!(address = %cfg.agent.listen, "http-listening");
+        http_task = Some(tokio::spawn(http::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            http_stop.clone(),
+        )));
+    }
+
+    // Signals are installed before READY, so a USR1 right after start is
+    // never the default action (which would kill the process).
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut stop = Stop::install()?;
+
+    let statuses = agent.check_repository().await;
+    let (mut scheduler, mut fires) = agent.start_scheduler(&statuses).await?;
+    agent.catch_up(&statuses).await;
+    health.set_scheduler_running(true);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!(jobs = cfg.jobs.len(), "agent-ready");
+    // Watchdog pings come from the main loop itself: a loop that hangs
+    // stops pinging and systemd restarts the agent.
+    let mut watchdog = tokio::time::interval(
+        sd_notify::watchdog_enabled().map_or(Duration::from_secs(3600), |period| period / 2),
+    );
+    let watchdog_on = sd_notify::watchdog_enabled().is_some();
+    let mut refresh = tokio::time::interval(Duration::from_secs(60));
+    refresh.tick().await;
+
+    loop {
+        tokio::select! {
+            Some(fire) = fires.recv() => agent.handle(fire),
+            Some(fire) = own_rx.recv() => agent.handle(fire),
+            _ = usr1.recv() => agent.on_signal(TaskKind::Backup, "SIGUSR1").await,
+            _ = usr2.recv() => agent.on_signal(TaskKind::Drill, "SIGUSR2").await,
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match agent.reload(&path).await {
+                    Ok(statuses) => match agent.start_scheduler(&statuses).await {
+                        Ok((s, f)) => {
+                            scheduler.shutdown().await;
+                            scheduler = s;
+                            fires = f;
+                            tracing::info!(config = %path.display(), "config-reloaded");
+                        }
+                        Err(e) => tracing::error!(error = format!("{e:#}"), "reload-scheduler-failed"),
+                    },
+                    Err(e) => tracing::error!(config = %path.display(), error = format!("{e:#}"),
+                        "reload-rejected: the running configuration stays in force"),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = refresh.tick() => { agent.check_repository().await; }
+            _ = watchdog.tick(), if watchdog_on => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            name = stop.recv() => { tracing::info!(signal = name, "agent-stopping"); break; }
+        }
+    }
+
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    health.set_scheduler_running(false);
+    scheduler.shutdown().await;
+    agent.cancel.cancel();
+    agent.tasks.close();
+    let timeout = agent.current().cfg.agent.shutdown_timeout;
+    let clean = tokio::time::timeout(timeout, agent.tasks.wait())
+        .await
+        .is_ok();
+    http_stop.cancel();
+    if let Some(t) = http_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    if clean {
+        tracing::info!("agent-stopped");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        tracing::error!(
+            timeout = ?timeout,
+            "agent-stopped: tasks did not finish within agent.shutdown_timeout"
+        );
+        Ok(ExitCode::from(1))
+    }
+}

@@ -1,0 +1,76 @@
+//! One attempt of a job's task: the config mapped to an operation's
+//! options, the operation run.
+
+use anyhow::{anyhow, bail, Result};
+use refugio_core::drill::{self, Pick};
+use refugio_core::prune::DELETE_BATCH;
+use refugio_core::SystemClock;
+use refugio_schedule::TaskKind;
+use refugio_store::repo::Repository;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, JobConfig};
+
+/// What a task did.
+pub(super) enum Done {
+    Backup(Box<refugio_store::manifest::Manifest>),
+    Drill(Box<refugio_core::Receipt>),
+    Prune(u64),
+}
+
+/// One attempt of a task (`attempt` counts from 1, for the manifest).
+pub(super) async fn run_once(
+    repo: &Repository,
+    cfg: &Config,
+    job: &JobConfig,
+    kind: TaskKind,
+    attempt: u32,
+    cancel: &CancellationToken,
+) -> Result<Done> {
+    match kind {
+        TaskKind::Backup => {
+            let opts = job.backup_options(&cfg.repository, attempt)?;
+            let m = refugio_core::backup(repo, &opts, &SystemClock, cancel).await?;
+            Ok(Done::Backup(Box::new(m)))
+        }
+        TaskKind::Drill => {
+            let scratch = job.scratch.as_deref().ok_or_else(|| {
+                anyhow!(
+                    "job {}: no scratch target: set `scratch` (a server URL or \"ephemeral\")",
+                    job.name
+                )
+            })?;
+            let opts = job.drill_options(scratch, job.pg_bindir.clone())?;
+            let (m, history) = drill::pick(repo, &job.name, Pick::Newest).await?;
+            let r = refugio_core::drill(repo, &m, &history, &opts, &SystemClock, cancel).await?;
+            Ok(Done::Drill(Box::new(r)))
+        }
+        TaskKind::Prune => {
+            let r = job
+                .retention
+                .as_ref()
+                .ok_or_else(|| anyhow!("job {} has no retention policy", job.name))?;
+            let opts = r.prune_options(
+                &job.name,
+                cfg.repository.object_lock.is_some(),
+                false,
+                DELETE_BATCH,
+            )?;
+            let report = refugio_core::prune(repo, &opts, &SystemClock, cancel).await?;
+            if report.has_errors() {
+                bail!(
+                    "prune of job {}: {} delete(s) failed: {}",
+                    job.name,
+                    report.failed_deletes.len(),
+                    report
+                        .failed_deletes
+                        .iter()
+                        .map(|f| format!("{}: {}", f.key, f.error))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+            }
+            Ok(Done::Prune(report.deleted_backups.len() as u64))
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Errors of the operations: one enum with structured fields, and
+//! [`Error::is_temporary`] for the retry layer in the binary.
+
+use std::io;
+
+/// Result of an operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why an operation failed. A backup that fails commits nothing; a restore
+/// changed nothing on the target unless said.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] refugio_store::Error),
+
+    #[error(transparent)]
+    Pg(#[from] refugio_dump::Error),
+
+    #[error("job {job}: the source URL names no database and `database` is not set")]
+    NoDatabase { job: String },
+
+    #[error("job {job}: choosing {tool} for the server at {server}")]
+    Tool {
+        job: String,
+        tool: &'static str,
+        server: String,
+        #[source]
+        source: Box<refugio_dump::Error>,
+    },
+
+    #[error("job {job}: taking the snapshot")]
+    Snapshot {
+        job: String,
+        #[source]
+        source: Box<refugio_dump::Error>,
+    },
+
+    #[error("job {job}: {what}")]
+    Dump {
+        job: String,
+        /// `dumping database app`, `dumping globals (roles) with pg_dumpall`.
+        what: String,
+        #[source]
+        source: Box<refugio_store::Error>,
+    },
+
+    #[error("job {job}: repository.object_lock is configured, but the retention could not be set on {key}; run `refugio config check` (the bucket must be created with object lock enabled)")]
+    ObjectLock {
+        job: String,
+        key: String,
+        #[source]
+        source: Box<refugio_store::Error>,
+    },
+
+    #[error("job {job}: writing the manifest")]
+    Commit {
+        job: String,
+        #[source]
+        source: Box<refugio_store::Error>,
+    },
+
+    #[error("{what} cancelled{}", if detail.is_empty() { String::new() } else { format!("; {detail}") })]
+    Cancelled {
+        /// `backup of job app`, `drill`, `prune of job app`.
+        what: String,
+        /// What was cleaned up, or left for garbage collection.
+        detail: String,
+    },
+
+    #[error("job {job}: no backup to drill in {store}")]
+    NothingToDrill { job: String, store: String },
+
+    #[error("job {job}: every backup is verified")]
+    AllVerified { job: String },
+
+    #[error("target database {database} on {target} already has {tables} user table(s) (e.g. {example}); refusing to restore over it without --clean")]
+    TargetNotEmpty {
+        target: String,
+        database: String,
+        tables: i64,
+        example: String,
+    },
+
+    #[error("target database {database} does not exist on {target}; pass --create to create it")]
+    TargetMissing { target: String, database: String },
+
+    #[error("backup {backup} has no {kind} artifact")]
+    NoArtifact { backup: String, kind: String },
+
+    #[error("artifact {key}: {detail}")]
+    Artifact { key: String, detail: String },
+
+    #[error("fetching {key} failed, nothing was restored from it: {source}")]
+    Fetch {
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("applying globals (roles) failed: {0}")]
+    Globals(String),
+
+    #[error("ephemeral drill cluster: {0}")]
+    Ephemeral(String),
+
+    #[error("temporary file for a parallel restore in {dir}: {source}")]
+    TempFile {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// Whether the same operation may succeed if run again soon: the store
+    /// or the server unreachable, throttling, a lock timeout. Everything
+    /// else (authentication, a missing binary, bad content, cancellation)
+    /// is permanent.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Error::Store(e) => store_temporary(e),
+            Error::Commit { source, .. } | Error::Dump { source, .. } => store_temporary(source),
+            Error::Pg(e) => e.is_temporary(),
+            Error::Snapshot { source, .. } => source.is_temporary(),
+            Error::Fetch { source, .. } => io_temporary(source),
+            _ => false,
+        }
+    }
+}
+
+/// A store error worth a retry, including a producer (pg_dump) that gave
+/// up on a lock.
+fn store_temporary(e: &refugio_store::Error) -> bool {
+    match e {
+        refugio_store::Error::Source { source, .. } => {
+            refugio_dump::process::tool_error(source).is_some_and(|t| t.is_temporary())
+                || io_temporary(source)
+        }
+        e => e.is_temporary(),
+    }
+}
+
+/// Connection trouble, as the operating system reports it.
+pub fn io_temporary(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::TimedOut
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_and_permanent() {
+        let slow = refugio_store::Error::S3 {
+            op: "PutObject",
+            store: "s3://b".into(),
+            key: "k".into(),
+            message: "SlowDown".into(),
+            temporary: true,
+        };
+        assert!(Error::Commit {
+            job: "a".into(),
+            source: Box::new(slow)
+        }
+        .is_temporary());
+        assert!(Error::Fetch {
+            key: "k".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionReset)
+        }
+        .is_temporary());
+        assert!(!Error::NoDatabase { job: "a".into() }.is_temporary());
+        assert!(!Error::Cancelled {
+            what: "backup".into(),
+            detail: String::new()
+        }
+        .is_temporary());
+    }
+}

@@ -1,0 +1,87 @@
+//! One paginated listing of a job's prefix, summarised per backup id: what
+//! prune and status decide from, without reading a manifest. A backup's
+//! time is its id (the UTC start time), its drill state is in its receipts'
+//! names, a pin is an object named `pinned`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use futures::TryStreamExt;
+use refugio_store::manifest::MANIFEST_NAME;
+use refugio_store::repo::Repository;
+
+use crate::error::Result;
+use crate::pins::PIN_NAME;
+use crate::receipt::ReceiptName;
+
+/// What the listing says of one backup id.
+#[derive(Debug, Default)]
+pub(crate) struct Listed {
+    pub committed: bool,
+    pub pinned: bool,
+    pub ok_receipt: bool,
+    pub failed_receipt: bool,
+    /// Receipts named without their outcome (written by refugio < 0.2).
+    pub legacy_receipts: Vec<String>,
+    /// Every key but the manifest.
+    pub others: Vec<String>,
+    pub newest: Option<DateTime<Utc>>,
+    pub newest_receipt: Option<DateTime<Utc>>,
+    /// Bytes of every object.
+    pub bytes: u64,
+}
+
+/// The start time encoded in a backup id (`20261128T060000Z[-n]`).
+pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    let stamp = id.get(..16)?;
+    NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// One paginated listing of a job, summarised per backup id.
+pub(crate) async fn list_job(repo: &Repository, job: &str) -> Result<BTreeMap<String, Listed>> {
+    let prefix = format!("{job}/");
+    let mut listed: BTreeMap<String, Listed> = BTreeMap::new();
+    let mut objects = repo.store().list(&prefix);
+    while let Some(o) = objects.try_next().await? {
+        let rest = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
+        let Some((id, name)) = rest.split_once('/') else {
+            continue;
+        };
+        let entry = listed.entry(id.to_string()).or_default();
+        entry.newest = entry.newest.max(o.last_modified);
+        entry.bytes += o.size;
+        if name == MANIFEST_NAME {
+            entry.committed = true;
+            continue;
+        }
+        let receipt = ReceiptName::parse(name);
+        match receipt {
+            _ if name == PIN_NAME => entry.pinned = true,
+            Some(ReceiptName::Ok) => entry.ok_receipt = true,
+            Some(ReceiptName::Failed) => entry.failed_receipt = true,
+            Some(ReceiptName::Legacy) => entry.legacy_receipts.push(o.key.clone()),
+            None => {}
+        }
+        if receipt.is_some() {
+            entry.newest_receipt = entry.newest_receipt.max(o.last_modified);
+        }
+        entry.others.push(o.key);
+    }
+    Ok(listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_their_time() {
+        let t = id_time("20261128T060000Z").expect("time");
+        assert_eq!(t.to_rfc3339(), "2026-11-28T06:00:00+00:00");
+        assert_eq!(id_time("20261128T060000Z-2"), Some(t));
+        assert_eq!(id_time("manual-backup"), None);
+        assert_eq!(id_time("20261399T060000Z"), None);
+    }
+}

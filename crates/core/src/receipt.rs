@@ -1,0 +1,202 @@
+//! Drill receipts: what a drill wrote beside the manifest, how their names
+//! say the outcome (`verify-<time>-ok.json` / `-failed.json`; older refugio
+//! wrote `verify-<time>.json`), and the one place receipts are read back.
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use refugio_store::repo::Repository;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::measure::Rpo;
+
+/// Receipt format version.
+pub const RECEIPT_FORMAT: &str = "1.0";
+/// Largest receipt read back; a bigger object is not one of ours.
+const MAX_RECEIPT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// One table's count compared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountCheck {
+    pub table: String,
+    pub expected: i64,
+    pub actual: Option<i64>,
+    pub ok: bool,
+}
+
+/// One SQL check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SqlCheck {
+    pub sql: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// A target and whether it was met.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub measured_seconds: Option<f64>,
+    pub target_seconds: Option<f64>,
+    pub met: Option<bool>,
+}
+
+/// Wall times of the drill's phases, seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Phases {
+    /// Fetch, digest check, decompression and restore (streamed together).
+    pub fetch_restore_seconds: f64,
+    pub analyze_seconds: f64,
+    pub checks_seconds: f64,
+}
+
+/// The restore receipt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub format: String,
+    pub job: String,
+    pub backup_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// Restore and every check passed (the backup is verified).
+    pub verified: bool,
+    /// `verified` and every target met.
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub refugio_version: String,
+    pub scratch_kind: String,
+    pub scratch_server_version: Option<String>,
+    pub restore_tool: Option<String>,
+    /// Artifact digests checked while streaming: name → sha256.
+    pub digests_checked: Vec<(String, String)>,
+    pub counts: Vec<CountCheck>,
+    pub large_objects: Option<(i64, i64)>,
+    pub schema_fingerprint: Option<(String, String)>,
+    pub checks: Vec<SqlCheck>,
+    pub phases: Phases,
+    pub rto: Target,
+    pub rpo: Target,
+    pub rpo_detail: Rpo,
+}
+
+impl Receipt {
+    /// Object name beside the manifest: `verify-<time>-ok.json` when the
+    /// backup restored and passed its checks, `-failed.json` otherwise, so
+    /// retention can tell verified backups from a listing alone.
+    pub fn name(&self) -> String {
+        format!(
+            "verify-{}-{}.json",
+            self.started_at.format("%Y%m%dT%H%M%S%.3fZ"),
+            if self.verified { "ok" } else { "failed" }
+        )
+    }
+}
+
+/// What a receipt's object name says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptName {
+    /// `verify-<time>-ok.json`: the backup was verified.
+    Ok,
+    /// `verify-<time>-failed.json`: the drill found the backup bad.
+    Failed,
+    /// `verify-<time>.json` (refugio < 0.2): the outcome is inside.
+    Legacy,
+}
+
+impl ReceiptName {
+    /// Classifies an object name (the part after `<job>/<id>/`); `None`
+    /// when it is not a receipt.
+    pub fn parse(name: &str) -> Option<ReceiptName> {
+        if !name.starts_with("verify-") || !name.ends_with(".json") {
+            return None;
+        }
+        Some(if name.ends_with("-ok.json") {
+            ReceiptName::Ok
+        } else if name.ends_with("-failed.json") {
+            ReceiptName::Failed
+        } else {
+            ReceiptName::Legacy
+        })
+    }
+}
+
+/// Reads one receipt object; `None` when it is gone or not a receipt this
+/// refugio can parse (logged).
+pub async fn read(repo: &Repository, key: &str) -> Result<Option<Receipt>> {
+    let Some(bytes) = repo.read_small(key, MAX_RECEIPT_BYTES).await? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<Receipt>(&bytes) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "receipt-unreadable");
+            Ok(None)
+        }
+    }
+}
+
+/// Whether any of these outcome-less (legacy) receipts says "verified".
+/// Only the `verified` field is read, so receipts of any older layout count.
+pub async fn any_verified(repo: &Repository, keys: &[String]) -> Result<bool> {
+    for key in keys {
+        let Some(bytes) = repo.read_small(key, MAX_RECEIPT_BYTES).await? else {
+            continue;
+        };
+        let verified = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("verified").and_then(serde_json::Value::as_bool))
+            .unwrap_or(false);
+        if verified {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Every receipt of a job: (backup id, receipt).
+pub async fn read_all(repo: &Repository, job: &str) -> Result<Vec<(String, Receipt)>> {
+    let prefix = format!("{job}/");
+    let keys: Vec<String> = repo
+        .store()
+        .list(&prefix)
+        .try_filter_map(|m| {
+            let keep = m
+                .key
+                .rsplit('/')
+                .next()
+                .and_then(ReceiptName::parse)
+                .is_some();
+            futures::future::ready(Ok(keep.then_some(m.key)))
+        })
+        .try_collect()
+        .await?;
+    let mut out = Vec::new();
+    for key in keys {
+        if let Some(rec) = read(repo, &key).await? {
+            out.push((rec.backup_id.clone(), rec));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_say_the_outcome() {
+        assert_eq!(
+            ReceiptName::parse("verify-20261128T060000.123Z-ok.json"),
+            Some(ReceiptName::Ok)
+        );
+        assert_eq!(
+            ReceiptName::parse("verify-20261128T060000.123Z-failed.json"),
+            Some(ReceiptName::Failed)
+        );
+        assert_eq!(
+            ReceiptName::parse("verify-20261128T060000.123Z.json"),
+            Some(ReceiptName::Legacy)
+        );
+        assert_eq!(ReceiptName::parse("manifest.json"), None);
+        assert_eq!(ReceiptName::parse("pinned"), None);
+    }
+}

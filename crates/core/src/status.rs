@@ -1,0 +1,53 @@
+//! What the repository holds of a job, from one listing: for metrics,
+//! `/readyz` and the agent's decisions (catch-up, "another replica did it").
+
+use chrono::{DateTime, Utc};
+use refugio_store::repo::Repository;
+
+use crate::error::Result;
+use crate::listing::{id_time, list_job};
+use crate::receipt;
+
+/// A job's backups as one listing shows them.
+#[derive(Debug, Default, Clone)]
+pub struct JobStatus {
+    /// Committed backups.
+    pub backups: u64,
+    /// Bytes of the committed backups' objects.
+    pub bytes: u64,
+    /// Newest committed backup: id and start time.
+    pub newest: Option<(String, DateTime<Utc>)>,
+    /// Start time of the newest backup a drill verified.
+    pub newest_verified: Option<DateTime<Utc>>,
+    /// When the newest committed backup's latest drill receipt was written.
+    pub newest_drilled_at: Option<DateTime<Utc>>,
+}
+
+/// The job's status from one listing; receipts without an outcome in
+/// their name (older refugio) are read.
+pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
+    let listed = list_job(repo, job).await?;
+    let mut st = JobStatus::default();
+    // Newest first: once a verified backup is found, older ones need no
+    // receipt reads.
+    for (id, l) in listed.iter().rev().filter(|(_, l)| l.committed) {
+        st.backups += 1;
+        st.bytes += l.bytes;
+        let Some(time) = id_time(id) else { continue };
+        if st.newest.as_ref().is_none_or(|(_, t)| time > *t) {
+            st.newest = Some((id.clone(), time));
+            st.newest_drilled_at = l.newest_receipt;
+        }
+        // Old receipts are fetched only when they could move the answer
+        // (the agent calls this every minute).
+        let newer = st.newest_verified.is_none_or(|t| time > t);
+        let verified = l.ok_receipt
+            || (newer
+                && !l.legacy_receipts.is_empty()
+                && receipt::any_verified(repo, &l.legacy_receipts).await?);
+        if verified && newer {
+            st.newest_verified = Some(time);
+        }
+    }
+    Ok(st)
+}
