@@ -93,7 +93,9 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("object {key} in {store} is larger than {limit} bytes, more than such an object can be")]
+    #[error(
+        "object {key} in {store} is larger than {limit} bytes, more than such an object can be"
+    )]
     TooLarge {
         store: String,
         key: String,
