@@ -194,8 +194,11 @@ fn this_version() -> Redaction {
     check("version", |c| text(c) == Some(env!("CARGO_PKG_VERSION")))
 }
 
+/// `16.4`, or a packager's `16.4 (Debian 16.4-1)`.
 fn is_pg16_version(s: &str) -> bool {
-    s.strip_prefix("16.")
+    let version = s.split(' ').next().unwrap_or_default();
+    version
+        .strip_prefix("16.")
         .is_some_and(|minor| minor.parse::<u32>().is_ok())
 }
 
