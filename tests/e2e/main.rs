@@ -9,3 +9,4 @@ mod failures;
 mod lock;
 mod prune;
 mod roundtrip;
+mod snapshots;
