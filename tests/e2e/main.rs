@@ -9,4 +9,6 @@ mod failures;
 mod lock;
 mod prune;
 mod roundtrip;
+mod snapshot_metrics;
+mod snapshot_support;
 mod snapshots;
