@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use refugio_testkit::{s3, Cluster};
+use refugio_testkit::{s3, Cluster, SlowProxy, Slowdown};
 use serde_json::Value;
 
 use crate::common::*;
@@ -522,12 +522,23 @@ async fn three_agents_one_database_each_run_happens_once() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_slower_than_its_interval_never_overlaps_itself() -> Result<()> {
     let target = s3::moto()?;
+    // Slow by construction, not by row volume (a dump of many rows is slow
+    // only on a slow machine, and costs CPU): the agent reaches moto through
+    // a proxy that holds every request 2 s. Between a backup's started_at
+    // and finished_at come at least two requests (the listing that picks
+    // its id, the dump's put), so each backup takes at least 4 s, four times
+    // its 1 s interval, on any machine. The test's own listings go to moto
+    // directly.
+    let proxy = SlowProxy::start(&target, Slowdown::delay(Duration::from_secs(2)))?;
     let repo = Repo::s3(target.clone(), "overlap");
+    let slow_repo = Repo::S3 {
+        target: proxy.target(),
+        prefix: prefix_of(&repo),
+    };
     let env = repo.env();
     let tmp = tempfile::tempdir()?;
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
-    refugio_testkit::sample::load_bulk(&src, "app", 600_000).await?;
     let port = free_port()?;
     let job_toml = job(
         "app",
@@ -535,8 +546,17 @@ async fn a_backup_slower_than_its_interval_never_overlaps_itself() -> Result<()>
         "app",
         "globals = false\n[jobs.schedule]\nbackup = { every = \"1s\" }\ncatch_up = false\n",
     );
+    let slow_dir = tmp.path().join("agent");
+    std::fs::create_dir_all(&slow_dir)?;
+    let slow_config = agent_config(
+        &slow_dir,
+        &slow_repo,
+        port,
+        "",
+        std::slice::from_ref(&job_toml),
+    );
     let config = agent_config(tmp.path(), &repo, port, "", &[job_toml]);
-    let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
+    let agent = Agent::start(&slow_config, &env, port, tmp.path().join("agent.log"))?;
     wait_until("two backups", Duration::from_secs(90), || {
         Ok(backups(&config, &env)?.len() >= 2)
     })
