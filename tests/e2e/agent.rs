@@ -251,17 +251,29 @@ async fn agent_backs_up_on_schedule_and_metrics_match_the_repository() -> Result
     Ok(())
 }
 
+/// Rows of the signals test's slow job: about 46 MiB of dump after zstd.
+const OTHER_ROWS: i64 = 600_000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_back_up_drill_reload_and_stop_cleanly() -> Result<()> {
     let target = s3::moto()?;
     let repo = Repo::s3(target.clone(), "signals");
+    // The agent reaches moto through a proxy, at full speed until the slow
+    // backup below.
+    let proxy = SlowProxy::start(&target, Slowdown::NONE)?;
+    let agent_repo = Repo::S3 {
+        target: proxy.target(),
+        prefix: prefix_of(&repo),
+    };
     let env = repo.env();
     let tmp = tempfile::tempdir()?;
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
     src.create_database("other").await?;
     refugio_testkit::sample::load_sample(&src, "app").await?;
-    refugio_testkit::sample::load_bulk(&src, "other", 1_500_000).await?;
+    // More than the four 8 MiB parts the uploader holds at once, so the
+    // dump is still being read when SIGTERM lands.
+    refugio_testkit::sample::load_bulk(&src, "other", OTHER_ROWS).await?;
     let scratch = Cluster::start(16).await?;
     let port = free_port()?;
     // Never scheduled (1 January), no catch-up: only signals start work.
@@ -275,7 +287,13 @@ async fn signals_back_up_drill_reload_and_stop_cleanly() -> Result<()> {
             scratch.url("postgres")
         ),
     );
-    let config = agent_config(tmp.path(), &repo, port, "", std::slice::from_ref(&app));
+    let config = agent_config(
+        tmp.path(),
+        &agent_repo,
+        port,
+        "",
+        std::slice::from_ref(&app),
+    );
     let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
     std::thread::sleep(Duration::from_secs(2));
     assert!(
@@ -349,12 +367,16 @@ async fn signals_back_up_drill_reload_and_stop_cleanly() -> Result<()> {
 
     // SIGHUP with a new job: SIGUSR1 then backs it up too.
     let other = job("other", &src, "other", &format!("globals = false\n{quiet}"));
-    agent_config(tmp.path(), &repo, port, "", &[app, other]);
+    agent_config(tmp.path(), &agent_repo, port, "", &[app, other]);
     agent.signal(Signal::SIGHUP)?;
     wait_until("reload", Duration::from_secs(10), || {
         Ok(agent.log_text().contains("config-reloaded"))
     })?;
-    // The new job's backup (1.5M rows) is slow: SIGTERM lands mid-upload.
+    // The new job's backup is slow by construction: from now on every
+    // request to the store waits 2 s, so once its multipart upload exists,
+    // its parts, the completion and the manifest (at least 6 s) are still to
+    // come: SIGTERM lands mid-upload however fast the machine.
+    proxy.set(Slowdown::delay(Duration::from_secs(2)));
     agent.signal(Signal::SIGUSR1)?;
     let other_cfg = tmp.path().join("other.toml");
     std::fs::write(
@@ -500,9 +522,13 @@ async fn three_agents_one_database_each_run_happens_once() -> Result<()> {
     for a in agents {
         assert!(a.stop(Duration::from_secs(30))?.success());
     }
+    // Only backups that started while all three ran: the agents start and
+    // stop one after another, and a fire instant during those seconds (one
+    // more on a slow machine) would count against the expected number.
     let ids: Vec<DateTime<Utc>> = backups(&configs[0], &env)?
         .iter()
         .filter_map(|m| m["started_at"].as_str()?.parse().ok())
+        .filter(|t| (started..=stopped).contains(t))
         .collect();
     // Fire instants while all three ran: one backup each, never two.
     let slots: Vec<i64> = ids.iter().map(|t| t.timestamp() / 5).collect();

@@ -64,8 +64,8 @@ pub fn job(name: &str, cluster: &Cluster, db: &str, extra: &str) -> String {
     )
 }
 
-/// Runs the binary with `args` and `env`; never inherits AWS credentials.
-pub fn refugio(args: &[&str], env: &[(String, String)]) -> Output {
+/// The binary with `args` and `env`; never inherits AWS credentials.
+pub fn refugio_command(args: &[&str], env: &[(String, String)]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"));
     cmd.args(args)
         .env_remove("REFUGIO_CONFIG")
@@ -73,11 +73,19 @@ pub fn refugio(args: &[&str], env: &[(String, String)]) -> Output {
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_PROFILE")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("REFUGIO_LOG", "info");
+        .env("REFUGIO_LOG", "info")
+        .stdin(std::process::Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("running refugio")
+    cmd
+}
+
+/// Runs the binary with `args` and `env`; never inherits AWS credentials.
+pub fn refugio(args: &[&str], env: &[(String, String)]) -> Output {
+    refugio_command(args, env)
+        .output()
+        .expect("running refugio")
 }
 
 /// Runs and demands success; returns stdout.

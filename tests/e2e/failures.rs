@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use refugio_testkit::{s3, Cluster, PASSWORD_USER, PASSWORD_USER_PASSWORD};
+use refugio_testkit::{s3, Cluster, SlowProxy, Slowdown, PASSWORD_USER, PASSWORD_USER_PASSWORD};
 
 use crate::common::*;
 
@@ -82,27 +82,44 @@ struct MidStream {
     config: std::path::PathBuf,
     child: std::process::Child,
     pg_dump: u32,
+    _proxy: SlowProxy,
     _tmp: tempfile::TempDir,
     _src: Cluster,
 }
 
+/// Rows of [`backup_caught_mid_stream`]'s table: about 23 MiB of dump
+/// after zstd, more than twice what the uploader holds (two 5 MiB parts).
+const MID_STREAM_ROWS: i64 = 300_000;
+
+/// A config file in `dir`: `repo` with 5 MiB parts, one at a time, and `job`.
+fn write_config_small_parts(dir: &std::path::Path, repo: &Repo, job: &str) -> std::path::PathBuf {
+    let path = dir.join("refugio.toml");
+    let text = format!(
+        "{}part_size = \"5MiB\"\nupload_concurrency = 1\n\n[[jobs]]\n{job}\n",
+        repo.toml()
+    );
+    std::fs::write(&path, text).expect("writing config");
+    path
+}
+
 async fn backup_caught_mid_stream(name: &str) -> Result<MidStream> {
     let target = s3::moto()?;
+    // Slow by construction, not by CPU (zstd at a high level) or row volume:
+    // refugio keeps at most two 5 MiB parts in memory and reaches moto
+    // through a proxy that holds every request 2 s. When the multipart
+    // upload appears, it has read at most 10 MiB of a 23 MiB dump and waits
+    // at least 2 s for its first part: pg_dump is blocked writing, alive,
+    // and the backup unfinished, on any machine.
+    let proxy = SlowProxy::start(&target, Slowdown::delay(Duration::from_secs(2)))?;
     let tmp = tempfile::tempdir()?;
-    let repo = Repo::s3(target.clone(), name);
+    let repo = Repo::s3(proxy.target(), name);
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
-    refugio_testkit::sample::load_bulk(&src, "app", 3_000_000).await?;
-    // zstd level 19 makes the dump slow enough to be caught mid-stream.
-    let config = write_config(
+    refugio_testkit::sample::load_bulk(&src, "app", MID_STREAM_ROWS).await?;
+    let config = write_config_small_parts(
         tmp.path(),
         &repo,
-        &job(
-            "app",
-            &src,
-            "app",
-            "compression_level = 19\nglobals = false\n",
-        ),
+        &job("app", &src, "app", "globals = false\n"),
     );
     let env = repo.env();
     let (child, pg_dump) = spawn_backup(config.to_str().unwrap_or_default(), &env)?;
@@ -121,6 +138,7 @@ async fn backup_caught_mid_stream(name: &str) -> Result<MidStream> {
         config,
         child,
         pg_dump,
+        _proxy: proxy,
         _tmp: tmp,
         _src: src,
     })
@@ -135,6 +153,7 @@ async fn pg_dump_killed_mid_stream_commits_nothing_and_leaves_no_upload() -> Res
         config,
         child,
         pg_dump,
+        _proxy,
         _tmp,
         _src,
     } = backup_caught_mid_stream("killed").await?;
@@ -236,7 +255,7 @@ async fn password_is_never_on_a_command_line_or_in_logs() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
-    refugio_testkit::sample::load_bulk(&src, "app", 600_000).await?;
+    refugio_testkit::sample::load_bulk(&src, "app", MID_STREAM_ROWS).await?;
     src.psql(
         "app",
         &format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {PASSWORD_USER}"),
@@ -244,21 +263,23 @@ async fn password_is_never_on_a_command_line_or_in_logs() -> Result<()> {
     .await?;
     let pwfile = tmp.path().join("pw");
     std::fs::write(&pwfile, format!("{PASSWORD_USER_PASSWORD}\n"))?;
-    let repo = Repo::dir(tmp.path());
-    let config = write_config(
+    // pg_dump stays alive to be looked at because the store is slow, as in
+    // backup_caught_mid_stream; full speed again once it has been.
+    let proxy = SlowProxy::start(&s3::moto()?, Slowdown::delay(Duration::from_secs(2)))?;
+    let repo = Repo::s3(proxy.target(), "pwcmdline");
+    let config = write_config_small_parts(
         tmp.path(),
         &repo,
         &format!(
-            "name = \"app\"\nsource = {:?}\npassword_file = {:?}\npg_bindir = {:?}\ncompression_level = 15\n",
+            "name = \"app\"\nsource = {:?}\npassword_file = {:?}\npg_bindir = {:?}\n",
             src.url_as(PASSWORD_USER, None, "app"),
             pwfile.display().to_string(),
             src.bindir().display().to_string()
         ),
     );
-    let (child, pg_dump) = spawn_backup(
-        config.to_str().unwrap_or_default(),
-        &[("REFUGIO_LOG".into(), "debug".into())],
-    )?;
+    let mut env = repo.env();
+    env.push(("REFUGIO_LOG".into(), "debug".into()));
+    let (child, pg_dump) = spawn_backup(config.to_str().unwrap_or_default(), &env)?;
     let cmdline =
         std::fs::read(format!("/proc/{pg_dump}/cmdline")).context("reading pg_dump's cmdline")?;
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
@@ -273,6 +294,7 @@ async fn password_is_never_on_a_command_line_or_in_logs() -> Result<()> {
     let own = String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", child.id()))?)
         .into_owned();
     assert!(!own.contains(PASSWORD_USER_PASSWORD));
+    proxy.set(Slowdown::NONE);
     let out = child.wait_with_output()?;
     let text = all_output(&out);
     assert!(out.status.success(), "{text}");
@@ -518,6 +540,51 @@ async fn missing_target_database_needs_create() -> Result<()> {
     Ok(())
 }
 
+/// Runs the binary like [`refugio`] in the background: the receiver hears
+/// of each line of its stderr that contains `needle`, the task yields its
+/// output once it exits.
+fn refugio_watching(
+    args: &[&str],
+    env: &[(String, String)],
+    needle: &'static str,
+) -> Result<(
+    std::sync::mpsc::Receiver<()>,
+    tokio::task::JoinHandle<std::process::Output>,
+)> {
+    use std::io::{BufRead, Read};
+    let mut child = refugio_command(args, env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().context("refugio's stdout")?;
+    let stderr = child.stderr.take().context("refugio's stderr")?;
+    let (seen, heard) = std::sync::mpsc::channel();
+    let task = tokio::task::spawn_blocking(move || {
+        let out = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = stdout.read_to_end(&mut bytes);
+            bytes
+        });
+        let mut err = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .split(b'\n')
+            .map_while(std::io::Result::ok)
+        {
+            if String::from_utf8_lossy(&line).contains(needle) {
+                let _ = seen.send(());
+            }
+            err.extend_from_slice(&line);
+            err.push(b'\n');
+        }
+        std::process::Output {
+            stdout: out.join().unwrap_or_default(),
+            stderr: err,
+            status: child.wait().expect("waiting for refugio"),
+        }
+    });
+    Ok((heard, task))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_truncate_neither_hangs_nor_commits_wrong_counts() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -566,10 +633,14 @@ async fn concurrent_truncate_neither_hangs_nor_commits_wrong_counts() -> Result<
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cfg = config.to_str().unwrap_or_default().to_string();
-    let backup = tokio::task::spawn_blocking(move || refugio(&["--config", &cfg, "backup"], &[]));
-    // Let the first attempt hit the lock timeout, then release the reader:
-    // the TRUNCATE goes through and a retry succeeds.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (retrying, backup) = refugio_watching(&["--config", &cfg, "backup"], &[], "retry")?;
+    // Once the first attempt has hit the lock timeout (refugio logs its
+    // retry; a fixed sleep could end before a slow machine even got to the
+    // lock), release the reader: the TRUNCATE goes through and a retry
+    // succeeds.
+    tokio::task::spawn_blocking(move || retrying.recv_timeout(Duration::from_secs(60)))
+        .await?
+        .context("the first attempt never hit the lock timeout")?;
     reader.rollback().await?;
     let out = tokio::time::timeout(Duration::from_secs(120), backup)
         .await
@@ -633,6 +704,7 @@ async fn ctrl_c_mid_stream_aborts_the_upload_and_commits_nothing() -> Result<()>
         config,
         child,
         pg_dump,
+        _proxy,
         _tmp,
         _src,
     } = backup_caught_mid_stream("sigint").await?;
