@@ -3,9 +3,11 @@
 //! `scripts/services start` (or `scripts/test`).
 
 mod agent;
+mod agent_signals;
 mod common;
 mod drill;
 mod failures;
 mod lock;
+mod mid_stream;
 mod prune;
 mod roundtrip;
