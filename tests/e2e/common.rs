@@ -1,10 +1,15 @@
-//! Helpers: running the binary, writing configs, reading manifests.
+//! Helpers: running the binary, writing configs, reading manifests, and
+//! running the agent ([`Agent`]) and talking to it.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use refugio_testkit::s3::S3Target;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use refugio_testkit::s3::{self, S3Target};
 use refugio_testkit::Cluster;
 use serde_json::Value;
 
@@ -64,8 +69,8 @@ pub fn job(name: &str, cluster: &Cluster, db: &str, extra: &str) -> String {
     )
 }
 
-/// Runs the binary with `args` and `env`; never inherits AWS credentials.
-pub fn refugio(args: &[&str], env: &[(String, String)]) -> Output {
+/// The binary with `args` and `env`; never inherits AWS credentials.
+pub fn refugio_command(args: &[&str], env: &[(String, String)]) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"));
     cmd.args(args)
         .env_remove("REFUGIO_CONFIG")
@@ -73,11 +78,19 @@ pub fn refugio(args: &[&str], env: &[(String, String)]) -> Output {
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env_remove("AWS_PROFILE")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("REFUGIO_LOG", "info");
+        .env("REFUGIO_LOG", "info")
+        .stdin(std::process::Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("running refugio")
+    cmd
+}
+
+/// Runs the binary with `args` and `env`; never inherits AWS credentials.
+pub fn refugio(args: &[&str], env: &[(String, String)]) -> Output {
+    refugio_command(args, env)
+        .output()
+        .expect("running refugio")
 }
 
 /// Runs and demands success; returns stdout.
@@ -200,4 +213,187 @@ pub async fn open_s3(
         ..Default::default()
     };
     Ok(refugio_store::open(&loc, &opts).await?)
+}
+
+/// A running `refugio run`; killed (SIGKILL) if the test drops it running.
+pub struct Agent {
+    child: Child,
+    port: u16,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn start(
+        config: &Path,
+        env: &[(String, String)],
+        port: u16,
+        log: PathBuf,
+    ) -> Result<Agent> {
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_refugio"))
+            .args(["--config", &config.display().to_string(), "run"])
+            .env_remove("REFUGIO_CONFIG")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("REFUGIO_LOG", "info,tokio_cron_scheduler=warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()?;
+        let agent = Agent { child, port, log };
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+
+    fn wait_ready(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = http_get(self.port, "/readyz") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("agent not ready within 60 s; log:\n{}", self.log_text())
+    }
+
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        kill(Pid::from_raw(self.child.id() as i32), sig)?;
+        Ok(())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metric(&self, line_prefix: &str) -> Result<Option<f64>> {
+        let (status, body) = http_get(self.port, "/metrics")?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        Ok(metric_value(&body, line_prefix))
+    }
+
+    /// SIGTERM, then the exit status (within `limit`).
+    pub fn stop(mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        self.signal(Signal::SIGTERM)?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent still running {limit:?} after SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A free 127.0.0.1 port for an agent's HTTP listener.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A GET over a plain TCP connection to 127.0.0.1: (status, body).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of the first sample line starting with `prefix`.
+pub fn metric_value(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `cond` every 200 ms until it holds, for at most `limit`.
+pub fn wait_until(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The repository's manifests, newest first (`refugio list --json`).
+pub fn backups(config: &Path, env: &[(String, String)]) -> Result<Vec<Value>> {
+    list(config, env)
+}
+
+/// Config: repository, `[agent]` on `port`, and the jobs.
+pub fn agent_config(
+    dir: &Path,
+    repo: &Repo,
+    port: u16,
+    agent_extra: &str,
+    jobs: &[String],
+) -> PathBuf {
+    let path = dir.join("refugio.toml");
+    let mut text = format!(
+        "{}\n[agent]\nlisten = \"127.0.0.1:{port}\"\nshutdown_timeout = \"30s\"\n{agent_extra}\n",
+        repo.toml()
+    );
+    for j in jobs {
+        text.push_str(&format!("\n[[jobs]]\n{j}\n"));
+    }
+    std::fs::write(&path, text).expect("config");
+    path
+}
+
+/// Pending multipart uploads under `prefix`, from a blocking context.
+pub fn multipart_uploads_left(target: &s3::S3Target, prefix: &str) -> Result<usize> {
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        rt.block_on(async {
+            let store = open_s3(target, prefix).await?;
+            anyhow::Ok(store.list_multipart_uploads("").await?.len())
+        })
+    })
+}
+
+/// The key prefix of an S3 repository (empty for a directory).
+pub fn prefix_of(repo: &Repo) -> String {
+    match repo {
+        Repo::S3 { prefix, .. } => prefix.clone(),
+        Repo::Dir(_) => String::new(),
+    }
 }

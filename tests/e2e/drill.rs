@@ -2,7 +2,7 @@
 //! server, receipts in the repository, failures named, nothing left behind.
 
 use anyhow::{Context, Result};
-use refugio_testkit::Cluster;
+use refugio_testkit::{s3, Cluster, SlowProxy, Slowdown};
 use rstest::rstest;
 use serde_json::Value;
 
@@ -416,9 +416,16 @@ async fn ctrl_c_during_a_drill_removes_the_scratch(#[case] ephemeral: bool) -> R
     let tmp = tempfile::tempdir()?;
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
-    refugio_testkit::sample::load_bulk(&src, "app", 1_000_000).await?;
+    refugio_testkit::sample::load_bulk(&src, "app", 100_000).await?;
     let scratch = Cluster::start(16).await?;
-    let repo = Repo::dir(tmp.path());
+    // Slow by construction, not by row volume: the drill reads the backup
+    // through a proxy that, once the backup is stored, passes 256 KiB/s.
+    // pg_restore cannot finish before the whole dump (about 8 MiB) has
+    // arrived, as its last chunk is held back until then, so it is still
+    // restoring when SIGINT lands, on any machine.
+    let proxy = SlowProxy::start(&s3::moto()?, Slowdown::NONE)?;
+    let repo = Repo::s3(proxy.target(), "drill-sigint");
+    let env = repo.env();
     let target = if ephemeral {
         "ephemeral".to_string()
     } else {
@@ -435,11 +442,13 @@ async fn ctrl_c_during_a_drill_removes_the_scratch(#[case] ephemeral: bool) -> R
         ),
     );
     let cfg = config.to_str().unwrap_or_default();
-    refugio_ok(&["--config", cfg, "backup"], &[])?;
+    refugio_ok(&["--config", cfg, "backup"], &env)?;
+    proxy.set(Slowdown::rate(256 * 1024));
     let bindir = src.bindir().display().to_string();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"))
         .args(["--config", cfg, "verify", "--pg-bindir", &bindir])
         .env_remove("REFUGIO_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;

@@ -3,10 +3,12 @@
 //! `scripts/services start` (or `scripts/test`).
 
 mod agent;
+mod agent_signals;
 mod common;
 mod drill;
 mod failures;
 mod lock;
+mod mid_stream;
 mod prune;
 mod roundtrip;
 mod snapshot_metrics;

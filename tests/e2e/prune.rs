@@ -2,15 +2,29 @@
 //! real drills, dry run and real run agreeing, garbage collected.
 
 use anyhow::{Context, Result};
-use refugio_testkit::{s3, Cluster};
+use refugio_testkit::{s3, Cluster, SlowProxy, Slowdown};
 use serde_json::Value;
 
 use crate::common::*;
 
 fn prune_json(cfg: &str, env: &[(String, String)], dry: bool) -> Result<Value> {
+    prune_json_at(cfg, env, dry, None)
+}
+
+/// [`prune_json`] deciding as if it were `now` (`--now`), when given.
+fn prune_json_at(
+    cfg: &str,
+    env: &[(String, String)],
+    dry: bool,
+    now: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Value> {
+    let now = now.map(|t| t.to_rfc3339());
     let mut args = vec!["--config", cfg, "prune", "--json"];
     if dry {
         args.push("--dry-run");
+    }
+    if let Some(now) = &now {
+        args.extend(["--now", now.as_str()]);
     }
     let out = refugio_ok(&args, env)?;
     let v: Value = serde_json::from_str(&out)?;
@@ -156,6 +170,10 @@ async fn gc_removes_orphans_and_stale_uploads_after_the_grace_period() -> Result
         unreachable!()
     };
     let store = open_s3(&target, prefix).await?;
+    // The grace period is judged at a given `--now`, not at whenever the
+    // prune gets to it: "within" stays within on a slow machine, and
+    // "after" needs no sleep.
+    let before_writes = chrono::Utc::now();
     // What a crashed backup leaves: an artifact without manifest, and an
     // unfinished multipart upload.
     store
@@ -169,21 +187,21 @@ async fn gc_removes_orphans_and_stale_uploads_after_the_grace_period() -> Result
         .await?;
     drop(upload);
     assert_eq!(store.list_multipart_uploads("app/").await?.len(), 1);
+    let after_grace = chrono::Utc::now() + chrono::Duration::seconds(3);
     // Within the grace period: reported nowhere, kept.
-    let early = prune_json(cfg, &env, true)?;
+    let early = prune_json_at(cfg, &env, true, Some(before_writes))?;
     assert_eq!(
         early["orphans"].as_array().map(Vec::len),
         Some(0),
         "{early}"
     );
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let dry = prune_json(cfg, &env, true)?;
+    let dry = prune_json_at(cfg, &env, true, Some(after_grace))?;
     assert_eq!(
         dry["orphans"],
         serde_json::json!(["app/20200101T000000Z/database.dump.zst"])
     );
     assert_eq!(dry["stale_uploads"].as_array().map(Vec::len), Some(1));
-    prune_json(cfg, &env, false)?;
+    prune_json_at(cfg, &env, false, Some(after_grace))?;
     assert!(
         store
             .head("app/20200101T000000Z/database.dump.zst")
@@ -207,7 +225,9 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
     use futures::{StreamExt, TryStreamExt};
     let target = s3::moto()?;
     let tmp = tempfile::tempdir()?;
-    let repo = Repo::s3(target.clone(), "kill9");
+    // refugio reaches moto through a proxy, at full speed until the prune.
+    let proxy = SlowProxy::start(&target, Slowdown::NONE)?;
+    let repo = Repo::s3(proxy.target(), "kill9");
     let env = repo.env();
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
@@ -292,6 +312,15 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
     };
     assert_eq!(manifests(store.clone()).await?.len(), n as usize + 1);
 
+    // Slow by construction: every delete request (a POST of DeleteObjects)
+    // waits 250 ms, so the four batches in flight delete at most 8 backups
+    // a second and the kill lands mid-way on any machine; the test's own
+    // requests go to moto directly.
+    proxy.set(Slowdown {
+        delay: std::time::Duration::from_millis(250),
+        only_method: Some("POST"),
+        bytes_per_second: None,
+    });
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"))
         // One backup per batch: many requests, so the kill lands mid-way.
         .args(["--config", cfg, "prune", "--batch", "1"])
@@ -318,6 +347,7 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
     }
     child.kill()?; // SIGKILL
     child.wait()?;
+    proxy.set(Slowdown::NONE);
 
     // Every manifest still there has all its artifacts.
     let keys: Vec<String> = store.list("app/").map_ok(|o| o.key).try_collect().await?;
