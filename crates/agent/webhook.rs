@@ -48,6 +48,10 @@ pub struct Event {
     pub backup_id: Option<String>,
     /// The error, for failures (never contains a password).
     pub error: Option<String>,
+    /// For drills: `passed`, `failed` (the backup is bad) or
+    /// `inconclusive` (it could not be checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
     pub at: DateTime<Utc>,
     /// Host name of the agent that sends it.
     pub agent: String,
@@ -189,6 +193,7 @@ mod tests {
             reason: "schedule".into(),
             backup_id: None,
             error: Some("x".into()),
+            outcome: None,
             at: Utc::now(),
             agent: hostname(),
         };

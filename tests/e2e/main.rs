@@ -9,6 +9,7 @@ mod drill;
 mod failures;
 mod lock;
 mod mid_stream;
+mod outcomes;
 mod prune;
 mod roundtrip;
 mod snapshot_metrics;

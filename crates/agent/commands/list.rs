@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use refugio_core::receipt::Outcome;
 
 use crate::cli::ListArgs;
 use crate::config::Config;
@@ -19,6 +20,7 @@ pub async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
                 Some(r) => serde_json::json!({
                     "verified": r.verified,
                     "passed": r.passed,
+                    "outcome": r.outcome().as_str(),
                     "at": r.started_at,
                     "rto_seconds": r.rto.measured_seconds,
                 }),
@@ -51,7 +53,11 @@ pub async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
         let m = &e.manifest;
         let (state, when, rto) = match &e.last_drill {
             Some(r) => (
-                if r.verified { "yes" } else { "FAILED" },
+                match r.outcome() {
+                    Outcome::Passed => "yes",
+                    Outcome::Failed => "FAILED",
+                    Outcome::Inconclusive => "no (inconcl.)",
+                },
                 r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 r.rto
                     .measured_seconds

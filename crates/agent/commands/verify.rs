@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 use refugio_core::drill::{self, Pick};
+use refugio_core::receipt::Outcome;
 use refugio_core::SystemClock;
 use tokio_util::sync::CancellationToken;
 
@@ -39,7 +40,14 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
             "drill of backup {} (job {}): {}",
             receipt.backup_id,
             receipt.job,
-            if receipt.passed { "PASSED" } else { "FAILED" }
+            match (receipt.outcome(), receipt.passed) {
+                (Outcome::Passed, true) => "PASSED",
+                (Outcome::Passed, false) =>
+                    "FAILED (the backup restored and checked out; a target was missed)",
+                (Outcome::Failed, _) => "FAILED (the backup is bad)",
+                (Outcome::Inconclusive, _) =>
+                    "INCONCLUSIVE (the backup could not be checked; it stays unverified)",
+            }
         );
         println!(
             "  restore + checks: {:.1}s (fetch+restore {:.1}s, analyze {:.1}s, checks {:.1}s); {} tables compared, {} SQL checks",

@@ -23,6 +23,7 @@ const SKIP_TASKS: [&str; 3] = ["backup", "drill", "prune"];
 const SKIP_REASONS: [&str; 2] = ["overlap", "lock"];
 pub(super) const SUCCESS: &str = "success";
 pub(super) const FAILURE: &str = "failure";
+pub(super) const INCONCLUSIVE: &str = "inconclusive";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct JobLabels {
@@ -190,7 +191,7 @@ impl Metrics {
         register(
             &mut registry,
             "refugio_drill_runs",
-            "Number of restore drills, by result (success, failure)",
+            "Number of restore drills, by result (success, failure: the backup is bad, inconclusive: it could not be checked)",
             None,
             drill_runs.clone(),
         );
@@ -301,6 +302,8 @@ impl Metrics {
             self.drill_runs.get_or_create_owned(&rl);
             self.prune_runs.get_or_create_owned(&rl);
         }
+        self.drill_runs
+            .get_or_create_owned(&result_labels(job, INCONCLUSIVE));
         self.prune_deleted.get_or_create_owned(&l);
         for task in SKIP_TASKS {
             for reason in SKIP_REASONS {
@@ -342,6 +345,7 @@ impl Metrics {
             self.drill_runs.remove(&rl);
             self.prune_runs.remove(&rl);
         }
+        self.drill_runs.remove(&result_labels(job, INCONCLUSIVE));
         let pairs = self
             .skip_pairs
             .lock()

@@ -8,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 
 use super::registry::{
     flag, job_labels, result_labels, saturating_i64, unix_seconds, FloatGauge, JobLabels, Metrics,
-    FAILURE, SUCCESS,
+    FAILURE, INCONCLUSIVE, SUCCESS,
 };
 
 impl Metrics {
@@ -84,6 +84,18 @@ impl Metrics {
                     .set(flag(rto <= target));
             }
         }
+    }
+
+    /// Records a drill that could not tell whether the backup is good
+    /// (store or scratch unreachable, no space, cancelled): counted, and
+    /// `refugio_drill_last_success` keeps the last conclusive answer.
+    pub fn drill_inconclusive(&self, job: &str, at: DateTime<Utc>) {
+        self.drill_runs
+            .get_or_create(&result_labels(job, INCONCLUSIVE))
+            .inc();
+        self.drill_last_timestamp
+            .get_or_create(&job_labels(job))
+            .set(unix_seconds(at));
     }
 
     /// Sets the current RPO (age of the newest verified backup). `None`

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use chrono::Utc;
+use refugio_core::receipt::Outcome;
 use refugio_core::JobStatus;
 use refugio_schedule::{
     needs_catch_up, Entry, Fire, FireReason, Guards, Scheduler, TaskKey, TaskKind,
@@ -24,6 +25,15 @@ use crate::config::{Config, JobConfig};
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::webhook::{Event, Outcomes, Webhook};
+
+/// What a finished task tells the webhook.
+struct Told {
+    ok: bool,
+    backup_id: Option<String>,
+    error: Option<String>,
+    /// Drills only.
+    outcome: Option<Outcome>,
+}
 
 /// The configuration in force and the repository it names.
 #[derive(Clone)]
@@ -270,7 +280,14 @@ impl Agent {
                     "task-failed: cannot take the job's lock on its source"
                 );
                 self.record_failure(&job, kind);
-                self.notify(&cur, &job, &fire, false, None, Some(format!("{e:#}")));
+                let outcome = (kind == TaskKind::Drill).then_some(Outcome::Inconclusive);
+                let told = Told {
+                    ok: false,
+                    backup_id: None,
+                    error: Some(format!("{e:#}")),
+                    outcome,
+                };
+                self.notify(&cur, &job, &fire, told);
                 return;
             }
         };
@@ -304,7 +321,18 @@ impl Agent {
             Ok(Done::Prune(_)) => (true, None, None),
             Err(e) => (false, None, Some(format!("{e:#}"))),
         };
-        self.notify(&cur, &job, &fire, ok, backup_id, error);
+        let drill_outcome = match (&outcome, kind) {
+            (Ok(Done::Drill(r)), _) => Some(r.outcome()),
+            (Err(_), TaskKind::Drill) => Some(Outcome::Inconclusive),
+            _ => None,
+        };
+        let told = Told {
+            ok,
+            backup_id,
+            error,
+            outcome: drill_outcome,
+        };
+        self.notify(&cur, &job, &fire, told);
         match outcome {
             Ok(Done::Backup(m)) => {
                 self.metrics.backup_succeeded(
@@ -323,17 +351,24 @@ impl Agent {
                     .await;
                 }
             }
-            Ok(Done::Drill(r)) => {
-                self.metrics.drill_finished(
-                    &job.name,
-                    r.finished_at,
-                    r.verified,
-                    r.rto.measured_seconds.map(Duration::from_secs_f64),
-                );
-                if !r.passed {
-                    tracing::error!(failures = ?r.failures, "drill-failed");
+            Ok(Done::Drill(r)) => match r.outcome() {
+                Outcome::Inconclusive => {
+                    self.metrics.drill_inconclusive(&job.name, r.finished_at);
+                    tracing::warn!(failures = ?r.failures,
+                        "drill-inconclusive: the backup could not be checked; it stays unverified");
                 }
-            }
+                _ => {
+                    self.metrics.drill_finished(
+                        &job.name,
+                        r.finished_at,
+                        r.verified,
+                        r.rto.measured_seconds.map(Duration::from_secs_f64),
+                    );
+                    if !r.passed {
+                        tracing::error!(failures = ?r.failures, "drill-failed");
+                    }
+                }
+            },
             Ok(Done::Prune(deleted)) => self.metrics.prune_finished(&job.name, true, deleted),
             Err(e) => {
                 if cancel.is_cancelled() {
@@ -354,15 +389,13 @@ impl Agent {
 
     /// Sends a failure/recovery webhook in the background (never delays
     /// or fails the task).
-    fn notify(
-        &self,
-        cur: &Current,
-        job: &JobConfig,
-        fire: &Fire,
-        ok: bool,
-        backup_id: Option<String>,
-        error: Option<String>,
-    ) {
+    fn notify(&self, cur: &Current, job: &JobConfig, fire: &Fire, told: Told) {
+        let Told {
+            ok,
+            backup_id,
+            error,
+            outcome,
+        } = told;
         let kind = fire.key.kind.as_str();
         let Some(event) = self.outcomes.record(&job.name, kind, ok) else {
             return;
@@ -377,6 +410,7 @@ impl Agent {
             reason: fire.reason.to_string(),
             backup_id,
             error,
+            outcome: outcome.map(|o| o.as_str().to_string()),
             at: Utc::now(),
             agent: self.hostname.clone(),
         };
@@ -393,9 +427,8 @@ impl Agent {
     fn record_failure(&self, job: &JobConfig, kind: TaskKind) {
         match kind {
             TaskKind::Backup => self.metrics.backup_failed(&job.name),
-            TaskKind::Drill => self
-                .metrics
-                .drill_finished(&job.name, Utc::now(), false, None),
+            // A drill that returns an error never checked the backup.
+            TaskKind::Drill => self.metrics.drill_inconclusive(&job.name, Utc::now()),
             TaskKind::Prune => self.metrics.prune_finished(&job.name, false, 0),
         }
     }

@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::measure;
-use crate::receipt::{self, CountCheck, Phases, Receipt, SqlCheck, Target, RECEIPT_FORMAT};
+use crate::receipt::{
+    self, CountCheck, Outcome, Phases, Receipt, SqlCheck, Target, RECEIPT_FORMAT,
+};
 use crate::restore::{restore_into, RestoreOptions};
 
 /// Prefix of scratch databases; leftovers with it are dropped by the next drill.
@@ -70,6 +72,70 @@ pub fn scratch_name(backup_id: &str) -> String {
         })
         .collect();
     format!("{SCRATCH_PREFIX}{id}")
+}
+
+/// What the checks found, beside the receipt's texts: evidence against the
+/// backup, or only that something could not be checked.
+#[derive(Debug, Default)]
+struct Tally {
+    bad: bool,
+    unsure: bool,
+}
+
+impl Tally {
+    /// The backup is bad.
+    fn bad(&mut self, receipt: &mut Receipt, failure: String) {
+        self.bad = true;
+        receipt.failures.push(failure);
+    }
+
+    /// Something could not be checked.
+    fn unsure(&mut self, receipt: &mut Receipt, failure: String) {
+        self.unsure = true;
+        receipt.failures.push(failure);
+    }
+
+    /// A failed query on the restored database: the server's or the
+    /// network's fault, or the content's.
+    fn query_failed(&mut self, receipt: &mut Receipt, e: &sqlx::Error, failure: String) {
+        if environmental(e) {
+            self.unsure(receipt, failure)
+        } else {
+            self.bad(receipt, failure)
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        if self.bad {
+            Outcome::Failed
+        } else if self.unsure {
+            Outcome::Inconclusive
+        } else {
+            Outcome::Passed
+        }
+    }
+}
+
+/// Errors that say nothing about the restored data: the connection, the
+/// server's resources or state (SQLSTATE classes 08, 53, 57, 58), a check
+/// whose SQL does not parse (42601).
+fn environmental(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57")
+                || c.starts_with("58")
+                || c == "42601"
+        }),
+        _ => false,
+    }
 }
 
 fn q(spec: &SourceSpec, what: &str, e: sqlx::Error) -> Error {
@@ -211,6 +277,7 @@ async fn drill_once(
         finished_at: now,
         verified: false,
         passed: false,
+        outcome: None,
         failures: Vec::new(),
         refugio_version: env!("CARGO_PKG_VERSION").into(),
         scratch_kind: kind.into(),
@@ -236,18 +303,34 @@ async fn drill_once(
     };
 
     let ephemeral = cluster.is_some();
-    let outcome = run_checks(repo, manifest, opts, &target, ephemeral, &mut receipt).await;
-    if let Err(e) = &outcome {
-        receipt.failures.push(format!("{e}"));
+    let mut tally = Tally::default();
+    let checked = run_checks(
+        repo,
+        manifest,
+        opts,
+        &target,
+        ephemeral,
+        &mut receipt,
+        &mut tally,
+    )
+    .await;
+    if let Err(e) = checked {
+        if e.condemns() {
+            tally.bad(&mut receipt, format!("{e}"));
+        } else {
+            tally.unsure(&mut receipt, format!("{e}"));
+        }
     }
-    // The scratch database goes whatever happened.
+    // The scratch database goes whatever happened; failing to drop it is
+    // reported but says nothing about the backup.
     if let Err(e) = drop_scratch(&admin, Some(&name)).await {
         receipt
             .failures
             .push(format!("dropping scratch database {name}: {e}"));
     }
     let rto = started.elapsed().as_secs_f64();
-    receipt.verified = receipt.failures.is_empty();
+    receipt.verified = !tally.bad && !tally.unsure;
+    receipt.outcome = Some(tally.outcome());
 
     // RPO over verified backups: earlier receipts plus this one.
     let mut verified: Vec<(String, DateTime<Utc>)> = Vec::new();
@@ -306,6 +389,7 @@ async fn run_checks(
     target: &SourceSpec,
     ephemeral: bool,
     receipt: &mut Receipt,
+    tally: &mut Tally,
 ) -> Result<()> {
     let t = Instant::now();
     // On our own cluster the roles are restored too, so ownership and
@@ -345,23 +429,26 @@ async fn run_checks(
     receipt.phases.analyze_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    count_checks(&mut conn, manifest, receipt).await;
+    count_checks(&mut conn, manifest, receipt, tally).await;
     if let Some(expected) = &manifest.schema_fingerprint {
         match refugio_dump::fingerprint::schema_fingerprint(&mut conn).await {
             Ok((actual, _)) => {
                 if &actual != expected {
-                    receipt.failures.push(format!(
-                        "schema fingerprint differs: backup {expected}, restored {actual}"
-                    ));
+                    tally.bad(
+                        receipt,
+                        format!("schema fingerprint differs: backup {expected}, restored {actual}"),
+                    );
                 }
                 receipt.schema_fingerprint = Some((expected.clone(), actual));
             }
-            Err(e) => receipt
-                .failures
-                .push(format!("fingerprinting the restored schema: {e}")),
+            Err(e) => {
+                let failure = format!("fingerprinting the restored schema: {e}");
+                tally.query_failed(receipt, &e, failure)
+            }
         }
     }
     for sql in &opts.checks {
+        let mut environment = false;
         let (ok, detail) = match sqlx::query(sql).fetch_all(&mut conn).await {
             Ok(rows) if rows.len() == 1 && rows[0].len() == 1 => {
                 match rows[0].try_get::<Option<bool>, _>(0) {
@@ -378,10 +465,15 @@ async fn run_checks(
                     rows.len()
                 ),
             ),
-            Err(e) => (false, format!("failed: {e}")),
+            Err(e) => {
+                environment = environmental(&e);
+                (false, format!("failed: {e}"))
+            }
         };
-        if !ok {
-            receipt.failures.push(format!("SQL check {sql:?} {detail}"));
+        match (ok, environment) {
+            (true, _) => {}
+            (false, true) => tally.unsure(receipt, format!("SQL check {sql:?} {detail}")),
+            (false, false) => tally.bad(receipt, format!("SQL check {sql:?} {detail}")),
         }
         receipt.checks.push(SqlCheck {
             sql: sql.clone(),
@@ -394,7 +486,12 @@ async fn run_checks(
     Ok(())
 }
 
-async fn count_checks(conn: &mut PgConnection, manifest: &Manifest, receipt: &mut Receipt) {
+async fn count_checks(
+    conn: &mut PgConnection,
+    manifest: &Manifest,
+    receipt: &mut Receipt,
+    tally: &mut Tally,
+) {
     for t in &manifest.tables {
         let table = format!("{}.{}", t.schema, t.name);
         let sql = format!(
@@ -405,19 +502,21 @@ async fn count_checks(conn: &mut PgConnection, manifest: &Manifest, receipt: &mu
         let actual = match conn.fetch_one(sql.as_str()).await {
             Ok(r) => Some(r.get::<i64, _>("n")),
             Err(e) => {
-                receipt
-                    .failures
-                    .push(format!("table {table}: cannot count rows: {e}"));
+                let failure = format!("table {table}: cannot count rows: {e}");
+                tally.query_failed(receipt, &e, failure);
                 None
             }
         };
         let exact = manifest.row_counts == "exact";
         let ok = actual.is_some_and(|a| !exact || a == t.rows);
         if let (false, Some(a)) = (ok, actual) {
-            receipt.failures.push(format!(
-                "table {table}: expected {} rows (manifest), restored {a}",
-                t.rows
-            ));
+            tally.bad(
+                receipt,
+                format!(
+                    "table {table}: expected {} rows (manifest), restored {a}",
+                    t.rows
+                ),
+            );
         }
         receipt.counts.push(CountCheck {
             table,
@@ -432,10 +531,13 @@ async fn count_checks(conn: &mut PgConnection, manifest: &Manifest, receipt: &mu
     {
         let n: i64 = r.get("n");
         if n != manifest.large_objects {
-            receipt.failures.push(format!(
-                "large objects: expected {} (manifest), restored {n}",
-                manifest.large_objects
-            ));
+            tally.bad(
+                receipt,
+                format!(
+                    "large objects: expected {} (manifest), restored {n}",
+                    manifest.large_objects
+                ),
+            );
         }
         receipt.large_objects = Some((manifest.large_objects, n));
     }

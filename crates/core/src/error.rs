@@ -90,6 +90,17 @@ pub enum Error {
     #[error("artifact {key}: {detail}")]
     Artifact { key: String, detail: String },
 
+    /// Evidence that the stored backup itself is bad: its bytes do not
+    /// match the manifest (checked against the store, not just the
+    /// download), or they match and still do not decompress.
+    #[error("artifact {key}: {detail}")]
+    Damaged { key: String, detail: String },
+
+    /// The restore tool refused the backup's content (the scratch server
+    /// was reachable and the error was not about resources or the network).
+    #[error(transparent)]
+    Rejected(Box<refugio_dump::Error>),
+
     #[error("fetching {key} failed, nothing was restored from it: {source}")]
     Fetch {
         key: String,
@@ -125,6 +136,22 @@ impl Error {
             Error::Fetch { source, .. } => io_temporary(source),
             _ => false,
         }
+    }
+}
+
+impl Error {
+    /// Whether this error is evidence that the backup is bad, as opposed
+    /// to "it could not be checked" (store or scratch server unreachable,
+    /// no space, cancelled, a missing tool). Only such an error may mark a
+    /// backup failed; everything else leaves it unverified.
+    pub fn condemns(&self) -> bool {
+        matches!(
+            self,
+            Error::Damaged { .. }
+                | Error::Rejected(_)
+                | Error::NoArtifact { .. }
+                | Error::Store(refugio_store::Error::NotFound { .. })
+        )
     }
 }
 
@@ -175,6 +202,17 @@ mod tests {
         }
         .is_temporary());
         assert!(!Error::NoDatabase { job: "a".into() }.is_temporary());
+        // Could not check: never condemns.
+        assert!(!Error::Fetch {
+            key: "k".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionReset)
+        }
+        .condemns());
+        assert!(Error::Damaged {
+            key: "k".into(),
+            detail: "SHA-256 differs".into()
+        }
+        .condemns());
         assert!(!Error::Cancelled {
             what: "backup".into(),
             detail: String::new()

@@ -62,7 +62,9 @@ pub(crate) async fn list_job(repo: &Repository, job: &str) -> Result<BTreeMap<St
             Some(ReceiptName::Ok) => entry.ok_receipt = true,
             Some(ReceiptName::Failed) => entry.failed_receipt = true,
             Some(ReceiptName::Legacy) => entry.legacy_receipts.push(o.key.clone()),
-            None => {}
+            // Could not check: the backup stays as it was (unverified
+            // unless another drill said otherwise).
+            Some(ReceiptName::Inconclusive) | None => {}
         }
         if receipt.is_some() {
             entry.newest_receipt = entry.newest_receipt.max(o.last_modified);

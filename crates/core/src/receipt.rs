@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::measure::Rpo;
 
-/// Receipt format version.
-pub const RECEIPT_FORMAT: &str = "1.0";
+/// Receipt format version (1.1 added `outcome`).
+pub const RECEIPT_FORMAT: &str = "1.1";
 /// Largest receipt read back; a bigger object is not one of ours.
 const MAX_RECEIPT_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -49,6 +49,34 @@ pub struct Phases {
     pub checks_seconds: f64,
 }
 
+/// What a drill says of the backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Restored, every check held: the backup is verified.
+    Passed,
+    /// The backup itself is bad: a digest or size mismatch the store
+    /// confirms, bytes that do not decompress, a restore tool that refused
+    /// the content, a count, fingerprint or SQL check that does not hold.
+    /// Only this marks a backup failed for retention.
+    Failed,
+    /// The drill could not run or finish (store or scratch server
+    /// unreachable, no space, a tool missing): the backup stays unverified
+    /// and is drilled again later.
+    Inconclusive,
+}
+
+impl Outcome {
+    /// `passed`, `failed`, `inconclusive`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Failed => "failed",
+            Outcome::Inconclusive => "inconclusive",
+        }
+    }
+}
+
 /// The restore receipt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -61,6 +89,10 @@ pub struct Receipt {
     pub verified: bool,
     /// `verified` and every target met.
     pub passed: bool,
+    /// Passed, failed (the backup is bad) or inconclusive (could not
+    /// check). Absent in receipts of format 1.0: see [`Receipt::outcome`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
     pub failures: Vec<String>,
     pub refugio_version: String,
     pub scratch_kind: String,
@@ -79,14 +111,29 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// The drill's outcome; receipts of format 1.0 knew only "verified or
+    /// not", and said failed for both a bad backup and one not checked.
+    pub fn outcome(&self) -> Outcome {
+        match self.outcome {
+            Some(o) => o,
+            None if self.verified => Outcome::Passed,
+            None => Outcome::Failed,
+        }
+    }
+
     /// Object name beside the manifest: `verify-<time>-ok.json` when the
-    /// backup restored and passed its checks, `-failed.json` otherwise, so
-    /// retention can tell verified backups from a listing alone.
+    /// backup restored and passed its checks, `-failed.json` when the drill
+    /// found it bad, `-inconclusive.json` when it could not tell, so
+    /// retention can tell the three apart from a listing alone.
     pub fn name(&self) -> String {
         format!(
             "verify-{}-{}.json",
             self.started_at.format("%Y%m%dT%H%M%S%.3fZ"),
-            if self.verified { "ok" } else { "failed" }
+            match self.outcome() {
+                Outcome::Passed => "ok",
+                Outcome::Failed => "failed",
+                Outcome::Inconclusive => "inconclusive",
+            }
         )
     }
 }
@@ -98,6 +145,8 @@ pub enum ReceiptName {
     Ok,
     /// `verify-<time>-failed.json`: the drill found the backup bad.
     Failed,
+    /// `verify-<time>-inconclusive.json`: the drill could not tell.
+    Inconclusive,
     /// `verify-<time>.json` (refugio < 0.2): the outcome is inside.
     Legacy,
 }
@@ -113,6 +162,8 @@ impl ReceiptName {
             ReceiptName::Ok
         } else if name.ends_with("-failed.json") {
             ReceiptName::Failed
+        } else if name.ends_with("-inconclusive.json") {
+            ReceiptName::Inconclusive
         } else {
             ReceiptName::Legacy
         })
@@ -191,6 +242,10 @@ mod tests {
         assert_eq!(
             ReceiptName::parse("verify-20261128T060000.123Z-failed.json"),
             Some(ReceiptName::Failed)
+        );
+        assert_eq!(
+            ReceiptName::parse("verify-20261128T060000.123Z-inconclusive.json"),
+            Some(ReceiptName::Inconclusive)
         );
         assert_eq!(
             ReceiptName::parse("verify-20261128T060000.123Z.json"),

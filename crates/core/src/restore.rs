@@ -328,18 +328,22 @@ async fn restore_streaming(
     let (tail, task) = StderrTail::collect(name, stderr);
     match feed_held_back(plain, stdin).await {
         Ok(_) => {
-            check_exit(name, &mut child, &tail, Some(task)).await?;
+            if let Err(e) = check_exit(name, &mut child, &tail, Some(task)).await {
+                return Err(tool_failed(opts, e).await);
+            }
             Ok(art.stored_size)
         }
         Err(FeedError::Source(source)) => {
             // Kill before the tool sees the end of its input: its single
             // transaction never commits.
             let _ = child.kill().await;
-            Err(explain(key, source, raw).await)
+            Err(explain(repo, key, art, source, raw).await)
         }
         Err(FeedError::Sink(_)) => {
             // The tool stopped reading: its exit status and stderr say why.
-            check_exit(name, &mut child, &tail, Some(task)).await?;
+            if let Err(e) = check_exit(name, &mut child, &tail, Some(task)).await {
+                return Err(tool_failed(opts, e).await);
+            }
             Err(Error::Artifact {
                 key: key.into(),
                 detail: format!("{name} exited before reading the whole archive"),
@@ -351,6 +355,17 @@ async fn restore_streaming(
 /// A reader that stays reachable after it was moved into a decoder, so the
 /// raw stream can be drained to its end when decoding fails.
 struct Shared<R>(Arc<Mutex<R>>);
+
+impl Shared<Raw> {
+    /// Whether the raw stream was read to its end with size and digest as
+    /// the manifest says.
+    fn is_verified(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_verified()
+    }
+}
 
 impl<R: AsyncRead + Unpin> AsyncRead for Shared<R> {
     fn poll_read(
@@ -382,13 +397,26 @@ type Raw = verified::VerifiedReader<refugio_store::ByteReader>;
 
 /// A decoding error may be the symptom of damaged stored bytes: read the
 /// rest of the raw stream so its size/digest check can name the real cause.
-async fn explain(key: &str, decode_error: std::io::Error, mut raw: Shared<Raw>) -> Error {
+/// Bytes that match the manifest and still do not decode are damage too.
+async fn explain(
+    repo: &Repository,
+    key: &str,
+    art: &Artifact,
+    decode_error: std::io::Error,
+    mut raw: Shared<Raw>,
+) -> Error {
     if is_store_error(&decode_error) {
-        return fetch_error(key, decode_error);
+        return fetch_error(repo, key, art, decode_error).await;
     }
     match tokio::io::copy(&mut raw, &mut tokio::io::sink()).await {
-        Err(e) if is_store_error(&e) => fetch_error(key, e),
-        _ => fetch_error(key, decode_error),
+        Err(e) if is_store_error(&e) => fetch_error(repo, key, art, e).await,
+        Ok(_) if raw.is_verified() => Error::Damaged {
+            key: key.into(),
+            detail: format!(
+                "its bytes match the manifest's size and SHA-256 but do not decompress: {decode_error}"
+            ),
+        },
+        _ => fetch_error(repo, key, art, decode_error).await,
     }
 }
 
@@ -397,26 +425,101 @@ fn is_store_error(e: &std::io::Error) -> bool {
         .is_some_and(|i| i.downcast_ref::<refugio_store::Error>().is_some())
 }
 
-fn fetch_error(key: &str, source: std::io::Error) -> Error {
-    // A digest/size mismatch from the verified reader is a store error: show it as such.
-    if let Some(inner) = source
+/// Tells "the stored object is bad" from "the download went wrong". A
+/// digest mismatch, or a size mismatch the store confirms, is damage; a
+/// download that ended early while the store still holds the whole object
+/// (a cut connection) is not, and neither is any other store or network
+/// error: those mean the backup could not be checked.
+async fn fetch_error(
+    repo: &Repository,
+    key: &str,
+    art: &Artifact,
+    source: std::io::Error,
+) -> Error {
+    let inner = source
         .get_ref()
-        .and_then(|e| e.downcast_ref::<refugio_store::Error>())
-    {
-        return Error::Artifact {
+        .and_then(|e| e.downcast_ref::<refugio_store::Error>());
+    match inner {
+        Some(refugio_store::Error::SizeMismatch { actual, .. }) if *actual < art.stored_size => {
+            match repo.store().head(key).await {
+                Ok(Some(meta)) if meta.size == art.stored_size => Error::Fetch {
+                    key: key.into(),
+                    source: std::io::Error::other(format!(
+                        "the download ended after {actual} of {} bytes while the stored object is whole",
+                        art.stored_size
+                    )),
+                },
+                Ok(_) => Error::Damaged {
+                    key: key.into(),
+                    detail: inner.map(ToString::to_string).unwrap_or_default(),
+                },
+                Err(e) => Error::Fetch {
+                    key: key.into(),
+                    source: std::io::Error::other(format!(
+                        "the download ended early and the object's size could not be checked: {e}"
+                    )),
+                },
+            }
+        }
+        Some(e @ (refugio_store::Error::SizeMismatch { .. } | refugio_store::Error::DigestMismatch { .. })) => {
+            Error::Damaged {
+                key: key.into(),
+                detail: e.to_string(),
+            }
+        }
+        Some(_) => Error::Fetch {
             key: key.into(),
-            detail: inner.to_string(),
-        };
+            source,
+        },
+        None => match tool_error(&source) {
+            Some(t) => Error::Artifact {
+                key: key.into(),
+                detail: t.to_string(),
+            },
+            None => Error::Fetch {
+                key: key.into(),
+                source,
+            },
+        },
     }
-    if let Some(t) = tool_error(&source) {
-        return Error::Artifact {
-            key: key.into(),
-            detail: t.to_string(),
-        };
-    }
-    Error::Fetch {
-        key: key.into(),
-        source,
+}
+
+/// What in a restore tool's stderr says the environment failed, not the
+/// backup: the server went away, ran out of something, or lacks what the
+/// backup needs from outside it (an extension's files, a role).
+const ENVIRONMENT_ERRORS: &[&str] = &[
+    "could not connect",
+    "connection to server",
+    "server closed the connection",
+    "terminating connection",
+    "the database system is",
+    "No space left on device",
+    "could not extend file",
+    "out of memory",
+    "too many connections",
+    "could not open extension control file",
+    "could not access file",
+    "could not write to file",
+    "canceling statement",
+];
+
+/// A restore tool that exited non-zero: its verdict on the content, or the
+/// environment's failure (reachable target, stderr about resources).
+async fn tool_failed(opts: &RestoreOptions, e: refugio_dump::Error) -> Error {
+    let environment = match &e {
+        refugio_dump::Error::ToolFailed { stderr_tail, .. } => {
+            ENVIRONMENT_ERRORS.iter().any(|p| stderr_tail.contains(p))
+                || stderr_tail
+                    .lines()
+                    .any(|l| l.contains("role \"") && l.contains("does not exist"))
+                || opts.target.connect().await.is_err()
+        }
+        _ => true,
+    };
+    if environment {
+        Error::Pg(e)
+    } else {
+        Error::Rejected(Box::new(e))
     }
 }
 
@@ -446,7 +549,7 @@ async fn restore_parallel(
     })?);
     let mut writer = tokio::io::BufWriter::with_capacity(256 * 1024, file);
     if let Err(e) = tokio::io::copy(&mut plain, &mut writer).await {
-        return Err(explain(key, e, raw).await);
+        return Err(explain(repo, key, art, e, raw).await);
     }
     use tokio::io::AsyncWriteExt;
     writer.flush().await.map_err(|source| Error::TempFile {
@@ -467,6 +570,8 @@ async fn restore_parallel(
         detail: "pg_restore stderr not piped".into(),
     })?;
     let (tail, task) = StderrTail::collect("pg_restore", stderr);
-    check_exit("pg_restore", &mut child, &tail, Some(task)).await?;
+    if let Err(e) = check_exit("pg_restore", &mut child, &tail, Some(task)).await {
+        return Err(tool_failed(opts, e).await);
+    }
     Ok(art.stored_size)
 }

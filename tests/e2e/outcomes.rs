@@ -1,0 +1,261 @@
+//! Drill outcomes are three-valued: *passed*, *failed* (the backup itself
+//! is bad) and *inconclusive* (it could not be checked). Only *failed*
+//! condemns a backup for retention; an inconclusive drill leaves it
+//! unverified, and prune keeps it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use refugio_testkit::{s3, Cluster, SlowProxy, Slowdown};
+use rstest::rstest;
+use serde_json::Value;
+
+use crate::common::*;
+
+/// The receipts' file names of a backup in a directory repository.
+fn receipt_names(dir: &Path) -> Vec<String> {
+    files_under(dir)
+        .into_iter()
+        .filter(|f| f.starts_with("verify-"))
+        .collect()
+}
+
+/// How a stored backup is damaged.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    FlippedByte,
+    Truncated,
+    Missing,
+    WrongDigestInManifest,
+}
+
+fn damage(dir: &Path, how: Damage) -> Result<()> {
+    let art = dir.join("database.dump.zst");
+    match how {
+        Damage::FlippedByte => {
+            let mut b = std::fs::read(&art)?;
+            let i = b.len() / 2;
+            b[i] ^= 0x01;
+            std::fs::write(&art, b)?;
+        }
+        Damage::Truncated => {
+            let b = std::fs::read(&art)?;
+            std::fs::write(&art, &b[..b.len() / 2])?;
+        }
+        Damage::Missing => std::fs::remove_file(&art)?,
+        Damage::WrongDigestInManifest => {
+            let path = dir.join("manifest.json");
+            let mut m: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+            let a = m["artifacts"]
+                .as_array_mut()
+                .and_then(|a| a.iter_mut().find(|a| a["kind"] == "database"))
+                .context("database artifact")?;
+            a["sha256"] = "0".repeat(64).into();
+            std::fs::write(&path, serde_json::to_vec_pretty(&m)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every kind of damage is *failed*: the receipt says so in its content
+/// and its name, `list` shows it, and `restore` refuses the backup.
+#[rstest]
+#[case::flipped_byte(Damage::FlippedByte)]
+#[case::truncated(Damage::Truncated)]
+#[case::missing(Damage::Missing)]
+#[case::wrong_digest(Damage::WrongDigestInManifest)]
+#[tokio::test(flavor = "multi_thread")]
+async fn damage_of_every_kind_fails_the_drill(#[case] how: Damage) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let repo = Repo::dir(tmp.path());
+    let extra = format!("scratch = {:?}\nglobals = false\n", src.url("postgres"));
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
+    let cfg = config.to_str().unwrap_or_default();
+    refugio_ok(&["--config", cfg, "backup"], &[])?;
+    let m = list(&config, &[])?.into_iter().next().context("manifest")?;
+    let id = m["backup_id"].as_str().context("id")?.to_string();
+    let dir: PathBuf = tmp.path().join("repo/app").join(&id);
+    damage(&dir, how)?;
+
+    let bindir = src.bindir().display().to_string();
+    let out = refugio(
+        &["--config", cfg, "verify", "--json", "--pg-bindir", &bindir],
+        &[],
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{how:?}: {text}");
+    let r: Value = serde_json::from_slice(&out.stdout).with_context(|| text.clone())?;
+    assert_eq!(r["outcome"], "failed", "{how:?}: {r}");
+    assert_eq!(r["verified"], false);
+    let names = receipt_names(&dir);
+    assert!(
+        names.len() == 1 && names[0].ends_with("-failed.json"),
+        "{how:?}: {names:?}"
+    );
+    let l = list(&config, &[])?;
+    assert_eq!(l[0]["verification"]["outcome"], "failed", "{}", l[0]);
+
+    let dst = Cluster::start(16).await?;
+    let out = refugio(
+        &[
+            "--config",
+            cfg,
+            "restore",
+            "--backup",
+            &id,
+            "--target",
+            &dst.url("app"),
+            "--create",
+            "--pg-bindir",
+            &bindir,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{how:?}: {}", all_output(&out));
+    let tables = dst
+        .psql(
+            "app",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+        )
+        .await
+        .unwrap_or_else(|_| "0".into());
+    assert_eq!(tables, "0", "{how:?}: nothing restored");
+    Ok(())
+}
+
+/// The scratch server goes away in the middle of a drill's restore: the
+/// drill is *inconclusive*, never *failed*; its receipt says so; the backup
+/// stays unverified, and prune (keep_last = 1) keeps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scratch_server_lost_mid_drill_is_inconclusive_and_prune_keeps_the_backup() -> Result<()>
+{
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_bulk(&src, "app", 100_000).await?;
+    let scratch = Cluster::start(16).await?;
+    // The drill of the second backup reads it at 256 KiB/s through the
+    // proxy, so its restore is still running when the scratch server is
+    // stopped, on any machine (see drill.rs, ctrl_c_during_a_drill…).
+    let proxy = SlowProxy::start(&s3::moto()?, Slowdown::NONE)?;
+    let repo = Repo::s3(proxy.target(), "outcome-inconclusive");
+    let env = repo.env();
+    let extra = format!(
+        "scratch = {:?}\nglobals = false\nretention = {{ keep_last = 1 }}\n",
+        scratch.url("postgres")
+    );
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
+    let cfg = config.to_str().unwrap_or_default();
+    let bindir = src.bindir().display().to_string();
+
+    refugio_ok(&["--config", cfg, "backup"], &env)?;
+    refugio_ok(&["--config", cfg, "verify", "--pg-bindir", &bindir], &env)?;
+    std::thread::sleep(Duration::from_millis(1100));
+    refugio_ok(&["--config", cfg, "backup"], &env)?;
+    let newest = list(&config, &env)?
+        .into_iter()
+        .next()
+        .context("manifest")?;
+    let id = newest["backup_id"].as_str().context("id")?.to_string();
+
+    proxy.set(Slowdown::rate(256 * 1024));
+    let child = refugio_command(
+        &[
+            "--config",
+            cfg,
+            "verify",
+            "--json",
+            "--backup",
+            &id,
+            "--pg-bindir",
+            &bindir,
+        ],
+        &env,
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()?;
+    let me = child.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // refugio's pg_restore child that restores (not the `--version`
+        // probe that picks the tool).
+        let restoring = std::fs::read_dir("/proc")?.flatten().any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            stat.contains("(pg_restore)")
+                && stat
+                    .split(") ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    == Some(me.as_str())
+                && !String::from_utf8_lossy(&cmdline).contains("--version")
+        });
+        if restoring {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the drill never started restoring"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Immediate shutdown of the scratch server (SIGQUIT to the postmaster).
+    let pid = scratch.server_pid().context("scratch server pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGQUIT,
+    )?;
+    let out = child.wait_with_output()?;
+    let text = all_output(&out);
+    proxy.set(Slowdown::NONE);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let r: Value = serde_json::from_slice(&out.stdout).with_context(|| text.clone())?;
+    assert_eq!(r["outcome"], "inconclusive", "{r}");
+    assert_eq!(r["verified"], false);
+    let failures = r["failures"].to_string();
+    assert!(
+        failures.contains("pg_restore"),
+        "the restore's failure is named: {failures}"
+    );
+
+    let l = list(&config, &env)?;
+    let listed = l
+        .iter()
+        .find(|m| m["backup_id"] == id.as_str())
+        .context("listed")?;
+    assert_eq!(
+        listed["verification"]["outcome"], "inconclusive",
+        "{listed}"
+    );
+
+    let out = refugio(&["--config", cfg, "prune", "--json"], &env);
+    let ptext = all_output(&out);
+    assert!(out.status.success(), "{ptext}");
+    let reports: Value = serde_json::from_slice(&out.stdout).with_context(|| ptext.clone())?;
+    assert_eq!(
+        reports[0]["states"][&id], "unverified",
+        "an inconclusive drill leaves the backup unverified: {reports}"
+    );
+    let kept: Vec<&str> = reports[0]["decisions"]
+        .as_array()
+        .context("decisions")?
+        .iter()
+        .filter(|d| d["keep"] == true)
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert!(
+        kept.contains(&id.as_str()),
+        "prune kept {kept:?}: {reports}"
+    );
+    assert_eq!(
+        list(&config, &env)?.len(),
+        2,
+        "both backups are still there"
+    );
+    Ok(())
+}
