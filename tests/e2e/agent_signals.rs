@@ -336,3 +336,58 @@ async fn systemd_hears_ready_watchdog_and_stopping() -> Result<()> {
     assert!(stopping, "no STOPPING=1 after SIGTERM");
     Ok(())
 }
+
+/// A backup that SIGTERM stops did not fail: the agent is shutting down
+/// and nothing was committed, so no failure webhook goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_stopped_by_sigterm_sends_no_failure_webhook() -> Result<()> {
+    let target = s3::moto()?;
+    let repo = Repo::s3(target.clone(), "sigterm-hook");
+    // Every request to the store waits 2 s: the backup is still running
+    // when SIGTERM lands, on any machine.
+    let proxy = SlowProxy::start(&target, Slowdown::NONE)?;
+    let agent_repo = Repo::S3 {
+        target: proxy.target(),
+        prefix: prefix_of(&repo),
+    };
+    let env = repo.env();
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let (hook_port, bodies) = webhook_receiver()?;
+    let port = free_port()?;
+    let app = job(
+        "app",
+        &src,
+        "app",
+        "globals = false\n[jobs.schedule]\nbackup = \"0 0 1 1 *\"\ncatch_up = false\n",
+    );
+    let config = agent_config(
+        tmp.path(),
+        &agent_repo,
+        port,
+        &format!("webhook = {{ url = \"http://127.0.0.1:{hook_port}/hook\", attempts = 3, timeout = \"5s\" }}"),
+        &[app],
+    );
+    let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
+    wait_until("the agent is ready", Duration::from_secs(30), || {
+        Ok(agent.log_text().contains("agent-ready"))
+    })?;
+    proxy.set(Slowdown::delay(Duration::from_secs(2)));
+    agent.signal(Signal::SIGUSR1)?;
+    wait_until("the backup starts", Duration::from_secs(30), || {
+        Ok(agent.log_text().contains("backup-started"))
+    })
+    .with_context(|| agent.log_text())?;
+    let status = agent.stop(Duration::from_secs(40))?;
+    proxy.set(Slowdown::NONE);
+    assert!(status.success(), "the agent stops cleanly");
+    assert!(backups(&config, &env)?.is_empty(), "nothing committed");
+    let sent = bodies.lock().expect("lock").clone();
+    assert!(
+        sent.is_empty(),
+        "a shutdown is not a failure, yet the webhook received: {sent:?}"
+    );
+    Ok(())
+}

@@ -396,6 +396,11 @@ impl Agent {
             error,
             outcome,
         } = told;
+        // A task stopped by SIGTERM/SIGINT did not fail: the agent is
+        // shutting down, and nothing was committed.
+        if !ok && self.cancel.is_cancelled() {
+            return;
+        }
         let kind = fire.key.kind.as_str();
         let Some(event) = self.outcomes.record(&job.name, kind, ok) else {
             return;
