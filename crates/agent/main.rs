@@ -11,6 +11,7 @@ mod commands;
 mod config;
 mod exit;
 mod http;
+mod lock;
 mod metrics;
 mod output;
 mod repo;

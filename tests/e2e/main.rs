@@ -7,6 +7,7 @@ mod agent_signals;
 mod common;
 mod drill;
 mod failures;
+mod job_lock;
 mod lock;
 mod mid_stream;
 mod outcomes;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 use refugio_core::SystemClock;
+use refugio_schedule::TaskKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::BackupArgs;
@@ -22,6 +23,8 @@ pub async fn backup(cfg: Config, a: BackupArgs) -> Result<ExitCode> {
         }
     };
     let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
+    // Held until the backup is committed or abandoned.
+    let _lock = crate::lock::for_command(&job, TaskKind::Backup).await?;
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
     let m = crate::retry::retry(&job.backoff(), &token, |attempt| {

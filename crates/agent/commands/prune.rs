@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 use refugio_core::{Clock, FixedClock, SystemClock};
+use refugio_schedule::TaskKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{PinArgs, PruneArgs};
@@ -56,6 +57,11 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
         let clock: Box<dyn Clock> = match a.now {
             Some(t) => Box::new(FixedClock(t)),
             None => Box::new(SystemClock),
+        };
+        // A dry run deletes nothing: it needs no lock.
+        let _lock = match a.dry_run {
+            true => None,
+            false => crate::lock::for_command(job, TaskKind::Prune).await?,
         };
         reports.push(refugio_core::prune(&repo, &opts, clock.as_ref(), &token).await?);
     }

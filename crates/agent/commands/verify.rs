@@ -6,6 +6,7 @@ use anyhow::{anyhow, Result};
 use refugio_core::drill::{self, Pick};
 use refugio_core::receipt::Outcome;
 use refugio_core::SystemClock;
+use refugio_schedule::TaskKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::VerifyArgs;
@@ -29,6 +30,7 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
         spec => Pick::Spec(spec),
     };
     let (manifest, history) = drill::pick(&repo, &job.name, pick).await?;
+    let _lock = crate::lock::for_command(&job, TaskKind::Drill).await?;
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
     let receipt =

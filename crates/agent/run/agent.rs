@@ -19,10 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::lock::{advisory_lock, already_done};
+use super::done::already_done;
 use super::task::{run_once, Done};
 use crate::config::{Config, JobConfig};
 use crate::http::Health;
+use crate::lock::advisory_lock;
 use crate::metrics::Metrics;
 use crate::webhook::{Event, Outcomes, Webhook};
 
@@ -264,7 +265,7 @@ impl Agent {
         let backoff = cur.cfg.agent.backoff;
         let lock = crate::retry::retry(&backoff, &cancel, |_| {
             let job = job.clone();
-            async move { advisory_lock(&job).await }
+            async move { advisory_lock(&job, kind).await }
         })
         .await;
         let lock = match lock {

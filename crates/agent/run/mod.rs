@@ -17,7 +17,7 @@
 //!   `agent.shutdown_timeout`, then the agent exits 0.
 
 mod agent;
-mod lock;
+mod done;
 mod task;
 
 use std::path::PathBuf;

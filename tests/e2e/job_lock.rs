@@ -1,0 +1,149 @@
+//! The job lock (an advisory lock on the source, per job and task): one
+//! job's backup, drill and prune never lock each other out in one agent,
+//! and two command-line backups of one job never write the same backup.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
+use refugio_testkit::{s3, Cluster, SlowProxy, Slowdown};
+
+use crate::common::*;
+
+/// A backup, a drill and a prune of the same job run side by side in one
+/// agent: none of them is skipped for "lock" (they used to share one lock
+/// per job, so whichever came second was skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_jobs_backup_drill_and_prune_run_side_by_side_in_one_agent() -> Result<()> {
+    let target = s3::moto()?;
+    let repo = Repo::s3(target.clone(), "job-tasks");
+    // Each request to the store waits 1 s once the tasks start: the backup
+    // is still running when the drill and the prune start, on any machine.
+    let proxy = SlowProxy::start(&target, Slowdown::NONE)?;
+    let agent_repo = Repo::S3 {
+        target: proxy.target(),
+        prefix: prefix_of(&repo),
+    };
+    let env = repo.env();
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let port = free_port()?;
+    let app = job(
+        "app",
+        &src,
+        "app",
+        &format!(
+            "globals = false\nscratch = {:?}\nretention = {{ keep_last = 5 }}\n[jobs.schedule]\nbackup = \"0 0 1 1 *\"\nprune = {{ every = \"2s\" }}\ncatch_up = false\n",
+            src.url("postgres")
+        ),
+    );
+    let config = agent_config(
+        tmp.path(),
+        &agent_repo,
+        port,
+        "max_concurrent_tasks = 3",
+        &[app],
+    );
+    let cfg = config.to_str().unwrap_or_default();
+    // One backup to drill, made before the agent starts.
+    refugio_ok(&["--config", cfg, "backup"], &env)?;
+    let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
+    wait_until("the agent is ready", Duration::from_secs(30), || {
+        Ok(agent.log_text().contains("agent-ready"))
+    })?;
+    proxy.set(Slowdown::delay(Duration::from_secs(1)));
+    agent.signal(Signal::SIGUSR1)?;
+    agent.signal(Signal::SIGUSR2)?;
+    let metric = |task: &str, name: &str| -> Result<f64> {
+        Ok(agent
+            .metric(&format!("{name}{{backup_job=\"app\",{task}"))?
+            .unwrap_or(0.0))
+    };
+    wait_until(
+        "a second backup, a drill and a prune",
+        Duration::from_secs(90),
+        || {
+            Ok(
+                metric("result=\"success\"}", "refugio_backup_runs_total")? >= 1.0
+                    && metric("result=\"success\"}", "refugio_drill_runs_total")? >= 1.0
+                    && metric("result=\"success\"}", "refugio_prune_runs_total")? >= 1.0,
+            )
+        },
+    )
+    .with_context(|| agent.log_text())?;
+    for task in ["backup", "drill", "prune"] {
+        let skipped = metric(
+            &format!("task=\"{task}\",reason=\"lock\"}}"),
+            "refugio_task_skipped_total",
+        )?;
+        assert_eq!(
+            skipped,
+            0.0,
+            "the job's {task} was skipped for its own lock:\n{}",
+            agent.log_text()
+        );
+    }
+    proxy.set(Slowdown::NONE);
+    assert!(agent.stop(Duration::from_secs(40))?.success());
+    Ok(())
+}
+
+/// Two `refugio backup` processes of one job started together: one takes
+/// the job's lock and commits, the other is refused with a clear error; no
+/// backup is ever written twice under one id.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_command_line_backups_of_one_job_never_overwrite() -> Result<()> {
+    let target = s3::moto()?;
+    let repo = Repo::s3(target.clone(), "two-backups");
+    // 1 s per request: the first backup holds its lock for seconds.
+    let proxy = SlowProxy::start(&target, Slowdown::delay(Duration::from_secs(1)))?;
+    let slow_repo = Repo::S3 {
+        target: proxy.target(),
+        prefix: prefix_of(&repo),
+    };
+    let env = repo.env();
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let config = write_config(
+        tmp.path(),
+        &slow_repo,
+        &job("app", &src, "app", "globals = false\n"),
+    );
+    let cfg = config.to_str().unwrap_or_default().to_string();
+    let spawn = || {
+        refugio_command(&["--config", &cfg, "backup", "--json"], &env)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+    };
+    let (a, b) = (spawn()?, spawn()?);
+    let outs = [a.wait_with_output()?, b.wait_with_output()?];
+    proxy.set(Slowdown::NONE);
+    let ok: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
+    let refused: Vec<_> = outs.iter().filter(|o| !o.status.success()).collect();
+    assert_eq!(
+        ok.len(),
+        1,
+        "exactly one backup runs: {:?}",
+        outs.iter().map(all_output).collect::<Vec<_>>()
+    );
+    let text = all_output(refused[0]);
+    assert_eq!(refused[0].status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("another refugio") && text.contains("job app"),
+        "the refusal says why: {text}"
+    );
+    let committed: serde_json::Value = serde_json::from_slice(&ok[0].stdout)?;
+    let listed = list(&config, &env)?;
+    assert_eq!(listed.len(), 1, "one backup: {listed:?}");
+    assert_eq!(listed[0]["backup_id"], committed["backup_id"]);
+    assert_eq!(
+        listed[0]["artifacts"], committed["artifacts"],
+        "the stored backup is the one that was committed"
+    );
+    Ok(())
+}
