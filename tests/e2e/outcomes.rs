@@ -21,6 +21,34 @@ fn receipt_names(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Waits until refugio process `pid` runs its restoring pg_restore (not the
+/// `--version` probe that picks the tool).
+fn wait_for_restore(pid: u32) -> Result<()> {
+    let me = pid.to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let restoring = std::fs::read_dir("/proc")?.flatten().any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            stat.contains("(pg_restore)")
+                && stat
+                    .split(") ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    == Some(me.as_str())
+                && !String::from_utf8_lossy(&cmdline).contains("--version")
+        });
+        if restoring {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the drill never started restoring"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// How a stored backup is damaged.
 #[derive(Debug, Clone, Copy)]
 enum Damage {
@@ -179,31 +207,7 @@ async fn a_scratch_server_lost_mid_drill_is_inconclusive_and_prune_keeps_the_bac
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
     .spawn()?;
-    let me = child.id().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        // refugio's pg_restore child that restores (not the `--version`
-        // probe that picks the tool).
-        let restoring = std::fs::read_dir("/proc")?.flatten().any(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            stat.contains("(pg_restore)")
-                && stat
-                    .split(") ")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    == Some(me.as_str())
-                && !String::from_utf8_lossy(&cmdline).contains("--version")
-        });
-        if restoring {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the drill never started restoring"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_restore(child.id())?;
     // Immediate shutdown of the scratch server (SIGQUIT to the postmaster).
     let pid = scratch.server_pid().context("scratch server pid")?;
     nix::sys::signal::kill(
@@ -257,5 +261,77 @@ async fn a_scratch_server_lost_mid_drill_is_inconclusive_and_prune_keeps_the_bac
         2,
         "both backups are still there"
     );
+    Ok(())
+}
+
+/// Two drills on one scratch server at once (two jobs; as well a CLI
+/// `verify` beside the agent's drill): each has its own scratch database,
+/// and the second one's sweep of leftovers leaves the first one's alone.
+/// Both pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_drills_on_one_scratch_server_at_once_both_pass() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_bulk(&src, "app", 100_000).await?;
+    let scratch = Cluster::start(16).await?;
+    let proxy = SlowProxy::start(&s3::moto()?, Slowdown::NONE)?;
+    let repo = Repo::s3(proxy.target(), "two-drills");
+    let env = repo.env();
+    let extra = format!("scratch = {:?}\nglobals = false\n", scratch.url("postgres"));
+    let path = tmp.path().join("refugio.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[[jobs]]\n{}\n[[jobs]]\n{}\n",
+            repo.toml(),
+            job("one", &src, "app", &extra),
+            job("two", &src, "app", &extra)
+        ),
+    )?;
+    let cfg = path.to_str().unwrap_or_default();
+    let bindir = src.bindir().display().to_string();
+    for j in ["one", "two"] {
+        refugio_ok(&["--config", cfg, "backup", "--job", j], &env)?;
+    }
+    // Read at 256 KiB/s: the first drill is still restoring when the
+    // second one starts and sweeps.
+    proxy.set(Slowdown::rate(256 * 1024));
+    let verify = |j: &str| {
+        refugio_command(
+            &[
+                "--config",
+                cfg,
+                "verify",
+                "--job",
+                j,
+                "--json",
+                "--pg-bindir",
+                &bindir,
+            ],
+            &env,
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    };
+    let first = verify("one")?;
+    wait_for_restore(first.id())?;
+    let second = verify("two")?;
+    let outs = [first.wait_with_output()?, second.wait_with_output()?];
+    proxy.set(Slowdown::NONE);
+    for out in &outs {
+        let text = all_output(out);
+        assert!(out.status.success(), "{text}");
+        let r: Value = serde_json::from_slice(&out.stdout).with_context(|| text.clone())?;
+        assert_eq!(r["outcome"], "passed", "{r}");
+    }
+    let left = scratch
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'refugio_drill_%'",
+        )
+        .await?;
+    assert_eq!(left, "0", "both scratch databases dropped");
     Ok(())
 }

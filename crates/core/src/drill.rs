@@ -59,10 +59,14 @@ impl Scratch {
     }
 }
 
-/// The scratch database for a backup: `refugio_drill_<id>` (lowercase, `_`).
+/// The scratch database of one drill of a backup:
+/// `refugio_drill_<id>_<random>` (lowercase, `_`), unique per drill so two
+/// drills of one backup (two replicas, the agent and a CLI `verify`) never
+/// share one.
 pub fn scratch_name(backup_id: &str) -> String {
     let id: String = backup_id
         .chars()
+        .take(24)
         .map(|c| {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_lowercase()
@@ -71,7 +75,61 @@ pub fn scratch_name(backup_id: &str) -> String {
             }
         })
         .collect();
-    format!("{SCRATCH_PREFIX}{id}")
+    format!("{SCRATCH_PREFIX}{id}_{:08x}", rand::random::<u32>())
+}
+
+/// A scratch database older than this is abandoned whoever made it.
+pub const SCRATCH_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Start of the owner marker (`COMMENT ON DATABASE`) of a scratch database.
+const MARKER: &str = "refugio drill";
+
+/// The owner marker: who drills in this database, since when.
+fn marker(now: DateTime<Utc>) -> String {
+    format!(
+        "{MARKER} host={} pid={} started={}",
+        hostname(),
+        std::process::id(),
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Whether a scratch database with this marker was abandoned: no marker
+/// (an older refugio's, swept as before), its drill's process gone from
+/// this host, or started longer than [`SCRATCH_GRACE`] ago. A database
+/// another live drill uses is never abandoned.
+fn abandoned(
+    comment: Option<&str>,
+    now: DateTime<Utc>,
+    this_host: &str,
+    alive: impl Fn(u32) -> bool,
+) -> bool {
+    let Some(rest) = comment.and_then(|c| c.strip_prefix(MARKER)) else {
+        return true;
+    };
+    let field = |k: &str| {
+        rest.split_whitespace()
+            .find_map(|f| f.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+    };
+    let started = field("started").and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+    let Some(started) = started else {
+        return true;
+    };
+    let grace = chrono::Duration::from_std(SCRATCH_GRACE).unwrap_or(chrono::Duration::MAX);
+    if now - started.with_timezone(&Utc) > grace {
+        return true;
+    }
+    let pid = field("pid").and_then(|p| p.parse::<u32>().ok());
+    field("host") == Some(this_host) && pid.is_some_and(|p| !alive(p))
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// What the checks found, beside the receipt's texts: evidence against the
@@ -146,26 +204,63 @@ fn q(spec: &SourceSpec, what: &str, e: sqlx::Error) -> Error {
     })
 }
 
-/// Drops leftover scratch databases (from crashed drills) and `name`.
-pub async fn drop_scratch(admin: &SourceSpec, only: Option<&str>) -> Result<Vec<String>> {
+/// Drops the scratch databases of crashed drills ([`abandoned`] ones);
+/// returns their names.
+pub async fn sweep_scratch(admin: &SourceSpec, now: DateTime<Utc>) -> Result<Vec<String>> {
     let mut conn = admin.connect().await?;
-    let names: Vec<String> =
-        sqlx::query("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1")
-            .bind(format!("{SCRATCH_PREFIX}%"))
-            .fetch_all(&mut conn)
-            .await
-            .map_err(|e| q(admin, "listing scratch databases", e))?
-            .iter()
-            .map(|r| r.get::<String, _>("datname"))
-            .filter(|n| only.is_none_or(|o| o == n))
-            .collect();
-    for n in &names {
-        conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(n)).as_str())
-            .await
-            .map_err(|e| q(admin, &format!("dropping scratch database {n}"), e))?;
+    let rows = sqlx::query(
+        "SELECT datname, shobj_description(oid, 'pg_database') AS marker \
+         FROM pg_database WHERE datname LIKE $1 ORDER BY 1",
+    )
+    .bind(format!("{SCRATCH_PREFIX}%"))
+    .fetch_all(&mut conn)
+    .await
+    .map_err(|e| q(admin, "listing scratch databases", e))?;
+    let host = hostname();
+    let mut dropped = Vec::new();
+    for r in &rows {
+        let name: String = r.get("datname");
+        let marker: Option<String> = r.get("marker");
+        if !abandoned(marker.as_deref(), now, &host, process_alive) {
+            continue;
+        }
+        conn.execute(
+            format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&name)
+            )
+            .as_str(),
+        )
+        .await
+        .map_err(|e| q(admin, &format!("dropping scratch database {name}"), e))?;
+        dropped.push(name);
     }
     let _ = conn.close().await;
-    Ok(names)
+    Ok(dropped)
+}
+
+/// Drops one scratch database.
+pub async fn drop_scratch(admin: &SourceSpec, name: &str) -> Result<()> {
+    let mut conn = admin.connect().await?;
+    conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name)).as_str())
+        .await
+        .map_err(|e| q(admin, &format!("dropping scratch database {name}"), e))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Creates the scratch database with its owner marker.
+async fn create_scratch(admin: &SourceSpec, name: &str, now: DateTime<Utc>) -> Result<()> {
+    let mut conn = admin.connect().await?;
+    conn.execute(format!("CREATE DATABASE {}", quote_ident(name)).as_str())
+        .await
+        .map_err(|e| q(admin, &format!("CREATE DATABASE {name}"), e))?;
+    let comment = marker(now).replace('\'', "''");
+    conn.execute(format!("COMMENT ON DATABASE {} IS '{comment}'", quote_ident(name)).as_str())
+        .await
+        .map_err(|e| q(admin, &format!("marking scratch database {name}"), e))?;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// Which backup of a job a drill restores.
@@ -223,14 +318,14 @@ pub async fn drill(
     clock: &dyn Clock,
     cancel: &CancellationToken,
 ) -> Result<Receipt> {
-    tracing::info!(job = %manifest.job, backup = %manifest.backup_id, "drill-started");
-    let run = drill_once(repo, manifest, history, opts, clock.now());
+    let name = scratch_name(&manifest.backup_id);
+    tracing::info!(job = %manifest.job, backup = %manifest.backup_id, scratch = %name, "drill-started");
+    let run = drill_once(repo, manifest, history, opts, clock.now(), &name);
     tokio::select! {
         r = run => r,
         _ = cancel.cancelled() => {
-            let name = scratch_name(&manifest.backup_id);
             if let Scratch::Server(spec) = &opts.scratch {
-                drop_scratch(&spec.with_database("postgres"), Some(&name)).await?;
+                drop_scratch(&spec.with_database("postgres"), &name).await?;
             }
             Err(Error::Cancelled {
                 what: "drill".into(),
@@ -246,6 +341,7 @@ async fn drill_once(
     history: &[Manifest],
     opts: &DrillOptions,
     now: DateTime<Utc>,
+    name: &str,
 ) -> Result<Receipt> {
     let started = Instant::now();
     // An ephemeral cluster lives for this drill only; dropping it (also on
@@ -263,12 +359,12 @@ async fn drill_once(
         }
     };
     let admin = server.with_database("postgres");
-    let dropped = drop_scratch(&admin, None).await?;
+    let dropped = sweep_scratch(&admin, now).await?;
     if !dropped.is_empty() {
         tracing::warn!(databases = ?dropped, "drill-leftovers-dropped");
     }
-    let name = scratch_name(&manifest.backup_id);
-    let target = server.with_database(&name);
+    create_scratch(&admin, name, now).await?;
+    let target = server.with_database(name);
     let mut receipt = Receipt {
         format: RECEIPT_FORMAT.into(),
         job: manifest.job.clone(),
@@ -323,7 +419,7 @@ async fn drill_once(
     }
     // The scratch database goes whatever happened; failing to drop it is
     // reported but says nothing about the backup.
-    if let Err(e) = drop_scratch(&admin, Some(&name)).await {
+    if let Err(e) = drop_scratch(&admin, name).await {
         receipt
             .failures
             .push(format!("dropping scratch database {name}: {e}"));
@@ -398,7 +494,8 @@ async fn run_checks(
     let ropts = RestoreOptions {
         target: target.clone(),
         clean: false,
-        create: true,
+        // Created (with its owner marker) above.
+        create: false,
         globals: with_globals,
         jobs: opts.jobs.max(1),
         no_owner: !with_globals,
@@ -540,5 +637,66 @@ async fn count_checks(
             );
         }
         receipt.large_objects = Some((manifest.large_objects, n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn scratch_names_are_unique_and_valid_identifiers() {
+        let a = scratch_name("20261128T060000Z-2");
+        let b = scratch_name("20261128T060000Z-2");
+        assert_ne!(a, b, "two drills of one backup get two databases");
+        assert!(a.starts_with("refugio_drill_20261128t060000z_2_"), "{a}");
+        assert!(
+            a.len() <= 63,
+            "PostgreSQL truncates names over 63 bytes: {a}"
+        );
+        let long = scratch_name(&"x".repeat(200));
+        assert!(long.len() <= 63, "{long}");
+    }
+
+    #[test]
+    fn only_abandoned_scratch_databases_are_swept() {
+        let now = t("2026-11-28T12:00:00Z");
+        let alive = |_| true;
+        let dead = |_| false;
+        let m = |host: &str, pid: u32, started: &str| {
+            format!("refugio drill host={host} pid={pid} started={started}")
+        };
+        // Older refugio left no marker: swept, as before.
+        assert!(abandoned(None, now, "a", alive));
+        assert!(abandoned(Some("someone's comment"), now, "a", alive));
+        // A live drill here, or one on another host, is left alone.
+        let fresh = m("a", 42, "2026-11-28T11:00:00Z");
+        assert!(!abandoned(Some(&fresh), now, "a", alive));
+        assert!(!abandoned(Some(&fresh), now, "b", dead));
+        // Its process is gone from this host: abandoned.
+        assert!(abandoned(Some(&fresh), now, "a", dead));
+        // Older than the grace period, wherever it came from.
+        let old = m("b", 42, "2026-11-27T11:00:00Z");
+        assert!(abandoned(Some(&old), now, "a", alive));
+        // A marker that does not parse is not trusted.
+        assert!(abandoned(
+            Some("refugio drill host=a pid=1"),
+            now,
+            "a",
+            alive
+        ));
+    }
+
+    #[test]
+    fn the_marker_reads_back() {
+        let now = t("2026-11-28T12:00:00Z");
+        let mine = marker(now);
+        assert!(!abandoned(Some(&mine), now, &hostname(), process_alive));
     }
 }
