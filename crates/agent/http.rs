@@ -24,6 +24,9 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 #[derive(Debug)]
 pub struct Health {
     require_rpo: bool,
+    /// How long the repository may be unreachable, after it was reachable,
+    /// before the agent turns unready.
+    unready_after: std::time::Duration,
     state: Mutex<HealthState>,
 }
 
@@ -32,6 +35,10 @@ struct HealthState {
     scheduler_running: bool,
     /// `None` until the first repository check has finished.
     repository: Option<Result<(), String>>,
+    /// Whether a repository check ever passed.
+    reachable_once: bool,
+    /// Since when checks fail (None while they pass).
+    failing_since: Option<std::time::Instant>,
     /// Whether each job meets its RPO target; sorted for stable output.
     rpo_ok: BTreeMap<String, bool>,
 }
@@ -43,8 +50,17 @@ impl Health {
     pub fn new(require_rpo: bool) -> Self {
         Self {
             require_rpo,
+            unready_after: std::time::Duration::ZERO,
             state: Mutex::new(HealthState::default()),
         }
+    }
+
+    /// Stays ready while the repository has been unreachable for less than
+    /// `grace` (after a check passed once), so one slow listing does not
+    /// flap `/readyz`.
+    pub fn with_unready_after(mut self, grace: std::time::Duration) -> Self {
+        self.unready_after = grace;
+        self
     }
 
     /// Whether the scheduler loop is running (false again when stopping).
@@ -55,7 +71,19 @@ impl Health {
     /// The result of the last repository check. The error text is shown
     /// on `/readyz` as is, so it must not carry secrets (caller's duty).
     pub fn set_repository(&self, result: Result<(), String>) {
-        self.state().repository = Some(result);
+        let mut state = self.state();
+        match &result {
+            Ok(()) => {
+                state.reachable_once = true;
+                state.failing_since = None;
+            }
+            Err(_) => {
+                state
+                    .failing_since
+                    .get_or_insert_with(std::time::Instant::now);
+            }
+        }
+        state.repository = Some(result);
     }
 
     /// Whether a job currently meets its RPO target.
@@ -77,7 +105,15 @@ impl Health {
         }
         match &state.repository {
             None => reasons.push("repository not checked yet".to_owned()),
-            Some(Err(e)) => reasons.push(format!("repository unreachable: {}", one_line(e))),
+            Some(Err(e)) => {
+                let within_grace = state.reachable_once
+                    && state
+                        .failing_since
+                        .is_some_and(|t| t.elapsed() < self.unready_after);
+                if !within_grace {
+                    reasons.push(format!("repository unreachable: {}", one_line(e)))
+                }
+            }
             Some(Ok(())) => {}
         }
         if self.require_rpo {
@@ -282,6 +318,25 @@ mod tests {
         let r = get(s.addr, "/readyz").await;
         assert_eq!((r.status, r.body.as_str()), (503, "scheduler not running"));
         s.shutdown.cancel();
+    }
+
+    #[test]
+    fn a_short_outage_after_success_keeps_the_agent_ready() {
+        let h = Health::new(false).with_unready_after(Duration::from_secs(3600));
+        h.set_scheduler_running(true);
+        h.set_repository(Err("timed out".into()));
+        assert!(h.readiness().is_err(), "never reachable yet: not ready");
+        h.set_repository(Ok(()));
+        h.set_repository(Err("timed out".into()));
+        assert_eq!(h.readiness(), Ok(()), "within the grace period");
+        let h = Health::new(false).with_unready_after(Duration::ZERO);
+        h.set_scheduler_running(true);
+        h.set_repository(Ok(()));
+        h.set_repository(Err("timed out".into()));
+        assert_eq!(
+            h.readiness(),
+            Err(vec!["repository unreachable: timed out".to_string()])
+        );
     }
 
     #[tokio::test]

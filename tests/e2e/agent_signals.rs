@@ -391,3 +391,60 @@ async fn a_task_stopped_by_sigterm_sends_no_failure_webhook() -> Result<()> {
     );
     Ok(())
 }
+
+/// A store whose listings stall does not stall the agent: repository
+/// checks are bounded by `agent.repository_timeout`, so a reload (which
+/// checks the repository) and SIGTERM are still handled within seconds,
+/// not after the stalled listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
+    let target = s3::moto()?;
+    let repo = Repo::s3(target.clone(), "stalled-listing");
+    let proxy = SlowProxy::start(&target, Slowdown::NONE)?;
+    let agent_repo = Repo::S3 {
+        target: proxy.target(),
+        prefix: prefix_of(&repo),
+    };
+    let env = repo.env();
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    let port = free_port()?;
+    let app = job(
+        "app",
+        &src,
+        "app",
+        "globals = false\n[jobs.schedule]\nbackup = \"0 0 1 1 *\"\ncatch_up = false\n",
+    );
+    let config = agent_config(
+        tmp.path(),
+        &agent_repo,
+        port,
+        "repository_timeout = \"2s\"",
+        &[app],
+    );
+    let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
+    // Every GET (the listings) now waits 30 s.
+    proxy.set(Slowdown {
+        delay: Duration::from_secs(30),
+        only_method: Some("GET"),
+        bytes_per_second: None,
+    });
+    agent.signal(Signal::SIGHUP)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    agent.signal(Signal::SIGTERM)?;
+    wait_until("agent-stopping", Duration::from_secs(10), || {
+        Ok(agent.log_text().contains("agent-stopping"))
+    })
+    .with_context(|| agent.log_text())?;
+    let took = sent.elapsed();
+    let status = agent.stop(Duration::from_secs(20))?;
+    proxy.set(Slowdown::NONE);
+    assert!(
+        took < Duration::from_secs(8),
+        "SIGTERM waited {took:?} for a stalled listing"
+    );
+    assert!(status.success());
+    Ok(())
+}

@@ -30,6 +30,14 @@ pub struct AgentConfig {
     /// Retry of failed tasks with exponential backoff (temporary errors only).
     #[serde(default)]
     pub backoff: refugio_schedule::Backoff,
+    /// How long one repository check (a listing of each job, every minute
+    /// and at start) may take before it counts as failed. Default 30s.
+    #[serde(default = "default_repository_timeout", with = "humantime_serde")]
+    pub repository_timeout: Duration,
+    /// `/readyz` turns unready once the repository has been unreachable
+    /// this long (after a check passed once). Default 2m.
+    #[serde(default = "default_unready_after", with = "humantime_serde")]
+    pub unready_after: Duration,
     /// JSON POST on every failed task and on the first success after a
     /// failure: `{ url = "https://…", attempts = 3, timeout = "10s" }`.
     #[serde(default)]
@@ -45,6 +53,8 @@ impl Default for AgentConfig {
             ready_requires_rpo: false,
             signal_jobs: Vec::new(),
             backoff: refugio_schedule::Backoff::default(),
+            repository_timeout: default_repository_timeout(),
+            unready_after: default_unready_after(),
             webhook: None,
         }
     }
@@ -58,4 +68,10 @@ fn default_shutdown() -> Duration {
 }
 fn two() -> usize {
     2
+}
+fn default_repository_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_unready_after() -> Duration {
+    Duration::from_secs(120)
 }

@@ -70,13 +70,22 @@ impl Agent {
         let cur = self.current();
         let mut out = HashMap::new();
         let mut error = None;
+        let limit = cur.cfg.agent.repository_timeout;
         for job in &cur.cfg.jobs {
-            match refugio_core::status(&cur.repo, &job.name).await {
-                Ok(st) => {
+            let status = tokio::time::timeout(limit, refugio_core::status(&cur.repo, &job.name));
+            match status.await {
+                Ok(Ok(st)) => {
                     self.publish_status(job, &st);
                     out.insert(job.name.clone(), st);
                 }
-                Err(e) => error = Some(format!("{e:#}")),
+                Ok(Err(e)) => error = Some(format!("{e:#}")),
+                Err(_) => {
+                    error = Some(format!(
+                        "listing job {} took longer than agent.repository_timeout ({})",
+                        job.name,
+                        humantime::format_duration(limit)
+                    ))
+                }
             }
         }
         match error {

@@ -49,7 +49,9 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
     }
     let repo = crate::repo::open(&cfg, None).await?;
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::new(cfg.agent.ready_requires_rpo));
+    let health = Arc::new(
+        Health::new(cfg.agent.ready_requires_rpo).with_unready_after(cfg.agent.unready_after),
+    );
     let (own_tx, mut own_rx) = mpsc::channel::<Fire>(refugio_schedule::FIRE_CHANNEL_CAPACITY);
     let agent = Arc::new(Agent {
         current: RwLock::new(Current {
@@ -101,6 +103,7 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
     let watchdog_on = sd_notify::watchdog_enabled().is_some();
     let mut refresh = tokio::time::interval(Duration::from_secs(60));
     refresh.tick().await;
+    let mut checking: Option<tokio::task::JoinHandle<()>> = None;
 
     loop {
         tokio::select! {
@@ -125,7 +128,17 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
                 }
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             }
-            _ = refresh.tick() => { agent.check_repository().await; }
+            // The check runs beside the loop (bounded by
+            // agent.repository_timeout), so a slow store never delays
+            // signals, watchdog pings or scheduled runs.
+            _ = refresh.tick() => {
+                if checking.as_ref().is_none_or(|t| t.is_finished()) {
+                    let agent = Arc::clone(&agent);
+                    checking = Some(tokio::spawn(async move {
+                        agent.check_repository().await;
+                    }));
+                }
+            }
             _ = watchdog.tick(), if watchdog_on => {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             }
