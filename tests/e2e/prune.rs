@@ -374,3 +374,114 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
     assert_eq!(list(&config, &env)?.len(), 1);
     Ok(())
 }
+
+/// `from`'s tree copied to `to` (which must not exist).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Four backups in a directory repository, the three oldest drilled,
+/// `keep_last = 1`: prune deletes the two older verified backups, receipts
+/// included, and exits 0. The deletes of a backup's objects run together
+/// and race to remove its emptied directory, so the prune is repeated on
+/// fresh copies of the repository until a race would have shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_of_verified_backups_in_a_directory_succeeds() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::dir(tmp.path());
+    let env = repo.env();
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let scratch = Cluster::start(16).await?;
+    let extra = format!(
+        "scratch = {:?}\nretention = {{ keep_last = 1, gc_grace = \"1s\" }}\n",
+        scratch.url("postgres")
+    );
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
+    let cfg = config.to_str().unwrap_or_default();
+    let bindir = src.bindir().display().to_string();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        refugio_ok(&["--config", cfg, "backup"], &env)?;
+        let newest = list(&config, &env)?
+            .first()
+            .and_then(|m| m["backup_id"].as_str().map(str::to_string))
+            .context("id")?;
+        if i < 3 {
+            refugio_ok(
+                &[
+                    "--config",
+                    cfg,
+                    "verify",
+                    "--backup",
+                    &newest,
+                    "--pg-bindir",
+                    &bindir,
+                ],
+                &env,
+            )?;
+        }
+        ids.push(newest);
+        // Distinct seconds, so ids and times order the same way.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let Repo::Dir(dir) = &repo else {
+        unreachable!()
+    };
+    for id in &ids[..3] {
+        let receipts: Vec<String> = files_under(&dir.join("app").join(id))
+            .into_iter()
+            .filter(|f| f.starts_with("verify-") && f.ends_with("-ok.json"))
+            .collect();
+        assert_eq!(receipts.len(), 1, "{id} drilled: {receipts:?}");
+    }
+    let pristine = tmp.path().join("pristine");
+    copy_tree(dir, &pristine)?;
+
+    for round in 0..30 {
+        if round > 0 {
+            std::fs::remove_dir_all(dir)?;
+            copy_tree(&pristine, dir)?;
+        }
+        let out = refugio(&["--config", cfg, "prune", "--json"], &env);
+        let text = all_output(&out);
+        assert!(out.status.success(), "round {round}: prune failed:\n{text}");
+        let report: Value = serde_json::from_slice(&out.stdout)?;
+        let report = &report[0];
+        assert_eq!(report["failed_deletes"], serde_json::json!([]), "{report}");
+        assert_eq!(
+            report["deleted_backups"],
+            serde_json::json!([ids[1], ids[0]]),
+            "{report}"
+        );
+        let files = files_under(dir);
+        for gone in &ids[..2] {
+            assert!(
+                files.iter().all(|f| !f.contains(gone.as_str())),
+                "round {round}: {gone} left {files:?}"
+            );
+            assert!(!dir.join("app").join(gone).exists(), "{gone}'s directory");
+        }
+        for kept in &ids[2..] {
+            assert!(
+                files.contains(&format!("app/{kept}/manifest.json")),
+                "round {round}: {kept} kept: {files:?}"
+            );
+        }
+    }
+    let again = prune_json(cfg, &env, false)?;
+    assert_eq!(again["deleted_backups"], serde_json::json!([]), "{again}");
+    assert_eq!(again["orphans"], serde_json::json!([]), "{again}");
+    Ok(())
+}

@@ -190,6 +190,42 @@ fn create_new_with_parents(path: &Path) -> io::Result<File> {
     }
 }
 
+/// Removes the file of an object, then the directories that leaves empty
+/// (up to `root`), then fsyncs the deepest directory still there, which
+/// makes the removal durable. Deletes in one directory run concurrently
+/// (prune deletes a backup's objects together) and race to remove it, so
+/// a directory already gone is no error at any step: the object is.
+fn remove_object(root: &Path, path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let mut dir = path.parent().unwrap_or(root);
+    while dir != root && dir.starts_with(root) {
+        if fs::remove_dir(dir).is_err() {
+            break; // not empty, already removed, or raced with a writer
+        }
+        dir = match dir.parent() {
+            Some(up) => up,
+            None => break,
+        };
+    }
+    loop {
+        match sync_dir(dir) {
+            // Removed by a concurrent delete: its parent records that.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir != root => {
+                dir = match dir.parent() {
+                    Some(up) if up.starts_with(root) => up,
+                    _ => return Err(e),
+                };
+            }
+            other => return other,
+        }
+    }
+}
+
 fn mtime(meta: &fs::Metadata) -> Option<DateTime<Utc>> {
     meta.modified().ok().map(DateTime::<Utc>::from)
 }
@@ -430,28 +466,8 @@ impl ObjectStore for FsStore {
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path_of(key)?;
         let root = self.root.clone();
-        self.blocking("delete", key, move || {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let parent = path.parent().unwrap_or(&root);
-            sync_dir(parent)?;
-            let mut dir = parent;
-            while dir != root && dir.starts_with(&root) {
-                if fs::remove_dir(dir).is_err() {
-                    break; // not empty, or raced with a writer: keep it
-                }
-                dir = match dir.parent() {
-                    Some(up) => up,
-                    None => break,
-                };
-            }
-            Ok(())
-        })
-        .await
+        self.blocking("delete", key, move || remove_object(&root, &path))
+            .await
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
