@@ -485,3 +485,115 @@ async fn prune_of_verified_backups_in_a_directory_succeeds() -> Result<()> {
     assert_eq!(again["orphans"], serde_json::json!([]), "{again}");
     Ok(())
 }
+
+/// The binary run by `sh` under `umask`; otherwise as [`refugio_ok`].
+fn refugio_ok_with_umask(umask: &str, args: &[&str], env: &[(String, String)]) -> Result<String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$@\""))
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_refugio"))
+        .args(args)
+        .env_remove("REFUGIO_CONFIG")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "refugio {args:?} under umask {umask} failed ({}):\n{}",
+        out.status,
+        all_output(&out)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Every directory (the root included) and file under `dir`, with its
+/// permission bits.
+fn modes_under(dir: &std::path::Path) -> Result<Vec<(String, bool, u32)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let meta = std::fs::metadata(&d)?;
+        out.push((
+            d.display().to_string(),
+            true,
+            meta.permissions().mode() & 0o7777,
+        ));
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                todo.push(entry.path());
+            } else {
+                let mode = entry.metadata()?.permissions().mode() & 0o7777;
+                out.push((entry.path().display().to_string(), false, mode));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A directory repository holds whole databases: whatever the umask, the
+/// files of a real backup, its drill receipt and its pin are 0600 and its
+/// directories (the repository root refugio creates included) 0700. The
+/// backup runs under umask 000 (files would be world-readable), the drill
+/// and the pin under 0277 (the mode would lose the owner's write bit).
+#[tokio::test(flavor = "multi_thread")]
+async fn directory_repository_is_owner_only_whatever_the_umask() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::dir(tmp.path());
+    let env = repo.env();
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let scratch = Cluster::start(16).await?;
+    let extra = format!("scratch = {:?}\n", scratch.url("postgres"));
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
+    let cfg = config.to_str().unwrap_or_default();
+    let bindir = src.bindir().display().to_string();
+    refugio_ok_with_umask("000", &["--config", cfg, "backup"], &env)?;
+    let id = list(&config, &env)?
+        .first()
+        .and_then(|m| m["backup_id"].as_str().map(str::to_string))
+        .context("id")?;
+    refugio_ok_with_umask(
+        "0277",
+        &["--config", cfg, "verify", "--pg-bindir", &bindir],
+        &env,
+    )?;
+    refugio_ok_with_umask("0277", &["--config", cfg, "pin", &id], &env)?;
+
+    let Repo::Dir(dir) = &repo else {
+        unreachable!()
+    };
+    let names = files_under(&dir.join("app").join(&id));
+    for expected in [
+        "manifest.json",
+        "database.dump.zst",
+        "globals.sql.zst",
+        "pinned",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected}: {names:?}");
+    }
+    assert!(
+        names.iter().any(|n| n.starts_with("verify-")),
+        "receipt: {names:?}"
+    );
+    let modes = modes_under(dir)?;
+    assert_eq!(
+        modes.iter().filter(|(_, is_dir, _)| *is_dir).count(),
+        3,
+        "{modes:?}"
+    );
+    let wrong: Vec<_> = modes
+        .iter()
+        .filter(|(_, is_dir, mode)| *mode != if *is_dir { 0o700 } else { 0o600 })
+        .map(|(path, _, mode)| format!("{path}: {mode:o}"))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+    Ok(())
+}
