@@ -374,3 +374,226 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
     assert_eq!(list(&config, &env)?.len(), 1);
     Ok(())
 }
+
+/// `from`'s tree copied to `to` (which must not exist).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Four backups in a directory repository, the three oldest drilled,
+/// `keep_last = 1`: prune deletes the two older verified backups, receipts
+/// included, and exits 0. The deletes of a backup's objects run together
+/// and race to remove its emptied directory, so the prune is repeated on
+/// fresh copies of the repository until a race would have shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_of_verified_backups_in_a_directory_succeeds() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::dir(tmp.path());
+    let env = repo.env();
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let scratch = Cluster::start(16).await?;
+    let extra = format!(
+        "scratch = {:?}\nretention = {{ keep_last = 1, gc_grace = \"1s\" }}\n",
+        scratch.url("postgres")
+    );
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
+    let cfg = config.to_str().unwrap_or_default();
+    let bindir = src.bindir().display().to_string();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        refugio_ok(&["--config", cfg, "backup"], &env)?;
+        let newest = list(&config, &env)?
+            .first()
+            .and_then(|m| m["backup_id"].as_str().map(str::to_string))
+            .context("id")?;
+        if i < 3 {
+            refugio_ok(
+                &[
+                    "--config",
+                    cfg,
+                    "verify",
+                    "--backup",
+                    &newest,
+                    "--pg-bindir",
+                    &bindir,
+                ],
+                &env,
+            )?;
+        }
+        ids.push(newest);
+        // Distinct seconds, so ids and times order the same way.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    let Repo::Dir(dir) = &repo else {
+        unreachable!()
+    };
+    for id in &ids[..3] {
+        let receipts: Vec<String> = files_under(&dir.join("app").join(id))
+            .into_iter()
+            .filter(|f| f.starts_with("verify-") && f.ends_with("-ok.json"))
+            .collect();
+        assert_eq!(receipts.len(), 1, "{id} drilled: {receipts:?}");
+    }
+    let pristine = tmp.path().join("pristine");
+    copy_tree(dir, &pristine)?;
+
+    for round in 0..30 {
+        if round > 0 {
+            std::fs::remove_dir_all(dir)?;
+            copy_tree(&pristine, dir)?;
+        }
+        let out = refugio(&["--config", cfg, "prune", "--json"], &env);
+        let text = all_output(&out);
+        assert!(out.status.success(), "round {round}: prune failed:\n{text}");
+        let report: Value = serde_json::from_slice(&out.stdout)?;
+        let report = &report[0];
+        assert_eq!(report["failed_deletes"], serde_json::json!([]), "{report}");
+        assert_eq!(
+            report["deleted_backups"],
+            serde_json::json!([ids[1], ids[0]]),
+            "{report}"
+        );
+        let files = files_under(dir);
+        for gone in &ids[..2] {
+            assert!(
+                files.iter().all(|f| !f.contains(gone.as_str())),
+                "round {round}: {gone} left {files:?}"
+            );
+            assert!(!dir.join("app").join(gone).exists(), "{gone}'s directory");
+        }
+        for kept in &ids[2..] {
+            assert!(
+                files.contains(&format!("app/{kept}/manifest.json")),
+                "round {round}: {kept} kept: {files:?}"
+            );
+        }
+    }
+    let again = prune_json(cfg, &env, false)?;
+    assert_eq!(again["deleted_backups"], serde_json::json!([]), "{again}");
+    assert_eq!(again["orphans"], serde_json::json!([]), "{again}");
+    Ok(())
+}
+
+/// The binary run by `sh` under `umask`; otherwise as [`refugio_ok`].
+fn refugio_ok_with_umask(umask: &str, args: &[&str], env: &[(String, String)]) -> Result<String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask} && exec \"$@\""))
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_refugio"))
+        .args(args)
+        .env_remove("REFUGIO_CONFIG")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "refugio {args:?} under umask {umask} failed ({}):\n{}",
+        out.status,
+        all_output(&out)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Every directory (the root included) and file under `dir`, with its
+/// permission bits.
+fn modes_under(dir: &std::path::Path) -> Result<Vec<(String, bool, u32)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let meta = std::fs::metadata(&d)?;
+        out.push((
+            d.display().to_string(),
+            true,
+            meta.permissions().mode() & 0o7777,
+        ));
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                todo.push(entry.path());
+            } else {
+                let mode = entry.metadata()?.permissions().mode() & 0o7777;
+                out.push((entry.path().display().to_string(), false, mode));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A directory repository holds whole databases: whatever the umask, the
+/// files of a real backup, its drill receipt and its pin are 0600 and its
+/// directories (the repository root refugio creates included) 0700. The
+/// backup runs under umask 000 (files would be world-readable), the drill
+/// and the pin under 0277 (the mode would lose the owner's write bit).
+#[tokio::test(flavor = "multi_thread")]
+async fn directory_repository_is_owner_only_whatever_the_umask() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::dir(tmp.path());
+    let env = repo.env();
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let scratch = Cluster::start(16).await?;
+    let extra = format!("scratch = {:?}\n", scratch.url("postgres"));
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
+    let cfg = config.to_str().unwrap_or_default();
+    let bindir = src.bindir().display().to_string();
+    refugio_ok_with_umask("000", &["--config", cfg, "backup"], &env)?;
+    let id = list(&config, &env)?
+        .first()
+        .and_then(|m| m["backup_id"].as_str().map(str::to_string))
+        .context("id")?;
+    refugio_ok_with_umask(
+        "0277",
+        &["--config", cfg, "verify", "--pg-bindir", &bindir],
+        &env,
+    )?;
+    refugio_ok_with_umask("0277", &["--config", cfg, "pin", &id], &env)?;
+
+    let Repo::Dir(dir) = &repo else {
+        unreachable!()
+    };
+    let names = files_under(&dir.join("app").join(&id));
+    for expected in [
+        "manifest.json",
+        "database.dump.zst",
+        "globals.sql.zst",
+        "pinned",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected}: {names:?}");
+    }
+    assert!(
+        names.iter().any(|n| n.starts_with("verify-")),
+        "receipt: {names:?}"
+    );
+    let modes = modes_under(dir)?;
+    assert_eq!(
+        modes.iter().filter(|(_, is_dir, _)| *is_dir).count(),
+        3,
+        "{modes:?}"
+    );
+    let wrong: Vec<_> = modes
+        .iter()
+        .filter(|(_, is_dir, mode)| *mode != if *is_dir { 0o700 } else { 0o600 })
+        .map(|(path, _, mode)| format!("{path}: {mode:o}"))
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+    Ok(())
+}

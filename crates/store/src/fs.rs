@@ -4,18 +4,25 @@
 //! Writes are atomic and durable: an object is written under a hidden
 //! temporary name in its final directory (`.<name>.refugio-tmp-<random>`
 //! for `put`, `.<name>.refugio-partial-<random>` for multipart uploads),
-//! fsynced, renamed to its final name, and the directory is fsynced. A
-//! reader therefore sees a whole object or none, and listings never show
-//! the temporary files; `list_multipart_uploads` does, so that garbage
-//! collection can remove what a crash left behind.
+//! fsynced, renamed to its final name, and the directory is fsynced. Every
+//! directory created on the way is fsynced into its parent, so a crash
+//! cannot lose the entry of a backup's directory and with it a committed
+//! manifest. A reader therefore sees a whole object or none, and listings
+//! never show the temporary files; `list_multipart_uploads` does, so that
+//! garbage collection can remove what a crash left behind.
+//!
+//! Dumps hold a whole database: files are created `0600` and directories
+//! `0700` (the repository root too, when the store creates it), set
+//! explicitly so the umask changes nothing. Existing directories keep
+//! their mode.
 //!
 //! Limits of a file system compared with S3: a key cannot also be a
 //! "directory" of other keys (`a` and `a/b` cannot both exist), and key
 //! segments may not be empty, `.` or `..`.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,6 +43,10 @@ const PARTIAL_MARKER: &str = ".refugio-partial-";
 /// Read buffer of `get`: large enough that a reader with a small buffer does
 /// not cost one blocking-pool hop per few bytes.
 const READ_BUFFER: usize = 256 * 1024;
+/// Mode of every file the store creates: the owner only.
+const FILE_MODE: u32 = 0o600;
+/// Mode of every directory the store creates: the owner only.
+const DIR_MODE: u32 = 0o700;
 
 /// Objects as files under a root directory.
 #[derive(Debug, Clone)]
@@ -58,7 +69,7 @@ impl FsStore {
         let describe = url::Url::from_file_path(&root)
             .map(|u| u.to_string())
             .unwrap_or_else(|()| root.display().to_string());
-        fs::create_dir_all(&root).map_err(|source| Error::Io {
+        create_dirs(&root, &mut sync_dir).map_err(|source| Error::Io {
             op: "create directory",
             store: describe.clone(),
             key: String::new(),
@@ -171,20 +182,108 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates `path` (which must not exist), creating its parent directories.
-/// Retries when a concurrent `delete` removed a just-created empty parent.
+/// Creates `dir` and whichever of its ancestors are missing, each with
+/// [`DIR_MODE`], and calls `sync` (`sync_dir` outside tests) on the parent
+/// of every level it creates, top down: a directory entry is durable only
+/// once its parent is fsynced, and an fsync of a file's directory does not
+/// make that directory's own entry durable.
+fn create_dirs(dir: &Path, sync: &mut dyn FnMut(&Path) -> io::Result<()>) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut level = dir;
+    loop {
+        match fs::metadata(level) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a directory", level.display()),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(level);
+                match level.parent() {
+                    Some(up) if !up.as_os_str().is_empty() => level = up,
+                    _ => break,
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for level in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(DIR_MODE).create(level) {
+            // The umask may have taken bits away: set the mode itself.
+            Ok(()) => fs::set_permissions(level, Permissions::from_mode(DIR_MODE))?,
+            // A concurrent writer made it; its entry may not be synced yet.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && level.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+        sync(level.parent().unwrap_or(Path::new("/")))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` (which must not exist) with [`FILE_MODE`], creating its
+/// parent directories. Retries when a concurrent `delete` removed a
+/// just-created empty parent.
 fn create_new_with_parents(path: &Path) -> io::Result<File> {
     let parent = path.parent().unwrap_or(Path::new("/"));
     let mut attempt = 0;
     loop {
-        fs::create_dir_all(parent)?;
+        create_dirs(parent, &mut sync_dir)?;
         match OpenOptions::new()
             .write(true)
             .read(true)
             .create_new(true)
+            .mode(FILE_MODE)
             .open(path)
         {
             Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => attempt += 1,
+            Err(e) => return Err(e),
+            Ok(file) => {
+                // As for directories: the umask only ever takes bits away.
+                return match file.set_permissions(Permissions::from_mode(FILE_MODE)) {
+                    Ok(()) => Ok(file),
+                    Err(e) => {
+                        let _ = fs::remove_file(path);
+                        Err(e)
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// Removes the file of an object, then the directories that leaves empty
+/// (up to `root`), then fsyncs the deepest directory still there, which
+/// makes the removal durable. Deletes in one directory run concurrently
+/// (prune deletes a backup's objects together) and race to remove it, so
+/// a directory already gone is no error at any step: the object is.
+fn remove_object(root: &Path, path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let mut dir = path.parent().unwrap_or(root);
+    while dir != root && dir.starts_with(root) {
+        if fs::remove_dir(dir).is_err() {
+            break; // not empty, already removed, or raced with a writer
+        }
+        dir = match dir.parent() {
+            Some(up) => up,
+            None => break,
+        };
+    }
+    loop {
+        match sync_dir(dir) {
+            // Removed by a concurrent delete: its parent records that.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir != root => {
+                dir = match dir.parent() {
+                    Some(up) if up.starts_with(root) => up,
+                    _ => return Err(e),
+                };
+            }
             other => return other,
         }
     }
@@ -430,28 +529,8 @@ impl ObjectStore for FsStore {
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path_of(key)?;
         let root = self.root.clone();
-        self.blocking("delete", key, move || {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(()),
-                Err(e) => return Err(e),
-            }
-            let parent = path.parent().unwrap_or(&root);
-            sync_dir(parent)?;
-            let mut dir = parent;
-            while dir != root && dir.starts_with(&root) {
-                if fs::remove_dir(dir).is_err() {
-                    break; // not empty, or raced with a writer: keep it
-                }
-                dir = match dir.parent() {
-                    Some(up) => up,
-                    None => break,
-                };
-            }
-            Ok(())
-        })
-        .await
+        self.blocking("delete", key, move || remove_object(&root, &path))
+            .await
     }
 
     async fn list_multipart_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
@@ -758,6 +837,90 @@ mod tests {
             store.list_prefixes("j/").await.expect("prefixes"),
             vec!["j/b2"]
         );
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn create_dirs_syncs_the_parent_of_every_level_it_creates() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let t = tmp.path();
+        let mut synced = Vec::new();
+        let mut record = |dir: &Path| {
+            synced.push(dir.to_path_buf());
+            Ok(())
+        };
+        create_dirs(&t.join("a/b/c"), &mut record).expect("create");
+        assert_eq!(synced, vec![t.to_path_buf(), t.join("a"), t.join("a/b")]);
+        for level in ["a", "a/b", "a/b/c"] {
+            assert_eq!(mode(&t.join(level)), 0o700, "{level}");
+        }
+
+        synced.clear();
+        let mut record = |dir: &Path| {
+            synced.push(dir.to_path_buf());
+            Ok(())
+        };
+        create_dirs(&t.join("a/b/d"), &mut record).expect("one more level");
+        create_dirs(&t.join("a/b"), &mut record).expect("exists");
+        assert_eq!(synced, vec![t.join("a/b")], "only the new level's parent");
+
+        fs::write(t.join("f"), b"x").expect("file");
+        synced.clear();
+        let mut record = |dir: &Path| {
+            synced.push(dir.to_path_buf());
+            Ok(())
+        };
+        assert!(create_dirs(&t.join("f/g"), &mut record).is_err());
+        assert!(create_dirs(&t.join("f"), &mut record).is_err());
+        assert!(synced.is_empty(), "{synced:?}");
+
+        // A failed sync fails the creation: the caller must not go on to
+        // write into a directory whose entry may not survive a crash.
+        let mut failing = |_: &Path| Err(io::Error::other("fsync failed"));
+        assert!(create_dirs(&t.join("x/y"), &mut failing).is_err());
+    }
+
+    #[tokio::test]
+    async fn files_and_directories_are_owner_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("new/repo");
+        let store = FsStore::new(&root).expect("store");
+        store
+            .put("j/b1/manifest.json", Bytes::from_static(b"{}"))
+            .await
+            .expect("put");
+        let mut upload = store.put_multipart("j/b2/data").await.expect("start");
+        upload
+            .put_part(Bytes::from_static(b"x"))
+            .await
+            .expect("part");
+        let pending = store.list_multipart_uploads("j/").await.expect("pending");
+        let partial = root.join("j/b2").join(&pending[0].upload_id);
+        assert_eq!(mode(&partial), 0o600, "partial file");
+        upload.complete().await.expect("complete");
+        for d in [
+            "new",
+            "new/repo",
+            "new/repo/j",
+            "new/repo/j/b1",
+            "new/repo/j/b2",
+        ] {
+            assert_eq!(mode(&dir.path().join(d)), 0o700, "{d}");
+        }
+        for f in ["j/b1/manifest.json", "j/b2/data"] {
+            assert_eq!(mode(&root.join(f)), 0o600, "{f}");
+        }
+        // A directory that was there keeps its mode.
+        fs::set_permissions(root.join("j"), Permissions::from_mode(0o750)).expect("chmod");
+        store
+            .put("j/b3/x", Bytes::from_static(b"1"))
+            .await
+            .expect("put");
+        assert_eq!(mode(&root.join("j")), 0o750);
+        assert_eq!(mode(&root.join("j/b3")), 0o700);
     }
 
     #[tokio::test]

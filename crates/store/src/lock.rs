@@ -32,8 +32,9 @@ impl fmt::Display for LockMode {
 }
 
 /// A retention set on one object.
+// Part of the manifest (`object_lock`): unknown fields are judged by
+// `Manifest::parse` per format minor, not denied here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Retention {
     pub mode: LockMode,
     pub until: DateTime<Utc>,

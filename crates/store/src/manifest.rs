@@ -4,6 +4,14 @@
 //! The `format` field is `"MAJOR.MINOR"`. Readers accept any minor of the
 //! major they know (new minors only add optional fields) and reject other
 //! majors with an error that names the manifest and both versions.
+//!
+//! Which fields are known is what the structs below say, nothing else:
+//! they do not deny unknown fields; [`Manifest::parse`] deserializes
+//! through `serde_ignored`, which reports each field serde's derive had no
+//! place for (nested ones too, as `server.x` or `artifacts.0.x`). In a
+//! newer minor those are optional additions and are dropped; in a minor
+//! this build knows (up to [`FORMAT_MINOR`]) there are none, so one is an
+//! error.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,14 +20,17 @@ use crate::error::{Error, Result};
 
 /// The manifest major version this build reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
-/// The manifest format written by this build.
+/// The manifest minor version this build writes.
+pub const FORMAT_MINOR: u32 = 2;
+/// The manifest format written by this build: `FORMAT_MAJOR.FORMAT_MINOR`.
 pub const FORMAT: &str = "1.2";
 /// Object name of the manifest inside a backup's prefix.
 pub const MANIFEST_NAME: &str = "manifest.json";
 
 /// One backup, as committed.
+// No `deny_unknown_fields` here or in the structs below: `parse` decides
+// per format minor (see the module doc).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// `"1.2"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`).
     pub format: String,
@@ -60,7 +71,6 @@ pub struct Manifest {
 
 /// Facts about the source server at the snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServerInfo {
     pub version: String,
     pub version_num: u32,
@@ -73,7 +83,6 @@ pub struct ServerInfo {
 
 /// One stored file of a backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Artifact {
     /// Object name inside the backup's prefix, e.g. `database.dump.zst`.
     pub name: String,
@@ -95,7 +104,6 @@ pub struct Artifact {
 
 /// Rows of one table at the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TableRows {
     pub schema: String,
     pub name: String,
@@ -104,7 +112,6 @@ pub struct TableRows {
 
 /// How long the parts of the backup took, seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Durations {
     pub snapshot_seconds: f64,
     pub dump_seconds: f64,
@@ -150,7 +157,10 @@ impl Manifest {
                 key: key.to_string(),
                 reason: "no \"format\" field".to_string(),
             })?;
-        let major = format.split('.').next().and_then(|m| m.parse::<u32>().ok());
+        let (major, minor) = match format.split_once('.') {
+            Some((major, minor)) => (major.parse::<u32>().ok(), minor.parse::<u32>().ok()),
+            None => (format.parse::<u32>().ok(), None),
+        };
         if major != Some(FORMAT_MAJOR) {
             return Err(Error::UnsupportedManifest {
                 key: key.to_string(),
@@ -158,44 +168,36 @@ impl Manifest {
                 supported: FORMAT_MAJOR,
             });
         }
-        // Same major, newer minor: fields we do not know are optional
-        // additions; drop them rather than fail.
-        let known = if format == FORMAT {
-            value
-        } else {
-            strip_unknown(value)
+        let Some(minor) = minor else {
+            return Err(Error::InvalidManifest {
+                key: key.to_string(),
+                reason: format!("format {format:?} is not MAJOR.MINOR"),
+            });
         };
-        serde_json::from_value(known).map_err(|e| Error::InvalidManifest {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })
+        let format = format.to_string();
+        let mut unknown = Vec::new();
+        let manifest: Manifest =
+            serde_ignored::deserialize(value, |path| unknown.push(path.to_string())).map_err(
+                |e| Error::InvalidManifest {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                },
+            )?;
+        if !unknown.is_empty() {
+            if minor <= FORMAT_MINOR {
+                return Err(Error::InvalidManifest {
+                    key: key.to_string(),
+                    reason: format!(
+                        "unknown field(s) for format {format}: {}",
+                        unknown.join(", ")
+                    ),
+                });
+            }
+            // A newer minor's optional additions: this build has no use for them.
+            tracing::debug!(key, format, fields = %unknown.join(", "), "manifest-fields-dropped");
+        }
+        Ok(manifest)
     }
-}
-
-fn strip_unknown(mut v: serde_json::Value) -> serde_json::Value {
-    const TOP: &[&str] = &[
-        "format",
-        "job",
-        "backup_id",
-        "database",
-        "started_at",
-        "finished_at",
-        "snapshot_at",
-        "refugio_version",
-        "server",
-        "pg_dump_version",
-        "dump_format",
-        "artifacts",
-        "row_counts",
-        "tables",
-        "large_objects",
-        "durations",
-        "attempts",
-    ];
-    if let Some(obj) = v.as_object_mut() {
-        obj.retain(|k, _| TOP.contains(&k.as_str()));
-    }
-    v
 }
 
 #[cfg(test)]
@@ -269,13 +271,68 @@ mod tests {
         );
     }
 
+    /// Every optional field set, so that dropping one shows.
+    fn full() -> Manifest {
+        let mut m = sample();
+        m.schema_fingerprint = Some("cd".repeat(32));
+        m.object_lock = Some(crate::lock::Retention {
+            mode: crate::lock::LockMode::Governance,
+            until: m.finished_at + chrono::Duration::days(30),
+        });
+        m
+    }
+
     #[test]
-    fn accepts_newer_minor_with_extra_fields() {
-        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+    fn newer_minor_keeps_every_known_field_and_drops_unknown_ones_at_any_depth() {
+        let mut v: serde_json::Value = serde_json::from_slice(&full().to_json()).unwrap();
         v["format"] = "1.7".into();
         v["future_field"] = 42.into();
+        v["server"]["future_field"] = true.into();
+        v["artifacts"][0]["future_field"] = "x".into();
+        v["tables"][0]["future_field"] = 1.into();
+        v["durations"]["future_field"] = 0.5.into();
+        v["object_lock"]["future_field"] = "legal-hold".into();
         let m = Manifest::parse("k", &serde_json::to_vec(&v).unwrap()).unwrap();
         assert_eq!(m.format, "1.7");
+        assert_eq!(
+            Manifest {
+                format: FORMAT.into(),
+                ..m
+            },
+            full()
+        );
+    }
+
+    #[test]
+    fn known_minor_with_an_unknown_field_is_invalid_naming_it() {
+        for minor in 0..=FORMAT_MINOR {
+            let mut v: serde_json::Value = serde_json::from_slice(&full().to_json()).unwrap();
+            v["format"] = format!("1.{minor}").into();
+            v["artifacts"][0]["typo"] = 1.into();
+            let e = Manifest::parse("trips/x/manifest.json", &serde_json::to_vec(&v).unwrap())
+                .unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, Error::InvalidManifest { .. }), "{msg}");
+            assert!(
+                msg.contains("trips/x/manifest.json") && msg.contains("artifacts.0.typo"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn format_must_be_major_dot_minor() {
+        for format in ["1", "1.", "1.x", "1.2.3"] {
+            let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+            v["format"] = format.into();
+            let e = Manifest::parse("k", &serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(matches!(e, Error::InvalidManifest { .. }), "{format}: {e}");
+        }
+    }
+
+    #[test]
+    fn format_constants_agree() {
+        assert_eq!(FORMAT, format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"));
     }
 
     #[test]

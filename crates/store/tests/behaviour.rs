@@ -441,6 +441,48 @@ mod suite {
         store.delete("never/existed").await?;
         Ok(())
     }
+
+    /// Deleting what is not there succeeds, alone or in a batch: a missing
+    /// key, a key under an object, a key given twice, and the objects of
+    /// whole backups deleted together as prune does (in the directory
+    /// store the last delete in a directory removes it while the others in
+    /// it may still be finishing). Repeated, so that a race shows.
+    pub async fn delete_missing_is_ok(store: &dyn ObjectStore) -> Result<()> {
+        store.delete("never/existed").await?;
+        store.put("d/a", Bytes::from_static(b"a")).await?;
+        store.delete("d/b").await?;
+        store.delete("d/a/under-an-object").await?;
+        let twice = ["d/a", "d/a", "gone/x"].map(String::from);
+        let failed = store.delete_many(&twice).await?;
+        ensure!(
+            failed.is_empty(),
+            "deleting twice or a missing key: {failed:?}"
+        );
+        ensure!(keys(store, "").await?.is_empty(), "d/a deleted");
+
+        const NAMES: [&str; 3] = [
+            "database.dump.zst",
+            "globals.sql.zst",
+            "verify-20261128T070000.000Z-ok.json",
+        ];
+        for round in 0..100 {
+            let batch: Vec<String> = (0..2)
+                .flat_map(|b| NAMES.map(|n| format!("app/2026112{b}T{round:06}Z/{n}")))
+                .collect();
+            futures::stream::iter(&batch)
+                .map(|key| store.put(key, Bytes::from_static(b"x")))
+                .buffer_unordered(8)
+                .try_collect::<Vec<()>>()
+                .await?;
+            let failed = store.delete_many(&batch).await?;
+            ensure!(failed.is_empty(), "round {round}: {failed:?}");
+            ensure!(
+                store.list_prefixes("app/").await?.is_empty(),
+                "round {round}: backups left"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Runs each named suite case against every backend.
@@ -491,6 +533,7 @@ behaviour!(
     list_paginates_in_key_order,
     list_prefixes,
     delete_objects,
+    delete_missing_is_ok,
 );
 
 fn s3_options(target: &S3Target, checksums: ChecksumCalculation) -> S3Options {

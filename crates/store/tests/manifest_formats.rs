@@ -1,0 +1,68 @@
+//! Manifests of every format minor this build knows, as earlier builds
+//! wrote them (`tests/fixtures/manifest-1.N.json`), read back whole by
+//! this build's reader: no field of an earlier minor may be dropped.
+
+use refugio_store::manifest::{Manifest, FORMAT, FORMAT_MAJOR, FORMAT_MINOR};
+use rstest::rstest;
+use serde_json::Value;
+
+fn fixture(minor: u32) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/manifest-{FORMAT_MAJOR}.{minor}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Read, written back, compared as JSON: every field survives with its
+/// value (the format too: a manifest keeps the version it was written in).
+#[rstest]
+#[case::v1_0(0)]
+#[case::v1_1(1)]
+#[case::v1_2(2)]
+fn every_field_of_a_known_minor_survives(#[case] minor: u32) {
+    let bytes = fixture(minor);
+    let key = format!("trips/x/manifest-1.{minor}.json");
+    let manifest = Manifest::parse(&key, &bytes).expect("parse");
+    assert_eq!(manifest.format, format!("1.{minor}"));
+    let written: Value = serde_json::from_slice(&bytes).expect("fixture JSON");
+    let read_back: Value = serde_json::from_slice(&manifest.to_json()).expect("JSON");
+    let differ: Vec<&String> = written
+        .as_object()
+        .expect("an object")
+        .iter()
+        .filter(|(k, v)| read_back.get(k.as_str()) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(differ.is_empty(), "1.{minor}: lost or changed: {differ:?}");
+    assert_eq!(read_back, written);
+}
+
+/// The fields each minor added are in its fixture and read into the
+/// struct, so the comparison above covers them.
+#[test]
+fn fixtures_hold_the_fields_their_minor_added() {
+    let v1_0 = Manifest::parse("k", &fixture(0)).expect("1.0");
+    assert_eq!(v1_0.schema_fingerprint, None);
+    assert_eq!(v1_0.object_lock, None);
+    let v1_1 = Manifest::parse("k", &fixture(1)).expect("1.1");
+    assert!(
+        v1_1.schema_fingerprint.is_some(),
+        "1.1 added schema_fingerprint"
+    );
+    assert_eq!(v1_1.object_lock, None);
+    let v1_2 = Manifest::parse("k", &fixture(2)).expect("1.2");
+    assert!(v1_2.schema_fingerprint.is_some());
+    assert!(v1_2.object_lock.is_some(), "1.2 added object_lock");
+}
+
+/// A build that writes a new minor must add its fixture (and a case above).
+#[test]
+fn there_is_a_fixture_for_every_minor_up_to_the_written_one() {
+    assert_eq!(FORMAT, format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"));
+    for minor in 0..=FORMAT_MINOR {
+        let bytes = fixture(minor);
+        let v: Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert_eq!(v["format"], format!("{FORMAT_MAJOR}.{minor}"));
+    }
+}
