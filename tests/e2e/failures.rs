@@ -530,3 +530,90 @@ async fn config_check_reports_one_line_per_problem() -> Result<()> {
     );
     Ok(())
 }
+
+/// A small filesystem this test mounts itself (tmpfs, as root) and
+/// unmounts on drop.
+struct SmallTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    fn mount(size: &str) -> Result<SmallTmpfs> {
+        let dir = tempfile::tempdir()?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mounting a {size} tmpfs for the disk-full test failed (the test suite runs as root, as scripts/test does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(SmallTmpfs { dir })
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// `restore --jobs 2` needs the whole archive in its temporary directory:
+/// with too little room there it refuses before creating or downloading
+/// anything, naming the directory and the sizes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parallel_restore_without_temp_space_refuses_before_downloading() -> Result<()> {
+    let (_tmp, _src, config, m) = one_backup().await?;
+    let id = m["backup_id"].as_str().context("id")?;
+    let raw = m["artifacts"][0]["raw_size"].as_u64().context("raw size")?;
+    // Smaller than the archive (the sample's is about 28 KiB).
+    anyhow::ensure!(
+        raw > 16 * 1024,
+        "sample archive of {raw} bytes is too small"
+    );
+    let small = SmallTmpfs::mount("8k")?;
+    let dst = Cluster::start(16).await?;
+    let bindir = dst.bindir().display().to_string();
+    let temp = small.dir.path().display().to_string();
+    let out = refugio(
+        &[
+            "--config",
+            config.to_str().unwrap_or_default(),
+            "restore",
+            "--backup",
+            id,
+            "--target",
+            &dst.url("app"),
+            "--create",
+            "--jobs",
+            "2",
+            "--temp-dir",
+            &temp,
+            "--pg-bindir",
+            &bindir,
+        ],
+        &[],
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&temp) && text.contains("free") && text.contains("--jobs 1"),
+        "names the directory, the sizes and the way out: {text}"
+    );
+    let created = dst
+        .psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'app'",
+        )
+        .await?;
+    assert_eq!(created, "0", "the target database was not even created");
+    assert_eq!(
+        std::fs::read_dir(small.dir.path())?.count(),
+        0,
+        "no partial temporary file"
+    );
+    Ok(())
+}

@@ -114,6 +114,9 @@ pub enum Error {
     #[error("ephemeral drill cluster: {0}")]
     Ephemeral(String),
 
+    #[error("a parallel restore (--jobs > 1) keeps the whole archive in {dir} first: it needs {needed} bytes and {free} are free; free space, choose another --temp-dir, or restore with --jobs 1 (streamed, no temporary file)")]
+    NoSpace { dir: String, needed: u64, free: u64 },
+
     #[error("temporary file for a parallel restore in {dir}: {source}")]
     TempFile {
         dir: String,

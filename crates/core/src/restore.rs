@@ -111,6 +111,12 @@ pub(crate) async fn restore_into(
         detail: "the target URL names no database".into(),
     })?;
 
+    // `--jobs N` needs the whole archive on disk: refuse before anything
+    // is created or downloaded when it cannot fit.
+    if custom && opts.jobs > 1 {
+        let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        check_temp_space(&dir, db_art.raw_size)?;
+    }
     prepare_target(opts, &database).await?;
 
     let mut globals_applied = false;
@@ -521,6 +527,24 @@ async fn tool_failed(opts: &RestoreOptions, e: refugio_dump::Error) -> Error {
     } else {
         Error::Rejected(Box::new(e))
     }
+}
+
+/// Whether `dir` has room for `needed` bytes (and a margin of 1 %).
+fn check_temp_space(dir: &std::path::Path, needed: u64) -> Result<()> {
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::TempFile {
+        dir: dir.display().to_string(),
+        source: std::io::Error::from(e),
+    })?;
+    let free = stat.blocks_available().saturating_mul(stat.fragment_size());
+    let wanted = needed.saturating_add(needed / 100);
+    if free < wanted {
+        return Err(Error::NoSpace {
+            dir: dir.display().to_string(),
+            needed: wanted,
+            free,
+        });
+    }
+    Ok(())
 }
 
 /// Several jobs: the archive goes to a temporary file first (pg_restore -j
