@@ -6,6 +6,7 @@ mod agent;
 mod agent_signals;
 mod common;
 mod drill;
+mod exclude;
 mod failures;
 mod job_lock;
 mod lock;

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use refugio_dump::snapshot::{self, RowCountMode, Snapshot, SnapshotOptions};
+use refugio_dump::snapshot::{self, quote_ident, RowCountMode, Snapshot, SnapshotOptions};
 use refugio_dump::spawn::{self, DumpArgs};
 use refugio_dump::tools::{self, ToolKind};
 use refugio_dump::{Compression, CountingReader, DumpFormat, SourceSpec};
@@ -215,11 +215,18 @@ pub async fn backup(
         })?;
     let snapshot_seconds = ts.elapsed().as_secs_f64();
     let td = Instant::now();
+    // The tables the patterns matched in the snapshot, by exact quoted
+    // name: pg_dump leaves out the very tables the counts left out.
+    let exclude: Vec<String> = snap
+        .excluded
+        .iter()
+        .map(|(s, n)| format!("{}.{}", quote_ident(s), quote_ident(n)))
+        .collect();
     let args = DumpArgs {
         format: opts.format,
         snapshot: Some(&snap.id),
         lock_wait_timeout: opts.lock_wait_timeout,
-        exclude_tables: &opts.exclude_tables,
+        exclude_tables: &exclude,
         extra_args: &opts.extra_args,
     };
     let stored = match spawn::pg_dump(&pg_dump, source, &args) {

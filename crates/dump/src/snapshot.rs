@@ -86,6 +86,11 @@ pub struct Snapshot {
     pub taken_at: DateTime<Utc>,
     pub facts: ServerFacts,
     pub tables: Vec<TableCount>,
+    /// Tables the exclusion patterns matched, resolved here so pg_dump is
+    /// told their exact names (its own pattern rules differ: it folds
+    /// unquoted patterns to lower case) and the counts match the dump by
+    /// construction.
+    pub excluded: Vec<(String, String)>,
     pub row_counts: RowCountMode,
     /// Number of large objects.
     pub large_objects: i64,
@@ -220,11 +225,12 @@ impl Snapshot {
             .fetch_all(&mut conn)
             .await
             .map_err(|e| q(e, spec, "listing tables"))?;
-        let listed: Vec<(String, String, f64)> = rows
+        let (dropped, listed): (Vec<(String, String, f64)>, Vec<_>) = rows
             .iter()
             .map(|r| (r.get("schema"), r.get("name"), r.get("est")))
-            .filter(|(s, n, _): &(String, String, f64)| !excluded(&opts.exclude_tables, s, n))
-            .collect();
+            .partition(|(s, n, _): &(String, String, f64)| excluded(&opts.exclude_tables, s, n));
+        let excluded_tables: Vec<(String, String)> =
+            dropped.into_iter().map(|(s, n, _)| (s, n)).collect();
 
         // Lock before counting, in batches, so the counts and pg_dump see the
         // same table contents (see the module doc).
@@ -262,15 +268,17 @@ impl Snapshot {
             .await
             .map_err(|e| q(e, spec, "counting large objects"))?
             .get("n");
-        let (schema_fingerprint, _) = crate::fingerprint::schema_fingerprint(&mut conn)
-            .await
-            .map_err(|e| q(e, spec, "fingerprinting the schema"))?;
+        let (schema_fingerprint, _) =
+            crate::fingerprint::schema_fingerprint_without(&mut conn, &excluded_tables)
+                .await
+                .map_err(|e| q(e, spec, "fingerprinting the schema"))?;
         Ok(Snapshot {
             conn,
             id,
             taken_at,
             facts,
             tables,
+            excluded: excluded_tables,
             row_counts: opts.row_counts,
             large_objects,
             schema_fingerprint,
