@@ -344,6 +344,11 @@ impl<'a, W: Write> Out<'a, W> {
         self.write(bytes)
     }
 
+    /// Whether `n` more body bytes fit in the budget.
+    fn fits(&self, n: usize) -> bool {
+        self.budget.is_none_or(|left| n as u64 <= left)
+    }
+
     /// Body bytes: written up to the budget, then [`Stop::Cut`].
     fn body(&mut self, bytes: &[u8]) -> Result<(), Stop> {
         match self.budget {
@@ -392,18 +397,50 @@ impl<'a> Out<'a, io::Sink> {
     }
 }
 
-/// Copies one body, framing included, from `from` to `out`.
-pub(super) fn copy_body<R: Read, W: Write>(
+/// Copies one message, `head` and then its body (framing included) from
+/// `from`, to `out`. `last` runs just before the message's last bytes go out
+/// (at EOF for a body delimited by it), and only if they all will: so what
+/// it counts is counted before the receiver can see the message whole.
+pub(super) fn copy_message<R: Read, W: Write>(
+    head: &[u8],
     from: &mut Conn<R>,
     framing: Framing,
     out: &mut Out<'_, W>,
+    last: &mut dyn FnMut(),
+) -> Result<(), Stop> {
+    if matches!(framing, Framing::Empty | Framing::Length(0)) {
+        last();
+        return out.head(head);
+    }
+    out.head(head)?;
+    copy_body(from, framing, out, last)
+}
+
+/// Reads one body from `from` and drops it.
+pub(super) fn drain_body<R: Read>(
+    from: &mut Conn<R>,
+    framing: Framing,
+    pace: &dyn Fn() -> Pace,
+) -> Result<(), Stop> {
+    copy_body(from, framing, &mut Out::discard(pace), &mut || {})
+}
+
+fn copy_body<R: Read, W: Write>(
+    from: &mut Conn<R>,
+    framing: Framing,
+    out: &mut Out<'_, W>,
+    last: &mut dyn FnMut(),
 ) -> Result<(), Stop> {
     match framing {
-        Framing::Empty => Ok(()),
-        Framing::Length(len) => copy_exact(from, len, out),
+        Framing::Empty => {
+            last();
+            Ok(())
+        }
+        Framing::Length(len) => copy_exact(from, len, out, Some(last)),
         Framing::UntilEof => loop {
             let avail = from.available().map_err(Stop::Read)?;
             if avail.is_empty() {
+                last();
                 return Ok(());
             }
             let n = avail.len();
@@ -423,14 +460,18 @@ pub(super) fn copy_body<R: Read, W: Write>(
                 // Trailers, through the empty line.
                 loop {
                     let line = from.read_line()?;
+                    let end = line == b"\r\n" || line == b"\n";
+                    if end && out.fits(line.len()) {
+                        last();
+                    }
                     out.body(&line)?;
-                    if line == b"\r\n" || line == b"\n" {
+                    if end {
                         return Ok(());
                     }
                 }
             }
             // The chunk's data and its CRLF.
-            copy_exact(from, size + 2, out)?;
+            copy_exact(from, size + 2, out, None)?;
         },
     }
 }
@@ -439,6 +480,7 @@ fn copy_exact<R: Read, W: Write>(
     from: &mut Conn<R>,
     mut len: u64,
     out: &mut Out<'_, W>,
+    mut last: Option<&mut dyn FnMut()>,
 ) -> Result<(), Stop> {
     while len > 0 {
         let avail = from.available().map_err(Stop::Read)?;
@@ -446,6 +488,11 @@ fn copy_exact<R: Read, W: Write>(
             return Err(Stop::Read(io::ErrorKind::UnexpectedEof.into()));
         }
         let n = avail.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+        if n as u64 == len && out.fits(n) {
+            if let Some(last) = last.take() {
+                last();
+            }
+        }
         let result = out.body(&avail[..n]);
         from.consume(n);
         result?;
@@ -456,6 +503,9 @@ fn copy_exact<R: Read, W: Write>(
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
     use super::*;
 
     fn free() -> Pace {
@@ -510,6 +560,50 @@ mod tests {
         assert_eq!((r.status, r.framing), (503, Framing::Chunked));
     }
 
+    /// A writer whose bytes stay readable while it is borrowed.
+    #[derive(Clone, Default)]
+    struct Recorder(Rc<RefCell<Vec<u8>>>);
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Recorder {
+        fn len(&self) -> usize {
+            self.0.borrow().len()
+        }
+    }
+
+    /// Copies the message after `head` from `wire` with a byte budget;
+    /// returns the result, what was written, and how much of it was
+    /// written when `last` ran (if it did).
+    fn copy(
+        head: &[u8],
+        wire: impl Read,
+        framing: Framing,
+        budget: Option<u64>,
+    ) -> (Result<(), Stop>, Vec<u8>, Option<usize>) {
+        let mut conn = Conn::new(wire);
+        let recorder = Recorder::default();
+        let mut to = recorder.clone();
+        let mut last_at = None;
+        let result = copy_message(
+            head,
+            &mut conn,
+            framing,
+            &mut Out::new(&mut to, budget, &free),
+            &mut || last_at = Some(recorder.len()),
+        );
+        let written = recorder.0.borrow().clone();
+        (result, written, last_at)
+    }
+
     #[test]
     fn heads_and_bodies_split_anywhere_are_copied_unchanged() {
         let chunked = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n";
@@ -533,51 +627,69 @@ mod tests {
         let head = conn.read_head().expect("reads").expect("a head");
         let req = RequestHead::parse(&head).expect("parses");
         let mut body = Vec::new();
-        copy_body(
+        let mut lasts = 0;
+        copy_message(
+            b"",
             &mut conn,
             req.framing,
             &mut Out::new(&mut body, None, &free),
+            &mut || lasts += 1,
         )
         .expect("copies");
         assert_eq!(body, chunked);
+        assert_eq!(lasts, 1);
         let next = conn.read_head().expect("reads").expect("a head");
         assert_eq!(next, b"GET /next HTTP/1.1\r\n\r\n");
         assert!(conn.read_head().expect("reads").is_none());
     }
 
     #[test]
+    fn last_runs_just_before_the_final_bytes_of_a_whole_message() {
+        let (result, got, last_at) = copy(b"head", &[7u8; 100][..], Framing::Length(100), None);
+        assert!(result.is_ok());
+        assert_eq!((got.len(), last_at), (104, Some(4)));
+
+        let (result, got, last_at) = copy(b"head", &[][..], Framing::Empty, None);
+        assert!(result.is_ok());
+        assert_eq!((got.len(), last_at), (4, Some(0)));
+
+        let chunked = b"3\r\nabc\r\n0\r\n\r\n";
+        let (result, got, last_at) = copy(b"head", &chunked[..], Framing::Chunked, None);
+        assert!(result.is_ok());
+        assert_eq!(
+            (got.len(), last_at),
+            (4 + chunked.len(), Some(4 + chunked.len() - 2))
+        );
+
+        let (result, got, last_at) = copy(b"head", &b"until eof"[..], Framing::UntilEof, None);
+        assert!(result.is_ok());
+        assert_eq!((got.len(), last_at), (13, Some(13)));
+    }
+
+    #[test]
     fn a_budget_cuts_the_body_after_exactly_its_bytes() {
-        let mut conn = Conn::new(&[7u8; 100][..]);
-        let mut got = Vec::new();
-        let mut out = Out::new(&mut got, Some(42), &free);
-        out.head(b"head").expect("head is not counted");
-        assert!(matches!(
-            copy_body(&mut conn, Framing::Length(100), &mut out),
-            Err(Stop::Cut)
-        ));
-        assert_eq!(got.len(), 4 + 42);
+        let (result, got, last_at) = copy(b"head", &[7u8; 100][..], Framing::Length(100), Some(42));
+        assert!(matches!(result, Err(Stop::Cut)), "{result:?}");
+        assert_eq!((got.len(), last_at), (4 + 42, None));
+
+        let chunked = b"3\r\nabc\r\n0\r\n\r\n";
+        let budget = chunked.len() as u64 - 1;
+        let (result, got, last_at) = copy(b"", &chunked[..], Framing::Chunked, Some(budget));
+        assert!(matches!(result, Err(Stop::Cut)), "{result:?}");
+        assert_eq!((got.len(), last_at), (chunked.len() - 1, None));
 
         // A body within the budget arrives whole.
-        let mut conn = Conn::new(&[7u8; 10][..]);
-        let mut got = Vec::new();
-        copy_body(
-            &mut conn,
-            Framing::Length(10),
-            &mut Out::new(&mut got, Some(10), &free),
-        )
-        .expect("copies");
-        assert_eq!(got.len(), 10);
+        let (result, got, last_at) = copy(b"", &[7u8; 10][..], Framing::Length(10), Some(10));
+        assert!(result.is_ok());
+        assert_eq!((got.len(), last_at), (10, Some(0)));
     }
 
     #[test]
     fn a_short_body_is_an_error() {
-        let mut conn = Conn::new(&b"abc"[..]);
-        let mut got = Vec::new();
-        let result = copy_body(
-            &mut conn,
-            Framing::Length(5),
-            &mut Out::new(&mut got, None, &free),
-        );
+        let (result, got, last_at) = copy(b"", &b"abc"[..], Framing::Length(5), None);
         assert!(matches!(result, Err(Stop::Read(_))), "{result:?}");
+        assert_eq!((got.len(), last_at), (3, None));
+        let mut conn = Conn::new(&b"abc"[..]);
+        assert!(drain_body(&mut conn, Framing::Length(5), &free).is_err());
     }
 }

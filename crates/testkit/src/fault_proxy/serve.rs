@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
 
-use super::http::{copy_body, Conn, Out, Pace, RequestHead, ResponseHead, Stop};
+use super::http::{copy_message, drain_body, Conn, Out, Pace, RequestHead, ResponseHead, Stop};
 use super::rule::Fault;
 use super::Shared;
 
@@ -23,8 +23,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 enum End {
     /// Orderly: FIN after the last response (or the client left first).
     Close,
-    /// TCP RST, by a fault or because the server could not be reached.
-    Reset { fault: bool },
+    /// TCP RST, by a fault (already counted) or because the server could
+    /// not be reached.
+    Reset,
     /// The proxy stops or refuses connections; the socket is already shut.
     Abandon,
 }
@@ -47,12 +48,7 @@ pub(super) fn serve(shared: &Shared, id: u64, epoch: u64, client: TcpStream) {
         End::Close => {
             let _ = client.shutdown(Shutdown::Write);
         }
-        End::Reset { fault } => {
-            if fault {
-                shared.count(|t| t.resets += 1);
-            }
-            reset(client);
-        }
+        End::Reset => reset(client),
         End::Abandon => {}
     }
 }
@@ -97,7 +93,7 @@ fn exchange(
         Some((_, Fault::Respond { status, body })) => {
             return answer(shared, client, &request, *status, body, &pace);
         }
-        Some((_, Fault::Reset)) => return Err(End::Reset { fault: true }),
+        Some((_, Fault::Reset)) => return Err(fault_reset(shared)),
         Some((rule, Fault::Stall(time))) => {
             if !shared.stall(*rule, epoch, *time) {
                 return Err(End::Abandon);
@@ -109,64 +105,81 @@ fn exchange(
     }
 
     let server = connect(shared, id, server)?;
-    if Out::new(server.get_mut(), None, &pace).head(&head).is_err() {
-        shared.count(|t| t.upstream_errors += 1);
-        return Err(End::Close);
-    }
+    // Counts are taken before the last byte goes out, so that a test that
+    // has seen the outcome reads final counts.
+    let mut count_request = || shared.count(|t| t.forwarded += 1);
     let mut early = None;
+    let mut server_left = false;
+    // With `Expect: 100-continue` the head goes first, alone.
+    let mut request_head = &head[..];
     if request.expects_continue {
+        if Out::new(server.get_mut(), None, &pace).head(&head).is_err() {
+            return Err(upstream_error(shared));
+        }
+        request_head = b"";
         early = await_continue(client, server, &request, &pace)?;
     }
-    let mut server_left = false;
-    if early.is_none() {
-        let mut out = Out::new(server.get_mut(), cut_request, &pace);
-        match copy_body(client, request.framing, &mut out) {
-            Ok(()) if cut_request.is_none() => shared.count(|t| t.forwarded += 1),
-            Ok(()) | Err(Stop::Cut) => return Err(End::Reset { fault: true }),
-            Err(Stop::Abandoned) => return Err(End::Abandon),
-            // The server stopped reading: it may still have answered.
-            Err(stop @ Stop::Write(_)) => {
-                tracing::debug!(
-                    connection = id,
-                    "fault proxy: request body to the server: {stop}"
-                );
-                server_left = true;
-            }
-            Err(stop @ (Stop::Read(_) | Stop::Malformed(_))) => {
-                tracing::debug!(
-                    connection = id,
-                    "fault proxy: request body from the client: {stop}"
-                );
-                return Err(End::Close);
-            }
+    let sent = match early {
+        Some(_) => Ok(()),
+        None => copy_message(
+            request_head,
+            client,
+            request.framing,
+            &mut Out::new(server.get_mut(), cut_request, &pace),
+            &mut count_request,
+        ),
+    };
+    match sent {
+        Ok(()) if cut_request.is_none() => {}
+        Ok(()) | Err(Stop::Cut) => return Err(fault_reset(shared)),
+        Err(Stop::Abandoned) => return Err(End::Abandon),
+        // The server stopped reading: it may still have answered.
+        Err(stop @ Stop::Write(_)) => {
+            tracing::debug!(
+                connection = id,
+                "fault proxy: request to the server: {stop}"
+            );
+            server_left = true;
+        }
+        Err(stop @ (Stop::Read(_) | Stop::Malformed(_))) => {
+            tracing::debug!(
+                connection = id,
+                "fault proxy: request from the client: {stop}"
+            );
+            return Err(End::Close);
         }
     }
 
     let (response_head, response) = match early {
         Some(early) => early,
-        None => match read_response(client, server, &request, &pace) {
-            Ok(response) => response,
-            Err(end) => {
-                shared.count(|t| t.upstream_errors += 1);
-                return Err(end);
-            }
-        },
+        None => read_response(shared, client, server, &request, &pace)?,
     };
-    let mut out = Out::new(client.get_mut(), cut_response, &pace);
-    let sent = out
-        .head(&response_head)
-        .and_then(|()| copy_body(server, response.framing, &mut out));
+    let mut count_response = || {
+        if cut_response.is_some() {
+            // The whole response fit in the budget: the reset follows.
+            shared.count(|t| t.resets += 1);
+        } else {
+            shared.count(|t| t.responses += 1);
+        }
+    };
+    let sent = copy_message(
+        &response_head,
+        server,
+        response.framing,
+        &mut Out::new(client.get_mut(), cut_response, &pace),
+        &mut count_response,
+    );
     match sent {
-        Ok(()) if cut_response.is_none() => shared.count(|t| t.responses += 1),
-        Ok(()) | Err(Stop::Cut) => return Err(End::Reset { fault: true }),
+        Ok(()) if cut_response.is_none() => {}
+        Ok(()) => return Err(End::Reset),
+        Err(Stop::Cut) => return Err(fault_reset(shared)),
         Err(Stop::Abandoned) => return Err(End::Abandon),
         Err(stop @ (Stop::Read(_) | Stop::Malformed(_))) => {
             tracing::debug!(
                 connection = id,
                 "fault proxy: response from the server: {stop}"
             );
-            shared.count(|t| t.upstream_errors += 1);
-            return Err(End::Close);
+            return Err(upstream_error(shared));
         }
         Err(stop @ Stop::Write(_)) => {
             tracing::debug!(
@@ -180,6 +193,19 @@ fn exchange(
         return Err(End::Close);
     }
     Ok(())
+}
+
+/// A reset by a fault, counted before it happens.
+fn fault_reset(shared: &Shared) -> End {
+    shared.count(|t| t.resets += 1);
+    End::Reset
+}
+
+/// The server failed the exchange: counted, and the client's connection
+/// closed as the server's was.
+fn upstream_error(shared: &Shared) -> End {
+    shared.count(|t| t.upstream_errors += 1);
+    End::Close
 }
 
 /// Answers `request` with a made-up response after reading its body.
@@ -198,7 +224,7 @@ fn answer(
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .map_err(|_| End::Close)?;
     }
-    copy_body(client, request.framing, &mut Out::discard(pace)).map_err(|_| End::Close)?;
+    drain_body(client, request.framing, pace).map_err(|_| End::Close)?;
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\nx-amz-request-id: refugio-fault-proxy\r\n",
         reason(status)
@@ -213,12 +239,15 @@ fn answer(
         head.push_str("connection: close\r\n");
     }
     head.push_str("\r\n");
-    let mut out = Out::new(client.get_mut(), None, pace);
-    out.head(head.as_bytes()).map_err(|_| End::Close)?;
+    let mut message = head.into_bytes();
     if !head_only {
-        out.head(body).map_err(|_| End::Close)?;
+        message.extend_from_slice(body);
     }
+    // Counted first, so that a test that has seen the answer reads it.
     shared.count(|t| t.answered += 1);
+    Out::new(client.get_mut(), None, pace)
+        .head(&message)
+        .map_err(|_| End::Close)?;
     if request.close {
         Err(End::Close)
     } else {
@@ -262,7 +291,7 @@ fn connect<'a>(
                     "fault proxy: connecting to the server: {error}"
                 );
                 shared.count(|t| t.upstream_errors += 1);
-                return Err(End::Reset { fault: false });
+                return Err(End::Reset);
             }
         };
         let _ = stream.set_nodelay(true);
@@ -338,6 +367,7 @@ fn await_continue(
 
 /// The server's final response head, forwarding interim ones.
 fn read_response(
+    shared: &Shared,
     client: &mut Conn<TcpStream>,
     server: &mut Conn<TcpStream>,
     request: &RequestHead,
@@ -346,9 +376,22 @@ fn read_response(
     loop {
         let head = match server.read_head() {
             Ok(Some(head)) => head,
-            Ok(None) | Err(_) => return Err(End::Close),
+            Ok(None) => {
+                tracing::debug!("fault proxy: the server closed without a response");
+                return Err(upstream_error(shared));
+            }
+            Err(stop) => {
+                tracing::debug!("fault proxy: response head from the server: {stop}");
+                return Err(upstream_error(shared));
+            }
         };
-        let response = ResponseHead::parse(&head, &request.method).map_err(|_| End::Close)?;
+        let response = match ResponseHead::parse(&head, &request.method) {
+            Ok(response) => response,
+            Err(stop) => {
+                tracing::debug!("fault proxy: response head from the server: {stop}");
+                return Err(upstream_error(shared));
+            }
+        };
         if !response.is_interim() {
             return Ok((head, response));
         }
