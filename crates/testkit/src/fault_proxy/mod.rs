@@ -45,14 +45,21 @@
 //! requests flow ([`FaultProxy::add`], [`FaultProxy::clear`]); the handle is
 //! `Sync`. Every request is counted against every rule in force, in the
 //! order the proxy finished reading request heads, under one lock: with the
-//! same requests in the same order a rule picks the same ones. Requests
-//! the client sends concurrently (parallel part uploads) arrive in the
-//! order the client sends them, which the test may not control.
+//! same requests in the same order a rule picks the same ones. Requests a
+//! client sends concurrently (parallel part uploads) are counted in the
+//! order their heads arrive, which the test may not control: to pick one
+//! of them, match what sets it apart (`query_contains("partNumber=3&")`).
 //!
 //! Of the rules that pick a request, the first added decides its fault; a
-//! throttle also applies alongside another fault. A later rule still counts
-//! the request as matched, so "the 2nd matching request" counts requests
-//! another rule failed — typically the client's retries.
+//! throttle also applies alongside another fault. Every rule counts every
+//! request it matches, also one that another rule's fault took; and a
+//! client's retry is a new request: `nth(1)` fails the first attempt, and
+//! the retry is the rule's 2nd match.
+//!
+//! Counts ([`FaultProxy::stats`], [`FaultProxy::totals`]) are taken before
+//! the bytes that let the client see an outcome go out (the last byte of a
+//! response, the RST of a reset), so once a client call has returned, a
+//! test reads final counts without waiting.
 //!
 //! # The faults, on the wire
 //!
@@ -67,7 +74,9 @@
 //!   read; nothing is forwarded.
 //! - [`Rule::reset_request_after`]: the head and the first K body bytes go
 //!   to the server, then the client connection is reset and the server
-//!   connection closed (FIN): the server sees a truncated request.
+//!   connection closed (FIN): the server sees a truncated request. (A body
+//!   of K bytes or fewer reaches the server whole; the reset then comes
+//!   before any response.)
 //! - [`Rule::reset_response_after`]: the request goes to the server whole;
 //!   the response head and the first K bytes of the response body go to the
 //!   client, then the client connection is reset. K counts body bytes as
@@ -558,5 +567,16 @@ fn rebind(addr: SocketAddr) -> std::io::Result<TcpListener> {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handle_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<FaultProxy>();
     }
 }
