@@ -2,9 +2,12 @@
 //! PostgreSQL clusters (one per test, each in its own short directory under
 //! `/tmp`, stopped and removed on drop even when the test panics), sample and
 //! bulk data to back up, the S3 test servers (moto, Garage) that
-//! `scripts/services` starts, and a proxy that makes a store slow on purpose
+//! `scripts/services` starts, a proxy that makes a store slow on purpose
 //! ([`SlowProxy`]), for tests that need an operation to take at least some
-//! time. Nothing here is meant for production code.
+//! time, and a scripted fault proxy ([`FaultProxy`]) that answers chosen S3
+//! requests with errors, resets, stalls or throttles them, refuses
+//! connections, and counts what it did, for the fault-injection tests.
+//! Nothing here is meant for production code.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
@@ -29,11 +32,13 @@
 //! `scripts/test` does all of it.
 
 pub mod cluster;
+pub mod fault_proxy;
 pub mod proxy;
 pub mod s3;
 pub mod sample;
 
 pub use cluster::{pg_bindir, Cluster, PASSWORD_USER, PASSWORD_USER_PASSWORD};
+pub use fault_proxy::{FaultProxy, Rule, RuleId, RuleStats};
 pub use proxy::{SlowProxy, Slowdown};
 pub use s3::{dead_port, garage, moto, unique_prefix, S3Kind, S3Target};
 pub use sample::{load_bulk, load_sample};
