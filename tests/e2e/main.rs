@@ -13,6 +13,7 @@ mod lock;
 mod mid_stream;
 mod outcomes;
 mod prune;
+mod replica_lag;
 mod roundtrip;
 mod snapshot_metrics;
 mod snapshot_support;

@@ -418,6 +418,7 @@ async fn manifest_and_receipt_of_a_real_backup_and_drill() -> Result<()> {
         ".started_at" => time(),
         ".finished_at" => time(),
         ".snapshot_at" => time(),
+        ".data_at" => time(),
         ".refugio_version" => this_version(),
         ".server.version" => pg16_version(),
         ".server.version_num" => check("pg16 version_num", |c| {

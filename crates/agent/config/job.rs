@@ -62,6 +62,15 @@ pub struct JobConfig {
     /// before giving up; the backup is then retried. Default `30s`.
     #[serde(default = "default_lock_wait", with = "humantime_serde")]
     pub lock_wait_timeout: Duration,
+    /// On a standby: the most its data may lag behind the primary (the last
+    /// replayed commit, while replay is paused, behind, or cut off).
+    /// Default `5m`; `"0s"` turns the check off.
+    #[serde(default = "default_max_replica_lag", with = "humantime_serde")]
+    pub max_replica_lag: Duration,
+    /// `refuse` (default: no backup, a temporary error) or `flag` (back up,
+    /// record the data's time, warn) when a standby lags more than that.
+    #[serde(default)]
+    pub on_replica_lag: refugio_core::ReplicaLag,
     /// Attempts of `refugio backup` on a lock timeout or another temporary
     /// failure, 2 s, 4 s, 8 s… apart (the agent uses `agent.backoff`). Default 3.
     #[serde(default = "default_attempts")]
@@ -123,6 +132,8 @@ impl JobConfig {
             upload_concurrency: repo.upload_concurrency,
             object_lock: repo.object_lock.as_ref().map(|l| l.lock()),
             attempt,
+            max_replica_lag: (!self.max_replica_lag.is_zero()).then_some(self.max_replica_lag),
+            on_replica_lag: self.on_replica_lag,
         })
     }
 
@@ -173,6 +184,9 @@ fn default_compression() -> Compression {
 
 fn default_lock_wait() -> Duration {
     Duration::from_secs(30)
+}
+fn default_max_replica_lag() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_attempts() -> u32 {
     3

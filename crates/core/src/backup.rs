@@ -62,6 +62,23 @@ pub struct BackupOptions {
     pub object_lock: Option<ObjectLock>,
     /// Which attempt this is, from 1 (recorded in the manifest).
     pub attempt: u32,
+    /// On a standby: the most the data may lag behind the primary.
+    pub max_replica_lag: Option<Duration>,
+    /// What a standby lagging more than that gets.
+    pub on_replica_lag: ReplicaLag,
+}
+
+/// What to do with a backup from a standby whose data lags more than
+/// `max_replica_lag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaLag {
+    /// No backup: an error (temporary: a standby catches up).
+    #[default]
+    Refuse,
+    /// Back up anyway, with the data's time in the manifest (RPO counts
+    /// from it) and a warning.
+    Flag,
 }
 
 /// `{ mode, days }`: how long each object stays undeletable.
@@ -214,6 +231,26 @@ pub async fn backup(
             source: Box::new(e),
         })?;
     let snapshot_seconds = ts.elapsed().as_secs_f64();
+    let lag = (snap.taken_at - snap.data_at).to_std().unwrap_or_default();
+    if let Some(max) = opts.max_replica_lag.filter(|max| lag > *max) {
+        match opts.on_replica_lag {
+            ReplicaLag::Refuse => {
+                let data_at = snap.data_at;
+                snap.release().await;
+                return Err(Error::ReplicaLag {
+                    job: job.to_string(),
+                    server: source.redacted(),
+                    lag_seconds: lag.as_secs(),
+                    max_seconds: max.as_secs(),
+                    data_at,
+                });
+            }
+            ReplicaLag::Flag => {
+                tracing::warn!(job, lag_seconds = lag.as_secs(), max_seconds = max.as_secs(),
+                    data_at = %snap.data_at, "replica-lagging: backing up data older than max_replica_lag; the RPO counts from the data's time");
+            }
+        }
+    }
     let td = Instant::now();
     // The tables the patterns matched in the snapshot, by exact quoted
     // name: pg_dump leaves out the very tables the counts left out.
@@ -290,6 +327,7 @@ pub async fn backup(
         started_at,
         finished_at: clock.now(),
         snapshot_at: info.taken_at,
+        data_at: Some(info.data_at),
         refugio_version: env!("CARGO_PKG_VERSION").into(),
         server: info.server,
         pg_dump_version: pg_dump.version.to_string(),
@@ -349,6 +387,7 @@ pub async fn backup(
 /// What the manifest takes from the snapshot.
 struct SnapInfo {
     taken_at: DateTime<Utc>,
+    data_at: DateTime<Utc>,
     server: ServerInfo,
     tables: Vec<TableRows>,
     row_counts: String,
@@ -360,6 +399,7 @@ impl From<&Snapshot> for SnapInfo {
     fn from(s: &Snapshot) -> Self {
         SnapInfo {
             taken_at: s.taken_at,
+            data_at: s.data_at,
             server: ServerInfo {
                 version: s.facts.version.clone(),
                 version_num: s.facts.version_num,

@@ -439,7 +439,7 @@ async fn drill_once(
             .any(|(id, r)| id == &m.backup_id && r.verified)
             || (m.backup_id == manifest.backup_id && receipt.verified);
         if ok {
-            verified.push((m.backup_id.clone(), m.snapshot_at));
+            verified.push((m.backup_id.clone(), m.recovery_point()));
         }
     }
     receipt.rpo_detail = measure::rpo(&verified, now);

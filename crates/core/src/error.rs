@@ -52,6 +52,15 @@ pub enum Error {
         source: Box<refugio_store::Error>,
     },
 
+    #[error("job {job}: the standby {server} lags {lag_seconds}s behind its primary (its data is from {data_at}), more than max_replica_lag ({max_seconds}s); no backup taken. Fix replication, raise max_replica_lag, or set on_replica_lag = \"flag\"")]
+    ReplicaLag {
+        job: String,
+        server: String,
+        lag_seconds: u64,
+        max_seconds: u64,
+        data_at: chrono::DateTime<chrono::Utc>,
+    },
+
     #[error("job {job}: writing the manifest")]
     Commit {
         job: String,
@@ -137,6 +146,8 @@ impl Error {
             Error::Pg(e) => e.is_temporary(),
             Error::Snapshot { source, .. } => source.is_temporary(),
             Error::Fetch { source, .. } => io_temporary(source),
+            // A standby catches up; the retry layer tries again later.
+            Error::ReplicaLag { .. } => true,
             _ => false,
         }
     }

@@ -28,7 +28,7 @@ pub mod receipt;
 pub mod restore;
 pub mod status;
 
-pub use backup::{backup, BackupOptions, ObjectLock};
+pub use backup::{backup, BackupOptions, ObjectLock, ReplicaLag};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use drill::{drill, DrillOptions, Pick, Scratch};
 pub use error::{Error, Result};

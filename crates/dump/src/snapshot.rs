@@ -35,7 +35,9 @@ pub struct ServerFacts {
     pub in_recovery: bool,
     /// Current WAL LSN on a primary, last replayed LSN on a standby.
     pub lsn: Option<String>,
-    /// Standby only: seconds since the last replayed transaction's commit.
+    /// Standby only: how far the data lags behind the primary, seconds
+    /// (0 while replay keeps up with what the WAL receiver streams; see
+    /// [`Snapshot::data_at`]).
     pub replay_lag_seconds: Option<f64>,
     /// `pg_database_size` of the dumped database, bytes.
     pub database_size: i64,
@@ -84,6 +86,10 @@ pub struct Snapshot {
     pub id: String,
     /// Server `now()` in the snapshot's transaction.
     pub taken_at: DateTime<Utc>,
+    /// The time of the data the snapshot holds: `taken_at` on a primary
+    /// and on a standby that keeps up, the last replayed commit on one that
+    /// lags. The backup's recovery point.
+    pub data_at: DateTime<Utc>,
     pub facts: ServerFacts,
     pub tables: Vec<TableCount>,
     /// Tables the exclusion patterns matched, resolved here so pg_dump is
@@ -204,12 +210,24 @@ impl Snapshot {
         conn.execute(format!("SET LOCAL lock_timeout = {lock_ms}").as_str())
             .await
             .map_err(|e| q(e, spec, "SET lock_timeout"))?;
+        // The data's time. A primary's is now. A standby's is now while its
+        // replay keeps up with a running WAL receiver (an idle primary sends
+        // nothing new, so an old last commit alone means nothing); otherwise
+        // it is the last replayed commit: paused replay, replay behind what
+        // was received, or no WAL receiver (cut off from the primary); when
+        // nothing was replayed since the standby started, its start time
+        // (the data is no newer than that).
         let lsn_sql = if facts.in_recovery {
             "SELECT pg_export_snapshot() AS id, now() AS at, pg_last_wal_replay_lsn()::text AS lsn, \
-             EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8 AS lag"
+             CASE WHEN NOT pg_is_wal_replay_paused() \
+                   AND pg_last_wal_receive_lsn() IS NOT NULL \
+                   AND pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() \
+                   AND (SELECT count(*) FROM pg_stat_wal_receiver) > 0 \
+                  THEN now() \
+                  ELSE coalesce(pg_last_xact_replay_timestamp(), pg_postmaster_start_time()) END AS data_at"
         } else {
             "SELECT pg_export_snapshot() AS id, now() AS at, pg_current_wal_lsn()::text AS lsn, \
-             NULL::float8 AS lag"
+             now() AS data_at"
         };
         let row = conn
             .fetch_one(lsn_sql)
@@ -218,7 +236,10 @@ impl Snapshot {
         let id: String = row.get("id");
         let taken_at: DateTime<Utc> = row.get("at");
         facts.lsn = row.get("lsn");
-        facts.replay_lag_seconds = row.get("lag");
+        let data_at: DateTime<Utc> = row.get("data_at");
+        facts.replay_lag_seconds = facts
+            .in_recovery
+            .then(|| ((taken_at - data_at).num_milliseconds().max(0) as f64) / 1000.0);
 
         let rows = sqlx::query(TABLES_SQL)
             .bind(facts.in_recovery)
@@ -276,6 +297,7 @@ impl Snapshot {
             conn,
             id,
             taken_at,
+            data_at,
             facts,
             tables,
             excluded: excluded_tables,

@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 /// The manifest major version this build reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The manifest minor version this build writes.
-pub const FORMAT_MINOR: u32 = 2;
+pub const FORMAT_MINOR: u32 = 3;
 /// The manifest format written by this build: `FORMAT_MAJOR.FORMAT_MINOR`.
-pub const FORMAT: &str = "1.2";
+pub const FORMAT: &str = "1.3";
 /// Object name of the manifest inside a backup's prefix.
 pub const MANIFEST_NAME: &str = "manifest.json";
 
@@ -32,7 +32,8 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 // per format minor (see the module doc).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// `"1.2"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`).
+    /// `"1.3"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
+    /// 1.2 no `data_at`).
     pub format: String,
     pub job: String,
     pub backup_id: String,
@@ -40,9 +41,13 @@ pub struct Manifest {
     pub database: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
-    /// Server time of the snapshot the dump and the counts describe: the
-    /// recovery point.
+    /// Server time of the snapshot the dump and the counts describe.
     pub snapshot_at: DateTime<Utc>,
+    /// The time of the data in the snapshot (format 1.3+): `snapshot_at`
+    /// on a primary, the last replayed commit on a lagging standby. The
+    /// recovery point; absent in older manifests, where `snapshot_at` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_at: Option<DateTime<Utc>>,
     /// Version of refugio that wrote it.
     pub refugio_version: String,
     pub server: ServerInfo,
@@ -120,6 +125,14 @@ pub struct Durations {
 }
 
 impl Manifest {
+    /// The backup's recovery point: the time of its data ([`Manifest::data_at`],
+    /// or `snapshot_at` in manifests older than 1.3).
+    pub fn recovery_point(&self) -> DateTime<Utc> {
+        // The data is never newer than the snapshot that holds it.
+        self.data_at
+            .map_or(self.snapshot_at, |d| d.min(self.snapshot_at))
+    }
+
     /// The artifact of a kind (`database`, `globals`).
     pub fn artifact(&self, kind: &str) -> Option<&Artifact> {
         self.artifacts.iter().find(|a| a.kind == kind)
@@ -216,6 +229,7 @@ mod tests {
             started_at: t,
             finished_at: t,
             snapshot_at: t,
+            data_at: Some(t),
             refugio_version: "0.1.0".into(),
             server: ServerInfo {
                 version: "16.15".into(),

@@ -20,6 +20,7 @@ fn fixture(minor: u32) -> Vec<u8> {
 #[case::v1_0(0)]
 #[case::v1_1(1)]
 #[case::v1_2(2)]
+#[case::v1_3(3)]
 fn every_field_of_a_known_minor_survives(#[case] minor: u32) {
     let bytes = fixture(minor);
     let key = format!("trips/x/manifest-1.{minor}.json");
@@ -54,6 +55,11 @@ fn fixtures_hold_the_fields_their_minor_added() {
     let v1_2 = Manifest::parse("k", &fixture(2)).expect("1.2");
     assert!(v1_2.schema_fingerprint.is_some());
     assert!(v1_2.object_lock.is_some(), "1.2 added object_lock");
+    assert_eq!(v1_2.data_at, None);
+    assert_eq!(v1_2.recovery_point(), v1_2.snapshot_at);
+    let v1_3 = Manifest::parse("k", &fixture(3)).expect("1.3");
+    assert!(v1_3.data_at.is_some(), "1.3 added data_at");
+    assert_eq!(v1_3.recovery_point(), v1_3.data_at.expect("data_at"));
 }
 
 /// A build that writes a new minor must add its fixture (and a case above).

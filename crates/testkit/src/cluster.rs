@@ -206,6 +206,7 @@ impl Cluster {
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
+        crate::standby::trim_primary_conninfo(&cluster.data, primary.socket_dir(), PORT)?;
         cluster.spawn_server()?;
         cluster.wait_ready().await?;
         Ok(cluster)

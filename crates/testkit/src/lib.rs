@@ -36,6 +36,7 @@ pub mod fault_proxy;
 pub mod proxy;
 pub mod s3;
 pub mod sample;
+mod standby;
 
 pub use cluster::{pg_bindir, Cluster, PASSWORD_USER, PASSWORD_USER_PASSWORD};
 pub use fault_proxy::{FaultProxy, Rule, RuleId, RuleStats};
