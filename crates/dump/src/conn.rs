@@ -294,7 +294,7 @@ pub fn redact_url(url: &str) -> String {
             }
             // Keywords too: a URL without a base (`host:5432 password=…`)
             // parses, as a path.
-            redact_keywords(&u.to_string())
+            redact_keywords(u.as_str())
         }
         Err(_) => redact_text(url),
     }
