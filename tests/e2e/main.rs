@@ -11,6 +11,7 @@ mod lock;
 mod mid_stream;
 mod prune;
 mod roundtrip;
+mod secrets;
 mod snapshot_metrics;
 mod snapshot_support;
 mod snapshots;
