@@ -1,4 +1,6 @@
-//! Command-line interface (clap derive): one subcommand per verb.
+//! Command-line interface (clap derive): one subcommand per verb. The
+//! arguments that are database or repository URLs may hold a password:
+//! their `Debug` redacts it.
 
 use std::path::PathBuf;
 
@@ -63,7 +65,7 @@ pub enum Command {
 }
 
 /// Where the repository is, overriding the config.
-#[derive(Debug, Args, Clone)]
+#[derive(Args, Clone)]
 pub struct RepoArgs {
     /// Repository URL: `s3://bucket/prefix`, `file:///path` or a path.
     /// Overrides `[repository] url`. Default ./refugio-backups.
@@ -71,7 +73,7 @@ pub struct RepoArgs {
     pub repository: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct BackupArgs {
     /// Job to run (from the config). Default: the only job.
     #[arg(long)]
@@ -99,7 +101,7 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct RestoreArgs {
     /// Backup id, or `latest`.
     #[arg(long)]
@@ -140,7 +142,7 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct VerifyArgs {
     /// Job to drill (from the config). Default: the only job.
     #[arg(long)]
@@ -159,6 +161,94 @@ pub struct VerifyArgs {
     /// Print the receipt as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A URL argument for Debug output, its password (if any) redacted.
+fn url(u: &Option<String>) -> Option<String> {
+    u.as_deref().map(refugio_dump::redact_url)
+}
+
+// Debug by hand for the arguments holding URLs; destructured, so a new
+// field cannot be left out (or in) unnoticed.
+
+impl std::fmt::Debug for RepoArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let RepoArgs { repository } = self;
+        f.debug_struct("RepoArgs")
+            .field("repository", &url(repository))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for BackupArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let BackupArgs {
+            job,
+            source,
+            repo,
+            json,
+        } = self;
+        f.debug_struct("BackupArgs")
+            .field("job", job)
+            .field("source", &url(source))
+            .field("repo", repo)
+            .field("json", json)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RestoreArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let RestoreArgs {
+            backup,
+            target,
+            job,
+            repo,
+            clean,
+            create,
+            globals,
+            jobs,
+            temp_dir,
+            no_owner,
+            pg_bindir,
+            json,
+        } = self;
+        f.debug_struct("RestoreArgs")
+            .field("backup", backup)
+            .field("target", &refugio_dump::redact_url(target))
+            .field("job", job)
+            .field("repo", repo)
+            .field("clean", clean)
+            .field("create", create)
+            .field("globals", globals)
+            .field("jobs", jobs)
+            .field("temp_dir", temp_dir)
+            .field("no_owner", no_owner)
+            .field("pg_bindir", pg_bindir)
+            .field("json", json)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for VerifyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let VerifyArgs {
+            job,
+            backup,
+            scratch,
+            repo,
+            pg_bindir,
+            json,
+        } = self;
+        f.debug_struct("VerifyArgs")
+            .field("job", job)
+            .field("backup", backup)
+            .field("scratch", &url(scratch))
+            .field("repo", repo)
+            .field("pg_bindir", pg_bindir)
+            .field("json", json)
+            .finish()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -223,5 +313,50 @@ pub fn init_logging(cli: &Cli) {
     match cli.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_target(false).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Debug of the parsed command line: no password of `--source`,
+    /// `--target`, `--scratch` or `--repository`.
+    #[test]
+    fn debug_output_carries_no_secrets() {
+        for args in [
+            &["refugio", "backup", "--source", "postgres://u:hunter2@h/db"][..],
+            &[
+                "refugio",
+                "backup",
+                "--source",
+                "postgres://u@h/db?password=hunter2",
+            ],
+            &[
+                "refugio",
+                "restore",
+                "--backup",
+                "latest",
+                "--target",
+                "postgres://u:hunter2@h/db",
+            ],
+            &[
+                "refugio",
+                "verify",
+                "--scratch",
+                "postgres://u@h/postgres?password=hunter2",
+            ],
+            &[
+                "refugio",
+                "list",
+                "--repository",
+                "file://u:hunter2@/srv/backups",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let text = format!("{cli:?}");
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("***"), "{text}");
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 /// A mistake in the invocation or the configuration: exit code 2.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
+#[error("{}", crate::output::error_chain(.0))]
 pub struct UsageError(anyhow::Error);
 
 /// Marks `e` as a usage error.

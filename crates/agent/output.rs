@@ -1,5 +1,12 @@
 //! Small pieces of human-readable output.
 
+/// An error with its causes, each once (`refugio_store::error::chain`):
+/// what refugio prints and logs instead of anyhow's `{:#}`, which repeats
+/// the causes that other crates' errors (sqlx's) embed in their message.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    refugio_store::error::chain(e.as_ref())
+}
+
 /// `12.3 MiB`.
 pub fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

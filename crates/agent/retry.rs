@@ -4,6 +4,7 @@
 //! refugio-core make one attempt each and say whether their errors are
 //! temporary; this decides from that.
 
+use std::fmt;
 use std::future::Future;
 
 use anyhow::Result;
@@ -11,13 +12,36 @@ use refugio_schedule::Backoff;
 use tokio_util::sync::CancellationToken;
 
 /// Runs `op` (given the attempt number, from 1) until it succeeds, fails
-/// permanently, or has had `backoff.attempts` tries.
-pub async fn retry<T, F, Fut>(backoff: &Backoff, cancel: &CancellationToken, op: F) -> Result<T>
+/// permanently, or has had `backoff.attempts` tries. Each failed attempt
+/// but the last is logged with its whole chain (the last one is returned,
+/// to be reported once by the caller).
+pub async fn retry<T, F, Fut>(backoff: &Backoff, cancel: &CancellationToken, mut op: F) -> Result<T>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    refugio_schedule::retry(backoff, is_temporary, cancel, op).await
+    refugio_schedule::retry(
+        backoff,
+        |e: &Chained| is_temporary(&e.0),
+        cancel,
+        |attempt| {
+            let attempt = op(attempt);
+            async move { attempt.await.map_err(Chained) }
+        },
+    )
+    .await
+    .map_err(|e| e.0)
+}
+
+/// An error whose `Display` is its chain, each cause once: what the retry
+/// log line shows (an `anyhow::Error`'s `Display` is its outermost message
+/// only, which may not say why).
+struct Chained(anyhow::Error);
+
+impl fmt::Display for Chained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::output::error_chain(&self.0))
+    }
 }
 
 /// Temporary: network and store trouble, a server restarting, a lock

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// `webhook = { url = "https://…", attempts = 3, timeout = "10s" }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// http:// or https:// URL; may carry a token (it is never logged).
@@ -25,6 +25,34 @@ pub struct WebhookConfig {
     /// Timeout of one attempt. Default 10s.
     #[serde(default = "ten_seconds", with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured: a new field cannot be left out (or in) unnoticed.
+        let WebhookConfig {
+            url,
+            attempts,
+            timeout,
+        } = self;
+        f.debug_struct("WebhookConfig")
+            .field("url", &redacted(url))
+            .field("attempts", attempts)
+            .field("timeout", timeout)
+            .finish()
+    }
+}
+
+/// A webhook URL for Debug output: scheme, host and port; the rest (path,
+/// query, userinfo), where tokens live, is `***`.
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{}{port}/***", u.scheme(), u.host_str().unwrap_or(""))
+        }
+        Err(_) => "***".to_string(),
+    }
 }
 
 fn three() -> u32 {
@@ -58,11 +86,19 @@ pub struct Event {
 }
 
 /// A configured webhook.
-#[derive(Debug)]
 pub struct Webhook {
     client: reqwest::Client,
     url: reqwest::Url,
     attempts: u32,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &redacted(self.url.as_str()))
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Webhook {
@@ -101,7 +137,7 @@ impl Webhook {
                     return true;
                 }
                 Ok(r) => format!("HTTP {}", r.status()),
-                Err(e) => e.without_url().to_string(),
+                Err(e) => refugio_store::error::chain(&e.without_url()),
             };
             tracing::warn!(host = self.host(), attempt, attempts = self.attempts, error = %problem,
                 "webhook-failed");
@@ -171,6 +207,38 @@ mod tests {
         let w = Webhook::new(&cfg("https://hooks.example.com/T0K3N")).expect("valid");
         assert_eq!(w.host(), "hooks.example.com");
         assert!(!format!("{w:?}").is_empty());
+    }
+
+    /// The token in a webhook URL (path, query or userinfo) is not in the
+    /// Debug output of the config or of the webhook built from it.
+    #[test]
+    fn debug_output_hides_the_token() {
+        for url in [
+            "https://hooks.example.com/services/T0K3N",
+            "https://ntfy.example.com:8443/topic?auth=T0K3N",
+            "https://user:T0K3N@hooks.example.com/x",
+        ] {
+            let cfg = WebhookConfig {
+                url: url.into(),
+                attempts: 3,
+                timeout: Duration::from_secs(1),
+            };
+            let text = format!("{cfg:?}");
+            assert!(!text.contains("T0K3N"), "{text}");
+            assert!(text.contains("example.com"), "{text}");
+            let text = format!("{:?}", Webhook::new(&cfg).expect("valid"));
+            assert!(!text.contains("T0K3N"), "{text}");
+            assert!(text.contains("example.com"), "{text}");
+        }
+        let text = format!(
+            "{:?}",
+            WebhookConfig {
+                url: "not a url T0K3N".into(),
+                attempts: 1,
+                timeout: Duration::from_secs(1),
+            }
+        );
+        assert!(!text.contains("T0K3N"), "{text}");
     }
 
     #[tokio::test]

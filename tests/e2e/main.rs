@@ -15,6 +15,7 @@ mod outcomes;
 mod prune;
 mod replica_lag;
 mod roundtrip;
+mod secrets;
 mod snapshot_metrics;
 mod snapshot_support;
 mod snapshots;

@@ -6,6 +6,7 @@ use anyhow::{anyhow, Result};
 
 use crate::config::Config;
 use crate::exit::usage;
+use crate::output::error_chain;
 
 /// One line per check.
 #[derive(Debug, serde::Serialize)]
@@ -38,7 +39,10 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
             detail: "no [[jobs]] defined: nothing would be backed up".into(),
         });
     }
-    let repo_what = format!("repository {}", cfg.repository.url);
+    let repo_what = format!(
+        "repository {}",
+        refugio_dump::redact_url(&cfg.repository.url)
+    );
     match crate::repo::open(&cfg, None).await {
         Ok(repo) => match repo.jobs().await {
             Ok(jobs) => checks.push(Check {
@@ -49,13 +53,13 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
             Err(e) => checks.push(Check {
                 what: repo_what,
                 ok: false,
-                detail: format!("{e:#}"),
+                detail: refugio_store::error::chain(&e),
             }),
         },
         Err(e) => checks.push(Check {
             what: repo_what,
             ok: false,
-            detail: format!("{e:#}"),
+            detail: error_chain(&e),
         }),
     }
     if let Some(lock) = &cfg.repository.object_lock {
@@ -79,7 +83,7 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
             Err(e) => Check {
                 what,
                 ok: false,
-                detail: format!("could not be probed: {e:#}"),
+                detail: format!("could not be probed: {}", error_chain(&e)),
             },
         });
     }
@@ -108,7 +112,7 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
             Err(e) => checks.push(Check {
                 what,
                 ok: false,
-                detail: format!("{e:#}"),
+                detail: error_chain(&e),
             }),
         }
     }

@@ -12,12 +12,13 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{Cli, Command, ConfigCommand, LogFormat};
 use crate::config::Config;
 use crate::exit::{code_of, usage};
 
-/// Runs a command; prints the error chain and maps it to an exit code.
+/// Runs a command; reports the error chain once and maps it to an exit code.
 pub async fn dispatch(cli: Cli) -> ExitCode {
+    let log_format = cli.log_format;
     let result = match load_config(&cli) {
         Ok(cfg) => match cli.command {
             Command::Backup(a) => backup::backup(cfg, a).await,
@@ -42,10 +43,25 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "command-failed");
-            eprintln!("refugio: error: {e:#}");
+            report_failure(&e, log_format);
             code_of(&e)
         }
+    }
+}
+
+/// Prints the error that ends the command exactly once, each cause once.
+/// With text logs: the `refugio: error: …` line on stderr, and no log
+/// event besides (under journald, stderr and the log are one stream, and
+/// on a terminal one line is enough). With JSON logs: the `command-failed`
+/// event, so the stream stays JSON, unless the log filter hides errors;
+/// then the plain line, so a failure never goes unsaid.
+fn report_failure(e: &anyhow::Error, log_format: LogFormat) {
+    let text = crate::output::error_chain(e);
+    match log_format {
+        LogFormat::Json if tracing::enabled!(tracing::Level::ERROR) => {
+            tracing::error!(error = %text, "command-failed");
+        }
+        _ => eprintln!("refugio: error: {text}"),
     }
 }
 

@@ -9,15 +9,16 @@ use serde::Deserialize;
 
 use refugio_core::{BackupOptions, DrillOptions, Scratch};
 use refugio_dump::snapshot::RowCountMode;
-use refugio_dump::{Compression, DumpFormat, SourceSpec};
+use refugio_dump::{redact_text, redact_url, Compression, DumpFormat, SourceSpec};
 
 use super::repository::RepositoryConfig;
 use super::retention::RetentionConfig;
 use super::schedule::ScheduleConfig;
 use super::values::{one, yes};
 
-/// One `[[jobs]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+/// One `[[jobs]]` entry. Its `Debug` redacts passwords in `source`,
+/// `scratch` and `extra_args`.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
     /// Job name: the repository folder. Letters, digits, `-`, `_`, `.`. Required.
@@ -101,6 +102,57 @@ pub struct JobConfig {
     /// then refuses to run for this job).
     #[serde(default)]
     pub retention: Option<RetentionConfig>,
+}
+
+impl std::fmt::Debug for JobConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured: a new field cannot be left out (or in) unnoticed.
+        let JobConfig {
+            name,
+            source,
+            database,
+            password_file,
+            format,
+            compression,
+            compression_level,
+            globals,
+            pg_bindir,
+            exclude_tables,
+            extra_args,
+            lock_wait_timeout,
+            attempts,
+            row_counts,
+            scratch,
+            schedule,
+            targets,
+            checks,
+            drill_jobs,
+            retention,
+        } = self;
+        let extra_args: Vec<String> = extra_args.iter().map(|a| redact_text(a)).collect();
+        f.debug_struct("JobConfig")
+            .field("name", name)
+            .field("source", &redact_url(source))
+            .field("database", database)
+            .field("password_file", password_file)
+            .field("format", format)
+            .field("compression", compression)
+            .field("compression_level", compression_level)
+            .field("globals", globals)
+            .field("pg_bindir", pg_bindir)
+            .field("exclude_tables", exclude_tables)
+            .field("extra_args", &extra_args)
+            .field("lock_wait_timeout", lock_wait_timeout)
+            .field("attempts", attempts)
+            .field("row_counts", row_counts)
+            .field("scratch", &scratch.as_deref().map(redact_url))
+            .field("schedule", schedule)
+            .field("targets", targets)
+            .field("checks", checks)
+            .field("drill_jobs", drill_jobs)
+            .field("retention", retention)
+            .finish()
+    }
 }
 
 impl JobConfig {
@@ -216,7 +268,13 @@ pub fn adhoc_job(source: &str, name: Option<&str>) -> Result<JobConfig> {
             }
         }
     };
-    let toml = format!("name = {name:?}\nsource = {source:?}\n");
-    let job: JobConfig = toml::from_str(&toml).context("building the job from --source")?;
+    // Through serde, for the defaults; from values, not TOML text, so no
+    // message can quote the URL.
+    let mut table = toml::Table::new();
+    table.insert("name".into(), toml::Value::String(name));
+    table.insert("source".into(), toml::Value::String(source.to_string()));
+    let job: JobConfig = toml::Value::Table(table)
+        .try_into()
+        .context("building the job from --source")?;
     Ok(job)
 }

@@ -42,11 +42,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
+        // TOML's message quotes the offending line, which may be a URL
+        // with a password.
         let cfg: Config = toml::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
                 "config file {}: {}",
                 path.display(),
-                e.to_string().trim_end()
+                refugio_dump::redact_text(e.to_string().trim_end())
             )
         })?;
         cfg.validate()
@@ -365,6 +367,53 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("jobs[0].name"));
+    }
+
+    /// Debug output of the config and of each part holding a secret: no
+    /// password (userinfo, `?password=`), no webhook token.
+    #[test]
+    fn debug_output_carries_no_secrets() {
+        let cfg: Config = toml::from_str(
+            "[repository]\nurl = \"s3://b/p\"\nendpoint = \"https://key:hunter2@minio.example\"\n\
+             [agent]\nwebhook = { url = \"https://hooks.example.com/services/hunter2\" }\n\
+             [[jobs]]\nname = \"a\"\nsource = \"postgres://u:hunter2@h/db?sslmode=require\"\n\
+             scratch = \"postgres://u@s/postgres?password=hunter2\"\n\
+             extra_args = [\"--dbname=host=h password=hunter2\"]\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        for text in [
+            format!("{cfg:?}"),
+            format!("{:?}", cfg.jobs[0]),
+            format!("{:?}", cfg.repository),
+            format!("{:?}", cfg.agent),
+        ] {
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        let job = format!("{:?}", cfg.jobs[0]);
+        assert!(
+            job.contains("postgres://u:***@h/db?sslmode=require"),
+            "{job}"
+        );
+        assert!(job.contains("s/postgres?password=***"), "{job}");
+        assert!(format!("{:?}", cfg.repository).contains("minio.example"));
+    }
+
+    /// A config file TOML cannot parse: the message quotes the line, less
+    /// its password.
+    #[test]
+    fn a_broken_line_is_quoted_without_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refugio.toml");
+        for line in [
+            "source = \"postgres://u:hunter2@h/db",
+            "source = \"postgres://u@h/db?password=hunter2",
+        ] {
+            std::fs::write(&path, format!("[[jobs]]\nname = \"a\"\n{line}\n")).unwrap();
+            let e = format!("{:#}", Config::load(&path).unwrap_err());
+            assert!(e.contains("postgres://u"), "the line is quoted: {e}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

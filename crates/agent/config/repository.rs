@@ -4,8 +4,8 @@ use serde::{Deserialize, Deserializer};
 
 use refugio_store::location::{ChecksumCalculation, S3Options};
 
-/// `[repository]`.
-#[derive(Debug, Clone, Deserialize)]
+/// `[repository]`. Its `Debug` redacts any password in `url` and `endpoint`.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
     /// `s3://bucket/prefix`, `file:///abs/path` or a path. Default `./refugio-backups`.
@@ -43,6 +43,37 @@ pub struct RepositoryConfig {
     /// `refugio config check` proves the store enforces it.
     #[serde(default)]
     pub object_lock: Option<ObjectLockConfig>,
+}
+
+impl std::fmt::Debug for RepositoryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured: a new field cannot be left out (or in) unnoticed.
+        let RepositoryConfig {
+            url,
+            region,
+            endpoint,
+            force_path_style,
+            checksum_calculation,
+            part_size,
+            upload_concurrency,
+            sse,
+            sse_kms_key_id,
+            object_lock,
+        } = self;
+        let redact = refugio_dump::redact_url;
+        f.debug_struct("RepositoryConfig")
+            .field("url", &redact(url))
+            .field("region", region)
+            .field("endpoint", &endpoint.as_deref().map(redact))
+            .field("force_path_style", force_path_style)
+            .field("checksum_calculation", checksum_calculation)
+            .field("part_size", part_size)
+            .field("upload_concurrency", upload_concurrency)
+            .field("sse", sse)
+            .field("sse_kms_key_id", sse_kms_key_id)
+            .field("object_lock", object_lock)
+            .finish()
+    }
 }
 
 /// `object_lock = { mode = "compliance", days = 30 }`.

@@ -1,6 +1,14 @@
 //! The source (or target) database: its URL, where the password comes from,
 //! and how it is handed to sqlx and to libpq tools without ever appearing on
 //! a command line or in a message.
+//!
+//! A password may be written in the URL's userinfo (`postgres://u:pw@h/db`)
+//! or as the `password` query parameter (`?password=pw`); both are taken out
+//! of the URL that is kept, shown and passed to tools, and travel on only as
+//! `PGPASSWORD` in a tool's environment. `sslpassword` (the passphrase of an
+//! encrypted client key) is refused: libpq has no environment variable for
+//! it, so a tool could only get it on its command line, and sqlx cannot use
+//! an encrypted key at all.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -11,11 +19,21 @@ use url::Url;
 
 use crate::error::{Error, Result};
 
+/// Query parameters whose value is a secret, compared after
+/// percent-decoding and ignoring ASCII case: libpq's `password`, and
+/// `sslpassword`. (Any `…password` key is redacted in messages.)
+const PASSWORD_PARAM: &str = "password";
+const SSL_PASSWORD_PARAM: &str = "sslpassword";
+
+/// What is shown instead of a secret.
+const REDACTED: &str = "***";
+
 /// A PostgreSQL connection as configured: URL (libpq URI syntax, unix
 /// sockets as `?host=/dir`), an optional database that overrides the URL's,
 /// and an optional password file.
 #[derive(Clone)]
 pub struct SourceSpec {
+    /// The URL without any password (userinfo or query parameter).
     url: Url,
     password: Option<String>,
 }
@@ -24,7 +42,7 @@ impl std::fmt::Debug for SourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SourceSpec")
             .field("url", &self.redacted())
-            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
             .finish()
     }
 }
@@ -32,41 +50,44 @@ impl std::fmt::Debug for SourceSpec {
 impl SourceSpec {
     /// Parses `url`; `database` replaces the URL's database; `password_file`
     /// is read (first line, trailing newline removed) and wins over a
-    /// password in the URL. Otherwise libpq's own sources apply
-    /// (`PGPASSWORD`, `~/.pgpass`/`PGPASSFILE`), for sqlx and tools alike.
+    /// password in the URL; of those, the `password` query parameter wins
+    /// over the userinfo's, as in libpq. Without any, libpq's own sources
+    /// apply (`PGPASSWORD`, `~/.pgpass`/`PGPASSFILE`), for sqlx and tools
+    /// alike. A password file that group or others may access is used, and
+    /// logged as a warning (like ssh's private keys).
     pub fn new(url: &str, database: Option<&str>, password_file: Option<&Path>) -> Result<Self> {
-        let mut parsed = Url::parse(url).map_err(|e| Error::InvalidUrl {
+        let invalid = |reason: String| Error::InvalidUrl {
             url: redact_url(url),
-            reason: e.to_string(),
+            reason,
+        };
+        let mut parsed = Url::parse(url).map_err(|e| {
+            invalid(if !url.contains("://") && url.contains('=') {
+                "key=value connection strings are not supported; write it as a URL, \
+                 postgres://user@host:port/database?param=value"
+                    .to_string()
+            } else {
+                e.to_string()
+            })
         })?;
         if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-            return Err(Error::InvalidUrl {
-                url: redact_url(url),
-                reason: format!(
-                    "scheme must be postgres:// or postgresql://, not {}://",
-                    parsed.scheme()
-                ),
-            });
+            return Err(invalid(format!(
+                "scheme must be postgres:// or postgresql://, not {}://",
+                parsed.scheme()
+            )));
         }
-        let mut password = parsed
+        let userinfo_password = parsed
             .password()
-            .map(|p| {
-                percent_encoding_decode(p).map_err(|reason| Error::InvalidUrl {
-                    url: redact_url(url),
-                    reason,
-                })
-            })
-            .transpose()?;
+            .map(percent_encoding_decode)
+            .transpose()
+            .map_err(invalid)?;
         let _ = parsed.set_password(None);
+        let query_password = take_query_password(&mut parsed).map_err(invalid)?;
+        let mut password = query_password.or(userinfo_password);
         if let Some(db) = database {
             parsed.set_path(&format!("/{}", encode_path_segment(db)));
         }
         if let Some(path) = password_file {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::PasswordFile {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            password = Some(text.lines().next().unwrap_or("").to_string());
+            password = Some(read_password_file(path)?);
         }
         let spec = SourceSpec {
             url: parsed,
@@ -149,10 +170,93 @@ impl SourceSpec {
 /// echo it, but a server message could quote a connection string).
 fn scrub(e: sqlx::Error, password: Option<&str>) -> sqlx::Error {
     match password {
-        Some(p) if !p.is_empty() && e.to_string().contains(p) => {
-            sqlx::Error::Configuration(e.to_string().replace(p, "***").into())
+        Some(p) if !p.is_empty() && chain_text(&e).contains(p) => {
+            sqlx::Error::Configuration(chain_text(&e).replace(p, REDACTED).into())
         }
         _ => e,
+    }
+}
+
+/// Every message of `e`'s chain, for the scrub above (repetitions do no harm).
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Removes the `password` parameters from `url`'s query and returns the
+/// last one's value (libpq's rule); refuses `sslpassword`. The other
+/// parameters stay exactly as written: libpq decodes `%XX` only, so
+/// re-encoding them as a form (`+` for spaces) would change them.
+fn take_query_password(url: &mut Url) -> std::result::Result<Option<String>, String> {
+    let Some(query) = url.query() else {
+        return Ok(None);
+    };
+    let mut password = None;
+    let mut kept = Vec::new();
+    for segment in query.split('&') {
+        let (key, value) = segment.split_once('=').unwrap_or((segment, ""));
+        let key = percent_encoding::percent_decode_str(key)
+            .decode_utf8_lossy()
+            .to_ascii_lowercase();
+        match key.as_str() {
+            PASSWORD_PARAM => password = Some(percent_encoding_decode(value)?),
+            SSL_PASSWORD_PARAM => {
+                return Err(
+                    "sslpassword is not supported: libpq tools could only receive it on \
+                     their command line, and refugio's own connection cannot use an encrypted \
+                     client key; use a key without passphrase (sslkey=…), readable only by \
+                     refugio's user"
+                        .to_string(),
+                )
+            }
+            _ => kept.push(segment),
+        }
+    }
+    let kept = kept.join("&");
+    url.set_query((!kept.is_empty()).then_some(kept.as_str()));
+    Ok(password)
+}
+
+/// The first line of the password file; warns when group or others may
+/// access it.
+fn read_password_file(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::PasswordFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o7777;
+            if let Some(who) = exposed_to(mode) {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = %format_args!("{mode:04o}"),
+                    accessible_to = who,
+                    hint = "make it readable by its owner only (chmod 600)",
+                    "password-file-exposed"
+                );
+            }
+        }
+    }
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+/// Who besides the owner may access a file of this mode, if anyone (the
+/// check ssh makes of private keys: any permission bit for group or others).
+fn exposed_to(mode: u32) -> Option<&'static str> {
+    match (mode & 0o070 != 0, mode & 0o007 != 0) {
+        (true, true) => Some("group and others"),
+        (true, false) => Some("group"),
+        (false, true) => Some("others"),
+        (false, false) => None,
     }
 }
 
@@ -167,31 +271,109 @@ fn encode_path_segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// Replaces the password in a URL-ish string with `***`, for messages
-/// about URLs that could not even be parsed.
+/// Replaces every password in a connection string with `***`, for
+/// messages about URLs (also ones that could not be parsed, or are not
+/// postgres:// URLs, or key=value conninfo): the userinfo's password and
+/// the value of every query parameter or keyword ending in `password`.
 pub fn redact_url(url: &str) -> String {
-    if let Ok(mut u) = Url::parse(url) {
-        if u.password().is_some() {
-            let _ = u.set_password(Some("***"));
+    match Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some(REDACTED));
+            }
+            if let Some(query) = u.query() {
+                let query = query
+                    .split('&')
+                    .map(|segment| match segment.split_once('=') {
+                        Some((key, _)) if is_password_key(key) => format!("{key}={REDACTED}"),
+                        _ => segment.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("&");
+                u.set_query(Some(&query));
+            }
+            // Keywords too: a URL without a base (`host:5432 password=…`)
+            // parses, as a path.
+            redact_keywords(u.as_str())
         }
-        return u.to_string();
+        Err(_) => redact_text(url),
     }
-    // Unparseable: cut anything between "://user:" and "@".
-    if let Some(scheme_end) = url.find("://") {
-        let rest = &url[scheme_end + 3..];
-        if let Some(at) = rest.rfind('@') {
-            let userinfo = &rest[..at];
-            if let Some(colon) = userinfo.find(':') {
-                return format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &userinfo[..colon],
-                    &rest[at..]
-                );
+}
+
+/// A query key (percent-encoded) that names a password.
+fn is_password_key(key: &str) -> bool {
+    percent_encoding::percent_decode_str(key)
+        .decode_utf8_lossy()
+        .to_ascii_lowercase()
+        .ends_with(PASSWORD_PARAM)
+}
+
+/// Text-level redaction, for what URL parsing does not cover: on each line,
+/// the userinfo password after `scheme://user:` up to the line's last `@`,
+/// and the value after any `password =` (case-insensitive; a quoted value
+/// up to its closing quote, a bare one up to white space or `&`).
+pub fn redact_text(text: &str) -> String {
+    text.split('\n')
+        .map(|line| redact_keywords(&redact_userinfo(line)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn redact_userinfo(line: &str) -> String {
+    let Some(scheme_end) = line.find("://") else {
+        return line.to_string();
+    };
+    let start = scheme_end + 3;
+    let rest = &line[start..];
+    if let Some(at) = rest.rfind('@') {
+        if let Some(colon) = rest[..at].find(':') {
+            if &rest[colon + 1..at] != REDACTED {
+                return format!("{}{REDACTED}{}", &line[..start + colon + 1], &rest[at..]);
             }
         }
     }
-    url.to_string()
+    line.to_string()
+}
+
+fn redact_keywords(line: &str) -> String {
+    let lower = line.to_ascii_lowercase();
+    let bytes = line.as_bytes();
+    let mut out = String::with_capacity(line.len());
+    let mut copied = 0;
+    let mut search = 0;
+    while let Some(found) = lower[search..].find(PASSWORD_PARAM) {
+        let mut i = search + found + PASSWORD_PARAM.len();
+        search = i;
+        while i < bytes.len() && (bytes[i] == b' ' || bytes[i] == b'\t') {
+            i += 1;
+        }
+        if i >= bytes.len() || bytes[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && (bytes[i] == b' ' || bytes[i] == b'\t') {
+            i += 1;
+        }
+        let value_start = i;
+        if i < bytes.len() && bytes[i] == b'\'' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'\'' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(bytes.len());
+        } else {
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() && bytes[i] != b'&' {
+                i += 1;
+            }
+        }
+        // Indices stop only at ASCII bytes or the end: char boundaries.
+        out.push_str(&line[copied..value_start]);
+        out.push_str(REDACTED);
+        copied = i;
+        search = i;
+    }
+    out.push_str(&line[copied..]);
+    out
 }
 
 /// A path as given in configuration (for password files).
@@ -264,5 +446,167 @@ mod tests {
         let e =
             SourceSpec::new("postgres://u@h/db", None, Some(Path::new("/no/such"))).unwrap_err();
         assert!(e.to_string().contains("/no/such"));
+    }
+
+    /// A `password=` in the query string is a password like the userinfo's:
+    /// never in the tool URL, the redacted URL, Debug or an error; given to
+    /// tools as PGPASSWORD.
+    #[test]
+    fn query_password_is_taken_out_of_the_url() {
+        for url in [
+            "postgres://u@127.0.0.1:1/db?password=hunter2",
+            "postgres://u@127.0.0.1:1/db?sslmode=disable&password=hunter2&application_name=x",
+            "postgres://u:other@127.0.0.1:1/db?password=hunter2",
+            "postgres://u@127.0.0.1:1/db?pass%77ord=hunter2",
+        ] {
+            let s = SourceSpec::new(url, None, None).unwrap();
+            for shown in [s.tool_dbname(), s.redacted(), format!("{s:?}")] {
+                assert!(!shown.contains("hunter2"), "{url}: {shown}");
+            }
+            let env = s.tool_env();
+            let pw = env
+                .iter()
+                .find(|(k, _)| *k == "PGPASSWORD")
+                .map(|(_, v)| v.as_str());
+            assert_eq!(
+                pw,
+                Some("hunter2"),
+                "{url}: the query's password wins, as in libpq"
+            );
+        }
+        let s = SourceSpec::new(
+            "postgres://u@h/db?sslmode=disable&password=p%26w&application_name=x",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.tool_dbname(),
+            "postgres://u@h/db?sslmode=disable&application_name=x",
+            "the other parameters stay as written"
+        );
+        assert_eq!(s.tool_env()[1].1, "p&w");
+        let s = SourceSpec::new("postgres://u@h/db?password=hunter2", Some("other"), None).unwrap();
+        assert_eq!(s.tool_dbname(), "postgres://u@h/other");
+    }
+
+    /// `sslpassword` (the client key's passphrase) cannot reach libpq tools
+    /// except on their command line, and sqlx cannot use an encrypted key:
+    /// refused, with the URL redacted.
+    #[test]
+    fn ssl_password_is_refused_without_showing_it() {
+        let e = SourceSpec::new(
+            "postgres://u@h/db?sslkey=/k.pem&sslpassword=hunter2",
+            None,
+            None,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("sslpassword"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    /// Messages about strings that are not even URLs, or not ours, keep no
+    /// password either: key=value conninfo, query parameters, userinfo.
+    #[test]
+    fn redaction_of_anything_url_like() {
+        for (input, kept) in [
+            ("host=h user=u password=hunter2 dbname=db", "dbname=db"),
+            ("host=h password = 'hun ter2' dbname=db", "dbname=db"),
+            ("host=h password='hunter2\\' x' dbname=db", "dbname=db"),
+            (
+                "postgres://u@h/db?password=hunter2&sslmode=require",
+                "sslmode=require",
+            ),
+            ("postgres://u@h/db?sslpassword=hunter2", "postgres://u@h/db"),
+            ("postgres://u@h/db?PASSWORD=hunter2", "postgres://u@h/db"),
+            ("mysql://u:hunter2@h/db", "mysql://u:***@h/db"),
+            (
+                "postgres://u:hunter2@[bad/db?password=hunter2",
+                "postgres://u:",
+            ),
+            ("x:1 password=hunter2", "x:1"),
+        ] {
+            let r = redact_url(input);
+            assert!(
+                !r.contains("hunter2") && !r.contains("hun ter2"),
+                "{input}: {r}"
+            );
+            assert!(r.contains(kept), "{input}: {r} should keep {kept}");
+            assert!(r.contains("***"), "{input}: {r}");
+        }
+        assert_eq!(
+            redact_url("postgres://u@h/db?host=/tmp"),
+            "postgres://u@h/db?host=/tmp"
+        );
+    }
+
+    #[test]
+    fn conninfo_strings_are_refused_without_showing_the_password() {
+        let e = SourceSpec::new("host=h user=u password=hunter2 dbname=db", None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("postgres://"), "says what to write instead: {e}");
+    }
+
+    /// Like ssh: a password file that group or others may read is used, and
+    /// logged as a warning naming the file and its mode.
+    #[test]
+    fn exposed_password_file_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "from-file\n").unwrap();
+        let logged = |mode: u32| {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+            let buf = LogBuffer::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(buf.clone())
+                .with_ansi(false)
+                .finish();
+            let spec = tracing::subscriber::with_default(subscriber, || {
+                SourceSpec::new("postgres://u@h/db", None, Some(&f)).unwrap()
+            });
+            assert_eq!(spec.tool_env()[1].1, "from-file", "used anyway");
+            buf.text()
+        };
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            let text = logged(mode);
+            assert!(text.contains("WARN"), "{mode:o}: {text}");
+            assert!(text.contains(&f.display().to_string()), "{mode:o}: {text}");
+            assert!(text.contains(&format!("{mode:04o}")), "{mode:o}: {text}");
+            assert!(!text.contains("from-file"), "{text}");
+        }
+        for mode in [0o600, 0o400] {
+            assert_eq!(logged(mode), "", "{mode:o}");
+        }
+    }
+
+    /// Collects what a test's subscriber writes.
+    #[derive(Clone, Default)]
+    struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl LogBuffer {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    impl std::io::Write for LogBuffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+        type Writer = LogBuffer;
+        fn make_writer(&'a self) -> LogBuffer {
+            self.clone()
+        }
     }
 }

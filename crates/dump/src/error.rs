@@ -6,10 +6,12 @@ use std::process::ExitStatus;
 /// Result of the dump crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What went wrong talking to PostgreSQL or running its tools.
+/// What went wrong talking to PostgreSQL or running its tools. A message
+/// never repeats its `#[source]`: print an error with its chain (anyhow's
+/// `{:#}`, `refugio_store::error::chain`), and each cause appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("connecting to {url} failed: {source}")]
+    #[error("connecting to {url} failed")]
     Connect {
         /// Redacted connection URL.
         url: String,
@@ -17,7 +19,7 @@ pub enum Error {
         source: sqlx::Error,
     },
 
-    #[error("query on {url} failed ({what}): {source}")]
+    #[error("query on {url} failed ({what})")]
     Query {
         url: String,
         what: String,
@@ -28,7 +30,7 @@ pub enum Error {
     #[error("invalid connection URL {url}: {reason}")]
     InvalidUrl { url: String, reason: String },
 
-    #[error("reading password file {path}: {source}")]
+    #[error("reading password file {path}")]
     PasswordFile {
         path: PathBuf,
         #[source]
@@ -45,7 +47,7 @@ pub enum Error {
         found: Vec<(PathBuf, String)>,
     },
 
-    #[error("running {tool} ({path}): {source}")]
+    #[error("running {tool} ({path})")]
     Spawn {
         tool: &'static str,
         path: PathBuf,
@@ -64,7 +66,7 @@ pub enum Error {
         lock_timeout: bool,
     },
 
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
@@ -98,4 +100,52 @@ pub fn is_lock_timeout(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .and_then(|d| d.code())
         .is_some_and(|c| c == "55P03")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    fn refused() -> std::io::Error {
+        std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+    }
+
+    /// Each cause is printed once by a chain formatter (anyhow's `{:#}`):
+    /// an error names its source in `source()`, never also in its text.
+    #[test]
+    fn messages_do_not_repeat_their_source() {
+        let errors = [
+            Error::Connect {
+                url: "postgres://u@h/db".into(),
+                source: sqlx::Error::Io(refused()),
+            },
+            Error::Query {
+                url: "postgres://u@h/db".into(),
+                what: "reading server version".into(),
+                source: sqlx::Error::Io(refused()),
+            },
+            Error::PasswordFile {
+                path: "/run/pw".into(),
+                source: refused(),
+            },
+            Error::Spawn {
+                tool: "pg_dump",
+                path: "/usr/bin/pg_dump".into(),
+                source: refused(),
+            },
+            Error::Io(refused()),
+        ];
+        for e in errors {
+            let text = e.to_string();
+            if let Some(source) = e.source() {
+                assert!(
+                    !text.contains(&source.to_string()),
+                    "{text:?} repeats its source {source}"
+                );
+            }
+            let chained = format!("{:#}", anyhow::Error::from(e));
+            assert!(chained.contains("refused"), "{chained}");
+        }
+    }
 }

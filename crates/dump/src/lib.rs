@@ -15,7 +15,7 @@ pub mod spawn;
 pub mod tools;
 
 pub use compress::{Compression, CountingReader};
-pub use conn::{redact_url, SourceSpec};
+pub use conn::{redact_text, redact_url, SourceSpec};
 pub use error::{Error, Result};
 pub use process::{ChildOutput, StderrTail};
 pub use snapshot::{ServerFacts, Snapshot, TableCount};

@@ -5,13 +5,15 @@ use std::io;
 /// Result of the storage layer.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What went wrong in the repository; fields name the object involved.
+/// What went wrong in the repository; fields name the object involved. A
+/// message never repeats its `#[source]`: print an error with [`chain`]
+/// (or anyhow's `{:#}`), and each cause appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("object {key} not found in {store}")]
     NotFound { store: String, key: String },
 
-    #[error("{op} {key} in {store}: {source}")]
+    #[error("{op} {key} in {store}")]
     Io {
         op: &'static str,
         store: String,
@@ -31,7 +33,7 @@ pub enum Error {
         temporary: bool,
     },
 
-    #[error("reading the data to upload as {key} failed: {source}")]
+    #[error("reading the data to upload as {key} failed")]
     Source {
         key: String,
         #[source]
@@ -116,6 +118,94 @@ impl Error {
                 io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
             ),
             _ => false,
+        }
+    }
+}
+
+/// `e` and its causes, `: `-separated, each once: a cause whose text the
+/// message so far already ends with is left out, for errors of other
+/// crates that embed their source in their message while also returning
+/// it from `source()` (sqlx's "error communicating with database: {0}",
+/// the AWS SDK's). For any error, not only the store's; an
+/// `anyhow::Error` goes in as `e.as_ref()`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !cause_text.is_empty() && !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// Each cause is printed once by a chain formatter (anyhow's `{:#}`):
+    /// an error names its source in `source()`, never also in its text.
+    #[test]
+    fn messages_do_not_repeat_their_source() {
+        let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        let errors = [
+            Error::Io {
+                op: "reading",
+                store: "/srv/backups".into(),
+                key: "app/x/manifest.json".into(),
+                source: refused(),
+            },
+            Error::Source {
+                key: "app/x/db.dump.zst".into(),
+                source: refused(),
+            },
+        ];
+        for e in errors {
+            let text = e.to_string();
+            let source = e.source().map(|s| s.to_string()).unwrap_or_default();
+            assert!(
+                !text.contains(&source),
+                "{text:?} repeats its source {source}"
+            );
+            let chained = format!("{:#}", anyhow::Error::from(e));
+            assert_eq!(chained.matches("refused").count(), 1, "{chained}");
+        }
+    }
+
+    #[test]
+    fn chain_prints_each_cause_once() {
+        // sqlx's Io embeds its source and returns it: printed once.
+        let e = Error::Source {
+            key: "k".into(),
+            source: io::Error::other(RepeatsItsSource(io::Error::from(
+                io::ErrorKind::ConnectionRefused,
+            ))),
+        };
+        assert_eq!(
+            chain(&e),
+            "reading the data to upload as k failed: communicating: connection refused"
+        );
+        let e = anyhow::Error::from(e).context("job app: dumping database app");
+        assert_eq!(chain(e.as_ref()).matches("connection refused").count(), 1);
+        assert!(chain(e.as_ref()).starts_with("job app: dumping database app: reading"));
+    }
+
+    #[derive(Debug)]
+    struct RepeatsItsSource(io::Error);
+
+    impl std::fmt::Display for RepeatsItsSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "communicating: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for RepeatsItsSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
         }
     }
 }
