@@ -48,7 +48,7 @@ pub async fn for_command(job: &JobConfig, task: TaskKind) -> Result<Option<sqlx:
             task.as_str()
         ),
         Err(e) if task != TaskKind::Backup => {
-            tracing::warn!(job = %job.name, task = task.as_str(), error = format!("{e:#}"),
+            tracing::warn!(job = %job.name, task = task.as_str(), error = crate::output::error_chain(&e),
                 "job-lock-unavailable: the source cannot be reached to take the job's lock; going on without it");
             Ok(None)
         }

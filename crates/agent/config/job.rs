@@ -120,6 +120,8 @@ impl std::fmt::Debug for JobConfig {
             exclude_tables,
             extra_args,
             lock_wait_timeout,
+            max_replica_lag,
+            on_replica_lag,
             attempts,
             row_counts,
             scratch,
@@ -143,6 +145,8 @@ impl std::fmt::Debug for JobConfig {
             .field("exclude_tables", exclude_tables)
             .field("extra_args", &extra_args)
             .field("lock_wait_timeout", lock_wait_timeout)
+            .field("max_replica_lag", max_replica_lag)
+            .field("on_replica_lag", on_replica_lag)
             .field("attempts", attempts)
             .field("row_counts", row_counts)
             .field("scratch", &scratch.as_deref().map(redact_url))

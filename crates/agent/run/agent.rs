@@ -78,7 +78,7 @@ impl Agent {
                     self.publish_status(job, &st);
                     out.insert(job.name.clone(), st);
                 }
-                Ok(Err(e)) => error = Some(format!("{e:#}")),
+                Ok(Err(e)) => error = Some(refugio_store::error::chain(&e)),
                 Err(_) => {
                     error = Some(format!(
                         "listing job {} took longer than agent.repository_timeout ({})",
@@ -286,7 +286,7 @@ impl Agent {
             }
             Err(e) => {
                 tracing::error!(
-                    error = format!("{e:#}"),
+                    error = crate::output::error_chain(&e),
                     "task-failed: cannot take the job's lock on its source"
                 );
                 self.record_failure(&job, kind);
@@ -294,7 +294,7 @@ impl Agent {
                 let told = Told {
                     ok: false,
                     backup_id: None,
-                    error: Some(format!("{e:#}")),
+                    error: Some(crate::output::error_chain(&e)),
                     outcome,
                 };
                 self.notify(&cur, &job, &fire, told);
@@ -329,7 +329,7 @@ impl Agent {
                 (!r.passed).then(|| r.failures.join("; ")),
             ),
             Ok(Done::Prune(_)) => (true, None, None),
-            Err(e) => (false, None, Some(format!("{e:#}"))),
+            Err(e) => (false, None, Some(crate::output::error_chain(e))),
         };
         let drill_outcome = match (&outcome, kind) {
             (Ok(Done::Drill(r)), _) => Some(r.outcome()),
@@ -383,11 +383,11 @@ impl Agent {
             Err(e) => {
                 if cancel.is_cancelled() {
                     tracing::warn!(
-                        error = format!("{e:#}"),
+                        error = crate::output::error_chain(&e),
                         "task-cancelled: nothing was committed"
                     );
                 } else {
-                    tracing::error!(error = format!("{e:#}"), "task-failed");
+                    tracing::error!(error = crate::output::error_chain(&e), "task-failed");
                 }
                 self.record_failure(&job, kind);
             }
@@ -434,7 +434,9 @@ impl Agent {
                 Ok(hook) => {
                     hook.send(&event).await;
                 }
-                Err(e) => tracing::error!(error = format!("{e:#}"), "webhook-invalid"),
+                Err(e) => {
+                    tracing::error!(error = crate::output::error_chain(&e), "webhook-invalid")
+                }
             }
         });
     }

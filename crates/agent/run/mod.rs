@@ -121,9 +121,9 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
                             fires = f;
                             tracing::info!(config = %path.display(), "config-reloaded");
                         }
-                        Err(e) => tracing::error!(error = format!("{e:#}"), "reload-scheduler-failed"),
+                        Err(e) => tracing::error!(error = crate::output::error_chain(&e), "reload-scheduler-failed"),
                     },
-                    Err(e) => tracing::error!(config = %path.display(), error = format!("{e:#}"),
+                    Err(e) => tracing::error!(config = %path.display(), error = crate::output::error_chain(&e),
                         "reload-rejected: the running configuration stays in force"),
                 }
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

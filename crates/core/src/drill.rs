@@ -412,17 +412,18 @@ async fn drill_once(
     .await;
     if let Err(e) = checked {
         if e.condemns() {
-            tally.bad(&mut receipt, format!("{e}"));
+            tally.bad(&mut receipt, refugio_store::error::chain(&e));
         } else {
-            tally.unsure(&mut receipt, format!("{e}"));
+            tally.unsure(&mut receipt, refugio_store::error::chain(&e));
         }
     }
     // The scratch database goes whatever happened; failing to drop it is
     // reported but says nothing about the backup.
     if let Err(e) = drop_scratch(&admin, name).await {
-        receipt
-            .failures
-            .push(format!("dropping scratch database {name}: {e}"));
+        receipt.failures.push(format!(
+            "dropping scratch database {name}: {}",
+            refugio_store::error::chain(&e)
+        ));
     }
     let rto = started.elapsed().as_secs_f64();
     receipt.verified = !tally.bad && !tally.unsure;

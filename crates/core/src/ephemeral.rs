@@ -184,7 +184,8 @@ impl EphemeralCluster {
                 Err(e) if Instant::now() > deadline => {
                     let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
                     return Err(err(format!(
-                        "the drill cluster did not start: {e}; server log: {log}"
+                        "the drill cluster did not start: {}; server log: {log}",
+                        refugio_store::error::chain(&e)
                     )));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -110,7 +110,7 @@ pub enum Error {
     #[error(transparent)]
     Rejected(Box<refugio_dump::Error>),
 
-    #[error("fetching {key} failed, nothing was restored from it: {source}")]
+    #[error("fetching {key} failed, nothing was restored from it")]
     Fetch {
         key: String,
         #[source]
@@ -126,7 +126,7 @@ pub enum Error {
     #[error("a parallel restore (--jobs > 1) keeps the whole archive in {dir} first: it needs {needed} bytes and {free} are free; free space, choose another --temp-dir, or restore with --jobs 1 (streamed, no temporary file)")]
     NoSpace { dir: String, needed: u64, free: u64 },
 
-    #[error("temporary file for a parallel restore in {dir}: {source}")]
+    #[error("temporary file for a parallel restore in {dir}")]
     TempFile {
         dir: String,
         #[source]

@@ -271,7 +271,7 @@ async fn delete_batch(
     for id in batch {
         let key = Repository::manifest_key(job, id);
         if let Some((_, e)) = refused.iter().find(|(k, _)| *k == key) {
-            tracing::warn!(job, backup = %id, error = %e, "backup-delete-refused");
+            tracing::warn!(job, backup = %id, error = %refugio_store::error::chain(e), "backup-delete-refused");
             failures.push(failed(key, e));
             continue;
         }
@@ -290,6 +290,6 @@ fn failed(key: String, e: &refugio_store::Error) -> FailedDelete {
     FailedDelete {
         key,
         locked: matches!(e, refugio_store::Error::Locked { .. }),
-        error: e.to_string(),
+        error: refugio_store::error::chain(e),
     }
 }
