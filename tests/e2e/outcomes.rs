@@ -335,3 +335,95 @@ async fn two_drills_on_one_scratch_server_at_once_both_pass() -> Result<()> {
     assert_eq!(left, "0", "both scratch databases dropped");
     Ok(())
 }
+
+/// The download of the artifact is cut mid-drill (connection reset after
+/// 16 KiB) while the store stays healthy: the drill is inconclusive (or,
+/// had it recovered, passed), never failed, and prune keeps the backup.
+/// This used to mark the newest good backup failed and delete it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_cut_mid_drill_never_condemns_the_backup() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_bulk(&src, "app", 20_000).await?;
+    let proxy = refugio_testkit::FaultProxy::start(&s3::moto()?)?;
+    let repo = Repo::s3(proxy.target(), "cut-mid-drill");
+    let env = repo.env();
+    let extra = format!(
+        "scratch = {:?}\nglobals = false\nretention = {{ keep_last = 1 }}\n",
+        src.url("postgres")
+    );
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
+    let cfg = config.to_str().unwrap_or_default();
+    let bindir = src.bindir().display().to_string();
+    refugio_ok(&["--config", cfg, "backup"], &env)?;
+    refugio_ok(&["--config", cfg, "verify", "--pg-bindir", &bindir], &env)?;
+    std::thread::sleep(Duration::from_millis(1100));
+    refugio_ok(&["--config", cfg, "backup"], &env)?;
+    let newest = list(&config, &env)?
+        .into_iter()
+        .next()
+        .context("manifest")?;
+    let id = newest["backup_id"].as_str().context("id")?.to_string();
+    let stored = newest["artifacts"][0]["stored_size"].as_u64().unwrap_or(0);
+    anyhow::ensure!(
+        stored > 64 * 1024,
+        "artifact of {stored} bytes is too small to cut"
+    );
+
+    let cut = proxy.add(
+        refugio_testkit::Rule::new()
+            .method("GET")
+            .path_ends_with(&format!("/{id}/database.dump.zst"))
+            .nth(1)
+            .reset_response_after(16 * 1024),
+    );
+    let out = refugio(
+        &[
+            "--config",
+            cfg,
+            "verify",
+            "--json",
+            "--backup",
+            &id,
+            "--pg-bindir",
+            &bindir,
+        ],
+        &env,
+    );
+    let text = all_output(&out);
+    assert_eq!(proxy.stats(cut).injected, 1, "the download was cut: {text}");
+    let r: Value = serde_json::from_slice(&out.stdout).with_context(|| text.clone())?;
+    assert_ne!(
+        r["outcome"], "failed",
+        "a cut download condemned the backup: {r}"
+    );
+    assert_ne!(r["verified"], Value::Null, "{r}");
+
+    let out = refugio(&["--config", cfg, "prune", "--json"], &env);
+    let ptext = all_output(&out);
+    assert!(out.status.success(), "{ptext}");
+    assert!(
+        list(&config, &env)?
+            .iter()
+            .any(|m| m["backup_id"] == id.as_str()),
+        "prune kept the backup whose drill was cut: {ptext}"
+    );
+    // The next drill, undisturbed, verifies it.
+    let out = refugio(
+        &[
+            "--config",
+            cfg,
+            "verify",
+            "--json",
+            "--backup",
+            &id,
+            "--pg-bindir",
+            &bindir,
+        ],
+        &env,
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).with_context(|| all_output(&out))?;
+    assert_eq!(r["outcome"], "passed", "{r}");
+    Ok(())
+}

@@ -23,13 +23,14 @@ pub async fn backup(cfg: Config, a: BackupArgs) -> Result<ExitCode> {
         }
     };
     let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
-    // Held until the backup is committed or abandoned.
-    let _lock = crate::lock::for_command(&job, TaskKind::Backup).await?;
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
     let m = crate::retry::retry(&job.backoff(), &token, |attempt| {
         let (repo, job, cfg, token) = (&repo, &job, &cfg, &token);
         async move {
+            // The job's lock, held until this attempt is committed or
+            // abandoned; an unreachable source is retried like the backup.
+            let _lock = crate::lock::for_command(job, TaskKind::Backup).await?;
             let opts = job.backup_options(&cfg.repository, attempt)?;
             Ok(refugio_core::backup(repo, &opts, &SystemClock, token).await?)
         }
