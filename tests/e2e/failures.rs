@@ -617,3 +617,59 @@ async fn a_parallel_restore_without_temp_space_refuses_before_downloading() -> R
     );
     Ok(())
 }
+
+/// Wrong credentials on Garage (which checks signatures): a clear error
+/// naming the store and what it said, exit 1, nothing committed, and the
+/// secret key is printed nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_s3_credentials_on_garage_are_a_clear_error_without_the_secret() -> Result<()> {
+    let mut target = s3::garage()?;
+    let secret = "Wr0ngSecretKey-never-printed-5f3a9c";
+    target.secret_key = secret.to_string();
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let repo = Repo::s3(target.clone(), "wrong-credentials");
+    let env = repo.env();
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job("app", &src, "app", "globals = false\n"),
+    );
+    let cfg = config.to_str().unwrap_or_default();
+    let out = refugio(&["--config", cfg, "backup"], &env);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("s3://{}", target.bucket)),
+        "names the store: {text}"
+    );
+    assert!(
+        text.contains("403")
+            || text.contains("AccessDenied")
+            || text.contains("InvalidAccessKeyId")
+            || text.contains("SignatureDoesNotMatch")
+            || text.contains("Forbidden"),
+        "says what the store answered: {text}"
+    );
+    assert!(!text.contains(secret), "the secret key was printed: {text}");
+    let check = refugio(&["--config", cfg, "config", "check"], &env);
+    let ctext = all_output(&check);
+    assert_eq!(check.status.code(), Some(1), "{ctext}");
+    assert!(
+        !ctext.contains(secret),
+        "config check printed the secret: {ctext}"
+    );
+    // With the right credentials, nothing was committed.
+    let good = Repo::S3 {
+        target: s3::garage()?,
+        prefix: prefix_of(&repo),
+    };
+    let good_config = write_config(tmp.path(), &good, &job("app", &src, "app", ""));
+    assert!(
+        list(&good_config, &good.env())?.is_empty(),
+        "nothing committed"
+    );
+    Ok(())
+}
