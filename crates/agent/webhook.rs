@@ -172,12 +172,7 @@ impl Outcomes {
     }
 }
 
-/// This host's name, for events.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
+pub use refugio_core::host::hostname;
 
 #[cfg(test)]
 mod tests {

@@ -397,3 +397,31 @@ pub fn prefix_of(repo: &Repo) -> String {
         Repo::Dir(_) => String::new(),
     }
 }
+
+/// Waits until refugio process `pid` runs its restoring pg_restore (not the
+/// `--version` probe that picks the tool).
+pub fn wait_for_restore(pid: u32) -> Result<()> {
+    let me = pid.to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let restoring = std::fs::read_dir("/proc")?.flatten().any(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            stat.contains("(pg_restore)")
+                && stat
+                    .split(") ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    == Some(me.as_str())
+                && !String::from_utf8_lossy(&cmdline).contains("--version")
+        });
+        if restoring {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the drill never started restoring"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -454,26 +454,7 @@ async fn ctrl_c_during_a_drill_removes_the_scratch(#[case] ephemeral: bool) -> R
         .spawn()?;
     let me = child.id().to_string();
     // Wait until the restore is under way: pg_restore is a child of refugio.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let restoring = std::fs::read_dir("/proc")?.flatten().any(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            stat.contains("(pg_restore)")
-                && stat
-                    .split(") ")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    == Some(me.as_str())
-        });
-        if restoring {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the drill never started restoring"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_restore(child.id())?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

@@ -4,7 +4,7 @@
 //! unverified, and prune keeps it.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use refugio_testkit::{s3, Cluster, SlowProxy, Slowdown};
@@ -19,34 +19,6 @@ fn receipt_names(dir: &Path) -> Vec<String> {
         .into_iter()
         .filter(|f| f.starts_with("verify-"))
         .collect()
-}
-
-/// Waits until refugio process `pid` runs its restoring pg_restore (not the
-/// `--version` probe that picks the tool).
-fn wait_for_restore(pid: u32) -> Result<()> {
-    let me = pid.to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let restoring = std::fs::read_dir("/proc")?.flatten().any(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            stat.contains("(pg_restore)")
-                && stat
-                    .split(") ")
-                    .nth(1)
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    == Some(me.as_str())
-                && !String::from_utf8_lossy(&cmdline).contains("--version")
-        });
-        if restoring {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the drill never started restoring"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// How a stored backup is damaged.

@@ -54,16 +54,17 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
                 a.batch,
             )
             .map_err(usage)?;
-        let clock: Box<dyn Clock> = match a.now {
-            Some(t) => Box::new(FixedClock(t)),
-            None => Box::new(SystemClock),
+        let fixed = a.now.map(FixedClock);
+        let clock: &dyn Clock = match &fixed {
+            Some(c) => c,
+            None => &SystemClock,
         };
         // A dry run deletes nothing: it needs no lock.
         let _lock = match a.dry_run {
             true => None,
             false => crate::lock::for_command(job, TaskKind::Prune).await?,
         };
-        reports.push(refugio_core::prune(&repo, &opts, clock.as_ref(), &token).await?);
+        reports.push(refugio_core::prune(&repo, &opts, clock, &token).await?);
     }
     let code = if reports.iter().any(|r| r.has_errors()) {
         ExitCode::from(1)

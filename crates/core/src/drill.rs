@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
+use crate::host::hostname;
 use crate::measure;
 use crate::receipt::{
     self, CountCheck, Outcome, Phases, Receipt, SqlCheck, Target, RECEIPT_FORMAT,
@@ -91,12 +92,6 @@ fn marker(now: DateTime<Utc>) -> String {
         std::process::id(),
         now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     )
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Whether a scratch database with this marker was abandoned: no marker
@@ -206,14 +201,17 @@ fn q(spec: &SourceSpec, what: &str, e: sqlx::Error) -> Error {
 
 /// Drops the scratch databases of crashed drills ([`abandoned`] ones);
 /// returns their names.
-pub async fn sweep_scratch(admin: &SourceSpec, now: DateTime<Utc>) -> Result<Vec<String>> {
-    let mut conn = admin.connect().await?;
+async fn sweep_on(
+    conn: &mut PgConnection,
+    admin: &SourceSpec,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
     let rows = sqlx::query(
         "SELECT datname, shobj_description(oid, 'pg_database') AS marker \
          FROM pg_database WHERE datname LIKE $1 ORDER BY 1",
     )
     .bind(format!("{SCRATCH_PREFIX}%"))
-    .fetch_all(&mut conn)
+    .fetch_all(&mut *conn)
     .await
     .map_err(|e| q(admin, "listing scratch databases", e))?;
     let host = hostname();
@@ -235,7 +233,6 @@ pub async fn sweep_scratch(admin: &SourceSpec, now: DateTime<Utc>) -> Result<Vec
         .map_err(|e| q(admin, &format!("dropping scratch database {name}"), e))?;
         dropped.push(name);
     }
-    let _ = conn.close().await;
     Ok(dropped)
 }
 
@@ -249,9 +246,15 @@ pub async fn drop_scratch(admin: &SourceSpec, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Creates the scratch database with its owner marker.
-async fn create_scratch(admin: &SourceSpec, name: &str, now: DateTime<Utc>) -> Result<()> {
+/// Sweeps abandoned scratch databases, then creates this drill's with its
+/// owner marker, on one connection; returns the swept names.
+async fn prepare_scratch(
+    admin: &SourceSpec,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>> {
     let mut conn = admin.connect().await?;
+    let dropped = sweep_on(&mut conn, admin, now).await?;
     conn.execute(format!("CREATE DATABASE {}", quote_ident(name)).as_str())
         .await
         .map_err(|e| q(admin, &format!("CREATE DATABASE {name}"), e))?;
@@ -260,7 +263,7 @@ async fn create_scratch(admin: &SourceSpec, name: &str, now: DateTime<Utc>) -> R
         .await
         .map_err(|e| q(admin, &format!("marking scratch database {name}"), e))?;
     let _ = conn.close().await;
-    Ok(())
+    Ok(dropped)
 }
 
 /// Which backup of a job a drill restores.
@@ -359,11 +362,10 @@ async fn drill_once(
         }
     };
     let admin = server.with_database("postgres");
-    let dropped = sweep_scratch(&admin, now).await?;
+    let dropped = prepare_scratch(&admin, name, now).await?;
     if !dropped.is_empty() {
         tracing::warn!(databases = ?dropped, "drill-leftovers-dropped");
     }
-    create_scratch(&admin, name, now).await?;
     let target = server.with_database(name);
     let mut receipt = Receipt {
         format: RECEIPT_FORMAT.into(),

@@ -19,6 +19,7 @@ pub mod drill;
 pub mod ephemeral;
 pub mod error;
 pub mod feed;
+pub mod host;
 pub mod listing;
 pub mod measure;
 pub mod pins;
