@@ -425,3 +425,20 @@ pub fn wait_for_restore(pid: u32) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Records what a fault scenario of issue 10's suite observed, for the
+/// table `scripts/faults` prints: one line in `$REFUGIO_FAULTS_DIR/NN.txt`
+/// (nothing when the variable is unset). Call it after the assertions, with
+/// the facts they checked (numbers, outcomes), so that the table shows what
+/// happened, not what was hoped for.
+pub fn observed(scenario: u32, text: &str) {
+    let Some(dir) = std::env::var_os("REFUGIO_FAULTS_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let _ = std::fs::create_dir_all(&dir);
+    let line = text.replace('\n', " ");
+    if let Err(e) = std::fs::write(dir.join(format!("{scenario:02}.txt")), format!("{line}\n")) {
+        eprintln!("cannot record scenario {scenario}'s observation in {}: {e}", dir.display());
+    }
+}
