@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use refugio_store::repo::Repository;
+use refugio_store::s3::RetryHook;
 use refugio_store::RepositoryLocation;
 
 use crate::config::Config;
@@ -9,9 +10,18 @@ use crate::exit::usage;
 
 /// The repository `url` names, or the config's when `url` is None.
 pub async fn open(cfg: &Config, url: Option<&str>) -> Result<Repository> {
+    open_observed(cfg, url, None).await
+}
+
+/// [`open`], telling `on_retry` of every retried store request.
+pub async fn open_observed(
+    cfg: &Config,
+    url: Option<&str>,
+    on_retry: Option<RetryHook>,
+) -> Result<Repository> {
     let url = url.unwrap_or(&cfg.repository.url);
     let location = RepositoryLocation::parse(url).map_err(|e| usage(e.into()))?;
-    let store = refugio_store::open(&location, &cfg.repository.s3_options())
+    let store = refugio_store::open(&location, &cfg.repository.s3_options(on_retry))
         .await
         .with_context(|| format!("opening repository {location}"))?;
     Ok(Repository::new(store))

@@ -439,6 +439,9 @@ pub fn observed(scenario: u32, text: &str) {
     let _ = std::fs::create_dir_all(&dir);
     let line = text.replace('\n', " ");
     if let Err(e) = std::fs::write(dir.join(format!("{scenario:02}.txt")), format!("{line}\n")) {
-        eprintln!("cannot record scenario {scenario}'s observation in {}: {e}", dir.display());
+        eprintln!(
+            "cannot record scenario {scenario}'s observation in {}: {e}",
+            dir.display()
+        );
     }
 }

@@ -19,3 +19,4 @@ mod secrets;
 mod snapshot_metrics;
 mod snapshot_support;
 mod snapshots;
+mod store_faults;

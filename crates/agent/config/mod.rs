@@ -77,6 +77,20 @@ impl Config {
                 r.upload_concurrency
             );
         }
+        if !(1..=100).contains(&r.attempts) {
+            bail!(
+                "repository.attempts: {} is not within 1..=100 (the first attempt counts)",
+                r.attempts
+            );
+        }
+        for (field, value) in [
+            ("connect_timeout", r.connect_timeout),
+            ("operation_timeout", r.operation_timeout),
+        ] {
+            if value.is_zero() {
+                bail!("repository.{field}: must be longer than 0s");
+            }
+        }
         let location =
             refugio_store::RepositoryLocation::parse(&r.url).context("repository.url")?;
         if let Some(lock) = &r.object_lock {

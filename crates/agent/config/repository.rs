@@ -1,8 +1,11 @@
 //! `[repository]`: where backups are stored, S3 settings, object lock.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Deserializer};
 
 use refugio_store::location::{ChecksumCalculation, S3Options};
+use refugio_store::s3::{Retries, RetryHook};
 
 /// `[repository]`. Its `Debug` redacts any password in `url` and `endpoint`.
 #[derive(Clone, Deserialize)]
@@ -43,6 +46,18 @@ pub struct RepositoryConfig {
     /// `refugio config check` proves the store enforces it.
     #[serde(default)]
     pub object_lock: Option<ObjectLockConfig>,
+    /// Attempts per S3 request, the first included (throttling, 5xx,
+    /// timeouts and reset connections are retried with backoff); also how
+    /// often one download may be resumed. Default 5.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Longest wait for a connection to S3. Default `5s`.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest one attempt of an S3 request may take (an upload part: the
+    /// whole part) before it is abandoned and retried. Default `2m`.
+    #[serde(default = "default_operation_timeout", with = "humantime_serde")]
+    pub operation_timeout: Duration,
 }
 
 impl std::fmt::Debug for RepositoryConfig {
@@ -59,6 +74,9 @@ impl std::fmt::Debug for RepositoryConfig {
             sse,
             sse_kms_key_id,
             object_lock,
+            attempts,
+            connect_timeout,
+            operation_timeout,
         } = self;
         let redact = refugio_dump::redact_url;
         f.debug_struct("RepositoryConfig")
@@ -72,6 +90,9 @@ impl std::fmt::Debug for RepositoryConfig {
             .field("sse", sse)
             .field("sse_kms_key_id", sse_kms_key_id)
             .field("object_lock", object_lock)
+            .field("attempts", attempts)
+            .field("connect_timeout", connect_timeout)
+            .field("operation_timeout", operation_timeout)
             .finish()
     }
 }
@@ -108,6 +129,9 @@ impl Default for RepositoryConfig {
             sse: None,
             sse_kms_key_id: None,
             object_lock: None,
+            attempts: default_attempts(),
+            connect_timeout: default_connect_timeout(),
+            operation_timeout: default_operation_timeout(),
         }
     }
 }
@@ -129,6 +153,15 @@ fn default_part_size() -> u64 {
 }
 fn default_concurrency() -> usize {
     3
+}
+fn default_attempts() -> u32 {
+    refugio_store::s3::DEFAULT_ATTEMPTS
+}
+fn default_connect_timeout() -> Duration {
+    refugio_store::s3::DEFAULT_CONNECT_TIMEOUT
+}
+fn default_operation_timeout() -> Duration {
+    refugio_store::s3::DEFAULT_OPERATION_TIMEOUT
 }
 
 /// Parses `"8MiB"`, `"16 MB"`, `"5242880"` or a TOML integer.
@@ -172,8 +205,9 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 }
 
 impl RepositoryConfig {
-    /// Options for the S3 backend.
-    pub fn s3_options(&self) -> S3Options {
+    /// Options for the S3 backend; `on_retry` is told of every retried
+    /// request (the agent's `refugio_store_retries_total`).
+    pub fn s3_options(&self, on_retry: Option<RetryHook>) -> S3Options {
         S3Options {
             region: self.region.clone(),
             endpoint: self.endpoint.clone(),
@@ -185,6 +219,12 @@ impl RepositoryConfig {
             sse: self.sse.clone(),
             sse_kms_key_id: self.sse_kms_key_id.clone(),
             versioned_deletes: self.object_lock.is_some(),
+            retries: Retries {
+                attempts: self.attempts,
+                connect_timeout: self.connect_timeout,
+                operation_timeout: self.operation_timeout,
+            },
+            on_retry,
             ..S3Options::default()
         }
     }

@@ -44,6 +44,24 @@ pub(super) struct SkipLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct OperationLabels {
+    pub(super) operation: String,
+}
+
+/// S3 operations whose retry counters start at 0 (others appear when
+/// first retried).
+const RETRIED_OPERATIONS: [&str; 8] = [
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "PutObject",
+    "GetObject",
+    "HeadObject",
+    "ListObjectsV2",
+    "DeleteObjects",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct VersionLabels {
     version: &'static str,
 }
@@ -71,6 +89,7 @@ pub struct Metrics {
     pub(super) repository_bytes: Family<JobLabels, IntGauge>,
     pub(super) prune_deleted: Family<JobLabels, Counter>,
     pub(super) prune_runs: Family<ResultLabels, Counter>,
+    pub(super) store_retries: Family<OperationLabels, Counter>,
     /// Every (task, reason) pair seen per job, so `forget_job` can remove
     /// the skip series whatever strings the caller used.
     pub(super) skip_pairs: Mutex<HashMap<String, HashSet<(String, String)>>>,
@@ -212,6 +231,20 @@ impl Metrics {
             prune_runs.clone(),
         );
 
+        let store_retries = Family::<OperationLabels, Counter>::default();
+        for operation in RETRIED_OPERATIONS {
+            let _ = store_retries.get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            });
+        }
+        register(
+            &mut registry,
+            "refugio_store_retries",
+            "Number of S3 requests retried (and downloads resumed) after a transient error, by operation",
+            None,
+            store_retries.clone(),
+        );
+
         let build_info = Family::<VersionLabels, IntGauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -247,6 +280,7 @@ impl Metrics {
             repository_bytes,
             prune_deleted,
             prune_runs,
+            store_retries,
             skip_pairs: Mutex::new(HashMap::new()),
         }
     }

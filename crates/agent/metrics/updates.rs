@@ -1,17 +1,34 @@
 //! Updates from the operations' reports: a committed backup, a drill's
 //! receipt, an RPO measured from the repository, a prune.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::family::Family;
+use refugio_store::s3::RetryHook;
 
 use super::registry::{
     flag, job_labels, result_labels, saturating_i64, unix_seconds, FloatGauge, JobLabels, Metrics,
-    FAILURE, INCONCLUSIVE, SUCCESS,
+    OperationLabels, FAILURE, INCONCLUSIVE, SUCCESS,
 };
 
 impl Metrics {
+    /// Counts a retried S3 request (or a resumed download).
+    pub fn store_retried(&self, operation: &str) {
+        self.store_retries
+            .get_or_create(&OperationLabels {
+                operation: operation.to_string(),
+            })
+            .inc();
+    }
+
+    /// A hook for the store that calls [`Metrics::store_retried`].
+    pub fn retry_hook(self: &Arc<Self>) -> RetryHook {
+        let metrics = Arc::clone(self);
+        Arc::new(move |operation: &str| metrics.store_retried(operation))
+    }
+
     /// Records a committed backup (manifest written).
     pub fn backup_succeeded(
         &self,

@@ -209,7 +209,7 @@ impl Agent {
         if cfg.jobs.is_empty() {
             bail!("no [[jobs]]");
         }
-        let repo = crate::repo::open(&cfg, None).await?;
+        let repo = crate::repo::open_observed(&cfg, None, Some(self.metrics.retry_hook())).await?;
         let old = self.current();
         for job in &old.cfg.jobs {
             if !cfg.jobs.iter().any(|j| j.name == job.name) {

@@ -47,8 +47,8 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
             path.display()
         );
     }
-    let repo = crate::repo::open(&cfg, None).await?;
     let metrics = Arc::new(Metrics::new());
+    let repo = crate::repo::open_observed(&cfg, None, Some(metrics.retry_hook())).await?;
     let health = Arc::new(
         Health::new(cfg.agent.ready_requires_rpo).with_unready_after(cfg.agent.unready_after),
     );

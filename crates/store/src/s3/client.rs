@@ -5,6 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
@@ -13,7 +15,8 @@ use aws_sdk_s3::types::ServerSideEncryption;
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 
-use crate::error::{Error, Result};
+use super::retries::{Retries, RetryHook, RetryObserver};
+use crate::error::{chain, Error, Result};
 
 /// Region used when neither the options nor the AWS chain name one.
 const DEFAULT_REGION: &str = "us-east-1";
@@ -69,6 +72,10 @@ pub struct S3Options {
     /// Set with object lock: its buckets are versioned, and only deleting a
     /// version frees space (or is refused while the version is locked).
     pub versioned_deletes: bool,
+    /// Attempts and timeouts of every request; default [`Retries::default`].
+    pub retries: Retries,
+    /// Told of every retried request and resumed download; default none.
+    pub on_retry: Option<RetryHook>,
 }
 
 impl fmt::Debug for S3Options {
@@ -87,6 +94,9 @@ impl fmt::Debug for S3Options {
                     .as_ref()
                     .map(|(id, _)| (id, "<redacted>")),
             )
+            .field("versioned_deletes", &self.versioned_deletes)
+            .field("retries", &self.retries)
+            .field("on_retry", &self.on_retry.is_some())
             .finish()
     }
 }
@@ -97,7 +107,7 @@ pub(super) struct Context {
     /// `s3://bucket/prefix`.
     pub(super) store: String,
     /// The endpoint URL, or "AWS S3 (<region>)".
-    endpoint: String,
+    pub(super) endpoint: String,
 }
 
 impl Context {
@@ -145,23 +155,6 @@ impl Context {
             key: key.to_string(),
         }
     }
-}
-
-/// The error and its sources, `: `-separated. `DisplayErrorContext` would
-/// also append the raw HTTP response (headers and body) of service errors.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some layers repeat their source's text; keep it once.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Whether an error says the object does not exist (not the bucket).
@@ -212,7 +205,7 @@ pub(super) async fn abort(
 }
 
 /// An S3 bucket, optionally under a key prefix.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct S3Store {
     pub(super) client: Client,
     pub(super) bucket: String,
@@ -222,7 +215,22 @@ pub struct S3Store {
     pub(super) sse: Option<ServerSideEncryption>,
     pub(super) sse_kms_key_id: Option<String>,
     pub(super) versioned_deletes: bool,
+    pub(super) retries: Retries,
+    pub(super) on_retry: Option<RetryHook>,
     pub(super) context: Arc<Context>,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store")
+            .field("store", &self.context.store)
+            .field("endpoint", &self.context.endpoint)
+            .field("checksums", &self.checksums)
+            .field("sse", &self.sse)
+            .field("versioned_deletes", &self.versioned_deletes)
+            .field("retries", &self.retries)
+            .finish_non_exhaustive()
+    }
 }
 
 impl S3Store {
@@ -266,17 +274,34 @@ impl S3Store {
                 ResponseChecksumValidation::WhenRequired,
             ),
         };
-        let config = config
-            .force_path_style(options.force_path_style)
-            .request_checksum_calculation(request)
-            .response_checksum_validation(response)
-            .build();
         let prefix = prefix.trim_matches('/').to_string();
         let store = if prefix.is_empty() {
             format!("s3://{bucket}")
         } else {
             format!("s3://{bucket}/{prefix}")
         };
+        let retries = options.retries;
+        if retries.attempts == 0 {
+            return Err(Error::Other(format!(
+                "{store}: attempts must be at least 1 (the first attempt counts)"
+            )));
+        }
+        let config = config
+            .force_path_style(options.force_path_style)
+            .request_checksum_calculation(request)
+            .response_checksum_validation(response)
+            .retry_config(RetryConfig::standard().with_max_attempts(retries.attempts))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(retries.connect_timeout)
+                    .operation_attempt_timeout(retries.operation_timeout)
+                    .build(),
+            )
+            .interceptor(RetryObserver {
+                hook: options.on_retry.clone(),
+                store: store.clone(),
+            })
+            .build();
         let endpoint = options
             .endpoint
             .clone()
@@ -289,6 +314,8 @@ impl S3Store {
             sse: options.sse.as_deref().map(ServerSideEncryption::from),
             sse_kms_key_id: options.sse_kms_key_id.clone(),
             versioned_deletes: options.versioned_deletes,
+            retries,
+            on_retry: options.on_retry.clone(),
             context: Arc::new(Context { store, endpoint }),
         })
     }

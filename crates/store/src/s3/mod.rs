@@ -9,9 +9,11 @@
 //! `InvalidDigest`. With `WhenRequired` no checksum is declared or sent.
 
 mod client;
+mod download;
 mod list;
 mod lock;
 mod multipart;
+mod retries;
 
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
@@ -24,6 +26,9 @@ use crate::{ByteReader, MultipartUpload, ObjectMeta, ObjectStore, PendingUpload}
 use client::{is_missing_object, to_chrono};
 
 pub use client::{ChecksumCalculation, S3Options, S3Store};
+pub use retries::{
+    Retries, RetryHook, DEFAULT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT,
+};
 
 #[async_trait]
 impl ObjectStore for S3Store {
@@ -50,22 +55,9 @@ impl ObjectStore for S3Store {
         self.put_multipart_impl(key).await
     }
 
+    /// GetObject; a body cut mid-way is resumed with ranged GETs.
     async fn get(&self, key: &str) -> Result<ByteReader> {
-        let output = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| {
-                if is_missing_object(&e) {
-                    self.context.not_found(key)
-                } else {
-                    self.context.error("GetObject", key, &e)
-                }
-            })?;
-        Ok(Box::pin(output.body.into_async_read()))
+        self.get_impl(key).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
