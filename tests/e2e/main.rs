@@ -4,6 +4,7 @@
 
 mod agent;
 mod agent_signals;
+mod alerting;
 mod common;
 mod drill;
 mod exclude;
