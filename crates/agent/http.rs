@@ -11,6 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -39,8 +40,10 @@ struct HealthState {
     reachable_once: bool,
     /// Since when checks fail (None while they pass).
     failing_since: Option<std::time::Instant>,
-    /// Whether each job meets its RPO target; sorted for stable output.
-    rpo_ok: BTreeMap<String, bool>,
+    /// Each job's newest verified recovery point and RPO target, sorted
+    /// for stable output. The age is taken when `/readyz` is asked, so it
+    /// keeps growing while the repository cannot be listed.
+    rpo: BTreeMap<String, (Option<DateTime<Utc>>, std::time::Duration)>,
 }
 
 impl Health {
@@ -86,14 +89,22 @@ impl Health {
         state.repository = Some(result);
     }
 
-    /// Whether a job currently meets its RPO target.
-    pub fn set_rpo_ok(&self, job: &str, ok: bool) {
-        self.state().rpo_ok.insert(job.to_owned(), ok);
+    /// A job's newest verified recovery point (`None`: none) and its RPO
+    /// target; the target is met while the point is at most `target` old.
+    pub fn set_rpo(
+        &self,
+        job: &str,
+        recovery_point: Option<DateTime<Utc>>,
+        target: std::time::Duration,
+    ) {
+        self.state()
+            .rpo
+            .insert(job.to_owned(), (recovery_point, target));
     }
 
     /// Drops a job a config reload removed.
     pub fn forget_job(&self, job: &str) {
-        self.state().rpo_ok.remove(job);
+        self.state().rpo.remove(job);
     }
 
     /// `Ok` when ready, else the reasons, one line each.
@@ -117,8 +128,12 @@ impl Health {
             Some(Ok(())) => {}
         }
         if self.require_rpo {
-            for (job, _) in state.rpo_ok.iter().filter(|(_, ok)| !**ok) {
-                reasons.push(format!("job {job}: RPO target breached"));
+            let now = Utc::now();
+            for (job, (point, target)) in &state.rpo {
+                let met = point.is_some_and(|t| (now - t).to_std().unwrap_or_default() <= *target);
+                if !met {
+                    reasons.push(format!("job {job}: RPO target breached"));
+                }
             }
         }
         if reasons.is_empty() {
@@ -194,6 +209,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
 
     struct Reply {
         status: u16,
@@ -309,7 +326,7 @@ mod tests {
 
         s.health.set_repository(Ok(()));
         // Without require_rpo a breached RPO does not make the agent unready.
-        s.health.set_rpo_ok("trips", false);
+        s.health.set_rpo("trips", None, HOUR);
         let r = get(s.addr, "/readyz").await;
         assert_eq!((r.status, r.body.as_str()), (200, "ready"));
         assert_eq!(s.health.readiness(), Ok(()));
@@ -344,11 +361,13 @@ mod tests {
         let s = start(true).await;
         s.health.set_scheduler_running(true);
         s.health.set_repository(Ok(()));
-        s.health.set_rpo_ok("users", true);
+        s.health.set_rpo("users", Some(Utc::now()), HOUR);
         assert_eq!(get(s.addr, "/readyz").await.status, 200);
 
-        s.health.set_rpo_ok("trips", false);
-        s.health.set_rpo_ok("audit", false);
+        s.health.set_rpo("trips", None, HOUR);
+        // Measured fresh two hours ago, and not since: breached now.
+        let two_hours_ago = Utc::now() - chrono::Duration::hours(2);
+        s.health.set_rpo("audit", Some(two_hours_ago), HOUR);
         let r = get(s.addr, "/readyz").await;
         assert_eq!(r.status, 503);
         assert_eq!(
@@ -356,7 +375,7 @@ mod tests {
             "job audit: RPO target breached\njob trips: RPO target breached"
         );
 
-        s.health.set_rpo_ok("trips", true);
+        s.health.set_rpo("trips", Some(Utc::now()), HOUR);
         s.health.forget_job("audit");
         let r = get(s.addr, "/readyz").await;
         assert_eq!((r.status, r.body.as_str()), (200, "ready"));

@@ -9,11 +9,11 @@
 //! seconds instead of hours, so that the whole story takes well under a
 //! minute.
 //!
-//! The agent measures `refugio_rpo_seconds` and `refugio_rpo_target_met`
-//! when it lists the repository, so through an outage both stand still
-//! (target met) and `refugio_rpo_target_met == 0` alone never fires; the
-//! rule's second half, the age of the last successful backup, is what keeps
-//! growing. This test caught that.
+//! This test caught the agent measuring `refugio_rpo_seconds` and
+//! `refugio_rpo_target_met` only when it listed the repository, so through
+//! an outage both stood still (target met) and the alert never fired. The
+//! agent now keeps the newest verified recovery point and takes its age at
+//! each scrape.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -407,7 +407,8 @@ async fn a_long_s3_outage_fires_the_rpo_alert_in_prometheus_and_recovery_resolve
         "{ALERT} fired {for_seen:.1} s after going pending; its for: is {FOR_SECS}s"
     );
     ensure!(
-        firing.description.contains("no backup has succeeded for"),
+        firing.description.contains("the newest verified backup is")
+            && firing.description.contains(" old, the target is 10s"),
         "the description says why: {}",
         firing.description
     );

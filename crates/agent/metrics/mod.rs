@@ -298,6 +298,25 @@ mod tests {
         assert!(has_series(&text, "refugio_rto_seconds", "plain"));
     }
 
+    /// The RPO is the recovery point's age at each scrape: it grows, and
+    /// the target turns breached, with no new measurement (a store outage
+    /// stops the listings that measure it; fault scenario 23).
+    #[test]
+    fn rpo_grows_between_measurements() {
+        let m = Metrics::new();
+        m.register_job("trips", Some(Duration::from_secs(3600)), None);
+        let rpo = r#"refugio_rpo_seconds{backup_job="trips"}"#;
+        let met = r#"refugio_rpo_target_met{backup_job="trips"}"#;
+        m.set_rpo("trips", Some(Duration::from_secs(3599)));
+        let text = m.render();
+        assert_eq!(value(&text, rpo), Some(3599.0));
+        assert_eq!(value(&text, met), Some(1.0));
+        std::thread::sleep(Duration::from_millis(2100));
+        let text = m.render();
+        assert!(value(&text, rpo).is_some_and(|v| v >= 3601.0), "{text}");
+        assert_eq!(value(&text, met), Some(0.0), "{text}");
+    }
+
     #[test]
     fn target_met_flips() {
         let m = Metrics::new();

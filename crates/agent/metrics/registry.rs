@@ -90,6 +90,9 @@ pub struct Metrics {
     pub(super) prune_deleted: Family<JobLabels, Counter>,
     pub(super) prune_runs: Family<ResultLabels, Counter>,
     pub(super) store_retries: Family<OperationLabels, Counter>,
+    /// Each job's newest verified recovery point (`None`: none), from
+    /// which `render` computes the RPO gauges at scrape time.
+    pub(super) recovery_points: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
     /// Every (task, reason) pair seen per job, so `forget_job` can remove
     /// the skip series whatever strings the caller used.
     pub(super) skip_pairs: Mutex<HashMap<String, HashSet<(String, String)>>>,
@@ -281,6 +284,7 @@ impl Metrics {
             prune_deleted,
             prune_runs,
             store_retries,
+            recovery_points: Mutex::new(HashMap::new()),
             skip_pairs: Mutex::new(HashMap::new()),
         }
     }
@@ -349,6 +353,11 @@ impl Metrics {
 
     /// Removes every series of a job (after a config reload dropped it).
     pub fn forget_job(&self, job: &str) {
+        let mut points = self
+            .recovery_points
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        points.remove(job);
         let l = job_labels(job);
         for family in [
             &self.backup_last_success,
@@ -397,6 +406,18 @@ impl Metrics {
 
     /// The registry as OpenMetrics text (ends with `# EOF`), for `/metrics`.
     pub fn render(&self) -> String {
+        // The RPO is the newest verified backup's age now, not when the
+        // repository was last listed.
+        // Held while encoding, so a job that `forget_job` removes is not
+        // brought back half-way.
+        let points = self
+            .recovery_points
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Utc::now();
+        for (job, point) in points.iter() {
+            self.refresh_rpo(job, *point, now);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail; should an encoder fail anyway,
         // the truncated text (no `# EOF`) makes the scrape fail visibly.

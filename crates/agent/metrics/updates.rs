@@ -1,7 +1,7 @@
 //! Updates from the operations' reports: a committed backup, a drill's
 //! receipt, an RPO measured from the repository, a prune.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -115,15 +115,30 @@ impl Metrics {
             .set(unix_seconds(at));
     }
 
-    /// Sets the current RPO (age of the newest verified backup). `None`
-    /// means there is no verified backup: the `refugio_rpo_seconds` series
-    /// is removed (an absent series, not a fake number) and, when the job
-    /// has an RPO target, `refugio_rpo_target_met` is set to 0.
-    pub fn set_rpo(&self, job: &str, rpo: Option<Duration>) {
+    /// Sets the newest verified backup's recovery point (`None`: there is
+    /// none). `refugio_rpo_seconds` is its age when `/metrics` is scraped
+    /// ([`Metrics::render`]), so it keeps growing while the repository
+    /// cannot be listed: an outage of the store cannot freeze the RPO at
+    /// its last good value. Without a verified backup the series is absent
+    /// (not a fake number) and, with a target, `refugio_rpo_target_met` 0.
+    pub fn set_recovery_point(&self, job: &str, point: Option<DateTime<Utc>>) {
+        self.recovery_points
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(job.to_owned(), point);
+        self.refresh_rpo(job, point, Utc::now());
+    }
+
+    /// The RPO gauges of `job` at `now`.
+    pub(super) fn refresh_rpo(&self, job: &str, point: Option<DateTime<Utc>>, now: DateTime<Utc>) {
         let l = job_labels(job);
-        let met = match rpo {
-            Some(rpo) => {
-                let rpo = rpo.as_secs_f64();
+        let met = match point {
+            Some(point) => {
+                let rpo = (now - point)
+                    .to_std()
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    .floor();
                 self.rpo.get_or_create(&l).set(rpo);
                 self.target(&self.rpo_target, &l).map(|t| rpo <= t)
             }
@@ -135,6 +150,13 @@ impl Metrics {
         if let Some(met) = met {
             self.rpo_target_met.get_or_create(&l).set(flag(met));
         }
+    }
+
+    /// The RPO as if measured now, for tests: the recovery point `rpo` ago.
+    #[cfg(test)]
+    pub fn set_rpo(&self, job: &str, rpo: Option<Duration>) {
+        let point = rpo.map(|rpo| Utc::now() - chrono::Duration::from_std(rpo).unwrap_or_default());
+        self.set_recovery_point(job, point);
     }
 
     /// Sets what the repository holds for the job (from the last listing).

@@ -100,13 +100,12 @@ impl Agent {
 
     fn publish_status(&self, job: &JobConfig, st: &JobStatus) {
         self.metrics.set_repository(&job.name, st.backups, st.bytes);
-        let rpo = st
-            .newest_verified
-            .map(|t| (Utc::now() - t).to_std().unwrap_or_default());
-        self.metrics.set_rpo(&job.name, rpo);
+        // The age is taken when asked (a scrape, /readyz), so it grows
+        // on while the repository cannot be listed.
+        self.metrics
+            .set_recovery_point(&job.name, st.newest_verified);
         if let Some(target) = job.targets.rpo {
-            self.health
-                .set_rpo_ok(&job.name, rpo.is_some_and(|r| r <= target));
+            self.health.set_rpo(&job.name, st.newest_verified, target);
         }
     }
 
