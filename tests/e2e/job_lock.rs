@@ -147,3 +147,83 @@ async fn two_command_line_backups_of_one_job_never_overwrite() -> Result<()> {
     );
     Ok(())
 }
+
+/// The session holding a job's advisory lock on `cluster`, if any.
+async fn lock_holder(cluster: &Cluster) -> Result<Option<i64>> {
+    let out = cluster
+        .psql(
+            "postgres",
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted ORDER BY pid LIMIT 1",
+        )
+        .await?;
+    Ok(out.trim().parse().ok())
+}
+
+/// Fault scenario 11: the connection holding the job's lock is killed by
+/// `pg_terminate_backend` while a backup runs (its commit held by the fault
+/// proxy); the agent notices within seconds, takes the lock again on a new
+/// connection, and the backup commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_connection_killed_mid_task_is_detected_and_retaken() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let proxy = refugio_testkit::FaultProxy::start(&s3::moto()?)?;
+    let repo = Repo::s3(proxy.target(), "lock-retaken");
+    let env = repo.env();
+    let port = free_port()?;
+    let config = agent_config(
+        tmp.path(),
+        &repo,
+        port,
+        "",
+        &[job("app", &src, "app", "globals = false\n")],
+    );
+    let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
+    // The backup's commit (its manifest) waits until the rule is cleared.
+    let hold = proxy.add(
+        refugio_testkit::Rule::new()
+            .method("PUT")
+            .path_ends_with("/manifest.json")
+            .stall_forever(),
+    );
+    agent.signal(Signal::SIGUSR1)?;
+    wait_until("the commit to be held", Duration::from_secs(60), || {
+        Ok(proxy.stats(hold).matched >= 1)
+    })
+    .with_context(|| agent.log_text())?;
+    let first = lock_holder(&src)
+        .await?
+        .context("no session holds the lock")?;
+    src.psql("postgres", &format!("SELECT pg_terminate_backend({first})"))
+        .await?;
+    wait_until(
+        "the lock to be taken again",
+        Duration::from_secs(20),
+        || Ok(agent.log_text().contains("job-lock-retaken")),
+    )
+    .with_context(|| agent.log_text())?;
+    let second = lock_holder(&src)
+        .await?
+        .context("nobody holds the lock again")?;
+    assert_ne!(first, second, "a new session holds the lock");
+    let log = agent.log_text();
+    assert!(log.contains("job-lock-lost"), "{log}");
+    proxy.clear(hold);
+    wait_until("the backup to commit", Duration::from_secs(60), || {
+        Ok(backups(&config, &env)?.len() == 1)
+    })
+    .with_context(|| agent.log_text())?;
+    wait_until("the lock to be released", Duration::from_secs(10), || {
+        Ok(tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(lock_holder(&src))
+        })?
+        .is_none())
+    })?;
+    observed(
+        11,
+        &format!("lock session {first} terminated mid-backup (commit held); job-lock-lost logged, lock retaken by session {second} (checked every 2 s); backup committed; lock released after"),
+    );
+    Ok(())
+}

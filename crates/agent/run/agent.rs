@@ -277,7 +277,7 @@ impl Agent {
         })
         .await;
         let lock = match lock {
-            Ok(Some(conn)) => conn,
+            Ok(Some(lock)) => lock.keep(),
             Ok(None) => {
                 tracing::info!("task-skipped: another refugio holds this job's lock");
                 self.metrics.task_skipped(&job.name, kind.as_str(), "lock");
