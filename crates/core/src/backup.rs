@@ -205,7 +205,13 @@ pub async fn backup(
     tracing::info!(job, server = %facts.version, pg_dump = %pg_dump.path.display(),
         pg_dump_version = %pg_dump.version, attempt = opts.attempt, "backup-started");
 
-    let id = repo.new_backup_id(job, started_at).await?;
+    // The id, claimed against other processes backing up this job at the
+    // same second (different hosts, different lock servers): see
+    // `Repository::claim_backup_id`. The claim goes once the manifest
+    // commits or the backup is given up.
+    let claim = repo.claim_backup_id(job, started_at).await?;
+    let id = claim.id.clone();
+    let result: Result<Manifest> = async {
     let ext = match opts.format {
         DumpFormat::Custom => "dump",
         DumpFormat::Plain => "sql",
@@ -382,6 +388,10 @@ pub async fn backup(
     tracing::info!(job, backup = %id, stored_bytes = manifest.stored_size(),
         raw_bytes = manifest.raw_size(), seconds = manifest.durations.total_seconds, "backup-committed");
     Ok(manifest)
+    }
+    .await;
+    repo.release_claim(&claim).await;
+    result
 }
 
 /// What the manifest takes from the snapshot.

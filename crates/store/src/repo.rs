@@ -37,6 +37,17 @@ pub fn valid_segment(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// Name prefix of the objects by which a backup claims its id
+/// ([`Repository::claim_backup_id`]).
+pub const CLAIM_PREFIX: &str = "claim-";
+
+/// A backup id claimed by this process, and the object that claims it.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub id: String,
+    key: String,
+}
+
 /// The backup id for a start time: `20261128T060000Z`, with `-N` appended
 /// when `n > 1` (several backups started in the same second).
 pub fn backup_id(start: DateTime<Utc>, n: u32) -> String {
@@ -79,20 +90,76 @@ impl Repository {
         Ok(v)
     }
 
-    /// Picks a fresh backup id for a start time (adding a suffix when that
-    /// second is already taken in this job).
-    pub async fn new_backup_id(&self, job: &str, start: DateTime<Utc>) -> Result<String> {
-        for n in 1..1000 {
-            let id = backup_id(start, n);
-            let prefix = format!("{job}/{id}/");
-            let taken = self.store.list(&prefix).next().await.transpose()?.is_some();
-            if !taken {
-                return Ok(id);
+    /// Whether any object of backup `id` of `job` exists (other than
+    /// `except`).
+    async fn id_taken(&self, job: &str, id: &str, except: Option<&str>) -> Result<bool> {
+        let prefix = format!("{job}/{id}/");
+        let mut objects = self.store.list(&prefix);
+        while let Some(o) = objects.next().await.transpose()? {
+            if Some(o.key.as_str()) != except {
+                return Ok(true);
             }
+        }
+        Ok(false)
+    }
+
+    /// Claims a fresh backup id for a start time: the first of
+    /// `20261128T060000Z`, `…-2`, `…-3`… with nothing stored under it, for
+    /// this process alone. Two processes backing up one job in the same
+    /// second (say agents on two hosts whose job locks live on different
+    /// servers) would otherwise both pick the free id, upload under it, and
+    /// overwrite each other's artifacts. So each writes a claim object
+    /// (`claim-<random>`) under the id and then lists the id: it has the id
+    /// only if its claim is the only object there; otherwise it deletes its
+    /// claim and tries the next id. Both cannot win: each writes before it
+    /// lists, so the later lister sees the other's claim (on any store with
+    /// read-after-write listings, as S3, Garage and a directory have). It
+    /// needs no conditional write, which not every store honours (Garage
+    /// 2.5 ignores `If-None-Match`).
+    pub async fn claim_backup_id(&self, job: &str, start: DateTime<Utc>) -> Result<Claim> {
+        let token = format!("{:016x}", rand::random::<u64>());
+        let mut n = 1;
+        while n < 1000 {
+            let id = backup_id(start, n);
+            if self.id_taken(job, &id, None).await? {
+                n += 1;
+                continue;
+            }
+            let key = Self::key(job, &id, &format!("{CLAIM_PREFIX}{token}"));
+            self.store
+                .put(
+                    &key,
+                    Bytes::from_static(b"refugio: this backup id is taken\n"),
+                )
+                .await?;
+            if !self.id_taken(job, &id, Some(&key)).await? {
+                return Ok(Claim { id, key });
+            }
+            // Another process claimed it at the same moment: give it up.
+            if let Err(e) = self.store.delete(&key).await {
+                tracing::warn!(key, error = %crate::error::chain(&e), "orphan-left");
+            }
+            tracing::info!(
+                job,
+                id,
+                "backup-id-taken: another process claimed this id; trying the next"
+            );
+            let pause = rand::random::<u64>() % 200;
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            n += 1;
         }
         Err(Error::Other(format!(
             "job {job}: more than 999 backups started at {start}"
         )))
+    }
+
+    /// Drops a claim once its backup is committed or given up (best
+    /// effort: a leftover claim is one more object of the backup, deleted
+    /// with it, or an orphan the garbage collection removes).
+    pub async fn release_claim(&self, claim: &Claim) {
+        if let Err(e) = self.store.delete(&claim.key).await {
+            tracing::warn!(key = %claim.key, error = %crate::error::chain(&e), "orphan-left");
+        }
     }
 
     /// Reads a small object (a manifest, a receipt) whole, refusing one
