@@ -175,7 +175,7 @@ async fn signals_back_up_drill_reload_and_stop_cleanly() -> Result<()> {
 
 /// A one-thread HTTP server on 127.0.0.1 that records request bodies and
 /// answers 500 to the first request, 200 afterwards.
-fn webhook_receiver() -> Result<(u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+pub(crate) fn webhook_receiver() -> Result<(u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -392,10 +392,11 @@ async fn a_task_stopped_by_sigterm_sends_no_failure_webhook() -> Result<()> {
     Ok(())
 }
 
-/// A store whose listings stall does not stall the agent: repository
-/// checks are bounded by `agent.repository_timeout`, so a reload (which
-/// checks the repository) and SIGTERM are still handled within seconds,
-/// not after the stalled listing.
+/// Fault scenario 19: every S3 GET (the listings) stalls for 90 s. The main
+/// loop never waits on the store: watchdog pings keep their interval,
+/// SIGHUP's reload does not block, USR1 starts a backup at once (which
+/// then waits on the store), and SIGTERM stops the agent, that backup
+/// included, in seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
     let target = s3::moto()?;
@@ -405,8 +406,13 @@ async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
         target: proxy.target(),
         prefix: prefix_of(&repo),
     };
-    let env = repo.env();
     let tmp = tempfile::tempdir()?;
+    let socket_path = tmp.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut env = repo.env();
+    env.push(("NOTIFY_SOCKET".into(), socket_path.display().to_string()));
+    env.push(("WATCHDOG_USEC".into(), "1000000".into()));
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
     let port = free_port()?;
@@ -424,14 +430,37 @@ async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
         &[app],
     );
     let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
-    // Every GET (the listings) now waits 30 s.
+    // Every GET (the listings) now waits 90 s.
     proxy.set(Slowdown {
-        delay: Duration::from_secs(30),
+        delay: Duration::from_secs(90),
         only_method: Some("GET"),
         bytes_per_second: None,
     });
     agent.signal(Signal::SIGHUP)?;
-    std::thread::sleep(Duration::from_millis(200));
+    // The watchdog over 4 s of stalled listings: no gap as long as
+    // WATCHDOG_USEC (1 s; the agent pings every half of it).
+    let mut buf = [0u8; 512];
+    let (watch_from, mut last, mut widest, mut pings) =
+        (Instant::now(), Instant::now(), Duration::ZERO, 0);
+    while watch_from.elapsed() < Duration::from_secs(4) {
+        let n = socket.recv(&mut buf)?;
+        if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+            widest = widest.max(last.elapsed());
+            last = Instant::now();
+            pings += 1;
+        }
+    }
+    assert!(
+        pings >= 4 && widest < Duration::from_secs(1),
+        "{pings} watchdog pings in 4 s, widest gap {widest:?}"
+    );
+    let sent = Instant::now();
+    agent.signal(Signal::SIGUSR1)?;
+    wait_until("USR1 to start a backup", Duration::from_secs(5), || {
+        Ok(agent.log_text().contains("signal-received"))
+    })
+    .with_context(|| agent.log_text())?;
+    let usr1_took = sent.elapsed();
     let sent = Instant::now();
     agent.signal(Signal::SIGTERM)?;
     wait_until("agent-stopping", Duration::from_secs(10), || {
@@ -440,11 +469,16 @@ async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
     .with_context(|| agent.log_text())?;
     let took = sent.elapsed();
     let status = agent.stop(Duration::from_secs(20))?;
+    let stopped = sent.elapsed();
     proxy.set(Slowdown::NONE);
     assert!(
         took < Duration::from_secs(8),
         "SIGTERM waited {took:?} for a stalled listing"
     );
-    assert!(status.success());
+    assert!(status.success(), "{status:?}");
+    observed(
+        19,
+        &format!("every S3 GET held 90 s: {pings} watchdog pings in 4 s (widest gap {:.2} s, WATCHDOG_USEC 1 s); SIGHUP did not block; USR1 started a backup in {:.2} s; SIGTERM stopped the agent (the stalled backup cancelled) in {:.1} s, exit 0", widest.as_secs_f64(), usr1_took.as_secs_f64(), stopped.as_secs_f64()),
+    );
     Ok(())
 }

@@ -261,6 +261,11 @@ impl Agent {
         Ok(())
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -427,8 +432,9 @@ pub fn wait_for_restore(pid: u32) -> Result<()> {
 }
 
 /// Records what a fault scenario of issue 10's suite observed, for the
-/// table `scripts/faults` prints: one line in `$REFUGIO_FAULTS_DIR/NN.txt`
-/// (nothing when the variable is unset). Call it after the assertions, with
+/// table `scripts/faults` prints: a line appended to
+/// `$REFUGIO_FAULTS_DIR/NN.txt` (one per test or case; nothing when the
+/// variable is unset). Call it after the assertions, with
 /// the facts they checked (numbers, outcomes), so that the table shows what
 /// happened, not what was hoped for.
 pub fn observed(scenario: u32, text: &str) {
@@ -438,7 +444,12 @@ pub fn observed(scenario: u32, text: &str) {
     let dir = PathBuf::from(dir);
     let _ = std::fs::create_dir_all(&dir);
     let line = text.replace('\n', " ");
-    if let Err(e) = std::fs::write(dir.join(format!("{scenario:02}.txt")), format!("{line}\n")) {
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{scenario:02}.txt")))
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(e) = written {
         eprintln!(
             "cannot record scenario {scenario}'s observation in {}: {e}",
             dir.display()

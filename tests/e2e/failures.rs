@@ -615,6 +615,10 @@ async fn a_parallel_restore_without_temp_space_refuses_before_downloading() -> R
         0,
         "no partial temporary file"
     );
+    observed(
+        13,
+        "restore --jobs 2 with an 8 KiB temp dir: exit 1 naming the directory, the sizes and --jobs 1, before creating the database or any temporary file",
+    );
     Ok(())
 }
 
@@ -670,6 +674,10 @@ async fn wrong_s3_credentials_on_garage_are_a_clear_error_without_the_secret() -
     assert!(
         list(&good_config, &good.env())?.is_empty(),
         "nothing committed"
+    );
+    observed(
+        20,
+        "wrong secret key on Garage: exit 1 naming the store and its answer; the secret appears in no output; nothing committed",
     );
     Ok(())
 }

@@ -87,6 +87,10 @@ async fn one_jobs_backup_drill_and_prune_run_side_by_side_in_one_agent() -> Resu
     }
     proxy.set(Slowdown::NONE);
     assert!(agent.stop(Duration::from_secs(40))?.success());
+    observed(
+        18,
+        "backup, drill and prune of one job in one agent, overlapping: each succeeded, none skipped for lock",
+    );
     Ok(())
 }
 
@@ -144,6 +148,10 @@ async fn two_command_line_backups_of_one_job_never_overwrite() -> Result<()> {
     assert_eq!(
         listed[0]["artifacts"], committed["artifacts"],
         "the stored backup is the one that was committed"
+    );
+    observed(
+        17,
+        "two `refugio backup` of one job at once: one committed, the other refused (exit 1, lock held); no overwrite. Below the lock (different lock servers): 8 simultaneous id claims for one second get 8 ids on a directory, moto and Garage (refugio-store tests/claims.rs)",
     );
     Ok(())
 }

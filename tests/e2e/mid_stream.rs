@@ -181,6 +181,10 @@ async fn pg_dump_killed_mid_stream_commits_nothing_and_leaves_no_upload() -> Res
     use futures::StreamExt;
     let left: Vec<_> = store.list("").collect().await;
     assert!(left.is_empty(), "no objects left: {left:?}");
+    observed(
+        10,
+        "pg_dump SIGKILLed mid-stream: the backup failed, nothing committed, no multipart upload left",
+    );
     Ok(())
 }
 

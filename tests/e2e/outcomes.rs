@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
 use refugio_testkit::{s3, Cluster, SlowProxy, Slowdown};
 use rstest::rstest;
 use serde_json::Value;
@@ -124,6 +125,7 @@ async fn damage_of_every_kind_fails_the_drill(#[case] how: Damage) -> Result<()>
         .await
         .unwrap_or_else(|_| "0".into());
     assert_eq!(tables, "0", "{how:?}: nothing restored");
+    observed(15, &format!("{how:?}: drill failed, restore refused"));
     Ok(())
 }
 
@@ -233,13 +235,17 @@ async fn a_scratch_server_lost_mid_drill_is_inconclusive_and_prune_keeps_the_bac
         2,
         "both backups are still there"
     );
+    observed(
+        8,
+        "scratch server stopped mid-restore: verify exit 1, receipt outcome inconclusive, verified false; prune kept the backup",
+    );
     Ok(())
 }
 
-/// Two drills on one scratch server at once (two jobs; as well a CLI
-/// `verify` beside the agent's drill): each has its own scratch database,
-/// and the second one's sweep of leftovers leaves the first one's alone.
-/// Both pass.
+/// Fault scenario 16: drills of two jobs at once in the agent, and a CLI
+/// `verify` of a third job beside them, on one scratch server: each has
+/// its own scratch database, and each one's sweep of leftovers leaves the
+/// others' alone. All pass.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_drills_on_one_scratch_server_at_once_both_pass() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -250,61 +256,86 @@ async fn two_drills_on_one_scratch_server_at_once_both_pass() -> Result<()> {
     let proxy = SlowProxy::start(&s3::moto()?, Slowdown::NONE)?;
     let repo = Repo::s3(proxy.target(), "two-drills");
     let env = repo.env();
-    let extra = format!("scratch = {:?}\nglobals = false\n", scratch.url("postgres"));
-    let path = tmp.path().join("refugio.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}\n[[jobs]]\n{}\n[[jobs]]\n{}\n",
-            repo.toml(),
-            job("one", &src, "app", &extra),
-            job("two", &src, "app", &extra)
-        ),
-    )?;
+    let extra = format!(
+        "scratch = {:?}\nglobals = false\n[jobs.schedule]\nbackup = \"0 0 1 1 *\"\ncatch_up = false\n",
+        scratch.url("postgres")
+    );
+    let port = free_port()?;
+    let jobs: Vec<String> = ["one", "two", "three"]
+        .iter()
+        .map(|j| job(j, &src, "app", &extra))
+        .collect();
+    let path = agent_config(
+        tmp.path(),
+        &repo,
+        port,
+        "max_concurrent_tasks = 3\nsignal_jobs = [\"one\", \"two\"]",
+        &jobs,
+    );
     let cfg = path.to_str().unwrap_or_default();
     let bindir = src.bindir().display().to_string();
-    for j in ["one", "two"] {
+    for j in ["one", "two", "three"] {
         refugio_ok(&["--config", cfg, "backup", "--job", j], &env)?;
     }
-    // Read at 256 KiB/s: the first drill is still restoring when the
-    // second one starts and sweeps.
+    let agent = Agent::start(&path, &env, port, tmp.path().join("agent.log"))?;
+    // Read at 256 KiB/s: the agent's drills are still restoring when the
+    // command's starts and sweeps.
     proxy.set(Slowdown::rate(256 * 1024));
-    let verify = |j: &str| {
-        refugio_command(
-            &[
-                "--config",
-                cfg,
-                "verify",
-                "--job",
-                j,
-                "--json",
-                "--pg-bindir",
-                &bindir,
-            ],
-            &env,
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    agent.signal(Signal::SIGUSR2)?;
+    wait_for_restore(agent.pid())?;
+    let cli = refugio_command(
+        &[
+            "--config",
+            cfg,
+            "verify",
+            "--job",
+            "three",
+            "--json",
+            "--pg-bindir",
+            &bindir,
+        ],
+        &env,
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()?;
+    let out = cli.wait_with_output()?;
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    let r: Value = serde_json::from_slice(&out.stdout).with_context(|| text.clone())?;
+    assert_eq!(r["outcome"], "passed", "{r}");
+    let passed = |j: &str| -> Result<bool> {
+        Ok(agent.metric(&format!(
+            "refugio_drill_runs_total{{backup_job=\"{j}\",result=\"success\"}}"
+        ))? == Some(1.0))
     };
-    let first = verify("one")?;
-    wait_for_restore(first.id())?;
-    let second = verify("two")?;
-    let outs = [first.wait_with_output()?, second.wait_with_output()?];
+    wait_until("the agent's two drills", Duration::from_secs(120), || {
+        Ok(passed("one")? && passed("two")?)
+    })
+    .with_context(|| agent.log_text())?;
     proxy.set(Slowdown::NONE);
-    for out in &outs {
-        let text = all_output(out);
-        assert!(out.status.success(), "{text}");
-        let r: Value = serde_json::from_slice(&out.stdout).with_context(|| text.clone())?;
-        assert_eq!(r["outcome"], "passed", "{r}");
+    for j in ["one", "two"] {
+        assert_eq!(
+            agent.metric(&format!(
+                "refugio_drill_runs_total{{backup_job=\"{j}\",result=\"failure\"}}"
+            ))?,
+            Some(0.0),
+            "{}",
+            agent.log_text()
+        );
     }
+    agent.stop(Duration::from_secs(30))?;
     let left = scratch
         .psql(
             "postgres",
             "SELECT count(*) FROM pg_database WHERE datname LIKE 'refugio_drill_%'",
         )
         .await?;
-    assert_eq!(left, "0", "both scratch databases dropped");
+    assert_eq!(left, "0", "every scratch database dropped");
+    observed(
+        16,
+        "the agent drilled jobs one and two at once while a CLI verify drilled job three, on one scratch server: all three passed; every scratch database dropped",
+    );
     Ok(())
 }
 
@@ -371,6 +402,7 @@ async fn a_download_cut_mid_drill_never_condemns_the_backup() -> Result<()> {
         "a cut download condemned the backup: {r}"
     );
     assert_ne!(r["verified"], Value::Null, "{r}");
+    let cut_outcome = r["outcome"].as_str().unwrap_or("?").to_string();
 
     let out = refugio(&["--config", cfg, "prune", "--json"], &env);
     let ptext = all_output(&out);
@@ -397,5 +429,9 @@ async fn a_download_cut_mid_drill_never_condemns_the_backup() -> Result<()> {
     );
     let r: Value = serde_json::from_slice(&out.stdout).with_context(|| all_output(&out))?;
     assert_eq!(r["outcome"], "passed", "{r}");
+    observed(
+        7,
+        &format!("download cut after 16 KiB mid-drill: outcome {cut_outcome} (never failed); prune kept the backup; the next drill passed"),
+    );
     Ok(())
 }

@@ -101,5 +101,9 @@ async fn a_standby_whose_replay_is_paused_is_refused_or_flagged_and_rpo_counts_f
     standby
         .psql("postgres", "SELECT pg_wal_replay_resume()")
         .await?;
+    observed(
+        22,
+        "standby with replay paused while the primary wrote: past max_replica_lag = 2s refused (refuse) or committed flagged (flag) with data_at = the last replayed commit; the drill's RPO counts from data_at",
+    );
     Ok(())
 }

@@ -303,7 +303,12 @@ async fn a_password_reaches_children_only_through_their_environment() -> Result<
             "{way:?} listed: {listed}"
         );
     }
-    assert_no_secret_in_json_objects(&moto, &prefix).await
+    assert_no_secret_in_json_objects(&moto, &prefix).await?;
+    observed(
+        21,
+        "password given in the URL's userinfo, in ?password= and in password_file: absent from every output, every child's /proc/<pid>/cmdline, list --json, and every manifest and receipt stored",
+    );
+    Ok(())
 }
 
 /// Every manifest and receipt in the repository, read as it is stored.
@@ -429,5 +434,81 @@ fn a_refused_connection_is_reported_once() -> Result<()> {
     assert_eq!(event["fields"]["message"], "command-failed", "{event}");
     let error = event["fields"]["error"].as_str().unwrap_or_default();
     assert_eq!(error.matches("Connection refused").count(), 1, "{error}");
+    Ok(())
+}
+
+/// Fault scenario 21, the agent's side: jobs whose password is in the
+/// URL's userinfo, in `?password=` and in a `password_file` fail (their
+/// database does not exist), so their errors, which name the server, go
+/// into the log, the failure webhooks and the metrics' scrape; the
+/// password is in none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_is_in_no_webhook_metric_or_agent_log() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    let pwfile = tmp.path().join("pw");
+    std::fs::write(&pwfile, format!("{PASSWORD_USER_PASSWORD}\n"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let (hook_port, bodies) = crate::agent_signals::webhook_receiver()?;
+    let repo = Repo::dir(tmp.path());
+    let port = free_port()?;
+    let jobs: Vec<String> = [Way::Userinfo, Way::Query, Way::PasswordFile]
+        .iter()
+        .map(|&way| {
+            let file = match way {
+                Way::PasswordFile => format!("password_file = {:?}\n", pwfile.display().to_string()),
+                _ => String::new(),
+            };
+            format!(
+                "name = \"app-{}\"\nsource = {:?}\n{file}globals = false\n[jobs.schedule]\nbackup = \"0 0 1 1 *\"\ncatch_up = false\n",
+                way.name(),
+                way.url(&src, "missing")
+            )
+        })
+        .collect();
+    let config = agent_config(
+        tmp.path(),
+        &repo,
+        port,
+        &format!("webhook = {{ url = \"http://127.0.0.1:{hook_port}/hook\", attempts = 3, timeout = \"5s\" }}"),
+        &jobs,
+    );
+    let agent = Agent::start(&config, &[], port, tmp.path().join("agent.log"))?;
+    agent.signal(nix::sys::signal::Signal::SIGUSR1)?;
+    // The receiver answers the first delivery 500: three events, four bodies.
+    wait_until("three failure webhooks", Duration::from_secs(60), || {
+        Ok(bodies.lock().map(|b| b.len()).unwrap_or(0) >= 4)
+    })
+    .with_context(|| agent.log_text())?;
+    let (_, metrics) = http_get(port, "/metrics")?;
+    let log = agent.log_text();
+    agent.stop(Duration::from_secs(30))?;
+    let bodies = bodies.lock().map(|b| b.clone()).unwrap_or_default();
+    for way in ["userinfo", "query", "file"] {
+        assert!(
+            bodies
+                .iter()
+                .any(|b| b.contains(&format!("app-{way}")) && b.contains("\"failure\"")),
+            "a failure webhook for app-{way}: {bodies:?}"
+        );
+    }
+    assert!(
+        bodies.iter().any(|b| b.contains("missing")),
+        "the errors name the database: {bodies:?}"
+    );
+    for (what, text) in [
+        ("webhook", bodies.join("\n")),
+        ("metrics", metrics),
+        ("log", log),
+    ] {
+        assert!(!text.contains(STEM), "password in the {what}: {text}");
+    }
+    observed(
+        21,
+        "the agent's side: three failing jobs (password in userinfo, ?password=, password_file): their failure webhooks, /metrics and the agent log name the server and database, never the password",
+    );
     Ok(())
 }

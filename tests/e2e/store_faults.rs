@@ -282,3 +282,88 @@ async fn a_stalled_part_times_out_and_is_retried() -> Result<()> {
     );
     Ok(())
 }
+
+/// Scenarios 4 and 5: S3 down before a backup (a clear error, exit 1,
+/// nothing committed), then S3 lost mid-upload (the backup fails, its
+/// multipart upload cannot even be aborted) and back: prune's garbage
+/// collection removes the upload, and nothing is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_or_lost_mid_upload_commits_nothing_and_gc_leaves_no_upload() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_bulk(&src, "app", ROWS / 2).await?;
+    let garage = s3::garage()?;
+    let proxy = FaultProxy::start(&garage)?;
+    let repo = Repo::s3(proxy.target(), "s3-lost");
+    let env = repo.env();
+    let port = free_port()?;
+    let cfg = config(
+        tmp.path(),
+        &repo,
+        port,
+        &src,
+        "attempts = 2\nconnect_timeout = \"2s\"\n",
+    );
+    let text = std::fs::read_to_string(&cfg)?.replace(
+        "globals = false\n",
+        "globals = false\nattempts = 1\nretention = { keep_last = 3, gc_grace = \"1s\" }\n",
+    );
+    std::fs::write(&cfg, text)?;
+    let config_path = Path::new(&cfg);
+
+    // 4: down before the backup.
+    proxy.refuse_connections(true)?;
+    let started = Instant::now();
+    let out = refugio(&["--config", &cfg, "backup"], &env);
+    let down_for = started.elapsed();
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("cannot connect") && text.contains(&proxy.endpoint()),
+        "names the endpoint it cannot reach: {text}"
+    );
+    proxy.refuse_connections(false)?;
+    assert!(backups(config_path, &env)?.is_empty(), "nothing committed");
+
+    // 5: lost once the first part is on its way.
+    let parts = proxy.add(Rule::new().method("PUT").query_contains("partNumber="));
+    let child = refugio_command(&["--config", &cfg, "backup"], &env)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    wait_until("the first part upload", Duration::from_secs(60), || {
+        Ok(proxy.stats(parts).matched >= 1)
+    })?;
+    proxy.refuse_connections(true)?;
+    let out = child.wait_with_output()?;
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let left = multipart_uploads_left(&garage, &prefix_of(&repo))?;
+    assert!(
+        left >= 1,
+        "with S3 gone the upload could not be aborted (else this test proves nothing): {text}"
+    );
+    proxy.refuse_connections(false)?;
+    assert!(backups(config_path, &env)?.is_empty(), "nothing committed");
+    let later = (chrono::Utc::now() + chrono::Duration::minutes(1)).to_rfc3339();
+    let prune = refugio_ok(&["--config", &cfg, "prune", "--now", &later], &env)?;
+    assert_eq!(
+        multipart_uploads_left(&garage, &prefix_of(&repo))?,
+        0,
+        "GC aborted the stale upload: {prune}"
+    );
+    let store = open_s3(&garage, &prefix_of(&repo)).await?;
+    let objects: Vec<refugio_store::ObjectMeta> =
+        futures::TryStreamExt::try_collect(store.list("")).await?;
+    assert!(objects.is_empty(), "nothing left at all: {objects:?}");
+    observed(
+        4,
+        &format!("connections refused: `refugio backup` exit 1 after {:.1} s naming the endpoint it cannot reach; nothing committed", down_for.as_secs_f64()),
+    );
+    observed(
+        5,
+        &format!("S3 gone after the first part: exit 1, {left} multipart upload(s) left (the abort could not reach S3); S3 back, prune's GC aborted it: 0 uploads, 0 objects, nothing listed"),
+    );
+    Ok(())
+}

@@ -391,7 +391,14 @@ impl Agent {
                 self.record_failure(&job, kind);
             }
         }
-        if let Ok(st) = refugio_core::status(&cur.repo, &job.name).await {
+        // The job's fresh status, bounded like every repository check and
+        // skipped on shutdown: a stalled store never holds a stop.
+        let limit = cur.cfg.agent.repository_timeout;
+        let status = tokio::select! {
+            () = self.cancel.cancelled() => None,
+            st = tokio::time::timeout(limit, refugio_core::status(&cur.repo, &job.name)) => st.ok(),
+        };
+        if let Some(Ok(st)) = status {
             self.publish_status(&job, &st);
         }
     }

@@ -39,6 +39,17 @@ use crate::signals::Stop;
 use crate::webhook::{hostname, Outcomes};
 use agent::{Agent, Current};
 
+/// Why a SIGHUP's reload did not swap a new scheduler in.
+enum Reload {
+    /// The new file is bad: the running configuration stays.
+    Rejected(anyhow::Error),
+    /// The new configuration is in force, its schedules are not.
+    Scheduler(anyhow::Error),
+}
+
+type ReloadResult =
+    std::result::Result<(refugio_schedule::Scheduler, mpsc::Receiver<Fire>), Reload>;
+
 /// Runs until SIGTERM/SIGINT.
 pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
     if cfg.jobs.is_empty() {
@@ -104,6 +115,7 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
     let mut refresh = tokio::time::interval(Duration::from_secs(60));
     refresh.tick().await;
     let mut checking: Option<tokio::task::JoinHandle<()>> = None;
+    let mut reloading: Option<tokio::task::JoinHandle<ReloadResult>> = None;
 
     loop {
         tokio::select! {
@@ -111,20 +123,33 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
             Some(fire) = own_rx.recv() => agent.handle(fire),
             _ = usr1.recv() => agent.on_signal(TaskKind::Backup, "SIGUSR1").await,
             _ = usr2.recv() => agent.on_signal(TaskKind::Drill, "SIGUSR2").await,
+            // The reload (which lists the repository) runs beside the
+            // loop too; its new scheduler is swapped in when it is done.
             _ = hup.recv() => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                match agent.reload(&path).await {
-                    Ok(statuses) => match agent.start_scheduler(&statuses).await {
-                        Ok((s, f)) => {
-                            scheduler.shutdown().await;
-                            scheduler = s;
-                            fires = f;
-                            tracing::info!(config = %path.display(), "config-reloaded");
-                        }
-                        Err(e) => tracing::error!(error = crate::output::error_chain(&e), "reload-scheduler-failed"),
-                    },
-                    Err(e) => tracing::error!(config = %path.display(), error = crate::output::error_chain(&e),
+                if reloading.is_some() {
+                    tracing::warn!("reload-pending: the previous SIGHUP's reload is still running");
+                } else {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                    let (agent, path) = (Arc::clone(&agent), path.clone());
+                    reloading = Some(tokio::spawn(async move {
+                        let statuses = agent.reload(&path).await.map_err(Reload::Rejected)?;
+                        agent.start_scheduler(&statuses).await.map_err(Reload::Scheduler)
+                    }));
+                }
+            }
+            done = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
+                reloading = None;
+                match done {
+                    Ok(Ok((s, f))) => {
+                        scheduler.shutdown().await;
+                        scheduler = s;
+                        fires = f;
+                        tracing::info!(config = %path.display(), "config-reloaded");
+                    }
+                    Ok(Err(Reload::Scheduler(e))) => tracing::error!(error = crate::output::error_chain(&e), "reload-scheduler-failed"),
+                    Ok(Err(Reload::Rejected(e))) => tracing::error!(config = %path.display(), error = crate::output::error_chain(&e),
                         "reload-rejected: the running configuration stays in force"),
+                    Err(e) => tracing::error!(error = %e, "reload-failed"),
                 }
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             }
@@ -147,6 +172,9 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
     }
 
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(reload) = reloading {
+        reload.abort();
+    }
     health.set_scheduler_running(false);
     scheduler.shutdown().await;
     agent.cancel.cancel();

@@ -209,7 +209,17 @@ pub async fn backup(
     // same second (different hosts, different lock servers): see
     // `Repository::claim_backup_id`. The claim goes once the manifest
     // commits or the backup is given up.
-    let claim = repo.claim_backup_id(job, started_at).await?;
+    // Cancellable: a stalled store must not hold a shutdown (nothing is
+    // stored yet but, at most, the claim, which GC collects).
+    let claim = tokio::select! {
+        () = cancel.cancelled() => {
+            return Err(Error::Cancelled {
+                what: format!("job {job}: backup"),
+                detail: "stopped while claiming a backup id; nothing was committed".into(),
+            });
+        }
+        claim = repo.claim_backup_id(job, started_at) => claim?,
+    };
     let id = claim.id.clone();
     let result: Result<Manifest> = async {
     let ext = match opts.format {

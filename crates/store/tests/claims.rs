@@ -17,7 +17,10 @@ use refugio_testkit::s3::{self, unique_prefix, S3Target};
 const CLAIMS: usize = 8;
 
 async fn claims_never_collide(store: Arc<dyn ObjectStore>) -> Result<()> {
-    let start = Utc.with_ymd_and_hms(2026, 11, 28, 6, 0, 0).single().expect("time");
+    let start = Utc
+        .with_ymd_and_hms(2026, 11, 28, 6, 0, 0)
+        .single()
+        .expect("time");
     let repo = Repository::new(Arc::clone(&store));
     // Every claim starts at once, for the same second.
     let claims =
@@ -37,7 +40,10 @@ async fn claims_never_collide(store: Arc<dyn ObjectStore>) -> Result<()> {
         repo.release_claim(claim).await;
     }
     let listed: Vec<ObjectMeta> = store.list("app/").try_collect().await?;
-    assert!(listed.is_empty(), "released claims leave nothing: {listed:?}");
+    assert!(
+        listed.is_empty(),
+        "released claims leave nothing: {listed:?}"
+    );
     Ok(())
 }
 
