@@ -369,33 +369,47 @@ impl Cluster {
     /// Stops the server now (fast shutdown: what `pg_ctl stop -m fast` sends)
     /// and removes the cluster's directory.
     pub async fn stop(mut self) -> Result<()> {
-        if let Some(mut server) = self.server.take() {
-            let pid = server.id();
-            signal(pid, Signal::SIGINT);
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            loop {
-                if let Some(status) = server.try_wait().context("waiting for the server")? {
-                    if !status.success() {
-                        bail!(
-                            "the server exited with {status} on fast shutdown; log:\n{}",
-                            self.server_log_tail(20)
-                        );
-                    }
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let tail = self.server_log_tail(20);
-                    // Put it back so Drop shuts it down the hard way.
-                    self.server = Some(server);
-                    bail!(
-                        "the server (pid {pid}) did not stop within {STOP_TIMEOUT:?}; log:\n{tail}"
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        self.shut_down_fast().await?;
         self.removed = true;
         fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
+    }
+
+    /// Restarts the server as `pg_ctl restart -m fast` does: every session
+    /// is terminated (its client sees the connection closed), the server
+    /// shuts down, and a new one on the same data directory and socket
+    /// accepts connections again when this returns. The log is appended to.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.shut_down_fast().await?;
+        self.spawn_server()?;
+        self.wait_ready().await
+    }
+
+    /// Fast shutdown (SIGINT), waited for; nothing when not running.
+    async fn shut_down_fast(&mut self) -> Result<()> {
+        let Some(mut server) = self.server.take() else {
+            return Ok(());
+        };
+        let pid = server.id();
+        signal(pid, Signal::SIGINT);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = server.try_wait().context("waiting for the server")? {
+                if !status.success() {
+                    bail!(
+                        "the server exited with {status} on fast shutdown; log:\n{}",
+                        self.server_log_tail(20)
+                    );
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let tail = self.server_log_tail(20);
+                // Put it back so Drop shuts it down the hard way.
+                self.server = Some(server);
+                bail!("the server (pid {pid}) did not stop within {STOP_TIMEOUT:?}; log:\n{tail}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn initdb(&self) -> Result<()> {
@@ -430,8 +444,11 @@ impl Cluster {
 
     fn spawn_server(&mut self) -> Result<()> {
         let log_path = self.dir.join(SERVER_LOG);
-        let log = fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log file handle")?;
         let mut command = std::process::Command::new(self.bindir.join("postgres"));
         command
