@@ -64,6 +64,9 @@ pub enum Error {
         /// The failure was `pg_dump` giving up on a table lock
         /// (`--lock-wait-timeout`): worth retrying the whole backup.
         lock_timeout: bool,
+        /// The tool lost its server (restarted, shut down, the connection
+        /// dropped) or could not reach it: worth retrying once it is back.
+        connection_lost: bool,
     },
 
     #[error(transparent)]
@@ -85,13 +88,32 @@ impl Error {
     /// Whether retrying the whole operation may succeed.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::ToolFailed { lock_timeout, .. } => *lock_timeout,
-            Error::Connect { source, .. } => {
-                matches!(source, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
-            }
-            Error::Query { source, .. } => is_lock_timeout(source),
+            Error::ToolFailed {
+                lock_timeout,
+                connection_lost,
+                ..
+            } => *lock_timeout || *connection_lost,
+            Error::Connect { source, .. } => is_connection_trouble(source),
+            Error::Query { source, .. } => is_lock_timeout(source) || is_connection_trouble(source),
             _ => false,
         }
+    }
+}
+
+/// The connection could not be made or was lost, or the server turned it
+/// away for now: 57P01 admin_shutdown (a fast shutdown or restart), 57P02
+/// crash_shutdown, 57P03 cannot_connect_now (starting up, shutting down),
+/// 53300 too_many_connections.
+pub fn is_connection_trouble(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(d) => {
+            matches!(
+                d.code().as_deref(),
+                Some("57P01" | "57P02" | "57P03" | "53300")
+            )
+        }
+        _ => false,
     }
 }
 

@@ -19,6 +19,28 @@ use crate::error::Error;
 /// Bytes of stderr kept for error messages.
 const STDERR_TAIL_BYTES: usize = 8 * 1024;
 
+/// What libpq and the server print when a tool lost its server, or could
+/// not reach it, because the server restarted, shut down or crashed (or
+/// the connection dropped): `server closed the connection unexpectedly`,
+/// `FATAL: terminating connection due to administrator command`, `the
+/// database system is shutting down` (or `starting up`), `Is the server
+/// running …?` after a refused connection.
+const CONNECTION_LOST: &[&str] = &[
+    "server closed the connection unexpectedly",
+    "terminating connection",
+    "the database system is",
+    "no connection to the server",
+    "could not receive data from server",
+    "could not send data to server",
+    "Is the server running",
+];
+
+/// Whether a tool's stderr says it lost (or could not reach) its server:
+/// the whole operation is worth running again once the server is back.
+pub fn connection_lost(stderr_tail: &str) -> bool {
+    CONNECTION_LOST.iter().any(|p| stderr_tail.contains(p))
+}
+
 /// The last lines a child wrote to stderr (bounded), collected by a task.
 #[derive(Clone, Default)]
 pub struct StderrTail {
@@ -79,6 +101,7 @@ pub async fn check_exit(
     Err(Error::ToolFailed {
         tool,
         status,
+        connection_lost: connection_lost(&stderr_tail),
         stderr_tail,
         lock_timeout,
     })
@@ -187,4 +210,35 @@ impl Drop for ChildOutput {
 /// Finds our [`Error`] inside an `io::Error` produced by a stream, if it is there.
 pub fn tool_error(e: &io::Error) -> Option<&Error> {
     e.get_ref().and_then(|inner| inner.downcast_ref::<Error>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_went_away_is_a_lost_connection() {
+        // pg_dump 16 when the server restarted under its COPY.
+        let restarted = "pg_dump: error: Dumping the contents of table \"bulk\" failed: PQgetCopyData() failed.\n\
+            pg_dump: detail: Error message from server: server closed the connection unexpectedly\n\
+            \tThis probably means the server terminated abnormally\n\
+            \tbefore or while processing the request.\n\
+            pg_dump: detail: Command was: COPY public.bulk (id, payload) TO stdout;";
+        assert!(connection_lost(restarted));
+        assert!(connection_lost(
+            "pg_dump: error: FATAL:  terminating connection due to administrator command"
+        ));
+        assert!(connection_lost("pg_dump: error: connection to server on socket \"/tmp/x/.s.PGSQL.5432\" failed: FATAL:  the database system is starting up"));
+        assert!(connection_lost("pg_dump: error: connection to server on socket \"/tmp/x/.s.PGSQL.5432\" failed: No such file or directory\n\tIs the server running locally and accepting connections on that socket?"));
+        // The content, the tool or the credentials: not a lost connection.
+        assert!(!connection_lost(
+            "pg_dump: error: no matching tables were found"
+        ));
+        assert!(!connection_lost("pg_dump: error: connection to server on socket \"/tmp/x/.s.PGSQL.5432\" failed: FATAL:  password authentication failed for user \"u\""));
+        assert!(!connection_lost(
+            "pg_dump: error: query failed: ERROR:  permission denied for table t"
+        ));
+        // Killed: nothing on stderr says the server went away.
+        assert!(!connection_lost(""));
+    }
 }

@@ -116,6 +116,74 @@ async fn exit_status_is_checked_after_eof() -> Result<()> {
         }
         other => panic!("unexpected {other}"),
     }
+    assert!(!inner.is_temporary(), "a bad argument is permanent");
+    Ok(())
+}
+
+/// A server restart (fast shutdown, start) is temporary trouble whichever
+/// way a client meets it: pg_dump caught mid-COPY fails with an error
+/// marked as a lost connection, and a query on a connection the restart
+/// ended fails with an error marked temporary; both are worth a retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_under_pg_dump_and_a_session_is_temporary() -> Result<()> {
+    let mut c = Cluster::start(16).await?;
+    c.create_database("app").await?;
+    // Several MiB of COPY output: more than the pipe and socket buffers, so
+    // pg_dump is still dumping while the test does not read.
+    refugio_testkit::sample::load_bulk(&c, "app", 50_000).await?;
+    let spec = SourceSpec::new(&c.url("app"), None, None)?;
+    let tool = tools::find(
+        ToolKind::PgDump,
+        refugio_dump::PgVersion {
+            major: 16,
+            minor: 0,
+        },
+        Some(c.bindir()),
+    )
+    .await?;
+    let args = DumpArgs {
+        format: DumpFormat::Custom,
+        snapshot: None,
+        lock_wait_timeout: Duration::from_secs(5),
+        exclude_tables: &[],
+        extra_args: &[],
+    };
+    let mut out = spawn::pg_dump(&tool, &spec, &args)?;
+    let mut first = vec![0u8; 64 * 1024];
+    out.read_exact(&mut first).await?;
+    let mut conn = spec.connect().await?;
+    c.restart().await?;
+
+    let mut rest = Vec::new();
+    let err = out
+        .read_to_end(&mut rest)
+        .await
+        .expect_err("pg_dump fails: its server went away");
+    let inner = refugio_dump::process::tool_error(&err).context("a ToolFailed inside")?;
+    match inner {
+        Error::ToolFailed {
+            connection_lost,
+            lock_timeout,
+            stderr_tail,
+            ..
+        } => {
+            assert!(*connection_lost, "{stderr_tail}");
+            assert!(!lock_timeout);
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(inner.is_temporary(), "{inner}");
+
+    let source = sqlx::query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .expect_err("the restart ended the session");
+    let e = Error::Query {
+        url: spec.redacted(),
+        what: "a query after a restart".into(),
+        source,
+    };
+    assert!(e.is_temporary(), "{e}: {:?}", std::error::Error::source(&e));
     Ok(())
 }
 
