@@ -9,7 +9,9 @@
 //! cannot lose the entry of a backup's directory and with it a committed
 //! manifest. A reader therefore sees a whole object or none, and listings
 //! never show the temporary files; `list_multipart_uploads` does, so that
-//! garbage collection can remove what a crash left behind.
+//! garbage collection can remove what a crash left behind. A failed or
+//! aborted write removes its temporary file and, like `delete`, the
+//! directories that leaves empty: a failed backup leaves no directory.
 //!
 //! Dumps hold a whole database: files are created `0600` and directories
 //! `0700` (the repository root too, when the store creates it), set
@@ -375,6 +377,7 @@ impl ObjectStore for FsStore {
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let path = self.path_of(key)?;
+        let root = self.root.clone();
         self.blocking("put", key, move || {
             let tmp = hidden_name(&path, TMP_MARKER)?;
             let write = || -> io::Result<()> {
@@ -385,7 +388,7 @@ impl ObjectStore for FsStore {
                 sync_dir(path.parent().unwrap_or(Path::new("/")))
             };
             write().inspect_err(|_| {
-                let _ = fs::remove_file(&tmp);
+                let _ = remove_object(&root, &tmp);
             })
         })
         .await
@@ -402,6 +405,7 @@ impl ObjectStore for FsStore {
             })
             .await?;
         Ok(Box::new(FsMultipart {
+            root: self.root.clone(),
             store: self.describe.clone(),
             key: key.to_string(),
             file: Arc::new(file),
@@ -574,15 +578,10 @@ impl ObjectStore for FsStore {
                 &format!("{:?} is not an upload of this key", upload.upload_id),
             ));
         }
-        let partial = path.with_file_name(&upload.upload_id);
-        self.blocking(
-            "abort upload of",
-            &upload.key,
-            move || match fs::remove_file(&partial) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                other => other,
-            },
-        )
+        let (root, partial) = (self.root.clone(), path.with_file_name(&upload.upload_id));
+        self.blocking("abort upload of", &upload.key, move || {
+            remove_object(&root, &partial)
+        })
         .await
     }
 }
@@ -591,6 +590,7 @@ impl ObjectStore for FsStore {
 /// Each part is written at its offset by a blocking-pool task, so parts
 /// may be in flight together; `complete` renames the file into place.
 struct FsMultipart {
+    root: PathBuf,
     store: String,
     key: String,
     file: Arc<File>,
@@ -684,13 +684,10 @@ impl MultipartUpload for FsMultipart {
 
 impl FsMultipart {
     async fn abort_inner(&self) -> Result<()> {
-        let partial = self.partial.clone();
-        let removed = tokio::task::spawn_blocking(move || match fs::remove_file(&partial) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        })
-        .await
-        .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
+        let (root, partial) = (self.root.clone(), self.partial.clone());
+        let removed = tokio::task::spawn_blocking(move || remove_object(&root, &partial))
+            .await
+            .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
         removed.map_err(|source| self.io_error("abort upload of", source))
     }
 }
@@ -801,8 +798,27 @@ mod tests {
             .await
             .expect("pending")
             .is_empty());
-        let leftovers: Vec<_> = fs::read_dir(store.root().join("a")).expect("dir").collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(
+            !store.root().join("a").exists(),
+            "the emptied directory went too"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_aborted_upload_leaves_no_emptied_directory() {
+        let (_dir, store) = store();
+        store
+            .put("j/b2/x", Bytes::from_static(b"1"))
+            .await
+            .expect("put");
+        let mut upload = store.put_multipart("j/b1/x").await.expect("start");
+        upload
+            .put_part(Bytes::from_static(b"x"))
+            .await
+            .expect("part");
+        upload.abort().await.expect("abort");
+        assert!(!store.root().join("j/b1").exists(), "emptied by the abort");
+        assert!(store.root().join("j/b2/x").exists(), "the rest stays");
     }
 
     #[tokio::test]
