@@ -256,6 +256,12 @@ impl Agent {
         bail!("agent not ready within 60 s; log:\n{}", self.log_text())
     }
 
+    /// `kill -9`, and the exit status once it is reaped.
+    pub fn kill_9(mut self) -> Result<std::process::ExitStatus> {
+        self.signal(Signal::SIGKILL)?;
+        Ok(self.child.wait()?)
+    }
+
     pub fn signal(&self, sig: Signal) -> Result<()> {
         kill(Pid::from_raw(self.child.id() as i32), sig)?;
         Ok(())
@@ -455,4 +461,82 @@ pub fn observed(scenario: u32, text: &str) {
             dir.display()
         );
     }
+}
+
+/// A small filesystem a test mounts itself (tmpfs, as root) and unmounts
+/// on drop.
+pub struct SmallTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallTmpfs {
+    pub fn mount(size: &str) -> Result<SmallTmpfs> {
+        let dir = tempfile::tempdir()?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mounting a {size} tmpfs for a disk-full test failed (the test suite runs as root, as scripts/test does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(SmallTmpfs { dir })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).output();
+    }
+}
+
+/// PIDs of processes named `name` whose parent is `ppid`.
+pub fn children_named(ppid: u32, name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
+            let ppid_field = stat[close + 2..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok());
+            if comm == name && ppid_field == Some(ppid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// The pg_dump child of process `ppid` that dumps (`--snapshot=` on its
+/// command line), not a `pg_dump --version` probe.
+pub fn dumping_pg_dump(ppid: u32) -> Option<u32> {
+    children_named(ppid, "pg_dump").into_iter().find(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("--snapshot="))
+            .unwrap_or(false)
+    })
+}
+
+/// Whether process `pid` is gone (or a zombie).
+pub fn process_gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+        .unwrap_or(true)
 }

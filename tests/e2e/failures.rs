@@ -531,36 +531,6 @@ async fn config_check_reports_one_line_per_problem() -> Result<()> {
     Ok(())
 }
 
-/// A small filesystem this test mounts itself (tmpfs, as root) and
-/// unmounts on drop.
-struct SmallTmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallTmpfs {
-    fn mount(size: &str) -> Result<SmallTmpfs> {
-        let dir = tempfile::tempdir()?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "mounting a {size} tmpfs for the disk-full test failed (the test suite runs as root, as scripts/test does): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(SmallTmpfs { dir })
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .output();
-    }
-}
-
 /// `restore --jobs 2` needs the whole archive in its temporary directory:
 /// with too little room there it refuses before creating or downloading
 /// anything, naming the directory and the sizes.
@@ -577,7 +547,7 @@ async fn a_parallel_restore_without_temp_space_refuses_before_downloading() -> R
     let small = SmallTmpfs::mount("8k")?;
     let dst = Cluster::start(16).await?;
     let bindir = dst.bindir().display().to_string();
-    let temp = small.dir.path().display().to_string();
+    let temp = small.path().display().to_string();
     let out = refugio(
         &[
             "--config",
@@ -611,7 +581,7 @@ async fn a_parallel_restore_without_temp_space_refuses_before_downloading() -> R
         .await?;
     assert_eq!(created, "0", "the target database was not even created");
     assert_eq!(
-        std::fs::read_dir(small.dir.path())?.count(),
+        std::fs::read_dir(small.path())?.count(),
         0,
         "no partial temporary file"
     );

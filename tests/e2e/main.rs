@@ -9,6 +9,7 @@ mod common;
 mod drill;
 mod exclude;
 mod failures;
+mod faults;
 mod job_lock;
 mod lock;
 mod mid_stream;

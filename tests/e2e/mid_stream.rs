@@ -16,34 +16,6 @@ async fn pending_uploads(target: &s3::S3Target, prefix: &str) -> Result<usize> {
     Ok(store.list_multipart_uploads("").await?.len())
 }
 
-/// PIDs of processes named `name` whose parent is `ppid`.
-fn children_named(ppid: u32, name: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...
-            let Some(close) = stat.rfind(')') else {
-                continue;
-            };
-            let comm = &stat[stat.find('(').map_or(0, |i| i + 1)..close];
-            let ppid_field = stat[close + 2..]
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u32>().ok());
-            if comm == name && ppid_field == Some(ppid) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
 /// Starts a backup in the background and waits for its pg_dump child.
 fn spawn_backup(config: &str, env: &[(String, String)]) -> Result<(std::process::Child, u32)> {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"));
@@ -58,15 +30,7 @@ fn spawn_backup(config: &str, env: &[(String, String)]) -> Result<(std::process:
     let child = cmd.spawn()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        // The dump itself, not a `pg_dump --version` probe.
-        let dumping = children_named(child.id(), "pg_dump")
-            .into_iter()
-            .find(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains("--snapshot="))
-                    .unwrap_or(false)
-            });
-        if let Some(pid) = dumping {
+        if let Some(pid) = dumping_pg_dump(child.id()) {
             return Ok((child, pid));
         }
         anyhow::ensure!(Instant::now() < deadline, "pg_dump never started");
