@@ -392,9 +392,11 @@ async fn a_long_s3_outage_fires_the_rpo_alert_in_prometheus_and_recovery_resolve
         .metric(last_success)?
         .context("no successful backup")?;
     let breach_in = last_ok + RPO_TARGET_SECS as f64 - unix_at(outage_at);
-    // Pending from when the RPO target was passed (plus a scrape and an
-    // evaluation), firing `for:` later (plus an evaluation and our poll).
-    let slack = 2.0 * INTERVAL_SECS as f64 + 0.5;
+    // Pending from when the RPO target was passed (plus a scrape, an
+    // evaluation and the RPO's whole-second resolution), firing `for:`
+    // later (plus an evaluation and our poll); and 1.5 s for a loaded
+    // 2-core machine running the rest of the suite (seen: 2.7 s late).
+    let slack = 3.0 * INTERVAL_SECS as f64 + 1.5;
     let pending_secs = seconds_between(outage_at, firing.since);
     ensure!(
         pending_secs >= breach_in - INTERVAL_SECS as f64 && pending_secs <= breach_in + slack,

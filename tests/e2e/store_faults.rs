@@ -197,7 +197,7 @@ async fn failed_and_reset_parts_are_retried_and_a_cut_restore_resumes() -> Resul
     );
     observed(
         1,
-        &format!("{failed} of {parts} parts' uploads answered 500, each retried (refugio_store_retries_total{{operation=\"UploadPart\"}} counts them with the reset below); committed; restore identical (count + md5 of every row)"),
+        &format!("{failed} of {parts} parts' uploads answered 500 (every 5th UploadPart request), each retried: refugio_store_retries_total{{operation=\"UploadPart\"}} = {} with scenario 2's reset, one per fault; committed; restore identical (count + md5 of every row)", failed + cut),
     );
     observed(
         2,
