@@ -126,6 +126,26 @@ pub enum Error {
     #[error("a parallel restore (--jobs > 1) keeps the whole archive in {dir} first: it needs {needed} bytes and {free} are free; free space, choose another --temp-dir, or restore with --jobs 1 (streamed, no temporary file)")]
     NoSpace { dir: String, needed: u64, free: u64 },
 
+    /// Encryption settings or key files that cannot be used (names the
+    /// setting, the file and the line, never key material).
+    #[error("encryption: {0}")]
+    Encryption(String),
+
+    /// An encrypted backup and no identity to decrypt it: nothing was
+    /// touched. Not evidence against the backup.
+    #[error("artifact {key} is encrypted with age to {recipients}; no age identity is configured (set [repository.encryption] identity_file, REFUGIO_AGE_IDENTITY_FILE, or the systemd credential age-identity); nothing was restored")]
+    NoIdentity { key: String, recipients: String },
+
+    /// The configured identities do not open the backup: nothing was
+    /// touched. Not evidence against the backup.
+    #[error("artifact {key} is encrypted with age to {recipients}; identity {identities} (from {origin}) does not match; add the identity of one of those recipients (after a key rotation, keep the old identity beside the new one); nothing was restored")]
+    WrongIdentity {
+        key: String,
+        recipients: String,
+        identities: String,
+        origin: String,
+    },
+
     #[error("temporary file for a parallel restore in {dir}")]
     TempFile {
         dir: String,
