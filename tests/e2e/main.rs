@@ -7,6 +7,7 @@ mod agent_signals;
 mod alerting;
 mod common;
 mod drill;
+mod encryption;
 mod exclude;
 mod failures;
 mod faults;

@@ -16,6 +16,58 @@ struct Check {
     detail: String,
 }
 
+/// With `[repository.encryption]`: a probe encrypted to the recipients
+/// and, with an identity here, decrypted; whether this host can restore
+/// and drill. A host that only backs up needs no identity, unless one of
+/// its jobs drills (`scratch`).
+async fn encryption_check(cfg: &Config) -> Option<Check> {
+    let enc = cfg.repository.encryption.as_ref()?;
+    let what = "encryption (age)".to_string();
+    let fail = |detail: String| Check {
+        what: what.clone(),
+        ok: false,
+        detail,
+    };
+    let to = match enc.recipients() {
+        Ok(to) => to,
+        Err(e) => return Some(fail(error_chain(&e))),
+    };
+    let ids = match cfg.repository.identities() {
+        Ok(ids) => ids,
+        Err(e) => return Some(fail(error_chain(&e))),
+    };
+    let drills = cfg.jobs.iter().any(|j| j.scratch.is_some());
+    let recipients = format!(
+        "{} recipient(s): {}",
+        to.names().len(),
+        to.names().join(", ")
+    );
+    Some(match refugio_core::encryption::probe(&to, ids.as_deref()).await {
+        Ok(Some(true)) => Check {
+            what,
+            ok: true,
+            detail: format!(
+                "backups are encrypted to {recipients}; the identity from {} decrypts them: this host can restore and drill",
+                ids.as_ref().map_or("?", |i| i.origin())
+            ),
+        },
+        Ok(Some(false)) => fail(format!(
+            "backups are encrypted to {recipients}; identity {} (from {}) matches none of them: this host cannot restore or drill new backups",
+            ids.as_ref().map_or(String::new(), |i| i.publics().join(", ")),
+            ids.as_ref().map_or("?", |i| i.origin())
+        )),
+        Ok(None) => Check {
+            what,
+            ok: !drills,
+            detail: format!(
+                "backups are encrypted to {recipients}; no identity on this host (identity_file, REFUGIO_AGE_IDENTITY_FILE, credential age-identity): it cannot restore{}",
+                if drills { ", and this config's drills would be inconclusive" } else { " (fine for a host that only backs up)" }
+            ),
+        },
+        Err(e) => fail(error_chain(&anyhow::Error::from(e))),
+    })
+}
+
 /// Where `config check` writes its object-lock probe (not a job: job
 /// names cannot start with '.').
 const LOCK_PROBE_PREFIX: &str = ".refugio-lock-probe";
@@ -87,6 +139,7 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
             },
         });
     }
+    checks.extend(encryption_check(&cfg).await);
     for job in &cfg.jobs {
         let what = format!("job {}", job.name);
         let detail = async {

@@ -41,6 +41,7 @@ pub async fn restore(cfg: Config, a: RestoreArgs) -> Result<ExitCode> {
         no_owner: a.no_owner,
         bindir: a.pg_bindir.clone(),
         temp_dir: a.temp_dir.clone(),
+        identities: cfg.repository.identities().map_err(usage)?,
     };
     tracing::info!(job, backup = %manifest.backup_id, target = %opts.target.redacted(), "restore-started");
     let token = CancellationToken::new();

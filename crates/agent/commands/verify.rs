@@ -23,7 +23,12 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
         ))
     })?;
     let opts = job
-        .drill_options(&scratch, a.pg_bindir.clone())
+        .drill_options(
+            &scratch,
+            // As the agent's drills: the job's tools unless told otherwise.
+            a.pg_bindir.clone().or_else(|| job.pg_bindir.clone()),
+            &cfg.repository,
+        )
         .map_err(usage)?;
     let pick = match a.backup.as_str() {
         "unverified" => Pick::Unverified,

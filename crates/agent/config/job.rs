@@ -190,6 +190,7 @@ impl JobConfig {
             attempt,
             max_replica_lag: (!self.max_replica_lag.is_zero()).then_some(self.max_replica_lag),
             on_replica_lag: self.on_replica_lag,
+            encryption: repo.recipients()?,
         })
     }
 
@@ -205,8 +206,14 @@ impl JobConfig {
     }
 
     /// Options of a drill into `scratch` (`"ephemeral"` or a server URL)
-    /// with the restore tools in `bindir` (None: search).
-    pub fn drill_options(&self, scratch: &str, bindir: Option<PathBuf>) -> Result<DrillOptions> {
+    /// with the restore tools in `bindir` (None: search), decrypting with
+    /// the identities `repo` names.
+    pub fn drill_options(
+        &self,
+        scratch: &str,
+        bindir: Option<PathBuf>,
+        repo: &RepositoryConfig,
+    ) -> Result<DrillOptions> {
         Ok(DrillOptions {
             scratch: Scratch::parse(scratch)
                 .with_context(|| format!("job {}: scratch", self.name))?,
@@ -215,6 +222,7 @@ impl JobConfig {
             rto_target: self.targets.rto,
             jobs: self.drill_jobs,
             bindir,
+            identities: repo.identities()?,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! standard AWS chain.
 
 mod agent;
+mod encryption;
 mod job;
 mod repository;
 mod retention;
@@ -90,6 +91,9 @@ impl Config {
             if value.is_zero() {
                 bail!("repository.{field}: must be longer than 0s");
             }
+        }
+        if let Some(e) = &r.encryption {
+            e.recipients()?;
         }
         let location =
             refugio_store::RepositoryLocation::parse(&r.url).context("repository.url")?;

@@ -7,6 +7,8 @@ use serde::{Deserialize, Deserializer};
 use refugio_store::location::{ChecksumCalculation, S3Options};
 use refugio_store::s3::{Retries, RetryHook};
 
+use super::encryption::EncryptionConfig;
+
 /// `[repository]`. Its `Debug` redacts any password in `url` and `endpoint`.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +60,9 @@ pub struct RepositoryConfig {
     /// whole part) before it is abandoned and retried. Default `2m`.
     #[serde(default = "default_operation_timeout", with = "humantime_serde")]
     pub operation_timeout: Duration,
+    /// Client-side encryption with age; default none.
+    #[serde(default)]
+    pub encryption: Option<EncryptionConfig>,
 }
 
 impl std::fmt::Debug for RepositoryConfig {
@@ -77,6 +82,7 @@ impl std::fmt::Debug for RepositoryConfig {
             attempts,
             connect_timeout,
             operation_timeout,
+            encryption,
         } = self;
         let redact = refugio_dump::redact_url;
         f.debug_struct("RepositoryConfig")
@@ -93,6 +99,7 @@ impl std::fmt::Debug for RepositoryConfig {
             .field("attempts", attempts)
             .field("connect_timeout", connect_timeout)
             .field("operation_timeout", operation_timeout)
+            .field("encryption", encryption)
             .finish()
     }
 }
@@ -132,6 +139,7 @@ impl Default for RepositoryConfig {
             attempts: default_attempts(),
             connect_timeout: default_connect_timeout(),
             operation_timeout: default_operation_timeout(),
+            encryption: None,
         }
     }
 }
@@ -205,6 +213,21 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 }
 
 impl RepositoryConfig {
+    /// The recipients of the next backup; None without encryption.
+    pub fn recipients(&self) -> anyhow::Result<Option<refugio_core::Recipients>> {
+        self.encryption.as_ref().map(|e| e.recipients()).transpose()
+    }
+
+    /// The identities for restores and drills, wherever they are
+    /// configured (see [`super::encryption::identities`]); None: none.
+    pub fn identities(&self) -> anyhow::Result<Option<std::sync::Arc<refugio_core::Identities>>> {
+        super::encryption::identities(
+            self.encryption
+                .as_ref()
+                .and_then(|e| e.identity_file.as_deref()),
+        )
+    }
+
     /// Options for the S3 backend; `on_retry` is told of every retried
     /// request (the agent's `refugio_store_retries_total`).
     pub fn s3_options(&self, on_retry: Option<RetryHook>) -> S3Options {

@@ -40,7 +40,7 @@ pub(super) async fn run_once(
                     job.name
                 )
             })?;
-            let opts = job.drill_options(scratch, job.pg_bindir.clone())?;
+            let opts = job.drill_options(scratch, job.pg_bindir.clone(), &cfg.repository)?;
             let (m, history) = drill::pick(repo, &job.name, Pick::Newest).await?;
             let r = refugio_core::drill(repo, &m, &history, &opts, &SystemClock, cancel).await?;
             Ok(Done::Drill(Box::new(r)))

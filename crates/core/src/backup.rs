@@ -21,7 +21,9 @@ use refugio_dump::snapshot::{self, quote_ident, RowCountMode, Snapshot, Snapshot
 use refugio_dump::spawn::{self, DumpArgs};
 use refugio_dump::tools::{self, ToolKind};
 use refugio_dump::{Compression, CountingReader, DumpFormat, SourceSpec};
-use refugio_store::manifest::{Artifact, Durations, Manifest, ServerInfo, TableRows, FORMAT};
+use refugio_store::manifest::{
+    Artifact, Durations, Encryption, Manifest, ServerInfo, TableRows, FORMAT,
+};
 use refugio_store::repo::Repository;
 use refugio_store::upload::{upload_stream, UploadOptions, UploadOutcome};
 use refugio_store::{LockMode, Retention};
@@ -30,6 +32,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::clock::Clock;
+use crate::encryption::{self, Encrypting, Recipients};
 use crate::error::{Error, Result};
 
 /// What to back up and how.
@@ -66,6 +69,9 @@ pub struct BackupOptions {
     pub max_replica_lag: Option<Duration>,
     /// What a standby lagging more than that gets.
     pub on_replica_lag: ReplicaLag,
+    /// Encrypt every artifact (the globals too: they hold role password
+    /// hashes) with age to these recipients; None: stored as compressed.
+    pub encryption: Option<Recipients>,
 }
 
 /// What to do with a backup from a standby whose data lags more than
@@ -141,7 +147,16 @@ async fn store_stream(
     let counted = CountingReader::new(output);
     let raw = counted.counter();
     let compressed = opts.compression.encoder(counted, opts.compression_level);
-    let stream = Cancellable::new(compressed, cancel);
+    // pg_dump → compressor → age → digest and count → upload: plaintext
+    // never touches disk.
+    let sealed: Pin<Box<dyn AsyncRead + Send>> = match &opts.encryption {
+        Some(to) => Box::pin(
+            Encrypting::new(compressed, to)
+                .map_err(|e| refugio_store::Error::Other(e.to_string()))?,
+        ),
+        None => compressed,
+    };
+    let stream = Cancellable::new(sealed, cancel);
     let outcome = upload_stream(repo.store().as_ref(), key, stream, upload).await?;
     Ok((outcome, raw.load(Ordering::Relaxed)))
 }
@@ -159,7 +174,10 @@ fn artifact(
         kind: kind.into(),
         format: format.into(),
         compression: opts.compression.as_str().into(),
-        encryption: "none".into(),
+        encryption: match opts.encryption {
+            Some(_) => encryption::AGE.into(),
+            None => "none".into(),
+        },
         raw_size: raw,
         stored_size: outcome.size,
         sha256: outcome.sha256,
@@ -226,7 +244,14 @@ pub async fn backup(
         DumpFormat::Custom => "dump",
         DumpFormat::Plain => "sql",
     };
-    let db_name = format!("database.{ext}{}", opts.compression.suffix());
+    // `.age` on encrypted artifacts: the stock-tool runbook pipes them
+    // through `age -d`.
+    let sealed = if opts.encryption.is_some() {
+        encryption::SUFFIX
+    } else {
+        ""
+    };
+    let db_name = format!("database.{ext}{}{sealed}", opts.compression.suffix());
     let db_key = Repository::key(job, &id, &db_name);
     let upload = UploadOptions {
         part_size: opts.part_size,
@@ -306,7 +331,7 @@ pub async fn backup(
     let mut globals_seconds = 0.0;
     if let Some(tool) = &pg_dumpall {
         let tg = Instant::now();
-        let name = format!("globals.sql{}", opts.compression.suffix());
+        let name = format!("globals.sql{}{sealed}", opts.compression.suffix());
         let key = Repository::key(job, &id, &name);
         let small = UploadOptions {
             expected_size: None,
@@ -361,6 +386,10 @@ pub async fn backup(
         attempts: opts.attempt,
         schema_fingerprint: Some(info.schema_fingerprint),
         object_lock: None,
+        encryption: opts.encryption.as_ref().map(|to| Encryption {
+            scheme: encryption::AGE.into(),
+            recipients: to.names().to_vec(),
+        }),
     };
     if cancel.is_cancelled() {
         discard(repo, job, &id, &manifest.artifacts).await;

@@ -47,6 +47,9 @@ pub struct DrillOptions {
     /// Parallel restore jobs.
     pub jobs: u32,
     pub bindir: Option<PathBuf>,
+    /// Private keys for encrypted backups; without a matching one the
+    /// drill is inconclusive, never failed.
+    pub identities: Option<std::sync::Arc<crate::encryption::Identities>>,
 }
 
 impl Scratch {
@@ -504,6 +507,7 @@ async fn run_checks(
         no_owner: !with_globals,
         bindir: opts.bindir.clone(),
         temp_dir: None,
+        identities: opts.identities.clone(),
     };
     let report = restore_into(repo, manifest, &ropts).await?;
     receipt.phases.fetch_restore_seconds = t.elapsed().as_secs_f64();

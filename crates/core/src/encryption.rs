@@ -354,6 +354,34 @@ fn header_error(key: &str, e: age::DecryptError) -> Error {
     }
 }
 
+/// `config check`'s probe: a few bytes encrypted to `to` and, when
+/// identities are given, decrypted again. `None`: no identities to try;
+/// `Some(false)`: none of them opens what `to` can read.
+pub async fn probe(to: &Recipients, identities: Option<&Identities>) -> Result<Option<bool>> {
+    use tokio::io::AsyncReadExt;
+    let plain = b"refugio encryption probe";
+    let mut sealed = Vec::new();
+    Encrypting::new(&plain[..], to)?
+        .read_to_end(&mut sealed)
+        .await
+        .map_err(|e| Error::Encryption(format!("encrypting the probe: {e}")))?;
+    let Some(ids) = identities else {
+        return Ok(None);
+    };
+    match decrypting(io::Cursor::new(sealed), Some(ids), to.names(), "probe").await {
+        Ok(mut reader) => {
+            let mut back = Vec::new();
+            reader
+                .read_to_end(&mut back)
+                .await
+                .map_err(|e| Error::Encryption(format!("decrypting the probe: {e}")))?;
+            Ok(Some(back == plain))
+        }
+        Err(Error::WrongIdentity { .. }) => Ok(Some(false)),
+        Err(e) => Err(e),
+    }
+}
+
 /// A fresh identity, for `config check`'s probe and for tests: its secret
 /// text (`AGE-SECRET-KEY-1…`) and its public key.
 pub fn generate() -> (String, String) {

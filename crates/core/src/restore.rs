@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
+use crate::encryption::{self, Identities};
 use crate::error::{Error, Result};
 use crate::feed::{feed_held_back, FeedError};
 
@@ -46,6 +47,69 @@ pub struct RestoreOptions {
     pub bindir: Option<PathBuf>,
     /// Where the temporary archive goes when `jobs > 1`; None = the system temp dir.
     pub temp_dir: Option<PathBuf>,
+    /// Private keys for encrypted backups; None: none configured (an
+    /// encrypted backup is then refused before the target is touched).
+    pub identities: Option<Arc<Identities>>,
+}
+
+/// How an artifact's stored bytes turn into the archive: decrypted when
+/// sealed, then decompressed.
+#[derive(Clone, Copy)]
+struct Decode<'a> {
+    compression: Compression,
+    seal: Option<Sealing<'a>>,
+}
+
+/// How an artifact is encrypted, and what may open it.
+#[derive(Clone, Copy)]
+struct Sealing<'a> {
+    /// The manifest's recipients, for messages.
+    recipients: &'a [String],
+    identities: Option<&'a Identities>,
+}
+
+/// The sealing of `art`: None when it is stored unencrypted.
+fn sealing<'a>(
+    manifest: &'a Manifest,
+    art: &Artifact,
+    key: &str,
+    opts: &'a RestoreOptions,
+) -> Result<Option<Sealing<'a>>> {
+    match art.encryption.as_str() {
+        "none" => Ok(None),
+        encryption::AGE => Ok(Some(Sealing {
+            recipients: manifest
+                .encryption
+                .as_ref()
+                .map_or(&[][..], |e| e.recipients.as_slice()),
+            identities: opts.identities.as_deref(),
+        })),
+        other => Err(Error::Artifact {
+            key: key.to_string(),
+            detail: format!("encryption {other:?} is not supported by this refugio"),
+        }),
+    }
+}
+
+/// Opens the age header of `key` with the configured identities, and
+/// closes it again: a missing or wrong identity fails here, before the
+/// target is touched.
+async fn check_identity(
+    repo: &Repository,
+    key: &str,
+    art: &Artifact,
+    seal: Sealing<'_>,
+) -> Result<()> {
+    if seal.identities.is_none() {
+        return encryption::decrypting(tokio::io::empty(), None, seal.recipients, key)
+            .await
+            .map(drop);
+    }
+    let reader =
+        verified::get_verified(repo.store().as_ref(), key, art.stored_size, &art.sha256).await?;
+    encryption::decrypting(reader, seal.identities, seal.recipients, key)
+        .await
+        .map(drop)
 }
 
 /// What a restore did.
@@ -111,6 +175,11 @@ pub(crate) async fn restore_into(
         detail: "the target URL names no database".into(),
     })?;
 
+    let key = Repository::key(&manifest.job, &manifest.backup_id, &db_art.name);
+    let seal = sealing(manifest, db_art, &key, opts)?;
+    if let Some(seal) = seal {
+        check_identity(repo, &key, db_art, seal).await?;
+    }
     // `--jobs N` needs the whole archive on disk: refuse before anything
     // is created or downloaded when it cannot fit.
     if custom && opts.jobs > 1 {
@@ -135,25 +204,16 @@ pub(crate) async fn restore_into(
         }
     }
 
-    let key = Repository::key(&manifest.job, &manifest.backup_id, &db_art.name);
     let compression = Compression::parse(&db_art.compression).ok_or_else(|| Error::Artifact {
         key: key.clone(),
         detail: format!("unknown compression {:?}", db_art.compression),
     })?;
-    if db_art.encryption != "none" {
-        return Err(Error::Artifact {
-            key,
-            detail: format!(
-                "encryption {:?} is not supported by this refugio",
-                db_art.encryption
-            ),
-        });
-    }
+    let decode = Decode { compression, seal };
 
     let fetched = if custom && opts.jobs > 1 {
-        restore_parallel(repo, &key, db_art, compression, &tool, opts).await?
+        restore_parallel(repo, &key, db_art, decode, &tool, opts).await?
     } else {
-        restore_streaming(repo, &key, db_art, compression, &tool, opts, custom).await?
+        restore_streaming(repo, &key, db_art, decode, &tool, opts, custom).await?
     };
 
     Ok(RestoreReport {
@@ -255,9 +315,15 @@ async fn apply_globals(
     })?;
     let reader =
         verified::get_verified(repo.store().as_ref(), &key, art.stored_size, &art.sha256).await?;
+    let plain: Pin<Box<dyn AsyncRead + Send>> = match sealing(manifest, art, &key, opts)? {
+        Some(seal) => {
+            encryption::decrypting(reader, seal.identities, seal.recipients, &key).await?
+        }
+        None => Box::pin(reader),
+    };
     let mut sql = Vec::new();
     compression
-        .decoder(reader)
+        .decoder(plain)
         .take(MAX_GLOBALS)
         .read_to_end(&mut sql)
         .await
@@ -305,12 +371,12 @@ async fn restore_streaming(
     repo: &Repository,
     key: &str,
     art: &Artifact,
-    compression: Compression,
+    decode: Decode<'_>,
     tool: &refugio_dump::Tool,
     opts: &RestoreOptions,
     custom: bool,
 ) -> Result<u64> {
-    let (plain, raw) = open_artifact(repo, key, art, compression).await?;
+    let (plain, raw) = open_artifact(repo, key, art, decode).await?;
     let mut child = if custom {
         let args = RestoreArgs {
             jobs: 1,
@@ -384,18 +450,31 @@ impl<R: AsyncRead + Unpin> AsyncRead for Shared<R> {
     }
 }
 
-/// Opens an artifact with size and digest checks, decompressing; keeps a
-/// handle on the raw stream for [`explain`].
+/// Opens an artifact with size and digest checks (on the stored bytes),
+/// decrypting when sealed, decompressing; keeps a handle on the raw stream
+/// for [`explain`].
 async fn open_artifact(
     repo: &Repository,
     key: &str,
     art: &Artifact,
-    compression: Compression,
+    decode: Decode<'_>,
 ) -> Result<(Pin<Box<dyn AsyncRead + Send>>, Shared<Raw>)> {
     let reader =
         verified::get_verified(repo.store().as_ref(), key, art.stored_size, &art.sha256).await?;
     let shared = Arc::new(Mutex::new(reader));
-    let decoded = compression.decoder(Shared(shared.clone()));
+    let plain: Pin<Box<dyn AsyncRead + Send>> = match decode.seal {
+        Some(seal) => {
+            encryption::decrypting(
+                Shared(shared.clone()),
+                seal.identities,
+                seal.recipients,
+                key,
+            )
+            .await?
+        }
+        None => Box::pin(Shared(shared.clone())),
+    };
+    let decoded = decode.compression.decoder(plain);
     Ok((decoded, Shared(shared)))
 }
 
@@ -419,7 +498,7 @@ async fn explain(
         Ok(_) if raw.is_verified() => Error::Damaged {
             key: key.into(),
             detail: format!(
-                "its bytes match the manifest's size and SHA-256 but do not decompress: {decode_error}"
+                "its bytes match the manifest's size and SHA-256 but do not decrypt or decompress: {decode_error}"
             ),
         },
         _ => fetch_error(repo, key, art, decode_error).await,
@@ -553,7 +632,7 @@ async fn restore_parallel(
     repo: &Repository,
     key: &str,
     art: &Artifact,
-    compression: Compression,
+    decode: Decode<'_>,
     tool: &refugio_dump::Tool,
     opts: &RestoreOptions,
 ) -> Result<u64> {
@@ -566,7 +645,10 @@ async fn restore_parallel(
             dir: dir.display().to_string(),
             source,
         })?;
-    let (mut plain, raw) = open_artifact(repo, key, art, compression).await?;
+    // Encrypted backups: the temporary file holds the decrypted archive
+    // (0600, in a directory of the caller's choosing, removed on every
+    // path); pg_restore -j cannot read age.
+    let (mut plain, raw) = open_artifact(repo, key, art, decode).await?;
     let file = tokio::fs::File::from_std(tmp.reopen().map_err(|source| Error::TempFile {
         dir: dir.display().to_string(),
         source,

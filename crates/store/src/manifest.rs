@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 /// The manifest major version this build reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The manifest minor version this build writes.
-pub const FORMAT_MINOR: u32 = 3;
+pub const FORMAT_MINOR: u32 = 4;
 /// The manifest format written by this build: `FORMAT_MAJOR.FORMAT_MINOR`.
-pub const FORMAT: &str = "1.3";
+pub const FORMAT: &str = "1.4";
 /// Object name of the manifest inside a backup's prefix.
 pub const MANIFEST_NAME: &str = "manifest.json";
 
@@ -32,8 +32,8 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 // per format minor (see the module doc).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// `"1.3"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
-    /// 1.2 no `data_at`).
+    /// `"1.4"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
+    /// 1.2 no `data_at`, 1.3 no `encryption`).
     pub format: String,
     pub job: String,
     pub backup_id: String,
@@ -72,6 +72,20 @@ pub struct Manifest {
     /// manifest (format 1.2+). Absent: the backup is not locked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<crate::lock::Retention>,
+    /// How the artifacts are encrypted (format 1.4+). Absent: they are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// Client-side encryption of a backup's artifacts. Only public facts: the
+/// manifest stays readable without any key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// `age` (age-encryption.org/v1).
+    pub scheme: String,
+    /// The public keys (`age1…`) the artifacts are encrypted to; any one
+    /// of their identities decrypts them.
+    pub recipients: Vec<String>,
 }
 
 /// Facts about the source server at the snapshot.
@@ -97,7 +111,8 @@ pub struct Artifact {
     pub format: String,
     /// `zstd`, `gzip` or `none`.
     pub compression: String,
-    /// `none` (encryption comes later).
+    /// `none`, or `age` (then the name ends in `.age` and the manifest's
+    /// `encryption` says to whom).
     pub encryption: String,
     /// Bytes before compression (what pg_dump wrote).
     pub raw_size: u64,
@@ -263,6 +278,7 @@ mod tests {
             attempts: 1,
             schema_fingerprint: None,
             object_lock: None,
+            encryption: None,
         }
     }
 

@@ -60,6 +60,15 @@ fn fixtures_hold_the_fields_their_minor_added() {
     let v1_3 = Manifest::parse("k", &fixture(3)).expect("1.3");
     assert!(v1_3.data_at.is_some(), "1.3 added data_at");
     assert_eq!(v1_3.recovery_point(), v1_3.data_at.expect("data_at"));
+    assert_eq!(v1_3.encryption, None);
+    let v1_4 = Manifest::parse("k", &fixture(4)).expect("1.4");
+    let e = v1_4.encryption.as_ref().expect("1.4 added encryption");
+    assert_eq!(e.scheme, "age");
+    assert!(e.recipients[0].starts_with("age1"));
+    assert!(v1_4
+        .artifacts
+        .iter()
+        .all(|a| a.encryption == "age" && a.name.ends_with(".age")));
 }
 
 /// A build that writes a new minor must add its fixture (and a case above).
