@@ -63,6 +63,14 @@ fn config(
     Ok(path)
 }
 
+/// Environment naming `identity` by REFUGIO_AGE_IDENTITY_FILE.
+fn env_with_identity(identity: &Path) -> Vec<(String, String)> {
+    vec![(
+        "REFUGIO_AGE_IDENTITY_FILE".into(),
+        identity.display().to_string(),
+    )]
+}
+
 fn rand_suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
@@ -209,6 +217,30 @@ async fn encrypted_backups_restore_with_the_identity_and_only_with_it(
     );
     let r: Value = serde_json::from_slice(&v.stdout).with_context(|| all_output(&v))?;
     assert_eq!(r["outcome"], "passed", "{r}");
+    if let Repo::Dir(root) = &repo {
+        // An ephemeral drill cluster decrypts the same way.
+        let v = refugio(
+            &[
+                "--config",
+                cfg,
+                "verify",
+                "--json",
+                "--backup",
+                &id,
+                "--scratch",
+                "ephemeral",
+            ],
+            &env,
+        );
+        let r: Value = serde_json::from_slice(&v.stdout).with_context(|| all_output(&v))?;
+        assert_eq!(r["outcome"], "passed", "ephemeral: {r}");
+        assert_eq!(r["scratch_kind"], "ephemeral", "{r}");
+        // No key material in any manifest or receipt.
+        for f in files_under(root).iter().filter(|f| f.ends_with(".json")) {
+            let text = std::fs::read_to_string(root.join(f))?;
+            assert!(!text.contains("AGE-SECRET-KEY"), "key material in {f}");
+        }
+    }
 
     // No identity: refused before the target is touched; the drill is
     // inconclusive.
@@ -498,6 +530,31 @@ async fn config_check_proves_this_host_can_decrypt_or_says_why_not() -> Result<(
     };
     let (ok, c) = line(&config(tmp.path(), &repo, &src, &[&a_public], &[&a])?)?;
     assert!(ok && c["ok"] == true, "{c}");
+    // An identity file others may read is warned about (by path, never
+    // by content).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644))?;
+    }
+    let mut exposed = env_with_identity(&a);
+    exposed.push(("REFUGIO_LOG".into(), "warn".into()));
+    let out = refugio(
+        &[
+            "--config",
+            config(tmp.path(), &repo, &src, &[&a_public], &[])?
+                .to_str()
+                .unwrap_or_default(),
+            "config",
+            "check",
+        ],
+        &exposed,
+    );
+    let text = all_output(&out);
+    assert!(
+        text.contains("identity-file-exposed") && text.contains(&a.display().to_string()),
+        "{text}"
+    );
+    assert!(!text.contains("AGE-SECRET-KEY"), "{text}");
     assert!(
         c["detail"]
             .as_str()
