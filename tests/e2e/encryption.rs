@@ -210,6 +210,39 @@ async fn encrypted_backups_restore_with_the_identity_and_only_with_it(
     );
     assert_eq!(src.schema_dump("app").await?, dst.schema_dump("app").await?);
 
+    // A parallel restore decrypts into its temporary file, and removes it.
+    let temp = tempfile::tempdir()?;
+    let bindir = dst.bindir().display().to_string();
+    let out = refugio(
+        &[
+            "--config",
+            cfg,
+            "restore",
+            "--backup",
+            &id,
+            "--target",
+            &dst.url("parallel"),
+            "--create",
+            "--jobs",
+            "2",
+            "--temp-dir",
+            &temp.path().display().to_string(),
+            "--pg-bindir",
+            &bindir,
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(
+        row_counts(&dst, "parallel").await?,
+        row_counts(&src, "app").await?
+    );
+    assert_eq!(
+        std::fs::read_dir(temp.path())?.count(),
+        0,
+        "temporary file removed"
+    );
+
     // A drill decrypts too.
     let v = refugio(
         &["--config", cfg, "verify", "--json", "--backup", &id],
