@@ -526,6 +526,23 @@ async fn a_truncated_age_file_fails_the_drill_by_name() -> Result<()> {
         failures.contains("database.dump.zst.age") && failures.contains("decrypt"),
         "names the artifact and why: {failures}"
     );
+
+    // A header that is not age, its manifest made to agree: failed too
+    // (the digest matched, so it is the stored bytes, not the download).
+    let mut bad = bytes.clone();
+    bad[0] = b'x';
+    std::fs::write(&file, &bad)?;
+    manifest["artifacts"][0]["stored_size"] = serde_json::json!(bad.len());
+    manifest["artifacts"][0]["sha256"] = serde_json::json!(hex_of(&sha2::Sha256::digest(&bad)));
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)?;
+    let v = refugio(
+        &["--config", cfg_s, "verify", "--json", "--backup", &id],
+        &[],
+    );
+    let r: Value = serde_json::from_slice(&v.stdout).with_context(|| all_output(&v))?;
+    assert_eq!(r["outcome"], "failed", "{r}");
+    let failures = r["failures"].to_string();
+    assert!(failures.contains("age header"), "{failures}");
     Ok(())
 }
 

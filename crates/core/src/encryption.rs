@@ -280,6 +280,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for Encrypting<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if this.drain(buf) {
                 return Poll::Ready(Ok(()));

@@ -464,13 +464,23 @@ async fn open_artifact(
     let shared = Arc::new(Mutex::new(reader));
     let plain: Pin<Box<dyn AsyncRead + Send>> = match decode.seal {
         Some(seal) => {
-            encryption::decrypting(
+            let opened = encryption::decrypting(
                 Shared(shared.clone()),
                 seal.identities,
                 seal.recipients,
                 key,
             )
-            .await?
+            .await;
+            match opened {
+                Ok(reader) => reader,
+                // A header that does not parse is damage only if the stored
+                // bytes match the manifest; else the download went wrong.
+                Err(Error::Damaged { detail, .. }) => {
+                    let cause = std::io::Error::new(std::io::ErrorKind::InvalidData, detail);
+                    return Err(explain(repo, key, art, cause, Shared(shared)).await);
+                }
+                Err(e) => return Err(e),
+            }
         }
         None => Box::pin(Shared(shared.clone())),
     };
