@@ -647,17 +647,22 @@ async fn restore_parallel(
     opts: &RestoreOptions,
 ) -> Result<u64> {
     let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let tmp = tempfile::Builder::new()
+    let temp_error = |source| Error::TempFile {
+        dir: dir.display().to_string(),
+        source,
+    };
+    // A private directory (0700) holding the archive file (0600), both
+    // removed on every path: for an encrypted backup the file holds the
+    // decrypted archive (pg_restore -j cannot read age, nor a pipe).
+    let private = tempfile::Builder::new()
         .prefix(".refugio-restore-")
+        .tempdir_in(&dir)
+        .map_err(temp_error)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("archive-")
         .suffix(".dump")
-        .tempfile_in(&dir)
-        .map_err(|source| Error::TempFile {
-            dir: dir.display().to_string(),
-            source,
-        })?;
-    // Encrypted backups: the temporary file holds the decrypted archive
-    // (0600, in a directory of the caller's choosing, removed on every
-    // path); pg_restore -j cannot read age.
+        .tempfile_in(private.path())
+        .map_err(temp_error)?;
     let (mut plain, raw) = open_artifact(repo, key, art, decode).await?;
     let file = tokio::fs::File::from_std(tmp.reopen().map_err(|source| Error::TempFile {
         dir: dir.display().to_string(),
