@@ -320,8 +320,24 @@ async fn encrypted_backups_restore_with_the_identity_and_only_with_it(
         !database_exists(&dst, "wrong").await?,
         "the target was not created"
     );
-    // The last drill (without a key) left the backup inconclusive, never
-    // failed: retention will not delete it for that.
+    let v = refugio(
+        &[
+            "--config",
+            wrong.to_str().unwrap_or_default(),
+            "verify",
+            "--json",
+            "--backup",
+            &id,
+        ],
+        &env,
+    );
+    let r: Value = serde_json::from_slice(&v.stdout).with_context(|| all_output(&v))?;
+    assert_eq!(
+        r["outcome"], "inconclusive",
+        "never failed with the wrong key: {r}"
+    );
+    // The last drill (with the wrong key) left the backup inconclusive,
+    // never failed: retention will not delete it for that.
     let m = list(&with_key, &env)?
         .into_iter()
         .next()
