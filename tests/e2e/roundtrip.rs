@@ -1,7 +1,7 @@
 //! Backup → restore into a fresh cluster → identical schema, counts equal
 //! to the manifest, on PG 15 and 16, to a directory, moto and Garage.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use refugio_testkit::{s3, Cluster};
 use rstest::rstest;
 
@@ -211,6 +211,52 @@ async fn zero_config_backup_writes_to_the_default_directory() -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(v.as_array().map(Vec::len), Some(1));
     assert_eq!(v[0]["job"], "trips");
+
+    // `refugio verify` needs no config either (issue 12's zero-config
+    // parity): the repository's one job, an ephemeral scratch cluster.
+    let bindir = src.bindir().display().to_string();
+    let verify = |extra: &[&str]| -> Result<std::process::Output> {
+        let mut args = vec!["verify", "--json", "--pg-bindir", bindir.as_str()];
+        args.extend_from_slice(extra);
+        Ok(std::process::Command::new(env!("CARGO_BIN_EXE_refugio"))
+            .args(&args)
+            .env_remove("REFUGIO_CONFIG")
+            .current_dir(tmp.path())
+            .output()?)
+    };
+    let out = verify(&[])?;
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).with_context(|| all_output(&out))?;
+    assert_eq!(r["outcome"], "passed", "{r}");
+    assert_eq!(r["scratch_kind"], "ephemeral", "{r}");
+    assert_eq!(r["job"], "trips", "{r}");
+    assert!(out.status.success(), "{}", all_output(&out));
+
+    // With two jobs in the repository, --job picks; without it, a usage
+    // error names them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"))
+        .args(["backup", "--source", &src.url("postgres")])
+        .env_remove("REFUGIO_CONFIG")
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                src.bindir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .current_dir(tmp.path())
+        .output()?;
+    assert!(out.status.success(), "{}", all_output(&out));
+    let out = verify(&[])?;
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("postgres") && text.contains("trips") && text.contains("--job"),
+        "{text}"
+    );
+    let out = verify(&["--job", "trips"])?;
+    assert!(out.status.success(), "{}", all_output(&out));
     Ok(())
 }
 

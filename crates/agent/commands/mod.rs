@@ -16,6 +16,31 @@ use crate::cli::{Cli, Command, ConfigCommand, LogFormat};
 use crate::config::Config;
 use crate::exit::{code_of, usage};
 
+/// The job a command acts on: `--job`, else the config's only job, else
+/// the repository's only job (a zero-config repository); several are a
+/// usage error naming them.
+pub(crate) async fn infer_job(
+    cfg: &Config,
+    repo: &refugio_store::repo::Repository,
+    job: Option<&str>,
+) -> Result<String> {
+    match (job, cfg.jobs.as_slice()) {
+        (Some(j), _) => Ok(j.to_string()),
+        (None, [one]) => Ok(one.name.clone()),
+        (None, _) => {
+            let jobs = repo.jobs().await?;
+            match jobs.as_slice() {
+                [one] => Ok(one.clone()),
+                [] => anyhow::bail!("no backups in {}", repo.describe()),
+                many => Err(usage(anyhow!(
+                    "the repository holds several jobs ({}); choose one with --job",
+                    many.join(", ")
+                ))),
+            }
+        }
+    }
+}
+
 /// Runs a command; reports the error chain once and maps it to an exit code.
 pub async fn dispatch(cli: Cli) -> ExitCode {
     let log_format = cli.log_format;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RestoreArgs;
@@ -12,23 +12,7 @@ use crate::output::human;
 
 pub async fn restore(cfg: Config, a: RestoreArgs) -> Result<ExitCode> {
     let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
-    let job = match (&a.job, cfg.jobs.as_slice()) {
-        (Some(j), _) => j.clone(),
-        (None, [one]) => one.name.clone(),
-        (None, _) => {
-            let jobs = repo.jobs().await?;
-            match jobs.as_slice() {
-                [one] => one.clone(),
-                [] => bail!("no backups in {}", repo.describe()),
-                many => {
-                    return Err(usage(anyhow!(
-                        "the repository holds several jobs ({}); choose one with --job",
-                        many.join(", ")
-                    )))
-                }
-            }
-        }
-    };
+    let job = super::infer_job(&cfg, &repo, a.job.as_deref()).await?;
     let manifest = repo.resolve(&job, &a.backup).await?;
     let target =
         refugio_dump::SourceSpec::new(&a.target, None, None).map_err(|e| usage(e.into()))?;

@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use refugio_core::drill::{self, Pick};
 use refugio_core::receipt::Outcome;
 use refugio_core::SystemClock;
+use refugio_core::{DrillOptions, Scratch};
 use refugio_schedule::TaskKind;
 use tokio_util::sync::CancellationToken;
 
@@ -14,28 +15,52 @@ use crate::config::Config;
 use crate::exit::usage;
 
 pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
-    let job = cfg.job(a.job.as_deref()).map_err(usage)?.clone();
     let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
-    let scratch = a.scratch.clone().or_else(|| job.scratch.clone()).ok_or_else(|| {
-        usage(anyhow!(
-            "job {}: no scratch target: set `scratch` in the job (a server URL or \"ephemeral\") or pass --scratch",
-            job.name
-        ))
-    })?;
-    let opts = job
-        .drill_options(
-            &scratch,
-            // As the agent's drills: the job's tools unless told otherwise.
-            a.pg_bindir.clone().or_else(|| job.pg_bindir.clone()),
-            &cfg.repository,
-        )
-        .map_err(usage)?;
     let pick = match a.backup.as_str() {
         "unverified" => Pick::Unverified,
         spec => Pick::Spec(spec),
     };
-    let (manifest, history) = drill::pick(&repo, &job.name, pick).await?;
-    let _lock = crate::lock::for_command(&job, TaskKind::Drill).await?;
+    // Zero config (no [[jobs]]): the repository's job, an ephemeral
+    // scratch cluster unless --scratch says otherwise, no SQL checks or
+    // targets, and no job lock (there is no source to take it on).
+    let (name, opts, lock) = if cfg.jobs.is_empty() {
+        let name = super::infer_job(&cfg, &repo, a.job.as_deref()).await?;
+        let scratch = a.scratch.as_deref().unwrap_or("ephemeral");
+        let opts = DrillOptions {
+            scratch: Scratch::parse(scratch)
+                .with_context(|| format!("--scratch {scratch:?}"))
+                .map_err(usage)?,
+            checks: Vec::new(),
+            rpo_target: None,
+            rto_target: None,
+            jobs: 1,
+            bindir: a.pg_bindir.clone(),
+            identities: cfg.repository.identities().map_err(usage)?,
+        };
+        (name, opts, None)
+    } else {
+        let job = cfg.job(a.job.as_deref()).map_err(usage)?.clone();
+        let scratch = a.scratch.clone().or_else(|| job.scratch.clone()).ok_or_else(|| {
+            usage(anyhow!(
+                "job {}: no scratch target: set `scratch` in the job (a server URL or \"ephemeral\") or pass --scratch",
+                job.name
+            ))
+        })?;
+        let opts = job
+            .drill_options(
+                &scratch,
+                // As the agent's drills: the job's tools unless told otherwise.
+                a.pg_bindir.clone().or_else(|| job.pg_bindir.clone()),
+                &cfg.repository,
+            )
+            .map_err(usage)?;
+        (job.name.clone(), opts, Some(job))
+    };
+    let (manifest, history) = drill::pick(&repo, &name, pick).await?;
+    let _lock = match &lock {
+        Some(job) => crate::lock::for_command(job, TaskKind::Drill).await?,
+        None => None,
+    };
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
     let receipt =
