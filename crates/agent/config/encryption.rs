@@ -45,16 +45,13 @@ impl EncryptionConfig {
             .as_deref()
             .map(Recipients::from_file)
             .transpose()?;
-        let mut keys: Vec<String> = Vec::new();
-        for set in inline.iter().chain(from_file.iter()) {
-            keys.extend(set.names().iter().cloned());
-        }
-        if keys.is_empty() {
-            anyhow::bail!(
+        match (inline, from_file) {
+            (Some(a), Some(b)) => Ok(a.merged(b)),
+            (Some(one), None) | (None, Some(one)) => Ok(one),
+            (None, None) => anyhow::bail!(
                 "repository.encryption: no recipients: set `recipients` (age1… public keys) or `recipients_file`"
-            );
+            ),
         }
-        Ok(Recipients::parse(&keys, "repository.encryption")?)
     }
 }
 
@@ -82,4 +79,26 @@ pub fn identities(configured: Option<&Path>) -> Result<Option<Arc<Identities>>> 
     let ids = Identities::from_file(&path)
         .with_context(|| format!("reading the age identities ({IDENTITY_ENV}, the systemd credential {IDENTITY_CREDENTIAL}, or repository.encryption.identity_file)"))?;
     Ok(Some(Arc::new(ids)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_and_the_file_are_merged_each_once() {
+        let (_, a) = refugio_core::encryption::generate();
+        let (_, b) = refugio_core::encryption::generate();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("recipients.txt");
+        std::fs::write(&file, format!("# team keys\n{a}\n\n{b}\n")).expect("write");
+        let cfg = EncryptionConfig {
+            recipients: vec![a.clone()],
+            recipients_file: Some(file),
+            identity_file: None,
+        };
+        assert_eq!(cfg.recipients().expect("recipients").names(), [a, b]);
+        let none = EncryptionConfig::default().recipients().expect_err("none");
+        assert!(none.to_string().contains("no recipients"), "{none}");
+    }
 }

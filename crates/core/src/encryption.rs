@@ -92,6 +92,17 @@ impl Recipients {
         &self.names
     }
 
+    /// Every recipient of `self` and `more`, `self`'s first, each once.
+    pub fn merged(mut self, more: Recipients) -> Recipients {
+        for (key, name) in more.keys.into_iter().zip(more.names) {
+            if !self.names.contains(&name) {
+                self.names.push(name);
+                self.keys.push(key);
+            }
+        }
+        self
+    }
+
     fn encryptor(&self) -> Result<age::Encryptor> {
         age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
             .map_err(|e| Error::Encryption(format!("setting up encryption: {e}")))
@@ -176,18 +187,6 @@ impl Identities {
     /// Where they were read from.
     pub fn origin(&self) -> &str {
         &self.origin
-    }
-
-    /// Every identity of `self` and `more`, `self`'s first.
-    pub fn merged(mut self, more: Identities) -> Identities {
-        for (key, public) in more.keys.into_iter().zip(more.publics) {
-            if !self.publics.contains(&public) {
-                self.publics.push(public);
-                self.keys.push(key);
-            }
-        }
-        self.origin = format!("{} and {}", self.origin, more.origin);
-        self
     }
 }
 
