@@ -28,6 +28,11 @@ pub struct Cli {
     )]
     pub log: String,
 
+    /// No progress display (it is shown on a terminal only, on stderr,
+    /// for backup, restore, verify and check --read-data).
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -106,9 +111,15 @@ pub struct RestoreArgs {
     /// Backup id, or `latest`.
     #[arg(long)]
     pub backup: String,
-    /// Target database URL. Its database is where the data goes.
+    /// Target database URL. Its database is where the data goes; for a
+    /// whole-server backup without --database, its server is where every
+    /// database goes, each under its own name.
     #[arg(long)]
     pub target: String,
+    /// Of a whole-server backup, the one database to restore (into the
+    /// target URL's database, or under its own name if the URL names none).
+    #[arg(long)]
+    pub database: Option<String>,
     /// Job the backup belongs to. Default: the only job in the repository.
     #[arg(long)]
     pub job: Option<String>,
@@ -202,6 +213,7 @@ impl std::fmt::Debug for RestoreArgs {
         let RestoreArgs {
             backup,
             target,
+            database,
             job,
             repo,
             clean,
@@ -216,6 +228,7 @@ impl std::fmt::Debug for RestoreArgs {
         f.debug_struct("RestoreArgs")
             .field("backup", backup)
             .field("target", &refugio_dump::redact_url(target))
+            .field("database", database)
             .field("job", job)
             .field("repo", repo)
             .field("clean", clean)

@@ -14,6 +14,7 @@ mod http;
 mod lock;
 mod metrics;
 mod output;
+mod progress;
 mod repo;
 mod retry;
 mod run;

@@ -68,7 +68,7 @@ pub struct Event {
     /// `failure` or `recovery`.
     pub event: &'static str,
     pub job: String,
-    /// `backup`, `drill` or `prune`.
+    /// `backup`, `drill`, `prune` or `restore` (`restore_on_signal`).
     pub task: String,
     /// Why the task ran: `schedule`, `signal`, `catch_up`, `after_backup`.
     pub reason: String,

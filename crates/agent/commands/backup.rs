@@ -25,27 +25,40 @@ pub async fn backup(cfg: Config, a: BackupArgs) -> Result<ExitCode> {
     let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
+    let shown = crate::progress::start(crate::progress::BACKUP);
     let m = crate::retry::retry(&job.backoff(), &token, |attempt| {
-        let (repo, job, cfg, token) = (&repo, &job, &cfg, &token);
+        let (repo, job, cfg, token, shown) = (&repo, &job, &cfg, &token, &shown);
         async move {
             // The job's lock, held until this attempt is committed or
             // abandoned; an unreachable source is retried like the backup.
             let _lock = crate::lock::for_command(job, TaskKind::Backup).await?;
-            let opts = job.backup_options(&cfg.repository, attempt)?;
+            let mut opts = job.backup_options(&cfg.repository, attempt)?;
+            opts.progress = shown.as_ref().map(|s| s.progress());
             Ok(refugio_core::backup(repo, &opts, &SystemClock, token).await?)
         }
     })
-    .await?;
+    .await;
+    drop(shown);
+    let m = m?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&m)?);
     } else {
+        let (what, tables) = match m.databases.as_slice() {
+            [] => (format!("database {}", m.database), m.tables.len()),
+            dbs => (
+                format!(
+                    "{} databases ({})",
+                    dbs.len(),
+                    m.database_names().join(", ")
+                ),
+                dbs.iter().map(|d| d.tables.len()).sum(),
+            ),
+        };
         println!(
-            "backup {} of job {} committed to {}: database {}, {} tables, {} stored ({} raw), {:.1}s",
+            "backup {} of job {} committed to {}: {what}, {tables} tables, {} stored ({} raw), {:.1}s",
             m.backup_id,
             m.job,
             repo.describe(),
-            m.database,
-            m.tables.len(),
             human(m.stored_size()),
             human(m.raw_size()),
             m.durations.total_seconds

@@ -70,7 +70,7 @@ pub async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
             m.job,
             m.backup_id,
             m.snapshot_at.format("%Y-%m-%d %H:%M:%S"),
-            m.database,
+            databases(m),
             m.server.version,
             human(m.stored_size()),
             human(m.raw_size()),
@@ -79,6 +79,30 @@ pub async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
             when,
             rto
         );
+        if m.is_server() {
+            let sizes: Vec<String> = m
+                .databases
+                .iter()
+                .map(|d| {
+                    let stored = m
+                        .artifacts
+                        .iter()
+                        .find(|a| a.name == d.artifact)
+                        .map_or(0, |a| a.stored_size);
+                    format!("{} ({})", d.name, human(stored))
+                })
+                .collect();
+            println!("{:<16} databases: {}", "", sizes.join(", "));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The DATABASE column: the database, or how many a whole-server backup
+/// holds (listed on the next line).
+fn databases(m: &refugio_store::manifest::Manifest) -> String {
+    match m.databases.len() {
+        0 => m.database.clone(),
+        n => format!("({n} databases)"),
+    }
 }

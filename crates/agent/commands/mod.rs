@@ -44,6 +44,7 @@ pub(crate) async fn infer_job(
 /// Runs a command; reports the error chain once and maps it to an exit code.
 pub async fn dispatch(cli: Cli) -> ExitCode {
     let log_format = cli.log_format;
+    crate::progress::set_quiet(cli.quiet);
     let result = match load_config(&cli) {
         Ok(cfg) => match cli.command {
             Command::Backup(a) => backup::backup(cfg, a).await,

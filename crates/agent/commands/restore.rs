@@ -26,21 +26,38 @@ pub async fn restore(cfg: Config, a: RestoreArgs) -> Result<ExitCode> {
         bindir: a.pg_bindir.clone(),
         temp_dir: a.temp_dir.clone(),
         identities: cfg.repository.identities().map_err(usage)?,
+        database: a.database.clone(),
+        progress: None,
     };
     tracing::info!(job, backup = %manifest.backup_id, target = %opts.target.redacted(), "restore-started");
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
-    let report = refugio_core::restore(&repo, &manifest, &opts, &token)
-        .await
-        .with_context(|| format!("restoring backup {} of job {job}", manifest.backup_id))?;
+    let shown = crate::progress::start(crate::progress::RESTORE);
+    let opts = refugio_core::RestoreOptions {
+        progress: shown.as_ref().map(|s| s.progress()),
+        ..opts
+    };
+    let report = refugio_core::restore(&repo, &manifest, &opts, &token).await;
+    drop(shown);
+    let report =
+        report.with_context(|| format!("restoring backup {} of job {job}", manifest.backup_id))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        let into = match report.databases.as_slice() {
+            [_] => report.target.clone(),
+            many => format!(
+                "{} databases on {} ({})",
+                many.len(),
+                report.target,
+                many.join(", ")
+            ),
+        };
         println!(
             "restored backup {} of job {} into {} with {} {} in {:.1}s ({} fetched{})",
             report.backup_id,
             report.job,
-            report.target,
+            into,
             report.tool,
             report.tool_version,
             report.seconds,

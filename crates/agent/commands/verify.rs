@@ -36,6 +36,7 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
             jobs: 1,
             bindir: a.pg_bindir.clone(),
             identities: cfg.repository.identities().map_err(usage)?,
+            progress: None,
         };
         (name, opts, None)
     } else {
@@ -63,8 +64,15 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
     };
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
+    let shown = crate::progress::start(crate::progress::RESTORE);
+    let opts = DrillOptions {
+        progress: shown.as_ref().map(|s| s.progress()),
+        ..opts
+    };
     let receipt =
-        refugio_core::drill(&repo, &manifest, &history, &opts, &SystemClock, &token).await?;
+        refugio_core::drill(&repo, &manifest, &history, &opts, &SystemClock, &token).await;
+    drop(shown);
+    let receipt = receipt?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&receipt)?);
     } else {

@@ -30,6 +30,16 @@ pub struct JobConfig {
     /// Database to dump. Default: the URL's database.
     #[serde(default)]
     pub database: Option<String>,
+    /// A whole-server job: the databases to dump, names or `*`/`?` globs
+    /// (`["*"]`: all). Each is dumped in its own snapshot into its own
+    /// artifact of one backup, with the globals once. Templates are never
+    /// dumped. The job connects to the URL's database, or `postgres`.
+    /// Default none (the one database `database` or the URL names).
+    #[serde(default)]
+    pub databases: Option<Vec<String>>,
+    /// Databases a whole-server job leaves out (names or globs). Default none.
+    #[serde(default)]
+    pub exclude_databases: Vec<String>,
     /// File whose first line is the password. Default none (libpq's sources).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
@@ -54,6 +64,16 @@ pub struct JobConfig {
     /// pg_dump as `--exclude-table` and left out of the row counts. Default none.
     #[serde(default)]
     pub exclude_tables: Vec<String>,
+    /// When set, only the tables these patterns match are dumped (their
+    /// data and definitions); every other table is left out (as by
+    /// `exclude_tables`), the rest of the schema is kept. Default: all.
+    #[serde(default)]
+    pub include_tables: Vec<String>,
+    /// Tables whose definition is dumped but not their rows (pg_dump's
+    /// `--exclude-table-data`), resolved like `exclude_tables`; the
+    /// manifest marks them and drills do not count them. Default none.
+    #[serde(default)]
+    pub exclude_table_data: Vec<String>,
     /// Extra pg_dump arguments, passed as they are (after refugio's own).
     /// refugio does not interpret them: an argument that leaves data out
     /// makes the manifest's row counts disagree with the dump. Default none.
@@ -92,9 +112,11 @@ pub struct JobConfig {
     #[serde(default)]
     pub targets: Targets,
     /// SQL checks run on the restored database by drills; each must return
-    /// one row with one true value. Default none.
+    /// one row with one true value. A string runs in every database of the
+    /// backup; `{ database = "trips", sql = "…" }` in that one only.
+    /// Default none.
     #[serde(default)]
-    pub checks: Vec<String>,
+    pub checks: Vec<CheckConfig>,
     /// Parallel pg_restore jobs in drills. Default 1.
     #[serde(default = "one")]
     pub drill_jobs: u32,
@@ -102,6 +124,10 @@ pub struct JobConfig {
     /// then refuses to run for this job).
     #[serde(default)]
     pub retention: Option<RetentionConfig>,
+    /// Where SIGUSR2 restores the newest verified backup after its drill.
+    /// Default none.
+    #[serde(default)]
+    pub restore_on_signal: Option<super::restore_signal::RestoreOnSignal>,
 }
 
 impl std::fmt::Debug for JobConfig {
@@ -111,6 +137,8 @@ impl std::fmt::Debug for JobConfig {
             name,
             source,
             database,
+            databases,
+            exclude_databases,
             password_file,
             format,
             compression,
@@ -118,6 +146,8 @@ impl std::fmt::Debug for JobConfig {
             globals,
             pg_bindir,
             exclude_tables,
+            include_tables,
+            exclude_table_data,
             extra_args,
             lock_wait_timeout,
             max_replica_lag,
@@ -130,12 +160,15 @@ impl std::fmt::Debug for JobConfig {
             checks,
             drill_jobs,
             retention,
+            restore_on_signal,
         } = self;
         let extra_args: Vec<String> = extra_args.iter().map(|a| redact_text(a)).collect();
         f.debug_struct("JobConfig")
             .field("name", name)
             .field("source", &redact_url(source))
             .field("database", database)
+            .field("databases", databases)
+            .field("exclude_databases", exclude_databases)
             .field("password_file", password_file)
             .field("format", format)
             .field("compression", compression)
@@ -143,6 +176,8 @@ impl std::fmt::Debug for JobConfig {
             .field("globals", globals)
             .field("pg_bindir", pg_bindir)
             .field("exclude_tables", exclude_tables)
+            .field("include_tables", include_tables)
+            .field("exclude_table_data", exclude_table_data)
             .field("extra_args", &extra_args)
             .field("lock_wait_timeout", lock_wait_timeout)
             .field("max_replica_lag", max_replica_lag)
@@ -155,6 +190,7 @@ impl std::fmt::Debug for JobConfig {
             .field("checks", checks)
             .field("drill_jobs", drill_jobs)
             .field("retention", retention)
+            .field("restore_on_signal", restore_on_signal)
             .finish()
     }
 }
@@ -181,6 +217,9 @@ impl JobConfig {
             globals: self.globals,
             pg_bindir: self.pg_bindir.clone(),
             exclude_tables: self.exclude_tables.clone(),
+            include_tables: self.include_tables.clone(),
+            exclude_table_data: self.exclude_table_data.clone(),
+            databases: self.database_scope(),
             extra_args: self.extra_args.clone(),
             lock_wait_timeout: self.lock_wait_timeout,
             row_counts: self.row_counts,
@@ -191,7 +230,18 @@ impl JobConfig {
             max_replica_lag: (!self.max_replica_lag.is_zero()).then_some(self.max_replica_lag),
             on_replica_lag: self.on_replica_lag,
             encryption: repo.recipients()?,
+            progress: None,
         })
+    }
+
+    /// The databases of a whole-server job; None for a one-database job.
+    pub fn database_scope(&self) -> Option<refugio_dump::pattern::DatabaseScope> {
+        self.databases
+            .as_ref()
+            .map(|include| refugio_dump::pattern::DatabaseScope {
+                include: include.clone(),
+                exclude: self.exclude_databases.clone(),
+            })
     }
 
     /// How `refugio backup` retries a lock timeout or another temporary
@@ -217,13 +267,45 @@ impl JobConfig {
         Ok(DrillOptions {
             scratch: Scratch::parse(scratch)
                 .with_context(|| format!("job {}: scratch", self.name))?,
-            checks: self.checks.clone(),
+            checks: self.checks.iter().map(CheckConfig::check).collect(),
             rpo_target: self.targets.rpo,
             rto_target: self.targets.rto,
             jobs: self.drill_jobs,
             bindir,
             identities: repo.identities()?,
+            progress: None,
         })
+    }
+}
+
+/// One drill check: SQL, optionally bound to one database of a
+/// whole-server backup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CheckConfig {
+    /// Runs in every database of the backup.
+    Sql(String),
+    /// `{ database = "trips", sql = "SELECT count(*) > 0 FROM trips" }`.
+    In(CheckIn),
+}
+
+/// A check bound to a database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckIn {
+    pub database: String,
+    pub sql: String,
+}
+
+impl CheckConfig {
+    pub fn check(&self) -> refugio_core::drill::Check {
+        match self {
+            CheckConfig::Sql(sql) => refugio_core::drill::Check::everywhere(sql),
+            CheckConfig::In(c) => refugio_core::drill::Check {
+                sql: c.sql.clone(),
+                database: Some(c.database.clone()),
+            },
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod agent;
 mod encryption;
 mod job;
 mod repository;
+mod restore_signal;
 mod retention;
 mod schedule;
 mod values;
@@ -139,6 +140,19 @@ impl Config {
             }
             refugio_dump::SourceSpec::new(&j.source, j.database.as_deref(), None)
                 .with_context(|| format!("jobs[{i}] ({}).source", j.name))?;
+            if let Some(dbs) = &j.databases {
+                if j.database.is_some() {
+                    bail!("jobs[{i}] ({}): `database` and `databases` exclude each other: `databases` makes a whole-server job", j.name);
+                }
+                if dbs.is_empty() || dbs.iter().any(|d| d.is_empty()) {
+                    bail!(
+                        "jobs[{i}] ({}).databases: give names or patterns, e.g. [\"*\"]",
+                        j.name
+                    );
+                }
+            } else if !j.exclude_databases.is_empty() {
+                bail!("jobs[{i}] ({}).exclude_databases: only a whole-server job (`databases = [...]`) excludes databases", j.name);
+            }
             if let Some(l) = j.compression_level {
                 let ok = match j.compression {
                     Compression::Zstd => (1..=22).contains(&l),
@@ -186,6 +200,10 @@ impl Config {
                     "jobs[{i}] ({}).schedule.prune: the job has no `retention` policy",
                     j.name
                 );
+            }
+            if let Some(r) = &j.restore_on_signal {
+                r.validate(j)
+                    .with_context(|| format!("jobs[{i}] ({}).restore_on_signal", j.name))?;
             }
             if j.attempts == 0 {
                 bail!("jobs[{i}] ({}).attempts: must be at least 1", j.name);

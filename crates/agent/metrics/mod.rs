@@ -26,7 +26,7 @@ mod tests {
     use std::time::Duration;
 
     /// The contract names, as Prometheus stores the series, with their type.
-    const CONTRACT: [(&str, &str); 21] = [
+    const CONTRACT: [(&str, &str); 23] = [
         ("refugio_backup_last_success_timestamp_seconds", "gauge"),
         ("refugio_backup_last_duration_seconds", "gauge"),
         ("refugio_backup_last_stored_bytes", "gauge"),
@@ -47,6 +47,8 @@ mod tests {
         ("refugio_prune_deleted_backups_total", "counter"),
         ("refugio_prune_runs_total", "counter"),
         ("refugio_store_retries_total", "counter"),
+        ("refugio_restore_runs_total", "counter"),
+        ("refugio_backup_last_database_stored_bytes", "gauge"),
         ("refugio_build_info", "gauge"),
     ];
 
@@ -92,6 +94,8 @@ mod tests {
         m.set_rpo(job, Some(Duration::from_secs(100)));
         m.set_repository(job, 3, 30);
         m.prune_finished(job, true, 2);
+        m.restore_finished(job, true);
+        m.set_database_sizes(job, &[("café trips".into(), 5)]);
     }
 
     #[test]

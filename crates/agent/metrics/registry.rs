@@ -44,6 +44,12 @@ pub(super) struct SkipLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct DatabaseLabels {
+    pub(super) backup_job: String,
+    pub(super) database: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct OperationLabels {
     pub(super) operation: String,
 }
@@ -74,6 +80,10 @@ pub struct Metrics {
     pub(super) backup_last_duration: Family<JobLabels, FloatGauge>,
     pub(super) backup_last_stored: Family<JobLabels, IntGauge>,
     pub(super) backup_last_raw: Family<JobLabels, IntGauge>,
+    /// Per database of a whole-server job's last backup.
+    pub(super) backup_last_database_stored: Family<DatabaseLabels, IntGauge>,
+    /// The databases that family has series for, per job.
+    pub(super) database_series: Mutex<HashMap<String, Vec<String>>>,
     pub(super) backup_runs: Family<ResultLabels, Counter>,
     pub(super) task_skipped: Family<SkipLabels, Counter>,
     pub(super) drill_runs: Family<ResultLabels, Counter>,
@@ -89,6 +99,7 @@ pub struct Metrics {
     pub(super) repository_bytes: Family<JobLabels, IntGauge>,
     pub(super) prune_deleted: Family<JobLabels, Counter>,
     pub(super) prune_runs: Family<ResultLabels, Counter>,
+    pub(super) restore_runs: Family<ResultLabels, Counter>,
     pub(super) store_retries: Family<OperationLabels, Counter>,
     /// Each job's newest verified recovery point (`None`: none), from
     /// which `render` computes the RPO gauges at scrape time.
@@ -193,6 +204,15 @@ impl Metrics {
             Some(Unit::Bytes),
         );
 
+        let backup_last_database_stored = Family::<DatabaseLabels, IntGauge>::default();
+        register(
+            &mut registry,
+            "refugio_backup_last_database_stored",
+            "Bytes stored for each database by the last successful backup of a whole-server job",
+            Some(Unit::Bytes),
+            backup_last_database_stored.clone(),
+        );
+
         let backup_runs = Family::<ResultLabels, Counter>::default();
         register(
             &mut registry,
@@ -234,6 +254,14 @@ impl Metrics {
             prune_runs.clone(),
         );
 
+        let restore_runs = Family::<ResultLabels, Counter>::default();
+        register(
+            &mut registry,
+            "refugio_restore_runs",
+            "Number of restores into the job's restore_on_signal target, by result (success, failure)",
+            None,
+            restore_runs.clone(),
+        );
         let store_retries = Family::<OperationLabels, Counter>::default();
         for operation in RETRIED_OPERATIONS {
             let _ = store_retries.get_or_create(&OperationLabels {
@@ -268,6 +296,8 @@ impl Metrics {
             backup_last_duration,
             backup_last_stored,
             backup_last_raw,
+            backup_last_database_stored,
+            database_series: Mutex::new(HashMap::new()),
             backup_runs,
             task_skipped,
             drill_runs,
@@ -283,6 +313,7 @@ impl Metrics {
             repository_bytes,
             prune_deleted,
             prune_runs,
+            restore_runs,
             store_retries,
             recovery_points: Mutex::new(HashMap::new()),
             skip_pairs: Mutex::new(HashMap::new()),
@@ -339,6 +370,7 @@ impl Metrics {
             self.backup_runs.get_or_create_owned(&rl);
             self.drill_runs.get_or_create_owned(&rl);
             self.prune_runs.get_or_create_owned(&rl);
+            self.restore_runs.get_or_create_owned(&rl);
         }
         self.drill_runs
             .get_or_create_owned(&result_labels(job, INCONCLUSIVE));
@@ -382,11 +414,13 @@ impl Metrics {
             family.remove(&l);
         }
         self.prune_deleted.remove(&l);
+        self.set_database_sizes(job, &[]);
         for result in [SUCCESS, FAILURE] {
             let rl = result_labels(job, result);
             self.backup_runs.remove(&rl);
             self.drill_runs.remove(&rl);
             self.prune_runs.remove(&rl);
+            self.restore_runs.remove(&rl);
         }
         self.drill_runs.remove(&result_labels(job, INCONCLUSIVE));
         let pairs = self

@@ -9,8 +9,8 @@ use prometheus_client::metrics::family::Family;
 use refugio_store::s3::RetryHook;
 
 use super::registry::{
-    flag, job_labels, result_labels, saturating_i64, unix_seconds, FloatGauge, JobLabels, Metrics,
-    OperationLabels, FAILURE, INCONCLUSIVE, SUCCESS,
+    flag, job_labels, result_labels, saturating_i64, unix_seconds, DatabaseLabels, FloatGauge,
+    JobLabels, Metrics, OperationLabels, FAILURE, INCONCLUSIVE, SUCCESS,
 };
 
 impl Metrics {
@@ -54,6 +54,35 @@ impl Metrics {
         self.backup_last_raw
             .get_or_create(&l)
             .set(saturating_i64(raw_bytes));
+    }
+
+    /// The stored bytes of each database of a whole-server job's last
+    /// backup; databases no longer in it lose their series.
+    pub fn set_database_sizes(&self, job: &str, sizes: &[(String, u64)]) {
+        let mut series = self
+            .database_series
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let labels = |database: &str| DatabaseLabels {
+            backup_job: job.to_owned(),
+            database: database.to_owned(),
+        };
+        for old in series.remove(job).unwrap_or_default() {
+            if !sizes.iter().any(|(d, _)| *d == old) {
+                self.backup_last_database_stored.remove(&labels(&old));
+            }
+        }
+        for (database, bytes) in sizes {
+            self.backup_last_database_stored
+                .get_or_create(&labels(database))
+                .set(saturating_i64(*bytes));
+        }
+        if !sizes.is_empty() {
+            series.insert(
+                job.to_owned(),
+                sizes.iter().map(|(d, _)| d.clone()).collect(),
+            );
+        }
     }
 
     /// Records a failed backup; the `last_*` gauges keep the last success.
@@ -179,6 +208,14 @@ impl Metrics {
         self.prune_deleted
             .get_or_create(&job_labels(job))
             .inc_by(deleted);
+    }
+
+    /// Counts a restore into the job's `restore_on_signal` target.
+    pub fn restore_finished(&self, job: &str, success: bool) {
+        let result = if success { SUCCESS } else { FAILURE };
+        self.restore_runs
+            .get_or_create(&result_labels(job, result))
+            .inc();
     }
 
     fn target(&self, family: &Family<JobLabels, FloatGauge>, l: &JobLabels) -> Option<f64> {

@@ -186,7 +186,18 @@ impl Agent {
                 continue;
             }
             if kind == TaskKind::Drill && job.scratch.is_none() {
-                tracing::warn!(job = %job.name, signal = name, "no scratch configured: no drill");
+                if job.restore_on_signal.is_some() {
+                    // Nothing to drill first: restore the newest verified backup.
+                    tracing::info!(job = %job.name, signal = name, task = "restore", "signal-received");
+                    self.send(Fire::new(
+                        TaskKey::new(job.name.clone(), TaskKind::Restore),
+                        FireReason::Signal,
+                        now,
+                    ))
+                    .await;
+                } else {
+                    tracing::warn!(job = %job.name, signal = name, "no scratch configured: no drill");
+                }
                 continue;
             }
             tracing::info!(job = %job.name, signal = name, task = %kind, "signal-received");
@@ -328,6 +339,7 @@ impl Agent {
                 (!r.passed).then(|| r.failures.join("; ")),
             ),
             Ok(Done::Prune(_)) => (true, None, None),
+            Ok(Done::Restore(r)) => (true, Some(r.backup_id.clone()), None),
             Err(e) => (false, None, Some(crate::output::error_chain(e))),
         };
         let drill_outcome = match (&outcome, kind) {
@@ -342,6 +354,20 @@ impl Agent {
             outcome: drill_outcome,
         };
         self.notify(&cur, &job, &fire, told);
+        // USR2 with a restore target: the newest verified backup goes
+        // there once the drill has said what is verified.
+        if kind == TaskKind::Drill
+            && fire.reason == FireReason::Signal
+            && job.restore_on_signal.is_some()
+            && !self.cancel.is_cancelled()
+        {
+            self.send(Fire::new(
+                TaskKey::new(job.name.clone(), TaskKind::Restore),
+                FireReason::Signal,
+                Utc::now(),
+            ))
+            .await;
+        }
         match outcome {
             Ok(Done::Backup(m)) => {
                 self.metrics.backup_succeeded(
@@ -351,6 +377,17 @@ impl Agent {
                     m.stored_size(),
                     m.raw_size(),
                 );
+                let sizes: Vec<(String, u64)> = m
+                    .units()
+                    .map(|units| {
+                        units
+                            .iter()
+                            .filter(|_| m.is_server())
+                            .map(|u| (u.database.to_string(), u.artifact.stored_size))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.metrics.set_database_sizes(&job.name, &sizes);
                 if job.schedule.drill_after_backup && job.scratch.is_some() {
                     self.send(Fire::new(
                         TaskKey::new(job.name.clone(), TaskKind::Drill),
@@ -379,6 +416,7 @@ impl Agent {
                 }
             },
             Ok(Done::Prune(deleted)) => self.metrics.prune_finished(&job.name, true, deleted),
+            Ok(Done::Restore(_)) => self.metrics.restore_finished(&job.name, true),
             Err(e) => {
                 if cancel.is_cancelled() {
                     tracing::warn!(
@@ -453,6 +491,7 @@ impl Agent {
             // A drill that returns an error never checked the backup.
             TaskKind::Drill => self.metrics.drill_inconclusive(&job.name, Utc::now()),
             TaskKind::Prune => self.metrics.prune_finished(&job.name, false, 0),
+            TaskKind::Restore => self.metrics.restore_finished(&job.name, false),
         }
     }
 }

@@ -16,6 +16,7 @@ pub(super) enum Done {
     Backup(Box<refugio_store::manifest::Manifest>),
     Drill(Box<refugio_core::Receipt>),
     Prune(u64),
+    Restore(Box<refugio_core::RestoreReport>),
 }
 
 /// One attempt of a task (`attempt` counts from 1, for the manifest).
@@ -45,6 +46,19 @@ pub(super) async fn run_once(
             let r = refugio_core::drill(repo, &m, &history, &opts, &SystemClock, cancel).await?;
             Ok(Done::Drill(Box::new(r)))
         }
+        TaskKind::Restore => {
+            let to = job
+                .restore_on_signal
+                .as_ref()
+                .ok_or_else(|| anyhow!("job {}: no [jobs.restore_on_signal] target", job.name))?;
+            let m = newest_verified(repo, &job.name).await?;
+            let opts = to.restore_options(job, &cfg.repository)?;
+            tracing::info!(backup = %m.backup_id, target = %opts.target.redacted(), "restore-started");
+            let report = refugio_core::restore(repo, &m, &opts, cancel).await?;
+            tracing::info!(backup = %m.backup_id, target = %report.target,
+                seconds = report.seconds, "restore-finished");
+            Ok(Done::Restore(Box::new(report)))
+        }
         TaskKind::Prune => {
             let r = job
                 .retention
@@ -73,4 +87,26 @@ pub(super) async fn run_once(
             Ok(Done::Prune(report.deleted_backups.len() as u64))
         }
     }
+}
+
+/// The job's newest backup that a drill verified.
+async fn newest_verified(
+    repo: &Repository,
+    job: &str,
+) -> Result<refugio_store::manifest::Manifest> {
+    let receipts = refugio_core::receipt::read_all(repo, job).await?;
+    let manifests = repo.manifests(job).await?;
+    manifests
+        .into_iter()
+        .find(|m| {
+            receipts
+                .iter()
+                .any(|(id, r)| *id == m.backup_id && r.verified)
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "job {job}: no verified backup to restore in {}: a drill must pass first",
+                repo.describe()
+            )
+        })
 }

@@ -19,6 +19,34 @@ pub enum Error {
     #[error("job {job}: the source URL names no database and `database` is not set")]
     NoDatabase { job: String },
 
+    #[error("job {job}: no database on {server} matches databases = {include:?} (exclude_databases = {exclude:?}; templates are never dumped)")]
+    NoDatabases {
+        job: String,
+        server: String,
+        include: Vec<String>,
+        exclude: Vec<String>,
+    },
+
+    #[error("backup {backup} holds no database {database:?}; it holds {}", available.join(", "))]
+    UnknownDatabase {
+        backup: String,
+        database: String,
+        available: Vec<String>,
+    },
+
+    #[error("on {target}, {} already hold user tables ({}); refusing to restore over them without --clean; nothing was changed", databases.len(), databases.join("; "))]
+    TargetsNotEmpty {
+        target: String,
+        /// `name (N tables, e.g. schema.table)` each.
+        databases: Vec<String>,
+    },
+
+    #[error("databases {} do not exist on {target}; pass --create to create them; nothing was changed", databases.join(", "))]
+    TargetsMissing {
+        target: String,
+        databases: Vec<String>,
+    },
+
     #[error("job {job}: choosing {tool} for the server at {server}")]
     Tool {
         job: String,

@@ -10,8 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::measure::Rpo;
 
-/// Receipt format version (1.1 added `outcome`).
-pub const RECEIPT_FORMAT: &str = "1.1";
+/// Receipt format version (1.1 added `outcome`; 1.2 the per-database
+/// results of whole-server backups: `databases`, and `database` on counts
+/// and checks).
+pub const RECEIPT_FORMAT: &str = "1.2";
 /// Largest receipt read back; a bigger object is not one of ours.
 const MAX_RECEIPT_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -22,6 +24,9 @@ pub struct CountCheck {
     pub expected: i64,
     pub actual: Option<i64>,
     pub ok: bool,
+    /// The table's database, in a whole-server backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 /// One SQL check.
@@ -30,6 +35,19 @@ pub struct SqlCheck {
     pub sql: String,
     pub ok: bool,
     pub detail: String,
+    /// The database it ran in, in a whole-server backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// One database of a whole-server backup, as its drill found it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseChecked {
+    pub name: String,
+    /// `(manifest, restored)` large objects.
+    pub large_objects: Option<(i64, i64)>,
+    /// `(manifest, restored)` schema fingerprints.
+    pub schema_fingerprint: Option<(String, String)>,
 }
 
 /// A target and whether it was met.
@@ -104,6 +122,10 @@ pub struct Receipt {
     pub large_objects: Option<(i64, i64)>,
     pub schema_fingerprint: Option<(String, String)>,
     pub checks: Vec<SqlCheck>,
+    /// Per database, in a whole-server backup (then `large_objects` and
+    /// `schema_fingerprint` above are empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseChecked>,
     pub phases: Phases,
     pub rto: Target,
     pub rpo: Target,

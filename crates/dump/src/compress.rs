@@ -104,6 +104,11 @@ impl<R> CountingReader<R> {
         }
     }
 
+    /// Counts into `count`, which others may share (a progress total).
+    pub fn with_counter(inner: R, count: Arc<AtomicU64>) -> Self {
+        CountingReader { inner, count }
+    }
+
     /// A handle to the running count.
     pub fn counter(&self) -> Arc<AtomicU64> {
         self.count.clone()

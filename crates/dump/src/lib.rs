@@ -9,6 +9,7 @@ pub mod compress;
 pub mod conn;
 pub mod error;
 pub mod fingerprint;
+pub mod pattern;
 pub mod process;
 pub mod snapshot;
 pub mod spawn;

@@ -56,7 +56,11 @@ impl ServerFacts {
 pub struct TableCount {
     pub schema: String,
     pub name: String,
+    /// 0 when the data is excluded.
     pub rows: i64,
+    /// Dumped without its rows (`exclude_table_data`): not counted.
+    #[serde(default)]
+    pub data_excluded: bool,
 }
 
 /// Exact (`count(*)`) or estimated (`reltuples`) row counts.
@@ -77,6 +81,12 @@ pub struct SnapshotOptions {
     /// Tables left out of the dump (`schema.table` or `table`, `*` globs),
     /// left out of the counts too.
     pub exclude_tables: Vec<String>,
+    /// When not empty: only the tables these patterns match are dumped
+    /// (the rest of the schema, functions, types and views, is kept).
+    pub include_tables: Vec<String>,
+    /// Tables whose definition is dumped but not their rows
+    /// (`pg_dump --exclude-table-data`); not counted.
+    pub exclude_table_data: Vec<String>,
 }
 
 /// An open snapshot: keep it alive until the dump has finished.
@@ -97,6 +107,9 @@ pub struct Snapshot {
     /// unquoted patterns to lower case) and the counts match the dump by
     /// construction.
     pub excluded: Vec<(String, String)>,
+    /// Tables the `exclude_table_data` patterns matched (among those
+    /// dumped), resolved here likewise.
+    pub data_excluded: Vec<(String, String)>,
     pub row_counts: RowCountMode,
     /// Number of large objects.
     pub large_objects: i64,
@@ -156,32 +169,8 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Whether `schema.name` matches one of the exclusion patterns.
-pub fn excluded(patterns: &[String], schema: &str, name: &str) -> bool {
-    let full = format!("{schema}.{name}");
-    patterns.iter().any(|p| {
-        if p.contains('.') {
-            glob(p, &full)
-        } else {
-            glob(p, name)
-        }
-    })
-}
-
-fn glob(pattern: &str, s: &str) -> bool {
-    fn go(p: &[char], s: &[char]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
-            (Some('?'), Some(_)) => go(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let s: Vec<char> = s.chars().collect();
-    go(&p, &s)
-}
+/// Whether `schema.name` matches one of the patterns.
+pub use crate::pattern::table_matches as excluded;
 
 /// Tables whose data pg_dump writes: ordinary tables and partitions outside
 /// system schemas, not temporary, not owned by an extension; on a standby
@@ -197,6 +186,15 @@ WHERE c.relkind = 'r'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d
                   WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
 ORDER BY n.nspname, c.relname";
+
+impl SnapshotOptions {
+    /// Whether the table is left out of the dump altogether: excluded, or
+    /// not matched when `include_tables` names some.
+    pub fn leaves_out(&self, schema: &str, name: &str) -> bool {
+        excluded(&self.exclude_tables, schema, name)
+            || (!self.include_tables.is_empty() && !excluded(&self.include_tables, schema, name))
+    }
+}
 
 impl Snapshot {
     /// Opens the transaction, exports the snapshot, locks and counts.
@@ -249,9 +247,14 @@ impl Snapshot {
         let (dropped, listed): (Vec<(String, String, f64)>, Vec<_>) = rows
             .iter()
             .map(|r| (r.get("schema"), r.get("name"), r.get("est")))
-            .partition(|(s, n, _): &(String, String, f64)| excluded(&opts.exclude_tables, s, n));
+            .partition(|(s, n, _): &(String, String, f64)| opts.leaves_out(s, n));
         let excluded_tables: Vec<(String, String)> =
             dropped.into_iter().map(|(s, n, _)| (s, n)).collect();
+        let data_excluded: Vec<(String, String)> = listed
+            .iter()
+            .filter(|(s, n, _)| excluded(&opts.exclude_table_data, s, n))
+            .map(|(s, n, _)| (s.clone(), n.clone()))
+            .collect();
 
         // Lock before counting, in batches, so the counts and pg_dump see the
         // same table contents (see the module doc).
@@ -267,6 +270,15 @@ impl Snapshot {
 
         let mut tables = Vec::with_capacity(listed.len());
         for (schema, name, est) in listed {
+            if excluded(&opts.exclude_table_data, &schema, &name) {
+                tables.push(TableCount {
+                    schema,
+                    name,
+                    rows: 0,
+                    data_excluded: true,
+                });
+                continue;
+            }
             let rows = match opts.row_counts {
                 RowCountMode::Exact => {
                     let sql = format!(
@@ -282,7 +294,12 @@ impl Snapshot {
                 }
                 RowCountMode::Estimated => est.max(0.0) as i64,
             };
-            tables.push(TableCount { schema, name, rows });
+            tables.push(TableCount {
+                schema,
+                name,
+                rows,
+                data_excluded: false,
+            });
         }
         let large_objects: i64 = conn
             .fetch_one("SELECT count(*) AS n FROM pg_largeobject_metadata")
@@ -301,6 +318,7 @@ impl Snapshot {
             facts,
             tables,
             excluded: excluded_tables,
+            data_excluded,
             row_counts: opts.row_counts,
             large_objects,
             schema_fingerprint,
@@ -317,15 +335,6 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exclusion_patterns() {
-        let p = vec!["public.audit_*".to_string(), "tmp_?".to_string()];
-        assert!(excluded(&p, "public", "audit_log"));
-        assert!(!excluded(&p, "other", "audit_log"));
-        assert!(excluded(&p, "any", "tmp_1"));
-        assert!(!excluded(&p, "any", "tmp_12"));
-    }
 
     #[test]
     fn quoting() {

@@ -22,6 +22,8 @@ pub struct DumpArgs<'a> {
     pub snapshot: Option<&'a str>,
     pub lock_wait_timeout: Duration,
     pub exclude_tables: &'a [String],
+    /// `--exclude-table-data` (exact, quoted names).
+    pub exclude_table_data: &'a [String],
     /// Passed through after ours, uninterpreted.
     pub extra_args: &'a [String],
 }
@@ -63,6 +65,9 @@ pub fn pg_dump_args(source: &SourceSpec, args: &DumpArgs<'_>) -> Vec<String> {
     }
     for t in args.exclude_tables {
         v.push(format!("--exclude-table={t}"));
+    }
+    for t in args.exclude_table_data {
+        v.push(format!("--exclude-table-data={t}"));
     }
     v.extend(args.extra_args.iter().cloned());
     v

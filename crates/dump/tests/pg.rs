@@ -17,6 +17,8 @@ fn opts() -> SnapshotOptions {
         lock_timeout: Duration::from_secs(2),
         row_counts: RowCountMode::Exact,
         exclude_tables: vec![],
+        include_tables: vec![],
+        exclude_table_data: vec![],
     }
 }
 
@@ -51,6 +53,7 @@ async fn snapshot_counts_match_and_dump_reads_it(#[case] major: u32) -> Result<(
         snapshot: Some(&snap.id),
         lock_wait_timeout: Duration::from_secs(5),
         exclude_tables: &[],
+        exclude_table_data: &[],
         extra_args: &[],
     };
     let mut out = spawn::pg_dump(&tool, &spec, &args)?;
@@ -94,6 +97,7 @@ async fn exit_status_is_checked_after_eof() -> Result<()> {
         snapshot: None,
         lock_wait_timeout: Duration::from_secs(5),
         exclude_tables: &[],
+        exclude_table_data: &[],
         extra_args: &bad,
     };
     let mut out = spawn::pg_dump(&tool, &spec, &args)?;
@@ -146,6 +150,7 @@ async fn a_restart_under_pg_dump_and_a_session_is_temporary() -> Result<()> {
         snapshot: None,
         lock_wait_timeout: Duration::from_secs(5),
         exclude_tables: &[],
+        exclude_table_data: &[],
         extra_args: &[],
     };
     let mut out = spawn::pg_dump(&tool, &spec, &args)?;
@@ -225,6 +230,7 @@ async fn lock_queue_behind_truncate_times_out_instead_of_hanging() -> Result<()>
         snapshot: Some(&snap.id),
         lock_wait_timeout: Duration::from_millis(500),
         exclude_tables: &[],
+        exclude_table_data: &[],
         extra_args: &[],
     };
     let started = Instant::now();

@@ -28,6 +28,9 @@ pub enum TaskKind {
     Drill,
     /// Apply the retention policy.
     Prune,
+    /// Restore the newest verified backup into the job's
+    /// `restore_on_signal` target (after a signalled drill).
+    Restore,
 }
 
 impl TaskKind {
@@ -37,6 +40,7 @@ impl TaskKind {
             TaskKind::Backup => "backup",
             TaskKind::Drill => "drill",
             TaskKind::Prune => "prune",
+            TaskKind::Restore => "restore",
         }
     }
 }

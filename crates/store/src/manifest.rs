@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 /// The manifest major version this build reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The manifest minor version this build writes.
-pub const FORMAT_MINOR: u32 = 4;
+pub const FORMAT_MINOR: u32 = 5;
 /// The manifest format written by this build: `FORMAT_MAJOR.FORMAT_MINOR`.
-pub const FORMAT: &str = "1.4";
+pub const FORMAT: &str = "1.5";
 /// Object name of the manifest inside a backup's prefix.
 pub const MANIFEST_NAME: &str = "manifest.json";
 
@@ -32,12 +32,14 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 // per format minor (see the module doc).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// `"1.4"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
-    /// 1.2 no `data_at`, 1.3 no `encryption`).
+    /// `"1.5"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
+    /// 1.2 no `data_at`, 1.3 no `encryption`, 1.4 no `databases` nor
+    /// `data_excluded`).
     pub format: String,
     pub job: String,
     pub backup_id: String,
-    /// Name of the dumped database.
+    /// Name of the dumped database. In a whole-server backup (one with
+    /// [`Manifest::databases`]): the job's database patterns, e.g. `*`.
     pub database: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -75,6 +77,52 @@ pub struct Manifest {
     /// How the artifacts are encrypted (format 1.4+). Absent: they are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// A whole-server backup (format 1.5+): one entry per database, each
+    /// dumped in its own snapshot into its own artifact, plus the globals
+    /// once. Then the top-level `tables`, `large_objects` and
+    /// `schema_fingerprint` are empty, `snapshot_at` is the first
+    /// database's snapshot and `data_at` the oldest database's data.
+    /// Empty: a one-database backup, described by the top-level fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseDump>,
+}
+
+/// One database of a whole-server backup, as its own snapshot saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseDump {
+    /// The database's name (any characters PostgreSQL allows).
+    pub name: String,
+    /// Name of its artifact in [`Manifest::artifacts`].
+    pub artifact: String,
+    /// Server time of this database's snapshot.
+    pub snapshot_at: DateTime<Utc>,
+    /// The time of this database's data (see [`Manifest::data_at`]).
+    pub data_at: DateTime<Utc>,
+    /// `pg_database_size` at the snapshot, bytes.
+    pub database_size: i64,
+    /// WAL position of the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// `exact` or `estimated`.
+    pub row_counts: String,
+    pub tables: Vec<TableRows>,
+    pub large_objects: i64,
+    pub schema_fingerprint: Option<String>,
+    /// Seconds spent dumping it.
+    pub dump_seconds: f64,
+}
+
+/// What a restore or a drill takes from one database of a backup: the
+/// top-level fields of a one-database backup, or an entry of
+/// [`Manifest::databases`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DumpUnit<'a> {
+    pub database: &'a str,
+    pub artifact: &'a Artifact,
+    pub row_counts: &'a str,
+    pub tables: &'a [TableRows],
+    pub large_objects: i64,
+    pub schema_fingerprint: Option<&'a str>,
 }
 
 /// Client-side encryption of a backup's artifacts. Only public facts: the
@@ -89,7 +137,7 @@ pub struct Encryption {
 }
 
 /// Facts about the source server at the snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ServerInfo {
     pub version: String,
     pub version_num: u32,
@@ -127,7 +175,12 @@ pub struct Artifact {
 pub struct TableRows {
     pub schema: String,
     pub name: String,
+    /// 0 when the data is excluded.
     pub rows: i64,
+    /// Its definition is dumped, its rows are not (`exclude_table_data`,
+    /// format 1.5+): drills do not count it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_excluded: bool,
 }
 
 /// How long the parts of the backup took, seconds.
@@ -151,6 +204,61 @@ impl Manifest {
     /// The artifact of a kind (`database`, `globals`).
     pub fn artifact(&self, kind: &str) -> Option<&Artifact> {
         self.artifacts.iter().find(|a| a.kind == kind)
+    }
+
+    /// Whether this is a whole-server backup (one artifact per database).
+    pub fn is_server(&self) -> bool {
+        !self.databases.is_empty()
+    }
+
+    /// The dumped databases, in the manifest's order; a one-database
+    /// backup has one. A listed artifact that is missing is an error
+    /// naming it.
+    pub fn units(&self) -> Result<Vec<DumpUnit<'_>>> {
+        let missing = |what: &str| Error::InvalidManifest {
+            key: format!("{}/{}/{MANIFEST_NAME}", self.job, self.backup_id),
+            reason: format!("no artifact {what}"),
+        };
+        if self.databases.is_empty() {
+            let artifact = self
+                .artifact("database")
+                .ok_or_else(|| missing("of kind \"database\""))?;
+            return Ok(vec![DumpUnit {
+                database: &self.database,
+                artifact,
+                row_counts: &self.row_counts,
+                tables: &self.tables,
+                large_objects: self.large_objects,
+                schema_fingerprint: self.schema_fingerprint.as_deref(),
+            }]);
+        }
+        self.databases
+            .iter()
+            .map(|d| {
+                let artifact = self
+                    .artifacts
+                    .iter()
+                    .find(|a| a.name == d.artifact)
+                    .ok_or_else(|| missing(&format!("{:?} (database {:?})", d.artifact, d.name)))?;
+                Ok(DumpUnit {
+                    database: &d.name,
+                    artifact,
+                    row_counts: &d.row_counts,
+                    tables: &d.tables,
+                    large_objects: d.large_objects,
+                    schema_fingerprint: d.schema_fingerprint.as_deref(),
+                })
+            })
+            .collect()
+    }
+
+    /// The names of the dumped databases.
+    pub fn database_names(&self) -> Vec<&str> {
+        if self.databases.is_empty() {
+            vec![self.database.as_str()]
+        } else {
+            self.databases.iter().map(|d| d.name.as_str()).collect()
+        }
     }
 
     /// Total stored bytes.
@@ -272,6 +380,7 @@ mod tests {
                 schema: "public".into(),
                 name: "trips".into(),
                 rows: 3,
+                data_excluded: false,
             }],
             large_objects: 1,
             durations: Durations::default(),
@@ -279,6 +388,7 @@ mod tests {
             schema_fingerprint: None,
             object_lock: None,
             encryption: None,
+            databases: Vec::new(),
         }
     }
 
@@ -309,7 +419,35 @@ mod tests {
             mode: crate::lock::LockMode::Governance,
             until: m.finished_at + chrono::Duration::days(30),
         });
+        m.tables[0].data_excluded = true;
+        m.databases = vec![DatabaseDump {
+            name: "café trips".into(),
+            artifact: "database.dump.zst".into(),
+            snapshot_at: m.snapshot_at,
+            data_at: m.snapshot_at,
+            database_size: 1,
+            lsn: Some("0/1".into()),
+            row_counts: "exact".into(),
+            tables: m.tables.clone(),
+            large_objects: 0,
+            schema_fingerprint: None,
+            dump_seconds: 0.5,
+        }];
         m
+    }
+
+    #[test]
+    fn units_name_a_missing_artifact() {
+        let mut m = full();
+        assert_eq!(m.units().unwrap()[0].database, "café trips");
+        m.databases[0].artifact = "gone.dump.zst".into();
+        let e = m.units().unwrap_err().to_string();
+        assert!(
+            e.contains("gone.dump.zst") && e.contains("café trips"),
+            "{e}"
+        );
+        m.databases.clear();
+        assert_eq!(m.units().unwrap()[0].database, "trips");
     }
 
     #[test]

@@ -21,6 +21,8 @@ fn fixture(minor: u32) -> Vec<u8> {
 #[case::v1_1(1)]
 #[case::v1_2(2)]
 #[case::v1_3(3)]
+#[case::v1_4(4)]
+#[case::v1_5(5)]
 fn every_field_of_a_known_minor_survives(#[case] minor: u32) {
     let bytes = fixture(minor);
     let key = format!("trips/x/manifest-1.{minor}.json");
@@ -69,6 +71,22 @@ fn fixtures_hold_the_fields_their_minor_added() {
         .artifacts
         .iter()
         .all(|a| a.encryption == "age" && a.name.ends_with(".age")));
+    assert!(v1_4.databases.is_empty() && !v1_4.is_server());
+    let v1_5 = Manifest::parse("k", &fixture(5)).expect("1.5");
+    assert!(v1_5.is_server(), "1.5 added databases");
+    let units = v1_5.units().expect("every database's artifact is listed");
+    assert_eq!(
+        units.iter().map(|u| u.database).collect::<Vec<_>>(),
+        vec!["app", "café trips ñ"]
+    );
+    assert_eq!(units[1].artifact.name, "db-002-caf__trips__.dump.zst");
+    assert!(
+        units[0]
+            .tables
+            .iter()
+            .any(|t| t.data_excluded && t.rows == 0),
+        "1.5 added data_excluded"
+    );
 }
 
 /// A build that writes a new minor must add its fixture (and a case above).

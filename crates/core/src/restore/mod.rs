@@ -3,26 +3,28 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use refugio_dump::process::{check_exit, tool_error, StderrTail};
-use refugio_dump::snapshot::quote_ident;
+mod fetch;
+mod target;
+
+use refugio_dump::process::{check_exit, StderrTail};
 use refugio_dump::spawn::{self, RestoreArgs};
 use refugio_dump::tools::{self, PgVersion, ToolKind};
 use refugio_dump::{Compression, SourceSpec};
-use refugio_store::manifest::{Artifact, Manifest};
+use refugio_store::manifest::{Artifact, DumpUnit, Manifest};
 use refugio_store::repo::Repository;
 use refugio_store::verified;
 use serde::Serialize;
-use sqlx::{Connection, Executor, Row};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::encryption::{self, Identities};
 use crate::error::{Error, Result};
 use crate::feed::{feed_held_back, FeedError};
+use fetch::{explain, open_artifact};
+use target::{check_temp_space, tool_failed};
 
 /// Largest globals artifact we accept (roles and tablespaces: small).
 const MAX_GLOBALS: u64 = 64 * 1024 * 1024;
@@ -50,6 +52,13 @@ pub struct RestoreOptions {
     /// Private keys for encrypted backups; None: none configured (an
     /// encrypted backup is then refused before the target is touched).
     pub identities: Option<Arc<Identities>>,
+    /// Of a whole-server backup, the one database to restore (into the
+    /// target URL's database, or under its own name when the URL names
+    /// none). None: every database, each under its own name on the
+    /// target's server. A one-database backup accepts only its own name.
+    pub database: Option<String>,
+    /// Counters and phase for a progress display; None: not shown.
+    pub progress: Option<Arc<crate::Progress>>,
 }
 
 /// How an artifact's stored bytes turn into the archive: decrypted when
@@ -58,6 +67,7 @@ pub struct RestoreOptions {
 struct Decode<'a> {
     compression: Compression,
     seal: Option<Sealing<'a>>,
+    progress: Option<&'a Arc<crate::Progress>>,
 }
 
 /// How an artifact is encrypted, and what may open it.
@@ -117,7 +127,10 @@ async fn check_identity(
 pub struct RestoreReport {
     pub job: String,
     pub backup_id: String,
+    /// The target database(s), `, `-joined.
     pub database: String,
+    /// Each target database restored, in order.
+    pub databases: Vec<String>,
     pub target: String,
     pub tool: String,
     pub tool_version: String,
@@ -150,14 +163,73 @@ pub(crate) async fn restore_into(
     manifest: &Manifest,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
+    let units = units_of(manifest)?;
+    let available = || units.iter().map(|u| u.database.to_string()).collect();
+    let unknown = |database: &str| Error::UnknownDatabase {
+        backup: manifest.backup_id.clone(),
+        database: database.to_string(),
+        available: available(),
+    };
+    let url_database = opts.target.database();
+    let plan: Vec<(DumpUnit<'_>, SourceSpec)> = match (&opts.database, manifest.is_server()) {
+        // A one-database backup goes where the target URL says.
+        (picked, false) => {
+            let unit = units[0].clone();
+            if picked.as_deref().is_some_and(|p| p != unit.database) {
+                return Err(unknown(picked.as_deref().unwrap_or_default()));
+            }
+            vec![(unit, opts.target.clone())]
+        }
+        // One database of a whole-server backup: into the URL's database,
+        // or under its own name when the URL names none.
+        (Some(picked), true) => {
+            let unit = units
+                .iter()
+                .find(|u| u.database == picked)
+                .cloned()
+                .ok_or_else(|| unknown(picked))?;
+            let to = match &url_database {
+                Some(_) => opts.target.clone(),
+                None => opts.target.with_database(picked),
+            };
+            vec![(unit, to)]
+        }
+        // Every database of it, each under its own name on the URL's server.
+        (None, true) => units
+            .iter()
+            .map(|u| (u.clone(), opts.target.with_database(u.database)))
+            .collect(),
+    };
+    restore_units(repo, manifest, &plan, opts).await
+}
+
+/// The dumped databases of `manifest`; one that lists a missing artifact
+/// cannot be restored.
+pub(crate) fn units_of(manifest: &Manifest) -> Result<Vec<DumpUnit<'_>>> {
+    manifest.units().map_err(|e| Error::NoArtifact {
+        backup: manifest.backup_id.clone(),
+        kind: format!("database ({e})"),
+    })
+}
+
+/// Restores each unit of `plan` into its target database. Everything that
+/// can refuse is checked for every target before any is changed: the
+/// restore tool, the identity of an encrypted backup, temporary space,
+/// targets missing (without `create`) or holding tables (without `clean`).
+pub(crate) async fn restore_units(
+    repo: &Repository,
+    manifest: &Manifest,
+    plan: &[(DumpUnit<'_>, SourceSpec)],
+    opts: &RestoreOptions,
+) -> Result<RestoreReport> {
     let started = Instant::now();
-    let db_art = manifest
-        .artifact("database")
-        .ok_or_else(|| Error::NoArtifact {
+    let Some((first, _)) = plan.first() else {
+        return Err(Error::NoArtifact {
             backup: manifest.backup_id.clone(),
             kind: "database".into(),
-        })?;
-    let custom = db_art.format == "custom";
+        });
+    };
+    let custom = first.artifact.format == "custom";
     let dumped_by =
         PgVersion::parse(&manifest.pg_dump_version).unwrap_or(PgVersion { major: 0, minor: 0 });
     let kind = if custom {
@@ -170,28 +242,27 @@ pub(crate) async fn restore_into(
         manifest.backup_id, manifest.pg_dump_version
     );
     let tool = tools::find_for(kind, dumped_by, &what, opts.bindir.as_deref()).await?;
-    let database = opts.target.database().ok_or_else(|| Error::Artifact {
-        key: "target".into(),
-        detail: "the target URL names no database".into(),
-    })?;
 
-    let key = Repository::key(&manifest.job, &manifest.backup_id, &db_art.name);
-    let seal = sealing(manifest, db_art, &key, opts)?;
-    if let Some(seal) = seal {
-        check_identity(repo, &key, db_art, seal).await?;
+    let key_of = |a: &Artifact| Repository::key(&manifest.job, &manifest.backup_id, &a.name);
+    // The artifacts share one encryption: one header opened proves the key.
+    let first_key = key_of(first.artifact);
+    if let Some(seal) = sealing(manifest, first.artifact, &first_key, opts)? {
+        check_identity(repo, &first_key, first.artifact, seal).await?;
     }
-    // `--jobs N` needs the whole archive on disk: refuse before anything
-    // is created or downloaded when it cannot fit.
+    // `--jobs N` needs the whole archive on disk (one at a time): refuse
+    // before anything is created or downloaded when the largest cannot fit.
     if custom && opts.jobs > 1 {
         let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
-        check_temp_space(&dir, db_art.raw_size)?;
+        let largest = plan.iter().map(|(u, _)| u.artifact.raw_size).max();
+        check_temp_space(&dir, largest.unwrap_or_default())?;
     }
-    prepare_target(opts, &database).await?;
+    let databases = preflight(plan, opts).await?;
 
     let mut globals_applied = false;
     if opts.globals {
         match manifest.artifact("globals") {
             Some(g) => {
+                crate::progress::phase(opts.progress.as_ref(), || "applying globals".into());
                 apply_globals(repo, manifest, g, opts, dumped_by).await?;
                 globals_applied = true;
             }
@@ -204,22 +275,46 @@ pub(crate) async fn restore_into(
         }
     }
 
-    let compression = Compression::parse(&db_art.compression).ok_or_else(|| Error::Artifact {
-        key: key.clone(),
-        detail: format!("unknown compression {:?}", db_art.compression),
-    })?;
-    let decode = Decode { compression, seal };
-
-    let fetched = if custom && opts.jobs > 1 {
-        restore_parallel(repo, &key, db_art, decode, &tool, opts).await?
-    } else {
-        restore_streaming(repo, &key, db_art, decode, &tool, opts, custom).await?
-    };
+    let mut fetched = 0;
+    for (unit, to) in plan {
+        let art = unit.artifact;
+        let key = key_of(art);
+        let seal = sealing(manifest, art, &key, opts)?;
+        let compression = Compression::parse(&art.compression).ok_or_else(|| Error::Artifact {
+            key: key.clone(),
+            detail: format!("unknown compression {:?}", art.compression),
+        })?;
+        let decode = Decode {
+            compression,
+            seal,
+            progress: opts.progress.as_ref(),
+        };
+        let t = Instant::now();
+        let parallel = art.format == "custom" && opts.jobs > 1;
+        crate::progress::phase(opts.progress.as_ref(), || {
+            let verb = if parallel {
+                "fetching to a temporary file"
+            } else {
+                "restoring"
+            };
+            format!("{verb} {}", unit.database)
+        });
+        fetched += if parallel {
+            restore_parallel(repo, &key, art, decode, &tool, to, opts).await?
+        } else {
+            restore_streaming(repo, &key, art, decode, &tool, to, opts).await?
+        };
+        if plan.len() > 1 {
+            tracing::info!(backup = %manifest.backup_id, database = %unit.database,
+                target = %to.redacted(), seconds = t.elapsed().as_secs_f64(), "database-restored");
+        }
+    }
 
     Ok(RestoreReport {
         job: manifest.job.clone(),
         backup_id: manifest.backup_id.clone(),
-        database,
+        database: databases.join(", "),
+        databases,
         target: opts.target.redacted(),
         tool: tool.path.display().to_string(),
         tool_version: tool.version.to_string(),
@@ -229,66 +324,70 @@ pub(crate) async fn restore_into(
     })
 }
 
-/// Creates the database when asked, and refuses a non-empty one without `--clean`.
-async fn prepare_target(opts: &RestoreOptions, database: &str) -> Result<()> {
-    let admin = opts.target.with_database("postgres");
-    let mut conn = admin.connect().await?;
-    let exists: bool =
-        sqlx::query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS e")
-            .bind(database)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| refugio_dump::Error::Query {
-                url: admin.redacted(),
-                what: "checking the target database".into(),
-                source: e,
-            })?
-            .get("e");
-    if !exists {
-        if !opts.create {
-            return Err(Error::TargetMissing {
-                target: opts.target.redacted(),
-                database: database.to_string(),
-            });
-        }
-        conn.execute(format!("CREATE DATABASE {}", quote_ident(database)).as_str())
-            .await
-            .map_err(|e| refugio_dump::Error::Query {
-                url: admin.redacted(),
-                what: format!("CREATE DATABASE {database}"),
-                source: e,
-            })?;
-    }
-    let _ = conn.close().await;
-
-    let mut conn = opts.target.connect().await?;
-    let row = conn
-        .fetch_one(
-            "SELECT count(*) AS n, min(n.nspname || '.' || c.relname) AS example \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') \
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-               AND n.nspname NOT LIKE 'pg_temp_%' \
-               AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
-                               AND d.objid = c.oid AND d.deptype = 'e')",
-        )
-        .await
-        .map_err(|e| refugio_dump::Error::Query {
-            url: opts.target.redacted(),
-            what: "checking that the target is empty".into(),
-            source: e,
+/// Checks every target of `plan` (exists, or `create`; empty, or
+/// `clean`), then creates the missing ones; returns the target database
+/// names. A refusal changes nothing, and names every offending database.
+async fn preflight(
+    plan: &[(DumpUnit<'_>, SourceSpec)],
+    opts: &RestoreOptions,
+) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut missing = Vec::new();
+    let mut occupied = Vec::new();
+    for (_, to) in plan {
+        let database = to.database().ok_or_else(|| Error::Artifact {
+            key: "target".into(),
+            detail: "the target URL names no database".into(),
         })?;
-    let _ = conn.close().await;
-    let tables: i64 = row.get("n");
-    if tables > 0 && !opts.clean {
-        return Err(Error::TargetNotEmpty {
-            target: opts.target.redacted(),
-            database: database.to_string(),
-            tables,
-            example: row.get::<Option<String>, _>("example").unwrap_or_default(),
-        });
+        let state = target::inspect(to, &database).await?;
+        if !state.exists && !opts.create {
+            missing.push(database.clone());
+        }
+        if state.tables > 0 && !opts.clean {
+            occupied.push((database.clone(), state));
+        }
+        names.push(database);
     }
-    Ok(())
+    let server = opts.target.redacted();
+    match (missing.as_slice(), occupied.as_slice(), plan.len()) {
+        ([], [], _) => {}
+        ([one], _, 1) => {
+            return Err(Error::TargetMissing {
+                target: server,
+                database: one.clone(),
+            })
+        }
+        (_, [(one, state)], 1) => {
+            return Err(Error::TargetNotEmpty {
+                target: server,
+                database: one.clone(),
+                tables: state.tables,
+                example: state.example.clone(),
+            })
+        }
+        (_, [_, ..], _) => {
+            return Err(Error::TargetsNotEmpty {
+                target: server,
+                databases: occupied
+                    .iter()
+                    .map(|(d, s)| format!("{d} ({} tables, e.g. {})", s.tables, s.example))
+                    .collect(),
+            })
+        }
+        (_, [], _) => {
+            return Err(Error::TargetsMissing {
+                target: server,
+                databases: missing,
+            })
+        }
+    }
+    for (_, to) in plan {
+        let database = to.database().unwrap_or_default();
+        if !target::inspect(to, &database).await?.exists {
+            target::create(to, &database).await?;
+        }
+    }
+    Ok(names)
 }
 
 /// Fetches the globals whole (they are small) with their digest checked,
@@ -373,9 +472,10 @@ async fn restore_streaming(
     art: &Artifact,
     decode: Decode<'_>,
     tool: &refugio_dump::Tool,
+    to: &SourceSpec,
     opts: &RestoreOptions,
-    custom: bool,
 ) -> Result<u64> {
+    let custom = art.format == "custom";
     let (plain, raw) = open_artifact(repo, key, art, decode).await?;
     let mut child = if custom {
         let args = RestoreArgs {
@@ -384,9 +484,9 @@ async fn restore_streaming(
             no_owner: opts.no_owner,
             single_transaction: true,
         };
-        spawn::pg_restore(tool, &opts.target, &args, None)?
+        spawn::pg_restore(tool, to, &args, None)?
     } else {
-        spawn::psql(tool, &opts.target, true, true)?
+        spawn::psql(tool, to, true, true)?
     };
     let name = tool.kind.binary();
     let stdin = child.stdin.take().ok_or_else(|| Error::Artifact {
@@ -401,7 +501,7 @@ async fn restore_streaming(
     match feed_held_back(plain, stdin).await {
         Ok(_) => {
             if let Err(e) = check_exit(name, &mut child, &tail, Some(task)).await {
-                return Err(tool_failed(opts, e).await);
+                return Err(tool_failed(to, e).await);
             }
             Ok(art.stored_size)
         }
@@ -414,7 +514,7 @@ async fn restore_streaming(
         Err(FeedError::Sink(_)) => {
             // The tool stopped reading: its exit status and stderr say why.
             if let Err(e) = check_exit(name, &mut child, &tail, Some(task)).await {
-                return Err(tool_failed(opts, e).await);
+                return Err(tool_failed(to, e).await);
             }
             Err(Error::Artifact {
                 key: key.into(),
@@ -422,218 +522,6 @@ async fn restore_streaming(
             })
         }
     }
-}
-
-/// A reader that stays reachable after it was moved into a decoder, so the
-/// raw stream can be drained to its end when decoding fails.
-struct Shared<R>(Arc<Mutex<R>>);
-
-impl Shared<Raw> {
-    /// Whether the raw stream was read to its end with size and digest as
-    /// the manifest says.
-    fn is_verified(&self) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_verified()
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Shared<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        Pin::new(&mut *inner).poll_read(cx, buf)
-    }
-}
-
-/// Opens an artifact with size and digest checks (on the stored bytes),
-/// decrypting when sealed, decompressing; keeps a handle on the raw stream
-/// for [`explain`].
-async fn open_artifact(
-    repo: &Repository,
-    key: &str,
-    art: &Artifact,
-    decode: Decode<'_>,
-) -> Result<(Pin<Box<dyn AsyncRead + Send>>, Shared<Raw>)> {
-    let reader =
-        verified::get_verified(repo.store().as_ref(), key, art.stored_size, &art.sha256).await?;
-    let shared = Arc::new(Mutex::new(reader));
-    let plain: Pin<Box<dyn AsyncRead + Send>> = match decode.seal {
-        Some(seal) => {
-            let opened = encryption::decrypting(
-                Shared(shared.clone()),
-                seal.identities,
-                seal.recipients,
-                key,
-            )
-            .await;
-            match opened {
-                Ok(reader) => reader,
-                // A header that does not parse is damage only if the stored
-                // bytes match the manifest; else the download went wrong.
-                Err(Error::Damaged { detail, .. }) => {
-                    let cause = std::io::Error::new(std::io::ErrorKind::InvalidData, detail);
-                    return Err(explain(repo, key, art, cause, Shared(shared)).await);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        None => Box::pin(Shared(shared.clone())),
-    };
-    let decoded = decode.compression.decoder(plain);
-    Ok((decoded, Shared(shared)))
-}
-
-type Raw = verified::VerifiedReader<refugio_store::ByteReader>;
-
-/// A decoding error may be the symptom of damaged stored bytes: read the
-/// rest of the raw stream so its size/digest check can name the real cause.
-/// Bytes that match the manifest and still do not decode are damage too.
-async fn explain(
-    repo: &Repository,
-    key: &str,
-    art: &Artifact,
-    decode_error: std::io::Error,
-    mut raw: Shared<Raw>,
-) -> Error {
-    if is_store_error(&decode_error) {
-        return fetch_error(repo, key, art, decode_error).await;
-    }
-    match tokio::io::copy(&mut raw, &mut tokio::io::sink()).await {
-        Err(e) if is_store_error(&e) => fetch_error(repo, key, art, e).await,
-        Ok(_) if raw.is_verified() => Error::Damaged {
-            key: key.into(),
-            detail: format!(
-                "its bytes match the manifest's size and SHA-256 but do not decrypt or decompress: {decode_error}"
-            ),
-        },
-        _ => fetch_error(repo, key, art, decode_error).await,
-    }
-}
-
-fn is_store_error(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .is_some_and(|i| i.downcast_ref::<refugio_store::Error>().is_some())
-}
-
-/// Tells "the stored object is bad" from "the download went wrong". A
-/// digest mismatch, or a size mismatch the store confirms, is damage; a
-/// download that ended early while the store still holds the whole object
-/// (a cut connection) is not, and neither is any other store or network
-/// error: those mean the backup could not be checked.
-async fn fetch_error(
-    repo: &Repository,
-    key: &str,
-    art: &Artifact,
-    source: std::io::Error,
-) -> Error {
-    let inner = source
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<refugio_store::Error>());
-    match inner {
-        Some(refugio_store::Error::SizeMismatch { actual, .. }) if *actual < art.stored_size => {
-            match repo.store().head(key).await {
-                Ok(Some(meta)) if meta.size == art.stored_size => Error::Fetch {
-                    key: key.into(),
-                    source: std::io::Error::other(format!(
-                        "the download ended after {actual} of {} bytes while the stored object is whole",
-                        art.stored_size
-                    )),
-                },
-                Ok(_) => Error::Damaged {
-                    key: key.into(),
-                    detail: inner.map(ToString::to_string).unwrap_or_default(),
-                },
-                Err(e) => Error::Fetch {
-                    key: key.into(),
-                    source: std::io::Error::other(format!(
-                        "the download ended early and the object's size could not be checked: {e}"
-                    )),
-                },
-            }
-        }
-        Some(e @ (refugio_store::Error::SizeMismatch { .. } | refugio_store::Error::DigestMismatch { .. })) => {
-            Error::Damaged {
-                key: key.into(),
-                detail: e.to_string(),
-            }
-        }
-        Some(_) => Error::Fetch {
-            key: key.into(),
-            source,
-        },
-        None => match tool_error(&source) {
-            Some(t) => Error::Artifact {
-                key: key.into(),
-                detail: t.to_string(),
-            },
-            None => Error::Fetch {
-                key: key.into(),
-                source,
-            },
-        },
-    }
-}
-
-/// What in a restore tool's stderr says the environment failed, not the
-/// backup: the server went away, ran out of something, or lacks what the
-/// backup needs from outside it (an extension's files, a role).
-const ENVIRONMENT_ERRORS: &[&str] = &[
-    "could not connect",
-    "connection to server",
-    "server closed the connection",
-    "terminating connection",
-    "the database system is",
-    "No space left on device",
-    "could not extend file",
-    "out of memory",
-    "too many connections",
-    "could not open extension control file",
-    "could not access file",
-    "could not write to file",
-    "canceling statement",
-];
-
-/// A restore tool that exited non-zero: its verdict on the content, or the
-/// environment's failure (reachable target, stderr about resources).
-async fn tool_failed(opts: &RestoreOptions, e: refugio_dump::Error) -> Error {
-    let environment = match &e {
-        refugio_dump::Error::ToolFailed { stderr_tail, .. } => {
-            ENVIRONMENT_ERRORS.iter().any(|p| stderr_tail.contains(p))
-                || stderr_tail
-                    .lines()
-                    .any(|l| l.contains("role \"") && l.contains("does not exist"))
-                || opts.target.connect().await.is_err()
-        }
-        _ => true,
-    };
-    if environment {
-        Error::Pg(e)
-    } else {
-        Error::Rejected(Box::new(e))
-    }
-}
-
-/// Whether `dir` has room for `needed` bytes (and a margin of 1 %).
-fn check_temp_space(dir: &std::path::Path, needed: u64) -> Result<()> {
-    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| Error::TempFile {
-        dir: dir.display().to_string(),
-        source: std::io::Error::from(e),
-    })?;
-    let free = stat.blocks_available().saturating_mul(stat.fragment_size());
-    let wanted = needed.saturating_add(needed / 100);
-    if free < wanted {
-        return Err(Error::NoSpace {
-            dir: dir.display().to_string(),
-            needed: wanted,
-            free,
-        });
-    }
-    Ok(())
 }
 
 /// Several jobs: the archive goes to a temporary file first (pg_restore -j
@@ -644,6 +532,7 @@ async fn restore_parallel(
     art: &Artifact,
     decode: Decode<'_>,
     tool: &refugio_dump::Tool,
+    to: &SourceSpec,
     opts: &RestoreOptions,
 ) -> Result<u64> {
     let dir = opts.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -678,6 +567,9 @@ async fn restore_parallel(
         source,
     })?;
     drop(writer);
+    crate::progress::phase(opts.progress.as_ref(), || {
+        format!("pg_restore --jobs {}", opts.jobs)
+    });
 
     let args = RestoreArgs {
         jobs: opts.jobs,
@@ -685,14 +577,14 @@ async fn restore_parallel(
         no_owner: opts.no_owner,
         single_transaction: false,
     };
-    let mut child = spawn::pg_restore(tool, &opts.target, &args, Some(tmp.path()))?;
+    let mut child = spawn::pg_restore(tool, to, &args, Some(tmp.path()))?;
     let stderr = child.stderr.take().ok_or_else(|| Error::Artifact {
         key: key.into(),
         detail: "pg_restore stderr not piped".into(),
     })?;
     let (tail, task) = StderrTail::collect("pg_restore", stderr);
     if let Err(e) = check_exit("pg_restore", &mut child, &tail, Some(task)).await {
-        return Err(tool_failed(opts, e).await);
+        return Err(tool_failed(to, e).await);
     }
     Ok(art.stored_size)
 }

@@ -1,0 +1,308 @@
+//! Restore drills: restore a backup into a scratch database, check it
+//! against its manifest, measure RTO and RPO against the targets, write a
+//! receipt ([`Receipt`], `verify-<time>-ok.json`) beside the manifest, drop
+//! the scratch database whatever happened.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+mod checks;
+mod scratch;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use refugio_dump::SourceSpec;
+use refugio_store::manifest::Manifest;
+use refugio_store::repo::Repository;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::measure;
+use crate::receipt::{self, Phases, Receipt, Target, RECEIPT_FORMAT};
+use checks::{run_checks, Tally};
+pub use scratch::{drop_scratch, scratch_name, SCRATCH_GRACE};
+use scratch::{prepare_scratch, scratch_names};
+
+/// Prefix of scratch databases; leftovers with it are dropped by the next drill.
+pub const SCRATCH_PREFIX: &str = "refugio_drill_";
+
+/// Where a drill restores.
+#[derive(Debug, Clone)]
+pub enum Scratch {
+    /// A server where refugio may create and drop `refugio_drill_*` databases.
+    Server(SourceSpec),
+    /// A throwaway cluster refugio starts itself; roles are restored too.
+    Ephemeral,
+}
+
+/// How to run a drill.
+#[derive(Debug, Clone)]
+pub struct DrillOptions {
+    pub scratch: Scratch,
+    /// SQL checks, each must return one row with one true value.
+    pub checks: Vec<Check>,
+    pub rpo_target: Option<Duration>,
+    pub rto_target: Option<Duration>,
+    /// Parallel restore jobs.
+    pub jobs: u32,
+    pub bindir: Option<PathBuf>,
+    /// Private keys for encrypted backups; without a matching one the
+    /// drill is inconclusive, never failed.
+    pub identities: Option<std::sync::Arc<crate::encryption::Identities>>,
+    /// Counters and phase for a progress display; None: not shown.
+    pub progress: Option<std::sync::Arc<crate::Progress>>,
+}
+
+/// One SQL check of a drill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub sql: String,
+    /// The database it runs in, of a whole-server backup. None: every
+    /// database the backup holds (a one-database backup's one).
+    pub database: Option<String>,
+}
+
+impl Check {
+    /// A check that runs in every database.
+    pub fn everywhere(sql: &str) -> Check {
+        Check {
+            sql: sql.to_string(),
+            database: None,
+        }
+    }
+}
+
+impl Scratch {
+    /// A job's `scratch` setting: `"ephemeral"` or a server URL.
+    pub fn parse(url: &str) -> Result<Scratch> {
+        Ok(if url == "ephemeral" {
+            Scratch::Ephemeral
+        } else {
+            Scratch::Server(SourceSpec::new(url, None, None)?)
+        })
+    }
+}
+
+/// Which backup of a job a drill restores.
+#[derive(Debug, Clone, Copy)]
+pub enum Pick<'a> {
+    /// The newest committed backup.
+    Newest,
+    /// The newest backup no drill has verified yet.
+    Unverified,
+    /// `latest` or a backup id.
+    Spec(&'a str),
+}
+
+/// The backup `pick` names and every committed manifest of the job (newest
+/// first, for RPO).
+pub async fn pick(
+    repo: &Repository,
+    job: &str,
+    pick: Pick<'_>,
+) -> Result<(Manifest, Vec<Manifest>)> {
+    let history = repo.manifests(job).await?;
+    let manifest = match pick {
+        Pick::Newest => history
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::NothingToDrill {
+                job: job.to_string(),
+                store: repo.describe(),
+            })?,
+        Pick::Unverified => {
+            let done = receipt::read_all(repo, job).await?;
+            history
+                .iter()
+                .find(|m| !done.iter().any(|(id, r)| *id == m.backup_id && r.verified))
+                .cloned()
+                .ok_or_else(|| Error::AllVerified {
+                    job: job.to_string(),
+                })?
+        }
+        Pick::Spec(spec) => repo.resolve(job, spec).await?,
+    };
+    Ok((manifest, history))
+}
+
+/// Runs one drill of `manifest` and writes its receipt. `history` is every
+/// committed manifest of the job (for RPO); `clock` says when the drill
+/// runs. Cancelling stops it mid-way (child processes killed, an ephemeral
+/// cluster removed with it) and drops a server's scratch database before
+/// returning [`Error::Cancelled`]; no receipt is written then.
+pub async fn drill(
+    repo: &Repository,
+    manifest: &Manifest,
+    history: &[Manifest],
+    opts: &DrillOptions,
+    clock: &dyn Clock,
+    cancel: &CancellationToken,
+) -> Result<Receipt> {
+    let base = scratch_name(&manifest.backup_id);
+    let names = scratch_names(&base, manifest.database_names().len(), manifest.is_server());
+    tracing::info!(job = %manifest.job, backup = %manifest.backup_id, scratch = %base,
+        databases = names.len(), "drill-started");
+    let run = drill_once(repo, manifest, history, opts, clock.now(), &names);
+    tokio::select! {
+        r = run => r,
+        _ = cancel.cancelled() => {
+            if let Scratch::Server(spec) = &opts.scratch {
+                let admin = spec.with_database("postgres");
+                for name in &names {
+                    drop_scratch(&admin, name).await?;
+                }
+            }
+            Err(Error::Cancelled {
+                what: "drill".into(),
+                detail: format!("scratch database(s) {} removed", names.join(", ")),
+            })
+        }
+    }
+}
+
+async fn drill_once(
+    repo: &Repository,
+    manifest: &Manifest,
+    history: &[Manifest],
+    opts: &DrillOptions,
+    now: DateTime<Utc>,
+    names: &[String],
+) -> Result<Receipt> {
+    let started = Instant::now();
+    // An ephemeral cluster lives for this drill only; dropping it (also on
+    // cancellation) stops it and removes its directory.
+    let (cluster, server, kind) = match &opts.scratch {
+        Scratch::Server(spec) => (None, spec.clone(), "server"),
+        Scratch::Ephemeral => {
+            let c = crate::ephemeral::EphemeralCluster::start(
+                refugio_dump::PgVersion::from_num(manifest.server.version_num),
+                opts.bindir.as_deref(),
+            )
+            .await?;
+            let spec = c.spec("postgres")?;
+            (Some(c), spec, "ephemeral")
+        }
+    };
+    let admin = server.with_database("postgres");
+    let dropped = prepare_scratch(&admin, names, now).await?;
+    if !dropped.is_empty() {
+        tracing::warn!(databases = ?dropped, "drill-leftovers-dropped");
+    }
+    let mut receipt = Receipt {
+        format: RECEIPT_FORMAT.into(),
+        job: manifest.job.clone(),
+        backup_id: manifest.backup_id.clone(),
+        started_at: now,
+        finished_at: now,
+        verified: false,
+        passed: false,
+        outcome: None,
+        failures: Vec::new(),
+        refugio_version: env!("CARGO_PKG_VERSION").into(),
+        scratch_kind: kind.into(),
+        scratch_server_version: None,
+        restore_tool: None,
+        digests_checked: Vec::new(),
+        counts: Vec::new(),
+        large_objects: None,
+        schema_fingerprint: None,
+        checks: Vec::new(),
+        databases: Vec::new(),
+        phases: Phases::default(),
+        rto: Target {
+            measured_seconds: None,
+            target_seconds: opts.rto_target.map(|d| d.as_secs_f64()),
+            met: None,
+        },
+        rpo: Target {
+            measured_seconds: None,
+            target_seconds: opts.rpo_target.map(|d| d.as_secs_f64()),
+            met: None,
+        },
+        rpo_detail: measure::rpo(&[], now),
+    };
+
+    let ephemeral = cluster.is_some();
+    let mut tally = Tally::default();
+    let checked = run_checks(
+        repo,
+        manifest,
+        opts,
+        &server,
+        names,
+        ephemeral,
+        &mut receipt,
+        &mut tally,
+    )
+    .await;
+    if let Err(e) = checked {
+        if e.condemns() {
+            tally.bad(&mut receipt, refugio_store::error::chain(&e));
+        } else {
+            tally.unsure(&mut receipt, refugio_store::error::chain(&e));
+        }
+    }
+    // The scratch databases go whatever happened; failing to drop one is
+    // reported but says nothing about the backup.
+    for name in names {
+        if let Err(e) = drop_scratch(&admin, name).await {
+            receipt.failures.push(format!(
+                "dropping scratch database {name}: {}",
+                refugio_store::error::chain(&e)
+            ));
+        }
+    }
+    let rto = started.elapsed().as_secs_f64();
+    receipt.verified = !tally.bad && !tally.unsure;
+    receipt.outcome = Some(tally.outcome());
+
+    // RPO over verified backups: earlier receipts plus this one.
+    let mut verified: Vec<(String, DateTime<Utc>)> = Vec::new();
+    let earlier = receipt::read_all(repo, &manifest.job)
+        .await
+        .unwrap_or_default();
+    for m in history {
+        let ok = earlier
+            .iter()
+            .any(|(id, r)| id == &m.backup_id && r.verified)
+            || (m.backup_id == manifest.backup_id && receipt.verified);
+        if ok {
+            verified.push((m.backup_id.clone(), m.recovery_point()));
+        }
+    }
+    receipt.rpo_detail = measure::rpo(&verified, now);
+    receipt.rto.measured_seconds = Some(rto);
+    receipt.rto.met = opts.rto_target.map(|t| rto <= t.as_secs_f64());
+    receipt.rpo.measured_seconds = receipt.rpo_detail.seconds;
+    receipt.rpo.met = opts.rpo_target.map(|t| {
+        receipt
+            .rpo_detail
+            .seconds
+            .is_some_and(|s| s <= t.as_secs_f64())
+    });
+    if receipt.rto.met == Some(false) {
+        receipt.failures.push(format!(
+            "RTO target missed: restore and checks took {rto:.1}s, target {:.1}s",
+            receipt.rto.target_seconds.unwrap_or_default()
+        ));
+    }
+    if receipt.rpo.met == Some(false) {
+        receipt.failures.push(match receipt.rpo_detail.seconds {
+            Some(s) => format!(
+                "RPO target missed: newest verified backup is {s:.0}s old, target {:.0}s",
+                receipt.rpo.target_seconds.unwrap_or_default()
+            ),
+            None => "RPO target missed: no verified backup".to_string(),
+        });
+    }
+    receipt.passed = receipt.failures.is_empty();
+    receipt.finished_at =
+        now + chrono::Duration::milliseconds(started.elapsed().as_millis() as i64);
+
+    let key = Repository::key(&manifest.job, &manifest.backup_id, &receipt.name());
+    let mut json = serde_json::to_vec_pretty(&receipt).unwrap_or_default();
+    json.push(b'\n');
+    repo.store().put(&key, Bytes::from(json)).await?;
+    Ok(receipt)
+}

@@ -1,0 +1,84 @@
+//! The progress display: drawn on a terminal (stderr a tty, here util-linux
+//! `script`'s pseudo-terminal), never into a pipe or a log, never with
+//! `--quiet`.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use refugio_testkit::Cluster;
+
+use crate::common::*;
+
+/// Runs refugio under a pseudo-terminal; returns what the terminal showed.
+fn on_a_terminal(args: &[&str]) -> Result<(bool, String)> {
+    let bin = env!("CARGO_BIN_EXE_refugio");
+    let quoted: Vec<String> = std::iter::once(bin)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &quoted.join(" "), "/dev/null"])
+        .env_remove("REFUGIO_CONFIG")
+        .env("REFUGIO_LOG", "warn")
+        .output()
+        .context("running util-linux script (Debian package util-linux)")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_is_drawn_on_a_terminal_only_and_not_with_quiet() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    // Enough rows for the dump to take a few ticks of the display.
+    refugio_testkit::sample::load_bulk(&src, "app", 400_000).await?;
+    let repo = Repo::dir(tmp.path());
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job("app", &src, "app", "globals = false\n"),
+    );
+    let cfg = config.to_str().unwrap_or_default();
+
+    let (ok, shown) = on_a_terminal(&["--config", cfg, "backup"])?;
+    assert!(ok, "{shown}");
+    assert!(
+        shown.contains("from pg_dump") && shown.contains("stored") && shown.contains("dumping app"),
+        "the terminal shows phase and bytes: {shown}"
+    );
+    let (ok, quiet) = on_a_terminal(&["--config", cfg, "--quiet", "backup"])?;
+    assert!(ok, "{quiet}");
+    assert!(!quiet.contains("from pg_dump"), "--quiet: {quiet}");
+    assert!(quiet.contains("committed"), "{quiet}");
+
+    // Not a terminal: nothing but the result and the logs.
+    let out = refugio(&["--config", cfg, "backup"], &[]);
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("from pg_dump"), "{text}");
+
+    let dst = Cluster::start(16).await?;
+    let bindir = src.bindir().display().to_string();
+    let target = dst.url("app");
+    let (ok, shown) = on_a_terminal(&[
+        "--config",
+        cfg,
+        "restore",
+        "--backup",
+        "latest",
+        "--target",
+        &target,
+        "--create",
+        "--pg-bindir",
+        &bindir,
+    ])?;
+    assert!(ok, "{shown}");
+    assert!(
+        shown.contains("restoring app") && shown.contains("fetched"),
+        "{shown}"
+    );
+    Ok(())
+}
