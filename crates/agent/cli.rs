@@ -53,6 +53,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Apply the retention policy and collect garbage (orphans, stale uploads).
     Prune(PruneArgs),
+    /// Check the repository's integrity: every artifact stored with its
+    /// manifest's size (and, with --read-data, its SHA-256), no restore.
+    Check(CheckArgs),
     /// Protect a backup from every retention rule.
     Pin(PinArgs),
     /// Remove a backup's pin.
@@ -278,6 +281,33 @@ fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Job to check. Default: every job in the repository.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Also stream every artifact back and compare its SHA-256 with the
+    /// manifest's (of the stored bytes: nothing is decrypted).
+    #[arg(long)]
+    pub read_data: bool,
+    /// With --read-data: read only this backup (an id, or `latest`).
+    #[arg(long, requires = "read_data", conflicts_with = "subset")]
+    pub backup: Option<String>,
+    /// With --read-data: read only part N of M of the backups (`1/7`),
+    /// chosen by a hash of the backup id; 1/7 … 7/7 cover every backup.
+    #[arg(long, requires = "read_data", value_name = "N/M")]
+    pub subset: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// JSON output (an array of reports, one per job).
+    #[arg(long)]
+    pub json: bool,
+    /// Judge the grace period of orphans as if it were this time (RFC
+    /// 3339). For tests.
+    #[arg(long, hide = true, value_parser = parse_time)]
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 mod agent;
 mod agent_signals;
 mod alerting;
+mod check;
 mod common;
 mod drill;
 mod encryption;

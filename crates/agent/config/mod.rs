@@ -169,6 +169,7 @@ impl Config {
                 ("backup", &sched.backup),
                 ("drill", &sched.drill),
                 ("prune", &sched.prune),
+                ("check", &sched.check),
             ] {
                 if let Some(spec) = spec {
                     spec.resolve(tz)

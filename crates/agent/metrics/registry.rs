@@ -19,7 +19,7 @@ pub(super) type FloatGauge = Gauge<f64, AtomicU64>;
 pub(super) type IntGauge = Gauge<i64>;
 
 /// Tasks and skip reasons the scheduler reports; their counters start at 0.
-const SKIP_TASKS: [&str; 3] = ["backup", "drill", "prune"];
+const SKIP_TASKS: [&str; 4] = ["backup", "drill", "prune", "check"];
 const SKIP_REASONS: [&str; 2] = ["overlap", "lock"];
 pub(super) const SUCCESS: &str = "success";
 pub(super) const FAILURE: &str = "failure";
@@ -90,6 +90,9 @@ pub struct Metrics {
     pub(super) prune_deleted: Family<JobLabels, Counter>,
     pub(super) prune_runs: Family<ResultLabels, Counter>,
     pub(super) store_retries: Family<OperationLabels, Counter>,
+    pub(super) check_last_success: Family<JobLabels, FloatGauge>,
+    pub(super) check_damaged: Family<JobLabels, IntGauge>,
+    pub(super) check_runs: Family<ResultLabels, Counter>,
     /// Each job's newest verified recovery point (`None`: none), from
     /// which `render` computes the RPO gauges at scrape time.
     pub(super) recovery_points: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
@@ -151,6 +154,11 @@ impl Metrics {
             "Configured recovery time objective, in seconds",
             Some(Unit::Seconds),
         );
+        let check_last_success = gauge_f(
+            "refugio_check_last_success_timestamp",
+            "Time the last repository check that found everything whole finished, in unix seconds",
+            Some(Unit::Seconds),
+        );
 
         let mut gauge_i = |name: &str, help: &str, unit: Option<Unit>| {
             let family = Family::<JobLabels, IntGauge>::default();
@@ -192,6 +200,11 @@ impl Metrics {
             "Bytes stored in the repository for the job",
             Some(Unit::Bytes),
         );
+        let check_damaged = gauge_i(
+            "refugio_check_damaged_objects",
+            "Artifacts the last repository check found missing or not matching their manifest (and unreadable manifests)",
+            None,
+        );
 
         let backup_runs = Family::<ResultLabels, Counter>::default();
         register(
@@ -232,6 +245,15 @@ impl Metrics {
             "Number of prune runs, by result (success, failure)",
             None,
             prune_runs.clone(),
+        );
+
+        let check_runs = Family::<ResultLabels, Counter>::default();
+        register(
+            &mut registry,
+            "refugio_check_runs",
+            "Number of repository checks, by result (success, failure: damage found, inconclusive: not everything could be checked)",
+            None,
+            check_runs.clone(),
         );
 
         let store_retries = Family::<OperationLabels, Counter>::default();
@@ -284,6 +306,9 @@ impl Metrics {
             prune_deleted,
             prune_runs,
             store_retries,
+            check_last_success,
+            check_damaged,
+            check_runs,
             recovery_points: Mutex::new(HashMap::new()),
             skip_pairs: Mutex::new(HashMap::new()),
         }
@@ -340,6 +365,10 @@ impl Metrics {
             self.drill_runs.get_or_create_owned(&rl);
             self.prune_runs.get_or_create_owned(&rl);
         }
+        for result in [SUCCESS, FAILURE, INCONCLUSIVE] {
+            self.check_runs
+                .get_or_create_owned(&result_labels(job, result));
+        }
         self.drill_runs
             .get_or_create_owned(&result_labels(job, INCONCLUSIVE));
         self.prune_deleted.get_or_create_owned(&l);
@@ -367,6 +396,7 @@ impl Metrics {
             &self.rpo_target,
             &self.rto,
             &self.rto_target,
+            &self.check_last_success,
         ] {
             family.remove(&l);
         }
@@ -378,6 +408,7 @@ impl Metrics {
             &self.rto_target_met,
             &self.repository_backups,
             &self.repository_bytes,
+            &self.check_damaged,
         ] {
             family.remove(&l);
         }
@@ -389,6 +420,9 @@ impl Metrics {
             self.prune_runs.remove(&rl);
         }
         self.drill_runs.remove(&result_labels(job, INCONCLUSIVE));
+        for result in [SUCCESS, FAILURE, INCONCLUSIVE] {
+            self.check_runs.remove(&result_labels(job, result));
+        }
         let pairs = self
             .skip_pairs
             .lock()

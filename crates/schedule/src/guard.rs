@@ -28,6 +28,8 @@ pub enum TaskKind {
     Drill,
     /// Apply the retention policy.
     Prune,
+    /// Check the repository's integrity (sizes, and digests when asked).
+    Check,
 }
 
 impl TaskKind {
@@ -37,6 +39,7 @@ impl TaskKind {
             TaskKind::Backup => "backup",
             TaskKind::Drill => "drill",
             TaskKind::Prune => "prune",
+            TaskKind::Check => "check",
         }
     }
 }
@@ -221,6 +224,7 @@ mod tests {
         assert_eq!(TaskKind::Backup.to_string(), "backup");
         assert_eq!(TaskKind::Drill.to_string(), "drill");
         assert_eq!(TaskKind::Prune.to_string(), "prune");
+        assert_eq!(TaskKind::Check.to_string(), "check");
         assert_eq!(key("main", TaskKind::Drill).to_string(), "main/drill");
     }
 

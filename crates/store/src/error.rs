@@ -104,6 +104,11 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A read found no repository where one was named: a directory that
+    /// does not exist (a typo must not look like an empty repository).
+    #[error("repository {store} does not exist: {reason}")]
+    NoRepository { store: String, reason: String },
+
     #[error("{0}")]
     Other(String),
 }
