@@ -11,7 +11,8 @@
 //! successful backup, `refugio_rpo_seconds` with the first verified one.
 //! Alert rules should pair them with `absent()`. Counters, on the other
 //! hand, are created at 0 by [`Metrics::register_job`] so that `increase()`
-//! sees the first failure.
+//! sees the first failure, and so is `refugio_check_damaged_objects` (no
+//! damage is known before a check finds some).
 
 mod registry;
 mod updates;
@@ -140,6 +141,14 @@ mod tests {
         let runs =
             |r: &str| format!(r#"refugio_check_runs_total{{backup_job="trips",result="{r}"}}"#);
         assert_eq!(v(&text, &runs("failure")), Some(0.0), "created at 0");
+        assert_eq!(
+            v(
+                &text,
+                r#"refugio_check_damaged_objects{backup_job="trips"}"#
+            ),
+            Some(0.0),
+            "no damage known before a check"
+        );
         assert!(!has_series(
             &text,
             "refugio_check_last_success_timestamp_seconds",
@@ -173,6 +182,15 @@ mod tests {
             ),
             Some(1_790_000_000.0),
             "only a clean check is a success"
+        );
+        m.register_job("trips", None, None);
+        assert_eq!(
+            v(
+                &m.render(),
+                r#"refugio_check_damaged_objects{backup_job="trips"}"#
+            ),
+            Some(2.0),
+            "a reload keeps the last check's count"
         );
     }
 

@@ -369,6 +369,9 @@ impl Metrics {
             self.check_runs
                 .get_or_create_owned(&result_labels(job, result));
         }
+        // No damage is known until a check finds some (and an alert on
+        // `> 0` needs no absent()); a reload keeps the last check's count.
+        self.check_damaged.get_or_create_owned(&l);
         self.drill_runs
             .get_or_create_owned(&result_labels(job, INCONCLUSIVE));
         self.prune_deleted.get_or_create_owned(&l);
