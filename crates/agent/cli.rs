@@ -256,12 +256,15 @@ impl std::fmt::Debug for VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// Job to prune. Default: every job with a retention policy.
+    /// Job to prune. Default: every job of the config with a retention
+    /// policy; with the retention flags, the repository's only job.
     #[arg(long)]
     pub job: Option<String>,
     /// Only print the decisions.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     #[command(flatten)]
     pub repo: RepoArgs,
     /// JSON output.
@@ -275,6 +278,43 @@ pub struct PruneArgs {
     /// artifacts). Hidden: tests use small batches to interrupt a prune.
     #[arg(long, hide = true, default_value_t = refugio_core::prune::DELETE_BATCH)]
     pub batch: usize,
+}
+
+/// A retention policy on the command line, for a job the config gives
+/// none (zero config); named after `[jobs.retention]`'s fields, with the
+/// same defaults. A job with a policy in the config refuses them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RetentionArgs {
+    /// Keep the newest N verified backups (retention.keep_last).
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest verified backup of each of the last N hours.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// … of each of the last N days.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// … of each of the last N ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// … of each of the last N months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// … of each of the last N years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every verified backup younger than this (e.g. `2d`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Never fewer verified backups than this. Default 1.
+    #[arg(long, value_name = "N")]
+    pub min_verified: Option<u32>,
+    /// IANA time zone of the period boundaries. Default UTC.
+    #[arg(long, value_name = "ZONE")]
+    pub time_zone: Option<String>,
+    /// Collect orphans and multipart uploads older than this. Default 24h.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub gc_grace: Option<std::time::Duration>,
 }
 
 fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

@@ -24,3 +24,4 @@ mod snapshot_metrics;
 mod snapshot_support;
 mod snapshots;
 mod store_faults;
+mod zero_config;

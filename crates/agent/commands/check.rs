@@ -117,17 +117,17 @@ fn print_report(r: &CheckReport) {
         }
     };
     println!(
-        "job {}: {verdict}: {} backups, {} artifacts checked against the listing; {}",
+        "job {}: {verdict}: {}, {} checked against the listing; {}",
         r.job,
-        r.backups,
-        r.artifacts,
+        count(r.backups, "backup"),
+        count(r.artifacts, "artifact"),
         if r.read.scope == "none" {
             "no data read (--read-data re-hashes the artifacts)".to_string()
         } else {
             format!(
-                "{} artifacts of {} backups re-hashed ({}, {})",
-                r.read.artifacts,
-                r.read.backups,
+                "{} of {} re-hashed ({}, {})",
+                count(r.read.artifacts, "artifact"),
+                count(r.read.backups, "backup"),
                 human(r.read.bytes),
                 r.read.scope
             )
@@ -162,5 +162,14 @@ fn print_report(r: &CheckReport) {
     }
     for k in &r.stale_uploads {
         println!("  stale multipart upload (not damage; `refugio prune` aborts it): {k}");
+    }
+}
+
+/// `1 backup`, `2 backups`.
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }

@@ -22,6 +22,7 @@ use refugio_dump::Compression;
 pub use agent::AgentConfig;
 pub use job::{adhoc_job, JobConfig};
 pub use repository::RepositoryConfig;
+pub use retention::RetentionConfig;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]

@@ -109,6 +109,14 @@ pub enum Error {
     #[error("repository {store} does not exist: {reason}")]
     NoRepository { store: String, reason: String },
 
+    /// The bucket does not exist on the endpoint.
+    #[error("bucket {bucket} does not exist at {endpoint} (repository {store}); check the bucket name, the endpoint and the region")]
+    NoSuchBucket {
+        store: String,
+        bucket: String,
+        endpoint: String,
+    },
+
     #[error("{0}")]
     Other(String),
 }
