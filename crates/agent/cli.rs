@@ -40,7 +40,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent: back up, drill and prune on schedule; signals
+    /// Run the agent: back up, drill, prune and check on schedule; signals
     /// (USR1 backup, USR2 drill, HUP reload, TERM stop); HTTP metrics.
     Run,
     /// Take one backup now.

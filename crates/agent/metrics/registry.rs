@@ -218,7 +218,7 @@ impl Metrics {
         register(
             &mut registry,
             "refugio_task_skipped",
-            "Number of scheduled tasks (backup, drill, prune) not started, by reason (overlap, lock)",
+            "Number of scheduled tasks (backup, drill, prune, check) not started, by reason (overlap, lock)",
             None,
             task_skipped.clone(),
         );
