@@ -227,6 +227,13 @@ async fn damage_round(repo: Repo, name: &str) -> Result<()> {
         assert_eq!(r[0]["read"]["scope"], format!("subset {spec}"));
     }
     assert_eq!(read_backups, 4, "every backup in exactly one part");
+    let out = refugio(&["--config", cfg, "check", "--job", "apq"], &env);
+    assert_eq!(out.status.code(), Some(2), "{}", all_output(&out));
+    assert!(
+        all_output(&out).contains("jobs there: app"),
+        "{}",
+        all_output(&out)
+    );
     let out = refugio(&["--config", cfg, "check", "--subset", "1/3"], &env);
     assert_eq!(out.status.code(), Some(2), "--subset needs --read-data");
     let out = refugio(

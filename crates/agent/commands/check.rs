@@ -31,7 +31,22 @@ pub async fn check(cfg: Config, a: CheckArgs) -> Result<ExitCode> {
     };
     // A backup id belongs to one job.
     let jobs = match (&a.job, &a.backup) {
-        (Some(job), _) => vec![job.clone()],
+        // A typo in --job must not pass for a clean, empty job.
+        (Some(job), _) => {
+            let known = repo.jobs().await.map_err(|e| could_not_check(e.into()))?;
+            if !known.contains(job) {
+                return Err(usage(anyhow!(
+                    "job {job} has nothing in {} (jobs there: {})",
+                    repo.describe(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+            vec![job.clone()]
+        }
         (None, Some(_)) => vec![super::infer_job(&cfg, &repo, None)
             .await
             .map_err(could_not_check_unless_usage)?],
