@@ -45,7 +45,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent: back up, drill and prune on schedule; signals
+    /// Run the agent: back up, drill, prune and check on schedule; signals
     /// (USR1 backup, USR2 drill, HUP reload, TERM stop); HTTP metrics.
     Run,
     /// Take one backup now.
@@ -58,6 +58,9 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Apply the retention policy and collect garbage (orphans, stale uploads).
     Prune(PruneArgs),
+    /// Check the repository's integrity: every artifact stored with its
+    /// manifest's size (and, with --read-data, its SHA-256), no restore.
+    Check(CheckArgs),
     /// Protect a backup from every retention rule.
     Pin(PinArgs),
     /// Remove a backup's pin.
@@ -266,12 +269,15 @@ impl std::fmt::Debug for VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// Job to prune. Default: every job with a retention policy.
+    /// Job to prune. Default: every job of the config with a retention
+    /// policy; with the retention flags, the repository's only job.
     #[arg(long)]
     pub job: Option<String>,
     /// Only print the decisions.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     #[command(flatten)]
     pub repo: RepoArgs,
     /// JSON output.
@@ -287,10 +293,74 @@ pub struct PruneArgs {
     pub batch: usize,
 }
 
+/// A retention policy on the command line, for a job the config gives
+/// none (zero config); named after `[jobs.retention]`'s fields, with the
+/// same defaults. A job with a policy in the config refuses them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RetentionArgs {
+    /// Keep the newest N verified backups (retention.keep_last).
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest verified backup of each of the last N hours.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// … of each of the last N days.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// … of each of the last N ISO weeks.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// … of each of the last N months.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// … of each of the last N years.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every verified backup younger than this (e.g. `2d`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+    /// Never fewer verified backups than this. Default 1.
+    #[arg(long, value_name = "N")]
+    pub min_verified: Option<u32>,
+    /// IANA time zone of the period boundaries. Default UTC.
+    #[arg(long, value_name = "ZONE")]
+    pub time_zone: Option<String>,
+    /// Collect orphans and multipart uploads older than this. Default 24h.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub gc_grace: Option<std::time::Duration>,
+}
+
 fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Job to check. Default: every job in the repository.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Also stream every artifact back and compare its SHA-256 with the
+    /// manifest's (of the stored bytes: nothing is decrypted).
+    #[arg(long)]
+    pub read_data: bool,
+    /// With --read-data: read only this backup (an id, or `latest`).
+    #[arg(long, requires = "read_data", conflicts_with = "subset")]
+    pub backup: Option<String>,
+    /// With --read-data: read only part N of M of the backups (`1/7`),
+    /// chosen by a hash of the backup id; 1/7 … 7/7 cover every backup.
+    #[arg(long, requires = "read_data", value_name = "N/M")]
+    pub subset: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// JSON output (an array of reports, one per job).
+    #[arg(long)]
+    pub json: bool,
+    /// Judge the grace period of orphans as if it were this time (RFC
+    /// 3339). For tests.
+    #[arg(long, hide = true, value_parser = parse_time)]
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,7 @@
 //! task. The agent takes it before every task (so of several replicas one
 //! does the work); `refugio backup`, `verify` and `prune` take the same
 //! lock, so a command-line run and the agent never do the same task of a
-//! job at once. A job's backup, drill and prune have separate keys: they
+//! job at once. A job's backup, drill, prune and check have separate keys: they
 //! may run side by side (a prune never touches an uncommitted backup).
 //! While a task runs its lock's connection is checked, and the lock taken
 //! again when the connection was lost.
@@ -153,5 +153,6 @@ mod tests {
         assert_ne!(lock_key("trips", b), lock_key("trips-sql", b));
         assert_ne!(lock_key("trips", b), lock_key("trips", TaskKind::Prune));
         assert_ne!(lock_key("trips", b), lock_key("trips", TaskKind::Drill));
+        assert_ne!(lock_key("trips", b), lock_key("trips", TaskKind::Check));
     }
 }

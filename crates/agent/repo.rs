@@ -8,7 +8,8 @@ use refugio_store::RepositoryLocation;
 use crate::config::Config;
 use crate::exit::usage;
 
-/// The repository `url` names, or the config's when `url` is None.
+/// The repository `url` names, or the config's when `url` is None; a
+/// directory is created if missing (backups and the agent write to it).
 pub async fn open(cfg: &Config, url: Option<&str>) -> Result<Repository> {
     open_observed(cfg, url, None).await
 }
@@ -24,5 +25,16 @@ pub async fn open_observed(
     let store = refugio_store::open(&location, &cfg.repository.s3_options(on_retry))
         .await
         .with_context(|| format!("opening repository {location}"))?;
+    Ok(Repository::new(store))
+}
+
+/// The repository for a command that reads it (`list`, `restore`,
+/// `verify`, `check`, `prune`, `pin`): a directory that does not exist is
+/// an error naming it, never an empty repository (and a missing bucket is
+/// one naming the bucket and the endpoint, at the first request).
+pub async fn open_existing(cfg: &Config, url: Option<&str>) -> Result<Repository> {
+    let url = url.unwrap_or(&cfg.repository.url);
+    let location = RepositoryLocation::parse(url).map_err(|e| usage(e.into()))?;
+    let store = refugio_store::open_existing(&location, &cfg.repository.s3_options(None)).await?;
     Ok(Repository::new(store))
 }

@@ -68,7 +68,7 @@ pub struct Event {
     /// `failure` or `recovery`.
     pub event: &'static str,
     pub job: String,
-    /// `backup`, `drill`, `prune` or `restore` (`restore_on_signal`).
+    /// `backup`, `drill`, `prune`, `check` or `restore` (`restore_on_signal`).
     pub task: String,
     /// Why the task ran: `schedule`, `signal`, `catch_up`, `after_backup`.
     pub reason: String,
@@ -77,7 +77,8 @@ pub struct Event {
     /// The error, for failures (never contains a password).
     pub error: Option<String>,
     /// For drills: `passed`, `failed` (the backup is bad) or
-    /// `inconclusive` (it could not be checked).
+    /// `inconclusive` (it could not be checked); for checks: `clean`,
+    /// `damaged` or `inconclusive`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     pub at: DateTime<Utc>,

@@ -5,6 +5,7 @@
 mod agent;
 mod agent_signals;
 mod alerting;
+mod check;
 mod common;
 mod drill;
 mod encryption;
@@ -26,3 +27,4 @@ mod snapshot_metrics;
 mod snapshot_support;
 mod snapshots;
 mod store_faults;
+mod zero_config;

@@ -1,190 +1,196 @@
-//! `refugio config check`: the file, the repository, object lock, every source.
+//! `refugio check`: the repository's integrity, without a restore.
+//!
+//! Exit codes: 0 nothing damaged (orphans and stale uploads are reported,
+//! not damage); 1 an artifact is missing or does not match its manifest;
+//! 2 bad usage; 3 the repository could not be checked (or, with no damage
+//! found, part of it could not be read).
 
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
+use refugio_core::check::{CheckOptions, Problem, ReadData, DEFAULT_GRACE};
+use refugio_core::{CheckOutcome, CheckReport, Clock, FixedClock, SystemClock};
+use tokio_util::sync::CancellationToken;
 
+use crate::cli::CheckArgs;
 use crate::config::Config;
-use crate::exit::usage;
-use crate::output::error_chain;
+use crate::exit::{could_not_check, usage, COULD_NOT_CHECK};
+use crate::output::human;
 
-/// One line per check.
-#[derive(Debug, serde::Serialize)]
-struct Check {
-    what: String,
-    ok: bool,
-    detail: String,
+pub async fn check(cfg: Config, a: CheckArgs) -> Result<ExitCode> {
+    let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref())
+        .await
+        .map_err(could_not_check)?;
+    let read_data = match (a.read_data, &a.backup, &a.subset) {
+        (false, _, _) => ReadData::None,
+        (true, Some(backup), _) => ReadData::Backup(backup.clone()),
+        (true, None, Some(spec)) => {
+            ReadData::subset(spec).map_err(|e| usage(anyhow!("--subset: {e}")))?
+        }
+        (true, None, None) => ReadData::All,
+    };
+    // A backup id belongs to one job.
+    let jobs = match (&a.job, &a.backup) {
+        // A typo in --job must not pass for a clean, empty job.
+        (Some(job), _) => {
+            let known = repo.jobs().await.map_err(|e| could_not_check(e.into()))?;
+            if !known.contains(job) {
+                return Err(usage(anyhow!(
+                    "job {job} has nothing in {} (jobs there: {})",
+                    repo.describe(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+            vec![job.clone()]
+        }
+        (None, Some(_)) => vec![super::infer_job(&cfg, &repo, None)
+            .await
+            .map_err(could_not_check_unless_usage)?],
+        (None, None) => repo.jobs().await.map_err(|e| could_not_check(e.into()))?,
+    };
+    if jobs.is_empty() {
+        println!("no backups in {}: nothing to check", repo.describe());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let token = CancellationToken::new();
+    crate::signals::cancel_on_stop(token.clone());
+    let fixed = a.now.map(FixedClock);
+    let clock: &dyn Clock = match &fixed {
+        Some(c) => c,
+        None => &SystemClock,
+    };
+    let mut reports = Vec::new();
+    let mut failure = None;
+    let shown = match read_data {
+        refugio_core::check::ReadData::None => None,
+        _ => crate::progress::start(crate::progress::CHECK),
+    };
+    for job in jobs {
+        let grace = cfg
+            .jobs
+            .iter()
+            .find(|j| j.name == job)
+            .and_then(|j| j.retention.as_ref())
+            .map_or(DEFAULT_GRACE, |r| r.gc_grace);
+        let opts = CheckOptions {
+            job: job.clone(),
+            read_data: read_data.clone(),
+            grace,
+            progress: shown.as_ref().map(|s| s.progress()),
+        };
+        match refugio_core::check(&repo, &opts, clock, &token).await {
+            Ok(r) => reports.push(r),
+            Err(e @ refugio_core::Error::Store(refugio_store::Error::BackupNotFound { .. })) => {
+                return Err(usage(e.into()))
+            }
+            Err(e) => {
+                failure = Some(anyhow::Error::from(e).context(format!(
+                    "checking job {job} (not damage: the check could not look)"
+                )));
+                break;
+            }
+        }
+    }
+    drop(shown);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            print_report(r);
+        }
+    }
+    if let Some(e) = failure {
+        return Err(could_not_check(e));
+    }
+    Ok(
+        if reports.iter().any(|r| r.outcome == CheckOutcome::Damaged) {
+            ExitCode::from(1)
+        } else if reports
+            .iter()
+            .any(|r| r.outcome == CheckOutcome::Inconclusive)
+        {
+            ExitCode::from(COULD_NOT_CHECK)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
-/// With `[repository.encryption]`: a probe encrypted to the recipients
-/// and, with an identity here, decrypted; whether this host can restore
-/// and drill. A host that only backs up needs no identity, unless one of
-/// its jobs drills (`scratch`).
-async fn encryption_check(cfg: &Config) -> Option<Check> {
-    let enc = cfg.repository.encryption.as_ref()?;
-    let what = "encryption (age)".to_string();
-    let fail = |detail: String| Check {
-        what: what.clone(),
-        ok: false,
-        detail,
-    };
-    let to = match enc.recipients() {
-        Ok(to) => to,
-        Err(e) => return Some(fail(error_chain(&e))),
-    };
-    let ids = match cfg.repository.identities() {
-        Ok(ids) => ids,
-        Err(e) => return Some(fail(error_chain(&e))),
-    };
-    let drills = cfg.jobs.iter().any(|j| j.scratch.is_some());
-    let recipients = format!(
-        "{} recipient(s): {}",
-        to.names().len(),
-        to.names().join(", ")
-    );
-    Some(match refugio_core::encryption::probe(&to, ids.as_deref()).await {
-        Ok(Some(true)) => Check {
-            what,
-            ok: true,
-            detail: format!(
-                "backups are encrypted to {recipients}; the identity from {} decrypts them: this host can restore and drill",
-                ids.as_ref().map_or("?", |i| i.origin())
-            ),
-        },
-        Ok(Some(false)) => fail(format!(
-            "backups are encrypted to {recipients}; identity {} (from {}) matches none of them: this host cannot restore or drill new backups",
-            ids.as_ref().map_or(String::new(), |i| i.publics().join(", ")),
-            ids.as_ref().map_or("?", |i| i.origin())
-        )),
-        Ok(None) => Check {
-            what,
-            ok: !drills,
-            detail: format!(
-                "backups are encrypted to {recipients}; no identity on this host (identity_file, REFUGIO_AGE_IDENTITY_FILE, credential age-identity): it cannot restore{}",
-                if drills { ", and this config's drills would be inconclusive" } else { " (fine for a host that only backs up)" }
-            ),
-        },
-        Err(e) => fail(error_chain(&anyhow::Error::from(e))),
-    })
+/// A usage error stays one; anything else could not check.
+fn could_not_check_unless_usage(e: anyhow::Error) -> anyhow::Error {
+    if e.downcast_ref::<crate::exit::UsageError>().is_some() {
+        e
+    } else {
+        could_not_check(e)
+    }
 }
 
-/// Where `config check` writes its object-lock probe (not a job: job
-/// names cannot start with '.').
-const LOCK_PROBE_PREFIX: &str = ".refugio-lock-probe";
-
-pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<ExitCode> {
-    let mut checks = Vec::new();
-    if !from_file {
-        return Err(usage(anyhow!(
-            "config check needs a config file (--config FILE or REFUGIO_CONFIG)"
-        )));
-    }
-    checks.push(Check {
-        what: "config".into(),
-        ok: true,
-        detail: "parsed and valid".into(),
-    });
-    if cfg.jobs.is_empty() {
-        checks.push(Check {
-            what: "jobs".into(),
-            ok: false,
-            detail: "no [[jobs]] defined: nothing would be backed up".into(),
-        });
-    }
-    let repo_what = format!(
-        "repository {}",
-        refugio_dump::redact_url(&cfg.repository.url)
+fn print_report(r: &CheckReport) {
+    let verdict = match r.outcome {
+        CheckOutcome::Clean => "OK",
+        CheckOutcome::Damaged => "DAMAGED",
+        CheckOutcome::Inconclusive => {
+            "INCOMPLETE (no damage found, but not everything could be checked)"
+        }
+    };
+    println!(
+        "job {}: {verdict}: {}, {} checked against the listing; {}",
+        r.job,
+        count(r.backups, "backup"),
+        count(r.artifacts, "artifact"),
+        if r.read.scope == "none" {
+            "no data read (--read-data re-hashes the artifacts)".to_string()
+        } else {
+            format!(
+                "{} of {} re-hashed ({}, {})",
+                count(r.read.artifacts, "artifact"),
+                count(r.read.backups, "backup"),
+                human(r.read.bytes),
+                r.read.scope
+            )
+        }
     );
-    match crate::repo::open(&cfg, None).await {
-        Ok(repo) => match repo.jobs().await {
-            Ok(jobs) => checks.push(Check {
-                what: repo_what,
-                ok: true,
-                detail: format!("reachable, {} job(s) stored", jobs.len()),
-            }),
-            Err(e) => checks.push(Check {
-                what: repo_what,
-                ok: false,
-                detail: refugio_store::error::chain(&e),
-            }),
-        },
-        Err(e) => checks.push(Check {
-            what: repo_what,
-            ok: false,
-            detail: error_chain(&e),
-        }),
+    for m in &r.missing {
+        println!("  MISSING  {}", m.key);
     }
-    if let Some(lock) = &cfg.repository.object_lock {
-        let what = format!("object lock ({}, {} days)", lock.mode, lock.days);
-        let probe = async {
-            let repo = crate::repo::open(&cfg, None).await?;
-            anyhow::Ok(repo.store().probe_object_lock(LOCK_PROBE_PREFIX).await?)
-        }
-        .await;
-        checks.push(match probe {
-            Ok(refugio_store::LockProbe::Enforced) => Check {
-                what,
-                ok: true,
-                detail: "enforced: the store refused to delete a locked probe object".into(),
-            },
-            Ok(refugio_store::LockProbe::NotEnforced(reason)) => Check {
-                what,
-                ok: false,
-                detail: format!("NOT enforced, backups would not be immutable: {reason}. Backups fail while object_lock is configured on this store"),
-            },
-            Err(e) => Check {
-                what,
-                ok: false,
-                detail: format!("could not be probed: {}", error_chain(&e)),
-            },
-        });
-    }
-    checks.extend(encryption_check(&cfg).await);
-    for job in &cfg.jobs {
-        let what = format!("job {}", job.name);
-        let detail = async {
-            let source = job.source_spec()?;
-            let probe = refugio_core::probe::source(&source, job.pg_bindir.as_deref()).await?;
-            let (facts, tool) = (probe.facts, probe.pg_dump);
-            anyhow::Ok(format!(
-                "source {} reachable: PostgreSQL {}{}, pg_dump {} at {}",
-                source.redacted(),
-                facts.version,
-                if facts.in_recovery { " (standby)" } else { "" },
-                tool.version,
-                tool.path.display()
-            ))
-        }
-        .await;
-        match detail {
-            Ok(d) => checks.push(Check {
-                what,
-                ok: true,
-                detail: d,
-            }),
-            Err(e) => checks.push(Check {
-                what,
-                ok: false,
-                detail: error_chain(&e),
-            }),
+    for d in &r.damaged {
+        match &d.problem {
+            Problem::Size { expected, actual } => println!(
+                "  DAMAGED  {}: {actual} bytes stored, the manifest says {expected}",
+                d.key
+            ),
+            Problem::Digest { expected, actual } => println!(
+                "  DAMAGED  {}: SHA-256 {actual}, the manifest says {expected}",
+                d.key
+            ),
+            Problem::Manifest { reason } => {
+                println!("  DAMAGED  {}: not a readable manifest: {reason}", d.key)
+            }
         }
     }
-    let failed = checks.iter().filter(|c| !c.ok).count();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+    for u in &r.unchecked {
+        println!("  NOT CHECKED  {}: {}", u.key, u.error);
+    }
+    for k in &r.receipts_without_manifest {
+        println!("  receipt without manifest (not damage): {k}");
+    }
+    for k in &r.orphans {
+        println!("  orphan (not damage; `refugio prune` collects it): {k}");
+    }
+    for k in &r.stale_uploads {
+        println!("  stale multipart upload (not damage; `refugio prune` aborts it): {k}");
+    }
+}
+
+/// `1 backup`, `2 backups`.
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
     } else {
-        for c in &checks {
-            println!(
-                "{} {}: {}",
-                if c.ok { "ok  " } else { "FAIL" },
-                c.what,
-                c.detail
-            );
-        }
+        format!("{n} {what}s")
     }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
 }

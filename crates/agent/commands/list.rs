@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::output::human;
 
 pub async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
-    let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
+    let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref()).await?;
     let all = refugio_core::catalog::list(&repo, a.job.as_deref()).await?;
     if a.json {
         let mut out = Vec::new();

@@ -3,6 +3,7 @@
 
 mod backup;
 mod check;
+mod config_check;
 mod list;
 mod prune;
 mod restore;
@@ -52,6 +53,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             Command::Restore(a) => restore::restore(cfg, a).await,
             Command::Verify(a) => verify::verify(cfg, a).await,
             Command::Prune(a) => prune::prune(cfg, a).await,
+            Command::Check(a) => check::check(cfg, a).await,
             Command::Pin(a) => prune::pin(cfg, a, true).await,
             Command::Unpin(a) => prune::pin(cfg, a, false).await,
             Command::Run => match cli.config.clone() {
@@ -62,7 +64,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             },
             Command::Config {
                 command: ConfigCommand::Check { json },
-            } => check::config_check(cfg, cli.config.is_some(), json).await,
+            } => config_check::config_check(cfg, cli.config.is_some(), json).await,
         },
         Err(e) => Err(e),
     };

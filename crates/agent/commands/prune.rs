@@ -7,62 +7,133 @@ use refugio_core::{Clock, FixedClock, SystemClock};
 use refugio_schedule::TaskKind;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{PinArgs, PruneArgs};
-use crate::config::{self, Config};
+use crate::cli::{PinArgs, PruneArgs, RetentionArgs};
+use crate::config::{self, Config, RetentionConfig};
 use crate::exit::usage;
 
 pub async fn pin(cfg: Config, a: PinArgs, on: bool) -> Result<ExitCode> {
-    let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
-    let job = match (&a.job, cfg.jobs.as_slice()) {
-        (Some(j), _) => j.clone(),
-        (None, [one]) => one.name.clone(),
-        (None, _) => return Err(usage(anyhow!("choose the job with --job"))),
-    };
-    refugio_core::set_pin(&repo, &job, &a.backup, on, &SystemClock).await?;
+    let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref()).await?;
+    let job = super::infer_job(&cfg, &repo, a.job.as_deref()).await?;
+    let id = refugio_core::set_pin(&repo, &job, &a.backup, on, &SystemClock).await?;
     println!(
-        "backup {} of job {job} {}",
-        a.backup,
+        "backup {id} of job {job} {}",
         if on { "pinned" } else { "unpinned" }
     );
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
-    let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
-    let jobs: Vec<&config::JobConfig> = match &a.job {
-        Some(_) => vec![cfg.job(a.job.as_deref()).map_err(usage)?],
-        None => cfg.jobs.iter().filter(|j| j.retention.is_some()).collect(),
-    };
-    if jobs.is_empty() {
-        return Err(usage(anyhow!(
-            "no job has a retention policy ([jobs.retention])"
-        )));
+/// The retention flags, named for messages.
+const FLAGS: &str = "--keep-last N (or --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within; with --min-verified, --time-zone, --gc-grace)";
+
+/// The policy the retention flags give, `None` when none is set.
+fn flag_policy(r: &RetentionArgs) -> Option<RetentionConfig> {
+    // Destructured: a new flag cannot be left out unnoticed.
+    let RetentionArgs {
+        keep_last,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+        keep_within,
+        min_verified,
+        time_zone,
+        gc_grace,
+    } = r.clone();
+    let any = [
+        keep_last,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+        keep_yearly,
+        min_verified,
+    ]
+    .iter()
+    .any(Option::is_some)
+        || keep_within.is_some()
+        || time_zone.is_some()
+        || gc_grace.is_some();
+    let d = RetentionConfig::with_defaults();
+    any.then(|| RetentionConfig {
+        keep_last: keep_last.unwrap_or(d.keep_last),
+        keep_hourly: keep_hourly.unwrap_or(d.keep_hourly),
+        keep_daily: keep_daily.unwrap_or(d.keep_daily),
+        keep_weekly: keep_weekly.unwrap_or(d.keep_weekly),
+        keep_monthly: keep_monthly.unwrap_or(d.keep_monthly),
+        keep_yearly: keep_yearly.unwrap_or(d.keep_yearly),
+        keep_within: keep_within.or(d.keep_within),
+        min_verified: min_verified.unwrap_or(d.min_verified),
+        time_zone: time_zone.or(d.time_zone),
+        gc_grace: gc_grace.unwrap_or(d.gc_grace),
+    })
+}
+
+/// The jobs to prune, each with its policy and its config (for the job
+/// lock; `None` for a job the config does not name). The config's policy,
+/// or else the flags'; both for one job is a usage error, and so is none.
+async fn plan<'c>(
+    cfg: &'c Config,
+    repo: &refugio_store::repo::Repository,
+    a: &PruneArgs,
+) -> Result<Vec<(String, RetentionConfig, Option<&'c config::JobConfig>)>> {
+    let flags = flag_policy(&a.retention);
+    if a.job.is_none() && flags.is_none() {
+        let jobs: Vec<_> = cfg
+            .jobs
+            .iter()
+            .filter_map(|j| Some((j.name.clone(), j.retention.clone()?, Some(j))))
+            .collect();
+        if jobs.is_empty() {
+            return Err(usage(anyhow!(
+                "no retention policy: give one with {FLAGS}, or set [jobs.retention] in a config file"
+            )));
+        }
+        return Ok(jobs);
     }
+    let name = super::infer_job(cfg, repo, a.job.as_deref()).await?;
+    let configured = cfg.jobs.iter().find(|j| j.name == name);
+    let policy = match (configured.and_then(|j| j.retention.clone()), flags) {
+        (Some(_), Some(_)) => {
+            return Err(usage(anyhow!(
+                "job {name} has a retention policy in the config file ([jobs.retention]); the retention flags apply only to a job without one: drop the flags, or change the config"
+            )))
+        }
+        (Some(p), None) | (None, Some(p)) => p,
+        (None, None) => {
+            return Err(usage(anyhow!(
+                "job {name} has no retention policy: give one with {FLAGS}, or set [jobs.retention] in the config file"
+            )))
+        }
+    };
+    Ok(vec![(name, policy, configured)])
+}
+
+pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
+    let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref()).await?;
+    let jobs = plan(&cfg, &repo, &a).await?;
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
     let mut reports = Vec::new();
-    for job in jobs {
-        let r = job
-            .retention
-            .as_ref()
-            .ok_or_else(|| usage(anyhow!("job {} has no retention policy", job.name)))?;
-        let opts = r
+    for (name, retention, job) in jobs {
+        let opts = retention
             .prune_options(
-                &job.name,
+                &name,
                 cfg.repository.object_lock.is_some(),
                 a.dry_run,
                 a.batch,
             )
-            .map_err(usage)?;
+            .map_err(|e| usage(e.context(format!("job {name}: retention"))))?;
         let fixed = a.now.map(FixedClock);
         let clock: &dyn Clock = match &fixed {
             Some(c) => c,
             None => &SystemClock,
         };
-        // A dry run deletes nothing: it needs no lock.
-        let _lock = match a.dry_run {
-            true => None,
-            false => crate::lock::for_command(job, TaskKind::Prune).await?,
+        // A dry run deletes nothing: it needs no lock; nor has a job the
+        // config does not name a source to take it on.
+        let _lock = match (a.dry_run, job) {
+            (false, Some(job)) => crate::lock::for_command(job, TaskKind::Prune).await?,
+            _ => None,
         };
         reports.push(refugio_core::prune(&repo, &opts, clock, &token).await?);
     }
@@ -132,4 +203,36 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
         );
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retention_flags_take_the_config_defaults() {
+        assert!(flag_policy(&RetentionArgs::default()).is_none());
+        let p = flag_policy(&RetentionArgs {
+            keep_last: Some(3),
+            ..Default::default()
+        })
+        .expect("a policy");
+        assert_eq!((p.keep_last, p.keep_daily, p.min_verified), (3, 0, 1));
+        assert_eq!(p.gc_grace, Duration::from_secs(24 * 3600));
+        let p = flag_policy(&RetentionArgs {
+            keep_within: Some(Duration::from_secs(3600)),
+            time_zone: Some("Europe/Madrid".into()),
+            ..Default::default()
+        })
+        .expect("a policy");
+        assert!(p.policy().is_ok());
+        // Only knobs, no keep rule: refused like such a file.
+        let p = flag_policy(&RetentionArgs {
+            min_verified: Some(2),
+            ..Default::default()
+        })
+        .expect("a policy");
+        assert!(p.policy().is_err());
+    }
 }

@@ -11,7 +11,7 @@ use crate::exit::usage;
 use crate::output::human;
 
 pub async fn restore(cfg: Config, a: RestoreArgs) -> Result<ExitCode> {
-    let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
+    let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref()).await?;
     let job = super::infer_job(&cfg, &repo, a.job.as_deref()).await?;
     let manifest = repo.resolve(&job, &a.backup).await?;
     let target =

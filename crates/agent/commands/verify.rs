@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::exit::usage;
 
 pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
-    let repo = crate::repo::open(&cfg, a.repo.repository.as_deref()).await?;
+    let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref()).await?;
     let pick = match a.backup.as_str() {
         "unverified" => Pick::Unverified,
         spec => Pick::Spec(spec),

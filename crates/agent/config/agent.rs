@@ -14,7 +14,7 @@ pub struct AgentConfig {
     /// `127.0.0.1:9187`; `""` turns HTTP off.
     #[serde(default = "default_listen")]
     pub listen: String,
-    /// Tasks (backup, drill, prune of any job) running at once. Default 2.
+    /// Tasks (backup, drill, prune, check of any job) running at once. Default 2.
     #[serde(default = "two")]
     pub max_concurrent_tasks: usize,
     /// On SIGTERM/SIGINT, how long running tasks get to stop cleanly

@@ -105,7 +105,7 @@ pub struct JobConfig {
     /// (`refugio verify` then needs `--scratch`).
     #[serde(default)]
     pub scratch: Option<String>,
-    /// When `refugio run` backs up, drills and prunes this job. Default: never.
+    /// When `refugio run` backs up, drills, prunes and checks this job. Default: never.
     #[serde(default)]
     pub schedule: ScheduleConfig,
     /// Recovery targets checked by drills: `{ rpo = "6h", rto = "2h" }`. Default none.

@@ -23,6 +23,7 @@ use refugio_dump::Compression;
 pub use agent::AgentConfig;
 pub use job::{adhoc_job, JobConfig};
 pub use repository::RepositoryConfig;
+pub use retention::RetentionConfig;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +184,7 @@ impl Config {
                 ("backup", &sched.backup),
                 ("drill", &sched.drill),
                 ("prune", &sched.prune),
+                ("check", &sched.check),
             ] {
                 if let Some(spec) = spec {
                     spec.resolve(tz)

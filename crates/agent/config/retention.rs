@@ -41,6 +41,16 @@ pub struct RetentionConfig {
 }
 
 impl RetentionConfig {
+    /// What `retention = {}` in a file means: no rule yet, `min_verified`
+    /// 1, `gc_grace` 24h.
+    pub fn with_defaults() -> Self {
+        RetentionConfig {
+            min_verified: one(),
+            gc_grace: default_grace(),
+            ..RetentionConfig::default()
+        }
+    }
+
     /// The pure policy.
     pub fn policy(&self) -> Result<refugio_store::retention::Policy> {
         let tz = match &self.time_zone {

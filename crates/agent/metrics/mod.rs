@@ -11,7 +11,8 @@
 //! successful backup, `refugio_rpo_seconds` with the first verified one.
 //! Alert rules should pair them with `absent()`. Counters, on the other
 //! hand, are created at 0 by [`Metrics::register_job`] so that `increase()`
-//! sees the first failure.
+//! sees the first failure, and so is `refugio_check_damaged_objects` (no
+//! damage is known before a check finds some).
 
 mod registry;
 mod updates;
@@ -26,7 +27,7 @@ mod tests {
     use std::time::Duration;
 
     /// The contract names, as Prometheus stores the series, with their type.
-    const CONTRACT: [(&str, &str); 23] = [
+    const CONTRACT: [(&str, &str); 26] = [
         ("refugio_backup_last_success_timestamp_seconds", "gauge"),
         ("refugio_backup_last_duration_seconds", "gauge"),
         ("refugio_backup_last_stored_bytes", "gauge"),
@@ -50,7 +51,39 @@ mod tests {
         ("refugio_restore_runs_total", "counter"),
         ("refugio_backup_last_database_stored_bytes", "gauge"),
         ("refugio_build_info", "gauge"),
+        ("refugio_check_last_success_timestamp_seconds", "gauge"),
+        ("refugio_check_damaged_objects", "gauge"),
+        ("refugio_check_runs_total", "counter"),
     ];
+
+    /// A check report of `job` with `outcome` and `damaged` missing artifacts.
+    fn check_report(
+        job: &str,
+        outcome: refugio_core::CheckOutcome,
+        damaged: usize,
+        at: DateTime<Utc>,
+    ) -> refugio_core::CheckReport {
+        refugio_core::CheckReport {
+            job: job.into(),
+            outcome,
+            started_at: at,
+            finished_at: at,
+            backups: 3,
+            artifacts: 6,
+            read: Default::default(),
+            damaged: Vec::new(),
+            missing: (0..damaged)
+                .map(|i| refugio_core::check::Missing {
+                    backup_id: format!("b{i}"),
+                    key: format!("{job}/b{i}/database.dump.zst"),
+                })
+                .collect(),
+            unchecked: Vec::new(),
+            orphans: Vec::new(),
+            stale_uploads: Vec::new(),
+            receipts_without_manifest: Vec::new(),
+        }
+    }
 
     fn t(secs: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(secs, 0)
@@ -96,6 +129,73 @@ mod tests {
         m.prune_finished(job, true, 2);
         m.restore_finished(job, true);
         m.set_database_sizes(job, &[("café trips".into(), 5)]);
+        m.check_finished(
+            job,
+            &check_report(job, refugio_core::CheckOutcome::Clean, 0, t(1_790_000_200)),
+        );
+    }
+
+    #[test]
+    fn checks_count_by_outcome_and_keep_the_last_damage() {
+        use refugio_core::CheckOutcome;
+        let m = Metrics::new();
+        m.register_job("trips", None, None);
+        let v = |text: &str, s: &str| value(text, s);
+        let text = m.render();
+        let runs =
+            |r: &str| format!(r#"refugio_check_runs_total{{backup_job="trips",result="{r}"}}"#);
+        assert_eq!(v(&text, &runs("failure")), Some(0.0), "created at 0");
+        assert_eq!(
+            v(
+                &text,
+                r#"refugio_check_damaged_objects{backup_job="trips"}"#
+            ),
+            Some(0.0),
+            "no damage known before a check"
+        );
+        assert!(!has_series(
+            &text,
+            "refugio_check_last_success_timestamp_seconds",
+            "trips"
+        ));
+        m.check_finished(
+            "trips",
+            &check_report("trips", CheckOutcome::Clean, 0, t(1_790_000_000)),
+        );
+        m.check_finished(
+            "trips",
+            &check_report("trips", CheckOutcome::Damaged, 2, t(1_790_000_100)),
+        );
+        m.check_inconclusive("trips");
+        let text = m.render();
+        assert_eq!(v(&text, &runs("success")), Some(1.0));
+        assert_eq!(v(&text, &runs("failure")), Some(1.0));
+        assert_eq!(v(&text, &runs("inconclusive")), Some(1.0));
+        assert_eq!(
+            v(
+                &text,
+                r#"refugio_check_damaged_objects{backup_job="trips"}"#
+            ),
+            Some(2.0),
+            "a check that could not run leaves the last answer"
+        );
+        assert_eq!(
+            v(
+                &text,
+                r#"refugio_check_last_success_timestamp_seconds{backup_job="trips"}"#
+            ),
+            Some(1_790_000_000.0),
+            "only a clean check is a success"
+        );
+        m.register_job("trips", None, None);
+        assert_eq!(
+            v(
+                &m.render(),
+                r#"refugio_check_damaged_objects{backup_job="trips"}"#
+            ),
+            Some(2.0),
+            "a reload keeps the last check's count"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub(super) type FloatGauge = Gauge<f64, AtomicU64>;
 pub(super) type IntGauge = Gauge<i64>;
 
 /// Tasks and skip reasons the scheduler reports; their counters start at 0.
-const SKIP_TASKS: [&str; 3] = ["backup", "drill", "prune"];
+const SKIP_TASKS: [&str; 4] = ["backup", "drill", "prune", "check"];
 const SKIP_REASONS: [&str; 2] = ["overlap", "lock"];
 pub(super) const SUCCESS: &str = "success";
 pub(super) const FAILURE: &str = "failure";
@@ -101,6 +101,9 @@ pub struct Metrics {
     pub(super) prune_runs: Family<ResultLabels, Counter>,
     pub(super) restore_runs: Family<ResultLabels, Counter>,
     pub(super) store_retries: Family<OperationLabels, Counter>,
+    pub(super) check_last_success: Family<JobLabels, FloatGauge>,
+    pub(super) check_damaged: Family<JobLabels, IntGauge>,
+    pub(super) check_runs: Family<ResultLabels, Counter>,
     /// Each job's newest verified recovery point (`None`: none), from
     /// which `render` computes the RPO gauges at scrape time.
     pub(super) recovery_points: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
@@ -162,6 +165,11 @@ impl Metrics {
             "Configured recovery time objective, in seconds",
             Some(Unit::Seconds),
         );
+        let check_last_success = gauge_f(
+            "refugio_check_last_success_timestamp",
+            "Time the last repository check that found everything whole finished, in unix seconds",
+            Some(Unit::Seconds),
+        );
 
         let mut gauge_i = |name: &str, help: &str, unit: Option<Unit>| {
             let family = Family::<JobLabels, IntGauge>::default();
@@ -203,6 +211,11 @@ impl Metrics {
             "Bytes stored in the repository for the job",
             Some(Unit::Bytes),
         );
+        let check_damaged = gauge_i(
+            "refugio_check_damaged_objects",
+            "Artifacts the last repository check found missing or not matching their manifest (and unreadable manifests)",
+            None,
+        );
 
         let backup_last_database_stored = Family::<DatabaseLabels, IntGauge>::default();
         register(
@@ -225,7 +238,7 @@ impl Metrics {
         register(
             &mut registry,
             "refugio_task_skipped",
-            "Number of scheduled tasks (backup, drill, prune) not started, by reason (overlap, lock)",
+            "Number of scheduled tasks (backup, drill, prune, check) not started, by reason (overlap, lock)",
             None,
             task_skipped.clone(),
         );
@@ -262,6 +275,15 @@ impl Metrics {
             None,
             restore_runs.clone(),
         );
+        let check_runs = Family::<ResultLabels, Counter>::default();
+        register(
+            &mut registry,
+            "refugio_check_runs",
+            "Number of repository checks, by result (success, failure: damage found, inconclusive: not everything could be checked)",
+            None,
+            check_runs.clone(),
+        );
+
         let store_retries = Family::<OperationLabels, Counter>::default();
         for operation in RETRIED_OPERATIONS {
             let _ = store_retries.get_or_create(&OperationLabels {
@@ -315,6 +337,9 @@ impl Metrics {
             prune_runs,
             restore_runs,
             store_retries,
+            check_last_success,
+            check_damaged,
+            check_runs,
             recovery_points: Mutex::new(HashMap::new()),
             skip_pairs: Mutex::new(HashMap::new()),
         }
@@ -372,6 +397,13 @@ impl Metrics {
             self.prune_runs.get_or_create_owned(&rl);
             self.restore_runs.get_or_create_owned(&rl);
         }
+        for result in [SUCCESS, FAILURE, INCONCLUSIVE] {
+            self.check_runs
+                .get_or_create_owned(&result_labels(job, result));
+        }
+        // No damage is known until a check finds some (and an alert on
+        // `> 0` needs no absent()); a reload keeps the last check's count.
+        self.check_damaged.get_or_create_owned(&l);
         self.drill_runs
             .get_or_create_owned(&result_labels(job, INCONCLUSIVE));
         self.prune_deleted.get_or_create_owned(&l);
@@ -399,6 +431,7 @@ impl Metrics {
             &self.rpo_target,
             &self.rto,
             &self.rto_target,
+            &self.check_last_success,
         ] {
             family.remove(&l);
         }
@@ -410,6 +443,7 @@ impl Metrics {
             &self.rto_target_met,
             &self.repository_backups,
             &self.repository_bytes,
+            &self.check_damaged,
         ] {
             family.remove(&l);
         }
@@ -423,6 +457,9 @@ impl Metrics {
             self.restore_runs.remove(&rl);
         }
         self.drill_runs.remove(&result_labels(job, INCONCLUSIVE));
+        for result in [SUCCESS, FAILURE, INCONCLUSIVE] {
+            self.check_runs.remove(&result_labels(job, result));
+        }
         let pairs = self
             .skip_pairs
             .lock()

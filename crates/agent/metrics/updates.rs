@@ -1,11 +1,12 @@
 //! Updates from the operations' reports: a committed backup, a drill's
-//! receipt, an RPO measured from the repository, a prune.
+//! receipt, an RPO measured from the repository, a prune, a check.
 
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::family::Family;
+use refugio_core::CheckOutcome;
 use refugio_store::s3::RetryHook;
 
 use super::registry::{
@@ -215,6 +216,37 @@ impl Metrics {
         let result = if success { SUCCESS } else { FAILURE };
         self.restore_runs
             .get_or_create(&result_labels(job, result))
+            .inc();
+    }
+
+    /// Records a finished repository check: counted by its outcome, the
+    /// damaged-object gauge set to what it found, and, when everything
+    /// was whole, the last-success time.
+    pub fn check_finished(&self, job: &str, report: &refugio_core::CheckReport) {
+        let l = job_labels(job);
+        let result = match report.outcome {
+            CheckOutcome::Clean => SUCCESS,
+            CheckOutcome::Damaged => FAILURE,
+            CheckOutcome::Inconclusive => INCONCLUSIVE,
+        };
+        self.check_runs
+            .get_or_create(&result_labels(job, result))
+            .inc();
+        self.check_damaged
+            .get_or_create(&l)
+            .set(saturating_i64(report.damage_count()));
+        if report.outcome == CheckOutcome::Clean {
+            self.check_last_success
+                .get_or_create(&l)
+                .set(unix_seconds(report.finished_at));
+        }
+    }
+
+    /// Records a check that could not run (the store unreachable): counted
+    /// as inconclusive; the damage gauge keeps the last check's answer.
+    pub fn check_inconclusive(&self, job: &str) {
+        self.check_runs
+            .get_or_create(&result_labels(job, INCONCLUSIVE))
             .inc();
     }
 

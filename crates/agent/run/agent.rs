@@ -1,5 +1,5 @@
 //! The agent's state and its tasks: the scheduler's fires become backups,
-//! drills and prunes, each under the job's guard and advisory lock, retried
+//! drills, prunes and checks, each under the job's guard and advisory lock, retried
 //! on temporary errors, reported in metrics and the webhook.
 
 use std::collections::HashMap;
@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use chrono::Utc;
+use refugio_core::check::Problem;
 use refugio_core::receipt::Outcome;
-use refugio_core::JobStatus;
+use refugio_core::{CheckOutcome, JobStatus};
 use refugio_schedule::{
     needs_catch_up, Entry, Fire, FireReason, Guards, Scheduler, TaskKey, TaskKind,
 };
@@ -32,8 +33,9 @@ struct Told {
     ok: bool,
     backup_id: Option<String>,
     error: Option<String>,
-    /// Drills only.
-    outcome: Option<Outcome>,
+    /// Drills (`passed`, `failed`, `inconclusive`) and checks (`clean`,
+    /// `damaged`, `inconclusive`).
+    outcome: Option<&'static str>,
 }
 
 /// The configuration in force and the repository it names.
@@ -127,6 +129,7 @@ impl Agent {
                 (TaskKind::Backup, &s.backup),
                 (TaskKind::Drill, &s.drill),
                 (TaskKind::Prune, &s.prune),
+                (TaskKind::Check, &s.check),
             ] {
                 let Some(spec) = spec else { continue };
                 entries.push(Entry {
@@ -300,7 +303,8 @@ impl Agent {
                     "task-failed: cannot take the job's lock on its source"
                 );
                 self.record_failure(&job, kind);
-                let outcome = (kind == TaskKind::Drill).then_some(Outcome::Inconclusive);
+                let outcome = matches!(kind, TaskKind::Drill | TaskKind::Check)
+                    .then_some(Outcome::Inconclusive.as_str());
                 let told = Told {
                     ok: false,
                     backup_id: None,
@@ -340,11 +344,17 @@ impl Agent {
             ),
             Ok(Done::Prune(_)) => (true, None, None),
             Ok(Done::Restore(r)) => (true, Some(r.backup_id.clone()), None),
+            Ok(Done::Check(r)) => (
+                r.outcome == CheckOutcome::Clean,
+                None,
+                (r.outcome != CheckOutcome::Clean).then(|| check_summary(r)),
+            ),
             Err(e) => (false, None, Some(crate::output::error_chain(e))),
         };
         let drill_outcome = match (&outcome, kind) {
-            (Ok(Done::Drill(r)), _) => Some(r.outcome()),
-            (Err(_), TaskKind::Drill) => Some(Outcome::Inconclusive),
+            (Ok(Done::Drill(r)), _) => Some(r.outcome().as_str()),
+            (Ok(Done::Check(r)), _) => Some(r.outcome.as_str()),
+            (Err(_), TaskKind::Drill | TaskKind::Check) => Some(Outcome::Inconclusive.as_str()),
             _ => None,
         };
         let told = Told {
@@ -417,6 +427,26 @@ impl Agent {
             },
             Ok(Done::Prune(deleted)) => self.metrics.prune_finished(&job.name, true, deleted),
             Ok(Done::Restore(_)) => self.metrics.restore_finished(&job.name, true),
+            Ok(Done::Check(r)) => {
+                self.metrics.check_finished(&job.name, &r);
+                let (backups, artifacts, read) = (r.backups, r.artifacts, r.read.artifacts);
+                let (orphans, stale) = (r.orphans.len(), r.stale_uploads.len());
+                match r.outcome {
+                    CheckOutcome::Clean => tracing::info!(
+                        backups,
+                        artifacts,
+                        read,
+                        orphans,
+                        stale_uploads = stale,
+                        "check-clean"
+                    ),
+                    CheckOutcome::Damaged => tracing::error!(backups, artifacts, read,
+                        damage = %check_summary(&r), "check-found-damage"),
+                    CheckOutcome::Inconclusive => tracing::warn!(backups, artifacts, read,
+                        problem = %check_summary(&r),
+                        "check-inconclusive: no damage found, but not everything could be checked"),
+                }
+            }
             Err(e) => {
                 if cancel.is_cancelled() {
                     tracing::warn!(
@@ -469,7 +499,7 @@ impl Agent {
             reason: fire.reason.to_string(),
             backup_id,
             error,
-            outcome: outcome.map(|o| o.as_str().to_string()),
+            outcome: outcome.map(str::to_string),
             at: Utc::now(),
             agent: self.hostname.clone(),
         };
@@ -492,6 +522,40 @@ impl Agent {
             TaskKind::Drill => self.metrics.drill_inconclusive(&job.name, Utc::now()),
             TaskKind::Prune => self.metrics.prune_finished(&job.name, false, 0),
             TaskKind::Restore => self.metrics.restore_finished(&job.name, false),
+            // A check that returns an error could not check.
+            TaskKind::Check => self.metrics.check_inconclusive(&job.name),
         }
     }
+}
+
+/// What a check that was not clean found, in one line (the first few
+/// keys; the JSON report of `refugio check` has them all).
+fn check_summary(r: &refugio_core::CheckReport) -> String {
+    const SHOWN: usize = 5;
+    let mut parts: Vec<String> = Vec::new();
+    parts.extend(r.missing.iter().map(|m| format!("missing {}", m.key)));
+    parts.extend(r.damaged.iter().map(|d| match &d.problem {
+        Problem::Size { expected, actual } => {
+            format!("{}: {actual} bytes, the manifest says {expected}", d.key)
+        }
+        Problem::Digest { .. } => format!("{}: SHA-256 differs from the manifest's", d.key),
+        Problem::Manifest { reason } => format!("{}: {reason}", d.key),
+    }));
+    parts.extend(
+        r.unchecked
+            .iter()
+            .map(|u| format!("could not check {}: {}", u.key, u.error)),
+    );
+    let more = parts.len().saturating_sub(SHOWN);
+    parts.truncate(SHOWN);
+    let mut text = format!(
+        "{} damaged or missing, {} not checked: {}",
+        r.damage_count(),
+        r.unchecked.len(),
+        parts.join("; ")
+    );
+    if more > 0 {
+        text.push_str(&format!("; and {more} more"));
+    }
+    text
 }

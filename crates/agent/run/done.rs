@@ -23,6 +23,6 @@ pub(super) async fn already_done(
     match kind {
         TaskKind::Backup => st.newest.is_some_and(|(_, t)| t >= at),
         TaskKind::Drill => st.newest_drilled_at.is_some_and(|t| t >= at),
-        TaskKind::Prune | TaskKind::Restore => false,
+        TaskKind::Prune | TaskKind::Restore | TaskKind::Check => false,
     }
 }

@@ -1,4 +1,4 @@
-//! `refugio run`: the long-running agent. Backs up, drills and prunes each
+//! `refugio run`: the long-running agent. Backs up, drills, prunes and checks each
 //! job on its schedule (crates/schedule), answers signals, serves
 //! `/metrics`, `/healthz`, `/readyz`, and tells systemd when it is ready.
 //!

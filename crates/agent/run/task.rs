@@ -17,6 +17,7 @@ pub(super) enum Done {
     Drill(Box<refugio_core::Receipt>),
     Prune(u64),
     Restore(Box<refugio_core::RestoreReport>),
+    Check(Box<refugio_core::CheckReport>),
 }
 
 /// One attempt of a task (`attempt` counts from 1, for the manifest).
@@ -85,6 +86,19 @@ pub(super) async fn run_once(
                 );
             }
             Ok(Done::Prune(report.deleted_backups.len() as u64))
+        }
+        TaskKind::Check => {
+            let opts = refugio_core::CheckOptions {
+                job: job.name.clone(),
+                read_data: job.schedule.check_read_data(chrono::Utc::now()),
+                grace: job
+                    .retention
+                    .as_ref()
+                    .map_or(refugio_core::check::DEFAULT_GRACE, |r| r.gc_grace),
+                progress: None,
+            };
+            let report = refugio_core::check(repo, &opts, &SystemClock, cancel).await?;
+            Ok(Done::Check(Box::new(report)))
         }
     }
 }

@@ -2,7 +2,8 @@
 //! (snapshot, pg_dump → compression → repository, manifest last), restore
 //! one, drill one (restore into a scratch database, check it, measure RPO
 //! and RTO, write a receipt), prune (retention, garbage collection, pins),
-//! and report a job's status. Each operation is a function over its own
+//! check the repository's integrity without a restore, and report a job's
+//! status. Each operation is a function over its own
 //! options struct, a [`Repository`](refugio_store::repo::Repository), a
 //! [`Clock`] where a decision depends on time, and a cancellation token; it
 //! returns a typed report or an [`Error`] that says whether a retry may
@@ -14,6 +15,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod clock;
 pub mod drill;
 pub mod encryption;
@@ -32,6 +34,7 @@ pub mod restore;
 pub mod status;
 
 pub use backup::{backup, BackupOptions, ObjectLock, ReplicaLag};
+pub use check::{check, CheckOptions, CheckOutcome, CheckReport, ReadData};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use drill::{drill, DrillOptions, Pick, Scratch};
 pub use encryption::{Identities, Recipients};

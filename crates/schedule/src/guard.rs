@@ -31,6 +31,8 @@ pub enum TaskKind {
     /// Restore the newest verified backup into the job's
     /// `restore_on_signal` target (after a signalled drill).
     Restore,
+    /// Check the repository's integrity (sizes, and digests when asked).
+    Check,
 }
 
 impl TaskKind {
@@ -41,6 +43,7 @@ impl TaskKind {
             TaskKind::Drill => "drill",
             TaskKind::Prune => "prune",
             TaskKind::Restore => "restore",
+            TaskKind::Check => "check",
         }
     }
 }
@@ -225,6 +228,7 @@ mod tests {
         assert_eq!(TaskKind::Backup.to_string(), "backup");
         assert_eq!(TaskKind::Drill.to_string(), "drill");
         assert_eq!(TaskKind::Prune.to_string(), "prune");
+        assert_eq!(TaskKind::Check.to_string(), "check");
         assert_eq!(key("main", TaskKind::Drill).to_string(), "main/drill");
     }
 

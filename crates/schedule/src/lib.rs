@@ -1,4 +1,4 @@
-//! refugio's scheduler core: when each job's backup, restore drill and prune
+//! refugio's scheduler core: when each job's backup, restore drill, prune and check
 //! are due, and the rules that keep them from piling up.
 //!
 //! - [`Trigger`]: a cron expression (5 fields, or 6 with seconds) in a time

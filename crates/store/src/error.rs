@@ -104,6 +104,19 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A read found no repository where one was named: a directory that
+    /// does not exist (a typo must not look like an empty repository).
+    #[error("repository {store} does not exist: {reason}")]
+    NoRepository { store: String, reason: String },
+
+    /// The bucket does not exist on the endpoint.
+    #[error("bucket {bucket} does not exist at {endpoint} (repository {store}); check the bucket name, the endpoint and the region")]
+    NoSuchBucket {
+        store: String,
+        bucket: String,
+        endpoint: String,
+    },
+
     #[error("{0}")]
     Other(String),
 }

@@ -33,7 +33,7 @@ use futures::stream::BoxStream;
 use tokio::io::AsyncRead;
 
 pub use error::{Error, Result};
-pub use location::{open, ChecksumCalculation, RepositoryLocation, S3Options};
+pub use location::{open, open_existing, ChecksumCalculation, RepositoryLocation, S3Options};
 pub use lock::{LockMode, LockProbe, Retention};
 
 /// A stream of an object's bytes.

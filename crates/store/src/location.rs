@@ -183,6 +183,39 @@ pub async fn open(location: &RepositoryLocation, s3: &S3Options) -> Result<Arc<d
     }
 }
 
+/// Opens the store of a repository that must exist already, for commands
+/// that only read it (or change what is in it): a directory that does not
+/// exist is [`Error::NoRepository`] instead of an empty repository, so a
+/// typo cannot pass for "no backups". An S3 bucket is not contacted yet; a
+/// missing one is [`Error::NoSuchBucket`] at the first request.
+pub async fn open_existing(
+    location: &RepositoryLocation,
+    s3: &S3Options,
+) -> Result<Arc<dyn ObjectStore>> {
+    if let RepositoryLocation::Directory(path) = location {
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        let store = url::Url::from_file_path(&absolute)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|()| absolute.display().to_string());
+        let missing = |reason: &str| Error::NoRepository {
+            store: store.clone(),
+            reason: reason.to_string(),
+        };
+        match std::fs::metadata(&absolute) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(missing("it is not a directory")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(missing(
+                    "no such directory (check --repository or [repository] url; `refugio backup` creates a new one)",
+                ))
+            }
+            // Permissions and the like: the store's own error says it.
+            Err(_) => {}
+        }
+    }
+    open(location, s3).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +296,30 @@ mod tests {
             "reason {reason:?} should mention {what:?}"
         );
         assert!(err.to_string().contains(&format!("{url:?}")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_directory_is_no_repository_for_readers_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("typo");
+        let location = RepositoryLocation::Directory(path.clone());
+        let e = open_existing(&location, &S3Options::default())
+            .await
+            .expect_err("missing directory");
+        assert!(matches!(e, Error::NoRepository { .. }), "{e:?}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        assert!(!path.exists(), "a reader creates nothing");
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"x").expect("write");
+        let e = open_existing(&RepositoryLocation::Directory(file), &S3Options::default())
+            .await
+            .expect_err("a file");
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        open(&location, &S3Options::default()).await.expect("open");
+        assert!(path.is_dir(), "a writer creates it");
+        open_existing(&location, &S3Options::default())
+            .await
+            .expect("now it exists");
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub(super) struct Context {
     pub(super) store: String,
     /// The endpoint URL, or "AWS S3 (<region>)".
     pub(super) endpoint: String,
+    pub(super) bucket: String,
 }
 
 impl Context {
@@ -125,6 +126,13 @@ impl Context {
                 true,
             ),
             SdkError::ConstructionFailure(_) => (chain(err), false),
+            _ if err.code() == Some("NoSuchBucket") => {
+                return Error::NoSuchBucket {
+                    store: self.store.clone(),
+                    bucket: self.bucket.clone(),
+                    endpoint: self.endpoint.clone(),
+                }
+            }
             _ => {
                 let status = err.raw_response().map(|r| r.status().as_u16());
                 let code = err.code();
@@ -316,7 +324,11 @@ impl S3Store {
             versioned_deletes: options.versioned_deletes,
             retries,
             on_retry: options.on_retry.clone(),
-            context: Arc::new(Context { store, endpoint }),
+            context: Arc::new(Context {
+                store,
+                endpoint,
+                bucket: bucket.to_string(),
+            }),
         })
     }
 

@@ -1,0 +1,190 @@
+//! `refugio config check`: the file, the repository, object lock, every source.
+
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Result};
+
+use crate::config::Config;
+use crate::exit::usage;
+use crate::output::error_chain;
+
+/// One line per check.
+#[derive(Debug, serde::Serialize)]
+struct Check {
+    what: String,
+    ok: bool,
+    detail: String,
+}
+
+/// With `[repository.encryption]`: a probe encrypted to the recipients
+/// and, with an identity here, decrypted; whether this host can restore
+/// and drill. A host that only backs up needs no identity, unless one of
+/// its jobs drills (`scratch`).
+async fn encryption_check(cfg: &Config) -> Option<Check> {
+    let enc = cfg.repository.encryption.as_ref()?;
+    let what = "encryption (age)".to_string();
+    let fail = |detail: String| Check {
+        what: what.clone(),
+        ok: false,
+        detail,
+    };
+    let to = match enc.recipients() {
+        Ok(to) => to,
+        Err(e) => return Some(fail(error_chain(&e))),
+    };
+    let ids = match cfg.repository.identities() {
+        Ok(ids) => ids,
+        Err(e) => return Some(fail(error_chain(&e))),
+    };
+    let drills = cfg.jobs.iter().any(|j| j.scratch.is_some());
+    let recipients = format!(
+        "{} recipient(s): {}",
+        to.names().len(),
+        to.names().join(", ")
+    );
+    Some(match refugio_core::encryption::probe(&to, ids.as_deref()).await {
+        Ok(Some(true)) => Check {
+            what,
+            ok: true,
+            detail: format!(
+                "backups are encrypted to {recipients}; the identity from {} decrypts them: this host can restore and drill",
+                ids.as_ref().map_or("?", |i| i.origin())
+            ),
+        },
+        Ok(Some(false)) => fail(format!(
+            "backups are encrypted to {recipients}; identity {} (from {}) matches none of them: this host cannot restore or drill new backups",
+            ids.as_ref().map_or(String::new(), |i| i.publics().join(", ")),
+            ids.as_ref().map_or("?", |i| i.origin())
+        )),
+        Ok(None) => Check {
+            what,
+            ok: !drills,
+            detail: format!(
+                "backups are encrypted to {recipients}; no identity on this host (identity_file, REFUGIO_AGE_IDENTITY_FILE, credential age-identity): it cannot restore{}",
+                if drills { ", and this config's drills would be inconclusive" } else { " (fine for a host that only backs up)" }
+            ),
+        },
+        Err(e) => fail(error_chain(&anyhow::Error::from(e))),
+    })
+}
+
+/// Where `config check` writes its object-lock probe (not a job: job
+/// names cannot start with '.').
+const LOCK_PROBE_PREFIX: &str = ".refugio-lock-probe";
+
+pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<ExitCode> {
+    let mut checks = Vec::new();
+    if !from_file {
+        return Err(usage(anyhow!(
+            "config check needs a config file (--config FILE or REFUGIO_CONFIG)"
+        )));
+    }
+    checks.push(Check {
+        what: "config".into(),
+        ok: true,
+        detail: "parsed and valid".into(),
+    });
+    if cfg.jobs.is_empty() {
+        checks.push(Check {
+            what: "jobs".into(),
+            ok: false,
+            detail: "no [[jobs]] defined: nothing would be backed up".into(),
+        });
+    }
+    let repo_what = format!(
+        "repository {}",
+        refugio_dump::redact_url(&cfg.repository.url)
+    );
+    match crate::repo::open(&cfg, None).await {
+        Ok(repo) => match repo.jobs().await {
+            Ok(jobs) => checks.push(Check {
+                what: repo_what,
+                ok: true,
+                detail: format!("reachable, {} job(s) stored", jobs.len()),
+            }),
+            Err(e) => checks.push(Check {
+                what: repo_what,
+                ok: false,
+                detail: refugio_store::error::chain(&e),
+            }),
+        },
+        Err(e) => checks.push(Check {
+            what: repo_what,
+            ok: false,
+            detail: error_chain(&e),
+        }),
+    }
+    if let Some(lock) = &cfg.repository.object_lock {
+        let what = format!("object lock ({}, {} days)", lock.mode, lock.days);
+        let probe = async {
+            let repo = crate::repo::open(&cfg, None).await?;
+            anyhow::Ok(repo.store().probe_object_lock(LOCK_PROBE_PREFIX).await?)
+        }
+        .await;
+        checks.push(match probe {
+            Ok(refugio_store::LockProbe::Enforced) => Check {
+                what,
+                ok: true,
+                detail: "enforced: the store refused to delete a locked probe object".into(),
+            },
+            Ok(refugio_store::LockProbe::NotEnforced(reason)) => Check {
+                what,
+                ok: false,
+                detail: format!("NOT enforced, backups would not be immutable: {reason}. Backups fail while object_lock is configured on this store"),
+            },
+            Err(e) => Check {
+                what,
+                ok: false,
+                detail: format!("could not be probed: {}", error_chain(&e)),
+            },
+        });
+    }
+    checks.extend(encryption_check(&cfg).await);
+    for job in &cfg.jobs {
+        let what = format!("job {}", job.name);
+        let detail = async {
+            let source = job.source_spec()?;
+            let probe = refugio_core::probe::source(&source, job.pg_bindir.as_deref()).await?;
+            let (facts, tool) = (probe.facts, probe.pg_dump);
+            anyhow::Ok(format!(
+                "source {} reachable: PostgreSQL {}{}, pg_dump {} at {}",
+                source.redacted(),
+                facts.version,
+                if facts.in_recovery { " (standby)" } else { "" },
+                tool.version,
+                tool.path.display()
+            ))
+        }
+        .await;
+        match detail {
+            Ok(d) => checks.push(Check {
+                what,
+                ok: true,
+                detail: d,
+            }),
+            Err(e) => checks.push(Check {
+                what,
+                ok: false,
+                detail: error_chain(&e),
+            }),
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            println!(
+                "{} {}: {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.what,
+                c.detail
+            );
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,817 @@
+//! Check: the repository's integrity, without a restore (restic's `check
+//! --read-data`, pgBackRest's `verify`).
+//!
+//! One paginated listing of the job's prefix gives every object's size; each
+//! committed backup's manifest is read (a few at a time) and every artifact
+//! it names (`manifest.artifacts`, whatever their number) must be listed
+//! with the manifest's `stored_size`. With [`ReadData`] the chosen backups'
+//! artifacts are also streamed back and their SHA-256 compared with the
+//! manifest's (the digest is of the stored bytes, so nothing is decrypted
+//! or decompressed).
+//!
+//! What the listing alone suggests is confirmed before it is reported: an
+//! artifact absent from the listing or listed with another size is asked
+//! for again (HEAD), and a missing one counts only while its manifest still
+//! exists, so a backup committed or pruned while the check lists is never
+//! reported damaged. "Checked and found bad" ([`CheckReport::damaged`],
+//! [`CheckReport::missing`]) is kept apart from "could not check"
+//! ([`CheckReport::unchecked`], or an `Err` when the listing or a manifest
+//! read fails): only the first is damage.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use refugio_store::manifest::{Manifest, MANIFEST_NAME};
+use refugio_store::repo::Repository;
+use refugio_store::verified::{get_verified, verification_error};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::receipt::ReceiptName;
+
+/// Default age after which objects without a manifest and multipart uploads
+/// are reported (prune's default `gc_grace`).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// Manifests read at once.
+const MANIFEST_CONCURRENCY: usize = 16;
+/// Artifacts streamed at once with `--read-data`.
+const READ_CONCURRENCY: usize = 4;
+/// Read buffer per artifact stream: memory is bounded by
+/// `READ_CONCURRENCY` × this, whatever the artifacts' sizes.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Which backups' artifacts are streamed and re-hashed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadData {
+    /// None: sizes only, from the listing.
+    None,
+    /// Every committed backup.
+    All,
+    /// One backup: an id or `latest`.
+    Backup(String),
+    /// Part `part` (1-based) of `of`: the backups whose id hashes to it, so
+    /// `1/7` … `7/7` on seven days read every backup once.
+    Subset { part: u32, of: u32 },
+}
+
+impl ReadData {
+    /// Parses `--subset N/M` (1 ≤ N ≤ M).
+    pub fn subset(spec: &str) -> std::result::Result<ReadData, String> {
+        let bad = || format!("{spec:?} is not N/M with 1 <= N <= M (e.g. 1/7)");
+        let (n, m) = spec.split_once('/').ok_or_else(bad)?;
+        let part: u32 = n.trim().parse().map_err(|_| bad())?;
+        let of: u32 = m.trim().parse().map_err(|_| bad())?;
+        if part == 0 || part > of {
+            return Err(bad());
+        }
+        Ok(ReadData::Subset { part, of })
+    }
+
+    /// How the report names it: `none`, `all`, `backup <id>`, `subset 1/7`.
+    fn describe(&self) -> String {
+        match self {
+            ReadData::None => "none".into(),
+            ReadData::All => "all".into(),
+            ReadData::Backup(id) => format!("backup {id}"),
+            ReadData::Subset { part, of } => format!("subset {part}/{of}"),
+        }
+    }
+}
+
+/// Whether backup `id` is in part `part` (1-based) of `of`: the first
+/// eight bytes of SHA-256 of the id, modulo `of`. Deterministic, and every
+/// id is in exactly one part.
+pub fn in_subset(id: &str, part: u32, of: u32) -> bool {
+    let digest = Sha256::digest(id.as_bytes());
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    of > 0 && u64::from_be_bytes(head) % u64::from(of) == u64::from(part.saturating_sub(1))
+}
+
+/// How a check runs.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// The job whose backups are checked.
+    pub job: String,
+    /// Which backups' artifacts are streamed and re-hashed.
+    pub read_data: ReadData,
+    /// Objects without a manifest and multipart uploads younger than this
+    /// are a backup in progress, not reported ([`DEFAULT_GRACE`]).
+    pub grace: Duration,
+    /// Counters and phase for a progress display; None: not shown.
+    pub progress: Option<std::sync::Arc<crate::Progress>>,
+}
+
+/// What is wrong with a damaged object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// The stored size differs from the manifest's `stored_size`.
+    Size { expected: u64, actual: u64 },
+    /// The stored bytes' SHA-256 differs from the manifest's `sha256`.
+    Digest { expected: String, actual: String },
+    /// The manifest itself cannot be read as one (not JSON, a field
+    /// missing, stored under another job or id).
+    Manifest { reason: String },
+}
+
+/// A stored object that does not match its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Damaged {
+    pub backup_id: String,
+    pub key: String,
+    #[serde(flatten)]
+    pub problem: Problem,
+}
+
+/// An artifact the manifest names that the store does not have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Missing {
+    pub backup_id: String,
+    pub key: String,
+}
+
+/// An object that could not be checked (a read that failed, a manifest of
+/// a format this refugio does not read). Not evidence against it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unchecked {
+    pub backup_id: String,
+    pub key: String,
+    pub error: String,
+}
+
+/// What the check found, as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckOutcome {
+    /// Everything checked matches its manifest.
+    Clean,
+    /// An artifact is missing or does not match its manifest (or a
+    /// manifest is unreadable).
+    Damaged,
+    /// No damage found, but something could not be checked.
+    Inconclusive,
+}
+
+impl CheckOutcome {
+    /// `clean`, `damaged`, `inconclusive`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckOutcome::Clean => "clean",
+            CheckOutcome::Damaged => "damaged",
+            CheckOutcome::Inconclusive => "inconclusive",
+        }
+    }
+}
+
+/// Artifacts streamed back with `--read-data`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DataRead {
+    /// `none`, `all`, `backup <id>`, `subset N/M`.
+    pub scope: String,
+    pub backups: u64,
+    pub artifacts: u64,
+    pub bytes: u64,
+}
+
+/// What one job's check found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub job: String,
+    pub outcome: CheckOutcome,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    /// Committed backups whose artifacts were checked against the listing.
+    pub backups: u64,
+    /// Artifacts checked against the listing.
+    pub artifacts: u64,
+    /// Artifacts streamed and re-hashed.
+    pub read: DataRead,
+    /// Objects that do not match their manifest: damage.
+    pub damaged: Vec<Damaged>,
+    /// Artifacts a manifest names that are not stored: damage.
+    pub missing: Vec<Missing>,
+    /// Objects that could not be checked.
+    pub unchecked: Vec<Unchecked>,
+    /// Objects under a backup id without a manifest (receipts aside), older
+    /// than the grace period: left by a failed backup or an interrupted
+    /// prune, collected by the next prune. Not damage.
+    pub orphans: Vec<String>,
+    /// Multipart uploads older than the grace period. Not damage.
+    pub stale_uploads: Vec<String>,
+    /// Drill receipts of a backup whose manifest is gone (deleted by hand,
+    /// or by a prune that was interrupted). Not damage: no committed backup
+    /// lost anything.
+    pub receipts_without_manifest: Vec<String>,
+}
+
+impl CheckReport {
+    /// Damaged and missing objects.
+    pub fn damage_count(&self) -> u64 {
+        (self.damaged.len() + self.missing.len()) as u64
+    }
+}
+
+/// One object of the listing.
+#[derive(Debug, Clone, Copy)]
+struct Listed {
+    size: u64,
+    modified: Option<DateTime<Utc>>,
+}
+
+/// One backup id of the listing: its objects by name.
+#[derive(Debug, Default)]
+struct IdObjects {
+    objects: BTreeMap<String, Listed>,
+}
+
+impl IdObjects {
+    fn committed(&self) -> bool {
+        self.objects.contains_key(MANIFEST_NAME)
+    }
+
+    fn newest(&self) -> Option<DateTime<Utc>> {
+        self.objects.values().filter_map(|o| o.modified).max()
+    }
+}
+
+/// Checks one job at the clock's time (which judges the grace period).
+/// Cancelling stops between requests; a check changes nothing.
+pub async fn check(
+    repo: &Repository,
+    opts: &CheckOptions,
+    clock: &dyn Clock,
+    cancel: &CancellationToken,
+) -> Result<CheckReport> {
+    tokio::select! {
+        r = check_once(repo, opts, clock) => r,
+        _ = cancel.cancelled() => Err(Error::Cancelled {
+            what: format!("check of job {}", opts.job),
+            detail: String::new(),
+        }),
+    }
+}
+
+async fn check_once(
+    repo: &Repository,
+    opts: &CheckOptions,
+    clock: &dyn Clock,
+) -> Result<CheckReport> {
+    let started_at = clock.now();
+    let job = opts.job.as_str();
+    let prefix = format!("{job}/");
+    let mut ids: BTreeMap<String, IdObjects> = BTreeMap::new();
+    let mut listing = repo.store().list(&prefix);
+    while let Some(o) = listing.try_next().await? {
+        let rest = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
+        let Some((id, name)) = rest.split_once('/') else {
+            continue;
+        };
+        ids.entry(id.to_string()).or_default().objects.insert(
+            name.to_string(),
+            Listed {
+                size: o.size,
+                modified: o.last_modified,
+            },
+        );
+    }
+    drop(listing);
+
+    let mut report = CheckReport {
+        job: job.to_string(),
+        outcome: CheckOutcome::Clean,
+        started_at,
+        finished_at: started_at,
+        backups: 0,
+        artifacts: 0,
+        read: DataRead {
+            scope: opts.read_data.describe(),
+            ..DataRead::default()
+        },
+        damaged: Vec::new(),
+        missing: Vec::new(),
+        unchecked: Vec::new(),
+        orphans: Vec::new(),
+        stale_uploads: Vec::new(),
+        receipts_without_manifest: Vec::new(),
+    };
+
+    // Uncommitted ids: receipts (always worth saying), then the rest once
+    // older than the grace period (younger ones are a backup in progress).
+    let cutoff =
+        started_at - chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+    for (id, objs) in ids.iter().filter(|(_, o)| !o.committed()) {
+        let old = objs.newest().is_some_and(|t| t < cutoff);
+        for name in objs.objects.keys() {
+            let key = Repository::key(job, id, name);
+            if ReceiptName::parse(name).is_some() {
+                report.receipts_without_manifest.push(key);
+            } else if old {
+                report.orphans.push(key);
+            }
+        }
+    }
+    report.stale_uploads = repo
+        .store()
+        .list_multipart_uploads(&prefix)
+        .await?
+        .into_iter()
+        .filter(|u| u.initiated.is_some_and(|t| t < cutoff))
+        .map(|u| u.key)
+        .collect();
+
+    let committed: Vec<String> = ids
+        .iter()
+        .filter(|(_, o)| o.committed())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let selected: Box<dyn Fn(&str) -> bool + Send + Sync> = match &opts.read_data {
+        ReadData::None => Box::new(|_| false),
+        ReadData::All => Box::new(|_| true),
+        ReadData::Backup(spec) => {
+            let id = match spec.as_str() {
+                // Ids are UTC start times: the greatest is the newest.
+                "latest" => committed.last().map(|id| id.to_string()),
+                id => committed
+                    .iter()
+                    .find(|c| c.as_str() == id)
+                    .map(|id| id.to_string()),
+            };
+            let Some(id) = id else {
+                return Err(Error::Store(refugio_store::Error::BackupNotFound {
+                    store: repo.describe(),
+                    job: job.to_string(),
+                    backup: spec.clone(),
+                }));
+            };
+            report.read.scope = format!("backup {id}");
+            Box::new(move |candidate| candidate == id)
+        }
+        &ReadData::Subset { part, of } => Box::new(move |id| in_subset(id, part, of)),
+    };
+
+    // Manifests, a few at a time; then every artifact against the listing.
+    let mut manifests = futures::stream::iter(committed)
+        .map(|id| async move {
+            let read = repo.read_manifest(job, &id).await;
+            (id, read)
+        })
+        .buffered(MANIFEST_CONCURRENCY);
+    let mut to_read: Vec<(String, refugio_store::manifest::Artifact)> = Vec::new();
+    let mut read_backups = 0;
+    while let Some((id, read)) = manifests.next().await {
+        let id = id.as_str();
+        let manifest_key = Repository::manifest_key(job, id);
+        let m: Manifest = match read {
+            Ok(Some(m)) => m,
+            // Deleted since the listing (a prune): not a backup any more.
+            Ok(None) => continue,
+            Err(refugio_store::Error::InvalidManifest { reason, .. }) => {
+                report.backups += 1;
+                report.damaged.push(Damaged {
+                    backup_id: id.to_string(),
+                    key: manifest_key,
+                    problem: Problem::Manifest { reason },
+                });
+                continue;
+            }
+            Err(e @ refugio_store::Error::UnsupportedManifest { .. }) => {
+                report.unchecked.push(Unchecked {
+                    backup_id: id.to_string(),
+                    key: manifest_key,
+                    error: e.to_string(),
+                });
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        report.backups += 1;
+        let read_this = selected(id);
+        if read_this {
+            read_backups += 1;
+        }
+        let objs = &ids[id];
+        for art in &m.artifacts {
+            report.artifacts += 1;
+            let key = Repository::key(job, id, &art.name);
+            let listed = objs.objects.get(&art.name).map(|o| o.size);
+            let whole = match listed {
+                Some(size) if size == art.stored_size => true,
+                // The listing suggests damage: ask again before saying so.
+                _ => confirm(repo, job, id, &key, art.stored_size, &mut report).await?,
+            };
+            if whole && read_this {
+                to_read.push((id.to_string(), art.clone()));
+            }
+        }
+    }
+    drop(manifests);
+    report.read.backups = read_backups;
+
+    let progress = opts.progress.as_ref();
+    crate::progress::phase(progress, || {
+        format!("reading {} artifacts of job {job}", to_read.len())
+    });
+    let mut reads = futures::stream::iter(to_read)
+        .map(|(id, art)| async move {
+            let key = Repository::key(job, &id, &art.name);
+            let r = read_artifact(repo, &key, art.stored_size, &art.sha256, progress).await;
+            (id, key, r)
+        })
+        .buffer_unordered(READ_CONCURRENCY);
+    while let Some((id, key, r)) = reads.next().await {
+        match r {
+            Read::Whole(bytes) => {
+                report.read.artifacts += 1;
+                report.read.bytes += bytes;
+            }
+            Read::Bad(problem) => report.damaged.push(Damaged {
+                backup_id: id,
+                key,
+                problem,
+            }),
+            Read::Gone => {
+                if manifest_exists(repo, job, &id).await? {
+                    report.missing.push(Missing { backup_id: id, key });
+                }
+            }
+            Read::Failed(error) => report.unchecked.push(Unchecked {
+                backup_id: id,
+                key,
+                error,
+            }),
+        }
+    }
+    drop(reads);
+
+    report.damaged.sort_by(|a, b| a.key.cmp(&b.key));
+    report.missing.sort_by(|a, b| a.key.cmp(&b.key));
+    report.unchecked.sort_by(|a, b| a.key.cmp(&b.key));
+    report.outcome = if report.damage_count() > 0 {
+        CheckOutcome::Damaged
+    } else if !report.unchecked.is_empty() {
+        CheckOutcome::Inconclusive
+    } else {
+        CheckOutcome::Clean
+    };
+    report.finished_at = clock.now();
+    Ok(report)
+}
+
+/// Confirms with a HEAD what the listing suggested of artifact `key`
+/// (absent, or another size): records it as missing or damaged, or
+/// returns true when the stored object is whole after all (the listing
+/// raced a write). A backup whose manifest is gone by now was pruned
+/// meanwhile: nothing is recorded.
+async fn confirm(
+    repo: &Repository,
+    job: &str,
+    id: &str,
+    key: &str,
+    expected: u64,
+    report: &mut CheckReport,
+) -> Result<bool> {
+    match repo.store().head(key).await? {
+        Some(meta) if meta.size == expected => Ok(true),
+        Some(meta) => {
+            report.damaged.push(Damaged {
+                backup_id: id.to_string(),
+                key: key.to_string(),
+                problem: Problem::Size {
+                    expected,
+                    actual: meta.size,
+                },
+            });
+            Ok(false)
+        }
+        None => {
+            if manifest_exists(repo, job, id).await? {
+                report.missing.push(Missing {
+                    backup_id: id.to_string(),
+                    key: key.to_string(),
+                });
+            }
+            Ok(false)
+        }
+    }
+}
+
+async fn manifest_exists(repo: &Repository, job: &str, id: &str) -> Result<bool> {
+    Ok(repo
+        .store()
+        .head(&Repository::manifest_key(job, id))
+        .await?
+        .is_some())
+}
+
+/// What streaming one artifact back found.
+enum Read {
+    /// Read to its end with the manifest's size and digest: the bytes read.
+    Whole(u64),
+    /// Checked and found bad.
+    Bad(Problem),
+    /// Not there (any more).
+    Gone,
+    /// Could not be read: the error.
+    Failed(String),
+}
+
+/// Streams artifact `key` and checks its size and SHA-256. A download that
+/// ends early while the store still says the object is whole is a failed
+/// read, not damage (a cut connection), as in a restore.
+async fn read_artifact(
+    repo: &Repository,
+    key: &str,
+    size: u64,
+    sha256: &str,
+    progress: Option<&std::sync::Arc<crate::Progress>>,
+) -> Read {
+    let mut reader = match get_verified(repo.store().as_ref(), key, size, sha256).await {
+        Ok(r) => r,
+        Err(refugio_store::Error::NotFound { .. }) => return Read::Gone,
+        Err(e) => return Read::Failed(refugio_store::error::chain(&e)),
+    };
+    let mut buf = vec![0u8; READ_BUFFER];
+    let error = loop {
+        match reader.read(&mut buf).await {
+            Ok(0) => return Read::Whole(reader.bytes_read()),
+            Ok(n) => {
+                if let Some(p) = progress {
+                    p.read
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    match verification_error(&error) {
+        Some(refugio_store::Error::SizeMismatch { actual, .. }) if *actual < size => {
+            match repo.store().head(key).await {
+                Ok(Some(meta)) if meta.size == size => Read::Failed(format!(
+                    "the download ended after {actual} of {size} bytes while the stored object is whole"
+                )),
+                Ok(Some(meta)) => Read::Bad(Problem::Size {
+                    expected: size,
+                    actual: meta.size,
+                }),
+                Ok(None) => Read::Gone,
+                Err(e) => Read::Failed(format!(
+                    "the download ended early and the object's size could not be checked: {}",
+                    refugio_store::error::chain(&e)
+                )),
+            }
+        }
+        Some(refugio_store::Error::SizeMismatch {
+            expected, actual, ..
+        }) => Read::Bad(Problem::Size {
+            expected: *expected,
+            actual: *actual,
+        }),
+        Some(refugio_store::Error::DigestMismatch {
+            expected, actual, ..
+        }) => Read::Bad(Problem::Digest {
+            expected: expected.clone(),
+            actual: actual.clone(),
+        }),
+        _ => Read::Failed(refugio_store::error::chain(&error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FixedClock;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    const FIXTURE: &str = include_str!("../../store/tests/fixtures/manifest-1.4.json");
+
+    fn repo() -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = refugio_store::fs::FsStore::new(dir.path()).expect("store");
+        (dir, Repository::new(Arc::new(store)))
+    }
+
+    /// Commits backup `id` of job `j` with one artifact per `(name, body)`.
+    async fn backup(repo: &Repository, j: &str, id: &str, artifacts: &[(&str, &[u8])]) {
+        let mut m = Manifest::parse("fixture", FIXTURE.as_bytes()).expect("fixture");
+        m.job = j.into();
+        m.backup_id = id.into();
+        m.object_lock = None;
+        let template = m.artifacts[0].clone();
+        m.artifacts = artifacts
+            .iter()
+            .map(|(name, body)| {
+                let mut a = template.clone();
+                a.name = (*name).into();
+                a.stored_size = body.len() as u64;
+                a.sha256 = hex(body);
+                a
+            })
+            .collect();
+        for (name, body) in artifacts {
+            repo.store()
+                .put(&Repository::key(j, id, name), Bytes::copy_from_slice(body))
+                .await
+                .expect("put");
+        }
+        repo.commit(&m).await.expect("commit");
+    }
+
+    fn hex(body: &[u8]) -> String {
+        Sha256::digest(body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    async fn run(
+        repo: &Repository,
+        read_data: ReadData,
+        now: DateTime<Utc>,
+    ) -> Result<CheckReport> {
+        let opts = CheckOptions {
+            job: "app".into(),
+            read_data,
+            grace: DEFAULT_GRACE,
+            progress: None,
+        };
+        check(repo, &opts, &FixedClock(now), &CancellationToken::new()).await
+    }
+
+    fn later() -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::days(2)
+    }
+
+    #[test]
+    fn subsets_partition_the_backups() {
+        let ids: Vec<String> = (0..700)
+            .map(|i| format!("2026{:02}{:02}T{:02}0000Z", 1 + i % 12, 1 + i % 28, i % 24))
+            .collect();
+        let mut sizes = [0usize; 7];
+        for id in &ids {
+            let parts: Vec<u32> = (1..=7).filter(|p| in_subset(id, *p, 7)).collect();
+            assert_eq!(parts.len(), 1, "{id} is in {parts:?}");
+            sizes[parts[0] as usize - 1] += 1;
+        }
+        assert!(sizes.iter().all(|n| *n > 0), "{sizes:?}");
+        assert!(in_subset("x", 1, 1));
+        assert!(!in_subset("x", 1, 0));
+    }
+
+    #[test]
+    fn subset_specs() {
+        assert_eq!(
+            ReadData::subset("1/7"),
+            Ok(ReadData::Subset { part: 1, of: 7 })
+        );
+        assert_eq!(
+            ReadData::subset("7/7"),
+            Ok(ReadData::Subset { part: 7, of: 7 })
+        );
+        for bad in ["0/7", "8/7", "1", "a/b", "1/0", ""] {
+            let e = ReadData::subset(bad).expect_err(bad);
+            assert!(e.contains("N/M"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_clean_repository_passes_and_damage_is_found() {
+        let (_dir, repo) = repo();
+        backup(
+            &repo,
+            "app",
+            "20261128T060000Z",
+            &[
+                ("database.dump.zst", b"dump one"),
+                ("globals.sql.zst", b"roles"),
+            ],
+        )
+        .await;
+        backup(
+            &repo,
+            "app",
+            "20261128T120000Z",
+            &[("database.dump.zst", b"dump two")],
+        )
+        .await;
+        let r = run(&repo, ReadData::All, later()).await.expect("check");
+        assert_eq!(r.outcome, CheckOutcome::Clean, "{r:?}");
+        assert_eq!((r.backups, r.artifacts, r.read.artifacts), (2, 3, 3));
+        assert_eq!(r.read.bytes, 21);
+
+        // Same size, one byte changed: only reading finds it.
+        let key = "app/20261128T060000Z/database.dump.zst";
+        repo.store()
+            .put(key, Bytes::from_static(b"dump 0ne"))
+            .await
+            .expect("put");
+        let plain = run(&repo, ReadData::None, later()).await.expect("check");
+        assert_eq!(plain.outcome, CheckOutcome::Clean, "{plain:?}");
+        assert_eq!(plain.read.artifacts, 0);
+        let read = run(&repo, ReadData::All, later()).await.expect("check");
+        assert_eq!(read.outcome, CheckOutcome::Damaged);
+        assert_eq!(read.damaged.len(), 1, "{read:?}");
+        assert_eq!(read.damaged[0].key, key);
+        assert!(matches!(read.damaged[0].problem, Problem::Digest { .. }));
+        // The other backup only: the damaged one is not read.
+        let other = run(&repo, ReadData::Backup("latest".into()), later())
+            .await
+            .expect("check");
+        assert_eq!(other.outcome, CheckOutcome::Clean, "{other:?}");
+        assert_eq!(other.read.scope, "backup 20261128T120000Z");
+        assert_eq!(other.read.artifacts, 1);
+
+        // Truncated and deleted: found from the listing alone.
+        repo.store()
+            .put(key, Bytes::from_static(b"dump"))
+            .await
+            .expect("put");
+        repo.store()
+            .delete("app/20261128T120000Z/database.dump.zst")
+            .await
+            .expect("delete");
+        let r = run(&repo, ReadData::None, later()).await.expect("check");
+        assert_eq!(r.outcome, CheckOutcome::Damaged);
+        assert_eq!(
+            r.damaged[0].problem,
+            Problem::Size {
+                expected: 8,
+                actual: 4
+            }
+        );
+        assert_eq!(
+            r.missing,
+            vec![Missing {
+                backup_id: "20261128T120000Z".into(),
+                key: "app/20261128T120000Z/database.dump.zst".into()
+            }]
+        );
+        assert_eq!(r.damage_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn leftovers_are_reported_but_are_not_damage() {
+        let (_dir, repo) = repo();
+        backup(
+            &repo,
+            "app",
+            "20261128T060000Z",
+            &[("database.dump.zst", b"dump")],
+        )
+        .await;
+        repo.store()
+            .put(
+                "app/20261127T000000Z/database.dump.zst",
+                Bytes::from_static(b"partial"),
+            )
+            .await
+            .expect("put");
+        repo.store()
+            .put(
+                "app/20261126T000000Z/verify-20261126T010000.000Z-ok.json",
+                Bytes::from_static(b"{}"),
+            )
+            .await
+            .expect("put");
+        // Within the grace period an uncommitted backup is one in progress.
+        let now = run(&repo, ReadData::None, Utc::now()).await.expect("check");
+        assert!(now.orphans.is_empty(), "{now:?}");
+        let r = run(&repo, ReadData::None, later()).await.expect("check");
+        assert_eq!(r.outcome, CheckOutcome::Clean);
+        assert_eq!(r.orphans, vec!["app/20261127T000000Z/database.dump.zst"]);
+        assert_eq!(
+            r.receipts_without_manifest,
+            vec!["app/20261126T000000Z/verify-20261126T010000.000Z-ok.json"]
+        );
+        assert_eq!(now.receipts_without_manifest, r.receipts_without_manifest);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_manifest_is_damage_and_an_unknown_backup_an_error() {
+        let (_dir, repo) = repo();
+        repo.store()
+            .put(
+                "app/20261128T060000Z/manifest.json",
+                Bytes::from_static(b"{ not json"),
+            )
+            .await
+            .expect("put");
+        let r = run(&repo, ReadData::None, later()).await.expect("check");
+        assert_eq!(r.outcome, CheckOutcome::Damaged);
+        assert!(
+            matches!(r.damaged[0].problem, Problem::Manifest { .. }),
+            "{r:?}"
+        );
+        let e = run(&repo, ReadData::Backup("20200101T000000Z".into()), later())
+            .await
+            .expect_err("no such backup");
+        assert!(e.to_string().contains("20200101T000000Z"), "{e}");
+    }
+}
