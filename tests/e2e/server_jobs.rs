@@ -2,6 +2,8 @@
 //! database in scope, each from its own snapshot, plus the globals once;
 //! restores take one database or all of them; drills check each.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use refugio_testkit::{s3, Cluster};
 use rstest::rstest;
@@ -324,5 +326,38 @@ async fn database_and_databases_exclude_each_other() -> Result<()> {
         !out.status.success() && text.contains("`database` and `databases`"),
         "{text}"
     );
+    Ok(())
+}
+
+/// A database dropped after the run listed the databases (here: while the
+/// first one is being dumped) is left out with a warning; the backup of
+/// the others commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_dropped_during_the_run_is_left_out() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::dir(tmp.path());
+    let src = Cluster::start(16).await?;
+    src.create_database("a_big").await?;
+    refugio_testkit::sample::load_bulk(&src, "a_big", 600_000).await?;
+    src.create_database("z_gone").await?;
+    let extra = "databases = [\"a_big\", \"z_*\"]\nglobals = false\n";
+    let config = write_config(tmp.path(), &repo, &job("srv", &src, "postgres", extra));
+    let cfg = config.to_str().unwrap_or_default().to_string();
+    let child = refugio_command(&["--config", &cfg, "backup"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    wait_until("pg_dump of a_big", Duration::from_secs(30), || {
+        Ok(dumping_pg_dump(pid).is_some())
+    })?;
+    src.psql("postgres", "DROP DATABASE z_gone WITH (FORCE)")
+        .await?;
+    let out = child.wait_with_output()?;
+    let text = all_output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("database-vanished"), "{text}");
+    let m = list(&config, &[])?.into_iter().next().context("manifest")?;
+    assert_eq!(names(&m), vec!["a_big"], "{m}");
     Ok(())
 }

@@ -134,6 +134,22 @@ pub(super) async fn dump(
     })
 }
 
+/// Whether the database of a failed dump no longer exists (SQLSTATE
+/// 3D000 when connecting for its snapshot): it was dropped after the
+/// databases were listed.
+pub(super) fn vanished(e: &Error) -> bool {
+    let Error::Snapshot { source, .. } = e else {
+        return false;
+    };
+    match source.as_ref() {
+        refugio_dump::Error::Connect {
+            source: sqlx::Error::Database(d),
+            ..
+        } => d.code().as_deref() == Some("3D000"),
+        _ => false,
+    }
+}
+
 /// The object name of a database's artifact in a whole-server backup:
 /// `db-<n>-<name>` with the name's characters outside `[A-Za-z0-9_-]` as
 /// `_` (the manifest maps it back to the real name), e.g.

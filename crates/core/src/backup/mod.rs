@@ -279,6 +279,11 @@ async fn commit_backup(
             upload: &upload,
         };
         match database::dump(repo, opts, plan.pg_dump, target, cancel).await {
+            // Dropped since the databases were listed: not in this backup.
+            Err(e) if server && database::vanished(&e) => {
+                tracing::warn!(job, backup = %id, database = %database,
+                    "database-vanished: dropped during the run; left out of this backup");
+            }
             Ok(d) => {
                 tracing::info!(job, backup = %id, database = %database,
                     stored_bytes = d.artifact.stored_size, "database-dumped");
@@ -290,6 +295,18 @@ async fn commit_backup(
                 return Err(e);
             }
         }
+    }
+    if dumped.is_empty() {
+        let scope = opts.databases.clone().unwrap_or(DatabaseScope {
+            include: Vec::new(),
+            exclude: Vec::new(),
+        });
+        return Err(Error::NoDatabases {
+            job: job.to_string(),
+            server: plan.main.redacted(),
+            include: scope.include,
+            exclude: scope.exclude,
+        });
     }
     let mut artifacts: Vec<_> = dumped.iter().map(|(_, d)| d.artifact.clone()).collect();
 
