@@ -280,6 +280,11 @@ async fn patterns_choose_databases_and_a_new_database_is_picked_up() -> Result<(
         "databases = [\"app_*\", \"billing\"]\nexclude_databases = [\"*_us\"]\nglobals = false\n";
     let config = write_config(tmp.path(), &repo, &job("apps", &src, "postgres", extra));
     let cfg = config.to_str().unwrap_or_default();
+    let checked = refugio_ok(&["--config", cfg, "config", "check"], &[])?;
+    assert!(
+        checked.contains("databases in scope: app_eu, billing"),
+        "{checked}"
+    );
     refugio_ok(&["--config", cfg, "backup"], &[])?;
     src.create_database("app_asia").await?;
     src.psql(

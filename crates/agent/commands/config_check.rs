@@ -146,8 +146,25 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
             let source = job.source_spec()?;
             let probe = refugio_core::probe::source(&source, job.pg_bindir.as_deref()).await?;
             let (facts, tool) = (probe.facts, probe.pg_dump);
+            // A whole-server job: which databases its next backup holds.
+            let scope = match job.database_scope() {
+                Some(scope) => {
+                    let mut conn = source.connect().await?;
+                    let names = scope.resolve(&mut conn, &source).await?;
+                    if names.is_empty() {
+                        anyhow::bail!(
+                            "no database on {} matches databases = {:?} (exclude_databases = {:?})",
+                            source.redacted(),
+                            scope.include,
+                            scope.exclude
+                        );
+                    }
+                    format!("; databases in scope: {}", names.join(", "))
+                }
+                None => String::new(),
+            };
             anyhow::Ok(format!(
-                "source {} reachable: PostgreSQL {}{}, pg_dump {} at {}",
+                "source {} reachable: PostgreSQL {}{}, pg_dump {} at {}{scope}",
                 source.redacted(),
                 facts.version,
                 if facts.in_recovery { " (standby)" } else { "" },

@@ -196,14 +196,20 @@ impl std::fmt::Debug for JobConfig {
 }
 
 impl JobConfig {
-    /// The source, as the job names it.
+    /// The source, as the job names it. A whole-server job whose URL
+    /// names no database connects to `postgres` (its lock, its probes, the
+    /// globals), as its backups do.
     pub fn source_spec(&self) -> Result<SourceSpec> {
-        SourceSpec::new(
+        let spec = SourceSpec::new(
             &self.source,
             self.database.as_deref(),
             self.password_file.as_deref(),
         )
-        .with_context(|| format!("job {}: source", self.name))
+        .with_context(|| format!("job {}: source", self.name))?;
+        Ok(match (&self.databases, spec.database()) {
+            (Some(_), None) => spec.with_database("postgres"),
+            _ => spec,
+        })
     }
 
     /// Options of one backup attempt (`attempt` counts from 1) into `repo`.
