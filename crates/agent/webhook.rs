@@ -84,6 +84,16 @@ pub struct Event {
     pub at: DateTime<Utc>,
     /// Host name of the agent that sends it.
     pub agent: String,
+    /// A whole-server job's backup: each database's stored bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<DatabaseSize>,
+}
+
+/// One database of a whole-server backup, in a webhook event.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DatabaseSize {
+    pub name: String,
+    pub stored_bytes: u64,
 }
 
 /// A configured webhook.
@@ -180,6 +190,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn per_database_sizes_only_for_whole_server_backups() {
+        let mut e = Event {
+            event: "recovery",
+            job: "all".into(),
+            task: "backup".into(),
+            reason: "schedule".into(),
+            backup_id: Some("20261201T060000Z".into()),
+            error: None,
+            outcome: None,
+            at: Utc::now(),
+            agent: "h".into(),
+            databases: Vec::new(),
+        };
+        let v = serde_json::to_value(&e).expect("json");
+        assert!(v.get("databases").is_none(), "{v}");
+        e.databases = vec![DatabaseSize {
+            name: "café trips".into(),
+            stored_bytes: 42,
+        }];
+        let v = serde_json::to_value(&e).expect("json");
+        assert_eq!(v["databases"][0]["name"], "café trips");
+        assert_eq!(v["databases"][0]["stored_bytes"], 42);
+    }
+
+    #[test]
     fn failures_and_recoveries() {
         let o = Outcomes::default();
         assert_eq!(o.record("a", "backup", true), None);
@@ -260,6 +295,7 @@ mod tests {
             outcome: None,
             at: Utc::now(),
             agent: hostname(),
+            databases: Vec::new(),
         };
         assert!(!w.send(&event).await);
     }

@@ -36,6 +36,8 @@ struct Told {
     /// Drills (`passed`, `failed`, `inconclusive`) and checks (`clean`,
     /// `damaged`, `inconclusive`).
     outcome: Option<&'static str>,
+    /// A whole-server backup's per-database sizes.
+    databases: Vec<crate::webhook::DatabaseSize>,
 }
 
 /// The configuration in force and the repository it names.
@@ -310,6 +312,7 @@ impl Agent {
                     backup_id: None,
                     error: Some(crate::output::error_chain(&e)),
                     outcome,
+                    databases: Vec::new(),
                 };
                 self.notify(&cur, &job, &fire, told);
                 return;
@@ -357,11 +360,27 @@ impl Agent {
             (Err(_), TaskKind::Drill | TaskKind::Check) => Some(Outcome::Inconclusive.as_str()),
             _ => None,
         };
+        let databases = match &outcome {
+            Ok(Done::Backup(m)) if m.is_server() => m
+                .units()
+                .map(|units| {
+                    units
+                        .iter()
+                        .map(|u| crate::webhook::DatabaseSize {
+                            name: u.database.to_string(),
+                            stored_bytes: u.artifact.stored_size,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         let told = Told {
             ok,
             backup_id,
             error,
             outcome: drill_outcome,
+            databases,
         };
         self.notify(&cur, &job, &fire, told);
         // USR2 with a restore target: the newest verified backup goes
@@ -479,6 +498,7 @@ impl Agent {
             backup_id,
             error,
             outcome,
+            databases,
         } = told;
         // A task stopped by SIGTERM/SIGINT did not fail: the agent is
         // shutting down, and nothing was committed.
@@ -502,6 +522,7 @@ impl Agent {
             outcome: outcome.map(str::to_string),
             at: Utc::now(),
             agent: self.hostname.clone(),
+            databases,
         };
         self.tasks.spawn(async move {
             match Webhook::new(&cfg) {
