@@ -204,7 +204,8 @@ impl Config {
                 );
             }
             if let Some(r) = &j.restore_on_signal {
-                r.validate(j)
+                let source = j.source_spec()?;
+                r.validate(&source, j.databases.is_some())
                     .with_context(|| format!("jobs[{i}] ({}).restore_on_signal", j.name))?;
             }
             if j.attempts == 0 {

@@ -5,7 +5,6 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::job::JobConfig;
 use super::repository::RepositoryConfig;
 use refugio_dump::{redact_url, SourceSpec};
 
@@ -77,19 +76,18 @@ fn server_of(url: &str) -> Result<(String, u16)> {
 }
 
 impl RestoreOnSignal {
-    /// Refuses a target that is the job's own source: the same server and
-    /// database (for a whole-server job, the same server).
-    pub fn validate(&self, job: &JobConfig) -> Result<()> {
+    /// Refuses a target that is the job's own `source`: the same server
+    /// and database (for a whole-server job, the same server).
+    pub fn validate(&self, source: &SourceSpec, whole_server: bool) -> Result<()> {
         let target = SourceSpec::new(&self.target, None, None).context("target")?;
-        let source = job.source_spec().context("source")?;
         if server_of(&self.target)? != server_of(&source.redacted())? {
             return Ok(());
         }
-        let same = match (&job.databases, target.database(), source.database()) {
-            (Some(_), _, _) => true,
-            (None, Some(t), Some(s)) => t == s,
-            (None, None, _) => true,
-            (None, Some(_), None) => false,
+        let same = match (whole_server, target.database(), source.database()) {
+            (true, _, _) => true,
+            (false, Some(t), Some(s)) => t == s,
+            (false, None, _) => true,
+            (false, Some(_), None) => false,
         };
         if same {
             bail!(
@@ -101,21 +99,23 @@ impl RestoreOnSignal {
         Ok(())
     }
 
-    /// The restore's options.
+    /// The restore's options: `jobs` parallel pg_restore jobs, the tools
+    /// in `bindir` (None: search).
     pub fn restore_options(
         &self,
-        job: &JobConfig,
+        jobs: u32,
+        bindir: Option<std::path::PathBuf>,
         repo: &RepositoryConfig,
     ) -> Result<refugio_core::RestoreOptions> {
         Ok(refugio_core::RestoreOptions {
             target: SourceSpec::new(&self.target, None, None)
-                .with_context(|| format!("job {}: restore_on_signal.target", job.name))?,
+                .context("restore_on_signal.target")?,
             clean: self.clean,
             create: true,
             globals: self.globals,
-            jobs: job.drill_jobs.max(1),
+            jobs: jobs.max(1),
             no_owner: self.no_owner,
-            bindir: job.pg_bindir.clone(),
+            bindir,
             temp_dir: None,
             identities: repo.identities()?,
             database: None,
@@ -128,20 +128,22 @@ impl RestoreOnSignal {
 mod tests {
     use super::*;
 
-    fn job(source: &str, databases: Option<Vec<String>>) -> JobConfig {
-        let mut j = super::super::job::adhoc_job(source, Some("j")).expect("job");
-        j.databases = databases;
-        j
+    /// A job's source, and whether the job is whole-server.
+    fn job(source: &str, databases: Option<Vec<String>>) -> (SourceSpec, bool) {
+        (
+            SourceSpec::new(source, None, None).expect("url"),
+            databases.is_some(),
+        )
     }
 
-    fn check(target: &str, j: &JobConfig) -> Result<()> {
+    fn check(target: &str, (source, whole): &(SourceSpec, bool)) -> Result<()> {
         RestoreOnSignal {
             target: target.into(),
             clean: false,
             globals: false,
             no_owner: false,
         }
-        .validate(j)
+        .validate(source, *whole)
     }
 
     #[test]

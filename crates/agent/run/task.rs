@@ -1,7 +1,7 @@
 //! One attempt of a job's task: the config mapped to an operation's
 //! options, the operation run.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use refugio_core::drill::{self, Pick};
 use refugio_core::prune::DELETE_BATCH;
 use refugio_core::SystemClock;
@@ -53,7 +53,9 @@ pub(super) async fn run_once(
                 .as_ref()
                 .ok_or_else(|| anyhow!("job {}: no [jobs.restore_on_signal] target", job.name))?;
             let m = newest_verified(repo, &job.name).await?;
-            let opts = to.restore_options(job, &cfg.repository)?;
+            let opts = to
+                .restore_options(job.drill_jobs, job.pg_bindir.clone(), &cfg.repository)
+                .with_context(|| format!("job {}", job.name))?;
             tracing::info!(backup = %m.backup_id, target = %opts.target.redacted(), "restore-started");
             let report = refugio_core::restore(repo, &m, &opts, cancel).await?;
             tracing::info!(backup = %m.backup_id, target = %report.target,
