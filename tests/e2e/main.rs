@@ -15,6 +15,7 @@ mod job_lock;
 mod lock;
 mod mid_stream;
 mod outcomes;
+mod pg_tls;
 mod prune;
 mod replica_lag;
 mod roundtrip;

@@ -138,6 +138,7 @@ impl Config {
                 bail!("jobs[{i}].name: {:?} is used by two jobs", j.name);
             }
             refugio_dump::SourceSpec::new(&j.source, j.database.as_deref(), None)
+                .and_then(|s| s.with_tls(&j.tls()))
                 .with_context(|| format!("jobs[{i}] ({}).source", j.name))?;
             if let Some(l) = j.compression_level {
                 let ok = match j.compression {

@@ -37,9 +37,12 @@ pub mod proxy;
 pub mod s3;
 pub mod sample;
 mod standby;
+mod sweep;
+pub mod tls;
 
 pub use cluster::{pg_bindir, Cluster, PASSWORD_USER, PASSWORD_USER_PASSWORD};
 pub use fault_proxy::{FaultProxy, Rule, RuleId, RuleStats};
 pub use proxy::{SlowProxy, Slowdown};
 pub use s3::{dead_port, garage, moto, unique_prefix, S3Kind, S3Target};
 pub use sample::{load_bulk, load_sample};
+pub use tls::{Ca, CertPair, ServerTls};
