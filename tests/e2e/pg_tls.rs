@@ -70,11 +70,7 @@ async fn restores_identically(cfg: &Path, env: &[(String, String)], src: &Cluste
         manifest_counts(&manifests[0]),
         "restored = manifest"
     );
-    assert_eq!(
-        restored,
-        row_counts(src, "app").await?,
-        "restored = source"
-    );
+    assert_eq!(restored, row_counts(src, "app").await?, "restored = source");
     Ok(())
 }
 
