@@ -147,10 +147,6 @@ pub(crate) fn check_files(url: &Url) -> Result<(), (&'static str, PathBuf, std::
         let Some(value) = query_param(url, param) else {
             continue;
         };
-        // `system` (PostgreSQL 16's "the system's roots") is no file.
-        if param == "sslrootcert" && value == "system" {
-            continue;
-        }
         let path = PathBuf::from(value);
         if let Err(e) = std::fs::File::open(&path) {
             return Err((param, path, e));
@@ -159,9 +155,17 @@ pub(crate) fn check_files(url: &Url) -> Result<(), (&'static str, PathBuf, std::
     Ok(())
 }
 
-/// A client certificate without its key, or a key without its certificate:
-/// sqlx needs both, and libpq would look for the other in `~/.postgresql`.
+/// A client certificate without its key, or a key without its certificate
+/// (sqlx needs both, and libpq would look for the other in
+/// `~/.postgresql`), or `sslrootcert=system` (PostgreSQL 16's "the
+/// system's roots", which sqlx would take for a file name).
 pub(crate) fn check_pairing(url: &Url) -> Result<(), String> {
+    if query_param(url, "sslrootcert").as_deref() == Some("system") {
+        return Err(
+            "sslrootcert=system is not supported (refugio's own connections would read it as a file name); name the CA file"
+                .into(),
+        );
+    }
     match (
         query_param(url, "sslcert").is_some(),
         query_param(url, "sslkey").is_some(),
@@ -298,7 +302,7 @@ mod tests {
             check_files(&url("postgres://h/d?sslrootcert=/no/such/ca.pem")).expect_err("missing");
         assert_eq!(param, "sslrootcert");
         assert_eq!(path, PathBuf::from("/no/such/ca.pem"));
-        assert!(check_files(&url("postgres://h/d?sslrootcert=system")).is_ok());
+        assert!(check_pairing(&url("postgres://h/d?sslrootcert=system")).is_err());
     }
 
     #[test]
