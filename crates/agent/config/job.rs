@@ -9,7 +9,9 @@ use serde::Deserialize;
 
 use refugio_core::{BackupOptions, DrillOptions, Scratch};
 use refugio_dump::snapshot::RowCountMode;
-use refugio_dump::{redact_text, redact_url, Compression, DumpFormat, SourceSpec};
+use refugio_dump::{
+    redact_text, redact_url, Compression, DumpFormat, SourceSpec, SslMode, TlsSettings,
+};
 
 use super::repository::RepositoryConfig;
 use super::retention::RetentionConfig;
@@ -43,6 +45,21 @@ pub struct JobConfig {
     /// File whose first line is the password. Default none (libpq's sources).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// libpq's `sslmode` for the source: `disable`, `allow`, `prefer`,
+    /// `require`, `verify-ca`, `verify-full`. Default: the URL's, else
+    /// `PGSSLMODE`, else `prefer`. Merged into the URL for sqlx and the
+    /// libpq tools alike; a different `sslmode` in the URL is an error.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// CA certificates (PEM) the source's certificate must chain to. Default none.
+    #[serde(default)]
+    pub sslrootcert: Option<PathBuf>,
+    /// Client certificate (PEM), with `sslkey`. Default none.
+    #[serde(default)]
+    pub sslcert: Option<PathBuf>,
+    /// The client certificate's key (PEM, no passphrase; mode 0600). Default none.
+    #[serde(default)]
+    pub sslkey: Option<PathBuf>,
     /// `custom` (default; pg_restore, parallel restore) or `plain` (SQL for `gunzip | psql`).
     #[serde(default = "default_format")]
     pub format: DumpFormat,
@@ -140,6 +157,10 @@ impl std::fmt::Debug for JobConfig {
             databases,
             exclude_databases,
             password_file,
+            sslmode,
+            sslrootcert,
+            sslcert,
+            sslkey,
             format,
             compression,
             compression_level,
@@ -170,6 +191,10 @@ impl std::fmt::Debug for JobConfig {
             .field("databases", databases)
             .field("exclude_databases", exclude_databases)
             .field("password_file", password_file)
+            .field("sslmode", sslmode)
+            .field("sslrootcert", sslrootcert)
+            .field("sslcert", sslcert)
+            .field("sslkey", sslkey)
             .field("format", format)
             .field("compression", compression)
             .field("compression_level", compression_level)
@@ -196,20 +221,31 @@ impl std::fmt::Debug for JobConfig {
 }
 
 impl JobConfig {
-    /// The source, as the job names it. A whole-server job whose URL
-    /// names no database connects to `postgres` (its lock, its probes, the
-    /// globals), as its backups do.
+    /// The source, as the job names it (its TLS fields merged into the
+    /// URL). A whole-server job whose URL names no database connects to
+    /// `postgres` (its lock, its probes, the globals), as its backups do.
     pub fn source_spec(&self) -> Result<SourceSpec> {
         let spec = SourceSpec::new(
             &self.source,
             self.database.as_deref(),
             self.password_file.as_deref(),
         )
+        .and_then(|s| s.with_tls(&self.tls()))
         .with_context(|| format!("job {}: source", self.name))?;
         Ok(match (&self.databases, spec.database()) {
             (Some(_), None) => spec.with_database("postgres"),
             _ => spec,
         })
+    }
+
+    /// The job's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`.
+    pub fn tls(&self) -> TlsSettings {
+        TlsSettings {
+            mode: self.sslmode,
+            root_cert: self.sslrootcert.clone(),
+            cert: self.sslcert.clone(),
+            key: self.sslkey.clone(),
+        }
     }
 
     /// Options of one backup attempt (`attempt` counts from 1) into `repo`.

@@ -99,6 +99,42 @@ impl Config {
         }
         let location =
             refugio_store::RepositoryLocation::parse(&r.url).context("repository.url")?;
+        let on_s3 = matches!(location, refugio_store::RepositoryLocation::S3 { .. });
+        for (field, set) in [
+            ("storage_class", r.storage_class.is_some()),
+            ("ca_file", r.ca_file.is_some()),
+        ] {
+            if set && !on_s3 {
+                bail!(
+                    "repository.{field}: only S3 repositories have it; {} is a directory",
+                    r.url
+                );
+            }
+        }
+        if let Some(class) = &r.storage_class {
+            if class.is_empty()
+                || !class
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            {
+                bail!(
+                    "repository.storage_class: {class:?} is not an S3 storage class name (e.g. \"STANDARD_IA\", \"GLACIER_IR\", \"INTELLIGENT_TIERING\")"
+                );
+            }
+        }
+        if let (Some(rate), true) = (r.upload_rate_limit, on_s3) {
+            // Parts in flight share the rate: each takes this long to send,
+            // and one attempt may take at most operation_timeout.
+            let per_part = r.part_size as f64 * r.upload_concurrency as f64 / rate as f64;
+            if per_part >= r.operation_timeout.as_secs_f64() {
+                bail!(
+                    "repository.upload_rate_limit: at {rate} bytes/s, {} parts of {} bytes in flight take {per_part:.0}s each to send, more than operation_timeout ({}s); raise operation_timeout, or lower part_size or upload_concurrency",
+                    r.upload_concurrency,
+                    r.part_size,
+                    r.operation_timeout.as_secs()
+                );
+            }
+        }
         if let Some(lock) = &r.object_lock {
             if !matches!(location, refugio_store::RepositoryLocation::S3 { .. }) {
                 bail!(
@@ -140,6 +176,7 @@ impl Config {
                 bail!("jobs[{i}].name: {:?} is used by two jobs", j.name);
             }
             refugio_dump::SourceSpec::new(&j.source, j.database.as_deref(), None)
+                .and_then(|s| s.with_tls(&j.tls()))
                 .with_context(|| format!("jobs[{i}] ({}).source", j.name))?;
             if let Some(dbs) = &j.databases {
                 if j.database.is_some() {
@@ -249,6 +286,68 @@ mod tests {
     use super::*;
     use refugio_dump::DumpFormat;
     use std::time::Duration;
+
+    #[rstest::rstest]
+    #[case("50MiB/s", Ok(50 << 20))]
+    #[case("500KiB/s", Ok(500 << 10))]
+    #[case("10MB/s", Ok(10_000_000))]
+    #[case(" 2 MiB/s ", Ok(2 << 20))]
+    #[case("1000/s", Err("below the minimum"))]
+    #[case("50MiB", Err("e.g. \"50MiB/s\""))]
+    #[case("50Mbit/s", Err("invalid size unit"))]
+    #[case("fast/s", Err("invalid size"))]
+    fn upload_rates(#[case] text: &str, #[case] expected: std::result::Result<u64, &str>) {
+        match (super::repository::parse_rate(text), expected) {
+            (Ok(rate), Ok(want)) => assert_eq!(rate, want, "{text}"),
+            (Err(e), Err(want)) => assert!(e.contains(want), "{text}: {e}"),
+            (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    /// The S3 options are checked against the repository they are for,
+    /// and errors name the field.
+    #[test]
+    fn s3_options_are_checked() {
+        let load = |repo: &str| -> Result<Config> {
+            let cfg: Config = toml::from_str(repo)?;
+            cfg.validate()?;
+            Ok(cfg)
+        };
+        let s3 = "[repository]\nurl = \"s3://b/p\"\n";
+        let cfg = load(&format!(
+            "{s3}storage_class = \"STANDARD_IA\"\nca_file = \"/etc/ca.pem\"\nupload_rate_limit = \"50MiB/s\"\n"
+        ))
+        .expect("valid");
+        let opts = cfg.repository.s3_options(None);
+        assert_eq!(opts.storage_class.as_deref(), Some("STANDARD_IA"));
+        assert_eq!(opts.upload_rate_limit, Some(50 << 20));
+        let dir = "[repository]\nurl = \"/srv/backups\"\n";
+        for field in [
+            "storage_class = \"STANDARD_IA\"",
+            "ca_file = \"/etc/ca.pem\"",
+        ] {
+            let e = format!("{:#}", load(&format!("{dir}{field}\n")).unwrap_err());
+            assert!(e.contains("only S3 repositories"), "{e}");
+        }
+        // A directory takes a rate limit.
+        assert!(load(&format!("{dir}upload_rate_limit = \"1MiB/s\"\n")).is_ok());
+        let e = format!(
+            "{:#}",
+            load(&format!("{s3}storage_class = \"standard ia\"\n")).unwrap_err()
+        );
+        assert!(e.contains("repository.storage_class"), "{e}");
+        let e = format!(
+            "{:#}",
+            load(&format!("{s3}upload_rate_limit = \"fast\"\n")).unwrap_err()
+        );
+        assert!(e.contains("repository.upload_rate_limit"), "{e}");
+        // 3 parts of 8 MiB at 64 KiB/s: 384 s each, beyond operation_timeout.
+        let e = format!(
+            "{:#}",
+            load(&format!("{s3}upload_rate_limit = \"64KiB/s\"\n")).unwrap_err()
+        );
+        assert!(e.contains("operation_timeout"), "{e}");
+    }
 
     #[test]
     fn example_config_parses() {

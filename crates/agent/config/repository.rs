@@ -1,5 +1,6 @@
 //! `[repository]`: where backups are stored, S3 settings, object lock.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -60,6 +61,19 @@ pub struct RepositoryConfig {
     /// whole part) before it is abandoned and retried. Default `2m`.
     #[serde(default = "default_operation_timeout", with = "humantime_serde")]
     pub operation_timeout: Duration,
+    /// S3 storage class of every artifact (`STANDARD_IA`, `GLACIER_IR`,
+    /// …); manifests, receipts, claims and pins stay in the bucket's
+    /// default class. Default none (the bucket's default, usually STANDARD).
+    #[serde(default)]
+    pub storage_class: Option<String>,
+    /// A PEM bundle of CA certificates trusted (besides the system's) for
+    /// an `https://` endpoint with a private CA. Default none.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Most artifact bytes sent to the store per second, in total:
+    /// `"50MiB/s"`, `"500KiB/s"`, `"10MB/s"`. Default none (no limit).
+    #[serde(default, deserialize_with = "de_rate")]
+    pub upload_rate_limit: Option<u64>,
     /// Client-side encryption with age; default none.
     #[serde(default)]
     pub encryption: Option<EncryptionConfig>,
@@ -82,6 +96,9 @@ impl std::fmt::Debug for RepositoryConfig {
             attempts,
             connect_timeout,
             operation_timeout,
+            storage_class,
+            ca_file,
+            upload_rate_limit,
             encryption,
         } = self;
         let redact = refugio_dump::redact_url;
@@ -99,6 +116,9 @@ impl std::fmt::Debug for RepositoryConfig {
             .field("attempts", attempts)
             .field("connect_timeout", connect_timeout)
             .field("operation_timeout", operation_timeout)
+            .field("storage_class", storage_class)
+            .field("ca_file", ca_file)
+            .field("upload_rate_limit", upload_rate_limit)
             .field("encryption", encryption)
             .finish()
     }
@@ -139,6 +159,9 @@ impl Default for RepositoryConfig {
             attempts: default_attempts(),
             connect_timeout: default_connect_timeout(),
             operation_timeout: default_operation_timeout(),
+            storage_class: None,
+            ca_file: None,
+            upload_rate_limit: None,
             encryption: None,
         }
     }
@@ -184,6 +207,31 @@ fn de_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error
         Raw::N(n) => Ok(n),
         Raw::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
     }
+}
+
+/// `upload_rate_limit = "50MiB/s"`.
+fn de_rate<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_rate(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("repository.upload_rate_limit: {e}")))
+}
+
+/// Smallest `upload_rate_limit`.
+const MIN_RATE: u64 = 1024;
+
+/// `"50MiB/s"` → 52428800 bytes per second (a size, then `/s`).
+pub fn parse_rate(s: &str) -> std::result::Result<u64, String> {
+    let Some(size) = s.trim().strip_suffix("/s") else {
+        return Err(format!(
+            "invalid rate {s:?}: expected a size per second, e.g. \"50MiB/s\", \"500KiB/s\", \"10MB/s\""
+        ));
+    };
+    let rate = parse_size(size)?;
+    if rate < MIN_RATE {
+        return Err(format!("rate {s:?} is below the minimum of 1KiB/s"));
+    }
+    Ok(rate)
 }
 
 /// `"8MiB"` → 8388608.
@@ -248,6 +296,9 @@ impl RepositoryConfig {
                 operation_timeout: self.operation_timeout,
             },
             on_retry,
+            storage_class: self.storage_class.clone(),
+            ca_file: self.ca_file.clone(),
+            upload_rate_limit: self.upload_rate_limit,
             ..S3Options::default()
         }
     }

@@ -18,6 +18,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::tls::{self, TlsSettings};
 
 /// Query parameters whose value is a secret, compared after
 /// percent-decoding and ignoring ASCII case: libpq's `password`, and
@@ -93,9 +94,34 @@ impl SourceSpec {
             url: parsed,
             password,
         };
-        // Reject what sqlx cannot parse now, with the redacted URL.
-        spec.connect_options()?;
+        spec.validate()?;
         Ok(spec)
+    }
+
+    /// The same connection with TLS settings given beside the URL (a job's
+    /// `sslmode`, `sslrootcert`, `sslcert`, `sslkey`), merged into the URL
+    /// so that sqlx and the libpq tools both get them (see [`crate::tls`]).
+    /// A setting the URL already has with another value is refused.
+    pub fn with_tls(mut self, tls: &TlsSettings) -> Result<Self> {
+        tls.merge_into(&mut self.url)
+            .map_err(|c| Error::TlsConflict {
+                url: self.redacted(),
+                param: c.param,
+                in_url: c.in_url,
+                in_field: c.in_field,
+            })?;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Rejects what sqlx cannot parse, and a client certificate without its
+    /// key, now, with the redacted URL.
+    fn validate(&self) -> Result<()> {
+        tls::check_pairing(&self.url).map_err(|reason| Error::InvalidUrl {
+            url: self.redacted(),
+            reason,
+        })?;
+        self.connect_options().map(drop)
     }
 
     /// The URL without password, safe for logs and for tool arguments.
@@ -135,15 +161,29 @@ impl SourceSpec {
             .log_statements(tracing::log::LevelFilter::Trace))
     }
 
-    /// Opens one connection.
+    /// Opens one connection. A TLS file the URL names must be readable
+    /// first, and a TLS failure says which setting to look at.
     pub async fn connect(&self) -> Result<PgConnection> {
         let opts = self.connect_options()?;
-        PgConnection::connect_with(&opts)
-            .await
-            .map_err(|source| Error::Connect {
-                url: self.redacted(),
-                source: scrub(source, self.password.as_deref()),
-            })
+        tls::check_files(&self.url).map_err(|(param, path, source)| Error::TlsFile {
+            url: self.redacted(),
+            param,
+            path,
+            source,
+        })?;
+        PgConnection::connect_with(&opts).await.map_err(|source| {
+            match tls::describe_failure(&self.url, source) {
+                Ok((problem, source)) => Error::Tls {
+                    url: self.redacted(),
+                    problem,
+                    source,
+                },
+                Err(source) => Error::Connect {
+                    url: self.redacted(),
+                    source: scrub(source, self.password.as_deref()),
+                },
+            }
+        })
     }
 
     /// `--dbname` value for libpq tools: the URL without the password.
@@ -488,6 +528,44 @@ mod tests {
         assert_eq!(s.tool_env()[1].1, "p&w");
         let s = SourceSpec::new("postgres://u@h/db?password=hunter2", Some("other"), None).unwrap();
         assert_eq!(s.tool_dbname(), "postgres://u@h/other");
+    }
+
+    /// Job TLS fields reach sqlx and the libpq tools the same way: in the
+    /// URL, which the tools get as `--dbname` (and never with the password).
+    #[test]
+    fn tls_fields_reach_sqlx_and_the_tools() {
+        let tls = TlsSettings {
+            mode: Some(crate::SslMode::VerifyFull),
+            root_cert: Some("/etc/refugio/ca.pem".into()),
+            cert: Some("/etc/refugio/client.pem".into()),
+            key: Some("/etc/refugio/client.key".into()),
+        };
+        let s = SourceSpec::new("postgres://u:hunter2@db:5432/app", None, None)
+            .and_then(|s| s.with_tls(&tls))
+            .unwrap();
+        assert_eq!(
+            s.tool_dbname(),
+            "postgres://u@db:5432/app?sslmode=verify-full&sslrootcert=/etc/refugio/ca.pem\
+             &sslcert=/etc/refugio/client.pem&sslkey=/etc/refugio/client.key"
+        );
+        let opts = s.connect_options().unwrap();
+        assert!(matches!(
+            opts.get_ssl_mode(),
+            sqlx::postgres::PgSslMode::VerifyFull
+        ));
+        assert!(!format!("{s:?}").contains("hunter2"));
+        // A key without its certificate is refused up front.
+        let half = TlsSettings {
+            key: Some("/k".into()),
+            ..TlsSettings::default()
+        };
+        let e = SourceSpec::new("postgres://u@db/app", None, None)
+            .and_then(|s| s.with_tls(&half))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("sslkey is set without sslcert"),
+            "{e}"
+        );
     }
 
     /// `sslpassword` (the client key's passphrase) cannot reach libpq tools

@@ -27,6 +27,37 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    #[error("connecting to {url} failed: {problem}")]
+    Tls {
+        /// Redacted connection URL (with its TLS parameters).
+        url: String,
+        /// Which setting to look at: the CA file, the host name, the
+        /// client certificate.
+        problem: String,
+        /// The TLS library's error (not wrapped in sqlx's `Io`, which
+        /// would read as connection trouble worth a retry).
+        #[source]
+        source: crate::tls::TlsCause,
+    },
+
+    #[error("connecting to {url}: {param} {path} cannot be read")]
+    TlsFile {
+        url: String,
+        /// `sslrootcert`, `sslcert` or `sslkey`.
+        param: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{param} is set both in the connection URL ({param}={in_url}) and as the job's field {param} = {in_field:?}; set it in one place ({url})")]
+    TlsConflict {
+        url: String,
+        param: &'static str,
+        in_url: String,
+        in_field: String,
+    },
+
     #[error("invalid connection URL {url}: {reason}")]
     InvalidUrl { url: String, reason: String },
 

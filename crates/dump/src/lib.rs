@@ -13,6 +13,7 @@ pub mod pattern;
 pub mod process;
 pub mod snapshot;
 pub mod spawn;
+pub mod tls;
 pub mod tools;
 
 pub use compress::{Compression, CountingReader};
@@ -20,6 +21,7 @@ pub use conn::{redact_text, redact_url, SourceSpec};
 pub use error::{Error, Result};
 pub use process::{ChildOutput, StderrTail};
 pub use snapshot::{ServerFacts, Snapshot, TableCount};
+pub use tls::{SslMode, TlsSettings};
 pub use tools::{PgVersion, Tool, ToolKind};
 
 /// Output format of `pg_dump`.

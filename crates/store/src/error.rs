@@ -117,6 +117,18 @@ pub enum Error {
         endpoint: String,
     },
 
+    /// The object is in an archive storage class (S3 answered
+    /// `InvalidObjectState`): it exists and is whole, but cannot be read
+    /// until it is restored (thawed). Says nothing against the backup.
+    #[error("object {key} in {store} is in storage class {storage_class}, which S3 serves only after the object is restored (thawed); restore it first (`{restore_command}`, then wait for the restore to finish) and try again; refugio does not thaw objects itself")]
+    Archived {
+        store: String,
+        key: String,
+        storage_class: String,
+        /// The AWS CLI command that starts the restore.
+        restore_command: String,
+    },
+
     #[error("{0}")]
     Other(String),
 }

@@ -16,6 +16,7 @@ pub mod fs;
 pub mod location;
 pub mod lock;
 pub mod manifest;
+pub mod rate;
 pub mod repo;
 pub mod retention;
 pub mod s3;
@@ -69,6 +70,23 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// Stores a small object in one request, atomically (readers see the
     /// whole object or none).
     async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+
+    /// Stores a whole artifact that fit in one part (the single-request
+    /// case of [`upload::upload_stream`]); like [`ObjectStore::put`], except
+    /// that the S3 store gives it the configured storage class and paces
+    /// it under `upload_rate_limit`, as it does multipart uploads (which
+    /// are artifacts only). Manifests, receipts, claims and pins go through
+    /// `put`.
+    async fn put_artifact(&self, key: &str, data: Bytes) -> Result<()> {
+        self.put(key, data).await
+    }
+
+    /// A limiter that [`upload::upload_stream`] must read the data through,
+    /// for stores that cannot pace their own writes (a directory under
+    /// `upload_rate_limit`: [`rate::LimitedStore`]). Default none.
+    fn upload_limiter(&self) -> Option<std::sync::Arc<rate::RateLimiter>> {
+        None
+    }
 
     /// Starts a multipart upload. Nothing is visible under `key` until
     /// [`MultipartUpload::complete`] succeeds.

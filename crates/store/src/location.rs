@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fs::FsStore;
+use crate::rate::{LimitedStore, RateLimiter};
 use crate::s3::S3Store;
 use crate::ObjectStore;
 
@@ -167,7 +168,8 @@ impl fmt::Display for RepositoryLocation {
 }
 
 /// Opens the store: a directory (created if missing) or an S3 bucket (not
-/// contacted yet: the first request happens on first use).
+/// contacted yet: the first request happens on first use). The S3 options'
+/// `upload_rate_limit` applies to a directory too ([`LimitedStore`]).
 pub async fn open(location: &RepositoryLocation, s3: &S3Options) -> Result<Arc<dyn ObjectStore>> {
     match location {
         RepositoryLocation::Directory(path) => {
@@ -175,7 +177,10 @@ pub async fn open(location: &RepositoryLocation, s3: &S3Options) -> Result<Arc<d
             let store = tokio::task::spawn_blocking(move || FsStore::new(path))
                 .await
                 .map_err(|e| Error::Other(format!("opening the directory store failed: {e}")))??;
-            Ok(Arc::new(store))
+            Ok(match s3.upload_rate_limit {
+                Some(rate) => Arc::new(LimitedStore::new(Arc::new(store), RateLimiter::new(rate))),
+                None => Arc::new(store),
+            })
         }
         RepositoryLocation::S3 { bucket, prefix } => {
             Ok(Arc::new(S3Store::new(bucket, prefix, s3).await?))

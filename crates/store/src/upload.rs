@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
+use crate::rate::Paced;
 use crate::{MultipartUpload, ObjectStore, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 
 /// Parts per part-size step: the part size doubles every this many parts.
@@ -180,11 +181,12 @@ async fn read_part<R: AsyncRead + Unpin>(
 pub async fn upload_stream(
     store: &dyn ObjectStore,
     key: &str,
-    mut reader: impl AsyncRead + Unpin + Send,
+    reader: impl AsyncRead + Unpin + Send,
     opts: &UploadOptions,
 ) -> Result<UploadOutcome> {
     let base = base_part_size(opts);
     let concurrency = opts.concurrency.max(1);
+    let mut reader = Paced::new(reader, store.upload_limiter());
     let mut hasher = Sha256::new();
     let source_error = |source| Error::Source {
         key: key.to_string(),
@@ -196,7 +198,7 @@ pub async fn upload_stream(
         .map_err(source_error)?;
     let mut size = first.len() as u64;
     if first.len() < part_size_for(0, base) {
-        store.put(key, first.freeze()).await?;
+        store.put_artifact(key, first.freeze()).await?;
         return Ok(UploadOutcome {
             size,
             sha256: hex::encode(hasher.finalize()),

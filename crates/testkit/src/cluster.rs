@@ -15,6 +15,8 @@ use nix::unistd::Pid;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::io::AsyncWriteExt;
 
+use crate::tls::ServerTls;
+
 /// Password-protected role present in every cluster: authenticated with
 /// scram-sha-256 over the socket (every other role is trusted), member of
 /// `pg_read_all_data` (so it can dump every database) and with CREATEDB.
@@ -31,11 +33,11 @@ const PORT: u16 = 5432;
 const UNPRIVILEGED_ID: u32 = 65534;
 /// Clusters live in `/tmp/refugio-pg-XXXXXX`. Short on purpose: a unix socket
 /// path is at most 107 bytes, and `TMPDIR` may be long.
-const TMP_ROOT: &str = "/tmp";
-const DIR_PREFIX: &str = "refugio-pg-";
+pub(crate) const TMP_ROOT: &str = "/tmp";
+pub(crate) const DIR_PREFIX: &str = "refugio-pg-";
 /// File in a cluster directory naming the process that owns the cluster, so a
 /// later start can clean up after a test process that was killed.
-const OWNER_FILE: &str = "owner";
+pub(crate) const OWNER_FILE: &str = "owner";
 const SERVER_LOG: &str = "server.log";
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -88,12 +90,17 @@ pub fn pg_bindir(major: u32) -> Result<PathBuf> {
 /// Superuser `postgres` with trust authentication over a unix socket in
 /// [`Cluster::socket_dir`] (no TCP), plus [`PASSWORD_USER`]. `wal_level =
 /// replica` and `max_wal_senders = 5`, so a standby can be built from it.
-/// Dropping it stops the server and removes its directory.
+/// Dropping it stops the server and removes its directory. With
+/// [`Cluster::start_tls`] it also listens on 127.0.0.1 with TLS.
 pub struct Cluster {
     major: u32,
     bindir: PathBuf,
     dir: PathBuf,
     data: PathBuf,
+    /// [`PORT`], or with TLS a free TCP port of its own.
+    port: u16,
+    /// The server's TLS files, copied into `dir/tls`; `None`: no TCP.
+    tls: Option<ServerTls>,
     /// The postmaster, started by us; `None` once stopped.
     server: Option<Child>,
     /// Whether `dir` is already gone (after [`Cluster::stop`]).
@@ -114,12 +121,31 @@ impl Cluster {
     /// Creates and starts a cluster of PostgreSQL `major` and waits until it
     /// accepts connections.
     pub async fn start(major: u32) -> Result<Cluster> {
+        Cluster::start_with(major, None).await
+    }
+
+    /// Like [`Cluster::start`], and also listening on 127.0.0.1
+    /// ([`Cluster::tcp_url`]) with `ssl = on` and the given certificates;
+    /// TCP connections must use TLS (`hostssl` only).
+    pub async fn start_tls(major: u32, tls: &ServerTls) -> Result<Cluster> {
+        Cluster::start_with(major, Some(tls)).await
+    }
+
+    async fn start_with(major: u32, tls: Option<&ServerTls>) -> Result<Cluster> {
         let bindir = pg_bindir(major)?;
-        sweep_stale_clusters();
+        crate::sweep::sweep_stale_clusters();
 
         let mut cluster = Cluster::empty(major, bindir)?;
 
         cluster.initdb().await?;
+        let mut tcp = String::new();
+        if let Some(tls) = tls {
+            let owner = running_as_root().then_some(UNPRIVILEGED_ID);
+            let installed = crate::tls::install(tls, &cluster.dir.join("tls"), owner)?;
+            tcp = installed.hba_line();
+            cluster.tls = Some(installed);
+            cluster.port = crate::s3::dead_port();
+        }
         // Overwrite rather than replace: the file keeps the owner (the server's
         // user) and mode that initdb gave it.
         fs::write(
@@ -128,7 +154,7 @@ impl Cluster {
                 "# written by refugio-testkit\n\
                  local all {PASSWORD_USER} scram-sha-256\n\
                  local all all trust\n\
-                 local replication all trust\n"
+                 local replication all trust\n{tcp}"
             ),
         )
         .context("writing pg_hba.conf")?;
@@ -160,10 +186,12 @@ impl Cluster {
             data: dir.join("data"),
             dir,
             bindir,
+            port: PORT,
+            tls: None,
             server: None,
             removed: false,
         };
-        fs::write(cluster.dir.join(OWNER_FILE), owner_record())
+        fs::write(cluster.dir.join(OWNER_FILE), crate::sweep::owner_record())
             .context("writing the cluster's owner file")?;
         if running_as_root() {
             std::os::unix::fs::chown(&cluster.dir, Some(UNPRIVILEGED_ID), Some(UNPRIVILEGED_ID))
@@ -194,7 +222,7 @@ impl Cluster {
                 "-h",
             ])
             .arg(primary.socket_dir())
-            .args(["-p", &PORT.to_string()])
+            .args(["-p", &primary.port.to_string()])
             .stdin(Stdio::null())
             .output()
             .await
@@ -206,7 +234,7 @@ impl Cluster {
                 String::from_utf8_lossy(&output.stderr)
             ));
         }
-        crate::standby::trim_primary_conninfo(&cluster.data, primary.socket_dir(), PORT)?;
+        crate::standby::trim_primary_conninfo(&cluster.data, primary.socket_dir(), primary.port)?;
         cluster.spawn_server()?;
         cluster.wait_ready().await?;
         Ok(cluster)
@@ -233,9 +261,21 @@ impl Cluster {
         &self.data
     }
 
-    /// The port in the socket's name (`.s.PGSQL.<port>`).
+    /// The port in the socket's name (`.s.PGSQL.<port>`), and with TLS
+    /// the TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
-        PORT
+        self.port
+    }
+
+    /// With TLS ([`Cluster::start_tls`]): the URL of `db` as `user` over
+    /// TCP, `postgres://user@127.0.0.1:PORT/db`, without any TLS parameter.
+    pub fn tcp_url(&self, user: &str, db: &str) -> String {
+        format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            percent_encode(user, false),
+            self.port,
+            percent_encode(db, false)
+        )
     }
 
     /// The postmaster's process id, while it runs.
@@ -268,7 +308,8 @@ impl Cluster {
             userinfo.push_str(&percent_encode(password, false));
         }
         format!(
-            "postgres://{userinfo}@localhost:{PORT}/{}?host={}",
+            "postgres://{userinfo}@localhost:{}/{}?host={}",
+            self.port,
             percent_encode(db, false),
             percent_encode(&self.dir.to_string_lossy(), true)
         )
@@ -454,8 +495,7 @@ impl Cluster {
         command
             .arg("-D")
             .arg(&self.data)
-            .args(["-c", "listen_addresses="])
-            .args(["-c", &format!("port={PORT}")])
+            .args(["-c", &format!("port={}", self.port)])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", self.dir.display()))
             .args(["-c", "fsync=off"])
@@ -463,6 +503,7 @@ impl Cluster {
             .args(["-c", "full_page_writes=off"])
             .args(["-c", "wal_level=replica"])
             .args(["-c", "max_wal_senders=5"])
+            .args(crate::tls::server_settings(self.tls.as_ref()))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log)
@@ -496,7 +537,14 @@ impl Cluster {
                 .arg("-q")
                 .arg("-h")
                 .arg(&self.dir)
-                .args(["-p", &PORT.to_string(), "-U", "postgres", "-d", "postgres"])
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                ])
                 .args(["-t", "2"])
                 .stdin(Stdio::null())
                 .status()
@@ -569,7 +617,7 @@ fn shut_down_child(child: &mut Child, first: Signal, timeout: Duration) -> Optio
     child.wait().ok()
 }
 
-fn signal(pid: u32, sig: Signal) {
+pub(crate) fn signal(pid: u32, sig: Signal) {
     if let Ok(pid) = i32::try_from(pid) {
         let _ = kill(Pid::from_raw(pid), sig);
     }
@@ -577,79 +625,6 @@ fn signal(pid: u32, sig: Signal) {
 
 fn running_as_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-/// "pid starttime" of this process: the pid alone could be reused.
-fn owner_record() -> String {
-    let pid = std::process::id();
-    format!("{pid} {}\n", process_start_time(pid).unwrap_or_default())
-}
-
-/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses.
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Stops the servers of, and removes, cluster directories whose owning test
-/// process no longer exists (killed by a timeout, say, so its Drop never ran).
-/// Best effort: a failure here must not fail the test that starts a cluster.
-fn sweep_stale_clusters() {
-    let Ok(entries) = fs::read_dir(TMP_ROOT) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
-            continue;
-        }
-        let dir = entry.path();
-        // No owner file yet: another process is creating it right now.
-        let Ok(owner) = fs::read_to_string(dir.join(OWNER_FILE)) else {
-            continue;
-        };
-        let mut fields = owner.split_whitespace().map(str::parse::<u64>);
-        let (Some(Ok(pid)), Some(Ok(start))) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        let owner_alive = u32::try_from(pid)
-            .ok()
-            .and_then(process_start_time)
-            .is_some_and(|now| now == start);
-        if owner_alive {
-            continue;
-        }
-        let data = dir.join("data");
-        if let Some(pid) = stale_postmaster(&data) {
-            tracing::warn!(dir = %dir.display(), pid, "stopping a cluster left behind by a dead test process");
-            signal(pid, Signal::SIGQUIT);
-            let deadline = Instant::now() + DROP_TIMEOUT;
-            while postmaster_running(pid, &data) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if postmaster_running(pid, &data) {
-                signal(pid, Signal::SIGKILL);
-            }
-        }
-        let _ = fs::remove_dir_all(&dir);
-    }
-}
-
-/// The pid in `data/postmaster.pid`, if that process is still the postmaster
-/// of `data` (its command line names the directory).
-fn stale_postmaster(data: &Path) -> Option<u32> {
-    let pidfile = fs::read_to_string(data.join("postmaster.pid")).ok()?;
-    let pid: u32 = pidfile.lines().next()?.trim().parse().ok()?;
-    postmaster_running(pid, data).then_some(pid)
-}
-
-fn postmaster_running(pid: u32, data: &Path) -> bool {
-    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let needle = data.as_os_str().as_encoded_bytes();
-    cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
 fn log_tail(path: &Path, lines: usize) -> String {
@@ -722,10 +697,5 @@ mod tests {
     #[test]
     fn quote_ident_doubles_quotes() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-    }
-
-    #[test]
-    fn own_start_time_is_readable() {
-        assert!(process_start_time(std::process::id()).is_some());
     }
 }

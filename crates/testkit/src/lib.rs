@@ -7,7 +7,10 @@
 //! time, and a scripted fault proxy ([`FaultProxy`]) that answers chosen S3
 //! requests with errors, resets, stalls or throttles them, refuses
 //! connections, and counts what it did, for the fault-injection tests.
-//! Nothing here is meant for production code.
+//! For TLS tests: a throwaway CA and certificates made with openssl
+//! ([`Ca`]), clusters that also listen on 127.0.0.1 with `ssl = on`
+//! ([`Cluster::start_tls`]), and an HTTPS front for the S3 servers
+//! ([`TlsProxy`]). Nothing here is meant for production code.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
@@ -37,9 +40,14 @@ pub mod proxy;
 pub mod s3;
 pub mod sample;
 mod standby;
+mod sweep;
+pub mod tls;
+pub mod tls_proxy;
 
 pub use cluster::{pg_bindir, Cluster, PASSWORD_USER, PASSWORD_USER_PASSWORD};
 pub use fault_proxy::{FaultProxy, Rule, RuleId, RuleStats};
 pub use proxy::{SlowProxy, Slowdown};
 pub use s3::{dead_port, garage, moto, unique_prefix, S3Kind, S3Target};
 pub use sample::{load_bulk, load_sample};
+pub use tls::{Ca, CertPair, ServerTls};
+pub use tls_proxy::TlsProxy;

@@ -3,6 +3,7 @@
 //! aborting a multipart upload).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -11,12 +12,14 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::types::ServerSideEncryption;
+use aws_sdk_s3::types::{ServerSideEncryption, StorageClass};
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 
+use super::endpoint;
 use super::retries::{Retries, RetryHook, RetryObserver};
 use crate::error::{chain, Error, Result};
+use crate::rate::RateLimiter;
 
 /// Region used when neither the options nor the AWS chain name one.
 const DEFAULT_REGION: &str = "us-east-1";
@@ -76,6 +79,16 @@ pub struct S3Options {
     pub retries: Retries,
     /// Told of every retried request and resumed download; default none.
     pub on_retry: Option<RetryHook>,
+    /// `x-amz-storage-class` of every artifact (`STANDARD_IA`,
+    /// `GLACIER_IR`, …); manifests, receipts, claims and pins stay in the
+    /// bucket's default class. Default none (the bucket's default).
+    pub storage_class: Option<String>,
+    /// A PEM bundle of CA certificates trusted besides the system's, for
+    /// an HTTPS endpoint with a private CA. Default none.
+    pub ca_file: Option<PathBuf>,
+    /// Artifact bytes sent per second at most, in total; [`crate::open`]
+    /// applies it to directory stores too. Default none (no limit).
+    pub upload_rate_limit: Option<u64>,
 }
 
 impl fmt::Debug for S3Options {
@@ -97,6 +110,9 @@ impl fmt::Debug for S3Options {
             .field("versioned_deletes", &self.versioned_deletes)
             .field("retries", &self.retries)
             .field("on_retry", &self.on_retry.is_some())
+            .field("storage_class", &self.storage_class)
+            .field("ca_file", &self.ca_file)
+            .field("upload_rate_limit", &self.upload_rate_limit)
             .finish()
     }
 }
@@ -109,6 +125,8 @@ pub(super) struct Context {
     /// The endpoint URL, or "AWS S3 (<region>)".
     pub(super) endpoint: String,
     pub(super) bucket: String,
+    /// `ca_file`, for the message of a certificate that does not verify.
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 impl Context {
@@ -117,6 +135,24 @@ impl Context {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let (message, temporary) = match err {
+            SdkError::DispatchFailure(_) if endpoint::certificate_failure(err).is_some() => {
+                let hint = match &self.ca_file {
+                    Some(ca) => format!(
+                        "it must chain to a CA in repository.ca_file {} or in the system's trust store",
+                        ca.display()
+                    ),
+                    None => "for a private CA, set repository.ca_file to its PEM certificate bundle"
+                        .to_string(),
+                };
+                (
+                    format!(
+                        "the TLS certificate of {} did not verify ({hint}): {}",
+                        self.endpoint,
+                        chain(err)
+                    ),
+                    false,
+                )
+            }
             SdkError::DispatchFailure(failure) => (
                 format!("cannot connect to {}: {}", self.endpoint, chain(err)),
                 failure.is_io() || failure.is_timeout() || failure.is_other(),
@@ -163,6 +199,13 @@ impl Context {
             key: key.to_string(),
         }
     }
+}
+
+/// Whether objects of storage class `class` must be restored (thawed) with
+/// S3's RestoreObject before they can be read: S3 answers a GetObject on
+/// them with `InvalidObjectState`.
+pub fn needs_thaw(class: &str) -> bool {
+    matches!(class, "GLACIER" | "DEEP_ARCHIVE")
 }
 
 /// Whether an error says the object does not exist (not the bucket).
@@ -225,6 +268,8 @@ pub struct S3Store {
     pub(super) versioned_deletes: bool,
     pub(super) retries: Retries,
     pub(super) on_retry: Option<RetryHook>,
+    pub(super) storage_class: Option<StorageClass>,
+    pub(super) limiter: Option<Arc<RateLimiter>>,
     pub(super) context: Arc<Context>,
 }
 
@@ -237,6 +282,11 @@ impl fmt::Debug for S3Store {
             .field("sse", &self.sse)
             .field("versioned_deletes", &self.versioned_deletes)
             .field("retries", &self.retries)
+            .field("storage_class", &self.storage_class)
+            .field(
+                "upload_rate_limit",
+                &self.limiter.as_ref().map(|l| l.bytes_per_second()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -269,8 +319,20 @@ impl S3Store {
                 region
             }
         };
-        if let Some(endpoint) = &options.endpoint {
-            config = config.endpoint_url(endpoint);
+        if let Some(url) = &options.endpoint {
+            config = config.endpoint_url(url);
+            endpoint::warn_if_plaintext(url);
+        }
+        if let Some(class) = options.storage_class.as_deref().filter(|c| needs_thaw(c)) {
+            if endpoint::first_time(format!("storage class {class}")) {
+                tracing::warn!(
+                    storage_class = class,
+                    "storage-class-archive: artifacts are written to an archive class; each must be restored (thawed) in S3 before a restore or drill can read it, and until then drills are inconclusive"
+                );
+            }
+        }
+        if let Some(ca_file) = &options.ca_file {
+            config = config.http_client(endpoint::http_client(ca_file)?);
         }
         let (request, response) = match options.checksum_calculation {
             ChecksumCalculation::WhenSupported => (
@@ -305,6 +367,7 @@ impl S3Store {
                     .operation_attempt_timeout(retries.operation_timeout)
                     .build(),
             )
+            .retry_classifier(endpoint::NoRetryOnBadCertificate)
             .interceptor(RetryObserver {
                 hook: options.on_retry.clone(),
                 store: store.clone(),
@@ -324,10 +387,13 @@ impl S3Store {
             versioned_deletes: options.versioned_deletes,
             retries,
             on_retry: options.on_retry.clone(),
+            storage_class: options.storage_class.as_deref().map(StorageClass::from),
+            limiter: options.upload_rate_limit.map(RateLimiter::new),
             context: Arc::new(Context {
                 store,
                 endpoint,
                 bucket: bucket.to_string(),
+                ca_file: options.ca_file.clone(),
             }),
         })
     }

@@ -12,7 +12,8 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use aws_sdk_s3::operation::get_object::GetObjectOutput;
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use aws_sdk_s3::operation::get_object::{GetObjectError, GetObjectOutput};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -57,13 +58,20 @@ impl S3Store {
                 .range(format!("bytes={offset}-"))
                 .set_if_match(etag.map(str::to_string));
         }
-        let output = request.send().await.map_err(|e| {
-            if is_missing_object(&e) {
-                self.context.not_found(key)
-            } else {
-                self.context.error("GetObject", key, &e)
+        let output = match request.send().await {
+            Ok(output) => output,
+            Err(e) if is_missing_object(&e) => return Err(self.context.not_found(key)),
+            Err(e) if e.code() == Some("InvalidObjectState") => {
+                let class = match e.as_service_error() {
+                    Some(GetObjectError::InvalidObjectState(state)) => {
+                        state.storage_class().map(|c| c.as_str().to_string())
+                    }
+                    _ => None,
+                };
+                return Err(self.archived(key, class).await);
             }
-        })?;
+            Err(e) => return Err(self.context.error("GetObject", key, &e)),
+        };
         if offset > 0 {
             let expected = format!("bytes {offset}-");
             let range = output.content_range().unwrap_or_default();
@@ -80,6 +88,36 @@ impl S3Store {
             }
         }
         Ok(output)
+    }
+}
+
+impl S3Store {
+    /// The error for an object S3 will not serve before a restore, naming
+    /// its storage class (from the error, else from a HeadObject).
+    async fn archived(&self, key: &str, class: Option<String>) -> Error {
+        let full_key = self.full_key(key);
+        let class = match class {
+            Some(class) => class,
+            None => self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&full_key)
+                .send()
+                .await
+                .ok()
+                .and_then(|h| h.storage_class().map(|c| c.as_str().to_string()))
+                .unwrap_or_else(|| "an archive class".into()),
+        };
+        Error::Archived {
+            store: self.context.store.clone(),
+            key: key.to_string(),
+            storage_class: class,
+            restore_command: format!(
+                "aws s3api restore-object --bucket {} --key {full_key} --restore-request Days=7",
+                self.bucket
+            ),
+        }
     }
 }
 

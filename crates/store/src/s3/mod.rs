@@ -10,9 +10,11 @@
 
 mod client;
 mod download;
+mod endpoint;
 mod list;
 mod lock;
 mod multipart;
+mod paced;
 mod retries;
 
 use async_trait::async_trait;
@@ -25,7 +27,8 @@ use crate::lock::{LockProbe, Retention};
 use crate::{ByteReader, MultipartUpload, ObjectMeta, ObjectStore, PendingUpload};
 use client::{is_missing_object, to_chrono};
 
-pub use client::{ChecksumCalculation, S3Options, S3Store};
+pub use client::{needs_thaw, ChecksumCalculation, S3Options, S3Store};
+pub use endpoint::plaintext_remote;
 pub use retries::{
     Retries, RetryHook, DEFAULT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT,
 };
@@ -43,6 +46,28 @@ impl ObjectStore for S3Store {
             .key(self.full_key(key))
             .content_length(data.len() as i64)
             .body(ByteStream::from(data))
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .send()
+            .await
+            .map_err(|e| self.context.error("PutObject", key, &e))?;
+        Ok(())
+    }
+
+    /// PutObject in the configured storage class, paced under the upload
+    /// rate limit.
+    async fn put_artifact(&self, key: &str, data: Bytes) -> Result<()> {
+        let checksum = (self.limiter.is_some()
+            && self.checksums == ChecksumCalculation::WhenSupported)
+            .then(|| paced::crc32(&data));
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .content_length(data.len() as i64)
+            .set_checksum_crc32(checksum)
+            .body(paced::body(data, self.limiter.as_ref()))
+            .set_storage_class(self.storage_class.clone())
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.sse_kms_key_id.clone())
             .send()

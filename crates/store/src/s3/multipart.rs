@@ -5,7 +5,6 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
@@ -16,6 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::client::{abort, ChecksumCalculation, Context, S3Store};
 use crate::error::{Error, Result};
+use crate::rate::RateLimiter;
 use crate::MultipartUpload;
 
 impl S3Store {
@@ -33,6 +33,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(&full_key)
             .set_checksum_algorithm(algorithm.clone())
+            .set_storage_class(self.storage_class.clone())
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.sse_kms_key_id.clone())
             .send()
@@ -52,6 +53,7 @@ impl S3Store {
             key: key.to_string(),
             upload_id: upload_id.to_string(),
             algorithm,
+            limiter: self.limiter.clone(),
             context: Arc::clone(&self.context),
             next_part: 1,
             parts: Arc::new(Mutex::new(Vec::new())),
@@ -72,6 +74,8 @@ struct S3Multipart {
     key: String,
     upload_id: String,
     algorithm: Option<ChecksumAlgorithm>,
+    /// `upload_rate_limit`: parts are sent paced, with their CRC32 worked out here.
+    limiter: Option<Arc<RateLimiter>>,
     context: Arc<Context>,
     next_part: i32,
     parts: Arc<Mutex<Vec<CompletedPart>>>,
@@ -83,6 +87,8 @@ impl S3Multipart {
     fn upload_part(&mut self, data: Bytes) -> tokio::task::JoinHandle<Result<()>> {
         let part_number = self.next_part;
         self.next_part += 1;
+        let checksum = (self.limiter.is_some() && self.algorithm.is_some())
+            .then(|| super::paced::crc32(&data));
         let request = self
             .client
             .upload_part()
@@ -92,7 +98,8 @@ impl S3Multipart {
             .part_number(part_number)
             .content_length(data.len() as i64)
             .set_checksum_algorithm(self.algorithm.clone())
-            .body(ByteStream::from(data));
+            .set_checksum_crc32(checksum)
+            .body(super::paced::body(data, self.limiter.as_ref()));
         let (parts, context, key, cancel) = (
             Arc::clone(&self.parts),
             Arc::clone(&self.context),
