@@ -80,8 +80,13 @@ async fn mixed_case_exclusions_leave_out_exactly_the_tables_they_name() -> Resul
 /// `include_tables` keeps only the tables it matches (and the rest of the
 /// schema); `exclude_table_data` keeps a table's definition without its
 /// rows, which the manifest marks and the drill does not count.
+#[rstest::rstest]
+#[case::directory(false)]
+#[case::garage(true)]
 #[tokio::test(flavor = "multi_thread")]
-async fn table_scope_includes_and_excludes_data_as_the_manifest_says() -> Result<()> {
+async fn table_scope_includes_and_excludes_data_as_the_manifest_says(
+    #[case] garage: bool,
+) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
@@ -97,15 +102,22 @@ async fn table_scope_includes_and_excludes_data_as_the_manifest_says() -> Result
          CREATE TABLE ops.log (line text); INSERT INTO ops.log VALUES ('x');",
     )
     .await?;
-    let repo = Repo::dir(tmp.path());
+    let repo = match garage {
+        false => Repo::dir(tmp.path()),
+        true => Repo::s3(refugio_testkit::s3::garage()?, "scope"),
+    };
+    let env = repo.env();
     let extra = format!(
         "globals = false\nscratch = {:?}\ninclude_tables = [\"public.trip*\"]\nexclude_table_data = [\"trip_events\"]\n",
         src.url("postgres")
     );
     let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
     let cfg = config.to_str().unwrap_or_default();
-    refugio_ok(&["--config", cfg, "backup"], &[])?;
-    let m = list(&config, &[])?.into_iter().next().context("manifest")?;
+    refugio_ok(&["--config", cfg, "backup"], &env)?;
+    let m = list(&config, &env)?
+        .into_iter()
+        .next()
+        .context("manifest")?;
     let tables = m["tables"].as_array().context("tables")?;
     let listed: Vec<(String, i64, bool)> = tables
         .iter()
@@ -134,7 +146,7 @@ async fn table_scope_includes_and_excludes_data_as_the_manifest_says() -> Result
     let bindir = src.bindir().display().to_string();
     let out = refugio(
         &["--config", cfg, "verify", "--json", "--pg-bindir", &bindir],
-        &[],
+        &env,
     );
     let text = all_output(&out);
     assert!(out.status.success(), "{text}");
@@ -161,7 +173,7 @@ async fn table_scope_includes_and_excludes_data_as_the_manifest_says() -> Result
             "--pg-bindir",
             &bindir,
         ],
-        &[],
+        &env,
     )?;
     assert_eq!(dst.psql("app", "SELECT count(*) FROM trips").await?, "30");
     assert_eq!(

@@ -22,10 +22,19 @@ fn restore_events(bodies: &std::sync::Mutex<Vec<String>>) -> Vec<Value> {
         .collect()
 }
 
+#[rstest::rstest]
+#[case::directory(false)]
+#[case::garage(true)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigusr2_drills_then_restores_the_newest_verified_backup_into_the_target() -> Result<()> {
+async fn sigusr2_drills_then_restores_the_newest_verified_backup_into_the_target(
+    #[case] garage: bool,
+) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let repo = Repo::dir(tmp.path());
+    let repo = match garage {
+        false => Repo::dir(tmp.path()),
+        true => Repo::s3(refugio_testkit::s3::garage()?, "usr2"),
+    };
+    let env = repo.env();
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
     src.psql(
@@ -63,7 +72,7 @@ async fn sigusr2_drills_then_restores_the_newest_verified_backup_into_the_target
         &format!("webhook = {{ url = \"http://127.0.0.1:{hook_port}/hook\", attempts = 3, timeout = \"5s\" }}"),
         &[app],
     );
-    let agent = Agent::start(&config, &[], port, tmp.path().join("agent.log"))?;
+    let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
 
     // Nothing verified yet: the drill has nothing to drill and the restore
     // fails, as a task: logged, counted, reported.
@@ -106,7 +115,7 @@ async fn sigusr2_drills_then_restores_the_newest_verified_backup_into_the_target
     // A backup, then USR2: a drill verifies it, then it is restored.
     agent.signal(Signal::SIGUSR1)?;
     wait_until("a backup", Duration::from_secs(30), || {
-        Ok(backups(&config, &[])?.len() == 1)
+        Ok(backups(&config, &env)?.len() == 1)
     })
     .with_context(|| agent.log_text())?;
     agent.signal(Signal::SIGUSR2)?;
@@ -117,7 +126,7 @@ async fn sigusr2_drills_then_restores_the_newest_verified_backup_into_the_target
         )
     })
     .with_context(|| agent.log_text())?;
-    let m = &backups(&config, &[])?[0];
+    let m = &backups(&config, &env)?[0];
     assert_eq!(m["verification"]["verified"], true, "drilled first: {m}");
     assert_eq!(
         staging
