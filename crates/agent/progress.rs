@@ -104,7 +104,10 @@ pub fn start(labels: Labels) -> Option<Shown> {
     let (p, b) = (progress.clone(), bar.clone());
     let started = Instant::now();
     let task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // The first draw after 200 ms: an operation that ends sooner
+        // leaves the terminal alone.
+        let every = Duration::from_millis(200);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tick.tick().await;
             b.set_message(line(&p, labels, started.elapsed()));

@@ -10,7 +10,7 @@ use refugio_testkit::Cluster;
 use crate::common::*;
 
 /// Runs refugio under a pseudo-terminal; returns what the terminal showed.
-fn on_a_terminal(args: &[&str]) -> Result<(bool, String)> {
+fn on_a_terminal(args: &[&str], env: &[(String, String)]) -> Result<(bool, String)> {
     let bin = env!("CARGO_BIN_EXE_refugio");
     let quoted: Vec<String> = std::iter::once(bin)
         .chain(args.iter().copied())
@@ -19,7 +19,10 @@ fn on_a_terminal(args: &[&str]) -> Result<(bool, String)> {
     let out = Command::new("script")
         .args(["-q", "-e", "-c", &quoted.join(" "), "/dev/null"])
         .env_remove("REFUGIO_CONFIG")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
         .env("REFUGIO_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .context("running util-linux script (Debian package util-linux)")?;
     Ok((
@@ -28,14 +31,23 @@ fn on_a_terminal(args: &[&str]) -> Result<(bool, String)> {
     ))
 }
 
+#[rstest::rstest]
+#[case::directory(false)]
+#[case::garage(true)]
 #[tokio::test(flavor = "multi_thread")]
-async fn progress_is_drawn_on_a_terminal_only_and_not_with_quiet() -> Result<()> {
+async fn progress_is_drawn_on_a_terminal_only_and_not_with_quiet(
+    #[case] garage: bool,
+) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
     // Enough rows for the dump to take a few ticks of the display.
     refugio_testkit::sample::load_bulk(&src, "app", 400_000).await?;
-    let repo = Repo::dir(tmp.path());
+    let repo = match garage {
+        false => Repo::dir(tmp.path()),
+        true => Repo::s3(refugio_testkit::s3::garage()?, "progress"),
+    };
+    let env = repo.env();
     let config = write_config(
         tmp.path(),
         &repo,
@@ -43,19 +55,19 @@ async fn progress_is_drawn_on_a_terminal_only_and_not_with_quiet() -> Result<()>
     );
     let cfg = config.to_str().unwrap_or_default();
 
-    let (ok, shown) = on_a_terminal(&["--config", cfg, "backup"])?;
+    let (ok, shown) = on_a_terminal(&["--config", cfg, "backup"], &env)?;
     assert!(ok, "{shown}");
     assert!(
         shown.contains("from pg_dump") && shown.contains("stored") && shown.contains("dumping app"),
         "the terminal shows phase and bytes: {shown}"
     );
-    let (ok, quiet) = on_a_terminal(&["--config", cfg, "--quiet", "backup"])?;
+    let (ok, quiet) = on_a_terminal(&["--config", cfg, "--quiet", "backup"], &env)?;
     assert!(ok, "{quiet}");
     assert!(!quiet.contains("from pg_dump"), "--quiet: {quiet}");
     assert!(quiet.contains("committed"), "{quiet}");
 
     // Not a terminal: nothing but the result and the logs.
-    let out = refugio(&["--config", cfg, "backup"], &[]);
+    let out = refugio(&["--config", cfg, "backup"], &env);
     let text = all_output(&out);
     assert!(out.status.success(), "{text}");
     assert!(!text.contains("from pg_dump"), "{text}");
@@ -63,21 +75,44 @@ async fn progress_is_drawn_on_a_terminal_only_and_not_with_quiet() -> Result<()>
     let dst = Cluster::start(16).await?;
     let bindir = src.bindir().display().to_string();
     let target = dst.url("app");
-    let (ok, shown) = on_a_terminal(&[
-        "--config",
-        cfg,
-        "restore",
-        "--backup",
-        "latest",
-        "--target",
-        &target,
-        "--create",
-        "--pg-bindir",
-        &bindir,
-    ])?;
+    let (ok, shown) = on_a_terminal(
+        &[
+            "--config",
+            cfg,
+            "restore",
+            "--backup",
+            "latest",
+            "--target",
+            &target,
+            "--create",
+            "--pg-bindir",
+            &bindir,
+        ],
+        &env,
+    )?;
     assert!(ok, "{shown}");
     assert!(
         shown.contains("restoring app") && shown.contains("fetched"),
+        "{shown}"
+    );
+
+    // A drill shows its restore.
+    let scratch = dst.url("postgres");
+    let (ok, shown) = on_a_terminal(
+        &[
+            "--config",
+            cfg,
+            "verify",
+            "--scratch",
+            &scratch,
+            "--pg-bindir",
+            &bindir,
+        ],
+        &env,
+    )?;
+    assert!(ok, "{shown}");
+    assert!(
+        shown.contains("restored") && shown.contains("PASSED"),
         "{shown}"
     );
     Ok(())
