@@ -301,7 +301,15 @@ async fn ca_file_trusts_a_private_endpoint(#[case] kind: s3::S3Kind) -> Result<(
         !text.contains("retrying") && !text.contains("store-retry"),
         "not retried: {text}"
     );
-    assert!(proxy.refused() >= 1 && proxy.accepted() == 0, "{proxy:?}");
+    // The proxy counts the refused handshake on its own thread, maybe
+    // after refugio has exited: wait for it.
+    wait_until(
+        "the proxy to count the refused handshake",
+        std::time::Duration::from_secs(10),
+        || Ok(proxy.refused() >= 1),
+    )
+    .with_context(|| format!("{proxy:?}"))?;
+    assert_eq!(proxy.accepted(), 0, "{proxy:?}");
     let out = refugio(&["--config", cfg, "config", "check"], &env);
     let text = all_output(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
