@@ -81,16 +81,9 @@ pub async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
         );
         if m.is_server() {
             let sizes: Vec<String> = m
-                .databases
-                .iter()
-                .map(|d| {
-                    let stored = m
-                        .artifacts
-                        .iter()
-                        .find(|a| a.name == d.artifact)
-                        .map_or(0, |a| a.stored_size);
-                    format!("{} ({})", d.name, human(stored))
-                })
+                .database_sizes()
+                .into_iter()
+                .map(|(name, stored)| format!("{name} ({})", human(stored)))
                 .collect();
             println!("{:<16} databases: {}", "", sizes.join(", "));
         }

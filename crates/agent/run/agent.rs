@@ -361,18 +361,14 @@ impl Agent {
             _ => None,
         };
         let databases = match &outcome {
-            Ok(Done::Backup(m)) if m.is_server() => m
-                .units()
-                .map(|units| {
-                    units
-                        .iter()
-                        .map(|u| crate::webhook::DatabaseSize {
-                            name: u.database.to_string(),
-                            stored_bytes: u.artifact.stored_size,
-                        })
-                        .collect()
+            Ok(Done::Backup(m)) => m
+                .database_sizes()
+                .into_iter()
+                .map(|(name, stored_bytes)| crate::webhook::DatabaseSize {
+                    name: name.to_string(),
+                    stored_bytes,
                 })
-                .unwrap_or_default(),
+                .collect(),
             _ => Vec::new(),
         };
         let told = Told {
@@ -407,15 +403,10 @@ impl Agent {
                     m.raw_size(),
                 );
                 let sizes: Vec<(String, u64)> = m
-                    .units()
-                    .map(|units| {
-                        units
-                            .iter()
-                            .filter(|_| m.is_server())
-                            .map(|u| (u.database.to_string(), u.artifact.stored_size))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                    .database_sizes()
+                    .into_iter()
+                    .map(|(name, stored)| (name.to_string(), stored))
+                    .collect();
                 self.metrics.set_database_sizes(&job.name, &sizes);
                 if job.schedule.drill_after_backup && job.scratch.is_some() {
                     self.send(Fire::new(

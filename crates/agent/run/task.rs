@@ -105,24 +105,18 @@ pub(super) async fn run_once(
     }
 }
 
-/// The job's newest backup that a drill verified.
+/// The job's newest backup that a drill verified (from one listing, as
+/// the agent's status has it).
 async fn newest_verified(
     repo: &Repository,
     job: &str,
 ) -> Result<refugio_store::manifest::Manifest> {
-    let receipts = refugio_core::receipt::read_all(repo, job).await?;
-    let manifests = repo.manifests(job).await?;
-    manifests
-        .into_iter()
-        .find(|m| {
-            receipts
-                .iter()
-                .any(|(id, r)| *id == m.backup_id && r.verified)
-        })
-        .ok_or_else(|| {
-            anyhow!(
-                "job {job}: no verified backup to restore in {}: a drill must pass first",
-                repo.describe()
-            )
-        })
+    let st = refugio_core::status(repo, job).await?;
+    let id = st.newest_verified_id.ok_or_else(|| {
+        anyhow!(
+            "job {job}: no verified backup to restore in {}: a drill must pass first",
+            repo.describe()
+        )
+    })?;
+    Ok(repo.resolve(job, &id).await?)
 }

@@ -20,6 +20,8 @@ pub struct JobStatus {
     /// Recovery point of the newest backup a drill verified: the time of
     /// its data (a lagging standby's backup is older than its start).
     pub newest_verified: Option<DateTime<Utc>>,
+    /// The id of that backup.
+    pub newest_verified_id: Option<String>,
     /// When the newest committed backup's latest drill receipt was written.
     pub newest_drilled_at: Option<DateTime<Utc>>,
 }
@@ -29,7 +31,6 @@ pub struct JobStatus {
 pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
     let listed = list_job(repo, job).await?;
     let mut st = JobStatus::default();
-    let mut newest_verified_id: Option<String> = None;
     // Newest first: once a verified backup is found, older ones need no
     // receipt reads.
     for (id, l) in listed.iter().rev().filter(|(_, l)| l.committed) {
@@ -49,12 +50,12 @@ pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
                 && receipt::any_verified(repo, &l.legacy_receipts).await?);
         if verified && newer {
             st.newest_verified = Some(time);
-            newest_verified_id = Some(id.clone());
+            st.newest_verified_id = Some(id.clone());
         }
     }
     // Its manifest knows the data's time (one read, only of that backup).
-    if let Some(id) = newest_verified_id {
-        if let Some(m) = repo.read_manifest(job, &id).await? {
+    if let Some(id) = &st.newest_verified_id {
+        if let Some(m) = repo.read_manifest(job, id).await? {
             st.newest_verified = Some(m.recovery_point());
         }
     }

@@ -261,6 +261,22 @@ impl Manifest {
         }
     }
 
+    /// A whole-server backup's stored bytes per database, in order;
+    /// empty for a one-database backup.
+    pub fn database_sizes(&self) -> Vec<(&str, u64)> {
+        self.databases
+            .iter()
+            .map(|d| {
+                let stored = self
+                    .artifacts
+                    .iter()
+                    .find(|a| a.name == d.artifact)
+                    .map_or(0, |a| a.stored_size);
+                (d.name.as_str(), stored)
+            })
+            .collect()
+    }
+
     /// Total stored bytes.
     pub fn stored_size(&self) -> u64 {
         self.artifacts.iter().map(|a| a.stored_size).sum()

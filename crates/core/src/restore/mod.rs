@@ -332,6 +332,7 @@ async fn preflight(
     opts: &RestoreOptions,
 ) -> Result<Vec<String>> {
     let mut names = Vec::new();
+    let mut to_create = Vec::new();
     let mut missing = Vec::new();
     let mut occupied = Vec::new();
     for (_, to) in plan {
@@ -340,8 +341,11 @@ async fn preflight(
             detail: "the target URL names no database".into(),
         })?;
         let state = target::inspect(to, &database).await?;
-        if !state.exists && !opts.create {
-            missing.push(database.clone());
+        if !state.exists {
+            match opts.create {
+                true => to_create.push((to, database.clone())),
+                false => missing.push(database.clone()),
+            }
         }
         if state.tables > 0 && !opts.clean {
             occupied.push((database.clone(), state));
@@ -381,11 +385,8 @@ async fn preflight(
             })
         }
     }
-    for (_, to) in plan {
-        let database = to.database().unwrap_or_default();
-        if !target::inspect(to, &database).await?.exists {
-            target::create(to, &database).await?;
-        }
+    for (to, database) in to_create {
+        target::create(to, &database).await?;
     }
     Ok(names)
 }
