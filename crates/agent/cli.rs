@@ -138,7 +138,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub globals: bool,
     /// Parallel pg_restore jobs. Above 1 the archive is downloaded to a
-    /// temporary file first (needs free space for the uncompressed archive).
+    /// temporary file first (needs free space for the archive: its stored
+    /// size when pg_dump compressed it, its raw size otherwise).
     #[arg(long, default_value_t = 1)]
     pub jobs: u32,
     /// Directory for that temporary file. Default: $TMPDIR or /tmp.

@@ -204,9 +204,10 @@ async fn postgres_restarted_mid_dump_is_retried_and_the_retry_commits() -> Resul
 
 /// Scenario 12: a directory repository on a filesystem too small for the
 /// dump, written both ways the directory backend writes: as the partial
-/// file of a multipart upload (5 MiB parts) and as the temporary file of a
-/// single put (a part larger than the dump); and on a filesystem already
-/// full, where not even the backup id's claim fits. Each time `refugio
+/// file of a multipart upload (a dump larger than one 128 KiB part) and as
+/// the temporary file of a single put (a dump smaller than one part, on a
+/// filesystem with 16 KiB left); and on a filesystem already full, where
+/// not even the backup id's claim fits. Each time `refugio
 /// backup` fails at once (no retry) with an error naming the repository's
 /// path, the file and ENOSPC, and nothing is left in the repository: no
 /// manifest, no partial or temporary file, not the backup's directory.
@@ -217,32 +218,64 @@ async fn a_full_filesystem_under_a_directory_repository_is_a_clear_error_and_lea
     let tmp = tempfile::tempdir()?;
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
-    // About 7.7 MiB of dump: more than one 5 MiB part and less than one
-    // 64 MiB part; either way more than the 3 MiB filesystem.
+    // About 7 MiB of dump: many parts, more than the 3 MiB filesystem.
     refugio_testkit::sample::load_bulk(&src, "app", 100_000).await?;
+    // A dump of one part (a single put), larger than the 16 KiB left.
+    src.create_database("tiny").await?;
+    refugio_testkit::sample::load_bulk(&src, "tiny", 1_000).await?;
+    {
+        let scratch = tmp.path().join("sizes");
+        let sizes = Repo::Dir(scratch.clone());
+        let cfg = tmp.path().join("sizes.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "{}\n[[jobs]]\n{}",
+                sizes.toml(),
+                job("app", &src, "tiny", "")
+            ),
+        )?;
+        let out = refugio(
+            &["--config", cfg.to_str().unwrap_or_default(), "backup"],
+            &[],
+        );
+        anyhow::ensure!(out.status.success(), "{}", all_output(&out));
+        let stored = list(&cfg, &[])?[0]["artifacts"][0]["stored_size"]
+            .as_u64()
+            .context("stored_size")?;
+        assert!(
+            (16 * 1024..refugio_store::fs::FS_PART_SIZE as u64).contains(&stored),
+            "the tiny dump ({stored} bytes) must be one part and more than 16 KiB"
+        );
+    }
     let root = small.path().join("repo");
     let root_text = root.display().to_string();
     let repo = Repo::Dir(root.clone());
     let config = tmp.path().join("refugio.toml");
     let mut seen = Vec::new();
     let filler = small.path().join("filler");
-    for (part_size, how, file) in [
-        ("5MiB", "multipart", "/database.dump.zst"),
-        ("64MiB", "single put", "/database.dump.zst"),
-        ("5MiB", "already full", "/claim-"),
+    for (database, how, file) in [
+        ("app", "multipart", "/database.dump.zst"),
+        ("tiny", "single put", "/database.dump.zst"),
+        ("app", "already full", "/claim-"),
     ] {
-        if how == "already full" {
-            // Fills the filesystem (outside the repository) to the last page.
+        if how != "multipart" {
+            // Fills the filesystem (outside the repository) to the last
+            // page, then frees 16 KiB for the single put's claim.
             let mut f = std::fs::File::create(&filler)?;
             let full = std::io::Write::write_all(&mut f, &vec![0u8; 4 << 20]);
             anyhow::ensure!(full.is_err(), "4 MiB fit in the 3 MiB filesystem");
+            if how == "single put" {
+                let len = f.metadata()?.len();
+                f.set_len(len.saturating_sub(16 * 1024))?;
+            }
         }
         std::fs::write(
             &config,
             format!(
-                "{}part_size = {part_size:?}\n\n[[jobs]]\n{}",
+                "{}\n[[jobs]]\n{}",
                 repo.toml(),
-                job("app", &src, "app", "")
+                job("app", &src, database, "")
             ),
         )?;
         let started = Instant::now();

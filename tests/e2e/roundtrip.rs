@@ -54,6 +54,27 @@ async fn round_trip(
         m["server"]["version_num"].as_u64().map(|v| v / 10000),
         Some(u64::from(major))
     );
+    // Who compressed the dump: refugio on the stream by default; pg_dump
+    // inside the archive with archive_compression, when it is 16 or later
+    // (an older one falls back to the stream).
+    let dump = &m["artifacts"][0];
+    let in_archive = job_extra.contains("archive_compression = true");
+    if job_extra.is_empty() || in_archive {
+        let expected = if in_archive && major >= 16 {
+            serde_json::json!(["database.dump", "none", "zstd:3"])
+        } else {
+            serde_json::json!(["database.dump.zst", "zstd", null])
+        };
+        assert_eq!(
+            serde_json::json!([
+                dump["name"],
+                dump["compression"],
+                dump["archive_compression"]
+            ]),
+            expected,
+            "pg_dump {major}: {dump}"
+        );
+    }
     let source_counts = row_counts(&src, "app").await?;
     assert_eq!(
         manifest_counts(m),
@@ -164,6 +185,80 @@ async fn plain_gzip_round_trip() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn parallel_restore_from_a_temporary_file() -> Result<()> {
     round_trip(16, Backend::Moto, "", &["--jobs", "2"]).await
+}
+
+/// `archive_compression`: pg_dump 16 compresses inside the archive;
+/// refugio restores it streamed and with `--jobs 2` (its temporary file
+/// stays compressed); pg_dump 15 cannot, and the stream is compressed.
+#[rstest]
+#[case::pg16_garage_streamed(16, Backend::Garage, &[])]
+#[case::pg16_dir_jobs(16, Backend::Dir, &["--jobs", "2"])]
+#[case::pg15_falls_back(15, Backend::Dir, &[])]
+#[tokio::test(flavor = "multi_thread")]
+async fn archive_compression_round_trip(
+    #[case] major: u32,
+    #[case] backend: Backend,
+    #[case] restore_extra: &[&str],
+) -> Result<()> {
+    round_trip(
+        major,
+        backend,
+        "archive_compression = true\n",
+        restore_extra,
+    )
+    .await
+}
+
+/// The stock-tool path of an `archive_compression` backup: the stored
+/// `database.dump` is checked with `sha256sum` and restored by a bare
+/// `pg_restore -j 2` (docs/runbook-restore.md).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bare_pg_restore_reads_an_archive_pg_dump_compressed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::dir(tmp.path());
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job(
+            "app",
+            &src,
+            "app",
+            "archive_compression = true\nglobals = false\n",
+        ),
+    );
+    let cfg = config.to_str().unwrap_or_default();
+    refugio_ok(&["--config", cfg, "backup"], &[])?;
+    let m = list(&config, &[])?.into_iter().next().context("manifest")?;
+    let art = &m["artifacts"][0];
+    assert_eq!(art["archive_compression"], "zstd:3", "{art}");
+    let Repo::Dir(root) = &repo else {
+        anyhow::bail!("a directory repository")
+    };
+    let file = root.join(format!(
+        "app/{}/{}",
+        m["backup_id"].as_str().context("id")?,
+        art["name"].as_str().context("name")?
+    ));
+    let digest = std::process::Command::new("sha256sum")
+        .arg(&file)
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&digest.stdout).starts_with(art["sha256"].as_str().unwrap_or("?")),
+        "sha256sum of the stored file = the manifest's"
+    );
+    let dst = Cluster::start(16).await?;
+    dst.create_database("app").await?;
+    let out = std::process::Command::new(dst.bindir().join("pg_restore"))
+        .args(["-j", "2", "--no-owner", "--exit-on-error", "-d"])
+        .arg(dst.url("app"))
+        .arg(&file)
+        .output()?;
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(row_counts(&dst, "app").await?, manifest_counts(&m));
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

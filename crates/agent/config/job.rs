@@ -69,6 +69,11 @@ pub struct JobConfig {
     /// Compression level. Default: zstd 3, gzip 6.
     #[serde(default)]
     pub compression_level: Option<i32>,
+    /// Custom format with zstd: pg_dump (16+, built with zstd) compresses
+    /// inside the archive, which a bare `pg_restore` reads. Default false:
+    /// refugio compresses the stream (faster, see docs/design.md).
+    #[serde(default)]
+    pub archive_compression: bool,
     /// Also store `pg_dumpall --globals-only` (roles, tablespaces). Default true.
     #[serde(default = "yes")]
     pub globals: bool,
@@ -164,6 +169,7 @@ impl std::fmt::Debug for JobConfig {
             format,
             compression,
             compression_level,
+            archive_compression,
             globals,
             pg_bindir,
             exclude_tables,
@@ -198,6 +204,7 @@ impl std::fmt::Debug for JobConfig {
             .field("format", format)
             .field("compression", compression)
             .field("compression_level", compression_level)
+            .field("archive_compression", archive_compression)
             .field("globals", globals)
             .field("pg_bindir", pg_bindir)
             .field("exclude_tables", exclude_tables)
@@ -256,6 +263,7 @@ impl JobConfig {
             format: self.format,
             compression: self.compression,
             compression_level: self.compression_level,
+            archive_compression: self.archive_compression,
             globals: self.globals,
             pg_bindir: self.pg_bindir.clone(),
             exclude_tables: self.exclude_tables.clone(),

@@ -191,6 +191,17 @@ impl Config {
             } else if !j.exclude_databases.is_empty() {
                 bail!("jobs[{i}] ({}).exclude_databases: only a whole-server job (`databases = [...]`) excludes databases", j.name);
             }
+            if j.archive_compression
+                && (j.format != refugio_dump::DumpFormat::Custom
+                    || j.compression != Compression::Zstd)
+            {
+                bail!(
+                    "jobs[{i}] ({}).archive_compression: pg_dump compresses only a custom archive with zstd; this job has format {} and compression {}",
+                    j.name,
+                    j.format.as_str(),
+                    j.compression.as_str()
+                );
+            }
             if let Some(l) = j.compression_level {
                 let ok = match j.compression {
                     Compression::Zstd => (1..=22).contains(&l),

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod error;
 pub mod fingerprint;
 pub mod pattern;
+pub mod pipe;
 pub mod process;
 pub mod snapshot;
 pub mod spawn;

@@ -11,10 +11,11 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
-use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::process::{Child, ChildStderr};
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
+use crate::pipe::PipeReader;
 
 /// Bytes of stderr kept for error messages.
 const STDERR_TAIL_BYTES: usize = 8 * 1024;
@@ -119,7 +120,7 @@ enum State {
 /// Dropping it kills the child.
 pub struct ChildOutput {
     tool: &'static str,
-    stdout: ChildStdout,
+    stdout: PipeReader,
     child: Option<Child>,
     tail: StderrTail,
     stderr_task: Option<JoinHandle<()>>,
@@ -138,6 +139,7 @@ impl ChildOutput {
             .take()
             .ok_or_else(|| io::Error::other(format!("{tool}: stderr was not piped")))?;
         let (tail, task) = StderrTail::collect(tool, stderr);
+        let stdout = PipeReader::start(tool, stdout)?;
         Ok(ChildOutput {
             tool,
             stdout,

@@ -26,6 +26,10 @@ pub struct DumpArgs<'a> {
     pub exclude_table_data: &'a [String],
     /// Passed through after ours, uninterpreted.
     pub extra_args: &'a [String],
+    /// Of a custom archive, pg_dump's own `--compress` (e.g. `zstd:3`):
+    /// each table's data compressed inside the archive, by pg_dump's
+    /// process. None: `--compress=0`, the stream compressed by refugio.
+    pub archive_compression: Option<&'a str>,
 }
 
 fn base(tool: &Tool, source: &SourceSpec) -> Command {
@@ -55,9 +59,13 @@ pub fn pg_dump_args(source: &SourceSpec, args: &DumpArgs<'_>) -> Vec<String> {
         ),
     ];
     match args.format {
-        // Uncompressed inside: our zstd/gzip stage compresses the stream, so
-        // `zstd -d | pg_restore` works with stock tools.
-        DumpFormat::Custom => v.extend(["--format=custom".into(), "--compress=0".into()]),
+        // Compressed inside by pg_dump (a bare `pg_restore` reads it), or
+        // not at all: then our zstd/gzip stage compresses the stream and
+        // `zstd -d | pg_restore` restores it.
+        DumpFormat::Custom => v.extend([
+            "--format=custom".into(),
+            format!("--compress={}", args.archive_compression.unwrap_or("0")),
+        ]),
         DumpFormat::Plain => v.push("--format=plain".into()),
     }
     if let Some(s) = args.snapshot {

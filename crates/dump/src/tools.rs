@@ -116,6 +116,57 @@ pub async fn probe(kind: ToolKind, path: &Path) -> std::result::Result<PgVersion
     PgVersion::parse_tool_output(line).ok_or_else(|| format!("unrecognised version {line:?}"))
 }
 
+/// Whether `tool` (a pg_dump) compresses custom archives with zstd itself
+/// (`--compress=zstd:N`: PostgreSQL 16 and later, built with libzstd).
+/// Asked once per binary: pg_dump checks its compression option before it
+/// connects, so a run pointed at a socket that does not exist answers
+/// without touching any server.
+pub async fn dumps_zstd(tool: &Tool) -> bool {
+    static KNOWN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<PathBuf, bool>>> =
+        std::sync::OnceLock::new();
+    if tool.kind != ToolKind::PgDump || tool.version.major < 16 {
+        return false;
+    }
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(answer) = known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&tool.path)
+    {
+        return *answer;
+    }
+    let out = tokio::process::Command::new(&tool.path)
+        .env_clear()
+        .args([
+            "--format=custom",
+            "--compress=zstd:1",
+            "--file=/dev/null",
+            "--no-password",
+            "--dbname=host=/nonexistent/refugio-zstd-probe port=1 dbname=probe user=probe",
+        ])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    let answer = match out {
+        Ok(out) => zstd_probe_says_yes(&String::from_utf8_lossy(&out.stderr)),
+        Err(_) => false,
+    };
+    tracing::debug!(pg_dump = %tool.path.display(), zstd = answer, "pg_dump zstd probe");
+    known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(tool.path.clone(), answer);
+    answer
+}
+
+/// The probe's verdict from its stderr: pg_dump went on to connect (and
+/// failed to) only if it accepted `--compress=zstd:1`; any complaint about
+/// the compression, or anything unexpected, is a no.
+fn zstd_probe_says_yes(stderr: &str) -> bool {
+    !stderr.contains("compress") && stderr.contains("/nonexistent/refugio-zstd-probe")
+}
+
 /// Candidate paths in search order (see the module doc).
 pub fn candidates(kind: ToolKind, bindir: Option<&Path>) -> Vec<PathBuf> {
     if let Some(dir) = bindir {
@@ -220,6 +271,35 @@ mod tests {
             }
         );
         assert!(PgVersion::parse_tool_output("garbage").is_none());
+    }
+
+    #[test]
+    fn zstd_probe_reads_pg_dump_stderr() {
+        // PostgreSQL 16.15 with libzstd: it tried to connect.
+        assert!(zstd_probe_says_yes(
+            "pg_dump: error: connection to server on socket \"/nonexistent/refugio-zstd-probe/.s.PGSQL.1\" failed: No such file or directory"
+        ));
+        // Built without libzstd, or older than 16.
+        assert!(!zstd_probe_says_yes(
+            "pg_dump: error: this build does not support compression with zstd"
+        ));
+        assert!(!zstd_probe_says_yes(
+            "pg_dump: error: invalid value \"zstd:1\" for option -Z/--compress"
+        ));
+        assert!(!zstd_probe_says_yes(""));
+    }
+
+    #[tokio::test]
+    async fn zstd_probe_of_a_missing_binary_is_a_no() {
+        let tool = Tool {
+            kind: ToolKind::PgDump,
+            path: PathBuf::from("/nonexistent/bin/pg_dump"),
+            version: PgVersion {
+                major: 16,
+                minor: 0,
+            },
+        };
+        assert!(!dumps_zstd(&tool).await);
     }
 
     #[test]

@@ -55,6 +55,7 @@ async fn snapshot_counts_match_and_dump_reads_it(#[case] major: u32) -> Result<(
         exclude_tables: &[],
         exclude_table_data: &[],
         extra_args: &[],
+        archive_compression: None,
     };
     let mut out = spawn::pg_dump(&tool, &spec, &args)?;
     let mut sql = String::new();
@@ -99,6 +100,7 @@ async fn exit_status_is_checked_after_eof() -> Result<()> {
         exclude_tables: &[],
         exclude_table_data: &[],
         extra_args: &bad,
+        archive_compression: None,
     };
     let mut out = spawn::pg_dump(&tool, &spec, &args)?;
     let mut buf = Vec::new();
@@ -152,6 +154,7 @@ async fn a_restart_under_pg_dump_and_a_session_is_temporary() -> Result<()> {
         exclude_tables: &[],
         exclude_table_data: &[],
         extra_args: &[],
+        archive_compression: None,
     };
     let mut out = spawn::pg_dump(&tool, &spec, &args)?;
     let mut first = vec![0u8; 64 * 1024];
@@ -232,6 +235,7 @@ async fn lock_queue_behind_truncate_times_out_instead_of_hanging() -> Result<()>
         exclude_tables: &[],
         exclude_table_data: &[],
         extra_args: &[],
+        archive_compression: None,
     };
     let started = Instant::now();
     let mut out = spawn::pg_dump(&tool, &spec, &args)?;

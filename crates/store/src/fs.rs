@@ -42,9 +42,10 @@ use crate::{ByteReader, MultipartUpload, ObjectMeta, ObjectStore, PendingUpload}
 
 const TMP_MARKER: &str = ".refugio-tmp-";
 const PARTIAL_MARKER: &str = ".refugio-partial-";
-/// Read buffer of `get`: large enough that a reader with a small buffer does
-/// not cost one blocking-pool hop per few bytes.
+/// Read buffer of `get`: a small reader costs no blocking-pool hop per read.
 const READ_BUFFER: usize = 256 * 1024;
+/// Upload part size: written while still in the CPU's cache (design.md).
+pub const FS_PART_SIZE: usize = 128 * 1024;
 /// Mode of every file the store creates: the owner only.
 const FILE_MODE: u32 = 0o600;
 /// Mode of every directory the store creates: the owner only.
@@ -371,6 +372,10 @@ fn has_objects(dir: &Path) -> io::Result<bool> {
 
 #[async_trait]
 impl ObjectStore for FsStore {
+    fn fixed_part_size(&self) -> Option<usize> {
+        Some(FS_PART_SIZE)
+    }
+
     fn describe(&self) -> String {
         self.describe.clone()
     }

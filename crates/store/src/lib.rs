@@ -88,6 +88,14 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// `Some(n)`: this store takes parts of any size and any number of
+    /// them, and [`upload::upload_stream`] cuts every stream into parts of
+    /// `n` bytes, whatever the upload options say. `None` (S3, the
+    /// default): parts follow S3's limits ([`MIN_PART_SIZE`], [`MAX_PARTS`]).
+    fn fixed_part_size(&self) -> Option<usize> {
+        None
+    }
+
     /// Starts a multipart upload. Nothing is visible under `key` until
     /// [`MultipartUpload::complete`] succeeds.
     async fn put_multipart(&self, key: &str) -> Result<Box<dyn MultipartUpload>>;

@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 /// The manifest major version this build reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The manifest minor version this build writes.
-pub const FORMAT_MINOR: u32 = 5;
+pub const FORMAT_MINOR: u32 = 6;
 /// The manifest format written by this build: `FORMAT_MAJOR.FORMAT_MINOR`.
-pub const FORMAT: &str = "1.5";
+pub const FORMAT: &str = "1.6";
 /// Object name of the manifest inside a backup's prefix.
 pub const MANIFEST_NAME: &str = "manifest.json";
 
@@ -32,9 +32,9 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 // per format minor (see the module doc).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// `"1.5"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
+    /// `"1.6"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
     /// 1.2 no `data_at`, 1.3 no `encryption`, 1.4 no `databases` nor
-    /// `data_excluded`).
+    /// `data_excluded`, 1.5 no `archive_compression`).
     pub format: String,
     pub job: String,
     pub backup_id: String,
@@ -157,12 +157,20 @@ pub struct Artifact {
     pub kind: String,
     /// `custom` (pg_restore archive) or `plain` (SQL).
     pub format: String,
-    /// `zstd`, `gzip` or `none`.
+    /// How the stored stream is compressed, by refugio: `zstd`, `gzip` or
+    /// `none` (then it is stored as the tool wrote it).
     pub compression: String,
+    /// Compression inside a custom archive, by pg_dump itself
+    /// (`--compress`, e.g. `zstd:3`; format 1.6+): a bare `pg_restore`
+    /// reads it. Absent: the archive is uncompressed inside
+    /// (`--compress=0`), and `compression` is all there is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_compression: Option<String>,
     /// `none`, or `age` (then the name ends in `.age` and the manifest's
     /// `encryption` says to whom).
     pub encryption: String,
-    /// Bytes before compression (what pg_dump wrote).
+    /// Bytes the tool wrote, before refugio's compression (with
+    /// `archive_compression`, the archive as pg_dump compressed it).
     pub raw_size: u64,
     /// Bytes stored.
     pub stored_size: u64,
@@ -386,6 +394,7 @@ mod tests {
                 kind: "database".into(),
                 format: "custom".into(),
                 compression: "zstd".into(),
+                archive_compression: None,
                 encryption: "none".into(),
                 raw_size: 100,
                 stored_size: 40,

@@ -165,6 +165,9 @@ impl ObjectStore for LimitedStore {
     fn upload_limiter(&self) -> Option<Arc<RateLimiter>> {
         Some(Arc::clone(&self.limiter))
     }
+    fn fixed_part_size(&self) -> Option<usize> {
+        self.inner.fixed_part_size()
+    }
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         self.inner.put(key, data).await
     }

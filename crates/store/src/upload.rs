@@ -185,6 +185,8 @@ pub async fn upload_stream(
     opts: &UploadOptions,
 ) -> Result<UploadOutcome> {
     let base = base_part_size(opts);
+    let fixed = store.fixed_part_size();
+    let size_of = |index: usize| fixed.unwrap_or_else(|| part_size_for(index, base));
     let concurrency = opts.concurrency.max(1);
     let mut reader = Paced::new(reader, store.upload_limiter());
     let mut hasher = Sha256::new();
@@ -193,11 +195,11 @@ pub async fn upload_stream(
         source,
     };
 
-    let first = read_part(&mut reader, part_size_for(0, base), &mut hasher)
+    let first = read_part(&mut reader, size_of(0), &mut hasher)
         .await
         .map_err(source_error)?;
     let mut size = first.len() as u64;
-    if first.len() < part_size_for(0, base) {
+    if first.len() < size_of(0) {
         store.put_artifact(key, first.freeze()).await?;
         return Ok(UploadOutcome {
             size,
@@ -228,7 +230,7 @@ pub async fn upload_stream(
                 return Err(error);
             }
         }
-        if parts >= MAX_PARTS {
+        if fixed.is_none() && parts >= MAX_PARTS {
             // Only reachable with a stream beyond S3's 5 TiB object limit.
             let mut probe = [0u8; 1];
             match reader.read(&mut probe).await {
@@ -245,7 +247,7 @@ pub async fn upload_stream(
                 }
             }
         }
-        let part = match read_part(&mut reader, part_size_for(parts, base), &mut hasher).await {
+        let part = match read_part(&mut reader, size_of(parts), &mut hasher).await {
             Ok(part) => part,
             Err(source) => {
                 upload.abort().await;
@@ -255,7 +257,7 @@ pub async fn upload_stream(
         if part.is_empty() {
             break;
         }
-        let last = part.len() < part_size_for(parts, base);
+        let last = part.len() < size_of(parts);
         size += part.len() as u64;
         parts += 1;
         in_flight.push(upload.put_part(part.freeze()));

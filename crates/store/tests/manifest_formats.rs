@@ -23,6 +23,7 @@ fn fixture(minor: u32) -> Vec<u8> {
 #[case::v1_3(3)]
 #[case::v1_4(4)]
 #[case::v1_5(5)]
+#[case::v1_6(6)]
 fn every_field_of_a_known_minor_survives(#[case] minor: u32) {
     let bytes = fixture(minor);
     let key = format!("trips/x/manifest-1.{minor}.json");
@@ -87,6 +88,21 @@ fn fixtures_hold_the_fields_their_minor_added() {
             .any(|t| t.data_excluded && t.rows == 0),
         "1.5 added data_excluded"
     );
+    let v1_6 = Manifest::parse("k", &fixture(6)).expect("1.6");
+    let dump = v1_6.units().expect("one database")[0].artifact;
+    assert_eq!(
+        dump.archive_compression.as_deref(),
+        Some("zstd:3"),
+        "1.6 added archive_compression"
+    );
+    assert_eq!(
+        (dump.name.as_str(), dump.compression.as_str()),
+        ("database.dump", "none")
+    );
+    assert!(v1_5
+        .artifacts
+        .iter()
+        .all(|a| a.archive_compression.is_none()));
 }
 
 /// A build that writes a new minor must add its fixture (and a case above).

@@ -13,7 +13,7 @@ use refugio_store::repo::Repository;
 use refugio_store::upload::UploadOptions;
 use tokio_util::sync::CancellationToken;
 
-use super::stream::{artifact, store_stream};
+use super::stream::{artifact, store_stream, Packing};
 use super::{BackupOptions, ReplicaLag};
 use crate::error::{Error, Result};
 
@@ -34,6 +34,8 @@ pub(super) struct Target<'a> {
     pub name: String,
     pub id: &'a str,
     pub upload: &'a UploadOptions,
+    /// Who compresses it.
+    pub packing: &'a Packing,
 }
 
 /// `"a"."b"` for each `(schema, name)`.
@@ -101,6 +103,7 @@ pub(super) async fn dump(
         exclude_tables: &exclude,
         exclude_table_data: &exclude_data,
         extra_args: &opts.extra_args,
+        archive_compression: to.packing.archive.as_deref(),
     };
     let key = Repository::key(job, to.id, &to.name);
     // Parts sized for this database (see `UploadOptions::expected_size`).
@@ -109,7 +112,7 @@ pub(super) async fn dump(
         ..to.upload.clone()
     };
     let stored = match spawn::pg_dump(pg_dump, source, &args) {
-        Ok(output) => Ok(store_stream(repo, &key, output, opts, &upload, cancel).await),
+        Ok(output) => Ok(store_stream(repo, &key, output, to.packing, opts, &upload, cancel).await),
         Err(e) => Err(e),
     };
     let info = SnapInfo::from(&snap);
@@ -124,6 +127,7 @@ pub(super) async fn dump(
             to.name,
             "database",
             opts.format.as_str(),
+            to.packing,
             opts,
             outcome,
             raw,

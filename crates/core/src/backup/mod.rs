@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::encryption::{self, Recipients};
 use crate::error::{Error, Result};
 use database::{server_artifact_name, Dumped, Target};
-use stream::{artifact, discard, store_stream};
+use stream::{artifact, discard, store_stream, Packing};
 
 /// What to back up and how.
 #[derive(Debug, Clone)]
@@ -44,6 +44,9 @@ pub struct BackupOptions {
     pub compression: Compression,
     /// None: the compression's default level.
     pub compression_level: Option<i32>,
+    /// With custom format and zstd, let pg_dump 16+ compress inside the
+    /// archive (`--compress=zstd:N`) instead of compressing the stream.
+    pub archive_compression: bool,
     /// Also store `pg_dumpall --globals-only` (roles, tablespaces).
     pub globals: bool,
     /// Directory of pg_dump/pg_dumpall; None = search for a fitting one.
@@ -248,7 +251,14 @@ async fn commit_backup(
     } else {
         ""
     };
-    let suffix = format!("{ext}{}{sealed}", opts.compression.suffix());
+    let packing = Packing::for_dump(opts, plan.pg_dump).await;
+    if let Some(spec) = &packing.archive {
+        tracing::debug!(job, compression = %spec, "pg_dump compresses the archive itself");
+    } else if opts.archive_compression {
+        tracing::warn!(job, pg_dump = %plan.pg_dump.path.display(), version = %plan.pg_dump.version,
+            "archive-compression-unavailable: archive_compression needs format custom, compression zstd and a pg_dump of 16 or later built with zstd; refugio compresses the stream instead");
+    }
+    let suffix = format!("{ext}{}{sealed}", packing.stream.suffix());
     let server = opts.databases.is_some();
     let upload = UploadOptions {
         part_size: opts.part_size,
@@ -277,6 +287,7 @@ async fn commit_backup(
             name,
             id,
             upload: &upload,
+            packing: &packing,
         };
         match database::dump(repo, opts, plan.pg_dump, target, cancel).await {
             // Dropped since the databases were listed: not in this backup.
@@ -314,7 +325,8 @@ async fn commit_backup(
     if let Some(tool) = plan.pg_dumpall {
         let tg = Instant::now();
         crate::progress::phase(opts.progress.as_ref(), || "dumping globals".into());
-        let name = format!("globals.sql{}{sealed}", opts.compression.suffix());
+        let globals_packing = Packing::stream(opts);
+        let name = format!("globals.sql{}{sealed}", globals_packing.stream.suffix());
         let key = Repository::key(job, id, &name);
         let small = UploadOptions {
             expected_size: None,
@@ -322,7 +334,7 @@ async fn commit_backup(
         };
         let what = || "dumping globals (roles) with pg_dumpall".to_string();
         let result = match spawn::pg_dumpall_globals(tool, plan.main, plan.facts.superuser) {
-            Ok(output) => store_stream(repo, &key, output, opts, &small, cancel)
+            Ok(output) => store_stream(repo, &key, output, &globals_packing, opts, &small, cancel)
                 .await
                 .map_err(|e| Error::Dump {
                     job: job.to_string(),
@@ -333,7 +345,15 @@ async fn commit_backup(
         };
         match result {
             Ok((outcome, raw)) => {
-                artifacts.push(artifact(name, "globals", "plain", opts, outcome, raw));
+                artifacts.push(artifact(
+                    name,
+                    "globals",
+                    "plain",
+                    &globals_packing,
+                    opts,
+                    outcome,
+                    raw,
+                ));
             }
             Err(e) => {
                 discard(repo, job, id, &artifacts).await;

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use refugio_dump::CountingReader;
+use refugio_dump::{Compression, CountingReader, DumpFormat};
 use refugio_store::manifest::Artifact;
 use refugio_store::repo::Repository;
 use refugio_store::upload::{upload_stream, UploadOptions, UploadOutcome};
@@ -49,12 +49,55 @@ impl<R: AsyncRead + Unpin> AsyncRead for Cancellable<R> {
     }
 }
 
+/// Where an artifact's compression happens.
+#[derive(Debug, Clone)]
+pub(super) struct Packing {
+    /// refugio's stage on the stream the tool wrote.
+    pub stream: Compression,
+    /// pg_dump's own inside a custom archive (`zstd:3`); then `stream` is
+    /// `None`.
+    pub archive: Option<String>,
+}
+
+impl Packing {
+    /// For a database's dump: with `archive_compression`, a custom format
+    /// and zstd, pg_dump 16+ built with zstd compresses inside the archive
+    /// (a bare `pg_restore` reads it); anything else is compressed by
+    /// refugio on the stream, which scripts/bench measured faster (pg_dump
+    /// compresses in the thread that also reads from the server; refugio's
+    /// zstd worker runs beside it).
+    pub async fn for_dump(opts: &BackupOptions, pg_dump: &refugio_dump::Tool) -> Packing {
+        let in_archive = opts.archive_compression
+            && opts.format == DumpFormat::Custom
+            && opts.compression == Compression::Zstd
+            && refugio_dump::tools::dumps_zstd(pg_dump).await;
+        if in_archive {
+            Packing {
+                stream: Compression::None,
+                archive: Some(format!("zstd:{}", opts.compression_level.unwrap_or(3))),
+            }
+        } else {
+            Packing::stream(opts)
+        }
+    }
+
+    /// refugio's compression on the stream, as the job says (globals,
+    /// plain SQL, pg_dump before 16).
+    pub fn stream(opts: &BackupOptions) -> Packing {
+        Packing {
+            stream: opts.compression,
+            archive: None,
+        }
+    }
+}
+
 /// Streams one child's output through the compressor into `key`; returns
 /// the upload and the raw (uncompressed) byte count.
 pub(super) async fn store_stream(
     repo: &Repository,
     key: &str,
     output: refugio_dump::ChildOutput,
+    packing: &Packing,
     opts: &BackupOptions,
     upload: &UploadOptions,
     cancel: &CancellationToken,
@@ -62,7 +105,7 @@ pub(super) async fn store_stream(
     let counted = CountingReader::new(output);
     let raw = counted.counter();
     let shown = progress::counting(counted, opts.progress.as_ref(), |p| &p.read);
-    let compressed = opts.compression.encoder(shown, opts.compression_level);
+    let compressed = packing.stream.encoder(shown, opts.compression_level);
     // pg_dump → compressor → age → digest and count → upload: plaintext
     // never touches disk.
     let sealed: Pin<Box<dyn AsyncRead + Send>> = match &opts.encryption {
@@ -83,6 +126,7 @@ pub(super) fn artifact(
     name: String,
     kind: &str,
     format: &str,
+    packing: &Packing,
     opts: &BackupOptions,
     outcome: UploadOutcome,
     raw: u64,
@@ -91,7 +135,8 @@ pub(super) fn artifact(
         name,
         kind: kind.into(),
         format: format.into(),
-        compression: opts.compression.as_str().into(),
+        compression: packing.stream.as_str().into(),
+        archive_compression: packing.archive.clone(),
         encryption: match opts.encryption {
             Some(_) => encryption::AGE.into(),
             None => "none".into(),
