@@ -10,11 +10,11 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::io::AsyncWriteExt;
 
+use crate::sweep::{signal, DIR_PREFIX, OWNER_FILE, TMP_ROOT};
 use crate::tls::ServerTls;
 
 /// Password-protected role present in every cluster: authenticated with
@@ -31,13 +31,6 @@ pub const PASSWORD_USER_PASSWORD: &str = "s3cret-Pa55word!";
 const PORT: u16 = 5432;
 /// `nobody`/`nogroup`: PostgreSQL refuses to run as root.
 const UNPRIVILEGED_ID: u32 = 65534;
-/// Clusters live in `/tmp/refugio-pg-XXXXXX`. Short on purpose: a unix socket
-/// path is at most 107 bytes, and `TMPDIR` may be long.
-pub(crate) const TMP_ROOT: &str = "/tmp";
-pub(crate) const DIR_PREFIX: &str = "refugio-pg-";
-/// File in a cluster directory naming the process that owns the cluster, so a
-/// later start can clean up after a test process that was killed.
-pub(crate) const OWNER_FILE: &str = "owner";
 const SERVER_LOG: &str = "server.log";
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -615,12 +608,6 @@ fn shut_down_child(child: &mut Child, first: Signal, timeout: Duration) -> Optio
     }
     let _ = child.kill();
     child.wait().ok()
-}
-
-pub(crate) fn signal(pid: u32, sig: Signal) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = kill(Pid::from_raw(pid), sig);
-    }
 }
 
 fn running_as_root() -> bool {

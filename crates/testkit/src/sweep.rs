@@ -8,7 +8,22 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::cluster::{signal, DIR_PREFIX, OWNER_FILE, TMP_ROOT};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+/// Clusters live in `/tmp/refugio-pg-XXXXXX`. Short on purpose: a unix socket
+/// path is at most 107 bytes, and `TMPDIR` may be long.
+pub(crate) const TMP_ROOT: &str = "/tmp";
+pub(crate) const DIR_PREFIX: &str = "refugio-pg-";
+/// File in a cluster directory naming the process that owns the cluster, so a
+/// later start can clean up after a test process that was killed.
+pub(crate) const OWNER_FILE: &str = "owner";
+
+pub(crate) fn signal(pid: u32, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
 
 /// How long a stale server gets to stop before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
