@@ -254,10 +254,15 @@ async fn an_ephemeral_cluster_restores_roles_and_is_removed(#[case] major: u32) 
     let cfg = config.to_str().unwrap_or_default();
     refugio_ok(&["--config", cfg, "backup"], &[])?;
     let bindir = src.bindir().display().to_string();
-    let out = refugio(
+    let verify = refugio_command(
         &["--config", cfg, "verify", "--json", "--pg-bindir", &bindir],
         &[],
-    );
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()?;
+    let drill_pid = verify.id();
+    let out = verify.wait_with_output()?;
     let text = all_output(&out);
     assert!(out.status.success(), "{text}");
     let r: Value = serde_json::from_slice(&out.stdout)?;
@@ -269,17 +274,17 @@ async fn an_ephemeral_cluster_restores_roles_and_is_removed(#[case] major: u32) 
     assert!(r["scratch_server_version"]
         .as_str()
         .is_some_and(|v| v.starts_with(&major.to_string())));
-    // This drill's cluster directory is gone (others may be running in parallel
-    // tests, so look for directories whose owner is not alive).
+    // This drill's cluster directory is gone: none names its process as
+    // the owner (other tests' drills run in parallel, and a test that kills
+    // refugio mid-drill leaves one for the next drill to remove).
     for d in drill_dirs() {
         let owner =
             std::fs::read_to_string(std::env::temp_dir().join(&d).join("refugio-owner.pid"))
                 .unwrap_or_default();
-        let alive = owner
-            .trim()
-            .parse::<u32>()
-            .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
-        assert!(alive, "leftover drill cluster {d}");
+        assert!(
+            owner.trim().parse::<u32>().ok() != Some(drill_pid),
+            "this drill's cluster {d} was left behind"
+        );
     }
     Ok(())
 }
