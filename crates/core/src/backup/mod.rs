@@ -252,12 +252,6 @@ async fn commit_backup(
         ""
     };
     let packing = Packing::for_dump(opts, plan.pg_dump).await;
-    if let Some(spec) = &packing.archive {
-        tracing::debug!(job, compression = %spec, "pg_dump compresses the archive itself");
-    } else if opts.archive_compression {
-        tracing::warn!(job, pg_dump = %plan.pg_dump.path.display(), version = %plan.pg_dump.version,
-            "archive-compression-unavailable: archive_compression needs format custom, compression zstd and a pg_dump of 16 or later built with zstd; refugio compresses the stream instead");
-    }
     let suffix = format!("{ext}{}{sealed}", packing.stream.suffix());
     let server = opts.databases.is_some();
     let upload = UploadOptions {

@@ -72,13 +72,18 @@ impl Packing {
             && opts.compression == Compression::Zstd
             && refugio_dump::tools::dumps_zstd(pg_dump).await;
         if in_archive {
-            Packing {
+            let spec = format!("zstd:{}", opts.compression_level.unwrap_or(3));
+            tracing::debug!(job = %opts.job, compression = %spec, "pg_dump compresses the archive itself");
+            return Packing {
                 stream: Compression::None,
-                archive: Some(format!("zstd:{}", opts.compression_level.unwrap_or(3))),
-            }
-        } else {
-            Packing::stream(opts)
+                archive: Some(spec),
+            };
         }
+        if opts.archive_compression {
+            tracing::warn!(job = %opts.job, pg_dump = %pg_dump.path.display(), version = %pg_dump.version,
+                "archive-compression-unavailable: archive_compression needs format custom, compression zstd and a pg_dump of 16 or later built with zstd; refugio compresses the stream instead");
+        }
+        Packing::stream(opts)
     }
 
     /// refugio's compression on the stream, as the job says (globals,

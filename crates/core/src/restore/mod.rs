@@ -555,13 +555,12 @@ async fn restore_parallel(
         .tempfile_in(private.path())
         .map_err(temp_error)?;
     let (mut plain, raw) = open_artifact(repo, key, art, decode).await?;
-    let file = tokio::fs::File::from_std(tmp.reopen().map_err(|source| Error::TempFile {
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(|source| Error::TempFile {
         dir: dir.display().to_string(),
         source,
     })?);
     // 256 KiB at a time (tokio::io::copy moves 8 KiB): fewer turns of the
     // decoder and of the blocking pool behind the file.
-    let mut writer = file;
     let mut chunk = vec![0u8; 256 * 1024];
     loop {
         let n = match plain.read(&mut chunk).await {
@@ -569,19 +568,18 @@ async fn restore_parallel(
             Ok(n) => n,
             Err(e) => return Err(explain(repo, key, art, e, raw).await),
         };
-        writer
-            .write_all(&chunk[..n])
+        file.write_all(&chunk[..n])
             .await
             .map_err(|source| Error::TempFile {
                 dir: dir.display().to_string(),
                 source,
             })?;
     }
-    writer.flush().await.map_err(|source| Error::TempFile {
+    file.flush().await.map_err(|source| Error::TempFile {
         dir: dir.display().to_string(),
         source,
     })?;
-    drop(writer);
+    drop(file);
     crate::progress::phase(opts.progress.as_ref(), || {
         format!("pg_restore --jobs {}", opts.jobs)
     });
