@@ -6,15 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use async_compression::tokio::bufread::{GzipDecoder, GzipEncoder, ZstdDecoder, ZstdEncoder};
+use async_compression::tokio::bufread::{GzipDecoder, GzipEncoder, ZstdDecoder};
 use async_compression::Level;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 /// Read buffer in front of the compressor and decompressor.
 const BUF: usize = 128 * 1024;
-/// Bytes a zstd worker compresses at a time (see `encoder`).
-const ZSTD_JOB: u32 = 2 * 1024 * 1024;
 
 /// How an artifact is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,20 +61,10 @@ impl Compression {
         let level = level.map_or(Level::Default, Level::Precise);
         let input = BufReader::with_capacity(BUF, input);
         match self {
-            // One worker thread compresses 2 MiB jobs while this task
-            // reads on (like `zstd -T1`): off the reading thread, and in
-            // whole jobs rather than in the slower external-dictionary
-            // mode that small streaming inputs fall into (profiled: half
-            // of refugio's CPU was ZSTD_compressBlock_doubleFast_extDict).
-            // 2 MiB jobs keep the encoder near 10 MiB (8 MiB by default:
-            // about 30 MiB).
-            Compression::Zstd => Box::pin(ZstdEncoder::with_quality_and_params(
+            // On a thread of its own, in whole frames: see crate::frames.
+            Compression::Zstd => Box::pin(crate::frames::compress(
                 input,
-                level,
-                &[
-                    async_compression::zstd::CParameter::nb_workers(1),
-                    async_compression::zstd::CParameter::job_size(ZSTD_JOB),
-                ],
+                async_compression::zstd::CParameter::quality(level),
             )),
             Compression::Gzip => Box::pin(GzipEncoder::with_quality(input, level)),
             Compression::None => Box::pin(input),

@@ -9,6 +9,7 @@ pub mod compress;
 pub mod conn;
 pub mod error;
 pub mod fingerprint;
+pub mod frames;
 pub mod pattern;
 pub mod pipe;
 pub mod process;

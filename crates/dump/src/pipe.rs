@@ -48,18 +48,29 @@ pub fn widen_pipe(fd: &impl AsRawFd) {
     }
 }
 
-/// The read side of a child's stdout (see the module doc). Dropping it
-/// ends the thread: its next send fails, or its read sees EOF once the
-/// child is gone.
-pub struct PipeReader {
+/// Chunks sent by a thread, read as a stream: a child's stdout (see the
+/// module doc), or the zstd thread's frames ([`crate::frames`]). Dropping
+/// it ends the thread: its next send fails (for a pipe, or its read sees
+/// EOF once the child is gone).
+pub struct ChunkReader {
     chunks: mpsc::Receiver<io::Result<Bytes>>,
     pending: Bytes,
     ended: bool,
 }
 
-impl PipeReader {
+impl ChunkReader {
+    /// Reads what a thread sends into `chunks`, in order; an error ends
+    /// the stream.
+    pub(crate) fn new(chunks: mpsc::Receiver<io::Result<Bytes>>) -> Self {
+        ChunkReader {
+            chunks,
+            pending: Bytes::new(),
+            ended: false,
+        }
+    }
+
     /// Takes `stdout` off the reactor and starts its reading thread.
-    pub fn start(tool: &str, stdout: ChildStdout) -> io::Result<Self> {
+    pub fn pipe(tool: &str, stdout: ChildStdout) -> io::Result<Self> {
         // Blocking again, and no longer watched by epoll.
         let fd: OwnedFd = stdout.into_owned_fd()?;
         widen_pipe(&fd);
@@ -89,15 +100,11 @@ impl PipeReader {
                     }
                 }
             })?;
-        Ok(PipeReader {
-            chunks,
-            pending: Bytes::new(),
-            ended: false,
-        })
+        Ok(ChunkReader::new(chunks))
     }
 }
 
-impl AsyncRead for PipeReader {
+impl AsyncRead for ChunkReader {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -145,7 +152,7 @@ mod tests {
             .expect("sh");
         let stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
-        let mut reader = PipeReader::start("sh", stdout).expect("reader");
+        let mut reader = ChunkReader::pipe("sh", stdout).expect("reader");
         let (mut got, mut want) = (Vec::new(), Vec::new());
         let (a, b) = tokio::join!(reader.read_to_end(&mut got), stderr.read_to_end(&mut want));
         a.expect("stdout");

@@ -15,7 +15,7 @@ use tokio::process::{Child, ChildStderr};
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
-use crate::pipe::PipeReader;
+use crate::pipe::ChunkReader;
 
 /// Bytes of stderr kept for error messages.
 const STDERR_TAIL_BYTES: usize = 8 * 1024;
@@ -120,7 +120,7 @@ enum State {
 /// Dropping it kills the child.
 pub struct ChildOutput {
     tool: &'static str,
-    stdout: PipeReader,
+    stdout: ChunkReader,
     child: Option<Child>,
     tail: StderrTail,
     stderr_task: Option<JoinHandle<()>>,
@@ -139,7 +139,7 @@ impl ChildOutput {
             .take()
             .ok_or_else(|| io::Error::other(format!("{tool}: stderr was not piped")))?;
         let (tail, task) = StderrTail::collect(tool, stderr);
-        let stdout = PipeReader::start(tool, stdout)?;
+        let stdout = ChunkReader::pipe(tool, stdout)?;
         Ok(ChildOutput {
             tool,
             stdout,
