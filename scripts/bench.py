@@ -82,9 +82,20 @@ class Bench:
         self.checksum = self.psql("bench", "SELECT md5(string_agg(md5(t::text), '' ORDER BY id)) FROM trips t")
 
     # -- measuring ---------------------------------------------------------
-    def run(self, label, cmd, env=None, stored=None, shell=False):
-        """Runs cmd once; records wall, CPU (user+sys of the whole tree) and
-        peak RSS (the largest process of the tree)."""
+    def server_cpu(self, kind):
+        """The S3 server's own CPU seconds so far (user+sys), or None."""
+        try:
+            pid = open(os.path.join(self.args.root, ".test-services", f"{kind}.pid")).read().strip()
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def run(self, label, cmd, env=None, stored=None, shell=False, server=None):
+        """Runs cmd once; records wall, CPU (user+sys of the whole tree),
+        peak RSS (the largest process of the tree) and, for a store, the
+        CPU its server spent meanwhile (it shares the machine's cores)."""
+        server_before = self.server_cpu(server) if server else None
         full_env = dict(os.environ, PATH=f"{PGBIN}:{os.environ['PATH']}")
         full_env.update(env or {})
         logname = os.path.join(self.work, "log." + "".join(c if c.isalnum() else "_" for c in label))
@@ -101,14 +112,17 @@ class Bench:
             sys.stderr.write(open(logname).read())
             sys.exit(f"bench: {label} failed with exit {proc.returncode}")
         cpu = usage.ru_utime + usage.ru_stime
+        server_after = self.server_cpu(server) if server else None
+        server_cpu = server_after - server_before if server_before is not None and server_after is not None else None
         size = stored(out) if stored else None
         if label not in self.results:
             self.results[label] = []
             self.order.append(label)
         self.results[label].append(dict(wall=wall, cpu=cpu, user=usage.ru_utime, sys=usage.ru_stime,
-                                        rss=usage.ru_maxrss, stored=size, out=out))
+                                        rss=usage.ru_maxrss, stored=size, out=out, server=server_cpu))
         log(f"{label}: {wall:.2f} s wall, {usage.ru_utime:.2f} s user + {usage.ru_stime:.2f} s sys, "
-            f"peak RSS {usage.ru_maxrss / 1024:.0f} MiB")
+            f"peak RSS {usage.ru_maxrss / 1024:.0f} MiB"
+            + (f", store server {server_cpu:.2f} s CPU" if server_cpu is not None else ""))
         return out
 
     def best(self, label):
@@ -181,7 +195,8 @@ class Bench:
             if kind not in self.configs or kind in self.args.skip:
                 continue
             self.run(label, [self.refugio, "--quiet", "--config", self.configs[kind], "backup", "--json"],
-                     env=self.s3_env.get(kind), stored=self.stored_of_manifest)
+                     env=self.s3_env.get(kind), stored=self.stored_of_manifest,
+                     server=kind if kind in self.s3_env else None)
 
     def fresh_target(self):
         self.psql("postgres", "DROP DATABASE IF EXISTS target")
@@ -241,6 +256,10 @@ class Bench:
             stored = f"{b['stored'] / MIB:,.0f} MiB" if b["stored"] else ""
             print(f"{label:<40} {b['wall']:>7.2f}s {ratio:>7} {b['user']:>6.1f}+{b['sys']:<5.1f}s "
                   f"{b['rss'] / 1024:>5.0f} MiB {stored:>10}")
+        for label in self.order:
+            b = self.best(label)
+            if b.get("server") is not None:
+                print(f"  {label}: the store server used {b['server']:.1f} s of CPU meanwhile, on the same cores")
         print()
         print("backup ratios are against `pg_dump -Fc -Z0 > /dev/null`; restore ratios against the local")
         print("archive `pg_dump -Fc --compress=zstd:3` wrote (what an operator keeps locally; refugio's default")
