@@ -18,8 +18,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::process::ChildStdout;
 use tokio::sync::mpsc;
 
@@ -102,6 +102,55 @@ impl ChunkReader {
             })?;
         Ok(ChunkReader::new(chunks))
     }
+}
+
+/// Reads `input` ahead on a task of its own, up to [`QUEUED`] chunks of
+/// [`CHUNK`] bytes, so that whatever produces it (a download and its
+/// digest, a decryption) runs on one core while the reader of the result
+/// (a decompressor) runs on the other. Dropping the returned reader ends
+/// the task and drops `input`. Call it within a tokio runtime.
+pub fn read_ahead<R: AsyncRead + Send + 'static>(input: R) -> ChunkReader {
+    let (tx, chunks) = mpsc::channel(QUEUED);
+    tokio::spawn(async move {
+        let mut input = Box::pin(input);
+        let read = async {
+            loop {
+                // Whole chunks: a download gives a few KiB per read.
+                let mut chunk = BytesMut::with_capacity(CHUNK);
+                let mut read = Ok(false);
+                while chunk.len() < CHUNK {
+                    match input.read_buf(&mut chunk).await {
+                        Ok(0) => {
+                            read = Ok(true);
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            read = Err(e);
+                            break;
+                        }
+                    }
+                }
+                if !chunk.is_empty() && tx.send(Ok(chunk.freeze())).await.is_err() {
+                    return;
+                }
+                match read {
+                    Ok(false) => {}
+                    Ok(true) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = read => {}
+            // The reader went away while the input was slow: drop it now.
+            () = tx.closed() => {}
+        }
+    });
+    ChunkReader::new(chunks)
 }
 
 impl AsyncRead for ChunkReader {

@@ -80,6 +80,9 @@ pub(super) async fn open_artifact(
             &p.stored
         })),
     };
+    // Download, digest and decryption on one core, decompression on the
+    // other (the restore's tool takes its share too).
+    let plain = refugio_dump::pipe::read_ahead(plain);
     let decoded = counting(decode.compression.decoder(plain), decode.progress, |p| {
         &p.read
     });
