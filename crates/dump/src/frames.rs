@@ -250,4 +250,37 @@ mod tests {
         }
         panic!("the input was still held 2 s after the stream was dropped");
     }
+
+    /// The stock tool reads the frames as one file (the runbook's
+    /// `zstd -dc database.dump.zst | pg_restore`).
+    #[tokio::test]
+    async fn stock_zstd_reads_every_frame() {
+        let data: Vec<u8> = (0..(2 * FRAME + 777) as u32)
+            .map(|i| (i % 251) as u8 ^ (i >> 11) as u8)
+            .collect();
+        let mut packed = Vec::new();
+        compress(std::io::Cursor::new(data.clone()), 3)
+            .read_to_end(&mut packed)
+            .await
+            .expect("compress");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("frames.zst");
+        std::fs::write(&file, &packed).expect("write");
+        let out = std::process::Command::new("zstd")
+            .arg("-dc")
+            .arg(&file)
+            .output()
+            .expect("zstd (Debian's zstd package; scripts/install-test-deps installs it)");
+        assert!(
+            out.status.success(),
+            "zstd -dc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == data,
+            "zstd -dc gave {} bytes, not the {} written",
+            out.stdout.len(),
+            data.len()
+        );
+    }
 }
