@@ -24,10 +24,10 @@
 use std::io;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
-use crate::pipe::ChunkReader;
+use crate::pipe::{fill, ChunkReader};
 
 /// Uncompressed bytes per frame.
 pub const FRAME: usize = 2 * 1024 * 1024;
@@ -85,7 +85,7 @@ async fn read_pieces<R: AsyncRead + Unpin>(
     let mut sent = false;
     while let Some(mut piece) = spare.recv().await {
         piece.clear();
-        let read = fill(&mut input, &mut piece).await;
+        let read = fill(&mut input, &mut piece, FRAME).await;
         if !piece.is_empty() || !sent {
             sent = true;
             if pieces.send(Ok(piece)).await.is_err() {
@@ -134,23 +134,12 @@ fn compress_pieces(
     }
 }
 
-/// Reads into `piece` until it holds [`FRAME`] bytes (`Ok(false)`) or the
-/// input ends (`Ok(true)`). On an error, `piece` keeps what came before it.
-async fn fill<R: AsyncRead + Unpin>(input: &mut R, piece: &mut BytesMut) -> io::Result<bool> {
-    while piece.len() < FRAME {
-        if input.read_buf(piece).await? == 0 {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::pin::Pin;
     use std::task::{Context, Poll};
-    use tokio::io::ReadBuf;
+    use tokio::io::{AsyncReadExt, ReadBuf};
 
     async fn round_trip(data: &[u8]) -> Vec<u8> {
         let mut packed = Vec::new();

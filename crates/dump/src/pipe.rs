@@ -117,20 +117,7 @@ pub fn read_ahead<R: AsyncRead + Send + 'static>(input: R) -> ChunkReader {
             loop {
                 // Whole chunks: a download gives a few KiB per read.
                 let mut chunk = BytesMut::with_capacity(CHUNK);
-                let mut read = Ok(false);
-                while chunk.len() < CHUNK {
-                    match input.read_buf(&mut chunk).await {
-                        Ok(0) => {
-                            read = Ok(true);
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            read = Err(e);
-                            break;
-                        }
-                    }
-                }
+                let read = fill(&mut input, &mut chunk, CHUNK).await;
                 if !chunk.is_empty() && tx.send(Ok(chunk.freeze())).await.is_err() {
                     return;
                 }
@@ -151,6 +138,21 @@ pub fn read_ahead<R: AsyncRead + Send + 'static>(input: R) -> ChunkReader {
         }
     });
     ChunkReader::new(chunks)
+}
+
+/// Reads into `buf` until it holds `size` bytes (`Ok(false)`) or the
+/// input ends (`Ok(true)`). On an error, `buf` keeps what came before it.
+pub(crate) async fn fill<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buf: &mut BytesMut,
+    size: usize,
+) -> io::Result<bool> {
+    while buf.len() < size {
+        if input.read_buf(buf).await? == 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 impl AsyncRead for ChunkReader {
