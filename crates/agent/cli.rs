@@ -65,6 +65,15 @@ pub enum Command {
     Pin(PinArgs),
     /// Remove a backup's pin.
     Unpin(PinArgs),
+    /// Archive one WAL file of a physical job: the server's
+    /// `archive_command = 'refugio wal-push %p'`. Exits 0 only once it is
+    /// stored; the same file again succeeds, different bytes under an
+    /// archived name are refused.
+    WalPush(WalPushArgs),
+    /// Restore one archived WAL file: the `restore_command = 'refugio
+    /// wal-fetch %f %p'` of a recovering server. Exits 1 when the archive
+    /// does not have it, 126 when it could not be fetched or checked.
+    WalFetch(WalFetchArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -111,14 +120,31 @@ pub struct ListArgs {
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    /// Backup id, or `latest`.
-    #[arg(long)]
-    pub backup: String,
+    /// Backup id, or `latest`. With --physical, default: the newest base
+    /// backup consistent before --to.
+    #[arg(long, required_unless_present = "physical")]
+    pub backup: Option<String>,
     /// Target database URL. Its database is where the data goes; for a
     /// whole-server backup without --database, its server is where every
     /// database goes, each under its own name.
-    #[arg(long)]
-    pub target: String,
+    #[arg(
+        long,
+        required_unless_present = "physical",
+        conflicts_with = "physical"
+    )]
+    pub target: Option<String>,
+    /// Restore a physical job's base backup into a new data directory
+    /// (--target-dir), set up to recover from the WAL archive to --to.
+    #[arg(long, requires = "target_dir")]
+    pub physical: bool,
+    /// With --physical: where recovery stops: `latest` (default: the end
+    /// of the archive), `immediate` (the base backup's end), a time with
+    /// its offset (`2026-12-02T14:05:00Z`) or an LSN (`0/3000028`).
+    #[arg(long, requires = "physical", default_value = "latest")]
+    pub to: String,
+    /// With --physical: the new data directory (must be empty or missing).
+    #[arg(long, requires = "physical")]
+    pub target_dir: Option<PathBuf>,
     /// Of a whole-server backup, the one database to restore (into the
     /// target URL's database, or under its own name if the URL names none).
     #[arg(long)]
@@ -217,6 +243,9 @@ impl std::fmt::Debug for RestoreArgs {
         let RestoreArgs {
             backup,
             target,
+            physical,
+            to,
+            target_dir,
             database,
             job,
             repo,
@@ -231,7 +260,10 @@ impl std::fmt::Debug for RestoreArgs {
         } = self;
         f.debug_struct("RestoreArgs")
             .field("backup", backup)
-            .field("target", &refugio_dump::redact_url(target))
+            .field("target", &url(target))
+            .field("physical", physical)
+            .field("to", to)
+            .field("target_dir", target_dir)
             .field("database", database)
             .field("job", job)
             .field("repo", repo)
@@ -362,6 +394,29 @@ pub struct CheckArgs {
     /// 3339). For tests.
     #[arg(long, hide = true, value_parser = parse_time)]
     pub now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// Physical job whose archive it goes to. Default: the config's only
+    /// job of kind = "physical".
+    #[arg(long)]
+    pub job: Option<String>,
+    /// `%p`: the file (relative to the data directory, the command's
+    /// working directory).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// Physical job whose archive it comes from. Default: the config's
+    /// only job of kind = "physical".
+    #[arg(long)]
+    pub job: Option<String>,
+    /// `%f`: the name of the file the server asks for.
+    pub name: String,
+    /// `%p`: where to write it.
+    pub dest: PathBuf,
 }
 
 #[derive(Debug, Args)]

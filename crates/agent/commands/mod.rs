@@ -8,6 +8,7 @@ mod list;
 mod prune;
 mod restore;
 mod verify;
+mod wal;
 
 use std::process::ExitCode;
 
@@ -46,16 +47,21 @@ pub(crate) async fn infer_job(
 pub async fn dispatch(cli: Cli) -> ExitCode {
     let log_format = cli.log_format;
     crate::progress::set_quiet(cli.quiet);
+    // restore_command: any failure but "not archived" must stop recovery
+    // (see commands/wal.rs), a bad config included.
+    let fetching = matches!(cli.command, Command::WalFetch(_));
     let result = match load_config(&cli) {
         Ok(cfg) => match cli.command {
             Command::Backup(a) => backup::backup(cfg, a).await,
             Command::List(a) => list::list(cfg, a).await,
-            Command::Restore(a) => restore::restore(cfg, a).await,
+            Command::Restore(a) => restore::restore(cfg, a, cli.config.clone()).await,
             Command::Verify(a) => verify::verify(cfg, a).await,
             Command::Prune(a) => prune::prune(cfg, a).await,
             Command::Check(a) => check::check(cfg, a).await,
             Command::Pin(a) => prune::pin(cfg, a, true).await,
             Command::Unpin(a) => prune::pin(cfg, a, false).await,
+            Command::WalPush(a) => wal::wal_push(cfg, a).await,
+            Command::WalFetch(a) => wal::wal_fetch(cfg, a).await,
             Command::Run => match cli.config.clone() {
                 Some(path) => crate::run::run(path, cfg).await,
                 None => Err(usage(anyhow!(
@@ -72,7 +78,11 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             report_failure(&e, log_format);
-            code_of(&e)
+            if fetching {
+                ExitCode::from(wal::FETCH_FAILED)
+            } else {
+                code_of(&e)
+            }
         }
     }
 }

@@ -2,7 +2,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+use refugio_core::restore::physical::{
+    choose_base, restore_physical, shell_quote, PhysicalRestoreOptions, RecoveryTarget,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RestoreArgs;
@@ -10,12 +15,20 @@ use crate::config::Config;
 use crate::exit::usage;
 use crate::output::human;
 
-pub async fn restore(cfg: Config, a: RestoreArgs) -> Result<ExitCode> {
+pub async fn restore(
+    cfg: Config,
+    a: RestoreArgs,
+    config_path: Option<PathBuf>,
+) -> Result<ExitCode> {
+    if a.physical {
+        return physical(cfg, a, config_path).await;
+    }
     let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref()).await?;
     let job = super::infer_job(&cfg, &repo, a.job.as_deref()).await?;
-    let manifest = repo.resolve(&job, &a.backup).await?;
-    let target =
-        refugio_dump::SourceSpec::new(&a.target, None, None).map_err(|e| usage(e.into()))?;
+    let backup = a.backup.as_deref().unwrap_or("latest");
+    let manifest = repo.resolve(&job, backup).await?;
+    let target = refugio_dump::SourceSpec::new(a.target.as_deref().unwrap_or_default(), None, None)
+        .map_err(|e| usage(e.into()))?;
     let opts = refugio_core::RestoreOptions {
         target,
         clean: a.clean,
@@ -67,6 +80,73 @@ pub async fn restore(cfg: Config, a: RestoreArgs) -> Result<ExitCode> {
             } else {
                 ""
             }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `restore_command` a restored server runs: this binary, the same
+/// config file (absolute), `wal-fetch` for the job.
+fn restore_command(config: &Path, job: &str) -> Result<String> {
+    let exe = std::env::current_exe().context("finding the refugio binary's path")?;
+    let config = std::path::absolute(config)
+        .with_context(|| format!("making {} absolute", config.display()))?;
+    Ok(format!(
+        "{} --config {} wal-fetch --job {} %f %p",
+        shell_quote(&exe.to_string_lossy()),
+        shell_quote(&config.to_string_lossy()),
+        shell_quote(job)
+    ))
+}
+
+/// `restore --physical`: a base backup into a new data directory, set up
+/// to recover to `--to` from the job's WAL archive.
+async fn physical(cfg: Config, a: RestoreArgs, config_path: Option<PathBuf>) -> Result<ExitCode> {
+    let Some(config) = config_path else {
+        return Err(usage(anyhow!(
+            "restore --physical needs the config file (--config FILE or REFUGIO_CONFIG): the restored server's restore_command reads the WAL archive through it"
+        )));
+    };
+    let to: RecoveryTarget =
+        a.to.parse()
+            .map_err(|e: String| usage(anyhow!("--to: {e}")))?;
+    let dir = a
+        .target_dir
+        .clone()
+        .ok_or_else(|| usage(anyhow!("--physical needs --target-dir DIR")))?;
+    let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref()).await?;
+    let job = super::infer_job(&cfg, &repo, a.job.as_deref()).await?;
+    let manifest = match a.backup.as_deref() {
+        Some(id) => repo.resolve(&job, id).await?,
+        None => {
+            let all = repo.manifests(&job).await?;
+            choose_base(&all, to)
+                .map_err(|why| anyhow!("job {job} in {}: {why}", repo.describe()))?
+                .clone()
+        }
+    };
+    let opts = PhysicalRestoreOptions {
+        target: to,
+        target_dir: std::path::absolute(&dir).unwrap_or(dir),
+        restore_command: restore_command(&config, &job)?,
+        identities: cfg.repository.identities().map_err(usage)?,
+    };
+    tracing::info!(job, backup = %manifest.backup_id, to = %to, dir = %opts.target_dir.display(), "physical-restore-started");
+    let report = restore_physical(&repo, &manifest, &opts)
+        .await
+        .with_context(|| format!("restoring base backup {} of job {job}", manifest.backup_id))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "restored base backup {} of job {} into {} ({} fetched, {:.1}s); recovery to {} is set up (recovery.signal, restore_command in postgresql.auto.conf)\nstart it: {}",
+            report.backup_id,
+            report.job,
+            report.target_dir,
+            human(report.bytes_fetched),
+            report.seconds,
+            report.target,
+            report.start_hint
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -25,6 +25,12 @@ use super::values::{one, yes};
 pub struct JobConfig {
     /// Job name: the repository folder. Letters, digits, `-`, `_`, `.`. Required.
     pub name: String,
+    /// `logical` (default: pg_dump of one database or of `databases`) or
+    /// `physical`: the whole cluster as `pg_basebackup` base backups plus
+    /// the WAL archive that `refugio wal-push` fills (the server's
+    /// `archive_command`), restored to a point in time.
+    #[serde(default)]
+    pub kind: refugio_core::JobKind,
     /// Source connection URL, libpq syntax (`postgres://user@host:5432/db`,
     /// unix socket: `?host=/run/postgresql`). Required. A password here
     /// works but is discouraged: use `password_file` or `PGPASSWORD`/`~/.pgpass`.
@@ -157,6 +163,7 @@ impl std::fmt::Debug for JobConfig {
         // Destructured: a new field cannot be left out (or in) unnoticed.
         let JobConfig {
             name,
+            kind,
             source,
             database,
             databases,
@@ -192,6 +199,7 @@ impl std::fmt::Debug for JobConfig {
         let extra_args: Vec<String> = extra_args.iter().map(|a| redact_text(a)).collect();
         f.debug_struct("JobConfig")
             .field("name", name)
+            .field("kind", kind)
             .field("source", &redact_url(source))
             .field("database", database)
             .field("databases", databases)
@@ -259,6 +267,7 @@ impl JobConfig {
     pub fn backup_options(&self, repo: &RepositoryConfig, attempt: u32) -> Result<BackupOptions> {
         Ok(BackupOptions {
             job: self.name.clone(),
+            kind: self.kind,
             source: self.source_spec()?,
             format: self.format,
             compression: self.compression,

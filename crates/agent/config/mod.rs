@@ -191,6 +191,28 @@ impl Config {
             } else if !j.exclude_databases.is_empty() {
                 bail!("jobs[{i}] ({}).exclude_databases: only a whole-server job (`databases = [...]`) excludes databases", j.name);
             }
+            if j.kind == refugio_core::JobKind::Physical {
+                let logical_only = [
+                    ("database", j.database.is_some()),
+                    ("databases", j.databases.is_some()),
+                    ("exclude_databases", !j.exclude_databases.is_empty()),
+                    ("include_tables", !j.include_tables.is_empty()),
+                    ("exclude_tables", !j.exclude_tables.is_empty()),
+                    ("exclude_table_data", !j.exclude_table_data.is_empty()),
+                    ("extra_args", !j.extra_args.is_empty()),
+                    ("archive_compression", j.archive_compression),
+                    ("format", j.format != refugio_dump::DumpFormat::Custom),
+                    ("restore_on_signal", j.restore_on_signal.is_some()),
+                ];
+                let set: Vec<&str> = logical_only
+                    .iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(f, _)| *f)
+                    .collect();
+                if !set.is_empty() {
+                    bail!("jobs[{i}] ({}): kind = \"physical\" backs up the whole cluster with pg_basebackup; {} appl{} to logical (pg_dump) jobs only", j.name, set.join(", "), if set.len() == 1 { "ies" } else { "y" });
+                }
+            }
             if j.archive_compression
                 && (j.format != refugio_dump::DumpFormat::Custom
                     || j.compression != Compression::Zstd)

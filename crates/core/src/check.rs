@@ -273,6 +273,10 @@ async fn check_once(
         let Some((id, name)) = rest.split_once('/') else {
             continue;
         };
+        // The WAL archive of a physical job is not a backup id.
+        if id == refugio_store::repo::WAL_DIR {
+            continue;
+        }
         ids.entry(id.to_string()).or_default().objects.insert(
             name.to_string(),
             Listed {

@@ -174,6 +174,26 @@ pub enum Error {
         origin: String,
     },
 
+    /// The WAL archive: a bad file name, a local file that cannot be
+    /// read or written, an archive that holds one name twice.
+    #[error("WAL archive: {0}")]
+    Wal(String),
+
+    #[error("WAL archive: refusing to overwrite {key} (SHA-256 {existing}) with different content from {path} (SHA-256 {new}); another server may be archiving into this job (give each cluster its own job), or the archive holds WAL of an older cluster; nothing was written")]
+    WalOverwrite {
+        name: String,
+        key: String,
+        existing: String,
+        new: String,
+        path: String,
+    },
+
+    /// A physical backup or restore that cannot be done as asked
+    /// (tablespaces, a standby without archiving, a non-empty target
+    /// directory, no base backup for a target).
+    #[error("{0}")]
+    Physical(String),
+
     #[error("temporary file for a parallel restore in {dir}")]
     TempFile {
         dir: String,

@@ -32,8 +32,9 @@ pub mod prune;
 pub mod receipt;
 pub mod restore;
 pub mod status;
+pub mod wal;
 
-pub use backup::{backup, BackupOptions, ObjectLock, ReplicaLag};
+pub use backup::{backup, BackupOptions, JobKind, ObjectLock, ReplicaLag};
 pub use check::{check, CheckOptions, CheckOutcome, CheckReport, ReadData};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use drill::{drill, DrillOptions, Pick, Scratch};

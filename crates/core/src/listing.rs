@@ -49,6 +49,10 @@ pub(crate) async fn list_job(repo: &Repository, job: &str) -> Result<BTreeMap<St
         let Some((id, name)) = rest.split_once('/') else {
             continue;
         };
+        // The WAL archive of a physical job is not a backup id.
+        if id == refugio_store::repo::WAL_DIR {
+            continue;
+        }
         let entry = listed.entry(id.to_string()).or_default();
         entry.newest = entry.newest.max(o.last_modified);
         entry.bytes += o.size;

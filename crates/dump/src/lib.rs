@@ -5,6 +5,7 @@
 //! ends successfully when the child exited 0, compressing that stream, and
 //! spawning the restore tools. It knows nothing of where the bytes go.
 
+pub mod basebackup;
 pub mod compress;
 pub mod conn;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod snapshot;
 pub mod spawn;
 pub mod tls;
 pub mod tools;
+pub mod wal;
 
 pub use compress::{Compression, CountingReader};
 pub use conn::{redact_text, redact_url, SourceSpec};

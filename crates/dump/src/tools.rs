@@ -21,6 +21,9 @@ pub enum ToolKind {
     Initdb,
     Postgres,
     PgCtl,
+    /// Physical base backups and their verification.
+    PgBasebackup,
+    PgVerifybackup,
 }
 
 impl ToolKind {
@@ -33,6 +36,8 @@ impl ToolKind {
             ToolKind::Initdb => "initdb",
             ToolKind::Postgres => "postgres",
             ToolKind::PgCtl => "pg_ctl",
+            ToolKind::PgBasebackup => "pg_basebackup",
+            ToolKind::PgVerifybackup => "pg_verifybackup",
         }
     }
 }

@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 /// The manifest major version this build reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The manifest minor version this build writes.
-pub const FORMAT_MINOR: u32 = 6;
+pub const FORMAT_MINOR: u32 = 7;
 /// The manifest format written by this build: `FORMAT_MAJOR.FORMAT_MINOR`.
-pub const FORMAT: &str = "1.6";
+pub const FORMAT: &str = "1.7";
 /// Object name of the manifest inside a backup's prefix.
 pub const MANIFEST_NAME: &str = "manifest.json";
 
@@ -32,9 +32,9 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 // per format minor (see the module doc).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// `"1.6"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
+    /// `"1.7"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
     /// 1.2 no `data_at`, 1.3 no `encryption`, 1.4 no `databases` nor
-    /// `data_excluded`, 1.5 no `archive_compression`).
+    /// `data_excluded`, 1.5 no `archive_compression`, 1.6 no `physical`).
     pub format: String,
     pub job: String,
     pub backup_id: String,
@@ -85,6 +85,40 @@ pub struct Manifest {
     /// Empty: a one-database backup, described by the top-level fields.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<DatabaseDump>,
+    /// A physical base backup of the whole cluster (format 1.7+, a job of
+    /// `kind = "physical"`): `pg_basebackup`'s tar in one artifact of kind
+    /// `base`, restored with WAL from the job's archive. Then `database`
+    /// is `*`, `dump_format` is `tar`, `pg_dump_version` is
+    /// pg_basebackup's version, `row_counts` is `none` and `tables` is
+    /// empty. Absent: a logical (pg_dump) backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<Physical>,
+}
+
+/// What a physical base backup needs from the WAL archive, and what it
+/// is (format 1.7+).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Physical {
+    /// The timeline the backup started on (`START TIMELINE`).
+    pub timeline: u32,
+    /// Where replay starts (`START WAL LOCATION`), `X/Y`.
+    pub start_lsn: String,
+    /// Where the backup ended (the `backup_manifest`'s End-LSN): replay
+    /// must reach it before the cluster is consistent, `X/Y`.
+    pub stop_lsn: String,
+    /// `START TIME` of the label (the server's clock).
+    pub start_time: DateTime<Utc>,
+    /// The server's `wal_segment_size`, bytes.
+    pub wal_segment_size: u64,
+    /// `primary` or `standby` (`BACKUP FROM`).
+    pub from: String,
+    /// The `backup_label` file as the server wrote it.
+    pub backup_label: String,
+    /// The server's `backup_manifest`, stored beside the tar as its own
+    /// artifact of this name (it is in the tar too); None when the server
+    /// wrote none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_manifest: Option<String>,
 }
 
 /// One database of a whole-server backup, as its own snapshot saw it.
@@ -212,6 +246,11 @@ impl Manifest {
     /// The artifact of a kind (`database`, `globals`).
     pub fn artifact(&self, kind: &str) -> Option<&Artifact> {
         self.artifacts.iter().find(|a| a.kind == kind)
+    }
+
+    /// Whether this is a physical base backup.
+    pub fn is_physical(&self) -> bool {
+        self.physical.is_some()
     }
 
     /// Whether this is a whole-server backup (one artifact per database).
@@ -414,6 +453,7 @@ mod tests {
             object_lock: None,
             encryption: None,
             databases: Vec::new(),
+            physical: None,
         }
     }
 

@@ -37,6 +37,10 @@ pub fn valid_segment(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// The folder of a physical job's WAL archive: `<job>/wal/<timeline>/…`.
+/// Never a backup id (those are times: `20261128T060000Z`).
+pub const WAL_DIR: &str = "wal";
+
 /// Name prefix of the objects by which a backup claims its id
 /// ([`Repository::claim_backup_id`]).
 pub const CLAIM_PREFIX: &str = "claim-";
@@ -76,6 +80,15 @@ impl Repository {
     /// Key of an object of a backup.
     pub fn key(job: &str, id: &str, name: &str) -> String {
         format!("{job}/{id}/{name}")
+    }
+
+    /// Prefix of a job's WAL archive, or of one timeline's folder in it
+    /// (`timeline`: 8 hex digits).
+    pub fn wal_prefix(job: &str, timeline: Option<&str>) -> String {
+        match timeline {
+            Some(tl) => format!("{job}/{WAL_DIR}/{tl}/"),
+            None => format!("{job}/{WAL_DIR}/"),
+        }
     }
 
     /// Key of a backup's manifest.

@@ -9,6 +9,7 @@
 //! which the manifest records).
 
 mod database;
+mod physical;
 mod stream;
 
 use std::path::PathBuf;
@@ -33,11 +34,25 @@ use crate::error::{Error, Result};
 use database::{server_artifact_name, Dumped, Target};
 use stream::{artifact, discard, store_stream, Packing};
 
+/// What a job backs up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// pg_dump of one database or of several (the default).
+    #[default]
+    Logical,
+    /// The whole cluster: `pg_basebackup` base backups plus the WAL
+    /// archive (`refugio wal-push`), restored to a point in time.
+    Physical,
+}
+
 /// What to back up and how.
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
     /// The job: the repository folder.
     pub job: String,
+    /// Logical (pg_dump) or physical (pg_basebackup).
+    pub kind: JobKind,
     /// The database to dump (its URL names it).
     pub source: SourceSpec,
     pub format: DumpFormat,
@@ -124,6 +139,9 @@ pub async fn backup(
     clock: &dyn Clock,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
+    if opts.kind == JobKind::Physical {
+        return physical::base_backup(repo, opts, clock, cancel).await;
+    }
     let t0 = Instant::now();
     let started_at = clock.now();
     let job = opts.job.as_str();
@@ -357,7 +375,28 @@ async fn commit_backup(
         globals_seconds = tg.elapsed().as_secs_f64();
     }
 
-    let mut manifest = manifest_of(opts, &plan, dumped, artifacts, globals_seconds, clock);
+    let manifest = manifest_of(opts, &plan, dumped, artifacts, globals_seconds, clock);
+    let manifest = lock_and_commit(repo, opts, clock, cancel, manifest).await?;
+    tracing::info!(job, backup = %id, stored_bytes = manifest.stored_size(),
+        raw_bytes = manifest.raw_size(), seconds = manifest.durations.total_seconds,
+        databases = manifest.database_names().len(), "backup-committed");
+    Ok(manifest)
+}
+
+/// The end of every backup: cancelled now, it discards its artifacts;
+/// with object lock, each artifact gets its retention before the manifest
+/// (itself written locked) claims it; then the manifest is written, the
+/// commit. Any failure discards the artifacts: nothing is committed.
+pub(crate) async fn lock_and_commit(
+    repo: &Repository,
+    opts: &BackupOptions,
+    clock: &dyn Clock,
+    cancel: &CancellationToken,
+    mut manifest: Manifest,
+) -> Result<Manifest> {
+    let job = opts.job.as_str();
+    let id = manifest.backup_id.clone();
+    let id = id.as_str();
     if cancel.is_cancelled() {
         discard(repo, job, id, &manifest.artifacts).await;
         return Err(Error::Cancelled {
@@ -391,9 +430,6 @@ async fn commit_backup(
             source: Box::new(e),
         });
     }
-    tracing::info!(job, backup = %id, stored_bytes = manifest.stored_size(),
-        raw_bytes = manifest.raw_size(), seconds = manifest.durations.total_seconds,
-        databases = manifest.database_names().len(), "backup-committed");
     Ok(manifest)
 }
 
@@ -441,6 +477,7 @@ fn manifest_of(
             recipients: to.names().to_vec(),
         }),
         databases: Vec::new(),
+        physical: None,
     };
     match &opts.databases {
         None => {

@@ -101,7 +101,7 @@ impl Packing {
 pub(super) async fn store_stream(
     repo: &Repository,
     key: &str,
-    output: refugio_dump::ChildOutput,
+    output: impl AsyncRead + Send + Unpin + 'static,
     packing: &Packing,
     opts: &BackupOptions,
     upload: &UploadOptions,

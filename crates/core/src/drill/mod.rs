@@ -139,6 +139,13 @@ pub async fn drill(
     clock: &dyn Clock,
     cancel: &CancellationToken,
 ) -> Result<Receipt> {
+    if manifest.is_physical() {
+        // Not evidence against the backup: no receipt is written.
+        return Err(Error::Physical(format!(
+            "backup {} of job {} is a physical base backup; drills of physical jobs are not built yet (issue 14); prove it by hand with `refugio restore --physical --to latest --target-dir DIR` and starting the server",
+            manifest.backup_id, manifest.job
+        )));
+    }
     let base = scratch_name(&manifest.backup_id);
     let names = scratch_names(&base, manifest.database_names().len(), manifest.is_server());
     tracing::info!(job = %manifest.job, backup = %manifest.backup_id, scratch = %base,

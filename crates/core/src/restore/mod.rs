@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 mod fetch;
+pub mod physical;
 mod target;
 
 use refugio_dump::process::{check_exit, StderrTail};
@@ -163,6 +164,12 @@ pub(crate) async fn restore_into(
     manifest: &Manifest,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
+    if manifest.is_physical() {
+        return Err(Error::Physical(format!(
+            "backup {} of job {} is a physical base backup: restore it into a data directory with --physical --target-dir DIR [--to TIME|LSN|latest|immediate]",
+            manifest.backup_id, manifest.job
+        )));
+    }
     let units = units_of(manifest)?;
     let available = || units.iter().map(|u| u.database.to_string()).collect();
     let unknown = |database: &str| Error::UnknownDatabase {

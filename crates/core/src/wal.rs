@@ -1,0 +1,447 @@
+//! The WAL archive of a physical job: `refugio wal-push` (PostgreSQL's
+//! `archive_command`) and `refugio wal-fetch` (its `restore_command`), and
+//! the listing that check, retention and drills read.
+//!
+//! Layout: `<job>/wal/<timeline>/<file>.<sha256>.zst[.age]`, where
+//! `<file>` is the name PostgreSQL gave (`000000010000000000000003`,
+//! `00000002.history`, `….backup`, `….partial`) and `<sha256>` the
+//! SHA-256 of its bytes as PostgreSQL wrote them. The digest in the name
+//! does three jobs without a manifest per segment: a fetch checks the
+//! bytes it writes against it (after decryption and decompression: end
+//! to end), a push of the same file again finds it by listing and
+//! succeeds, and a push of *different* bytes under a name already
+//! archived is refused (it never overwrites: the first object stays).
+//! Two processes pushing different bytes at the same moment (a split
+//! brain) both store theirs, under different names; a fetch then refuses
+//! to choose and names both. The digest of a WAL file reveals nothing of
+//! its content beyond confirming a guess of all 16 MiB of it.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use refugio_dump::wal::WalName;
+use refugio_dump::Compression;
+use refugio_store::repo::Repository;
+use refugio_store::upload::{upload_stream, UploadOptions};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+use crate::encryption::{self, Encrypting, Identities, Recipients};
+use crate::error::{Error, Result};
+
+/// One archived WAL file, as the listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalObject {
+    pub key: String,
+    pub name: WalName,
+    /// SHA-256 of the file as PostgreSQL wrote it.
+    pub sha256: String,
+    pub compression: Compression,
+    pub encrypted: bool,
+    pub size: u64,
+    pub last_modified: Option<DateTime<Utc>>,
+}
+
+/// Reads `<file>.<sha256><suffix>` (the part of a key after the timeline
+/// folder); None for anything else.
+pub fn parse_object_name(rest: &str) -> Option<(WalName, String, Compression, bool)> {
+    let parts: Vec<&str> = rest.split('.').collect();
+    let at = parts
+        .iter()
+        .position(|p| p.len() == 64 && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))?;
+    let name = WalName::parse(&parts[..at].join("."))?;
+    let suffix = &parts[at + 1..];
+    let (compression, encrypted) = match suffix {
+        [] => (Compression::None, false),
+        ["age"] => (Compression::None, true),
+        ["zst"] => (Compression::Zstd, false),
+        ["zst", "age"] => (Compression::Zstd, true),
+        ["gz"] => (Compression::Gzip, false),
+        ["gz", "age"] => (Compression::Gzip, true),
+        _ => return None,
+    };
+    Some((name, parts[at].to_string(), compression, encrypted))
+}
+
+/// The key a WAL file is stored under.
+pub fn object_key(
+    job: &str,
+    name: &WalName,
+    sha256: &str,
+    c: Compression,
+    encrypted: bool,
+) -> String {
+    format!(
+        "{}{}.{sha256}{}{}",
+        Repository::wal_prefix(job, Some(&name.timeline_dir())),
+        name.name,
+        c.suffix(),
+        if encrypted { encryption::SUFFIX } else { "" }
+    )
+}
+
+/// Every archived file of a job, in key order (timeline, then name). One
+/// paginated listing; keys that are not WAL objects are skipped.
+pub async fn list(repo: &Repository, job: &str) -> Result<Vec<WalObject>> {
+    list_under(repo, &Repository::wal_prefix(job, None)).await
+}
+
+async fn list_under(repo: &Repository, prefix: &str) -> Result<Vec<WalObject>> {
+    let mut out = Vec::new();
+    let mut objects = repo.store().list(prefix);
+    while let Some(o) = objects.try_next().await? {
+        let Some(rest) = o.key.rsplit('/').next() else {
+            continue;
+        };
+        if let Some((name, sha256, compression, encrypted)) = parse_object_name(rest) {
+            // A file in the folder of another timeline is not ours to read.
+            if o.key.ends_with(&format!("/{}/{rest}", name.timeline_dir())) {
+                out.push(WalObject {
+                    key: o.key.clone(),
+                    name,
+                    sha256,
+                    compression,
+                    encrypted,
+                    size: o.size,
+                    last_modified: o.last_modified,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The stored objects of one file name (normally one).
+async fn find(repo: &Repository, job: &str, name: &WalName) -> Result<Vec<WalObject>> {
+    let prefix = format!(
+        "{}{}.",
+        Repository::wal_prefix(job, Some(&name.timeline_dir())),
+        name.name
+    );
+    let mut v = list_under(repo, &prefix).await?;
+    v.retain(|o| o.name.name == name.name);
+    Ok(v)
+}
+
+fn wal_name(given: &str) -> Result<WalName> {
+    WalName::parse(given).ok_or_else(|| Error::Wal(format!(
+        "{given:?} is not a WAL file name (a segment like 000000010000000000000003, a TTTTTTTT.history, a ….backup or a ….partial file)"
+    )))
+}
+
+/// What `wal-push` is to archive.
+#[derive(Debug, Clone)]
+pub struct WalPushOptions {
+    pub job: String,
+    /// `%p`: the file, relative to the data directory (the command's
+    /// working directory) or absolute.
+    pub path: PathBuf,
+    pub compression: Compression,
+    pub compression_level: Option<i32>,
+    pub encryption: Option<Recipients>,
+}
+
+/// What `wal-push` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalPushReport {
+    pub key: String,
+    /// False: the same bytes were archived before; nothing was written.
+    pub stored: bool,
+    /// Bytes of the file.
+    pub raw_size: u64,
+    /// Bytes stored (0 when already archived).
+    pub stored_size: u64,
+}
+
+/// SHA-256 of the bytes read through it, readable after it was moved
+/// into a pipeline.
+struct Digesting<R> {
+    inner: R,
+    hash: Arc<Mutex<(Sha256, u64)>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Digesting<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            let mut h = self.hash.lock().unwrap_or_else(|p| p.into_inner());
+            h.0.update(&buf.filled()[before..]);
+            h.1 += (buf.filled().len() - before) as u64;
+        }
+        r
+    }
+}
+
+fn local(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Wal(format!("{what} {}: {e}", path.display()))
+}
+
+async fn digest_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| local("opening", path, e))?;
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let k = f
+            .read(&mut buf)
+            .await
+            .map_err(|e| local("reading", path, e))?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// Archives one WAL file; returns only once it is durably stored (or was
+/// already). Refuses different bytes under an archived name.
+pub async fn push(repo: &Repository, opts: &WalPushOptions) -> Result<WalPushReport> {
+    let file_name = opts
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = wal_name(&file_name)?;
+    let (sha256, raw_size) = digest_file(&opts.path).await?;
+    let existing = find(repo, &opts.job, &name).await?;
+    if let Some(same) = existing.iter().find(|o| o.sha256 == sha256) {
+        return Ok(WalPushReport {
+            key: same.key.clone(),
+            stored: false,
+            raw_size,
+            stored_size: 0,
+        });
+    }
+    if let Some(other) = existing.first() {
+        return Err(Error::WalOverwrite {
+            name: name.name.clone(),
+            key: other.key.clone(),
+            existing: other.sha256.clone(),
+            new: sha256,
+            path: opts.path.display().to_string(),
+        });
+    }
+    let key = object_key(
+        &opts.job,
+        &name,
+        &sha256,
+        opts.compression,
+        opts.encryption.is_some(),
+    );
+    let file = tokio::fs::File::open(&opts.path)
+        .await
+        .map_err(|e| local("opening", &opts.path, e))?;
+    let hash = Arc::new(Mutex::new((Sha256::new(), 0u64)));
+    let read = Digesting {
+        inner: file,
+        hash: hash.clone(),
+    };
+    let compressed = opts.compression.encoder(read, opts.compression_level);
+    let sealed: Pin<Box<dyn AsyncRead + Send>> = match &opts.encryption {
+        Some(to) => Box::pin(Encrypting::new(compressed, to)?),
+        None => compressed,
+    };
+    // A segment (16 MiB before compression) goes up in one PUT.
+    let upload = UploadOptions {
+        part_size: 32 * 1024 * 1024,
+        concurrency: 2,
+        expected_size: Some(raw_size),
+    };
+    let outcome = upload_stream(repo.store().as_ref(), &key, sealed, &upload)
+        .await
+        .map_err(|e| match e {
+            refugio_store::Error::Source { source, .. } => local("reading", &opts.path, source),
+            e => Error::Store(e),
+        })?;
+    let (h, n) = std::mem::take(&mut *hash.lock().unwrap_or_else(|p| p.into_inner()));
+    let again = hex::encode(h.finalize());
+    if again != sha256 || n != raw_size {
+        let _ = repo.store().delete(&key).await;
+        return Err(Error::Wal(format!(
+            "{} changed while it was archived (SHA-256 {sha256} then {again}); nothing was kept",
+            opts.path.display()
+        )));
+    }
+    Ok(WalPushReport {
+        key,
+        stored: true,
+        raw_size,
+        stored_size: outcome.size,
+    })
+}
+
+/// What `wal-fetch` is to restore.
+#[derive(Debug, Clone)]
+pub struct WalFetchOptions {
+    pub job: String,
+    /// `%f`: the file PostgreSQL asks for.
+    pub name: String,
+    /// `%p`: where to write it.
+    pub dest: PathBuf,
+    pub identities: Option<Arc<Identities>>,
+}
+
+/// What `wal-fetch` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalFetched {
+    /// Written to the destination, its digest checked.
+    Restored { key: String, bytes: u64 },
+    /// The archive has no such file (recovery ends there).
+    NotFound,
+}
+
+/// Restores one archived WAL file to `dest`: decrypted, decompressed, and
+/// written only if its bytes hash to the digest in its name (to a
+/// temporary file first, renamed over `dest` once synced).
+pub async fn fetch(repo: &Repository, opts: &WalFetchOptions) -> Result<WalFetched> {
+    let name = wal_name(&opts.name)?;
+    let found = find(repo, &opts.job, &name).await?;
+    let object = match found.as_slice() {
+        [] => return Ok(WalFetched::NotFound),
+        [one] => one,
+        many => {
+            return Err(Error::Wal(format!(
+                "{} is archived twice with different content ({}): two servers archived into job {}; choose by deleting the wrong one",
+                name.name,
+                many.iter().map(|o| o.key.as_str()).collect::<Vec<_>>().join(", "),
+                opts.job
+            )))
+        }
+    };
+    let reader = repo.store().get(&object.key).await?;
+    let plain: Pin<Box<dyn AsyncRead + Send>> = if object.encrypted {
+        encryption::decrypting(
+            reader,
+            opts.identities.as_deref(),
+            &["the job's repository.encryption recipients".to_string()],
+            &object.key,
+        )
+        .await?
+    } else {
+        reader
+    };
+    let mut decoded = object.compression.decoder(plain);
+    let tmp = partial_path(&opts.dest);
+    let result = async {
+        let mut out = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| local("creating", &tmp, e))?;
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let k = decoded
+                .read(&mut buf)
+                .await
+                .map_err(|source| Error::Fetch {
+                    key: object.key.clone(),
+                    source,
+                })?;
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            n += k as u64;
+            out.write_all(&buf[..k])
+                .await
+                .map_err(|e| local("writing", &tmp, e))?;
+        }
+        let got = hex::encode(h.finalize());
+        if got != object.sha256 {
+            return Err(Error::Damaged {
+                key: object.key.clone(),
+                detail: format!(
+                    "it decodes to {n} bytes with SHA-256 {got}, not the {} its name records",
+                    object.sha256
+                ),
+            });
+        }
+        out.sync_all()
+            .await
+            .map_err(|e| local("syncing", &tmp, e))?;
+        drop(out);
+        tokio::fs::rename(&tmp, &opts.dest)
+            .await
+            .map_err(|e| local("renaming into place", &opts.dest, e))?;
+        Ok(n)
+    }
+    .await;
+    match result {
+        Ok(bytes) => Ok(WalFetched::Restored {
+            key: object.key.clone(),
+            bytes,
+        }),
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(e)
+        }
+    }
+}
+
+fn partial_path(dest: &Path) -> PathBuf {
+    let mut name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".refugio-partial");
+    dest.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names_round_trip() {
+        let sha = "ab".repeat(32);
+        for (name, c, enc) in [
+            ("000000010000000000000003", Compression::Zstd, false),
+            ("00000002.history", Compression::Zstd, true),
+            (
+                "000000010000000000000002.00000028.backup",
+                Compression::None,
+                false,
+            ),
+            ("000000020000000000000005.partial", Compression::Gzip, true),
+        ] {
+            let n = WalName::parse(name).unwrap();
+            let key = object_key("j", &n, &sha, c, enc);
+            let rest = key.rsplit('/').next().unwrap();
+            let (back, s, c2, e2) = parse_object_name(rest).unwrap();
+            assert_eq!(
+                (back, s.as_str(), c2, e2),
+                (n, sha.as_str(), c, enc),
+                "{key}"
+            );
+        }
+        assert!(object_key(
+            "j",
+            &WalName::parse("0000000A.history").unwrap(),
+            &sha,
+            Compression::Zstd,
+            false
+        )
+        .starts_with("j/wal/0000000A/0000000A.history."));
+        for bad in [
+            "000000010000000000000003.zst",
+            "000000010000000000000003.ABAB.zst",
+            &format!("000000010000000000000003.{sha}.lz4"),
+            &format!("notwal.{sha}.zst"),
+        ] {
+            assert_eq!(parse_object_name(bad), None, "{bad}");
+        }
+    }
+}
