@@ -17,6 +17,7 @@ mod lock;
 mod mid_stream;
 mod outcomes;
 mod pg_tls;
+mod pitr;
 mod progress;
 mod prune;
 mod rate_limit;

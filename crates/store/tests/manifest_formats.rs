@@ -24,6 +24,7 @@ fn fixture(minor: u32) -> Vec<u8> {
 #[case::v1_4(4)]
 #[case::v1_5(5)]
 #[case::v1_6(6)]
+#[case::v1_7(7)]
 fn every_field_of_a_known_minor_survives(#[case] minor: u32) {
     let bytes = fixture(minor);
     let key = format!("trips/x/manifest-1.{minor}.json");
@@ -103,6 +104,15 @@ fn fixtures_hold_the_fields_their_minor_added() {
         .artifacts
         .iter()
         .all(|a| a.archive_compression.is_none()));
+    assert!(!v1_6.is_physical());
+    let v1_7 = Manifest::parse("k", &fixture(7)).expect("1.7");
+    let p = v1_7.physical.as_ref().expect("1.7 added physical");
+    assert_eq!((p.timeline, p.wal_segment_size), (1, 16 * 1024 * 1024));
+    assert!(p
+        .backup_label
+        .contains(&format!("START WAL LOCATION: {}", p.start_lsn)));
+    assert_eq!(v1_7.artifact("base").expect("base").format, "tar");
+    assert!(v1_7.artifact("backup_manifest").is_some());
 }
 
 /// A build that writes a new minor must add its fixture (and a case above).

@@ -98,6 +98,10 @@ pub struct Cluster {
     server: Option<Child>,
     /// Whether `dir` is already gone (after [`Cluster::stop`]).
     removed: bool,
+    /// More `-c name=value` settings of the server ([`Cluster::start_with_settings`]).
+    settings: Vec<String>,
+    /// More environment of the server (its archive/restore commands see it).
+    server_env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -115,6 +119,59 @@ impl Cluster {
     /// accepts connections.
     pub async fn start(major: u32) -> Result<Cluster> {
         Cluster::start_with(major, None).await
+    }
+
+    /// Like [`Cluster::start`], with more server settings (`name=value`,
+    /// given to the postmaster as `-c`; kept on restarts) and environment
+    /// (what an `archive_command` sees), e.g. `archive_mode=on`.
+    pub async fn start_with_settings(
+        major: u32,
+        settings: &[String],
+        env: &[(String, String)],
+    ) -> Result<Cluster> {
+        let bindir = pg_bindir(major)?;
+        crate::sweep::sweep_stale_clusters();
+        let mut cluster = Cluster::empty(major, bindir)?;
+        cluster.settings = settings.to_vec();
+        cluster.server_env = env.to_vec();
+        cluster.initdb().await?;
+        cluster.spawn_server()?;
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    /// A cluster directory with no data directory and no server yet: a
+    /// restore writes [`Cluster::data_dir`], then [`Cluster::start_existing`]
+    /// starts the server on it.
+    pub fn unstarted(major: u32) -> Result<Cluster> {
+        let bindir = pg_bindir(major)?;
+        crate::sweep::sweep_stale_clusters();
+        Cluster::empty(major, bindir)
+    }
+
+    /// Starts the server on the data directory something else wrote
+    /// (owned by the server's user first, when we are root), with these
+    /// settings and environment, and waits until it accepts connections
+    /// (a recovering server accepts them once consistent).
+    pub async fn start_existing(
+        &mut self,
+        settings: &[String],
+        env: &[(String, String)],
+    ) -> Result<()> {
+        if running_as_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "65534:65534"])
+                .arg(&self.data)
+                .status()
+                .context("running chown")?;
+            if !status.success() {
+                bail!("chown -R {} failed: {status}", self.data.display());
+            }
+        }
+        self.settings = settings.to_vec();
+        self.server_env = env.to_vec();
+        self.spawn_server()?;
+        self.wait_ready().await
     }
 
     /// Like [`Cluster::start`], and also listening on 127.0.0.1
@@ -183,6 +240,8 @@ impl Cluster {
             tls: None,
             server: None,
             removed: false,
+            settings: Vec::new(),
+            server_env: Vec::new(),
         };
         fs::write(cluster.dir.join(OWNER_FILE), crate::sweep::owner_record())
             .context("writing the cluster's owner file")?;
@@ -497,6 +556,16 @@ impl Cluster {
             .args(["-c", "wal_level=replica"])
             .args(["-c", "max_wal_senders=5"])
             .args(crate::tls::server_settings(self.tls.as_ref()))
+            .args(
+                self.settings
+                    .iter()
+                    .flat_map(|s| ["-c".to_string(), s.clone()]),
+            )
+            .envs(
+                self.server_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log)

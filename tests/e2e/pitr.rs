@@ -1,0 +1,490 @@
+//! Point-in-time recovery (issue 14): a server archiving its WAL with
+//! `archive_command = 'refugio wal-push %p'` into Garage, a base backup
+//! of a `kind = "physical"` job, then `refugio restore --physical` to a
+//! time and to `latest`, started with `restore_command = 'refugio
+//! wal-fetch %f %p'`; a timeline switch; the store down while archiving;
+//! overwrite refusal; encrypted WAL.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use refugio_testkit::{s3, Cluster};
+use rstest::rstest;
+
+use crate::common::*;
+
+/// The test's directory: readable by the server's user (its archive and
+/// restore commands read the config and the credentials file).
+fn shared_tmp() -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::Builder::new()
+        .prefix("refugio-pitr-")
+        .tempdir_in("/tmp")?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok(tmp)
+}
+
+/// Writes `body` to `path`, readable by everyone (test credentials only).
+fn write_public(path: &Path, body: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, body)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
+struct Setup {
+    config: PathBuf,
+    /// What the config says, with the repository's endpoint swappable.
+    repo_toml: String,
+    job_toml: String,
+    /// The server's environment: the credentials file.
+    env: Vec<(String, String)>,
+}
+
+impl Setup {
+    fn new(tmp: &Path, target: &s3::S3Target, src: &Cluster, extra: &str) -> Result<Setup> {
+        let repo = Repo::s3(target.clone(), "pitr");
+        let creds = tmp.join("aws-credentials");
+        write_public(
+            &creds,
+            &format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                target.access_key, target.secret_key
+            ),
+        )?;
+        let setup = Setup {
+            config: tmp.join("refugio.toml"),
+            repo_toml: repo.toml(),
+            job_toml: format!(
+                "[[jobs]]\nname = \"main\"\nkind = \"physical\"\nsource = {:?}\npg_bindir = {:?}\n{extra}",
+                src.url("postgres"),
+                src.bindir().display().to_string()
+            ),
+            env: server_env(tmp),
+        };
+        setup.write(&setup.repo_toml)?;
+        Ok(setup)
+    }
+
+    fn write(&self, repo_toml: &str) -> Result<()> {
+        write_public(&self.config, &format!("{repo_toml}\n{}", self.job_toml))
+    }
+
+    fn archiving(&self) -> Vec<String> {
+        archiving(&self.config)
+    }
+
+    fn cfg(&self) -> String {
+        self.config.display().to_string()
+    }
+}
+
+/// The server settings of a cluster archiving through `config`.
+fn archiving(config: &Path) -> Vec<String> {
+    vec![
+        "archive_mode=on".into(),
+        format!(
+            "archive_command={} --config {} wal-push %p",
+            env!("CARGO_BIN_EXE_refugio"),
+            config.display()
+        ),
+        "archive_timeout=2s".into(),
+    ]
+}
+
+/// The environment of a server whose archive or restore command is
+/// refugio: the credentials file of the test's S3 server.
+fn server_env(tmp: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            tmp.join("aws-credentials").display().to_string(),
+        ),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ("REFUGIO_LOG".into(), "warn".into()),
+    ]
+}
+
+async fn one(c: &Cluster, sql: &str) -> Result<String> {
+    Ok(c.psql("postgres", sql).await?.trim().to_string())
+}
+
+/// Switches to a new segment and waits until the archiver stored the
+/// one that was current.
+async fn switch_and_wait(c: &Cluster) -> Result<()> {
+    let name = one(c, "SELECT pg_walfile_name(pg_current_wal_lsn())").await?;
+    one(c, "SELECT pg_switch_wal()").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = one(
+            c,
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        )
+        .await?;
+        if last.len() == 24 && last >= name {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "segment {name} was not archived within 60 s (last archived {last:?}); server log:\n{}",
+                c.server_log_tail(30)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writes `n` rows into `ticks`, one committed transaction each.
+async fn ticks(c: &Cluster, n: usize) -> Result<()> {
+    let sql = "INSERT INTO ticks DEFAULT VALUES;\n".repeat(n);
+    c.psql("postgres", &sql).await?;
+    Ok(())
+}
+
+const TICKS: &str = "SELECT string_agg(id || '@' || written_at, ',' ORDER BY id) FROM ticks";
+/// pgbench's invariant: every transaction adds its delta to one account
+/// and records it in the history, so the sums agree at any consistent point.
+const PGBENCH_BALANCED: &str = "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = \
+     (SELECT coalesce(sum(delta), 0) FROM pgbench_history)";
+
+/// `restore --physical --to <to>` into a fresh cluster directory, started
+/// with `settings`; waits until it promoted.
+async fn restore_to(s: &Setup, major: u32, to: &str, settings: &[String]) -> Result<Cluster> {
+    let mut c = Cluster::unstarted(major)?;
+    let dir = c.data_dir().display().to_string();
+    let out = refugio_ok(
+        &[
+            "--config",
+            &s.cfg(),
+            "restore",
+            "--physical",
+            "--to",
+            to,
+            "--target-dir",
+            &dir,
+        ],
+        &s.env,
+    )?;
+    assert!(
+        out.contains("pg_ctl -D"),
+        "it says how to start the server: {out}"
+    );
+    let signal = std::fs::read_to_string(c.data_dir().join("recovery.signal"))?;
+    assert!(signal.contains("refugio"), "{signal}");
+    let auto = std::fs::read_to_string(c.data_dir().join("postgresql.auto.conf"))?;
+    assert!(auto.contains("wal-fetch --job main %f %p"), "{auto}");
+    c.start_existing(settings, &s.env).await?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while one(&c, "SELECT pg_is_in_recovery()").await? != "f" {
+        if Instant::now() > deadline {
+            bail!(
+                "the restored server did not promote; log:\n{}",
+                c.server_log_tail(40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(c)
+}
+
+fn pgbench(c: &Cluster, args: &[&str]) -> Result<std::process::Child> {
+    std::process::Command::new(c.bindir().join("pgbench"))
+        .args([
+            "-h",
+            &c.socket_dir().display().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(args)
+        .arg("postgres")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting pgbench")
+}
+
+#[rstest]
+#[case::pg16(16)]
+#[case::pg15(15)]
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
+    #[case] major: u32,
+) -> Result<()> {
+    let tmp = shared_tmp()?;
+    let target = s3::garage()?;
+    // The server archives through the config written once it runs (the
+    // job's source URL names it); until then wal-push fails and
+    // PostgreSQL keeps the segments.
+    let config = tmp.path().join("refugio.toml");
+    let src =
+        Cluster::start_with_settings(major, &archiving(&config), &server_env(tmp.path())).await?;
+    let s = Setup::new(tmp.path(), &target, &src, "")?;
+
+    // 1. pgbench writes; a base backup; more writes into ticks.
+    let init = pgbench(&src, &["-i", "-s", "2", "-q"])?.wait_with_output()?;
+    assert!(
+        init.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    one(&src, "CREATE TABLE ticks (id bigserial PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT clock_timestamp())").await?;
+    let out = refugio_ok(&["--config", &s.cfg(), "backup", "--json"], &s.env)?;
+    let m: serde_json::Value = serde_json::from_str(&out)?;
+    let physical = &m["physical"];
+    assert_eq!(m["format"], "1.7");
+    assert_eq!(physical["timeline"], 1);
+    assert!(physical["backup_label"]
+        .as_str()
+        .unwrap_or("")
+        .contains("START WAL LOCATION"));
+    assert!(m["artifacts"]
+        .as_array()
+        .map(|a| a.iter().any(|a| a["kind"] == "backup_manifest"))
+        .unwrap_or(false));
+
+    let bench = pgbench(&src, &["-T", "6", "-c", "2", "-n"])?;
+    ticks(&src, 50).await?;
+    // 2. T: after the first batch committed, before the second began.
+    let t = one(
+        &src,
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    )
+    .await?;
+    let at_t = one(&src, TICKS).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ticks(&src, 50).await?;
+    let out = bench.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "pgbench: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    switch_and_wait(&src).await?;
+
+    // The store down: PostgreSQL keeps the WAL and retries; once it is
+    // back, archiving catches up and nothing is lost.
+    let dead = s.repo_toml.replace(
+        &target.endpoint,
+        &format!("http://127.0.0.1:{}", s3::dead_port()),
+    );
+    s.write(&dead)?;
+    let failed_before: i64 = one(&src, "SELECT failed_count FROM pg_stat_archiver")
+        .await?
+        .parse()?;
+    ticks(&src, 10).await?;
+    let down_name = one(&src, "SELECT pg_walfile_name(pg_current_wal_lsn())").await?;
+    one(&src, "SELECT pg_switch_wal()").await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failed: i64 = one(&src, "SELECT failed_count FROM pg_stat_archiver")
+            .await?
+            .parse()?;
+        if failed > failed_before {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the archiver did not fail against a dead store; log:\n{}",
+                src.server_log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = src.data_dir().join("pg_wal/archive_status");
+    let waiting: Vec<String> = std::fs::read_dir(&status)?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".ready").map(str::to_string)
+        })
+        .collect();
+    assert!(
+        waiting.iter().any(|w| *w >= down_name),
+        "{down_name} waits for a retry in {}: {waiting:?}",
+        status.display()
+    );
+    for name in &waiting {
+        let kept = src.data_dir().join("pg_wal").join(name);
+        assert!(kept.exists(), "PostgreSQL keeps {name}");
+    }
+    assert!(
+        src.server_log_tail(60).contains("refugio: error:"),
+        "the failure is one clear line in the server log"
+    );
+    s.write(&s.repo_toml)?;
+    switch_and_wait(&src).await?;
+    let all_rows = one(&src, TICKS).await?;
+
+    // 3. Restore to T: rows up to T, none after, pgbench consistent.
+    let quiet = vec!["archive_mode=off".to_string()];
+    let at = restore_to(&s, major, &t, &quiet).await?;
+    assert_eq!(
+        one(&at, TICKS).await?,
+        at_t,
+        "exactly the rows committed by {t}"
+    );
+    assert_eq!(one(&at, PGBENCH_BALANCED).await?, "t");
+    drop(at);
+
+    // Restore to latest: everything, the rows archived after the outage too.
+    let latest = restore_to(&s, major, "latest", &quiet).await?;
+    assert_eq!(one(&latest, TICKS).await?, all_rows);
+    assert_eq!(one(&latest, PGBENCH_BALANCED).await?, "t");
+    drop(latest);
+
+    // A timeline switch: a server restored to T is promoted (timeline 2)
+    // and archives into the same job; `latest` then follows timeline 2.
+    let fork = restore_to(&s, major, &t, &s.archiving()).await?;
+    ticks(&fork, 5).await?;
+    let fork_rows = one(&fork, TICKS).await?;
+    switch_and_wait(&fork).await?;
+    drop(fork);
+    drop(src);
+    let across = restore_to(&s, major, "latest", &quiet).await?;
+    assert_eq!(
+        one(&across, TICKS).await?,
+        fork_rows,
+        "recovery followed the promoted timeline"
+    );
+    assert_eq!(
+        one(
+            &across,
+            "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+        )
+        .await?,
+        "00000003"
+    );
+    Ok(())
+}
+
+/// wal-push and wal-fetch on their own: same bytes again succeed,
+/// different bytes under an archived name are refused, a missing file is
+/// a quiet exit 1, an unreachable store exit 126; encrypted WAL round trip.
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_push_refuses_overwrites_and_wal_fetch_speaks_postgres_protocol() -> Result<()> {
+    let tmp = shared_tmp()?;
+    let target = s3::garage()?;
+    let src = Cluster::start(16).await?;
+    let (secret, public) = refugio_core::encryption::generate();
+    let identity = tmp.path().join("age.key");
+    std::fs::write(&identity, format!("{secret}\n"))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let s = Setup::new(tmp.path(), &target, &src, "")?;
+    let encrypted = format!(
+        "{}\n[repository.encryption]\nrecipients = [{public:?}]\nidentity_file = {:?}\n",
+        s.repo_toml,
+        identity.display().to_string()
+    );
+    s.write(&encrypted)?;
+    let cfg = s.cfg();
+
+    let seg = tmp.path().join("000000010000000000000007");
+    let body: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&seg, &body)?;
+    let seg_arg = seg.display().to_string();
+    refugio_ok(&["--config", &cfg, "wal-push", &seg_arg], &s.env)?;
+    refugio_ok(&["--config", &cfg, "wal-push", &seg_arg], &s.env)
+        .context("the same bytes again")?;
+
+    let mut other = body.clone();
+    other[100] ^= 1;
+    std::fs::write(&seg, &other)?;
+    let out = refugio(&["--config", &cfg, "wal-push", &seg_arg], &s.env);
+    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    let text = all_output(&out);
+    assert!(
+        text.contains("refusing to overwrite") && text.contains("000000010000000000000007"),
+        "{text}"
+    );
+    assert_eq!(text.trim().lines().count(), 1, "one clear line: {text}");
+
+    let dest = tmp.path().join("RECOVERYXLOG");
+    let dest_arg = dest.display().to_string();
+    refugio_ok(
+        &[
+            "--config",
+            &cfg,
+            "wal-fetch",
+            "000000010000000000000007",
+            &dest_arg,
+        ],
+        &s.env,
+    )?;
+    assert!(
+        std::fs::read(&dest)? == body,
+        "decrypted and decompressed to the first bytes pushed"
+    );
+
+    let out = refugio(
+        &[
+            "--config",
+            &cfg,
+            "wal-fetch",
+            "000000010000000000000008",
+            &dest_arg,
+        ],
+        &s.env,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        all_output(&out).trim().is_empty(),
+        "a missing file is quiet: {}",
+        all_output(&out)
+    );
+
+    // Without the identity: it exists but cannot be delivered, so recovery
+    // must stop (126), not end early.
+    s.write(&format!(
+        "{}\n[repository.encryption]\nrecipients = [{public:?}]\n",
+        s.repo_toml
+    ))?;
+    let out = refugio(
+        &[
+            "--config",
+            &cfg,
+            "wal-fetch",
+            "000000010000000000000007",
+            &dest_arg,
+        ],
+        &s.env,
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", all_output(&out));
+    // The store down: 126 too.
+    let dead = s.repo_toml.replace(
+        &target.endpoint,
+        &format!("http://127.0.0.1:{}", s3::dead_port()),
+    );
+    s.write(&dead)?;
+    let out = refugio(
+        &[
+            "--config",
+            &cfg,
+            "wal-fetch",
+            "000000010000000000000007",
+            &dest_arg,
+        ],
+        &s.env,
+    );
+    assert_eq!(out.status.code(), Some(126), "{}", all_output(&out));
+    let out = refugio(&["--config", &cfg, "wal-push", &seg_arg], &s.env);
+    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    // No config: a clear line, non-zero.
+    let out = refugio(&["wal-push", &seg_arg], &s.env);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        all_output(&out).contains("needs a config file"),
+        "{}",
+        all_output(&out)
+    );
+    let out = refugio(&["--config", &cfg, "wal-push", "/etc/passwd"], &s.env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        all_output(&out).contains("not a WAL file name"),
+        "{}",
+        all_output(&out)
+    );
+    Ok(())
+}
