@@ -35,6 +35,8 @@ fn write_public(path: &Path, body: &str) -> Result<()> {
 
 struct Setup {
     config: PathBuf,
+    /// The repository's prefix in the bucket.
+    prefix: String,
     /// What the config says, with the repository's endpoint swappable.
     repo_toml: String,
     job_toml: String,
@@ -55,6 +57,7 @@ impl Setup {
         )?;
         let setup = Setup {
             config: tmp.join("refugio.toml"),
+            prefix: prefix_of(&repo),
             repo_toml: repo.toml(),
             job_toml: format!(
                 "[[jobs]]\nname = \"main\"\nkind = \"physical\"\nsource = {:?}\npg_bindir = {:?}\n{extra}",
@@ -353,6 +356,68 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
         )
         .await?,
         "00000003"
+    );
+    drop(across);
+
+    // Retention: every base backup is kept (none is verified yet), and
+    // the WAL before the oldest one's start goes; history files stay.
+    let out = refugio_ok(
+        &["--config", &s.cfg(), "prune", "--keep-last", "1", "--json"],
+        &s.env,
+    )?;
+    let pruned: serde_json::Value = serde_json::from_str(&out)?;
+    let pruned = &pruned[0]["wal_pruned"];
+    let start = m["physical"]["start_lsn"].as_str().unwrap_or_default();
+    let start_seg = refugio_dump::wal::Lsn::parse(start)
+        .context("start_lsn")?
+        .segment(16 << 20);
+    assert_eq!(
+        pruned["before"],
+        refugio_dump::wal::segment_name(1, start_seg, 16 << 20),
+        "{pruned}"
+    );
+    assert!(
+        pruned["files"].as_u64().unwrap_or(0) > 0,
+        "pgbench -i wrote WAL before the base backup: {pruned}"
+    );
+
+    // check: the archive is whole from the base backup on; a segment
+    // deleted from it is a gap that names the base backup it cuts.
+    let out = refugio_ok(&["--config", &s.cfg(), "check", "--json"], &s.env)?;
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    let wal = &report[0]["wal"];
+    assert_eq!(wal["gaps"], serde_json::json!([]), "{report}");
+    assert!(
+        wal["newest"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("00000002")),
+        "{wal}"
+    );
+    let store = open_s3(&target, &s.prefix).await?;
+    let objects =
+        refugio_core::wal::list(&refugio_store::repo::Repository::new(store.clone()), "main")
+            .await?;
+    let start = m["physical"]["start_lsn"].as_str().unwrap_or_default();
+    let start_seg = refugio_dump::wal::Lsn::parse(start)
+        .context("start_lsn")?
+        .segment(16 << 20);
+    let victim = objects
+        .iter()
+        .find(|o| {
+            o.name.timeline == 1
+                && o.name.kind == refugio_dump::wal::WalKind::Segment
+                && o.name.segment_number(16 << 20) == start_seg + 1
+        })
+        .context("the segment after the base backup's start")?;
+    store.delete(&victim.key).await?;
+    let out = refugio(&["--config", &s.cfg(), "check"], &s.env);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("WAL GAP")
+            && text.contains(&victim.name.name)
+            && text.contains(m["backup_id"].as_str().unwrap_or("?")),
+        "the gap is named with the base backup it cuts: {text}"
     );
     Ok(())
 }

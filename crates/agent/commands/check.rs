@@ -172,6 +172,34 @@ fn print_report(r: &CheckReport) {
             }
         }
     }
+    if let Some(w) = &r.wal {
+        println!(
+            "  WAL archive: {} files, {}; newest segment {}{}",
+            w.files,
+            human(w.bytes),
+            w.newest.as_deref().unwrap_or("none"),
+            w.newest_at
+                .map(|t| format!(" (stored {})", t.to_rfc3339()))
+                .unwrap_or_default()
+        );
+        for g in &w.gaps {
+            let cut = if g.backups.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; base backups {} cannot be recovered past it",
+                    g.backups.join(", ")
+                )
+            };
+            println!(
+                "  WAL GAP  timeline {}: {} segment(s) missing, {} to {}{cut}",
+                g.timeline, g.segments, g.from, g.to
+            );
+        }
+        for c in &w.conflicts {
+            println!("  WAL CONFLICT  {c} is archived twice with different content (two servers archiving into this job?)");
+        }
+    }
     for u in &r.unchecked {
         println!("  NOT CHECKED  {}: {}", u.key, u.error);
     }

@@ -201,6 +201,14 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
             r.orphans.len(),
             r.stale_uploads.len()
         );
+        if let Some(before) = &r.wal_pruned.before {
+            println!(
+                "  WAL before {before} (the oldest kept base backup's start): {} files, {}{}",
+                r.wal_pruned.files,
+                crate::output::human(r.wal_pruned.bytes),
+                if r.dry_run { " would go" } else { " deleted" }
+            );
+        }
     }
     Ok(code)
 }

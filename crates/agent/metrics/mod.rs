@@ -82,6 +82,7 @@ mod tests {
             orphans: Vec::new(),
             stale_uploads: Vec::new(),
             receipts_without_manifest: Vec::new(),
+            wal: None,
         }
     }
 

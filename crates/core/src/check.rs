@@ -209,12 +209,18 @@ pub struct CheckReport {
     /// or by a prune that was interrupted). Not damage: no committed backup
     /// lost anything.
     pub receipts_without_manifest: Vec<String>,
+    /// A physical job's WAL archive: its continuity from each base backup
+    /// on (gaps and conflicts are damage). None: no physical backup and
+    /// no archive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::wal_chain::WalChain>,
 }
 
 impl CheckReport {
-    /// Damaged and missing objects.
+    /// Damaged and missing objects, WAL gaps and conflicts.
     pub fn damage_count(&self) -> u64 {
         (self.damaged.len() + self.missing.len()) as u64
+            + self.wal.as_ref().map_or(0, |w| w.damage_count())
     }
 }
 
@@ -304,7 +310,9 @@ async fn check_once(
         orphans: Vec::new(),
         stale_uploads: Vec::new(),
         receipts_without_manifest: Vec::new(),
+        wal: None,
     };
+    let mut bases: Vec<crate::wal_chain::BaseNeeds> = Vec::new();
 
     // Uncommitted ids: receipts (always worth saying), then the rest once
     // older than the grace period (younger ones are a backup in progress).
@@ -396,6 +404,17 @@ async fn check_once(
             Err(e) => return Err(e.into()),
         };
         report.backups += 1;
+        if let Some(p) = &m.physical {
+            let lsn =
+                |s: &str| refugio_dump::wal::Lsn::parse(s).unwrap_or(refugio_dump::wal::Lsn(0));
+            bases.push(crate::wal_chain::BaseNeeds {
+                backup_id: id.to_string(),
+                timeline: p.timeline,
+                start: lsn(&p.start_lsn),
+                stop: lsn(&p.stop_lsn),
+                segment_size: p.wal_segment_size,
+            });
+        }
         let read_this = selected(id);
         if read_this {
             read_backups += 1;
@@ -454,6 +473,10 @@ async fn check_once(
     }
     drop(reads);
 
+    let archived = crate::wal::list(repo, job).await?;
+    if !bases.is_empty() || !archived.is_empty() {
+        report.wal = Some(crate::wal_chain::continuity(&archived, &bases));
+    }
     report.damaged.sort_by(|a, b| a.key.cmp(&b.key));
     report.missing.sort_by(|a, b| a.key.cmp(&b.key));
     report.unchecked.sort_by(|a, b| a.key.cmp(&b.key));

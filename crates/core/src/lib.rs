@@ -33,6 +33,7 @@ pub mod receipt;
 pub mod restore;
 pub mod status;
 pub mod wal;
+pub mod wal_chain;
 
 pub use backup::{backup, BackupOptions, JobKind, ObjectLock, ReplicaLag};
 pub use check::{check, CheckOptions, CheckOutcome, CheckReport, ReadData};

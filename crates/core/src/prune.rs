@@ -49,6 +49,9 @@ pub struct PruneReport {
     pub orphans: Vec<String>,
     /// Multipart uploads older than the grace period.
     pub stale_uploads: Vec<String>,
+    /// WAL of a physical job older than the oldest kept base backup's
+    /// start: no kept backup can replay it.
+    pub wal_pruned: crate::wal::WalPruned,
 }
 
 /// A backup kept past its policy because its object lock has not expired.
@@ -173,6 +176,7 @@ async fn prune_once(
         failed_deletes: Vec::new(),
         orphans: Vec::new(),
         stale_uploads: Vec::new(),
+        wal_pruned: Default::default(),
     };
     let cutoff = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     for l in listed.values().filter(|l| !l.committed) {
@@ -220,6 +224,15 @@ async fn prune_once(
     } else {
         doomed = to_delete;
     }
+    let kept: Vec<&str> = report
+        .decisions
+        .iter()
+        .filter(|d| d.keep)
+        .map(|d| d.id.as_str())
+        .chain(report.locked.iter().map(|l| l.id.as_str()))
+        .collect();
+    let (wal_pruned, wal_keys) = crate::wal::prunable(repo, job, &kept).await?;
+    report.wal_pruned = wal_pruned;
     if dry_run {
         return Ok(report);
     }
@@ -247,6 +260,12 @@ async fn prune_once(
         if let Err(e) = repo.store().abort_multipart(u).await {
             report.failed_deletes.push(failed(u.key.clone(), &e));
         }
+    }
+    for (key, e) in repo.store().delete_many(&wal_keys).await? {
+        report.failed_deletes.push(failed(key, &e));
+    }
+    if !wal_keys.is_empty() {
+        tracing::info!(job, files = wal_keys.len(), before = ?report.wal_pruned.before, "wal-pruned");
     }
     Ok(report)
 }

@@ -133,6 +133,64 @@ fn wal_name(given: &str) -> Result<WalName> {
     )))
 }
 
+/// WAL that retention removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WalPruned {
+    pub files: u64,
+    pub bytes: u64,
+    /// Everything before this segment (the oldest kept base backup's
+    /// start) goes; None: nothing goes.
+    pub before: Option<String>,
+}
+
+/// The archived WAL no kept base backup needs: segments (and `.partial`
+/// and `.backup` files) numbered before the oldest kept base backup's
+/// start segment, on any timeline (recovery only reads forward from a
+/// backup's start). History files always stay. Nothing goes when no kept
+/// backup is a physical one. Reads the kept backups' manifests (only when
+/// the job has an archive).
+pub async fn prunable(
+    repo: &Repository,
+    job: &str,
+    kept: &[&str],
+) -> Result<(WalPruned, Vec<String>)> {
+    let archived = list(repo, job).await?;
+    if archived.is_empty() {
+        return Ok((WalPruned::default(), Vec::new()));
+    }
+    let mut oldest: Option<(u64, u64, String)> = None;
+    for id in kept {
+        let Some(m) = repo.read_manifest(job, id).await? else {
+            continue;
+        };
+        let Some(p) = &m.physical else { continue };
+        let Some(start) = refugio_dump::wal::Lsn::parse(&p.start_lsn) else {
+            continue;
+        };
+        let seg = start.segment(p.wal_segment_size);
+        if oldest.as_ref().is_none_or(|(s, _, _)| seg < *s) {
+            let name = refugio_dump::wal::segment_name(p.timeline, seg, p.wal_segment_size);
+            oldest = Some((seg, p.wal_segment_size, name));
+        }
+    }
+    let Some((first, size, name)) = oldest else {
+        return Ok((WalPruned::default(), Vec::new()));
+    };
+    let doomed: Vec<&WalObject> = archived
+        .iter()
+        .filter(|o| o.name.kind != refugio_dump::wal::WalKind::History)
+        .filter(|o| o.name.segment_number(size) < first)
+        .collect();
+    Ok((
+        WalPruned {
+            files: doomed.len() as u64,
+            bytes: doomed.iter().map(|o| o.size).sum(),
+            before: Some(name),
+        },
+        doomed.iter().map(|o| o.key.clone()).collect(),
+    ))
+}
+
 /// What `wal-push` is to archive.
 #[derive(Debug, Clone)]
 pub struct WalPushOptions {

@@ -110,10 +110,10 @@ pub fn shell_quote(s: &str) -> String {
 
 /// The base backup a target needs: the newest that was consistent before
 /// it (`latest` and `immediate`: the newest). `backups` newest first.
-pub fn choose_base<'a>(
-    backups: &'a [Manifest],
+pub fn choose_base(
+    backups: &[Manifest],
     target: RecoveryTarget,
-) -> std::result::Result<&'a Manifest, String> {
+) -> std::result::Result<&Manifest, String> {
     let physical: Vec<&Manifest> = backups.iter().filter(|m| m.is_physical()).collect();
     let Some(newest) = physical.first() else {
         return Err("it holds no physical base backup".into());
