@@ -359,6 +359,68 @@ mod tests {
     }
 
     #[test]
+    fn wal_archive_series_follow_the_listing_and_the_archiver() {
+        let m = Metrics::new();
+        m.register_job("pitr", None, None);
+        let text = m.render();
+        assert_eq!(
+            value(&text, r#"refugio_wal_archived_files{backup_job="pitr"}"#),
+            None
+        );
+        m.set_wal(
+            "pitr",
+            &refugio_core::listing::WalSeen {
+                files: 3,
+                bytes: 4096,
+                last_archived: Some(t(1_790_000_000)),
+            },
+        );
+        // The first reading is the baseline; growth counts; a stats reset
+        // (a smaller count) starts over without going backwards.
+        for failed in [7, 9, 2, 3] {
+            m.set_archiver_failures("pitr", failed);
+        }
+        let text = m.render();
+        assert_eq!(
+            value(&text, r#"refugio_wal_archived_files{backup_job="pitr"}"#),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(&text, r#"refugio_wal_archived_bytes{backup_job="pitr"}"#),
+            Some(4096.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"refugio_wal_last_archived_timestamp_seconds{backup_job="pitr"}"#
+            ),
+            Some(1_790_000_000.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"refugio_wal_archive_failures_total{backup_job="pitr"}"#
+            ),
+            Some(3.0)
+        );
+        m.set_wal("pitr", &Default::default());
+        let text = m.render();
+        assert_eq!(
+            value(&text, r#"refugio_wal_archived_files{backup_job="pitr"}"#),
+            None
+        );
+        m.forget_job("pitr");
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                r#"refugio_wal_archive_failures_total{backup_job="pitr"}"#
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn jobs_without_targets_export_no_target_series() {
         let m = Metrics::new();
         m.register_job("plain", None, None);

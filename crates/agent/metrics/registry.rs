@@ -104,6 +104,12 @@ pub struct Metrics {
     pub(super) check_last_success: Family<JobLabels, FloatGauge>,
     pub(super) check_damaged: Family<JobLabels, IntGauge>,
     pub(super) check_runs: Family<ResultLabels, Counter>,
+    pub(super) wal_last_archived: Family<JobLabels, FloatGauge>,
+    pub(super) wal_bytes: Family<JobLabels, IntGauge>,
+    pub(super) wal_files: Family<JobLabels, IntGauge>,
+    pub(super) wal_failures: Family<JobLabels, Counter>,
+    /// The server's `pg_stat_archiver.failed_count` last seen, per job.
+    pub(super) wal_failed_seen: Mutex<HashMap<String, i64>>,
     /// Each job's newest verified recovery point (`None`: none), from
     /// which `render` computes the RPO gauges at scrape time.
     pub(super) recovery_points: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
@@ -165,6 +171,11 @@ impl Metrics {
             "Configured recovery time objective, in seconds",
             Some(Unit::Seconds),
         );
+        let wal_last_archived = gauge_f(
+            "refugio_wal_last_archived_timestamp",
+            "Time the newest WAL file of a physical job was stored in the repository, in unix seconds (the newest point a recovery can reach)",
+            Some(Unit::Seconds),
+        );
         let check_last_success = gauge_f(
             "refugio_check_last_success_timestamp",
             "Time the last repository check that found everything whole finished, in unix seconds",
@@ -210,6 +221,16 @@ impl Metrics {
             "refugio_repository",
             "Bytes stored in the repository for the job",
             Some(Unit::Bytes),
+        );
+        let wal_bytes = gauge_i(
+            "refugio_wal_archived",
+            "Bytes of a physical job's WAL archive in the repository",
+            Some(Unit::Bytes),
+        );
+        let wal_files = gauge_i(
+            "refugio_wal_archived_files",
+            "Files in a physical job's WAL archive (segments, history, backup files)",
+            None,
         );
         let check_damaged = gauge_i(
             "refugio_check_damaged_objects",
@@ -284,6 +305,15 @@ impl Metrics {
             check_runs.clone(),
         );
 
+        let wal_failures = Family::<JobLabels, Counter>::default();
+        register(
+            &mut registry,
+            "refugio_wal_archive_failures",
+            "Failed archive_command runs of a physical job's server (growth of pg_stat_archiver.failed_count seen by the agent)",
+            None,
+            wal_failures.clone(),
+        );
+
         let store_retries = Family::<OperationLabels, Counter>::default();
         for operation in RETRIED_OPERATIONS {
             let _ = store_retries.get_or_create(&OperationLabels {
@@ -340,6 +370,11 @@ impl Metrics {
             check_last_success,
             check_damaged,
             check_runs,
+            wal_last_archived,
+            wal_bytes,
+            wal_files,
+            wal_failures,
+            wal_failed_seen: Mutex::new(HashMap::new()),
             recovery_points: Mutex::new(HashMap::new()),
             skip_pairs: Mutex::new(HashMap::new()),
         }
@@ -432,6 +467,7 @@ impl Metrics {
             &self.rto,
             &self.rto_target,
             &self.check_last_success,
+            &self.wal_last_archived,
         ] {
             family.remove(&l);
         }
@@ -444,10 +480,17 @@ impl Metrics {
             &self.repository_backups,
             &self.repository_bytes,
             &self.check_damaged,
+            &self.wal_bytes,
+            &self.wal_files,
         ] {
             family.remove(&l);
         }
         self.prune_deleted.remove(&l);
+        self.wal_failures.remove(&l);
+        self.wal_failed_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(job);
         self.set_database_sizes(job, &[]);
         for result in [SUCCESS, FAILURE] {
             let rl = result_labels(job, result);

@@ -189,6 +189,45 @@ impl Metrics {
         self.set_recovery_point(job, point);
     }
 
+    /// A physical job's WAL archive, from the last listing (no series
+    /// while it has none).
+    pub fn set_wal(&self, job: &str, wal: &refugio_core::listing::WalSeen) {
+        let l = job_labels(job);
+        if wal.files == 0 {
+            self.wal_files.remove(&l);
+            self.wal_bytes.remove(&l);
+            self.wal_last_archived.remove(&l);
+            return;
+        }
+        self.wal_files
+            .get_or_create(&l)
+            .set(saturating_i64(wal.files));
+        self.wal_bytes
+            .get_or_create(&l)
+            .set(saturating_i64(wal.bytes));
+        if let Some(t) = wal.last_archived {
+            self.wal_last_archived
+                .get_or_create(&l)
+                .set(unix_seconds(t));
+        }
+    }
+
+    /// The server's `pg_stat_archiver.failed_count` as the agent reads
+    /// it: the counter grows by what it grew (a stats reset starts over).
+    pub fn set_archiver_failures(&self, job: &str, failed_count: i64) {
+        let l = job_labels(job);
+        let counter = self.wal_failures.get_or_create(&l);
+        let mut seen = self
+            .wal_failed_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(before) = seen.insert(job.to_owned(), failed_count) {
+            if failed_count > before {
+                counter.inc_by(u64::try_from(failed_count - before).unwrap_or(0));
+            }
+        }
+    }
+
     /// Sets what the repository holds for the job (from the last listing).
     pub fn set_repository(&self, job: &str, backups: u64, bytes: u64) {
         let l = job_labels(job);

@@ -76,6 +76,9 @@ impl Agent {
         let mut error = None;
         let limit = cur.cfg.agent.repository_timeout;
         for job in &cur.cfg.jobs {
+            if job.kind == refugio_core::JobKind::Physical {
+                self.read_archiver(job).await;
+            }
             let status = tokio::time::timeout(limit, refugio_core::status(&cur.repo, &job.name));
             match status.await {
                 Ok(Ok(st)) => {
@@ -102,8 +105,29 @@ impl Agent {
         out
     }
 
+    /// A physical job's server: its archiver's failures since the agent
+    /// last asked (`pg_stat_archiver`); an unreachable server is skipped
+    /// (the backup tasks report that).
+    async fn read_archiver(&self, job: &JobConfig) {
+        let read = async {
+            use sqlx::{Connection, Row};
+            let mut conn = job.source_spec().ok()?.connect().await.ok()?;
+            let row = sqlx::query("SELECT failed_count FROM pg_stat_archiver")
+                .fetch_one(&mut conn)
+                .await
+                .ok()?;
+            let _ = conn.close().await;
+            row.try_get::<i64, _>("failed_count").ok()
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), read).await {
+            Ok(Some(failed)) => self.metrics.set_archiver_failures(&job.name, failed),
+            _ => tracing::debug!(job = %job.name, "archiver-status-unavailable"),
+        }
+    }
+
     fn publish_status(&self, job: &JobConfig, st: &JobStatus) {
         self.metrics.set_repository(&job.name, st.backups, st.bytes);
+        self.metrics.set_wal(&job.name, &st.wal);
         // The age is taken when asked (a scrape, /readyz), so it grows
         // on while the repository cannot be listed.
         self.metrics

@@ -31,6 +31,16 @@ pub(crate) struct Listed {
     pub bytes: u64,
 }
 
+/// What the listing saw of a physical job's WAL archive (`<job>/wal/`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WalSeen {
+    pub files: u64,
+    pub bytes: u64,
+    /// When the newest archived object was stored: the newest point a
+    /// recovery can reach.
+    pub last_archived: Option<DateTime<Utc>>,
+}
+
 /// The start time encoded in a backup id (`20261128T060000Z[-n]`).
 pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
     let stamp = id.get(..16)?;
@@ -41,7 +51,16 @@ pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
 
 /// One paginated listing of a job, summarised per backup id.
 pub(crate) async fn list_job(repo: &Repository, job: &str) -> Result<BTreeMap<String, Listed>> {
+    Ok(list_job_and_wal(repo, job).await?.0)
+}
+
+/// [`list_job`], and what the same listing saw of the WAL archive.
+pub(crate) async fn list_job_and_wal(
+    repo: &Repository,
+    job: &str,
+) -> Result<(BTreeMap<String, Listed>, WalSeen)> {
     let prefix = format!("{job}/");
+    let mut wal = WalSeen::default();
     let mut listed: BTreeMap<String, Listed> = BTreeMap::new();
     let mut objects = repo.store().list(&prefix);
     while let Some(o) = objects.try_next().await? {
@@ -51,6 +70,9 @@ pub(crate) async fn list_job(repo: &Repository, job: &str) -> Result<BTreeMap<St
         };
         // The WAL archive of a physical job is not a backup id.
         if id == refugio_store::repo::WAL_DIR {
+            wal.files += 1;
+            wal.bytes += o.size;
+            wal.last_archived = wal.last_archived.max(o.last_modified);
             continue;
         }
         let entry = listed.entry(id.to_string()).or_default();
@@ -75,7 +97,7 @@ pub(crate) async fn list_job(repo: &Repository, job: &str) -> Result<BTreeMap<St
         }
         entry.others.push(o.key);
     }
-    Ok(listed)
+    Ok((listed, wal))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use refugio_store::repo::Repository;
 
 use crate::error::Result;
-use crate::listing::{id_time, list_job};
+use crate::listing::{id_time, list_job_and_wal, WalSeen};
 use crate::receipt;
 
 /// A job's backups as one listing shows them.
@@ -24,13 +24,18 @@ pub struct JobStatus {
     pub newest_verified_id: Option<String>,
     /// When the newest committed backup's latest drill receipt was written.
     pub newest_drilled_at: Option<DateTime<Utc>>,
+    /// A physical job's WAL archive, from the same listing.
+    pub wal: WalSeen,
 }
 
 /// The job's status from one listing; receipts without an outcome in
 /// their name (older refugio) are read.
 pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
-    let listed = list_job(repo, job).await?;
-    let mut st = JobStatus::default();
+    let (listed, wal) = list_job_and_wal(repo, job).await?;
+    let mut st = JobStatus {
+        wal,
+        ..JobStatus::default()
+    };
     // Newest first: once a verified backup is found, older ones need no
     // receipt reads.
     for (id, l) in listed.iter().rev().filter(|(_, l)| l.committed) {
