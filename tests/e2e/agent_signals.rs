@@ -109,7 +109,10 @@ async fn signals_back_up_drill_reload_and_stop_cleanly() -> Result<()> {
     names.sort();
     names.dedup();
     assert!(names.len() >= 5, "alert rules name only {names:?}");
-    for name in names {
+    // The WAL families have series only for physical jobs (this agent has
+    // none, and empty families are not encoded); tests/e2e/pitr.rs reads
+    // them from an agent with one.
+    for name in names.into_iter().filter(|n| !n.starts_with("refugio_wal_")) {
         let family = name.strip_suffix("_total").unwrap_or(name);
         assert!(
             body.contains(&format!("# TYPE {family} ")),

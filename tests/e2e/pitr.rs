@@ -222,7 +222,15 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     let config = tmp.path().join("refugio.toml");
     let src =
         Cluster::start_with_settings(major, &archiving(&config), &server_env(tmp.path())).await?;
-    let s = Setup::new(tmp.path(), &target, &src, "")?;
+    let s = Setup::new(
+        tmp.path(),
+        &target,
+        &src,
+        &format!(
+            "checks = [{:?}]\ntargets = {{ rpo = \"10m\", rto = \"10m\" }}\n",
+            format!("{PGBENCH_BALANCED} AND (SELECT count(*) >= 100 FROM ticks)")
+        ),
+    )?;
 
     // 1. pgbench writes; a base backup; more writes into ticks.
     let init = pgbench(&src, &["-i", "-s", "2", "-q"])?.wait_with_output()?;
@@ -245,6 +253,41 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
         .as_array()
         .map(|a| a.iter().any(|a| a["kind"] == "backup_manifest"))
         .unwrap_or(false));
+
+    // An agent watching the job: its WAL metrics come from the listing
+    // and the server's pg_stat_archiver (read at start and on SIGHUP).
+    let port = free_port()?;
+    let agent_config = tmp.path().join("agent.toml");
+    write_public(
+        &agent_config,
+        &format!(
+            "{}\n[agent]\nlisten = \"127.0.0.1:{port}\"\n{}",
+            s.repo_toml, s.job_toml
+        ),
+    )?;
+    let agent = Agent::start(&agent_config, &s.env, port, tmp.path().join("agent.log"))?;
+    let files = agent.metric(r#"refugio_wal_archived_files{backup_job="main"}"#)?;
+    assert!(
+        files.unwrap_or(0.0) >= 1.0,
+        "{files:?}: {}",
+        agent.log_text()
+    );
+    let bytes = agent.metric(r#"refugio_wal_archived_bytes{backup_job="main"}"#)?;
+    assert!(bytes.unwrap_or(0.0) > 0.0, "{bytes:?}");
+    let archived_at = agent
+        .metric(r#"refugio_wal_last_archived_timestamp_seconds{backup_job="main"}"#)?
+        .context("no refugio_wal_last_archived_timestamp_seconds")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    assert!(
+        (now - 120.0..=now + 5.0).contains(&archived_at),
+        "newest WAL archived at {archived_at}, now {now}"
+    );
+    assert_eq!(
+        agent.metric(r#"refugio_wal_archive_failures_total{backup_job="main"}"#)?,
+        Some(0.0)
+    );
 
     let bench = pgbench(&src, &["-T", "6", "-c", "2", "-n"])?;
     ticks(&src, 50).await?;
@@ -314,9 +357,29 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
         src.server_log_tail(60).contains("refugio: error:"),
         "the failure is one clear line in the server log"
     );
+    // The agent counts the failed archive_command runs.
+    agent.signal(nix::sys::signal::Signal::SIGHUP)?;
+    wait_until("archive failures counted", Duration::from_secs(20), || {
+        Ok(agent
+            .metric(r#"refugio_wal_archive_failures_total{backup_job="main"}"#)?
+            .unwrap_or(0.0)
+            >= 1.0)
+    })
+    .with_context(|| agent.log_text())?;
     s.write(&s.repo_toml)?;
     switch_and_wait(&src).await?;
     let all_rows = one(&src, TICKS).await?;
+    // Once archiving caught up, the newest archived WAL is newer.
+    agent.signal(nix::sys::signal::Signal::SIGHUP)?;
+    wait_until("newer WAL seen", Duration::from_secs(20), || {
+        Ok(agent
+            .metric(r#"refugio_wal_last_archived_timestamp_seconds{backup_job="main"}"#)?
+            .unwrap_or(0.0)
+            > archived_at)
+    })
+    .with_context(|| agent.log_text())?;
+    let status = agent.stop(Duration::from_secs(30))?;
+    assert!(status.success(), "agent exit {status}");
 
     // 3. Restore to T: rows up to T, none after, pgbench consistent.
     let quiet = vec!["archive_mode=off".to_string()];
@@ -342,7 +405,39 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     let fork_rows = one(&fork, TICKS).await?;
     switch_and_wait(&fork).await?;
     drop(fork);
-    drop(src);
+
+    // A drill of the base backup: an ephemeral cluster recovers it to the
+    // newest archived WAL (across the switch to timeline 2), the files
+    // match the server's backup_manifest, the job's check holds.
+    let out = refugio(&["--config", &s.cfg(), "verify", "--json"], &s.env);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("receipt")?;
+    assert_eq!(r["outcome"], "passed", "{r}");
+    assert_eq!(r["backup_id"], m["backup_id"]);
+    let checks = r["checks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["sql"] == "pg_verifybackup --no-parse-wal" && c["ok"] == true),
+        "{r}"
+    );
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["sql"].as_str().is_some_and(|q| q.contains("ticks")) && c["ok"] == true),
+        "{r}"
+    );
+    assert!(
+        r["phases"]["recovery_seconds"].as_f64().unwrap_or(0.0) > 0.0,
+        "{r}"
+    );
+    assert!(r["rto"]["met"] == true && r["rpo"]["met"] == true, "{r}");
+    let rpo = r["rpo"]["measured_seconds"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        (0.0..120.0).contains(&rpo),
+        "RPO from the newest archived WAL: {r}"
+    );
     let across = restore_to(&s, major, "latest", &quiet).await?;
     assert_eq!(
         one(&across, TICKS).await?,
@@ -419,6 +514,20 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
             && text.contains(m["backup_id"].as_str().unwrap_or("?")),
         "the gap is named with the base backup it cuts: {text}"
     );
+
+    // The drill of that base backup is failed: it cannot be recovered
+    // past the gap (judged from the listing, nothing restored).
+    let out = refugio(&["--config", &s.cfg(), "verify", "--json"], &s.env);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("receipt")?;
+    assert_eq!(r["outcome"], "failed", "{r}");
+    assert!(
+        r["failures"].to_string().contains("WAL GAP")
+            && r["failures"].to_string().contains(&victim.name.name),
+        "{r}"
+    );
+    drop(src);
     Ok(())
 }
 

@@ -36,7 +36,7 @@ async fn encryption_check(cfg: &Config) -> Option<Check> {
         Ok(ids) => ids,
         Err(e) => return Some(fail(error_chain(&e))),
     };
-    let drills = cfg.jobs.iter().any(|j| j.scratch.is_some());
+    let drills = cfg.jobs.iter().any(|j| j.drill_scratch().is_some());
     let recipients = format!(
         "{} recipient(s): {}",
         to.names().len(),

@@ -110,6 +110,7 @@ fn load_config(cli: &Cli) -> Result<Config> {
             repository: Default::default(),
             jobs: Vec::new(),
             agent: Default::default(),
+            path: None,
         }),
     }
 }

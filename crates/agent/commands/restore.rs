@@ -2,11 +2,11 @@
 
 use std::process::ExitCode;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use refugio_core::restore::physical::{
-    choose_base, restore_physical, shell_quote, PhysicalRestoreOptions, RecoveryTarget,
+    choose_base, restore_physical, PhysicalRestoreOptions, RecoveryTarget,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -85,20 +85,6 @@ pub async fn restore(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `restore_command` a restored server runs: this binary, the same
-/// config file (absolute), `wal-fetch` for the job.
-fn restore_command(config: &Path, job: &str) -> Result<String> {
-    let exe = std::env::current_exe().context("finding the refugio binary's path")?;
-    let config = std::path::absolute(config)
-        .with_context(|| format!("making {} absolute", config.display()))?;
-    Ok(format!(
-        "{} --config {} wal-fetch --job {} %f %p",
-        shell_quote(&exe.to_string_lossy()),
-        shell_quote(&config.to_string_lossy()),
-        shell_quote(job)
-    ))
-}
-
 /// `restore --physical`: a base backup into a new data directory, set up
 /// to recover to `--to` from the job's WAL archive.
 async fn physical(cfg: Config, a: RestoreArgs, config_path: Option<PathBuf>) -> Result<ExitCode> {
@@ -128,7 +114,7 @@ async fn physical(cfg: Config, a: RestoreArgs, config_path: Option<PathBuf>) -> 
     let opts = PhysicalRestoreOptions {
         target: to,
         target_dir: std::path::absolute(&dir).unwrap_or(dir),
-        restore_command: restore_command(&config, &job)?,
+        restore_command: crate::config::wal_fetch_command(&config, &job)?,
         identities: cfg.repository.identities().map_err(usage)?,
     };
     tracing::info!(job, backup = %manifest.backup_id, to = %to, dir = %opts.target_dir.display(), "physical-restore-started");

@@ -37,11 +37,12 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
             bindir: a.pg_bindir.clone(),
             identities: cfg.repository.identities().map_err(usage)?,
             progress: None,
+            physical: None,
         };
         (name, opts, None)
     } else {
         let job = cfg.job(a.job.as_deref()).map_err(usage)?.clone();
-        let scratch = a.scratch.clone().or_else(|| job.scratch.clone()).ok_or_else(|| {
+        let scratch = a.scratch.clone().or_else(|| job.drill_scratch().map(str::to_string)).ok_or_else(|| {
             usage(anyhow!(
                 "job {}: no scratch target: set `scratch` in the job (a server URL or \"ephemeral\") or pass --scratch",
                 job.name
@@ -53,6 +54,7 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
                 // As the agent's drills: the job's tools unless told otherwise.
                 a.pg_bindir.clone().or_else(|| job.pg_bindir.clone()),
                 &cfg.repository,
+                cfg.path.as_deref(),
             )
             .map_err(usage)?;
         (job.name.clone(), opts, Some(job))

@@ -1,7 +1,7 @@
 //! One `[[jobs]]` entry: what to back up and how, its drills' targets and
 //! checks, and the mapping to the operations' options.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -314,6 +314,34 @@ impl JobConfig {
         }
     }
 
+    /// Where this job's drills restore: `scratch`; a physical job's are
+    /// always an ephemeral cluster.
+    pub fn drill_scratch(&self) -> Option<&str> {
+        match self.kind {
+            refugio_core::JobKind::Physical => Some("ephemeral"),
+            refugio_core::JobKind::Logical => self.scratch.as_deref(),
+        }
+    }
+
+    /// How a drill of this physical job recovers its base backup: the
+    /// restored cluster fetches WAL through `config` (None without a
+    /// config file, or for a logical job).
+    fn physical_drill(&self, config: Option<&Path>) -> Result<Option<refugio_core::PhysicalDrill>> {
+        let Some(config) = config.filter(|_| self.kind == refugio_core::JobKind::Physical) else {
+            return Ok(None);
+        };
+        let user = self
+            .source_spec()?
+            .connect_options()?
+            .get_username()
+            .to_string();
+        Ok(Some(refugio_core::PhysicalDrill {
+            restore_command: wal_fetch_command(config, &self.name)?,
+            user,
+            target: refugio_core::restore::physical::RecoveryTarget::Latest,
+        }))
+    }
+
     /// Options of a drill into `scratch` (`"ephemeral"` or a server URL)
     /// with the restore tools in `bindir` (None: search), decrypting with
     /// the identities `repo` names.
@@ -322,8 +350,10 @@ impl JobConfig {
         scratch: &str,
         bindir: Option<PathBuf>,
         repo: &RepositoryConfig,
+        config: Option<&Path>,
     ) -> Result<DrillOptions> {
         Ok(DrillOptions {
+            physical: self.physical_drill(config)?,
             scratch: Scratch::parse(scratch)
                 .with_context(|| format!("job {}: scratch", self.name))?,
             checks: self.checks.iter().map(CheckConfig::check).collect(),
@@ -430,4 +460,19 @@ pub fn adhoc_job(source: &str, name: Option<&str>) -> Result<JobConfig> {
         .try_into()
         .context("building the job from --source")?;
     Ok(job)
+}
+
+/// The `restore_command` a restored server runs: this binary, the same
+/// config file (absolute), `wal-fetch` for the job.
+pub fn wal_fetch_command(config: &Path, job: &str) -> Result<String> {
+    use refugio_core::restore::physical::shell_quote;
+    let exe = std::env::current_exe().context("finding the refugio binary's path")?;
+    let config = std::path::absolute(config)
+        .with_context(|| format!("making {} absolute", config.display()))?;
+    Ok(format!(
+        "{} --config {} wal-fetch --job {} %f %p",
+        shell_quote(&exe.to_string_lossy()),
+        shell_quote(&config.to_string_lossy()),
+        shell_quote(job)
+    ))
 }

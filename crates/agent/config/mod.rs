@@ -21,7 +21,7 @@ use serde::Deserialize;
 use refugio_dump::Compression;
 
 pub use agent::AgentConfig;
-pub use job::{adhoc_job, JobConfig};
+pub use job::{adhoc_job, wal_fetch_command, JobConfig};
 pub use repository::RepositoryConfig;
 pub use retention::RetentionConfig;
 
@@ -38,6 +38,10 @@ pub struct Config {
     /// The long-running agent (`refugio run`). Defaults fit a systemd service.
     #[serde(default)]
     pub agent: AgentConfig,
+    /// The file it was read from (None: no config file). A physical job's
+    /// restored clusters fetch WAL through it.
+    #[serde(skip)]
+    pub path: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -56,7 +60,10 @@ impl Config {
         })?;
         cfg.validate()
             .with_context(|| format!("config file {}", path.display()))?;
-        Ok(cfg)
+        Ok(Config {
+            path: Some(path.to_path_buf()),
+            ..cfg
+        })
     }
 
     /// Checks what serde cannot: names, sizes, duplicates.
@@ -209,6 +216,9 @@ impl Config {
                     .filter(|(_, on)| *on)
                     .map(|(f, _)| *f)
                     .collect();
+                if j.scratch.as_deref().is_some_and(|s| s != "ephemeral") {
+                    bail!("jobs[{i}] ({}).scratch: a physical job's drills recover its base backup in an ephemeral cluster of their own; set scratch = \"ephemeral\" or leave it out", j.name);
+                }
                 if !set.is_empty() {
                     bail!("jobs[{i}] ({}): kind = \"physical\" backs up the whole cluster with pg_basebackup; {} appl{} to logical (pg_dump) jobs only", j.name, set.join(", "), if set.len() == 1 { "ies" } else { "y" });
                 }
@@ -261,7 +271,7 @@ impl Config {
                         .with_context(|| format!("jobs[{i}] ({}).schedule.{what}", j.name))?;
                 }
             }
-            if (sched.drill.is_some() || sched.drill_after_backup) && j.scratch.is_none() {
+            if (sched.drill.is_some() || sched.drill_after_backup) && j.drill_scratch().is_none() {
                 bail!(
                     "jobs[{i}] ({}).schedule: drills are scheduled but the job has no `scratch` (a server URL or \"ephemeral\")",
                     j.name

@@ -214,7 +214,7 @@ impl Agent {
             if !named.is_empty() && !named.contains(&job.name) {
                 continue;
             }
-            if kind == TaskKind::Drill && job.scratch.is_none() {
+            if kind == TaskKind::Drill && job.drill_scratch().is_none() {
                 if job.restore_on_signal.is_some() {
                     // Nothing to drill first: restore the newest verified backup.
                     tracing::info!(job = %job.name, signal = name, task = "restore", "signal-received");
@@ -432,7 +432,7 @@ impl Agent {
                     .map(|(name, stored)| (name.to_string(), stored))
                     .collect();
                 self.metrics.set_database_sizes(&job.name, &sizes);
-                if job.schedule.drill_after_backup && job.scratch.is_some() {
+                if job.schedule.drill_after_backup && job.drill_scratch().is_some() {
                     self.send(Fire::new(
                         TaskKey::new(job.name.clone(), TaskKind::Drill),
                         FireReason::AfterBackup,

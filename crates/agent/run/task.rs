@@ -36,13 +36,18 @@ pub(super) async fn run_once(
             Ok(Done::Backup(Box::new(m)))
         }
         TaskKind::Drill => {
-            let scratch = job.scratch.as_deref().ok_or_else(|| {
+            let scratch = job.drill_scratch().ok_or_else(|| {
                 anyhow!(
                     "job {}: no scratch target: set `scratch` (a server URL or \"ephemeral\")",
                     job.name
                 )
             })?;
-            let opts = job.drill_options(scratch, job.pg_bindir.clone(), &cfg.repository)?;
+            let opts = job.drill_options(
+                scratch,
+                job.pg_bindir.clone(),
+                &cfg.repository,
+                cfg.path.as_deref(),
+            )?;
             let (m, history) = drill::pick(repo, &job.name, Pick::Newest).await?;
             let r = refugio_core::drill(repo, &m, &history, &opts, &SystemClock, cancel).await?;
             Ok(Done::Drill(Box::new(r)))

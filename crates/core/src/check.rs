@@ -404,16 +404,8 @@ async fn check_once(
             Err(e) => return Err(e.into()),
         };
         report.backups += 1;
-        if let Some(p) = &m.physical {
-            let lsn =
-                |s: &str| refugio_dump::wal::Lsn::parse(s).unwrap_or(refugio_dump::wal::Lsn(0));
-            bases.push(crate::wal_chain::BaseNeeds {
-                backup_id: id.to_string(),
-                timeline: p.timeline,
-                start: lsn(&p.start_lsn),
-                stop: lsn(&p.stop_lsn),
-                segment_size: p.wal_segment_size,
-            });
+        if let Some(needs) = crate::wal_chain::BaseNeeds::of(&m) {
+            bases.push(needs);
         }
         let read_this = selected(id);
         if read_this {

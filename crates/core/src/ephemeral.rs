@@ -5,6 +5,7 @@
 //! by a crashed drill (its owner process gone) is removed by the next one,
 //! its server stopped by the PID it recorded.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -52,6 +53,21 @@ fn server_cmd(tool: &Path, dir: &Path) -> tokio::process::Command {
         c.uid(NOBODY).gid(NOBODY);
     }
     c
+}
+
+/// `chown -R` to the server's user (files unpacked by root).
+fn chown_tree(path: &Path) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(NOBODY), Some(NOBODY))
+        .map_err(|e| err(format!("chown {}: {e}", path.display())))?;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        let entries =
+            std::fs::read_dir(path).map_err(|e| err(format!("reading {}: {e}", path.display())))?;
+        for e in entries {
+            let e = e.map_err(|e| err(format!("reading {}: {e}", path.display())))?;
+            chown_tree(&e.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -102,32 +118,11 @@ impl EphemeralCluster {
     /// Starts a cluster whose major version is the closest >= `server`
     /// (from `bindir`, else the usual search).
     pub async fn start(server: PgVersion, bindir: Option<&Path>) -> Result<EphemeralCluster> {
-        let root = std::env::temp_dir();
-        for old in sweep(&root) {
-            tracing::warn!(dir = %old.display(), "drill-cluster-leftover-removed");
-        }
         let what = format!("an ephemeral drill cluster for a PostgreSQL {server} backup");
         let initdb: Tool = tools::find_for(ToolKind::Initdb, server, &what, bindir).await?;
-        let postgres = initdb.bindir().join("postgres");
-        let dir = tempfile::Builder::new()
-            .prefix(DIR_PREFIX)
-            .tempdir_in(&root)
-            .map_err(|e| err(format!("creating a directory in {}: {e}", root.display())))?
-            .keep();
-        let mut cluster = EphemeralCluster {
-            dir: dir.clone(),
-            server: None,
-            version: initdb.version,
-            bindir: initdb.bindir().to_path_buf(),
-        };
-        std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
-            .map_err(|e| err(format!("writing {}: {e}", dir.join(OWNER_FILE).display())))?;
-        if as_root() {
-            std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY))
-                .map_err(|e| err(format!("chown {}: {e}", dir.display())))?;
-        }
-        let data = dir.join("data");
-        let out = server_cmd(&initdb.path, &dir)
+        let mut cluster = Self::prepare(initdb.version, initdb.bindir())?;
+        let data = cluster.data_dir();
+        let out = server_cmd(&initdb.path, &cluster.dir)
             .args([
                 "-U",
                 "postgres",
@@ -149,30 +144,7 @@ impl EphemeralCluster {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
-        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| err(e.to_string()))?;
-        if as_root() {
-            let _ = std::os::unix::fs::chown(dir.join("server.log"), Some(NOBODY), Some(NOBODY));
-        }
-        let child = server_cmd(&postgres, &dir)
-            .arg("-D")
-            .arg(&data)
-            .args(["-c", "listen_addresses=", "-c", &format!("port={PORT}")])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.display()))
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "synchronous_commit=off",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| err(format!("starting {}: {e}", postgres.display())))?;
-        cluster.server = Some(child);
+        cluster.spawn(&[])?;
         let spec = cluster.spec("postgres")?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -182,10 +154,10 @@ impl EphemeralCluster {
                     break;
                 }
                 Err(e) if Instant::now() > deadline => {
-                    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
                     return Err(err(format!(
-                        "the drill cluster did not start: {}; server log: {log}",
-                        refugio_store::error::chain(&e)
+                        "the drill cluster did not start: {}; server log: {}",
+                        refugio_store::error::chain(&e),
+                        cluster.log_tail(40)
                     )));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -194,12 +166,151 @@ impl EphemeralCluster {
         Ok(cluster)
     }
 
+    /// A cluster directory for a physical base backup of a PostgreSQL
+    /// `server` cluster: binaries of exactly its major version (from
+    /// `bindir`, else the usual search), an empty `data_dir()` to unpack
+    /// into, no server yet ([`Self::start_recovery`] starts it).
+    pub async fn for_base_backup(
+        server: PgVersion,
+        bindir: Option<&Path>,
+    ) -> Result<EphemeralCluster> {
+        let what = format!("a drill of a PostgreSQL {server} base backup (the same major version)");
+        let initdb: Tool = tools::find_for(ToolKind::Initdb, server, &what, bindir).await?;
+        if initdb.version.major != server.major {
+            return Err(err(format!(
+                "a drill of a PostgreSQL {server} base backup needs PostgreSQL {} binaries; the closest found is {} in {} (set the job's pg_bindir)",
+                server.major,
+                initdb.version,
+                initdb.bindir().display()
+            )));
+        }
+        Self::prepare(initdb.version, initdb.bindir())
+    }
+
+    /// A fresh directory (owner file; owned by the server's user).
+    fn prepare(version: PgVersion, bindir: &Path) -> Result<EphemeralCluster> {
+        let root = std::env::temp_dir();
+        for old in sweep(&root) {
+            tracing::warn!(dir = %old.display(), "drill-cluster-leftover-removed");
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(DIR_PREFIX)
+            .tempdir_in(&root)
+            .map_err(|e| err(format!("creating a directory in {}: {e}", root.display())))?
+            .keep();
+        let cluster = EphemeralCluster {
+            dir: dir.clone(),
+            server: None,
+            version,
+            bindir: bindir.to_path_buf(),
+        };
+        std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
+            .map_err(|e| err(format!("writing {}: {e}", dir.join(OWNER_FILE).display())))?;
+        if as_root() {
+            std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY))
+                .map_err(|e| err(format!("chown {}: {e}", dir.display())))?;
+        }
+        Ok(cluster)
+    }
+
+    /// The cluster's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The last `lines` lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The server's exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.server
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Starts the server on a data directory unpacked from a base backup
+    /// (recovery set up in it): owned by the server's user, its own
+    /// `pg_hba.conf` (trust over the socket only), and never archiving (a
+    /// drill's new timeline must not reach the job's archive).
+    pub fn start_recovery(&mut self) -> Result<()> {
+        let data = self.data_dir();
+        let hba = self.dir.join("drill_hba.conf");
+        std::fs::write(&hba, "local all all trust\n")
+            .map_err(|e| err(format!("writing {}: {e}", hba.display())))?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err(format!("chmod {}: {e}", data.display())))?;
+        if as_root() {
+            chown_tree(&data)?;
+            let _ = std::os::unix::fs::chown(&hba, Some(NOBODY), Some(NOBODY));
+        }
+        self.spawn(&[
+            format!("hba_file={}", hba.display()),
+            format!("ident_file={}", hba.display()),
+            "archive_mode=off".into(),
+            "archive_command=".into(),
+            "hot_standby=on".into(),
+        ])
+    }
+
+    /// Starts `postgres` on the data directory, on a socket in the
+    /// cluster's directory only, with `settings` (`name=value`) added.
+    fn spawn(&mut self, settings: &[String]) -> Result<()> {
+        let postgres = self.bindir.join("postgres");
+        let log_path = self.dir.join("server.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| err(e.to_string()))?;
+        if as_root() {
+            let _ = std::os::unix::fs::chown(&log_path, Some(NOBODY), Some(NOBODY));
+        }
+        let mut cmd = server_cmd(&postgres, &self.dir);
+        cmd.arg("-D")
+            .arg(self.data_dir())
+            .args(["-c", "listen_addresses=", "-c", &format!("port={PORT}")])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.dir.display()))
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "synchronous_commit=off",
+            ]);
+        for s in settings {
+            cmd.arg("-c").arg(s);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| err(format!("starting {}: {e}", postgres.display())))?;
+        self.server = Some(child);
+        Ok(())
+    }
+
     /// Connection to a database of this cluster.
     pub fn spec(&self, db: &str) -> Result<SourceSpec> {
+        self.spec_as("postgres", db)
+    }
+
+    /// Connection to a database of this cluster as `user`.
+    pub fn spec_as(&self, user: &str, db: &str) -> Result<SourceSpec> {
         let host: String =
             url::form_urlencoded::byte_serialize(self.dir.to_string_lossy().as_bytes()).collect();
+        // form encoding writes a space as `+`, which a URL's user and
+        // path do not decode.
+        let enc = |s: &str| {
+            url::form_urlencoded::byte_serialize(s.as_bytes())
+                .collect::<String>()
+                .replace('+', "%20")
+        };
+        let (user, db) = (enc(user), enc(db));
         Ok(SourceSpec::new(
-            &format!("postgres://postgres@localhost:{PORT}/{db}?host={host}"),
+            &format!("postgres://{user}@localhost:{PORT}/{db}?host={host}"),
             None,
             None,
         )?)

@@ -38,7 +38,7 @@ pub mod wal_chain;
 pub use backup::{backup, BackupOptions, JobKind, ObjectLock, ReplicaLag};
 pub use check::{check, CheckOptions, CheckOutcome, CheckReport, ReadData};
 pub use clock::{Clock, FixedClock, SystemClock};
-pub use drill::{drill, DrillOptions, Pick, Scratch};
+pub use drill::{drill, DrillOptions, PhysicalDrill, Pick, Scratch};
 pub use encryption::{Identities, Recipients};
 pub use error::{Error, Result};
 pub use pins::set_pin;

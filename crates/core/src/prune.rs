@@ -50,7 +50,9 @@ pub struct PruneReport {
     /// Multipart uploads older than the grace period.
     pub stale_uploads: Vec<String>,
     /// WAL of a physical job older than the oldest kept base backup's
-    /// start: no kept backup can replay it.
+    /// start: no kept backup can replay it. Left out of JSON when
+    /// nothing goes (a logical job).
+    #[serde(skip_serializing_if = "crate::wal::WalPruned::is_empty")]
     pub wal_pruned: crate::wal::WalPruned,
 }
 

@@ -65,6 +65,9 @@ pub struct Phases {
     pub fetch_restore_seconds: f64,
     pub analyze_seconds: f64,
     pub checks_seconds: f64,
+    /// A physical drill: the server's start, WAL replay and promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_seconds: Option<f64>,
 }
 
 /// What a drill says of the backup.

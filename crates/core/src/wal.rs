@@ -143,6 +143,13 @@ pub struct WalPruned {
     pub before: Option<String>,
 }
 
+impl WalPruned {
+    /// Nothing to prune and no physical base backup to prune against.
+    pub fn is_empty(&self) -> bool {
+        self.files == 0 && self.before.is_none()
+    }
+}
+
 /// The archived WAL no kept base backup needs: segments (and `.partial`
 /// and `.backup` files) numbered before the oldest kept base backup's
 /// start segment, on any timeline (recovery only reads forward from a

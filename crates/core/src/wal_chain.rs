@@ -26,6 +26,21 @@ pub struct BaseNeeds {
     pub segment_size: u64,
 }
 
+impl BaseNeeds {
+    /// What a physical backup's manifest says it needs; None for a
+    /// logical backup or LSNs that do not parse.
+    pub fn of(m: &refugio_store::manifest::Manifest) -> Option<BaseNeeds> {
+        let p = m.physical.as_ref()?;
+        Some(BaseNeeds {
+            backup_id: m.backup_id.clone(),
+            timeline: p.timeline,
+            start: Lsn::parse(&p.start_lsn)?,
+            stop: Lsn::parse(&p.stop_lsn)?,
+            segment_size: p.wal_segment_size,
+        })
+    }
+}
+
 /// Missing segments, in a row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WalGap {
@@ -206,8 +221,8 @@ mod tests {
                 },
                 WalGap {
                     timeline: 2,
-                    from: "000000020000000000000011".into(),
-                    to: "000000020000000000000011".into(),
+                    from: "00000002000000000000000B".into(),
+                    to: "00000002000000000000000B".into(),
                     segments: 1,
                     backups: vec![],
                 }

@@ -313,8 +313,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for TarWatch<R> {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let new = buf.filled()[before..].to_vec();
-                self.observe(&new)?;
+                self.observe(&buf.filled()[before..])?;
                 Poll::Ready(Ok(()))
             }
             other => other,

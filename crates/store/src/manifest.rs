@@ -518,7 +518,8 @@ mod tests {
     #[test]
     fn newer_minor_keeps_every_known_field_and_drops_unknown_ones_at_any_depth() {
         let mut v: serde_json::Value = serde_json::from_slice(&full().to_json()).unwrap();
-        v["format"] = "1.7".into();
+        let newer = format!("{FORMAT_MAJOR}.{}", FORMAT_MINOR + 1);
+        v["format"] = newer.clone().into();
         v["future_field"] = 42.into();
         v["server"]["future_field"] = true.into();
         v["artifacts"][0]["future_field"] = "x".into();
@@ -526,7 +527,7 @@ mod tests {
         v["durations"]["future_field"] = 0.5.into();
         v["object_lock"]["future_field"] = "legal-hold".into();
         let m = Manifest::parse("k", &serde_json::to_vec(&v).unwrap()).unwrap();
-        assert_eq!(m.format, "1.7");
+        assert_eq!(m.format, newer);
         assert_eq!(
             Manifest {
                 format: FORMAT.into(),

@@ -222,7 +222,7 @@ async fn check_database(
 }
 
 /// One SQL check: one row with one true value passes.
-async fn sql_check(
+pub(super) async fn sql_check(
     conn: &mut PgConnection,
     check: &Check,
     of: &str,

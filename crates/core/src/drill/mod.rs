@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 mod checks;
+mod physical;
 mod scratch;
 
 use bytes::Bytes;
@@ -52,6 +53,23 @@ pub struct DrillOptions {
     pub identities: Option<std::sync::Arc<crate::encryption::Identities>>,
     /// Counters and phase for a progress display; None: not shown.
     pub progress: Option<std::sync::Arc<crate::Progress>>,
+    /// How a physical job's base backup is recovered (None: a drill of a
+    /// physical backup is refused, no receipt written).
+    pub physical: Option<PhysicalDrill>,
+}
+
+/// A physical job's drill: the base backup recovered in an ephemeral
+/// cluster (whatever `scratch` says) from the job's WAL archive.
+#[derive(Debug, Clone)]
+pub struct PhysicalDrill {
+    /// The restored cluster's `restore_command`, e.g. `/usr/bin/refugio
+    /// --config /etc/refugio.toml wal-fetch --job main %f %p`.
+    pub restore_command: String,
+    /// A role of the backed-up cluster to connect as (the job's source
+    /// role); checks run as its bootstrap superuser.
+    pub user: String,
+    /// Where recovery stops.
+    pub target: crate::restore::physical::RecoveryTarget,
 }
 
 /// One SQL check of a drill.
@@ -140,11 +158,15 @@ pub async fn drill(
     cancel: &CancellationToken,
 ) -> Result<Receipt> {
     if manifest.is_physical() {
-        // Not evidence against the backup: no receipt is written.
-        return Err(Error::Physical(format!(
-            "backup {} of job {} is a physical base backup; drills of physical jobs are not built yet (issue 14); prove it by hand with `refugio restore --physical --to latest --target-dir DIR` and starting the server",
-            manifest.backup_id, manifest.job
-        )));
+        tracing::info!(job = %manifest.job, backup = %manifest.backup_id, "drill-started");
+        // Dropping the drill stops its cluster and removes its directory.
+        return tokio::select! {
+            r = physical::drill_physical(repo, manifest, opts, clock.now()) => r,
+            _ = cancel.cancelled() => Err(Error::Cancelled {
+                what: "drill".into(),
+                detail: "its ephemeral cluster removed".into(),
+            }),
+        };
     }
     let base = scratch_name(&manifest.backup_id);
     let names = scratch_names(&base, manifest.database_names().len(), manifest.is_server());
@@ -196,39 +218,7 @@ async fn drill_once(
     if !dropped.is_empty() {
         tracing::warn!(databases = ?dropped, "drill-leftovers-dropped");
     }
-    let mut receipt = Receipt {
-        format: RECEIPT_FORMAT.into(),
-        job: manifest.job.clone(),
-        backup_id: manifest.backup_id.clone(),
-        started_at: now,
-        finished_at: now,
-        verified: false,
-        passed: false,
-        outcome: None,
-        failures: Vec::new(),
-        refugio_version: env!("CARGO_PKG_VERSION").into(),
-        scratch_kind: kind.into(),
-        scratch_server_version: None,
-        restore_tool: None,
-        digests_checked: Vec::new(),
-        counts: Vec::new(),
-        large_objects: None,
-        schema_fingerprint: None,
-        checks: Vec::new(),
-        databases: Vec::new(),
-        phases: Phases::default(),
-        rto: Target {
-            measured_seconds: None,
-            target_seconds: opts.rto_target.map(|d| d.as_secs_f64()),
-            met: None,
-        },
-        rpo: Target {
-            measured_seconds: None,
-            target_seconds: opts.rpo_target.map(|d| d.as_secs_f64()),
-            met: None,
-        },
-        rpo_detail: measure::rpo(&[], now),
-    };
+    let mut receipt = new_receipt(manifest, opts, now, kind);
 
     let ephemeral = cluster.is_some();
     let mut tally = Tally::default();
@@ -261,9 +251,7 @@ async fn drill_once(
         }
     }
     let rto = started.elapsed().as_secs_f64();
-    receipt.verified = !tally.bad && !tally.unsure;
-    receipt.outcome = Some(tally.outcome());
-
+    let verified_now = !tally.bad && !tally.unsure;
     // RPO over verified backups: earlier receipts plus this one.
     let mut verified: Vec<(String, DateTime<Utc>)> = Vec::new();
     let earlier = receipt::read_all(repo, &manifest.job)
@@ -273,12 +261,77 @@ async fn drill_once(
         let ok = earlier
             .iter()
             .any(|(id, r)| id == &m.backup_id && r.verified)
-            || (m.backup_id == manifest.backup_id && receipt.verified);
+            || (m.backup_id == manifest.backup_id && verified_now);
         if ok {
             verified.push((m.backup_id.clone(), m.recovery_point()));
         }
     }
-    receipt.rpo_detail = measure::rpo(&verified, now);
+    let rpo = measure::rpo(&verified, now);
+    conclude(
+        repo, manifest, opts, receipt, &tally, rto, rpo, started, now,
+    )
+    .await
+}
+
+/// A receipt of a drill of `manifest` starting at `now`, nothing checked yet.
+fn new_receipt(
+    manifest: &Manifest,
+    opts: &DrillOptions,
+    now: DateTime<Utc>,
+    kind: &str,
+) -> Receipt {
+    Receipt {
+        format: RECEIPT_FORMAT.into(),
+        job: manifest.job.clone(),
+        backup_id: manifest.backup_id.clone(),
+        started_at: now,
+        finished_at: now,
+        verified: false,
+        passed: false,
+        outcome: None,
+        failures: Vec::new(),
+        refugio_version: env!("CARGO_PKG_VERSION").into(),
+        scratch_kind: kind.into(),
+        scratch_server_version: None,
+        restore_tool: None,
+        digests_checked: Vec::new(),
+        counts: Vec::new(),
+        large_objects: None,
+        schema_fingerprint: None,
+        checks: Vec::new(),
+        databases: Vec::new(),
+        phases: Phases::default(),
+        rto: Target {
+            measured_seconds: None,
+            target_seconds: opts.rto_target.map(|d| d.as_secs_f64()),
+            met: None,
+        },
+        rpo: Target {
+            measured_seconds: None,
+            target_seconds: opts.rpo_target.map(|d| d.as_secs_f64()),
+            met: None,
+        },
+        rpo_detail: measure::rpo(&[], now),
+    }
+}
+
+/// The verdict (from `tally`), RTO and RPO against the targets; writes
+/// the receipt beside the manifest.
+#[allow(clippy::too_many_arguments)]
+async fn conclude(
+    repo: &Repository,
+    manifest: &Manifest,
+    opts: &DrillOptions,
+    mut receipt: Receipt,
+    tally: &Tally,
+    rto: f64,
+    rpo: measure::Rpo,
+    started: Instant,
+    now: DateTime<Utc>,
+) -> Result<Receipt> {
+    receipt.verified = !tally.bad && !tally.unsure;
+    receipt.outcome = Some(tally.outcome());
+    receipt.rpo_detail = rpo;
     receipt.rto.measured_seconds = Some(rto);
     receipt.rto.met = opts.rto_target.map(|t| rto <= t.as_secs_f64());
     receipt.rpo.measured_seconds = receipt.rpo_detail.seconds;
