@@ -194,6 +194,11 @@ pub struct VerifyArgs {
     /// Scratch server URL, overriding the job's `scratch`.
     #[arg(long)]
     pub scratch: Option<String>,
+    /// A physical job: where the drill's recovery stops: `latest` (the
+    /// default: all of the archive), `immediate`, a time or an LSN. With
+    /// `--backup latest`, the base backup is the newest that ended before it.
+    #[arg(long)]
+    pub to: Option<String>,
     #[command(flatten)]
     pub repo: RepoArgs,
     /// Directory of pg_restore/psql to use.
@@ -285,6 +290,7 @@ impl std::fmt::Debug for VerifyArgs {
             job,
             backup,
             scratch,
+            to,
             repo,
             pg_bindir,
             json,
@@ -293,6 +299,7 @@ impl std::fmt::Debug for VerifyArgs {
             .field("job", job)
             .field("backup", backup)
             .field("scratch", &url(scratch))
+            .field("to", to)
             .field("repo", repo)
             .field("pg_bindir", pg_bindir)
             .field("json", json)

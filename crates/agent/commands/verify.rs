@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context, Result};
 use refugio_core::drill::{self, Pick};
 use refugio_core::receipt::Outcome;
+use refugio_core::restore::physical::{choose_base, RecoveryTarget};
 use refugio_core::SystemClock;
 use refugio_core::{DrillOptions, Scratch};
 use refugio_schedule::TaskKind;
@@ -59,7 +60,36 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
             .map_err(usage)?;
         (job.name.clone(), opts, Some(job))
     };
-    let (manifest, history) = drill::pick(&repo, &name, pick).await?;
+    let (opts, to) = match a.to.as_deref() {
+        None => (opts, None),
+        Some(text) => {
+            let to: RecoveryTarget = text
+                .parse()
+                .map_err(|e: String| usage(anyhow!("--to: {e}")))?;
+            let Some(physical) = opts.physical.clone() else {
+                return Err(usage(anyhow!(
+                    "--to applies to drills of a physical job (kind = \"physical\", with a config file); job {name} has none"
+                )));
+            };
+            let physical = refugio_core::PhysicalDrill {
+                target: to,
+                ..physical
+            };
+            (
+                DrillOptions {
+                    physical: Some(physical),
+                    ..opts
+                },
+                Some(to),
+            )
+        }
+    };
+    let (mut manifest, history) = drill::pick(&repo, &name, pick).await?;
+    if let (Some(to), "latest") = (to, a.backup.as_str()) {
+        manifest = choose_base(&history, to)
+            .map_err(|why| anyhow!("job {name} in {}: {why}", repo.describe()))?
+            .clone();
+    }
     let _lock = match &lock {
         Some(job) => crate::lock::for_command(job, TaskKind::Drill).await?,
         None => None,

@@ -66,7 +66,10 @@ async fn inspect(opts: &BackupOptions) -> Result<Cluster> {
             source.redacted()
         )));
     }
-    if archive_mode == "off" {
+    // A standby's own archive_mode says nothing: its primary archives
+    // the WAL the base backup needs (into this job, by the operator's
+    // setup; the drill and `check` find out if it does not).
+    if archive_mode == "off" && !facts.in_recovery {
         return Err(Error::Physical(format!(
             "job {job}: archive_mode is off on {}: a physical job's base backups need the WAL archive; set archive_mode = on and archive_command = 'refugio wal-push --job {job} %p' (then restart the server); nothing was written",
             source.redacted()
