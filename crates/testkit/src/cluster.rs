@@ -225,7 +225,7 @@ impl Cluster {
 
     /// A fresh cluster directory (owned by the server's user), no server yet.
     /// From here on, Drop removes the directory whatever fails.
-    fn empty(major: u32, bindir: PathBuf) -> Result<Cluster> {
+    pub(crate) fn empty(major: u32, bindir: PathBuf) -> Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
             .tempdir_in(TMP_ROOT)
@@ -249,46 +249,6 @@ impl Cluster {
             std::os::unix::fs::chown(&cluster.dir, Some(UNPRIVILEGED_ID), Some(UNPRIVILEGED_ID))
                 .with_context(|| format!("chown {} to 65534", cluster.dir.display()))?;
         }
-        Ok(cluster)
-    }
-
-    /// Starts a hot standby of `primary`: `pg_basebackup -R` over the
-    /// primary's socket (streaming replication), then the server in its own
-    /// directory. It replays the primary's changes and accepts read-only
-    /// connections.
-    pub async fn start_standby(primary: &Cluster) -> Result<Cluster> {
-        let bindir = primary.bindir.clone();
-        let mut cluster = Cluster::empty(primary.major, bindir)?;
-        let output = cluster
-            .server_command("pg_basebackup")
-            .arg("-D")
-            .arg(&cluster.data)
-            .args([
-                "-R",
-                "-X",
-                "stream",
-                "--no-sync",
-                "--checkpoint=fast",
-                "-U",
-                "postgres",
-                "-h",
-            ])
-            .arg(primary.socket_dir())
-            .args(["-p", &primary.port.to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .context("running pg_basebackup")?;
-        if !output.status.success() {
-            return Err(anyhow!(
-                "pg_basebackup failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        crate::standby::trim_primary_conninfo(&cluster.data, primary.socket_dir(), primary.port)?;
-        cluster.spawn_server()?;
-        cluster.wait_ready().await?;
         Ok(cluster)
     }
 
@@ -535,7 +495,7 @@ impl Cluster {
         Err(anyhow!(last_error))
     }
 
-    fn spawn_server(&mut self) -> Result<()> {
+    pub(crate) fn spawn_server(&mut self) -> Result<()> {
         let log_path = self.dir.join(SERVER_LOG);
         let log = fs::OpenOptions::new()
             .create(true)
@@ -581,7 +541,7 @@ impl Cluster {
         Ok(())
     }
 
-    async fn wait_ready(&mut self) -> Result<()> {
+    pub(crate) async fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(server) = self.server.as_mut() {
@@ -640,7 +600,7 @@ impl Cluster {
     }
 
     /// A server-side tool, run as uid/gid 65534 when we are root.
-    fn server_command(&self, tool: &str) -> tokio::process::Command {
+    pub(crate) fn server_command(&self, tool: &str) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(self.bindir.join(tool));
         // The server's user must be able to read its working directory.
         command.current_dir(&self.dir).kill_on_drop(true);

@@ -191,6 +191,20 @@ async fn restore_to(s: &Setup, major: u32, to: &str, settings: &[String]) -> Res
     Ok(c)
 }
 
+/// `refugio verify --json` with `extra`: exits `code`, its receipt says
+/// `outcome`; the receipt.
+fn drill(s: &Setup, extra: &[&str], code: i32, outcome: &str) -> Result<serde_json::Value> {
+    let cfg = s.cfg();
+    let mut args = vec!["--config", &cfg, "verify", "--json"];
+    args.extend_from_slice(extra);
+    let out = refugio(&args, &s.env);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(code), "{text}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("receipt")?;
+    assert_eq!(r["outcome"], outcome, "{r}");
+    Ok(r)
+}
+
 fn pgbench(c: &Cluster, args: &[&str]) -> Result<std::process::Child> {
     std::process::Command::new(c.bindir().join("pgbench"))
         .args([
@@ -410,11 +424,7 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     // A drill of the base backup: an ephemeral cluster recovers it to the
     // newest archived WAL (across the switch to timeline 2), the files
     // match the server's backup_manifest, the job's check holds.
-    let out = refugio(&["--config", &s.cfg(), "verify", "--json"], &s.env);
-    let text = all_output(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("receipt")?;
-    assert_eq!(r["outcome"], "passed", "{r}");
+    let r = drill(&s, &[], 0, "passed")?;
     assert_eq!(r["backup_id"], m["backup_id"]);
     let checks = r["checks"].as_array().cloned().unwrap_or_default();
     assert!(
@@ -440,14 +450,7 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
         "RPO from the newest archived WAL: {r}"
     );
     // A drill to T: recovery stops there (the check's 50 rows).
-    let out = refugio(
-        &["--config", &s.cfg(), "verify", "--to", &t, "--json"],
-        &s.env,
-    );
-    let text = all_output(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("receipt")?;
-    assert_eq!(r["outcome"], "passed", "{r}");
+    drill(&s, &["--to", &t], 0, "passed")?;
     let across = restore_to(&s, major, "latest", &quiet).await?;
     assert_eq!(
         one(&across, TICKS).await?,
@@ -527,11 +530,7 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
 
     // The drill of that base backup is failed: it cannot be recovered
     // past the gap (judged from the listing, nothing restored).
-    let out = refugio(&["--config", &s.cfg(), "verify", "--json"], &s.env);
-    let text = all_output(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("receipt")?;
-    assert_eq!(r["outcome"], "failed", "{r}");
+    let r = drill(&s, &[], 1, "failed")?;
     assert!(
         r["failures"].to_string().contains("WAL GAP")
             && r["failures"].to_string().contains(&victim.name.name),
@@ -541,186 +540,5 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     Ok(())
 }
 
-/// wal-push and wal-fetch on their own: same bytes again succeed,
-/// different bytes under an archived name are refused, a missing file is
-/// a quiet exit 1, an unreachable store exit 126; encrypted WAL round trip.
-#[tokio::test(flavor = "multi_thread")]
-async fn wal_push_refuses_overwrites_and_wal_fetch_speaks_postgres_protocol() -> Result<()> {
-    let tmp = shared_tmp()?;
-    let target = s3::garage()?;
-    let src = Cluster::start(16).await?;
-    let (secret, public) = refugio_core::encryption::generate();
-    let identity = tmp.path().join("age.key");
-    std::fs::write(&identity, format!("{secret}\n"))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o600))?;
-    }
-    let s = Setup::new(tmp.path(), &target, &src, "")?;
-    let encrypted = format!(
-        "{}\n[repository.encryption]\nrecipients = [{public:?}]\nidentity_file = {:?}\n",
-        s.repo_toml,
-        identity.display().to_string()
-    );
-    s.write(&encrypted)?;
-    let cfg = s.cfg();
-
-    let seg = tmp.path().join("000000010000000000000007");
-    let body: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(&seg, &body)?;
-    let seg_arg = seg.display().to_string();
-    refugio_ok(&["--config", &cfg, "wal-push", &seg_arg], &s.env)?;
-    refugio_ok(&["--config", &cfg, "wal-push", &seg_arg], &s.env)
-        .context("the same bytes again")?;
-
-    let mut other = body.clone();
-    other[100] ^= 1;
-    std::fs::write(&seg, &other)?;
-    let out = refugio(&["--config", &cfg, "wal-push", &seg_arg], &s.env);
-    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
-    let text = all_output(&out);
-    assert!(
-        text.contains("refusing to overwrite") && text.contains("000000010000000000000007"),
-        "{text}"
-    );
-    assert_eq!(text.trim().lines().count(), 1, "one clear line: {text}");
-
-    let dest = tmp.path().join("RECOVERYXLOG");
-    let dest_arg = dest.display().to_string();
-    refugio_ok(
-        &[
-            "--config",
-            &cfg,
-            "wal-fetch",
-            "000000010000000000000007",
-            &dest_arg,
-        ],
-        &s.env,
-    )?;
-    assert!(
-        std::fs::read(&dest)? == body,
-        "decrypted and decompressed to the first bytes pushed"
-    );
-
-    let out = refugio(
-        &[
-            "--config",
-            &cfg,
-            "wal-fetch",
-            "000000010000000000000008",
-            &dest_arg,
-        ],
-        &s.env,
-    );
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        all_output(&out).trim().is_empty(),
-        "a missing file is quiet: {}",
-        all_output(&out)
-    );
-
-    // Without the identity: it exists but cannot be delivered, so recovery
-    // must stop (126), not end early.
-    s.write(&format!(
-        "{}\n[repository.encryption]\nrecipients = [{public:?}]\n",
-        s.repo_toml
-    ))?;
-    let out = refugio(
-        &[
-            "--config",
-            &cfg,
-            "wal-fetch",
-            "000000010000000000000007",
-            &dest_arg,
-        ],
-        &s.env,
-    );
-    assert_eq!(out.status.code(), Some(126), "{}", all_output(&out));
-    // The store down: 126 too.
-    let dead = s.repo_toml.replace(
-        &target.endpoint,
-        &format!("http://127.0.0.1:{}", s3::dead_port()),
-    );
-    s.write(&dead)?;
-    let out = refugio(
-        &[
-            "--config",
-            &cfg,
-            "wal-fetch",
-            "000000010000000000000007",
-            &dest_arg,
-        ],
-        &s.env,
-    );
-    assert_eq!(out.status.code(), Some(126), "{}", all_output(&out));
-    let out = refugio(&["--config", &cfg, "wal-push", &seg_arg], &s.env);
-    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
-    // No config: a clear line, non-zero.
-    let out = refugio(&["wal-push", &seg_arg], &s.env);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        all_output(&out).contains("needs a config file"),
-        "{}",
-        all_output(&out)
-    );
-    let out = refugio(&["--config", &cfg, "wal-push", "/etc/passwd"], &s.env);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        all_output(&out).contains("not a WAL file name"),
-        "{}",
-        all_output(&out)
-    );
-    Ok(())
-}
-
-/// A base backup taken from a standby (the primary archives into the
-/// job), then drilled: recovered from the primary's archived WAL, with
-/// the rows written on the primary after the backup.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_base_backup_from_a_standby_recovers_from_the_primarys_archive() -> Result<()> {
-    let tmp = shared_tmp()?;
-    let target = s3::garage()?;
-    let config = tmp.path().join("refugio.toml");
-    // A standby refuses a base backup of WAL written without full-page
-    // images (testkit's default for speed).
-    let mut settings = archiving(&config);
-    settings.push("full_page_writes=on".into());
-    let primary = Cluster::start_with_settings(16, &settings, &server_env(tmp.path())).await?;
-    one(&primary, "CREATE TABLE ticks (id bigserial PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT clock_timestamp())").await?;
-    ticks(&primary, 20).await?;
-    let standby = Cluster::start_standby(&primary).await?;
-    let s = Setup::new(
-        tmp.path(),
-        &target,
-        &standby,
-        "checks = [\"SELECT count(*) = 60 FROM ticks\"]\n",
-    )?;
-    // The standby has replayed the rows before its base backup.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while one(&standby, "SELECT count(*) FROM ticks").await? != "20" {
-        if Instant::now() > deadline {
-            bail!("the standby did not replay the primary's rows");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let out = refugio_ok(&["--config", &s.cfg(), "backup", "--json"], &s.env)?;
-    let m: serde_json::Value = serde_json::from_str(&out)?;
-    assert_eq!(m["physical"]["from"], "standby", "{m}");
-    assert_eq!(m["server"]["in_recovery"], true, "{m}");
-
-    ticks(&primary, 40).await?;
-    switch_and_wait(&primary).await?;
-    let out = refugio(&["--config", &s.cfg(), "verify", "--json"], &s.env);
-    let text = all_output(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).context("receipt")?;
-    assert_eq!(r["outcome"], "passed", "{r}");
-    assert!(
-        r["checks"]
-            .as_array()
-            .is_some_and(|c| c.iter().all(|c| c["ok"] == true) && c.len() == 2),
-        "pg_verifybackup and the count over the primary's later rows: {r}"
-    );
-    drop(standby);
-    Ok(())
-}
+mod standby;
+mod wal_commands;
