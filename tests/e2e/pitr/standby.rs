@@ -1,4 +1,4 @@
-//! A physical job backing up a standby (issue 14).
+//! Physical jobs on clusters set up otherwise (issue 14): a standby, a tablespace.
 
 use std::time::{Duration, Instant};
 
@@ -52,5 +52,36 @@ async fn a_base_backup_from_a_standby_recovers_from_the_primarys_archive() -> Re
         "pg_verifybackup and the count over the primary's later rows: {r}"
     );
     drop(standby);
+    Ok(())
+}
+
+/// A cluster with a tablespace outside its data directory: refused with
+/// a clear error naming it, nothing committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_with_a_tablespace_is_refused_naming_it() -> Result<()> {
+    let tmp = shared_tmp()?;
+    let target = s3::garage()?;
+    let config = tmp.path().join("refugio.toml");
+    let src =
+        Cluster::start_with_settings(16, &archiving(&config), &server_env(tmp.path())).await?;
+    let space = tmp.path().join("space");
+    std::fs::create_dir(&space)?;
+    std::os::unix::fs::chown(&space, Some(65534), Some(65534))?;
+    one(
+        &src,
+        &format!("CREATE TABLESPACE far_away LOCATION '{}'", space.display()),
+    )
+    .await?;
+    let s = Setup::new(tmp.path(), &target, &src, "")?;
+    let out = crate::common::refugio(&["--config", &s.cfg(), "backup"], &s.env);
+    let text = crate::common::all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("far_away") && text.contains("nothing was written"),
+        "{text}"
+    );
+    let listed = crate::common::refugio_ok(&["--config", &s.cfg(), "list", "--json"], &s.env)?;
+    let listed: serde_json::Value = serde_json::from_str(&listed)?;
+    assert_eq!(listed, serde_json::json!([]), "nothing committed");
     Ok(())
 }
