@@ -51,31 +51,14 @@ async fn wal_push_refuses_overwrites_and_wal_fetch_speaks_postgres_protocol() ->
 
     let dest = tmp.path().join("RECOVERYXLOG");
     let dest_arg = dest.display().to_string();
-    refugio_ok(
-        &[
-            "--config",
-            &cfg,
-            "wal-fetch",
-            "000000010000000000000007",
-            &dest_arg,
-        ],
-        &s.env,
-    )?;
+    let fetch_args = |name: &'static str| ["--config", &cfg, "wal-fetch", name, &dest_arg];
+    refugio_ok(&fetch_args("000000010000000000000007"), &s.env)?;
     assert!(
         std::fs::read(&dest)? == body,
         "decrypted and decompressed to the first bytes pushed"
     );
 
-    let out = refugio(
-        &[
-            "--config",
-            &cfg,
-            "wal-fetch",
-            "000000010000000000000008",
-            &dest_arg,
-        ],
-        &s.env,
-    );
+    let out = refugio(&fetch_args("000000010000000000000008"), &s.env);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         all_output(&out).trim().is_empty(),
@@ -89,16 +72,7 @@ async fn wal_push_refuses_overwrites_and_wal_fetch_speaks_postgres_protocol() ->
         "{}\n[repository.encryption]\nrecipients = [{public:?}]\n",
         s.repo_toml
     ))?;
-    let out = refugio(
-        &[
-            "--config",
-            &cfg,
-            "wal-fetch",
-            "000000010000000000000007",
-            &dest_arg,
-        ],
-        &s.env,
-    );
+    let out = refugio(&fetch_args("000000010000000000000007"), &s.env);
     assert_eq!(out.status.code(), Some(126), "{}", all_output(&out));
     // The store down: 126 too.
     let dead = s.repo_toml.replace(
@@ -106,16 +80,7 @@ async fn wal_push_refuses_overwrites_and_wal_fetch_speaks_postgres_protocol() ->
         &format!("http://127.0.0.1:{}", s3::dead_port()),
     );
     s.write(&dead)?;
-    let out = refugio(
-        &[
-            "--config",
-            &cfg,
-            "wal-fetch",
-            "000000010000000000000007",
-            &dest_arg,
-        ],
-        &s.env,
-    );
+    let out = refugio(&fetch_args("000000010000000000000007"), &s.env);
     assert_eq!(out.status.code(), Some(126), "{}", all_output(&out));
     let out = refugio(&["--config", &cfg, "wal-push", &seg_arg], &s.env);
     assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
