@@ -191,10 +191,17 @@ fn print_report(r: &CheckReport) {
                     g.backups.join(", ")
                 )
             };
-            println!(
-                "  WAL GAP  timeline {}: {} segment(s) missing, {} to {}{cut}",
-                g.timeline, g.segments, g.from, g.to
-            );
+            if g.pending {
+                println!(
+                    "  WAL NOT ARCHIVED YET  timeline {}: {} segment(s), {} to {}, missing after everything archived (a standby's base backup waits for the primary's next segment switch){cut}",
+                    g.timeline, g.segments, g.from, g.to
+                );
+            } else {
+                println!(
+                    "  WAL GAP  timeline {}: {} segment(s) missing, {} to {}{cut}",
+                    g.timeline, g.segments, g.from, g.to
+                );
+            }
         }
         for c in &w.conflicts {
             println!("  WAL CONFLICT  {c} is archived twice with different content (two servers archiving into this job?)");

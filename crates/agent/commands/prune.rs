@@ -122,6 +122,7 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
                 cfg.repository.object_lock.is_some(),
                 a.dry_run,
                 a.batch,
+                job.is_some_and(|j| j.kind == refugio_core::JobKind::Physical),
             )
             .map_err(|e| usage(e.context(format!("job {name}: retention"))))?;
         let fixed = a.now.map(FixedClock);
@@ -201,6 +202,18 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
             r.orphans.len(),
             r.stale_uploads.len()
         );
+        for g in &r.wal_gaps {
+            println!(
+                "  WAL {} timeline {}: {} to {} ({} segment(s)); base backups {} count as unverified{}",
+                if g.pending { "NOT ARCHIVED YET" } else { "GAP" },
+                g.timeline,
+                g.from,
+                g.to,
+                g.segments,
+                g.backups.join(", "),
+                if g.pending { "" } else { " (`refugio pin` keeps one for the points before the gap)" }
+            );
+        }
         if let Some(before) = &r.wal_pruned.before {
             println!(
                 "  WAL before {before} (the oldest kept base backup's start): {} files, {}{}",

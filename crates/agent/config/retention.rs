@@ -88,6 +88,7 @@ impl RetentionConfig {
         object_lock: bool,
         dry_run: bool,
         batch: usize,
+        physical: bool,
     ) -> Result<refugio_core::PruneOptions> {
         Ok(refugio_core::PruneOptions {
             job: job.to_string(),
@@ -96,6 +97,7 @@ impl RetentionConfig {
             object_lock,
             dry_run,
             batch,
+            physical,
         })
     }
 }

@@ -77,6 +77,7 @@ pub(super) async fn run_once(
                 cfg.repository.object_lock.is_some(),
                 false,
                 DELETE_BATCH,
+                job.kind == refugio_core::JobKind::Physical,
             )?;
             let report = refugio_core::prune(repo, &opts, &SystemClock, cancel).await?;
             if report.has_errors() {

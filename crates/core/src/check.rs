@@ -474,7 +474,12 @@ async fn check_once(
     report.unchecked.sort_by(|a, b| a.key.cmp(&b.key));
     report.outcome = if report.damage_count() > 0 {
         CheckOutcome::Damaged
-    } else if !report.unchecked.is_empty() {
+    } else if !report.unchecked.is_empty()
+        || report
+            .wal
+            .as_ref()
+            .is_some_and(|w| w.pending().next().is_some())
+    {
         CheckOutcome::Inconclusive
     } else {
         CheckOutcome::Clean

@@ -50,11 +50,7 @@ pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
 }
 
 /// One paginated listing of a job, summarised per backup id.
-pub(crate) async fn list_job(repo: &Repository, job: &str) -> Result<BTreeMap<String, Listed>> {
-    Ok(list_job_and_wal(repo, job).await?.0)
-}
-
-/// [`list_job`], and what the same listing saw of the WAL archive.
+/// Also returns what the same listing saw of the WAL archive.
 pub(crate) async fn list_job_and_wal(
     repo: &Repository,
     job: &str,

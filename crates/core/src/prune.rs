@@ -1,9 +1,12 @@
 //! Prune: apply the job's retention policy, then collect garbage.
 //!
 //! Everything is decided from one paginated listing of the job's prefix
-//! ([`crate::listing`]): no manifest is read, so 10,000 backups cost about
-//! ten list requests, not 10,000 GETs; only receipts written before
-//! outcome-named receipts existed are fetched.
+//! ([`crate::listing`]): no manifest of a logical job is read, so 10,000
+//! backups cost about ten list requests, not 10,000 GETs; only receipts
+//! written before outcome-named receipts existed are fetched. A physical
+//! job's manifests are read (their start LSNs): a base backup whose WAL
+//! chain has a gap does not count as verified, whatever its drills said,
+//! and the WAL before the oldest kept one's start goes.
 //!
 //! The plan is pure ([`retention::apply`] over the listing); executing it
 //! removes manifests first (a batch), then those backups' artifacts, so an
@@ -24,8 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::listing::{id_time, list_job, Listed};
+use crate::listing::{id_time, list_job_and_wal, Listed};
 use crate::receipt;
+use crate::wal_chain::BaseNeeds;
+use refugio_store::manifest::Manifest;
 
 /// Backups deleted per batch (manifests of a batch go before its
 /// artifacts): 100 backups' objects fit one 1,000-key DeleteObjects.
@@ -54,6 +59,10 @@ pub struct PruneReport {
     /// nothing goes (a logical job).
     #[serde(skip_serializing_if = "crate::wal::WalPruned::is_empty")]
     pub wal_pruned: crate::wal::WalPruned,
+    /// Gaps in a physical job's WAL archive that cut base backups: those
+    /// backups count as unverified (in `states`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wal_gaps: Vec<crate::wal_chain::WalGap>,
 }
 
 /// A backup kept past its policy because its object lock has not expired.
@@ -95,6 +104,9 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Backups deleted per batch ([`DELETE_BATCH`]).
     pub batch: usize,
+    /// A physical job (so is any job with a WAL archive): base backups
+    /// are judged against the archive, and it is pruned with them.
+    pub physical: bool,
 }
 
 /// Runs the policy at the clock's time (and, unless `dry_run`, deletes and
@@ -127,10 +139,12 @@ async fn prune_once(
         object_lock,
         dry_run,
         batch,
+        physical,
     } = *opts;
     let job = job.as_str();
     let prefix = format!("{job}/");
-    let listed = list_job(repo, job).await?;
+    let (listed, wal_seen) = list_job_and_wal(repo, job).await?;
+    let physical = physical || wal_seen.files > 0;
 
     let mut states = BTreeMap::new();
     let mut candidates = Vec::new();
@@ -166,6 +180,11 @@ async fn prune_once(
             pinned: l.pinned,
         });
     }
+    let (manifests, archived, wal_gaps) = if physical {
+        judge_wal(repo, job, &listed, &mut states, &mut candidates).await?
+    } else {
+        Default::default()
+    };
     let decisions = retention::apply(policy, &candidates, now);
 
     let mut report = PruneReport {
@@ -179,6 +198,7 @@ async fn prune_once(
         orphans: Vec::new(),
         stale_uploads: Vec::new(),
         wal_pruned: Default::default(),
+        wal_gaps,
     };
     let cutoff = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     for l in listed.values().filter(|l| !l.committed) {
@@ -226,14 +246,14 @@ async fn prune_once(
     } else {
         doomed = to_delete;
     }
-    let kept: Vec<&str> = report
+    let kept = report
         .decisions
         .iter()
         .filter(|d| d.keep)
         .map(|d| d.id.as_str())
         .chain(report.locked.iter().map(|l| l.id.as_str()))
-        .collect();
-    let (wal_pruned, wal_keys) = crate::wal::prunable(repo, job, &kept).await?;
+        .filter_map(|id| manifests.get(id));
+    let (wal_pruned, wal_keys) = crate::wal::prunable(&archived, kept);
     report.wal_pruned = wal_pruned;
     if dry_run {
         return Ok(report);
@@ -270,6 +290,65 @@ async fn prune_once(
         tracing::info!(job, files = wal_keys.len(), before = ?report.wal_pruned.before, "wal-pruned");
     }
     Ok(report)
+}
+
+/// A physical job's manifests and archive, and the gaps that cut its
+/// base backups: a verified base backup a gap cuts counts as unverified
+/// (kept while no newer one is verified, like one awaiting its drill;
+/// `refugio pin` keeps it for the points before the gap). An unreadable
+/// manifest stops the prune: without its start LSN no WAL may go.
+async fn judge_wal(
+    repo: &Repository,
+    job: &str,
+    listed: &BTreeMap<String, Listed>,
+    states: &mut BTreeMap<String, State>,
+    candidates: &mut [Candidate],
+) -> Result<(
+    BTreeMap<String, Manifest>,
+    Vec<crate::wal::WalObject>,
+    Vec<crate::wal_chain::WalGap>,
+)> {
+    let ids: Vec<String> = listed
+        .iter()
+        .filter(|(_, l)| l.committed)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut reads = futures::stream::iter(ids)
+        .map(|id| async move {
+            let m = repo.read_manifest(job, &id).await;
+            (id, m)
+        })
+        .buffer_unordered(16);
+    let mut manifests = BTreeMap::new();
+    while let Some((id, m)) = reads.next().await {
+        if let Some(m) = m? {
+            manifests.insert(id, m);
+        }
+    }
+    drop(reads);
+    let archived = crate::wal::list(repo, job).await?;
+    let bases: Vec<BaseNeeds> = manifests.values().filter_map(BaseNeeds::of).collect();
+    let chain = crate::wal_chain::continuity(&archived, &bases);
+    let gaps: Vec<_> = chain
+        .gaps
+        .into_iter()
+        .filter(|g| !g.backups.is_empty())
+        .collect();
+    for g in &gaps {
+        for id in &g.backups {
+            if states.get(id) == Some(&State::Verified) {
+                tracing::warn!(job, backup = %id, timeline = g.timeline, from = %g.from, to = %g.to,
+                    pending = g.pending, "wal-gap: the base backup counts as unverified");
+                states.insert(id.clone(), State::Unverified);
+            }
+        }
+    }
+    for c in candidates.iter_mut() {
+        if let Some(s) = states.get(&c.id) {
+            c.state = *s;
+        }
+    }
+    Ok((manifests, archived, gaps))
 }
 
 /// Deletes one batch of backups: their manifests (one request), then the

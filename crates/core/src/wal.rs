@@ -154,22 +154,13 @@ impl WalPruned {
 /// and `.backup` files) numbered before the oldest kept base backup's
 /// start segment, on any timeline (recovery only reads forward from a
 /// backup's start). History files always stay. Nothing goes when no kept
-/// backup is a physical one. Reads the kept backups' manifests (only when
-/// the job has an archive).
-pub async fn prunable(
-    repo: &Repository,
-    job: &str,
-    kept: &[&str],
-) -> Result<(WalPruned, Vec<String>)> {
-    let archived = list(repo, job).await?;
-    if archived.is_empty() {
-        return Ok((WalPruned::default(), Vec::new()));
-    }
+/// backup is a physical one.
+pub fn prunable<'a>(
+    archived: &[WalObject],
+    kept: impl IntoIterator<Item = &'a refugio_store::manifest::Manifest>,
+) -> (WalPruned, Vec<String>) {
     let mut oldest: Option<(u64, u64, String)> = None;
-    for id in kept {
-        let Some(m) = repo.read_manifest(job, id).await? else {
-            continue;
-        };
+    for m in kept {
         let Some(p) = &m.physical else { continue };
         let Some(start) = refugio_dump::wal::Lsn::parse(&p.start_lsn) else {
             continue;
@@ -181,21 +172,21 @@ pub async fn prunable(
         }
     }
     let Some((first, size, name)) = oldest else {
-        return Ok((WalPruned::default(), Vec::new()));
+        return (WalPruned::default(), Vec::new());
     };
     let doomed: Vec<&WalObject> = archived
         .iter()
         .filter(|o| o.name.kind != refugio_dump::wal::WalKind::History)
         .filter(|o| o.name.segment_number(size) < first)
         .collect();
-    Ok((
+    (
         WalPruned {
             files: doomed.len() as u64,
             bytes: doomed.iter().map(|o| o.size).sum(),
             before: Some(name),
         },
         doomed.iter().map(|o| o.key.clone()).collect(),
-    ))
+    )
 }
 
 /// What `wal-push` is to archive.

@@ -4,9 +4,19 @@
 //! there, and every later timeline must be whole from its first archived
 //! segment to its newest. A missing segment is a gap, named by its first
 //! and last segment; a base backup before a gap cannot be recovered past
-//! it. Timeline history files are not read (they may be encrypted and a
-//! check decrypts nothing): where a timeline begins is its first archived
-//! segment.
+//! it.
+//!
+//! Timelines are taken as one line, each promoted from the one before (a
+//! recovery to `latest` follows them all): a gap on a later timeline cuts
+//! every base backup on an earlier one, and where one timeline ends and
+//! the next begins nothing may be missing (the next one begins at the old
+//! timeline's `.partial` segment when the promoted server archived it, and
+//! at most one segment after the old timeline's last one otherwise).
+//! History files are not read (they may be encrypted and a check decrypts
+//! nothing). A gap at the end of the newest timeline, after everything
+//! archived, is *pending*: the WAL may not have been archived yet (a base
+//! backup from a standby ends before the primary's next segment switch),
+//! so it is not counted as damage, only as "could not check".
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,6 +62,10 @@ pub struct WalGap {
     pub segments: u64,
     /// Base backups whose recovery passes through it.
     pub backups: Vec<String>,
+    /// Nothing newer is archived: the WAL may still be on its way (not
+    /// damage yet, but no backup it cuts can count as verified).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// The archive as the check saw it.
@@ -70,9 +84,21 @@ pub struct WalChain {
 }
 
 impl WalChain {
-    /// Gaps and conflicts: damage.
+    /// Gaps (not pending ones) and conflicts: damage.
     pub fn damage_count(&self) -> u64 {
-        (self.gaps.len() + self.conflicts.len()) as u64
+        (self.gaps.iter().filter(|g| !g.pending).count() + self.conflicts.len()) as u64
+    }
+
+    /// Gaps at the archive's end that may still be filled.
+    pub fn pending(&self) -> impl Iterator<Item = &WalGap> {
+        self.gaps.iter().filter(|g| g.pending)
+    }
+
+    /// Gaps that cut `backup_id`.
+    pub fn cutting<'a>(&'a self, backup_id: &'a str) -> impl Iterator<Item = &'a WalGap> {
+        self.gaps
+            .iter()
+            .filter(move |g| g.backups.iter().any(|b| b == backup_id))
     }
 }
 
@@ -85,6 +111,8 @@ pub fn continuity(objects: &[WalObject], bases: &[BaseNeeds]) -> WalChain {
         ..WalChain::default()
     };
     let mut present: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    // The newest `.partial` of each timeline: where the next one began.
+    let mut partial: BTreeMap<u32, u64> = BTreeMap::new();
     let mut digests: BTreeMap<&str, &str> = BTreeMap::new();
     let mut newest: Option<(u32, u64, &WalObject)> = None;
     for o in objects {
@@ -96,6 +124,10 @@ pub fn continuity(objects: &[WalObject], bases: &[BaseNeeds]) -> WalChain {
         if matches!(o.name.kind, WalKind::Segment | WalKind::Partial) {
             let n = o.name.segment_number(segment_size);
             present.entry(o.name.timeline).or_default().insert(n);
+            if o.name.kind == WalKind::Partial {
+                let p = partial.entry(o.name.timeline).or_insert(n);
+                *p = (*p).max(n);
+            }
             if o.name.kind == WalKind::Segment
                 && newest.is_none_or(|(tl, seg, _)| (o.name.timeline, n) > (tl, seg))
             {
@@ -107,18 +139,36 @@ pub fn continuity(objects: &[WalObject], bases: &[BaseNeeds]) -> WalChain {
         chain.newest = Some(o.name.name.clone());
         chain.newest_at = o.last_modified;
     }
+    // A gap on `tl` from..=to cuts the base backups on `tl` that start
+    // before its end, and every one on an earlier timeline.
+    let gap = |tl: u32, from: u64, to: u64, pending: bool| WalGap {
+        timeline: tl,
+        from: segment_name(tl, from, segment_size),
+        to: segment_name(tl, to, segment_size),
+        segments: to - from + 1,
+        backups: bases
+            .iter()
+            .filter(|b| {
+                b.timeline < tl || (b.timeline == tl && b.start.segment(segment_size) <= to)
+            })
+            .map(|b| b.backup_id.clone())
+            .collect(),
+        pending,
+    };
+    let newest_tl = present.keys().next_back().copied().unwrap_or(0);
+    // Missing runs: (timeline, first, last, pending).
+    let mut runs: Vec<(u32, u64, u64, bool)> = Vec::new();
     let mut timelines: BTreeSet<u32> = present.keys().copied().collect();
     timelines.extend(bases.iter().map(|b| b.timeline));
     for tl in timelines {
         let have = present.get(&tl).cloned().unwrap_or_default();
-        let on_tl: Vec<&BaseNeeds> = bases.iter().filter(|b| b.timeline == tl).collect();
+        let on_tl = bases.iter().filter(|b| b.timeline == tl);
         let first = on_tl
-            .iter()
+            .clone()
             .map(|b| b.start.segment(segment_size))
             .chain(have.first().copied())
             .min();
         let last = on_tl
-            .iter()
             .map(|b| b.stop.segment(segment_size))
             .chain(have.last().copied())
             .max();
@@ -126,33 +176,51 @@ pub fn continuity(objects: &[WalObject], bases: &[BaseNeeds]) -> WalChain {
             continue;
         };
         let mut run: Option<(u64, u64)> = None;
-        let close = |run: (u64, u64), chain: &mut WalChain| {
-            let (from, to) = run;
-            chain.gaps.push(WalGap {
-                timeline: tl,
-                from: segment_name(tl, from, segment_size),
-                to: segment_name(tl, to, segment_size),
-                segments: to - from + 1,
-                backups: on_tl
-                    .iter()
-                    .filter(|b| b.start.segment(segment_size) <= to)
-                    .map(|b| b.backup_id.clone())
-                    .collect(),
-            });
-        };
         for n in first..=last {
             if have.contains(&n) {
-                if let Some(r) = run.take() {
-                    close(r, &mut chain);
+                if let Some((a, b)) = run.take() {
+                    runs.push((tl, a, b, false));
                 }
             } else {
                 run = Some(run.map_or((n, n), |(a, _)| (a, n)));
             }
         }
-        if let Some(r) = run {
-            close(r, &mut chain);
+        // Past everything archived on the newest timeline: maybe not yet.
+        if let Some((a, b)) = run {
+            runs.push((tl, a, b, tl >= newest_tl));
         }
     }
+    // Where one timeline hands over to the next.
+    let archived: Vec<(&u32, &BTreeSet<u64>)> = present.iter().collect();
+    for pair in archived.windows(2) {
+        let ((&old, old_have), (&new, new_have)) = (pair[0], pair[1]);
+        let (Some(&old_last), Some(&new_first)) = (old_have.last(), new_have.first()) else {
+            continue;
+        };
+        match partial.get(&old) {
+            Some(&switch) if new_first > switch => runs.push((new, switch, new_first - 1, false)),
+            None if new_first > old_last + 1 => {
+                runs.push((old, old_last + 1, new_first - 1, false))
+            }
+            _ => {}
+        }
+    }
+    // A switch gap may overlap one found on its timeline: one gap.
+    runs.sort_unstable();
+    let mut merged: Vec<(u32, u64, u64, bool)> = Vec::new();
+    for (tl, from, to, pending) in runs {
+        match merged.last_mut() {
+            Some(m) if m.0 == tl && from <= m.2 + 1 => {
+                m.2 = m.2.max(to);
+                m.3 &= pending;
+            }
+            _ => merged.push((tl, from, to, pending)),
+        }
+    }
+    chain.gaps = merged
+        .into_iter()
+        .map(|(tl, from, to, pending)| gap(tl, from, to, pending))
+        .collect();
     chain
 }
 
@@ -218,25 +286,94 @@ mod tests {
                     to: "000000010000000000000006".into(),
                     segments: 2,
                     backups: vec!["old".into()],
+                    pending: false,
                 },
                 WalGap {
                     timeline: 2,
                     from: "00000002000000000000000B".into(),
                     to: "00000002000000000000000B".into(),
                     segments: 1,
-                    backups: vec![],
+                    // Recovery to latest from either follows timeline 2.
+                    backups: vec!["old".into(), "new".into()],
+                    pending: false,
                 }
             ]
         );
     }
 
     #[test]
-    fn a_backup_whose_wal_never_arrived_is_a_gap() {
+    fn wal_not_archived_yet_is_a_pending_gap() {
         let c = continuity(&segs(1, 1..=3), &[base("b", 1, 5, 6)]);
         assert_eq!(c.gaps.len(), 1);
         assert_eq!(c.gaps[0].from, "000000010000000000000004");
         assert_eq!(c.gaps[0].to, "000000010000000000000006");
         assert_eq!(c.gaps[0].backups, vec!["b".to_string()]);
+        assert!(c.gaps[0].pending);
+        assert_eq!(c.damage_count(), 0, "not damage yet");
+        assert_eq!(c.pending().count(), 1);
+        assert_eq!(c.cutting("b").count(), 1);
+    }
+
+    #[test]
+    fn the_end_of_an_older_timeline_is_not_pending() {
+        // The backup's WAL on timeline 1 never came, and timeline 2 has
+        // moved on: it will not come.
+        let mut o = segs(1, 1..=3);
+        o.extend(segs(2, 7..=8));
+        let c = continuity(&o, &[base("b", 1, 2, 5)]);
+        let g: Vec<_> = c
+            .gaps
+            .iter()
+            .map(|g| (g.timeline, g.segments, g.pending))
+            .collect();
+        // 4..5 short of the backup's stop, and 6 before timeline 2 begins.
+        assert_eq!(g, vec![(1, 3, false)], "{:?}", c.gaps);
+        assert_eq!(c.damage_count(), 1);
+    }
+
+    #[test]
+    fn a_missing_segment_at_a_timeline_switch_is_a_gap() {
+        // Promoted at segment 5: timeline 1's 5 is archived as .partial,
+        // timeline 2 begins at 5, but its 5 and 6 are lost.
+        let mut o = segs(1, 1..=4);
+        o.push(obj("000000010000000000000005.partial", "p"));
+        o.push(obj("00000002.history", "h"));
+        o.extend(segs(2, 7..=9));
+        let c = continuity(&o, &[base("b", 1, 2, 2)]);
+        assert_eq!(c.gaps.len(), 1, "{:?}", c.gaps);
+        let g = &c.gaps[0];
+        assert_eq!(
+            (g.timeline, g.from.as_str(), g.to.as_str()),
+            (2, "000000020000000000000005", "000000020000000000000006")
+        );
+        assert_eq!(g.backups, vec!["b".to_string()]);
+        assert!(!g.pending);
+
+        // Whole: timeline 2 begins at the .partial's segment.
+        let mut o = segs(1, 1..=4);
+        o.push(obj("000000010000000000000005.partial", "p"));
+        o.extend(segs(2, 5..=9));
+        assert_eq!(continuity(&o, &[base("b", 1, 2, 2)]).gaps, vec![]);
+
+        // Without a .partial (the old primary's last segments lost with
+        // it): timeline 2 may begin one segment after timeline 1's last.
+        let mut o = segs(1, 1..=4);
+        o.extend(segs(2, 5..=9));
+        assert_eq!(continuity(&o, &[base("b", 1, 2, 2)]).gaps, vec![]);
+        let mut o = segs(1, 1..=4);
+        o.extend(segs(2, 8..=9));
+        let c = continuity(&o, &[base("b", 1, 2, 2), base("after", 2, 8, 8)]);
+        assert_eq!(c.gaps.len(), 1, "{:?}", c.gaps);
+        let g = &c.gaps[0];
+        assert_eq!(
+            (g.timeline, g.from.as_str(), g.to.as_str()),
+            (1, "000000010000000000000005", "000000010000000000000007")
+        );
+        assert_eq!(
+            g.backups,
+            vec!["b".to_string()],
+            "a base backup on timeline 2 is not cut"
+        );
     }
 
     #[test]

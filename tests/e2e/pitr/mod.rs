@@ -467,13 +467,16 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     );
     drop(across);
 
-    // Retention: every base backup is kept (none is verified yet), and
-    // the WAL before the oldest one's start goes; history files stay.
+    // Retention: the drilled base backup is verified and kept, and the
+    // WAL before its start goes; history files stay.
+    let id = m["backup_id"].as_str().unwrap_or("?");
     let out = refugio_ok(
         &["--config", &s.cfg(), "prune", "--keep-last", "1", "--json"],
         &s.env,
     )?;
     let pruned: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(pruned[0]["states"][id], "verified", "{pruned}");
+    assert!(pruned[0].get("wal_gaps").is_none(), "{pruned}");
     let pruned = &pruned[0]["wal_pruned"];
     let start = m["physical"]["start_lsn"].as_str().unwrap_or_default();
     let start_seg = refugio_dump::wal::Lsn::parse(start)
@@ -536,9 +539,37 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
             && r["failures"].to_string().contains(&victim.name.name),
         "{r}"
     );
+    // Its earlier drills passed, but with a gap in its chain it no longer
+    // counts as verified for retention (kept: nothing newer is verified).
+    let out = refugio_ok(
+        &[
+            "--config",
+            &s.cfg(),
+            "prune",
+            "--keep-last",
+            "1",
+            "--dry-run",
+            "--json",
+        ],
+        &s.env,
+    )?;
+    let pruned: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(pruned[0]["states"][id], "unverified", "{pruned}");
+    assert_eq!(
+        pruned[0]["wal_gaps"][0]["from"], victim.name.name,
+        "{pruned}"
+    );
+    assert_eq!(pruned[0]["wal_gaps"][0]["backups"][0], id, "{pruned}");
+    let decision = pruned[0]["decisions"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["id"] == id))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(decision["keep"], true, "{pruned}");
     drop(src);
     Ok(())
 }
 
+mod faults;
 mod standby;
 mod wal_commands;

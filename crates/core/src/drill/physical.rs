@@ -119,18 +119,24 @@ async fn judge_archive(
         return Ok(None);
     };
     let chain = continuity(&objects, std::slice::from_ref(&needs));
-    for gap in chain
-        .gaps
-        .iter()
-        .filter(|g| g.backups.contains(&manifest.backup_id))
-    {
-        tally.bad(
-            receipt,
-            format!(
-                "WAL GAP on timeline {}: {}..{} ({} segment(s)) missing from the archive; base backup {} cannot be recovered past it",
-                gap.timeline, gap.from, gap.to, gap.segments, manifest.backup_id
-            ),
-        );
+    for gap in chain.cutting(&manifest.backup_id) {
+        if gap.pending {
+            tally.unsure(
+                receipt,
+                format!(
+                    "WAL not archived yet on timeline {}: {}..{} ({} segment(s)), which base backup {} needs, are not in the archive and nothing newer is (a base backup from a standby ends before the primary's next segment switch; the next drill looks again)",
+                    gap.timeline, gap.from, gap.to, gap.segments, manifest.backup_id
+                ),
+            );
+        } else {
+            tally.bad(
+                receipt,
+                format!(
+                    "WAL GAP on timeline {}: {}..{} ({} segment(s)) missing from the archive; base backup {} cannot be recovered past it",
+                    gap.timeline, gap.from, gap.to, gap.segments, manifest.backup_id
+                ),
+            );
+        }
     }
     for name in &chain.conflicts {
         tally.bad(
@@ -390,6 +396,11 @@ async fn wait_promoted(
 /// is not among them: a time after the archive's last commit ends so,
 /// whatever the backup.
 fn recovery_failed_on_the_data(log: &str) -> bool {
+    // A fetch that failed comes first: what the server said after it is
+    // about WAL it never got.
+    if log.contains("could not restore file") {
+        return false;
+    }
     [
         "WAL ends before end of online backup",
         "WAL ends before consistent recovery point",
@@ -416,6 +427,9 @@ mod tests {
         ));
         assert!(!recovery_failed_on_the_data(
             "FATAL:  could not restore file \"000000010000000000000005\" from archive: command failed with exit code 126"
+        ));
+        assert!(!recovery_failed_on_the_data(
+            "FATAL:  could not restore file \"000000010000000000000005\" from archive: command failed with exit code 126\nLOG:  could not locate a valid checkpoint record"
         ));
     }
 }
