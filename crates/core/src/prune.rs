@@ -293,9 +293,12 @@ async fn prune_once(
 }
 
 /// A physical job's manifests and archive, and the gaps that cut its
-/// base backups: a verified base backup a gap cuts counts as unverified
-/// (kept while no newer one is verified, like one awaiting its drill;
-/// `refugio pin` keeps it for the points before the gap). An unreadable
+/// base backups: a base backup a gap cuts counts as unverified, whatever
+/// its drills said. Not verified: it cannot be recovered past the gap.
+/// Not failed either: its drill failed on the archive, not on its data,
+/// and it still recovers to the points before the gap; so it is kept
+/// while no newer base backup is verified, like one awaiting its drill
+/// (`refugio pin` keeps it longer). An unreadable
 /// manifest stops the prune: without its start LSN no WAL may go.
 async fn judge_wal(
     repo: &Repository,
@@ -336,7 +339,7 @@ async fn judge_wal(
         .collect();
     for g in &gaps {
         for id in &g.backups {
-            if states.get(id) == Some(&State::Verified) {
+            if matches!(states.get(id), Some(State::Verified | State::Failed)) {
                 tracing::warn!(job, backup = %id, timeline = g.timeline, from = %g.from, to = %g.to,
                     pending = g.pending, "wal-gap: the base backup counts as unverified");
                 states.insert(id.clone(), State::Unverified);

@@ -504,11 +504,21 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
             .is_some_and(|n| n.starts_with("00000002")),
         "{wal}"
     );
+    // A second base backup; a segment after its start deleted: the gap
+    // cuts both base backups.
+    let out = refugio_ok(&["--config", &s.cfg(), "backup", "--json"], &s.env)?;
+    let m2: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(m2["physical"]["timeline"], 1, "{m2}");
+    let id2 = m2["backup_id"].as_str().unwrap_or("?");
+    for _ in 0..2 {
+        ticks(&src, 5).await?;
+        switch_and_wait(&src).await?;
+    }
     let store = open_s3(&target, &s.prefix).await?;
     let objects =
         refugio_core::wal::list(&refugio_store::repo::Repository::new(store.clone()), "main")
             .await?;
-    let start = m["physical"]["start_lsn"].as_str().unwrap_or_default();
+    let start = m2["physical"]["start_lsn"].as_str().unwrap_or_default();
     let start_seg = refugio_dump::wal::Lsn::parse(start)
         .context("start_lsn")?
         .segment(16 << 20);
@@ -527,20 +537,24 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     assert!(
         text.contains("WAL GAP")
             && text.contains(&victim.name.name)
-            && text.contains(m["backup_id"].as_str().unwrap_or("?")),
-        "the gap is named with the base backup it cuts: {text}"
+            && text.contains(id)
+            && text.contains(id2),
+        "the gap is named with the base backups it cuts: {text}"
     );
 
-    // The drill of that base backup is failed: it cannot be recovered
-    // past the gap (judged from the listing, nothing restored).
+    // The drill of the newest base backup is failed: it cannot be
+    // recovered past the gap (judged from the listing, nothing restored).
     let r = drill(&s, &[], 1, "failed")?;
     assert!(
         r["failures"].to_string().contains("WAL GAP")
             && r["failures"].to_string().contains(&victim.name.name),
         "{r}"
     );
-    // Its earlier drills passed, but with a gap in its chain it no longer
-    // counts as verified for retention (kept: nothing newer is verified).
+    // With a gap in their chain, neither counts as verified for retention
+    // (the first one's drills passed), nor as failed (the second one's
+    // drill failed on the archive, and it still recovers to the points
+    // before the gap): both unverified, both kept while nothing newer is
+    // verified.
     let out = refugio_ok(
         &[
             "--config",
@@ -554,22 +568,28 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
         &s.env,
     )?;
     let pruned: serde_json::Value = serde_json::from_str(&out)?;
-    assert_eq!(pruned[0]["states"][id], "unverified", "{pruned}");
-    assert_eq!(
-        pruned[0]["wal_gaps"][0]["from"], victim.name.name,
-        "{pruned}"
-    );
-    assert_eq!(pruned[0]["wal_gaps"][0]["backups"][0], id, "{pruned}");
-    let decision = pruned[0]["decisions"]
-        .as_array()
-        .and_then(|d| d.iter().find(|d| d["id"] == id))
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(decision["keep"], true, "{pruned}");
+    let gap = &pruned[0]["wal_gaps"][0];
+    assert_eq!(gap["from"], victim.name.name, "{pruned}");
+    for b in [id, id2] {
+        assert_eq!(pruned[0]["states"][b], "unverified", "{b}: {pruned}");
+        assert!(
+            gap["backups"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == b)),
+            "{b}: {pruned}"
+        );
+        let decision = pruned[0]["decisions"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["id"] == b))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(decision["keep"], true, "{b}: {pruned}");
+    }
     drop(src);
     Ok(())
 }
 
+mod both_kinds;
 mod faults;
 mod standby;
 mod wal_commands;
