@@ -44,7 +44,7 @@ async fn a_store_failing_during_recovery_makes_the_drill_inconclusive() -> Resul
             .path_contains("/wal/")
             .respond(403, "<Error><Code>AccessDenied</Code></Error>"),
     );
-    let r = drill(&s, &[], 3, "inconclusive")?;
+    let r = drill(&s, &[], 1, "inconclusive")?;
     assert!(
         proxy.stats(refuse).injected > 0,
         "the drill's recovery asked the store for WAL"

@@ -116,8 +116,9 @@ async fn one(c: &Cluster, sql: &str) -> Result<String> {
 /// Switches to a new segment and waits until the archiver stored the
 /// one that was current.
 async fn switch_and_wait(c: &Cluster) -> Result<()> {
-    let name = one(c, "SELECT pg_walfile_name(pg_current_wal_lsn())").await?;
-    one(c, "SELECT pg_switch_wal()").await?;
+    // The segment the switch completed (its end, +1, names it); the
+    // current LSN's file would be one too early right after a switch.
+    let name = one(c, "SELECT pg_walfile_name(pg_switch_wal())").await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let last = one(
@@ -510,18 +511,28 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     let m2: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(m2["physical"]["timeline"], 1, "{m2}");
     let id2 = m2["backup_id"].as_str().unwrap_or("?");
-    for _ in 0..2 {
-        ticks(&src, 5).await?;
-        switch_and_wait(&src).await?;
-    }
-    let store = open_s3(&target, &s.prefix).await?;
-    let objects =
-        refugio_core::wal::list(&refugio_store::repo::Repository::new(store.clone()), "main")
-            .await?;
     let start = m2["physical"]["start_lsn"].as_str().unwrap_or_default();
     let start_seg = refugio_dump::wal::Lsn::parse(start)
         .context("start_lsn")?
         .segment(16 << 20);
+    let store = open_s3(&target, &s.prefix).await?;
+    // Until a segment after the victim is archived (so that its loss is
+    // a gap, not the archive's end).
+    let mut objects = Vec::new();
+    for _ in 0..10 {
+        ticks(&src, 5).await?;
+        switch_and_wait(&src).await?;
+        objects =
+            refugio_core::wal::list(&refugio_store::repo::Repository::new(store.clone()), "main")
+                .await?;
+        if objects.iter().any(|o| {
+            o.name.timeline == 1
+                && o.name.kind == refugio_dump::wal::WalKind::Segment
+                && o.name.segment_number(16 << 20) > start_seg + 1
+        }) {
+            break;
+        }
+    }
     let victim = objects
         .iter()
         .find(|o| {
@@ -533,7 +544,13 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     store.delete(&victim.key).await?;
     let out = refugio(&["--config", &s.cfg(), "check"], &s.env);
     let text = all_output(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let names: Vec<&str> = objects.iter().map(|o| o.name.name.as_str()).collect();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}\nvictim {}, m2 {m2}, archive {names:?}",
+        victim.name.name
+    );
     assert!(
         text.contains("WAL GAP")
             && text.contains(&victim.name.name)
