@@ -373,6 +373,7 @@ mod tests {
                 files: 3,
                 bytes: 4096,
                 last_archived: Some(t(1_790_000_000)),
+                objects: Vec::new(),
             },
         );
         // The first reading is the baseline; growth counts; a stats reset

@@ -39,6 +39,8 @@ pub struct WalSeen {
     /// When the newest archived object was stored: the newest point a
     /// recovery can reach.
     pub last_archived: Option<DateTime<Utc>>,
+    /// The archived files themselves (for continuity).
+    pub objects: Vec<crate::wal::WalObject>,
 }
 
 /// The start time encoded in a backup id (`20261128T060000Z[-n]`).
@@ -69,6 +71,11 @@ pub(crate) async fn list_job_and_wal(
             wal.files += 1;
             wal.bytes += o.size;
             wal.last_archived = wal.last_archived.max(o.last_modified);
+            wal.objects.extend(crate::wal::WalObject::from_listed(
+                &o.key,
+                o.size,
+                o.last_modified,
+            ));
             continue;
         }
         let entry = listed.entry(id.to_string()).or_default();

@@ -19,6 +19,8 @@ pub struct JobStatus {
     pub newest: Option<(String, DateTime<Utc>)>,
     /// Recovery point of the newest backup a drill verified: the time of
     /// its data (a lagging standby's backup is older than its start).
+    /// None for a physical job whose newest verified base backup a WAL
+    /// gap cuts (so is every older one).
     pub newest_verified: Option<DateTime<Utc>>,
     /// The id of that backup.
     pub newest_verified_id: Option<String>,
@@ -59,9 +61,21 @@ pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
         }
     }
     // Its manifest knows the data's time (one read, only of that backup).
-    if let Some(id) = &st.newest_verified_id {
-        if let Some(m) = repo.read_manifest(job, id).await? {
+    if let Some(id) = st.newest_verified_id.clone() {
+        if let Some(m) = repo.read_manifest(job, &id).await? {
             st.newest_verified = Some(m.recovery_point());
+            // A base backup a WAL gap cuts is not verified any more, nor
+            // is any older one (the gap cuts every base backup before it).
+            if let Some(needs) = crate::wal_chain::BaseNeeds::of(&m) {
+                let chain = crate::wal_chain::continuity(&st.wal.objects, &[needs]);
+                let cut = chain.cutting(&id).next().cloned();
+                if let Some(g) = cut {
+                    tracing::warn!(job, backup = %id, timeline = g.timeline, from = %g.from, to = %g.to,
+                        "wal-gap: no base backup counts as verified");
+                    st.newest_verified = None;
+                    st.newest_verified_id = None;
+                }
+            }
         }
     }
     Ok(st)

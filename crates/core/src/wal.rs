@@ -94,25 +94,34 @@ async fn list_under(repo: &Repository, prefix: &str) -> Result<Vec<WalObject>> {
     let mut out = Vec::new();
     let mut objects = repo.store().list(prefix);
     while let Some(o) = objects.try_next().await? {
-        let Some(rest) = o.key.rsplit('/').next() else {
-            continue;
-        };
-        if let Some((name, sha256, compression, encrypted)) = parse_object_name(rest) {
-            // A file in the folder of another timeline is not ours to read.
-            if o.key.ends_with(&format!("/{}/{rest}", name.timeline_dir())) {
-                out.push(WalObject {
-                    key: o.key.clone(),
-                    name,
-                    sha256,
-                    compression,
-                    encrypted,
-                    size: o.size,
-                    last_modified: o.last_modified,
-                });
-            }
-        }
+        out.extend(WalObject::from_listed(&o.key, o.size, o.last_modified));
     }
     Ok(out)
+}
+
+impl WalObject {
+    /// The archived file a listed key names; None for any other key.
+    pub fn from_listed(
+        key: &str,
+        size: u64,
+        last_modified: Option<DateTime<Utc>>,
+    ) -> Option<WalObject> {
+        let rest = key.rsplit('/').next()?;
+        let (name, sha256, compression, encrypted) = parse_object_name(rest)?;
+        // A file in the folder of another timeline is not ours to read.
+        if !key.ends_with(&format!("/{}/{rest}", name.timeline_dir())) {
+            return None;
+        }
+        Some(WalObject {
+            key: key.to_string(),
+            name,
+            sha256,
+            compression,
+            encrypted,
+            size,
+            last_modified,
+        })
+    }
 }
 
 /// The stored objects of one file name (normally one).

@@ -541,7 +541,15 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
                 && o.name.segment_number(16 << 20) == start_seg + 1
         })
         .context("the segment after the base backup's start")?;
+    let repo = refugio_store::repo::Repository::new(store.clone());
+    let before = refugio_core::status(&repo, "main").await?;
+    assert_eq!(before.newest_verified_id.as_deref(), Some(id), "{before:?}");
     store.delete(&victim.key).await?;
+    // The agent's view (metrics, readiness): no base backup counts as
+    // verified once a gap cuts the newest verified one.
+    let after = refugio_core::status(&repo, "main").await?;
+    assert_eq!(after.newest_verified_id, None, "{after:?}");
+    assert!(after.newest_verified.is_none(), "{after:?}");
     let out = refugio(&["--config", &s.cfg(), "check"], &s.env);
     let text = all_output(&out);
     let names: Vec<&str> = objects.iter().map(|o| o.name.name.as_str()).collect();
