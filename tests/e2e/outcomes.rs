@@ -191,7 +191,7 @@ async fn a_scratch_server_lost_mid_drill_is_inconclusive_and_prune_keeps_the_bac
     let out = child.wait_with_output()?;
     let text = all_output(&out);
     proxy.set(Slowdown::NONE);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(out.status.code(), Some(3), "{text}");
     let r: Value = serde_json::from_slice(&out.stdout).with_context(|| text.clone())?;
     assert_eq!(r["outcome"], "inconclusive", "{r}");
     assert_eq!(r["verified"], false);
@@ -240,7 +240,7 @@ async fn a_scratch_server_lost_mid_drill_is_inconclusive_and_prune_keeps_the_bac
     );
     observed(
         8,
-        "scratch server stopped mid-restore: verify exit 1, receipt outcome inconclusive, verified false; prune kept the backup",
+        "scratch server stopped mid-restore: verify exit 3, receipt outcome inconclusive, verified false; prune kept the backup",
     );
     Ok(())
 }

@@ -230,7 +230,7 @@ async fn an_archived_backup_needs_a_thaw_and_its_drill_is_inconclusive() -> Resu
         &env,
     );
     let text = all_output(&out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(out.status.code(), Some(3), "{text}");
     let receipt: Value = serde_json::from_slice(&out.stdout).with_context(|| text.clone())?;
     assert_eq!(receipt["outcome"], "inconclusive", "{receipt}");
     assert!(

@@ -143,9 +143,10 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
             println!("  FAIL {f}");
         }
     }
-    Ok(if receipt.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    Ok(match (receipt.passed, receipt.outcome()) {
+        (true, _) => ExitCode::SUCCESS,
+        // Could not check, as `refugio check` says it: not a bad backup.
+        (false, Outcome::Inconclusive) => ExitCode::from(3),
+        (false, _) => ExitCode::from(1),
     })
 }

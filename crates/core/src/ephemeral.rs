@@ -50,7 +50,9 @@ fn server_cmd(tool: &Path, dir: &Path) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(tool);
     c.current_dir(dir).stdin(Stdio::null());
     if as_root() {
-        c.uid(NOBODY).gid(NOBODY);
+        // Root's HOME is not the server's: its children (restore_command)
+        // would stumble over root's ~/.pgpass and ~/.aws.
+        c.uid(NOBODY).gid(NOBODY).env("HOME", dir);
     }
     c
 }
@@ -290,6 +292,40 @@ impl EphemeralCluster {
             .map_err(|e| err(format!("starting {}: {e}", postgres.display())))?;
         self.server = Some(child);
         Ok(())
+    }
+
+    /// Runs `command` with `sh -c` as the server runs its
+    /// `restore_command`: its user and environment, in the cluster's
+    /// directory; killed after `limit`.
+    pub async fn run_as_server(
+        &self,
+        command: &str,
+        limit: Duration,
+    ) -> Result<std::process::Output> {
+        let run = server_cmd(Path::new("/bin/sh"), &self.dir)
+            .arg("-c")
+            .arg(command)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(limit, run).await {
+            Ok(out) => out.map_err(|e| err(format!("running /bin/sh -c {command}: {e}"))),
+            Err(_) => Err(err(format!(
+                "{command} did not finish within {}s",
+                limit.as_secs()
+            ))),
+        }
+    }
+
+    /// A path in the cluster's directory (writable by the server's user).
+    pub fn scratch_path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The server's user when refugio runs as root (uid 65534), else None.
+    pub fn server_uid() -> Option<u32> {
+        as_root().then_some(NOBODY)
     }
 
     /// Connection to a database of this cluster.

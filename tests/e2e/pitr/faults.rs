@@ -44,7 +44,7 @@ async fn a_store_failing_during_recovery_makes_the_drill_inconclusive() -> Resul
             .path_contains("/wal/")
             .respond(403, "<Error><Code>AccessDenied</Code></Error>"),
     );
-    let r = drill(&s, &[], 1, "inconclusive")?;
+    let r = drill(&s, &[], 3, "inconclusive")?;
     assert!(
         proxy.stats(refuse).injected > 0,
         "the drill's recovery asked the store for WAL"
@@ -134,6 +134,49 @@ async fn a_store_failing_during_recovery_makes_the_drill_inconclusive() -> Resul
     )?;
     let pruned: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(pruned[0]["states"][&id], "verified", "{pruned}");
+    drop(src);
+    Ok(())
+}
+
+/// A restore_command the drill's server cannot run (refugio as root, the
+/// server as uid 65534, the store's credentials readable by root only):
+/// the drill is inconclusive before recovery starts, saying which user
+/// could not fetch which segment; with the file readable again it passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_the_drill_server_cannot_read_make_the_drill_inconclusive() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: the drill's server runs as another user only when refugio runs as root (run scripts/test as root)"
+    );
+    let tmp = shared_tmp()?;
+    let config = tmp.path().join("refugio.toml");
+    let src =
+        Cluster::start_with_settings(16, &archiving(&config), &server_env(tmp.path())).await?;
+    let s = Setup::new(tmp.path(), &s3::garage()?, &src, "")?;
+    one(&src, "CREATE TABLE ticks (id bigserial PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT clock_timestamp())").await?;
+    ticks(&src, 5).await?;
+    refugio_ok(&["--config", &s.cfg(), "backup", "--json"], &s.env)?;
+    ticks(&src, 5).await?;
+    switch_and_wait(&src).await?;
+
+    let creds = tmp.path().join("aws-credentials");
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600))?;
+    let r = drill(&s, &[], 3, "inconclusive");
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644))?;
+    let r = r?;
+    let failures = r["failures"].to_string();
+    eprintln!("inconclusive drill: {failures}");
+    assert!(
+        failures.contains("as uid 65534") && failures.contains("could not fetch WAL file"),
+        "the failure names the user and the segment: {r}"
+    );
+    assert_eq!(
+        r["phases"]["recovery_seconds"],
+        serde_json::Value::Null,
+        "the server never started: {r}"
+    );
+    drill(&s, &[], 0, "passed")?;
     drop(src);
     Ok(())
 }

@@ -126,7 +126,9 @@ async fn switch_and_wait(c: &Cluster) -> Result<()> {
             "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
         )
         .await?;
-        if last.len() == 24 && last >= name {
+        // A `.backup` file (`<segment>.<offset>.backup`) is archived after
+        // the segment it names.
+        if last.get(..24).is_some_and(|seg| seg >= name.as_str()) {
             return Ok(());
         }
         if Instant::now() > deadline {

@@ -207,6 +207,10 @@ async fn recover_and_check(
         }
     }
 
+    probe_restore_command(&cluster, manifest, how, receipt, tally).await;
+    if tally.unsure {
+        return Ok(());
+    }
     let replay = Instant::now();
     cluster.start_recovery()?;
     let mut conn = wait_promoted(&mut cluster, how, tally, receipt).await?;
@@ -278,6 +282,96 @@ async fn recover_and_check(
     receipt.phases.checks_seconds = checks_started.elapsed().as_secs_f64();
     cluster.stop().await;
     Ok(())
+}
+
+/// Runs the server's `restore_command` once, as the server will, for the
+/// base backup's first WAL segment (the archive listing holds it): a
+/// command that cannot fetch it (a config file or credentials its user
+/// cannot read, another environment) makes the drill inconclusive with
+/// its own words, before recovery starts.
+async fn probe_restore_command(
+    cluster: &EphemeralCluster,
+    manifest: &Manifest,
+    how: &PhysicalDrill,
+    receipt: &mut Receipt,
+    tally: &mut Tally,
+) {
+    let Some(needs) = BaseNeeds::of(manifest) else {
+        return;
+    };
+    let name = refugio_dump::wal::segment_name(
+        needs.timeline,
+        needs.start.segment(needs.segment_size),
+        needs.segment_size,
+    );
+    let target = cluster.scratch_path("refugio-restore-command-probe");
+    let command = substitute(&how.restore_command, &name, &target.display().to_string());
+    let who = match EphemeralCluster::server_uid() {
+        Some(uid) => format!(
+            " as uid {uid} (the drill's server runs as that user because refugio runs as root)"
+        ),
+        None => String::new(),
+    };
+    let problem = match cluster
+        .run_as_server(&command, Duration::from_secs(600))
+        .await
+    {
+        Ok(out) if out.status.success() && target.exists() => None,
+        Ok(out) => {
+            let said = String::from_utf8_lossy(&out.stderr);
+            let said: Vec<&str> = said
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let mut said = said.join(" | ");
+            if said.len() > 1500 {
+                let cut = (0..=1500)
+                    .rev()
+                    .find(|&i| said.is_char_boundary(i))
+                    .unwrap_or(0);
+                said.truncate(cut);
+                said.push('…');
+            }
+            Some(format!("{}: {said}", out.status))
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    let _ = std::fs::remove_file(&target);
+    if let Some(problem) = problem {
+        tally.unsure(
+            receipt,
+            format!(
+                "the restored server's restore_command ({}) run{who} could not fetch WAL file {name}, which the archive listing holds: {problem}",
+                how.restore_command
+            ),
+        );
+    }
+}
+
+/// `restore_command` with `%f`, `%p`, `%r` and `%%` replaced as
+/// PostgreSQL replaces them.
+fn substitute(command: &str, file: &str, path: &str) -> String {
+    let mut out = String::with_capacity(command.len() + path.len());
+    let mut chars = command.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('f') => out.push_str(file),
+            Some('p') => out.push_str(path),
+            Some('r') => out.push_str(file),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
 }
 
 /// A query on the restored cluster that failed: could not check.
@@ -431,5 +525,21 @@ mod tests {
         assert!(!recovery_failed_on_the_data(
             "FATAL:  could not restore file \"000000010000000000000005\" from archive: command failed with exit code 126\nLOG:  could not locate a valid checkpoint record"
         ));
+    }
+
+    #[test]
+    fn restore_command_placeholders_are_replaced_as_postgres_does() {
+        assert_eq!(
+            substitute(
+                "refugio --config /c wal-fetch %f %p",
+                "0000000100000000000000A1",
+                "/d/x"
+            ),
+            "refugio --config /c wal-fetch 0000000100000000000000A1 /d/x"
+        );
+        assert_eq!(
+            substitute("cp /a/%f \"%p\" # 100%% %q%", "F", "P"),
+            "cp /a/F \"P\" # 100% %q%"
+        );
     }
 }
