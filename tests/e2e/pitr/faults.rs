@@ -134,6 +134,10 @@ async fn a_store_failing_during_recovery_makes_the_drill_inconclusive() -> Resul
     )?;
     let pruned: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(pruned[0]["states"][&id], "verified", "{pruned}");
+    observed(
+        25,
+        "verify exit 3, inconclusive, unverified for prune; agent drill inconclusive, no failure counted; with the store back the next drill passed",
+    );
     drop(src);
     Ok(())
 }
@@ -168,8 +172,10 @@ async fn credentials_the_drill_server_cannot_read_make_the_drill_inconclusive() 
     let failures = r["failures"].to_string();
     eprintln!("inconclusive drill: {failures}");
     assert!(
-        failures.contains("as uid 65534") && failures.contains("could not fetch WAL file"),
-        "the failure names the user and the segment: {r}"
+        failures.contains("as uid 65534")
+            && failures.contains("could not fetch WAL file")
+            && failures.contains("aws-credentials"),
+        "the failure names the user, the segment and the file it could not read: {r}"
     );
     assert_eq!(
         r["phases"]["recovery_seconds"],
@@ -177,6 +183,10 @@ async fn credentials_the_drill_server_cannot_read_make_the_drill_inconclusive() 
         "the server never started: {r}"
     );
     drill(&s, &[], 0, "passed")?;
+    observed(
+        26,
+        "verify exit 3, inconclusive before the server started, the failure names uid 65534, the segment and the unreadable file; passed once readable",
+    );
     drop(src);
     Ok(())
 }

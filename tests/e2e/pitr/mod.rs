@@ -415,6 +415,13 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     assert_eq!(one(&latest, TICKS).await?, all_rows);
     assert_eq!(one(&latest, PGBENCH_BALANCED).await?, "t");
     drop(latest);
+    observed(
+        24,
+        &format!(
+            "PostgreSQL {major}: {} segment(s) waited in archive_status, kept in pg_wal; failures counted; restore to latest after the catch-up: every row",
+            waiting.len()
+        ),
+    );
 
     // A timeline switch: a server restored to T is promoted (timeline 2)
     // and archives into the same job; `latest` then follows timeline 2.
@@ -576,6 +583,13 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
         r["failures"].to_string().contains("WAL GAP")
             && r["failures"].to_string().contains(&victim.name.name),
         "{r}"
+    );
+    observed(
+        27,
+        &format!(
+            "PostgreSQL {major}: check exit 1 naming {} and both base backups; drill exit 1, failed",
+            victim.name.name
+        ),
     );
     // With a gap in their chain, neither counts as verified for retention
     // (the first one's drills passed), nor as failed (the second one's
