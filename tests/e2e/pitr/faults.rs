@@ -174,7 +174,8 @@ async fn credentials_the_drill_server_cannot_read_make_the_drill_inconclusive() 
     assert!(
         failures.contains("as uid 65534")
             && failures.contains("could not fetch WAL file")
-            && failures.contains("aws-credentials"),
+            && failures.contains("aws-credentials")
+            && failures.contains("no usable S3 credentials"),
         "the failure names the user, the segment and the file it could not read: {r}"
     );
     assert_eq!(

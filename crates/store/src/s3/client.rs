@@ -153,6 +153,14 @@ impl Context {
                     false,
                 )
             }
+            SdkError::DispatchFailure(_) if endpoint::credentials_failure(err).is_some() => (
+                format!(
+                    "no usable S3 credentials for {} (the AWS chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE and the shared credentials file, which must be readable by this process's user; web identity, ECS/EC2 roles): {}",
+                    self.endpoint,
+                    chain(err)
+                ),
+                false,
+            ),
             SdkError::DispatchFailure(failure) => (
                 format!("cannot connect to {}: {}", self.endpoint, chain(err)),
                 failure.is_io() || failure.is_timeout() || failure.is_other(),

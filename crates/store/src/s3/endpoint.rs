@@ -110,6 +110,15 @@ pub(super) fn certificate_failure<'a>(
     e.source().and_then(certificate_failure)
 }
 
+/// The credentials error in `e`'s chain: the AWS chain found no usable
+/// credentials (none set, a file that cannot be read), not a network fault.
+pub(super) fn credentials_failure<'a>(
+    e: &'a (dyn StdError + 'static),
+) -> Option<&'a aws_credential_types::provider::error::CredentialsError> {
+    e.downcast_ref()
+        .or_else(|| e.source().and_then(credentials_failure))
+}
+
 /// Forbids retrying an attempt that failed on the server's certificate.
 #[derive(Debug)]
 pub(super) struct NoRetryOnBadCertificate;
@@ -172,6 +181,20 @@ mod tests {
         let e = http_client(&empty).expect_err("no certificate");
         assert!(e.to_string().contains("holds no certificate"), "{e}");
         assert!(e.to_string().contains(&empty.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn credentials_failures_are_found_in_a_dispatch_failure() {
+        use aws_credential_types::provider::error::CredentialsError;
+        use aws_smithy_runtime_api::client::result::{ConnectorError, SdkError};
+        let none = CredentialsError::not_loaded("no credentials found in chain");
+        let e: SdkError<std::io::Error, ()> =
+            SdkError::dispatch_failure(ConnectorError::other(Box::new(none), None));
+        assert!(credentials_failure(&e).is_some());
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let e: SdkError<std::io::Error, ()> =
+            SdkError::dispatch_failure(ConnectorError::io(Box::new(refused)));
+        assert!(credentials_failure(&e).is_none());
     }
 
     #[test]
