@@ -40,7 +40,7 @@ const INTERVAL_SECS: u64 = 1;
 const ALERT: &str = "RefugioRpoBreached";
 
 /// The Prometheus server binary; fails saying how to install it.
-fn prometheus_binary() -> Result<PathBuf> {
+pub(crate) fn prometheus_binary() -> Result<PathBuf> {
     let prefix = std::env::var_os("REFUGIO_TEST_PREFIX")
         .filter(|p| !p.is_empty())
         .map_or_else(|| PathBuf::from("/opt/refugio-test"), PathBuf::from);
@@ -63,35 +63,57 @@ fn prometheus_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The shipped rules with only the `for:` of [`ALERT`] replaced by `for_`;
-/// its expression and every other rule stay as shipped.
-fn rules_with_for(shipped: &str, for_: &str) -> Result<String> {
+/// The shipped rules with the lines of rule `alert` passed through `edit`
+/// (a new line, or None to keep it); every other rule stays as shipped.
+/// Returns the rules and how many lines `edit` changed.
+pub(crate) fn edit_rule(
+    shipped: &str,
+    alert: &str,
+    edit: impl Fn(&str) -> Option<String>,
+) -> (String, usize) {
     let mut out = Vec::new();
     let mut in_rule = false;
-    let mut replaced = 0;
+    let mut edited = 0;
     for line in shipped.lines() {
         let t = line.trim_start();
         if t.starts_with("- alert:") {
-            in_rule = t == format!("- alert: {ALERT}");
+            in_rule = t == format!("- alert: {alert}");
         }
-        if in_rule && t.starts_with("for:") {
-            let indent = &line[..line.len() - t.len()];
-            out.push(format!("{indent}for: {for_}"));
-            replaced += 1;
-        } else {
-            out.push(line.to_string());
+        match edit(line).filter(|_| in_rule) {
+            Some(new) => {
+                out.push(new);
+                edited += 1;
+            }
+            None => out.push(line.to_string()),
         }
     }
+    (out.join("\n") + "\n", edited)
+}
+
+/// The shipped rules with only the `for:` of [`ALERT`] replaced by `for_`;
+/// its expression and every other rule stay as shipped.
+fn rules_with_for(shipped: &str, for_: &str) -> Result<String> {
+    let (rules, replaced) = edit_rule(shipped, ALERT, |line| {
+        let t = line.trim_start();
+        t.starts_with("for:")
+            .then(|| format!("{}for: {for_}", &line[..line.len() - t.len()]))
+    });
     ensure!(
         replaced == 1,
         "alerts.yml: expected one `for:` in rule {ALERT}, found {replaced}"
     );
-    Ok(out.join("\n") + "\n")
+    Ok(rules)
+}
+
+/// The shipped alert rules (docker/prometheus/alerts.yml).
+pub(crate) fn shipped_rules() -> Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/prometheus/alerts.yml");
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// A Prometheus server on 127.0.0.1 with its own data directory; killed on
 /// drop.
-struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     port: u16,
     log: PathBuf,
@@ -100,7 +122,12 @@ struct Prometheus {
 impl Prometheus {
     /// Scrapes the agent at `agent_port` as job `refugio` (the job name the
     /// rules assume) and evaluates `rules`, every [`INTERVAL_SECS`].
-    fn start(bin: &Path, dir: &Path, agent_port: u16, rules: &Path) -> Result<Prometheus> {
+    pub(crate) fn start(
+        bin: &Path,
+        dir: &Path,
+        agent_port: u16,
+        rules: &Path,
+    ) -> Result<Prometheus> {
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
@@ -142,13 +169,13 @@ impl Prometheus {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// GET on the HTTP API: the `data` of a successful answer. HTTP/1.0, so
     /// the body comes whole, never chunked.
-    fn api(&self, path_and_query: &str) -> Result<Value> {
+    pub(crate) fn api(&self, path_and_query: &str) -> Result<Value> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
@@ -165,7 +192,7 @@ impl Prometheus {
     }
 
     /// An instant query's vector: (labels, value) of each series.
-    fn query(&self, promql: &str) -> Result<Vec<(Value, f64)>> {
+    pub(crate) fn query(&self, promql: &str) -> Result<Vec<(Value, f64)>> {
         let data = self.api(&format!("/api/v1/query?query={}", urlencode(promql)))?;
         Ok(data["result"]
             .as_array()
@@ -185,10 +212,16 @@ impl Prometheus {
     /// Job `app`'s [`ALERT`] as `/api/v1/alerts` lists it; `None` when it
     /// is inactive (never fired, or resolved).
     fn rpo_alert(&self) -> Result<Option<ActiveAlert>> {
+        self.alert(ALERT, "app")
+    }
+
+    /// Alert `name` of backup job `job` as `/api/v1/alerts` lists it;
+    /// `None` when it is inactive (never fired, or resolved).
+    pub(crate) fn alert(&self, name: &str, job: &str) -> Result<Option<ActiveAlert>> {
         let data = self.api("/api/v1/alerts")?;
         let Some(alert) = data["alerts"].as_array().and_then(|a| {
             a.iter()
-                .find(|a| a["labels"]["alertname"] == ALERT && a["labels"]["backup_job"] == "app")
+                .find(|a| a["labels"]["alertname"] == name && a["labels"]["backup_job"] == job)
         }) else {
             return Ok(None);
         };
@@ -207,19 +240,19 @@ impl Prometheus {
     }
 
     /// Every alert Prometheus has active, for failure messages.
-    fn alerts_text(&self) -> String {
+    pub(crate) fn alerts_text(&self) -> String {
         self.api("/api/v1/alerts")
             .map_or_else(|e| format!("({e:#})"), |v| v.to_string())
     }
 }
 
 /// An alert Prometheus has active.
-struct ActiveAlert {
+pub(crate) struct ActiveAlert {
     /// Firing, or still pending (its `for:` not over).
-    firing: bool,
+    pub(crate) firing: bool,
     /// When it went pending (`activeAt`).
-    since: DateTime<Utc>,
-    description: String,
+    pub(crate) since: DateTime<Utc>,
+    pub(crate) description: String,
 }
 
 impl Drop for Prometheus {
@@ -257,9 +290,7 @@ async fn a_long_s3_outage_fires_the_rpo_alert_in_prometheus_and_recovery_resolve
     let started = Instant::now();
     let bin = prometheus_binary()?;
     let tmp = tempfile::tempdir()?;
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/prometheus/alerts.yml"),
-    )?;
+    let shipped = shipped_rules()?;
     // The shipped `for:` (5m) would make the test last minutes: only that
     // value is shortened, in a copy; the expression is the shipped one.
     let rules = tmp.path().join("alerts.yml");

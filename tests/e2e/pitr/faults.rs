@@ -191,3 +191,160 @@ async fn credentials_the_drill_server_cannot_read_make_the_drill_inconclusive() 
     drop(src);
     Ok(())
 }
+
+/// The shipped `RefugioWalArchivingStalled` in a real Prometheus scraping
+/// the agent: quiet while the server is idle (no new WAL, its newest
+/// archived file ageing, no failure); firing once the archiver keeps
+/// failing against a dead store and the newest archived file is old;
+/// resolved once archiving catches up. Only the rule's two durations are
+/// shortened, in a copy ([15m] to [1m], 900 s to 8 s); Prometheus scrapes
+/// and evaluates every second, and the test sends the agent SIGHUP every
+/// second (a repository check: the listing and pg_stat_archiver) instead
+/// of waiting for its minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_archiver_fires_the_wal_alert_in_prometheus_and_catching_up_resolves_it(
+) -> Result<()> {
+    use crate::alerting::{edit_rule, prometheus_binary, shipped_rules, Prometheus};
+    const ALERT: &str = "RefugioWalArchivingStalled";
+    const AGE: f64 = 8.0;
+    let bin = prometheus_binary()?;
+    let (rules_text, edited) = edit_rule(&shipped_rules()?, ALERT, |line| {
+        (line.contains("[15m]") || line.contains("> 900")).then(|| {
+            line.replace("[15m]", "[1m]")
+                .replace("> 900", &format!("> {AGE}"))
+        })
+    });
+    anyhow::ensure!(
+        edited == 2,
+        "alerts.yml: expected {ALERT}'s expression to hold [15m] and > 900 on two lines, edited {edited}"
+    );
+    let tmp = shared_tmp()?;
+    let rules = tmp.path().join("alerts.yml");
+    std::fs::write(&rules, rules_text)?;
+
+    let target = s3::garage()?;
+    let config = tmp.path().join("refugio.toml");
+    let src =
+        Cluster::start_with_settings(16, &archiving(&config), &server_env(tmp.path())).await?;
+    let s = Setup::new(tmp.path(), &target, &src, "")?;
+    one(&src, "CREATE TABLE ticks (id bigserial PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT clock_timestamp())").await?;
+    ticks(&src, 5).await?;
+    switch_and_wait(&src).await?;
+
+    // The agent reads a config of its own: the store stays reachable for
+    // it; only the server's archive_command loses it.
+    let port = free_port()?;
+    let agent_config = tmp.path().join("agent.toml");
+    write_public(
+        &agent_config,
+        &format!(
+            "{}\n[agent]\nlisten = \"127.0.0.1:{port}\"\n{}",
+            s.repo_toml, s.job_toml
+        ),
+    )?;
+    let agent = Agent::start(&agent_config, &s.env, port, tmp.path().join("agent.log"))?;
+    let last = r#"refugio_wal_last_archived_timestamp_seconds{backup_job="main"}"#;
+    let failures = r#"refugio_wal_archive_failures_total{backup_job="main"}"#;
+    let refresh = || agent.signal(Signal::SIGHUP);
+    wait_until("the WAL series", Duration::from_secs(30), || {
+        refresh()?;
+        Ok(agent.metric(last)?.is_some() && agent.metric(failures)?.is_some())
+    })
+    .with_context(|| agent.log_text())?;
+    let prom = Prometheus::start(&bin, tmp.path(), port, &rules)?;
+    wait_until(
+        "Prometheus scraping the agent",
+        Duration::from_secs(20),
+        || Ok(prom.query(last)?.len() == 1 && prom.query(failures)?.len() == 1),
+    )
+    .with_context(|| prom.log_text())?;
+
+    // Idle: nothing new to archive, the newest archived file grows older
+    // than the (shortened) age, and without a failure the alert is quiet.
+    let idle = Instant::now();
+    let age_expr = format!("time() - {last} > {AGE}");
+    while idle.elapsed() < Duration::from_secs(AGE as u64 + 4) || prom.query(&age_expr)?.is_empty()
+    {
+        refresh()?;
+        anyhow::ensure!(
+            prom.alert(ALERT, "main")?.is_none(),
+            "{ALERT} active on an idle server: {}",
+            prom.alerts_text()
+        );
+        anyhow::ensure!(
+            idle.elapsed() < Duration::from_secs(40),
+            "the newest archived WAL never grew older than {AGE} s in Prometheus"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let idle_secs = idle.elapsed().as_secs_f64();
+
+    // The store is gone for the archiver: every wal-push fails, and the
+    // newest archived file is already older than the age.
+    let dead = s.repo_toml.replace(
+        &target.endpoint,
+        &format!("http://127.0.0.1:{}", s3::dead_port()),
+    );
+    s.write(&dead)?;
+    let broken = Instant::now();
+    ticks(&src, 5).await?;
+    one(&src, "SELECT pg_switch_wal()").await?;
+    let firing = loop {
+        refresh()?;
+        if let Some(a) = prom.alert(ALERT, "main")?.filter(|a| a.firing) {
+            break a;
+        }
+        anyhow::ensure!(
+            broken.elapsed() < Duration::from_secs(40),
+            "{ALERT} did not fire within 40 s of the archiver failing; the agent exports {failures} = {:?}; alerts: {}\nserver log:\n{}\nagent log:\n{}",
+            agent.metric(failures)?,
+            prom.alerts_text(),
+            src.server_log_tail(20),
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let firing_secs = broken.elapsed().as_secs_f64();
+    let age_said = firing
+        .description
+        .split_once("the newest archived file is ")
+        .map(|(_, rest)| rest);
+    assert!(
+        age_said
+            .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()) && r.contains(" old.")),
+        "the description says how old the newest archived WAL is: {}",
+        firing.description
+    );
+    let failed = agent.metric(failures)?.unwrap_or(0.0);
+
+    // The store is back for the archiver: it catches up, the newest
+    // archived file is new, the alert resolves.
+    s.write(&s.repo_toml)?;
+    let back = Instant::now();
+    switch_and_wait(&src).await?;
+    let caught_up = back.elapsed().as_secs_f64();
+    loop {
+        refresh()?;
+        if prom.alert(ALERT, "main")?.is_none() {
+            break;
+        }
+        anyhow::ensure!(
+            back.elapsed() < Duration::from_secs(60),
+            "{ALERT} not resolved 60 s after the store came back; alerts: {}\nagent log:\n{}",
+            prom.alerts_text(),
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let resolved_secs = back.elapsed().as_secs_f64();
+    let status = agent.stop(Duration::from_secs(30))?;
+    assert!(status.success(), "agent exit {status}");
+    observed(
+        28,
+        &format!(
+            "{ALERT} ([1m], 8 s instead of [15m], 900 s; 1 s scrapes): quiet through {idle_secs:.1} s of an idle server; firing {firing_secs:.1} s after the store went away ({failed} failed archive_command runs counted); archiving caught up {caught_up:.1} s after it came back, resolved {resolved_secs:.1} s after"
+        ),
+    );
+    drop(src);
+    Ok(())
+}
