@@ -223,6 +223,11 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The port its HTTP server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn start(
         config: &Path,
         env: &[(String, String)],

@@ -69,16 +69,7 @@ async fn a_store_failing_during_recovery_makes_the_drill_inconclusive() -> Resul
     let pruned: serde_json::Value = serde_json::from_str(&out)?;
     assert_eq!(pruned[0]["states"][&id], "unverified", "{pruned}");
 
-    let port = free_port()?;
-    let agent_config = tmp.path().join("agent.toml");
-    write_public(
-        &agent_config,
-        &format!(
-            "{}\n[agent]\nlisten = \"127.0.0.1:{port}\"\n{}",
-            s.repo_toml, s.job_toml
-        ),
-    )?;
-    let agent = Agent::start(&agent_config, &s.env, port, tmp.path().join("agent.log"))?;
+    let agent = s.agent(tmp.path())?;
     let runs = |result: &str| -> Result<f64> {
         Ok(agent
             .metric(&format!(
@@ -233,16 +224,7 @@ async fn a_failing_archiver_fires_the_wal_alert_in_prometheus_and_catching_up_re
 
     // The agent reads a config of its own: the store stays reachable for
     // it; only the server's archive_command loses it.
-    let port = free_port()?;
-    let agent_config = tmp.path().join("agent.toml");
-    write_public(
-        &agent_config,
-        &format!(
-            "{}\n[agent]\nlisten = \"127.0.0.1:{port}\"\n{}",
-            s.repo_toml, s.job_toml
-        ),
-    )?;
-    let agent = Agent::start(&agent_config, &s.env, port, tmp.path().join("agent.log"))?;
+    let agent = s.agent(tmp.path())?;
     let last = r#"refugio_wal_last_archived_timestamp_seconds{backup_job="main"}"#;
     let failures = r#"refugio_wal_archive_failures_total{backup_job="main"}"#;
     let refresh = || agent.signal(Signal::SIGHUP);
@@ -251,7 +233,7 @@ async fn a_failing_archiver_fires_the_wal_alert_in_prometheus_and_catching_up_re
         Ok(agent.metric(last)?.is_some() && agent.metric(failures)?.is_some())
     })
     .with_context(|| agent.log_text())?;
-    let prom = Prometheus::start(&bin, tmp.path(), port, &rules)?;
+    let prom = Prometheus::start(&bin, tmp.path(), agent.port(), &rules)?;
     wait_until(
         "Prometheus scraping the agent",
         Duration::from_secs(20),

@@ -81,6 +81,22 @@ impl Setup {
     fn cfg(&self) -> String {
         self.config.display().to_string()
     }
+
+    /// An agent watching the job with a config of its own in `tmp` (the
+    /// repository as first written, whatever the server's config says
+    /// later), listening on a free port.
+    fn agent(&self, tmp: &Path) -> Result<Agent> {
+        let port = free_port()?;
+        let config = tmp.join("agent.toml");
+        write_public(
+            &config,
+            &format!(
+                "{}\n[agent]\nlisten = \"127.0.0.1:{port}\"\n{}",
+                self.repo_toml, self.job_toml
+            ),
+        )?;
+        Agent::start(&config, &self.env, port, tmp.join("agent.log"))
+    }
 }
 
 /// The server settings of a cluster archiving through `config`.
@@ -274,16 +290,7 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
 
     // An agent watching the job: its WAL metrics come from the listing
     // and the server's pg_stat_archiver (read at start and on SIGHUP).
-    let port = free_port()?;
-    let agent_config = tmp.path().join("agent.toml");
-    write_public(
-        &agent_config,
-        &format!(
-            "{}\n[agent]\nlisten = \"127.0.0.1:{port}\"\n{}",
-            s.repo_toml, s.job_toml
-        ),
-    )?;
-    let agent = Agent::start(&agent_config, &s.env, port, tmp.path().join("agent.log"))?;
+    let agent = s.agent(tmp.path())?;
     let files = agent.metric(r#"refugio_wal_archived_files{backup_job="main"}"#)?;
     assert!(
         files.unwrap_or(0.0) >= 1.0,
