@@ -9,8 +9,9 @@ use refugio_testkit::{s3, Cluster, FaultProxy, Rule};
 
 use super::*;
 
-/// The store refuses every WAL download while the drill's server
-/// recovers: wal-fetch exits 126, the server stops, and the drill is
+/// The store refuses a WAL download while the drill's server recovers
+/// (after the base backup's first segment): wal-fetch exits 126, the
+/// server stops, and the drill is
 /// inconclusive (not failed), from the command line and in the agent
 /// (SIGUSR2, the path a scheduled drill takes: its metrics); retention
 /// still counts the backup as unverified, never failed. With the store
@@ -36,18 +37,26 @@ async fn a_store_failing_during_recovery_makes_the_drill_inconclusive() -> Resul
     ticks(&src, 20).await?;
     switch_and_wait(&src).await?;
 
-    // Listings and the base backup's download pass; every WAL object's
-    // GET is refused.
+    // Listings, the base backup's download and its first segment (the
+    // drill's probe of the restore_command, and the start of recovery)
+    // pass; the GET of the next segment, which recovery needs, is refused.
+    let start = refugio_dump::wal::Lsn::parse(m["physical"]["start_lsn"].as_str().unwrap_or(""))
+        .context("start_lsn")?;
+    let next = refugio_dump::wal::segment_name(1, start.segment(16 << 20) + 1, 16 << 20);
     let refuse = proxy.add(
         Rule::new()
             .method("GET")
-            .path_contains("/wal/")
+            .path_contains(&format!("/wal/00000001/{next}."))
             .respond(403, "<Error><Code>AccessDenied</Code></Error>"),
     );
     let r = drill(&s, &[], 3, "inconclusive")?;
     assert!(
         proxy.stats(refuse).injected > 0,
-        "the drill's recovery asked the store for WAL"
+        "the drill's recovery asked the store for {next}"
+    );
+    assert!(
+        !r["failures"].to_string().contains("restore_command ("),
+        "the probe's segment passed; the recovering server's fetch failed: {r}"
     );
     let failures = r["failures"].to_string();
     assert!(
