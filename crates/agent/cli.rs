@@ -178,6 +178,11 @@ pub struct RestoreArgs {
     /// major version >= the backup's pg_dump.
     #[arg(long)]
     pub pg_bindir: Option<PathBuf>,
+    /// With `[repository.encryption]` configured, accept artifacts stored
+    /// unencrypted (backups written before encryption was configured);
+    /// without it they are refused.
+    #[arg(long)]
+    pub allow_unencrypted: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -204,6 +209,11 @@ pub struct VerifyArgs {
     /// Directory of pg_restore/psql to use.
     #[arg(long)]
     pub pg_bindir: Option<PathBuf>,
+    /// With `[repository.encryption]` configured, accept artifacts stored
+    /// unencrypted (backups written before encryption was configured);
+    /// without it such a drill is inconclusive.
+    #[arg(long)]
+    pub allow_unencrypted: bool,
     /// Print the receipt as JSON.
     #[arg(long)]
     pub json: bool,
@@ -261,6 +271,7 @@ impl std::fmt::Debug for RestoreArgs {
             temp_dir,
             no_owner,
             pg_bindir,
+            allow_unencrypted,
             json,
         } = self;
         f.debug_struct("RestoreArgs")
@@ -279,6 +290,7 @@ impl std::fmt::Debug for RestoreArgs {
             .field("temp_dir", temp_dir)
             .field("no_owner", no_owner)
             .field("pg_bindir", pg_bindir)
+            .field("allow_unencrypted", allow_unencrypted)
             .field("json", json)
             .finish()
     }
@@ -293,6 +305,7 @@ impl std::fmt::Debug for VerifyArgs {
             to,
             repo,
             pg_bindir,
+            allow_unencrypted,
             json,
         } = self;
         f.debug_struct("VerifyArgs")
@@ -302,6 +315,7 @@ impl std::fmt::Debug for VerifyArgs {
             .field("to", to)
             .field("repo", repo)
             .field("pg_bindir", pg_bindir)
+            .field("allow_unencrypted", allow_unencrypted)
             .field("json", json)
             .finish()
     }

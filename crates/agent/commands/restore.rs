@@ -39,6 +39,7 @@ pub async fn restore(
         bindir: a.pg_bindir.clone(),
         temp_dir: a.temp_dir.clone(),
         identities: cfg.repository.identities().map_err(usage)?,
+        require_encrypted: cfg.repository.encryption.is_some() && !a.allow_unencrypted,
         database: a.database.clone(),
         progress: None,
     };

@@ -37,6 +37,7 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
             jobs: 1,
             bindir: a.pg_bindir.clone(),
             identities: cfg.repository.identities().map_err(usage)?,
+            require_encrypted: cfg.repository.encryption.is_some(),
             progress: None,
             physical: None,
         };
@@ -99,6 +100,7 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
     let shown = crate::progress::start(crate::progress::RESTORE);
     let opts = DrillOptions {
         progress: shown.as_ref().map(|s| s.progress()),
+        require_encrypted: opts.require_encrypted && !a.allow_unencrypted,
         ..opts
     };
     let receipt =

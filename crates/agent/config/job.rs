@@ -362,6 +362,7 @@ impl JobConfig {
             jobs: self.drill_jobs,
             bindir,
             identities: repo.identities()?,
+            require_encrypted: repo.encryption.is_some(),
             progress: None,
         })
     }

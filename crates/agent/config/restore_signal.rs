@@ -118,6 +118,7 @@ impl RestoreOnSignal {
             bindir,
             temp_dir: None,
             identities: repo.identities()?,
+            require_encrypted: repo.encryption.is_some(),
             database: None,
             progress: None,
         })

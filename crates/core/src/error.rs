@@ -133,6 +133,15 @@ pub enum Error {
     #[error("artifact {key}: {detail}")]
     Damaged { key: String, detail: String },
 
+    /// Content that refugio refuses to use as it is: not what pg_dump or
+    /// pg_dumpall write (a psql meta-command), a link in a base backup's
+    /// tar, an artifact stored unencrypted where encryption is configured.
+    /// Nothing of it was executed. Not evidence against the backup: the
+    /// drill is inconclusive and names the object, so forged content can
+    /// neither run nor get a backup condemned.
+    #[error("artifact {key}: {detail}; refused as foreign content, nothing of it was run")]
+    Foreign { key: String, detail: String },
+
     /// The restore tool refused the backup's content (the scratch server
     /// was reachable and the error was not about resources or the network).
     #[error(transparent)]

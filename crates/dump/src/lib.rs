@@ -14,6 +14,7 @@ pub mod frames;
 pub mod pattern;
 pub mod pipe;
 pub mod process;
+pub mod script;
 pub mod snapshot;
 pub mod spawn;
 pub mod tls;

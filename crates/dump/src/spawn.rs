@@ -169,7 +169,9 @@ pub fn psql(
     single_transaction: bool,
 ) -> Result<Child> {
     let mut cmd = base(tool, target);
-    cmd.args(["--no-password", "-X", "-q"])
+    // Its refusal of a meta-command (crate::script) is read in English.
+    cmd.env("LC_ALL", "C")
+        .args(["--no-password", "-X", "-q"])
         .arg(format!("--dbname={}", target.tool_dbname()))
         .args([
             "-v",

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The largest artifact a manifest may claim (1 PiB): sizes read from a
+/// repository are bounded before anything is sized from them.
+pub const MAX_ARTIFACT_BYTES: u64 = 1 << 50;
+
 /// The manifest major version this build reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The manifest minor version this build writes.
@@ -395,7 +399,57 @@ impl Manifest {
             // A newer minor's optional additions: this build has no use for them.
             tracing::debug!(key, format, fields = %unknown.join(", "), "manifest-fields-dropped");
         }
+        manifest
+            .validate()
+            .map_err(|reason| Error::InvalidManifest {
+                key: key.to_string(),
+                reason,
+            })?;
         Ok(manifest)
+    }
+
+    /// What a manifest read from a repository must hold before any of it
+    /// is used: artifact names that are one key segment each (no `/`, no
+    /// `..`), unique, never the manifest's own name; sizes within
+    /// [`MAX_ARTIFACT_BYTES`]; digests of 64 hex digits; database names as
+    /// PostgreSQL allows them, each naming one of the artifacts.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for a in &self.artifacts {
+            if !crate::repo::valid_segment(&a.name) || a.name == "manifest.json" {
+                return Err(format!(
+                    "artifact name {:?} is not a plain object name",
+                    a.name.chars().take(80).collect::<String>()
+                ));
+            }
+            if !names.insert(a.name.as_str()) {
+                return Err(format!("artifact {} is named twice", a.name));
+            }
+            if a.stored_size > MAX_ARTIFACT_BYTES || a.raw_size > MAX_ARTIFACT_BYTES {
+                return Err(format!(
+                    "artifact {} claims {} stored / {} raw bytes, more than {MAX_ARTIFACT_BYTES}",
+                    a.name, a.stored_size, a.raw_size
+                ));
+            }
+            if a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("artifact {}: sha256 is not 64 hex digits", a.name));
+            }
+        }
+        for d in &self.databases {
+            if d.name.is_empty() || d.name.len() > 63 || d.name.contains('\0') {
+                return Err(format!(
+                    "database name {:?} is not one PostgreSQL allows (1 to 63 bytes, no NUL)",
+                    d.name.chars().take(80).collect::<String>()
+                ));
+            }
+            if !names.contains(d.artifact.as_str()) {
+                return Err(format!(
+                    "database {:?} names artifact {:?}, which the manifest does not list",
+                    d.name, d.artifact
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -567,6 +621,63 @@ mod tests {
     #[test]
     fn format_constants_agree() {
         assert_eq!(FORMAT, format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"));
+    }
+
+    #[test]
+    fn hostile_names_and_sizes_are_invalid_naming_what() {
+        type Edit = fn(&mut Manifest);
+        let cases: [(Edit, &str); 7] = [
+            (
+                |m| m.artifacts[0].name = "../../etc/passwd".into(),
+                "not a plain object name",
+            ),
+            (
+                |m| m.artifacts[0].name = "a/b".into(),
+                "not a plain object name",
+            ),
+            (
+                |m| m.artifacts[0].name = "manifest.json".into(),
+                "not a plain object name",
+            ),
+            (|m| m.artifacts[0].stored_size = u64::MAX, "more than"),
+            (|m| m.artifacts[0].sha256 = "zz".into(), "64 hex digits"),
+            (
+                |m| {
+                    let a = m.artifacts[0].clone();
+                    m.artifacts.push(a)
+                },
+                "named twice",
+            ),
+            (
+                |m| {
+                    m.databases.push(DatabaseDump {
+                        name: "x".repeat(64),
+                        artifact: m.artifacts[0].name.clone(),
+                        snapshot_at: m.snapshot_at,
+                        data_at: m.snapshot_at,
+                        database_size: 1,
+                        lsn: None,
+                        row_counts: "exact".into(),
+                        tables: Vec::new(),
+                        large_objects: 0,
+                        schema_fingerprint: None,
+                        dump_seconds: 0.0,
+                    })
+                },
+                "1 to 63 bytes",
+            ),
+        ];
+        let good = sample();
+        assert!(Manifest::parse("k", &good.to_json()).is_ok());
+        for (edit, expected) in cases {
+            let mut m = sample();
+            edit(&mut m);
+            let e = Manifest::parse("k", &m.to_json()).unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidManifest { .. }) && e.to_string().contains(expected),
+                "{expected}: {e}"
+            );
+        }
     }
 
     #[test]

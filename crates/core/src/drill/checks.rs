@@ -115,6 +115,7 @@ pub(super) async fn run_checks(
         bindir: opts.bindir.clone(),
         temp_dir: None,
         identities: opts.identities.clone(),
+        require_encrypted: opts.require_encrypted,
         database: None,
         progress: opts.progress.clone(),
     };

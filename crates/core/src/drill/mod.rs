@@ -51,6 +51,10 @@ pub struct DrillOptions {
     /// Private keys for encrypted backups; without a matching one the
     /// drill is inconclusive, never failed.
     pub identities: Option<std::sync::Arc<crate::encryption::Identities>>,
+    /// Refuse artifacts stored unencrypted (see
+    /// [`crate::RestoreOptions::require_encrypted`]): such a drill is
+    /// inconclusive.
+    pub require_encrypted: bool,
     /// Counters and phase for a progress display; None: not shown.
     pub progress: Option<std::sync::Arc<crate::Progress>>,
     /// How a physical job's base backup is recovered (None: a drill of a

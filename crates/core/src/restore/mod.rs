@@ -8,6 +8,7 @@ pub mod physical;
 mod target;
 
 use refugio_dump::process::{check_exit, StderrTail};
+use refugio_dump::script;
 use refugio_dump::spawn::{self, RestoreArgs};
 use refugio_dump::tools::{self, PgVersion, ToolKind};
 use refugio_dump::{Compression, SourceSpec};
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::encryption::{self, Identities};
 use crate::error::{Error, Result};
-use crate::feed::{feed_held_back, FeedError};
+use crate::feed::{feed_held_back, feed_script, FeedError, ScriptFrame};
 use fetch::{explain, open_artifact};
 use target::{check_temp_space, tool_failed};
 
@@ -53,6 +54,11 @@ pub struct RestoreOptions {
     /// Private keys for encrypted backups; None: none configured (an
     /// encrypted backup is then refused before the target is touched).
     pub identities: Option<Arc<Identities>>,
+    /// `[repository.encryption]` is configured and the caller did not
+    /// accept plaintext (`--allow-unencrypted`): an artifact stored
+    /// unencrypted is refused as foreign, never restored (no silent
+    /// downgrade by whoever can write the repository).
+    pub require_encrypted: bool,
     /// Of a whole-server backup, the one database to restore (into the
     /// target URL's database, or under its own name when the URL names
     /// none). None: every database, each under its own name on the
@@ -87,6 +93,7 @@ fn sealing<'a>(
     opts: &'a RestoreOptions,
 ) -> Result<Option<Sealing<'a>>> {
     match art.encryption.as_str() {
+        "none" if opts.require_encrypted => Err(unencrypted(key)),
         "none" => Ok(None),
         encryption::AGE => Ok(Some(Sealing {
             recipients: manifest
@@ -99,6 +106,14 @@ fn sealing<'a>(
             key: key.to_string(),
             detail: format!("encryption {other:?} is not supported by this refugio"),
         }),
+    }
+}
+
+/// An artifact stored in plaintext where encryption is configured.
+pub(crate) fn unencrypted(key: &str) -> Error {
+    Error::Foreign {
+        key: key.to_string(),
+        detail: "it is stored unencrypted, while [repository.encryption] is configured (whoever can write the repository could swap in plaintext); if it was written before encryption was configured, pass --allow-unencrypted to accept it".into(),
     }
 }
 
@@ -444,6 +459,7 @@ async fn apply_globals(
         manifest.backup_id, manifest.pg_dump_version
     );
     let psql = tools::find_for(ToolKind::Psql, dumped_by, &what, opts.bindir.as_deref()).await?;
+    let frame = script_frame(&psql, &key, false)?;
     let target = opts.target.with_database("postgres");
     let mut child = spawn::psql(&psql, &target, false, false)?;
     let stdin = child
@@ -455,13 +471,26 @@ async fn apply_globals(
         .take()
         .ok_or_else(|| Error::Globals("psql stderr not piped".into()))?;
     let (tail, task) = StderrTail::collect("psql", stderr);
-    let fed = feed_held_back(&sql[..], stdin).await;
+    let fed = feed_script(&sql[..], stdin, &frame).await;
+    if let Err(FeedError::Refused(refused)) = fed {
+        let _ = child.kill().await;
+        return Err(Error::Foreign {
+            key,
+            detail: refused.to_string(),
+        });
+    }
     check_exit("psql", &mut child, &tail, Some(task)).await?;
     if let Err(FeedError::Sink(e) | FeedError::Source(e)) = fed {
         return Err(Error::Globals(format!("writing to psql: {e}")));
     }
-    let unexpected: Vec<String> = tail
-        .text()
+    let text = tail.text();
+    if let Some(line) = restricted_refusal(&text) {
+        return Err(Error::Foreign {
+            key,
+            detail: format!("psql refused a meta-command in it: {line}"),
+        });
+    }
+    let unexpected: Vec<String> = text
         .lines()
         .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
         .map(str::to_string)
@@ -470,6 +499,44 @@ async fn apply_globals(
         return Err(Error::Globals(unexpected.join("\n")));
     }
     Ok(())
+}
+
+/// How a script from `key` reaches `psql`: in restricted mode under a
+/// random key (see [`refugio_dump::script`]), and for a database's dump in
+/// one transaction that only the clean end of the content commits. A psql
+/// without restricted mode is not fed repository content at all.
+fn script_frame(psql: &refugio_dump::Tool, key: &str, transaction: bool) -> Result<ScriptFrame> {
+    if !script::psql_can_restrict(psql.version) {
+        return Err(Error::Artifact {
+            key: key.to_string(),
+            detail: format!(
+                "{} is psql {}, which cannot refuse the meta-commands a script could carry (restricted mode came in psql 13.22, 14.19, 15.14, 16.10, 17.6, 18); install a newer minor release or set pg_bindir; nothing was restored",
+                psql.path.display(),
+                psql.version
+            ),
+        });
+    }
+    use rand::Rng;
+    let secret: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    let mut head = script::ScriptGuard::restrict_line(&secret);
+    let mut tail = String::new();
+    if transaction {
+        head.push_str("BEGIN;\n");
+        tail.push_str("\nCOMMIT;\n");
+    }
+    Ok(ScriptFrame { head, tail })
+}
+
+/// psql's own refusal of a meta-command in restricted mode (it runs in the
+/// C locale), the line it printed.
+fn restricted_refusal(stderr: &str) -> Option<&str> {
+    stderr
+        .lines()
+        .find(|l| l.contains(script::RESTRICTED_MESSAGE))
 }
 
 /// One job: artifact → digest check → decompress → tool stdin, in one
@@ -484,6 +551,14 @@ async fn restore_streaming(
     opts: &RestoreOptions,
 ) -> Result<u64> {
     let custom = art.format == "custom";
+    // A plain script: restricted psql, in a transaction only a clean end
+    // of the content commits (not psql's --single-transaction, which
+    // commits at any EOF, even that of a refugio killed mid-stream).
+    let frame = if custom {
+        None
+    } else {
+        Some(script_frame(tool, key, true)?)
+    };
     let (plain, raw) = open_artifact(repo, key, art, decode).await?;
     let mut child = if custom {
         let args = RestoreArgs {
@@ -494,7 +569,7 @@ async fn restore_streaming(
         };
         spawn::pg_restore(tool, to, &args, None)?
     } else {
-        spawn::psql(tool, to, true, true)?
+        spawn::psql(tool, to, true, false)?
     };
     let name = tool.kind.binary();
     let stdin = child.stdin.take().ok_or_else(|| Error::Artifact {
@@ -507,12 +582,30 @@ async fn restore_streaming(
     })?;
     let (tail, task) = StderrTail::collect(name, stderr);
     refugio_dump::pipe::widen_pipe(&stdin);
-    match feed_held_back(plain, stdin).await {
+    let fed = match &frame {
+        Some(frame) => feed_script(plain, stdin, frame).await,
+        None => feed_held_back(plain, stdin).await,
+    };
+    match fed {
         Ok(_) => {
             if let Err(e) = check_exit(name, &mut child, &tail, Some(task)).await {
+                if let Some(line) = restricted_refusal(&tail.text()) {
+                    return Err(Error::Foreign {
+                        key: key.into(),
+                        detail: format!("psql refused a meta-command in it: {line}"),
+                    });
+                }
                 return Err(tool_failed(to, e).await);
             }
             Ok(art.stored_size)
+        }
+        Err(FeedError::Refused(refused)) => {
+            // Killed short of its input's end: its transaction never commits.
+            let _ = child.kill().await;
+            Err(Error::Foreign {
+                key: key.into(),
+                detail: refused.to_string(),
+            })
         }
         Err(FeedError::Source(source)) => {
             // Kill before the tool sees the end of its input: its single
@@ -523,6 +616,12 @@ async fn restore_streaming(
         Err(FeedError::Sink(_)) => {
             // The tool stopped reading: its exit status and stderr say why.
             if let Err(e) = check_exit(name, &mut child, &tail, Some(task)).await {
+                if let Some(line) = restricted_refusal(&tail.text()) {
+                    return Err(Error::Foreign {
+                        key: key.into(),
+                        detail: format!("psql refused a meta-command in it: {line}"),
+                    });
+                }
                 return Err(tool_failed(to, e).await);
             }
             Err(Error::Artifact {
