@@ -145,6 +145,12 @@ pub struct RestoreArgs {
     /// With --physical: the new data directory (must be empty or missing).
     #[arg(long, requires = "physical")]
     pub target_dir: Option<PathBuf>,
+    /// With --physical: keep the source's archiving. Without it the
+    /// restored postgresql.auto.conf gets `archive_mode = off`, so that a
+    /// promoted clone never archives into the source's WAL archive; give
+    /// it for a replacement primary that is to archive into the job.
+    #[arg(long, requires = "physical")]
+    pub keep_archiving: bool,
     /// Of a whole-server backup, the one database to restore (into the
     /// target URL's database, or under its own name if the URL names none).
     #[arg(long)]
@@ -261,6 +267,7 @@ impl std::fmt::Debug for RestoreArgs {
             physical,
             to,
             target_dir,
+            keep_archiving,
             database,
             job,
             repo,
@@ -280,6 +287,7 @@ impl std::fmt::Debug for RestoreArgs {
             .field("physical", physical)
             .field("to", to)
             .field("target_dir", target_dir)
+            .field("keep_archiving", keep_archiving)
             .field("database", database)
             .field("job", job)
             .field("repo", repo)

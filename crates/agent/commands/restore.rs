@@ -117,6 +117,7 @@ async fn physical(cfg: Config, a: RestoreArgs, config_path: Option<PathBuf>) -> 
         target_dir: std::path::absolute(&dir).unwrap_or(dir),
         restore_command: crate::config::wal_fetch_command(&config, &job)?,
         identities: cfg.repository.identities().map_err(usage)?,
+        keep_archiving: a.keep_archiving,
     };
     tracing::info!(job, backup = %manifest.backup_id, to = %to, dir = %opts.target_dir.display(), "physical-restore-started");
     let report = restore_physical(&repo, &manifest, &opts)
@@ -125,8 +126,13 @@ async fn physical(cfg: Config, a: RestoreArgs, config_path: Option<PathBuf>) -> 
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        let archiving = if report.archive_mode_off {
+            "archive_mode = off is set in postgresql.auto.conf: this clone does not archive into the job's WAL archive (restore with --keep-archiving for a replacement primary that is to archive)"
+        } else {
+            "archiving is kept (--keep-archiving): once promoted, this server archives with the source's archive_mode and archive_command, into the job's WAL archive if that is where they point"
+        };
         println!(
-            "restored base backup {} of job {} into {} ({} fetched, {:.1}s); recovery to {} is set up (recovery.signal, restore_command in postgresql.auto.conf)\nstart it: {}",
+            "restored base backup {} of job {} into {} ({} fetched, {:.1}s); recovery to {} is set up (recovery.signal, restore_command in postgresql.auto.conf)\n{archiving}\nstart it: {}",
             report.backup_id,
             report.job,
             report.target_dir,

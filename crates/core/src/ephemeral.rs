@@ -236,8 +236,11 @@ impl EphemeralCluster {
 
     /// Starts the server on a data directory unpacked from a base backup
     /// (recovery set up in it): owned by the server's user, its own
-    /// `pg_hba.conf` (trust over the socket only), and never archiving (a
-    /// drill's new timeline must not reach the job's archive).
+    /// `pg_hba.conf` (trust over the socket only), never archiving (a
+    /// drill's new timeline must not reach the job's archive) and none of
+    /// the source's commands run at the end of recovery or on restart
+    /// points (`recovery_end_command`, `archive_cleanup_command`: they
+    /// act on production's archive).
     pub fn start_recovery(&mut self) -> Result<()> {
         let data = self.data_dir();
         let hba = self.dir.join("drill_hba.conf");
@@ -254,6 +257,8 @@ impl EphemeralCluster {
             format!("ident_file={}", hba.display()),
             "archive_mode=off".into(),
             "archive_command=".into(),
+            "archive_cleanup_command=".into(),
+            "recovery_end_command=".into(),
             "hot_standby=on".into(),
         ])
     }

@@ -142,6 +142,17 @@ pub enum Error {
     #[error("artifact {key}: {detail}; refused as foreign content, nothing of it was run")]
     Foreign { key: String, detail: String },
 
+    /// Content refugio never writes, refused before it was used: a base
+    /// tar entry that is a link, a device or a path outside the target.
+    /// Its bytes match the manifest, so someone else wrote it: neither
+    /// restored nor evidence that the backup is bad (inconclusive).
+    #[error("artifact {key}: tar entry {entry:?} {reason}; a base backup refugio wrote holds only regular files and directories, so this content is refused as not refugio's (nothing was written through it or outside the target directory)")]
+    UnsafeEntry {
+        key: String,
+        entry: String,
+        reason: String,
+    },
+
     /// The restore tool refused the backup's content (the scratch server
     /// was reachable and the error was not about resources or the network).
     #[error(transparent)]
@@ -302,6 +313,13 @@ mod tests {
         assert!(Error::Damaged {
             key: "k".into(),
             detail: "SHA-256 differs".into()
+        }
+        .condemns());
+        // Forged content is not evidence against the backup.
+        assert!(!Error::UnsafeEntry {
+            key: "k".into(),
+            entry: "recovery.signal".into(),
+            reason: "is a symbolic link".into()
         }
         .condemns());
         assert!(!Error::Cancelled {

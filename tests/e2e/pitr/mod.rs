@@ -173,21 +173,33 @@ const PGBENCH_BALANCED: &str = "SELECT (SELECT sum(abalance) FROM pgbench_accoun
 /// `restore --physical --to <to>` into a fresh cluster directory, started
 /// with `settings`; waits until it promoted.
 async fn restore_to(s: &Setup, major: u32, to: &str, settings: &[String]) -> Result<Cluster> {
+    Ok(restore_with(s, major, to, &[], settings).await?.0)
+}
+
+/// [`restore_to`] with `extra` arguments to `restore`; the cluster and
+/// what refugio printed.
+async fn restore_with(
+    s: &Setup,
+    major: u32,
+    to: &str,
+    extra: &[&str],
+    settings: &[String],
+) -> Result<(Cluster, String)> {
     let mut c = Cluster::unstarted(major)?;
     let dir = c.data_dir().display().to_string();
-    let out = refugio_ok(
-        &[
-            "--config",
-            &s.cfg(),
-            "restore",
-            "--physical",
-            "--to",
-            to,
-            "--target-dir",
-            &dir,
-        ],
-        &s.env,
-    )?;
+    let cfg = s.cfg();
+    let mut args = vec![
+        "--config",
+        &cfg,
+        "restore",
+        "--physical",
+        "--to",
+        to,
+        "--target-dir",
+        &dir,
+    ];
+    args.extend_from_slice(extra);
+    let out = refugio_ok(&args, &s.env)?;
     assert!(
         out.contains("pg_ctl -D"),
         "it says how to start the server: {out}"
@@ -207,7 +219,7 @@ async fn restore_to(s: &Setup, major: u32, to: &str, settings: &[String]) -> Res
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(c)
+    Ok((c, out))
 }
 
 /// `refugio verify --json` with `extra`: exits `code`, its receipt says
@@ -639,5 +651,6 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
 
 mod both_kinds;
 mod faults;
+mod hostile;
 mod standby;
 mod wal_commands;

@@ -186,6 +186,7 @@ async fn recover_and_check(
             target_dir: cluster.data_dir(),
             restore_command: how.restore_command.clone(),
             identities: opts.identities.clone(),
+            keep_archiving: false,
         },
     )
     .await?;

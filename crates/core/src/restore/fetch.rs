@@ -116,6 +116,27 @@ pub(super) async fn explain(
     }
 }
 
+/// Content refused as not refugio's (`why`) while decoding: if the
+/// rest of the stored bytes do not match the manifest, that is damage (or
+/// a failed download) and said so; if they match, the refusal stands.
+pub(super) async fn refused(
+    repo: &Repository,
+    key: &str,
+    art: &Artifact,
+    why: Error,
+    mut raw: Shared<Raw>,
+) -> Error {
+    match tokio::io::copy(&mut raw, &mut tokio::io::sink()).await {
+        // The verified reader ends in an error unless size and digest match.
+        Ok(_) => why,
+        Err(e) if is_store_error(&e) => fetch_error(repo, key, art, e).await,
+        Err(e) => Error::Fetch {
+            key: key.into(),
+            source: e,
+        },
+    }
+}
+
 fn is_store_error(e: &std::io::Error) -> bool {
     e.get_ref()
         .is_some_and(|i| i.downcast_ref::<refugio_store::Error>().is_some())

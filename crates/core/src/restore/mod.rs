@@ -6,6 +6,7 @@ use std::time::Instant;
 mod fetch;
 pub mod physical;
 mod target;
+mod untar;
 
 use refugio_dump::process::{check_exit, StderrTail};
 use refugio_dump::script;

@@ -1,8 +1,10 @@
 //! `refugio restore --physical`: a physical job's base backup unpacked
 //! into an empty directory, set up to recover from the job's WAL archive
 //! to a point (`recovery.signal`, `restore_command = '… wal-fetch %f %p'`,
-//! the target, `recovery_target_action = 'promote'`). Starting the server
-//! on that directory replays the WAL and promotes at the target.
+//! the target, `recovery_target_action = 'promote'`, and `archive_mode =
+//! off` unless the clone is to archive). Starting the server on that
+//! directory replays the WAL and promotes at the target. The base tar is
+//! unpacked by [`super::untar`]: regular files and directories only.
 
 use std::fmt;
 use std::io::Write;
@@ -19,7 +21,8 @@ use refugio_store::repo::Repository;
 use serde::Serialize;
 use tokio_util::io::SyncIoBridge;
 
-use super::fetch::{explain, open_artifact};
+use super::fetch::{explain, open_artifact, refused};
+use super::untar::{self, open_in_data_dir, UnpackError};
 use super::{Decode, Sealing};
 use crate::encryption::{self, Identities};
 use crate::error::{Error, Result};
@@ -151,7 +154,16 @@ pub struct PhysicalRestoreOptions {
     /// `/usr/bin/refugio --config /etc/refugio.toml wal-fetch --job main %f %p`.
     pub restore_command: String,
     pub identities: Option<Arc<Identities>>,
+    /// Keep the source's `archive_mode` (a replacement primary that is to
+    /// archive into the job); by default the clone gets `archive_mode =
+    /// off`, so that once promoted it never archives into production's
+    /// archive.
+    pub keep_archiving: bool,
 }
+
+/// What a restored clone gets unless it is to archive
+/// (`PhysicalRestoreOptions::keep_archiving`).
+const ARCHIVE_OFF: &str = "# A restored clone does not archive into the source's WAL archive (refugio restore --physical --keep-archiving keeps archiving).\narchive_mode = off\n";
 
 /// What a physical restore did.
 #[derive(Debug, Clone, Serialize)]
@@ -166,6 +178,8 @@ pub struct PhysicalRestoreReport {
     pub seconds: f64,
     /// How to start the server on the directory.
     pub start_hint: String,
+    /// Whether `archive_mode = off` was written (no `--keep-archiving`).
+    pub archive_mode_off: bool,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -215,6 +229,7 @@ pub async fn restore_physical(
         manifest,
         opts.target,
         &opts.restore_command,
+        opts.keep_archiving,
     )?;
     let dir = opts.target_dir.display().to_string();
     Ok(PhysicalRestoreReport {
@@ -232,6 +247,7 @@ pub async fn restore_physical(
             opts.target,
             d = shell_quote(&dir)
         ),
+        archive_mode_off: !opts.keep_archiving,
     })
 }
 
@@ -277,55 +293,66 @@ pub(crate) async fn unpack_base(
     let target = dir.to_path_buf();
     let unpacked = tokio::task::spawn_blocking(move || {
         let mut bridge = SyncIoBridge::new(reader);
-        let mut archive = tar::Archive::new(&mut bridge);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_mtime(true);
-        archive.set_overwrite(false);
-        archive.unpack(&target)?;
+        untar::unpack(&mut bridge, &target)?;
         // The digest is checked at the end of the stored bytes: read past
         // the tar's end-of-archive blocks to the end.
         std::io::copy(&mut bridge, &mut std::io::sink())?;
-        Ok::<_, std::io::Error>(())
+        Ok::<_, UnpackError>(())
     })
     .await
     .map_err(|e| Error::Physical(format!("unpacking {key}: {e}")))?;
-    if let Err(e) = unpacked {
-        return Err(explain(repo, &key, art, e, raw).await);
+    match unpacked {
+        Ok(()) => Ok(art.stored_size),
+        Err(UnpackError::Io(e)) => Err(explain(repo, &key, art, e, raw).await),
+        Err(UnpackError::Refused { entry, reason }) => {
+            let why = Error::UnsafeEntry {
+                key: key.clone(),
+                entry,
+                reason,
+            };
+            Err(refused(repo, &key, art, why, raw).await)
+        }
     }
-    Ok(art.stored_size)
 }
 
 /// `recovery.signal` and the recovery settings (appended to
-/// `postgresql.auto.conf`, which the server reads last).
+/// `postgresql.auto.conf`, which the server reads last), and, unless
+/// `keep_archiving`, `archive_mode = off`. Neither file is written
+/// through a link.
 pub(crate) fn write_recovery(
     dir: &Path,
     manifest: &Manifest,
     target: RecoveryTarget,
     restore_command: &str,
+    keep_archiving: bool,
 ) -> Result<()> {
     for stale in ["standby.signal", "postmaster.pid"] {
+        // Removes a link itself, never what it points to.
         let _ = std::fs::remove_file(dir.join(stale));
     }
     let signal = dir.join("recovery.signal");
-    std::fs::write(
-        &signal,
-        format!(
-            "# refugio restore --physical: backup {} of job {}, to {target}\n",
-            manifest.backup_id, manifest.job
-        ),
-    )
-    .map_err(|e| io_err("writing", &signal, e))?;
+    open_in_data_dir(&signal, false)
+        .and_then(|mut f| {
+            f.write_all(
+                format!(
+                    "# refugio restore --physical: backup {} of job {}, to {target}\n",
+                    manifest.backup_id, manifest.job
+                )
+                .as_bytes(),
+            )?;
+            f.sync_all()
+        })
+        .map_err(|e| io_err("writing", &signal, e))?;
     let auto = dir.join("postgresql.auto.conf");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&auto)
-        .map_err(|e| io_err("opening", &auto, e))?;
+    let mut f = open_in_data_dir(&auto, true).map_err(|e| io_err("opening", &auto, e))?;
     let mut text = format!(
         "\n# Added by refugio restore --physical (backup {}, target {target}).\nrestore_command = {}\n",
         manifest.backup_id,
         conf_quote(restore_command)
     );
+    if !keep_archiving {
+        text.push_str(ARCHIVE_OFF);
+    }
     for line in target_settings(target) {
         text.push_str(&line);
         text.push('\n');
