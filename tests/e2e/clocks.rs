@@ -34,8 +34,7 @@ fn redate(repo_dir: &Path, id: &str, new_id: &str, shift: chrono::Duration) -> R
     let mut m: Value = serde_json::from_slice(&std::fs::read(&path)?)?;
     m["backup_id"] = new_id.into();
     for field in ["started_at", "finished_at"] {
-        let t: chrono::DateTime<chrono::Utc> =
-            m[field].as_str().context("host time")?.parse()?;
+        let t: chrono::DateTime<chrono::Utc> = m[field].as_str().context("host time")?.parse()?;
         m[field] = (t + shift).to_rfc3339().into();
     }
     std::fs::write(&path, serde_json::to_vec(&m)?)?;
@@ -118,10 +117,13 @@ async fn a_backup_dated_in_the_future_does_not_stop_scheduled_backups() -> Resul
     let text = all_output(&out);
     assert_eq!(out.status.code(), Some(0), "not damage: {text}");
     assert!(
-        text.contains(&format!("WARNING  backup {FUTURE_ID} is dated in the future")),
+        text.contains(&format!(
+            "WARNING  backup {FUTURE_ID} is dated in the future"
+        )),
         "{text}"
     );
-    let checked: Value = serde_json::from_str(&refugio_ok(&["--config", cfg, "check", "--json"], &env)?)?;
+    let checked: Value =
+        serde_json::from_str(&refugio_ok(&["--config", cfg, "check", "--json"], &env)?)?;
     assert_eq!(checked[0]["future"], serde_json::json!([FUTURE_ID]));
     // `latest` is the newest real backup, never the future one.
     let latest = ids(&config, &env)?
@@ -132,8 +134,17 @@ async fn a_backup_dated_in_the_future_does_not_stop_scheduled_backups() -> Resul
     let (target, bindir) = (restored.url("app"), restored.bindir().display().to_string());
     let out = refugio_ok(
         &[
-            "--config", cfg, "restore", "--backup", "latest", "--target", &target, "--create",
-            "--pg-bindir", &bindir,
+            "--config",
+            cfg,
+            "restore",
+            "--backup",
+            "latest",
+            "--target",
+            &target,
+            "--create",
+            "--no-owner",
+            "--pg-bindir",
+            &bindir,
         ],
         &env,
     )?;
@@ -168,7 +179,15 @@ async fn a_host_clock_behind_does_not_get_the_new_backup_pruned_before_its_drill
     refugio_ok(&["--config", cfg, "backup"], &env)?;
     let verified = ids(&config, &env)?.first().cloned().context("b1")?;
     refugio_ok(
-        &["--config", cfg, "verify", "--backup", &verified, "--pg-bindir", &bindir],
+        &[
+            "--config",
+            cfg,
+            "verify",
+            "--backup",
+            &verified,
+            "--pg-bindir",
+            &bindir,
+        ],
         &env,
     )?;
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -187,22 +206,36 @@ async fn a_host_clock_behind_does_not_get_the_new_backup_pruned_before_its_drill
     redate(dir, &taken, &new, behind)?;
     assert!(new < verified, "{new} sorts before {verified} by id");
 
-    assert_eq!(ids(&config, &env)?, vec![new.clone(), verified.clone()], "newest first by server time");
-    let report: Value = serde_json::from_str(&refugio_ok(&["--config", cfg, "prune", "--json"], &env)?)?;
+    assert_eq!(
+        ids(&config, &env)?,
+        vec![new.clone(), verified.clone()],
+        "newest first by server time"
+    );
+    let report: Value =
+        serde_json::from_str(&refugio_ok(&["--config", cfg, "prune", "--json"], &env)?)?;
     let report = &report[0];
     let decision = report["decisions"]
         .as_array()
         .and_then(|a| a.iter().find(|d| d["id"] == new.as_str()))
         .context("a decision for the new backup")?;
     assert_eq!(decision["keep"], true, "{report}");
-    assert_eq!(decision["reasons"], serde_json::json!(["awaiting_drill"]), "{report}");
+    assert_eq!(
+        decision["reasons"],
+        serde_json::json!(["awaiting_drill"]),
+        "{report}"
+    );
     assert_eq!(report["deleted_backups"], serde_json::json!([]), "{report}");
 
     // The drill of `latest` is its drill; then it is the one kept.
     let out = refugio_ok(&["--config", cfg, "verify", "--pg-bindir", &bindir], &env)?;
     assert!(out.contains(&new), "latest is the new backup: {out}");
-    let report: Value = serde_json::from_str(&refugio_ok(&["--config", cfg, "prune", "--json"], &env)?)?;
-    assert_eq!(report[0]["deleted_backups"], serde_json::json!([verified]), "{report}");
+    let report: Value =
+        serde_json::from_str(&refugio_ok(&["--config", cfg, "prune", "--json"], &env)?)?;
+    assert_eq!(
+        report[0]["deleted_backups"],
+        serde_json::json!([verified]),
+        "{report}"
+    );
     assert_eq!(ids(&config, &env)?, vec![new.clone()]);
     observed(
         34,
@@ -239,12 +272,25 @@ async fn gc_grace_below_its_floor_is_refused_naming_the_field_and_the_floor() ->
     );
     let url = format!("file://{}", tmp.path().join("repo").display());
     let out = refugio(
-        &["prune", "--repository", &url, "--job", "app", "--keep-last", "1", "--gc-grace", "10m"],
+        &[
+            "prune",
+            "--repository",
+            &url,
+            "--job",
+            "app",
+            "--keep-last",
+            "1",
+            "--gc-grace",
+            "10m",
+        ],
         &env,
     );
     let text = all_output(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
-    assert!(text.contains("gc_grace: 10m is below its floor of 1h"), "{text}");
+    assert!(
+        text.contains("gc_grace: 10m is below its floor of 1h"),
+        "{text}"
+    );
     observed(
         35,
         "gc_grace = \"30m\" in the config and --gc-grace 10m on the command line: prune exits 2 with `retention: gc_grace: 30m is below its floor of 1h` (and 10m); nothing is pruned",
@@ -263,15 +309,24 @@ FROM generate_series(1, 480) AS g";
 const DIGEST: &str =
     "SELECT count(*) || ':' || md5(string_agg(blob, ''::bytea ORDER BY id)) FROM noise";
 
-/// Scenario 36: a slow backup to Garage and a prune
+/// Scenario 36: a slow backup to S3 (moto, Garage) and a prune
 /// at the `gc_grace` floor, judging two hours later (`--now`), run
 /// together: the backup's claim and multipart upload are "old", yet the
 /// claim beats, so GC leaves them alone; the backup commits whole.
+#[rstest::rstest]
+#[case::moto(false)]
+#[case::garage(true)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prune_at_the_floor_beside_a_slow_backup_leaves_it_whole() -> Result<()> {
-    let garage = s3::garage()?;
+async fn a_prune_at_the_floor_beside_a_slow_backup_leaves_it_whole(
+    #[case] on_garage: bool,
+) -> Result<()> {
+    let store = if on_garage {
+        s3::garage()?
+    } else {
+        s3::moto()?
+    };
     let tmp = tempfile::tempdir()?;
-    let repo = Repo::s3(garage.clone(), "gc-running");
+    let repo = Repo::s3(store.clone(), "gc-running");
     let env = repo.env();
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
@@ -282,7 +337,12 @@ async fn a_prune_at_the_floor_beside_a_slow_backup_leaves_it_whole() -> Result<(
         format!(
             "{}upload_rate_limit = \"1MiB/s\"\npart_size = \"5MiB\"\n\n[[jobs]]\n{}",
             repo.toml(),
-            job("app", &src, "app", "retention = { keep_last = 1, gc_grace = \"1h\" }\n")
+            job(
+                "app",
+                &src,
+                "app",
+                "retention = { keep_last = 1, gc_grace = \"1h\" }\n"
+            )
         ),
     )?;
     let cfg = path.to_str().unwrap_or_default();
@@ -291,9 +351,11 @@ async fn a_prune_at_the_floor_beside_a_slow_backup_leaves_it_whole() -> Result<(
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     let prefix = prefix_of(&repo);
-    wait_until("the backup's multipart upload", Duration::from_secs(60), || {
-        Ok(multipart_uploads_left(&garage, &prefix)? >= 1)
-    })?;
+    wait_until(
+        "the backup's multipart upload",
+        Duration::from_secs(60),
+        || Ok(multipart_uploads_left(&store, &prefix)? >= 1),
+    )?;
     // Two hours on, the claim and the upload are an hour past gc_grace.
     let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
     let t0 = Instant::now();
@@ -311,7 +373,10 @@ async fn a_prune_at_the_floor_beside_a_slow_backup_leaves_it_whole() -> Result<(
     assert_eq!(report["stale_uploads"], serde_json::json!([]), "{report}");
     let running = report["running"].as_array().map(Vec::len);
     assert_eq!(running, Some(1), "{report}");
-    assert!(multipart_uploads_left(&garage, &prefix)? >= 1, "the upload goes on");
+    assert!(
+        multipart_uploads_left(&store, &prefix)? >= 1,
+        "the upload goes on"
+    );
 
     let out = backup.wait_with_output()?;
     let text = all_output(&out);
@@ -326,8 +391,16 @@ async fn a_prune_at_the_floor_beside_a_slow_backup_leaves_it_whole() -> Result<(
     let (target, bindir) = (dst.url("app"), dst.bindir().display().to_string());
     refugio_ok(
         &[
-            "--config", cfg, "restore", "--backup", "latest", "--target", &target, "--create",
-            "--pg-bindir", &bindir,
+            "--config",
+            cfg,
+            "restore",
+            "--backup",
+            "latest",
+            "--target",
+            &target,
+            "--create",
+            "--pg-bindir",
+            &bindir,
         ],
         &env,
     )?;
@@ -341,9 +414,10 @@ async fn a_prune_at_the_floor_beside_a_slow_backup_leaves_it_whole() -> Result<(
     )?)?;
     assert_eq!(after[0]["orphans"], serde_json::json!([]), "{after}");
     assert_eq!(after[0]["running"], Value::Null, "{after}");
-    assert_eq!(multipart_uploads_left(&garage, &prefix)?, 0);
+    assert_eq!(multipart_uploads_left(&store, &prefix)?, 0);
     let note = format!(
-        "prune --now +2h with gc_grace = 1h (the floor) during a 1 MiB/s backup of ~30 MiB to Garage: took {:.1} s, running = [{id}], 0 orphans, 0 stale uploads; the backup went on, committed, `check` clean, restored identical ({digest})",
+        "prune --now +2h with gc_grace = 1h (the floor) during a 1 MiB/s backup of ~30 MiB to {}: took {:.1} s, running = [{id}], 0 orphans, 0 stale uploads; the backup went on, committed, `check` clean, restored identical ({digest})",
+        if on_garage { "Garage" } else { "moto" },
         pruned_in.as_secs_f64()
     );
     observed(36, &note);

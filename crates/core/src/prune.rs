@@ -58,9 +58,8 @@ const MANIFEST_READS: usize = 32;
 pub const GC_GRACE_FLOOR: Duration = Duration::from_secs(3600);
 /// How long prune watches a claim that looks old before calling it dead:
 /// two and a half beats.
-const LIVENESS_WAIT: Duration = Duration::from_millis(
-    refugio_store::repo::HEARTBEAT_INTERVAL.as_millis() as u64 * 5 / 2,
-);
+const LIVENESS_WAIT: Duration =
+    Duration::from_millis(refugio_store::repo::HEARTBEAT_INTERVAL.as_millis() as u64 * 5 / 2);
 
 /// What prune decided and did.
 #[derive(Debug, Serialize)]
@@ -274,7 +273,11 @@ async fn prune_once(
     // in the listing, or beats while prune watches it.
     let mut suspects: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut running = std::collections::BTreeSet::new();
-    for id in old_ids.iter().map(|id| (*id).clone()).chain(old_uploads.iter().filter_map(|u| id_of(&u.key))) {
+    for id in old_ids
+        .iter()
+        .map(|id| (*id).clone())
+        .chain(old_uploads.iter().filter_map(|u| id_of(&u.key)))
+    {
         let Some(l) = listed.get(&id) else { continue };
         if l.committed || l.claims.is_empty() {
             continue;
@@ -466,7 +469,10 @@ async fn beating(
     let read = || async move {
         let mut seen = BTreeMap::new();
         for key in suspects.values().flatten() {
-            seen.insert(key.clone(), repo.read_small(key, MAX_CLAIM_BYTES).await.ok().flatten());
+            seen.insert(
+                key.clone(),
+                repo.read_small(key, MAX_CLAIM_BYTES).await.ok().flatten(),
+            );
         }
         seen
     };
@@ -477,7 +483,10 @@ async fn beating(
         .iter()
         .filter(|(_, keys)| {
             keys.iter().any(|k| {
-                let (b, a) = (before.get(k).cloned().flatten(), after.get(k).cloned().flatten());
+                let (b, a) = (
+                    before.get(k).cloned().flatten(),
+                    after.get(k).cloned().flatten(),
+                );
                 b.is_none() || a.is_none() || b != a
             })
         })

@@ -110,17 +110,26 @@ mod tests {
         let repo = Repository::new(Arc::new(store));
         for id in ["20261128T060000Z", "20261128T070400Z", "29991231T000000Z"] {
             let key = Repository::manifest_key("app", id);
-            repo.store().put(&key, Bytes::from_static(b"{}")).await.expect("put");
+            repo.store()
+                .put(&key, Bytes::from_static(b"{}"))
+                .await
+                .expect("put");
         }
         let now = id_time("20261128T070000Z").expect("time");
         // 07:04 is within the 5-minute tolerance; 2999 is not.
         let st = status_at(&repo, "app", now).await.expect("status");
         assert_eq!(st.future, vec!["29991231T000000Z".to_string()]);
-        assert_eq!(st.newest.map(|(id, _)| id).as_deref(), Some("20261128T070400Z"));
+        assert_eq!(
+            st.newest.map(|(id, _)| id).as_deref(),
+            Some("20261128T070400Z")
+        );
         assert_eq!(st.backups, 3);
         let strict = repo.clone().with_clock_tolerance(std::time::Duration::ZERO);
         let st = status_at(&strict, "app", now).await.expect("status");
         assert_eq!(st.future.len(), 2, "{:?}", st.future);
-        assert_eq!(st.newest.map(|(id, _)| id).as_deref(), Some("20261128T060000Z"));
+        assert_eq!(
+            st.newest.map(|(id, _)| id).as_deref(),
+            Some("20261128T060000Z")
+        );
     }
 }

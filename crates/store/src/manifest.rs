@@ -264,7 +264,9 @@ impl Manifest {
     pub fn consistent_at(&self) -> DateTime<Utc> {
         match &self.physical {
             Some(p) => {
-                let ran = chrono::Duration::milliseconds((self.durations.dump_seconds.max(0.0) * 1000.0) as i64);
+                let ran = chrono::Duration::milliseconds(
+                    (self.durations.dump_seconds.max(0.0) * 1000.0) as i64,
+                );
                 p.start_time + ran
             }
             None => self.server_time(),

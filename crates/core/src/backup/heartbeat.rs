@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 /// Beats while it lives; [`Heartbeat::stop`] ends it before the claim goes.
 pub(super) struct Heartbeat {
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Heartbeat {
@@ -28,19 +28,23 @@ impl Heartbeat {
                 }
             }
         });
-        Heartbeat { task }
+        Heartbeat { task: Some(task) }
     }
 
     /// Stops beating; after it returns no beat is in flight, so the
     /// claim can be deleted without a late beat writing it again.
-    pub(super) async fn stop(self) {
-        self.task.abort();
-        let _ = self.task.await;
+    pub(super) async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }

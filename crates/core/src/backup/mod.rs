@@ -573,7 +573,9 @@ mod tests {
         let store = refugio_store::fs::FsStore::new(dir.path()).expect("store");
         let repo = Repository::new(Arc::new(store));
         let key = "app/20261128T060000Z/database.dump.zst";
-        let err = verify_stored(&repo, &manifest(7)).await.expect_err("missing");
+        let err = verify_stored(&repo, &manifest(7))
+            .await
+            .expect_err("missing");
         assert!(
             matches!(&err, Error::NotStored { key: k, expected: 7, actual: None, .. } if k == key),
             "{err:?}"
@@ -585,7 +587,14 @@ mod tests {
             .expect("put");
         let err = verify_stored(&repo, &manifest(9)).await.expect_err("short");
         assert!(
-            matches!(&err, Error::NotStored { expected: 9, actual: Some(7), .. }),
+            matches!(
+                &err,
+                Error::NotStored {
+                    expected: 9,
+                    actual: Some(7),
+                    ..
+                }
+            ),
             "{err:?}"
         );
         assert!(err.to_string().contains("stored with 7 bytes"), "{err}");
