@@ -25,7 +25,7 @@ pub async fn open_observed(
     let store = refugio_store::open(&location, &cfg.repository.s3_options(on_retry))
         .await
         .with_context(|| format!("opening repository {location}"))?;
-    Ok(Repository::new(store))
+    Ok(Repository::new(store).with_clock_tolerance(cfg.repository.clock_tolerance))
 }
 
 /// The repository for a command that reads it (`list`, `restore`,
@@ -36,5 +36,5 @@ pub async fn open_existing(cfg: &Config, url: Option<&str>) -> Result<Repository
     let url = url.unwrap_or(&cfg.repository.url);
     let location = RepositoryLocation::parse(url).map_err(|e| usage(e.into()))?;
     let store = refugio_store::open_existing(&location, &cfg.repository.s3_options(None)).await?;
-    Ok(Repository::new(store))
+    Ok(Repository::new(store).with_clock_tolerance(cfg.repository.clock_tolerance))
 }

@@ -6,6 +6,7 @@ mod agent;
 mod agent_signals;
 mod alerting;
 mod check;
+mod clocks;
 mod common;
 mod drill;
 mod encryption;

@@ -57,7 +57,7 @@ async fn policy_round(repo: Repo, name: &str) -> Result<()> {
     refugio_testkit::sample::load_sample(&src, "app").await?;
     let scratch = Cluster::start(16).await?;
     let extra = format!(
-        "scratch = {:?}\nglobals = false\nretention = {{ keep_last = 2, min_verified = 1, gc_grace = \"1s\" }}\n",
+        "scratch = {:?}\nglobals = false\nretention = {{ keep_last = 2, min_verified = 1, gc_grace = \"1h\" }}\n",
         scratch.url("postgres")
     );
     let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
@@ -161,7 +161,7 @@ async fn gc_removes_orphans_and_stale_uploads_after_the_grace_period() -> Result
             "app",
             &src,
             "app",
-            "retention = { keep_last = 3, gc_grace = \"2s\" }\n",
+            "retention = { keep_last = 3, gc_grace = \"1h\" }\n",
         ),
     );
     let cfg = config.to_str().unwrap_or_default();
@@ -187,7 +187,7 @@ async fn gc_removes_orphans_and_stale_uploads_after_the_grace_period() -> Result
         .await?;
     drop(upload);
     assert_eq!(store.list_multipart_uploads("app/").await?.len(), 1);
-    let after_grace = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let after_grace = chrono::Utc::now() + chrono::Duration::seconds(3603);
     // Within the grace period: reported nowhere, kept.
     let early = prune_json_at(cfg, &env, true, Some(before_writes))?;
     assert_eq!(
@@ -234,7 +234,7 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
     refugio_testkit::sample::load_sample(&src, "app").await?;
     let scratch = Cluster::start(16).await?;
     let extra = format!(
-        "scratch = {:?}\nglobals = false\nretention = {{ keep_last = 1, gc_grace = \"1s\" }}\n",
+        "scratch = {:?}\nglobals = false\nretention = {{ keep_last = 1, gc_grace = \"1h\" }}\n",
         scratch.url("postgres")
     );
     let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
@@ -362,8 +362,9 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
             );
         }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    refugio_ok(&["--config", cfg, "prune"], &env)?;
+    // The orphans are judged past the grace period (1 h, its floor).
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    refugio_ok(&["--config", cfg, "prune", "--now", &later], &env)?;
     let after: Vec<String> = store.list("app/").map_ok(|o| o.key).try_collect().await?;
     assert!(
         after
@@ -405,7 +406,7 @@ async fn prune_of_verified_backups_in_a_directory_succeeds() -> Result<()> {
     refugio_testkit::sample::load_sample(&src, "app").await?;
     let scratch = Cluster::start(16).await?;
     let extra = format!(
-        "scratch = {:?}\nretention = {{ keep_last = 1, gc_grace = \"1s\" }}\n",
+        "scratch = {:?}\nretention = {{ keep_last = 1, gc_grace = \"1h\" }}\n",
         scratch.url("postgres")
     );
     let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));

@@ -207,6 +207,9 @@ fn print_report(r: &CheckReport) {
             println!("  WAL CONFLICT  {c} is archived twice with different content (two servers archiving into this job?)");
         }
     }
+    for id in &r.future {
+        println!("  WARNING  backup {id} is dated in the future (later than now plus repository.clock_tolerance): a writer's clock was wrong; scheduling, `latest`, drills and retention ignore it (delete it by hand once checked)");
+    }
     for u in &r.unchecked {
         println!("  NOT CHECKED  {}: {}", u.key, u.error);
     }

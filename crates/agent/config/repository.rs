@@ -77,6 +77,12 @@ pub struct RepositoryConfig {
     /// Client-side encryption with age; default none.
     #[serde(default)]
     pub encryption: Option<EncryptionConfig>,
+    /// How far ahead of this host's clock a backup may be dated (its id,
+    /// or its server time) before it counts as dated in the future: such
+    /// a backup is reported and ignored by scheduling, catch-up, `latest`,
+    /// drills and retention. Default `5m`.
+    #[serde(default = "default_clock_tolerance", with = "humantime_serde")]
+    pub clock_tolerance: Duration,
 }
 
 impl std::fmt::Debug for RepositoryConfig {
@@ -100,6 +106,7 @@ impl std::fmt::Debug for RepositoryConfig {
             ca_file,
             upload_rate_limit,
             encryption,
+            clock_tolerance,
         } = self;
         let redact = refugio_dump::redact_url;
         f.debug_struct("RepositoryConfig")
@@ -120,6 +127,7 @@ impl std::fmt::Debug for RepositoryConfig {
             .field("ca_file", ca_file)
             .field("upload_rate_limit", upload_rate_limit)
             .field("encryption", encryption)
+            .field("clock_tolerance", clock_tolerance)
             .finish()
     }
 }
@@ -163,6 +171,7 @@ impl Default for RepositoryConfig {
             ca_file: None,
             upload_rate_limit: None,
             encryption: None,
+            clock_tolerance: default_clock_tolerance(),
         }
     }
 }
@@ -184,6 +193,9 @@ fn default_part_size() -> u64 {
 }
 fn default_concurrency() -> usize {
     3
+}
+fn default_clock_tolerance() -> Duration {
+    refugio_store::repo::DEFAULT_CLOCK_TOLERANCE
 }
 fn default_attempts() -> u32 {
     refugio_store::s3::DEFAULT_ATTEMPTS

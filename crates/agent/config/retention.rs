@@ -35,7 +35,9 @@ pub struct RetentionConfig {
     #[serde(default)]
     pub time_zone: Option<String>,
     /// Objects without a manifest and multipart uploads older than this are
-    /// garbage-collected by prune. Default "24h".
+    /// garbage-collected by prune, unless their backup is still running
+    /// (its claim beats). Default "24h"; at least "1h"
+    /// ([`refugio_core::prune::GC_GRACE_FLOOR`]).
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub gc_grace: Duration,
 }
@@ -51,8 +53,16 @@ impl RetentionConfig {
         }
     }
 
-    /// The pure policy.
+    /// The pure policy (and `gc_grace` checked against its floor).
     pub fn policy(&self) -> Result<refugio_store::retention::Policy> {
+        let floor = refugio_core::prune::GC_GRACE_FLOOR;
+        if self.gc_grace < floor {
+            bail!(
+                "gc_grace: {} is below its floor of {}: prune must never race an upload that is merely slow (a running backup's claim protects it whatever its age; the floor guards the rest)",
+                humantime::format_duration(self.gc_grace),
+                humantime::format_duration(floor)
+            );
+        }
         let tz = match &self.time_zone {
             Some(name) => Some(parse_tz(name)?),
             None => None,

@@ -27,7 +27,7 @@ mod tests {
     use std::time::Duration;
 
     /// The contract names, as Prometheus stores the series, with their type.
-    const CONTRACT: [(&str, &str); 26] = [
+    const CONTRACT: [(&str, &str); 27] = [
         ("refugio_backup_last_success_timestamp_seconds", "gauge"),
         ("refugio_backup_last_duration_seconds", "gauge"),
         ("refugio_backup_last_stored_bytes", "gauge"),
@@ -45,6 +45,7 @@ mod tests {
         ("refugio_rto_target_met", "gauge"),
         ("refugio_repository_backups", "gauge"),
         ("refugio_repository_bytes", "gauge"),
+        ("refugio_repository_future_backups", "gauge"),
         ("refugio_prune_deleted_backups_total", "counter"),
         ("refugio_prune_runs_total", "counter"),
         ("refugio_store_retries_total", "counter"),
@@ -82,6 +83,7 @@ mod tests {
             orphans: Vec::new(),
             stale_uploads: Vec::new(),
             receipts_without_manifest: Vec::new(),
+            future: Vec::new(),
             wal: None,
         }
     }
@@ -127,6 +129,7 @@ mod tests {
         m.drill_finished(job, t(1_790_000_100), true, Some(Duration::from_secs(60)));
         m.set_rpo(job, Some(Duration::from_secs(100)));
         m.set_repository(job, 3, 30);
+        m.set_future_backups(job, 1);
         m.prune_finished(job, true, 2);
         m.restore_finished(job, true);
         m.set_database_sizes(job, &[("café trips".into(), 5)]);

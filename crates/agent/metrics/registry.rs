@@ -96,6 +96,7 @@ pub struct Metrics {
     pub(super) rto_target: Family<JobLabels, FloatGauge>,
     pub(super) rto_target_met: Family<JobLabels, IntGauge>,
     pub(super) repository_backups: Family<JobLabels, IntGauge>,
+    pub(super) repository_future_backups: Family<JobLabels, IntGauge>,
     pub(super) repository_bytes: Family<JobLabels, IntGauge>,
     pub(super) prune_deleted: Family<JobLabels, Counter>,
     pub(super) prune_runs: Family<ResultLabels, Counter>,
@@ -215,6 +216,11 @@ impl Metrics {
         let repository_backups = gauge_i(
             "refugio_repository_backups",
             "Number of committed backups of the job in the repository",
+            None,
+        );
+        let repository_future_backups = gauge_i(
+            "refugio_repository_future_backups",
+            "Committed backups of the job dated later than now plus clock_tolerance (a writer's clock was wrong); ignored by scheduling, latest, drills and retention",
             None,
         );
         let repository_bytes = gauge_i(
@@ -362,6 +368,7 @@ impl Metrics {
             rto_target,
             rto_target_met,
             repository_backups,
+            repository_future_backups,
             repository_bytes,
             prune_deleted,
             prune_runs,
@@ -478,6 +485,7 @@ impl Metrics {
             &self.rpo_target_met,
             &self.rto_target_met,
             &self.repository_backups,
+            &self.repository_future_backups,
             &self.repository_bytes,
             &self.check_damaged,
             &self.wal_bytes,

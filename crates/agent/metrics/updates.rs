@@ -239,6 +239,13 @@ impl Metrics {
             .set(saturating_i64(bytes));
     }
 
+    /// Sets how many committed backups of the job are dated in the future.
+    pub fn set_future_backups(&self, job: &str, n: usize) {
+        self.repository_future_backups
+            .get_or_create(&job_labels(job))
+            .set(saturating_i64(n as u64));
+    }
+
     /// Records a prune run and how many backups it deleted.
     pub fn prune_finished(&self, job: &str, success: bool, deleted: u64) {
         let result = if success { SUCCESS } else { FAILURE };

@@ -127,6 +127,11 @@ impl Agent {
 
     fn publish_status(&self, job: &JobConfig, st: &JobStatus) {
         self.metrics.set_repository(&job.name, st.backups, st.bytes);
+        self.metrics.set_future_backups(&job.name, st.future.len());
+        if !st.future.is_empty() {
+            tracing::warn!(job = %job.name, backups = ?st.future,
+                "future-backups: dated later than now plus repository.clock_tolerance (a writer's clock was wrong); ignored by scheduling, catch-up, latest, drills and retention");
+        }
         self.metrics.set_wal(&job.name, &st.wal);
         // The age is taken when asked (a scrape, /readyz), so it grows
         // on while the repository cannot be listed.

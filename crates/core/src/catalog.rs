@@ -13,7 +13,9 @@ pub struct Entry {
     pub last_drill: Option<Receipt>,
 }
 
-/// The backups of `job` (or of every job in the repository), newest first.
+/// The backups of `job` (or of every job in the repository), newest first
+/// by the server-side time; those dated in the future are listed too (so
+/// an operator sees them).
 pub async fn list(repo: &Repository, job: Option<&str>) -> Result<Vec<Entry>> {
     let jobs = match job {
         Some(j) => vec![j.to_string()],
@@ -22,16 +24,12 @@ pub async fn list(repo: &Repository, job: Option<&str>) -> Result<Vec<Entry>> {
     let mut manifests: Vec<Manifest> = Vec::new();
     let mut receipts: Vec<(String, String, Receipt)> = Vec::new();
     for j in &jobs {
-        manifests.extend(repo.manifests(j).await?);
+        manifests.extend(repo.manifests_all(j).await?);
         for (id, r) in receipt::read_all(repo, j).await? {
             receipts.push((j.clone(), id, r));
         }
     }
-    manifests.sort_by(|x, y| {
-        y.started_at
-            .cmp(&x.started_at)
-            .then(y.backup_id.cmp(&x.backup_id))
-    });
+    manifests.sort_by(|x, y| y.cmp_time(x));
     Ok(manifests
         .into_iter()
         .map(|m| {

@@ -209,6 +209,11 @@ pub struct CheckReport {
     /// or by a prune that was interrupted). Not damage: no committed backup
     /// lost anything.
     pub receipts_without_manifest: Vec<String>,
+    /// Committed backups whose id is later than now plus the repository's
+    /// `clock_tolerance` (a writer's clock was wrong): ignored by
+    /// scheduling, `latest`, drills and retention. Not damage; a warning.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub future: Vec<String>,
     /// A physical job's WAL archive: its continuity from each base backup
     /// on (gaps and conflicts are damage). None: no physical backup and
     /// no archive.
@@ -310,8 +315,16 @@ async fn check_once(
         orphans: Vec::new(),
         stale_uploads: Vec::new(),
         receipts_without_manifest: Vec::new(),
+        future: Vec::new(),
         wal: None,
     };
+    let horizon = repo.horizon(started_at);
+    for (id, _) in ids.iter().filter(|(_, o)| o.committed()) {
+        if crate::listing::id_time(id).is_some_and(|t| t > horizon) {
+            tracing::warn!(job, backup = %id, "future-backup: dated later than now plus clock_tolerance; ignored by scheduling, latest, drills and retention");
+            report.future.push(id.clone());
+        }
+    }
     let mut bases: Vec<crate::wal_chain::BaseNeeds> = Vec::new();
 
     // Uncommitted ids: receipts (always worth saying), then the rest once

@@ -96,6 +96,25 @@ pub enum Error {
         source: Box<refugio_store::Error>,
     },
 
+    /// The commit's check found an artifact the manifest names missing or
+    /// of another size: nothing was committed.
+    #[error("job {job}: backup {backup}: artifact {key} is {}, the manifest says {expected} bytes; nothing was committed", match actual { Some(n) => format!("stored with {n} bytes"), None => "not stored".to_string() })]
+    NotStored {
+        job: String,
+        backup: String,
+        key: String,
+        expected: u64,
+        actual: Option<u64>,
+    },
+
+    /// `gc_grace` below [`crate::prune::GC_GRACE_FLOOR`].
+    #[error("job {job}: gc_grace = {} is below its floor of {}: garbage collection must never race an upload that is merely slow", humantime::format_duration(*grace), humantime::format_duration(*floor))]
+    GraceBelowFloor {
+        job: String,
+        grace: std::time::Duration,
+        floor: std::time::Duration,
+    },
+
     #[error("{what} cancelled{}", if detail.is_empty() { String::new() } else { format!("; {detail}") })]
     Cancelled {
         /// `backup of job app`, `drill`, `prune of job app`.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use refugio_store::manifest::MANIFEST_NAME;
 use refugio_store::repo::Repository;
@@ -25,6 +25,9 @@ pub(crate) struct Listed {
     pub legacy_receipts: Vec<String>,
     /// Every key but the manifest.
     pub others: Vec<String>,
+    /// Claims of the id (`claim-…`): a running backup rewrites its own
+    /// (its heartbeat).
+    pub claims: Vec<String>,
     pub newest: Option<DateTime<Utc>>,
     pub newest_receipt: Option<DateTime<Utc>>,
     /// Bytes of every object.
@@ -43,13 +46,7 @@ pub struct WalSeen {
     pub objects: Vec<crate::wal::WalObject>,
 }
 
-/// The start time encoded in a backup id (`20261128T060000Z[-n]`).
-pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
-    let stamp = id.get(..16)?;
-    NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
-        .ok()
-        .map(|t| t.and_utc())
-}
+pub use refugio_store::repo::id_time;
 
 /// One paginated listing of a job, summarised per backup id.
 /// Also returns what the same listing saw of the WAL archive.
@@ -97,6 +94,9 @@ pub(crate) async fn list_job_and_wal(
         }
         if receipt.is_some() {
             entry.newest_receipt = entry.newest_receipt.max(o.last_modified);
+        }
+        if name.starts_with(refugio_store::repo::CLAIM_PREFIX) {
+            entry.claims.push(o.key.clone());
         }
         entry.others.push(o.key);
     }

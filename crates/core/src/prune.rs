@@ -1,12 +1,22 @@
 //! Prune: apply the job's retention policy, then collect garbage.
 //!
-//! Everything is decided from one paginated listing of the job's prefix
-//! ([`crate::listing`]): no manifest of a logical job is read, so 10,000
-//! backups cost about ten list requests, not 10,000 GETs; only receipts
-//! written before outcome-named receipts existed are fetched. A physical
-//! job's manifests are read (their start LSNs): a base backup whose WAL
-//! chain has a gap does not count as verified, whatever its drills said,
-//! and the WAL before the oldest kept one's start goes.
+//! States come from one paginated listing of the job's prefix
+//! ([`crate::listing`]): receipts are named by their outcome (only receipts
+//! written before that existed are fetched). Every committed manifest is
+//! read, a few at a time: backups are ordered by the source server's time
+//! ([`Manifest::server_time`]), not by their ids, which carry the clock of
+//! whichever host wrote them (a host clock behind would make a new backup
+//! sort as old, and retention would take it before its drill). A backup
+//! dated later than now plus the repository's `clock_tolerance` is left
+//! out of the policy altogether and reported ([`PruneReport::future`]).
+//! A physical job's base backup whose WAL chain has a gap does not count
+//! as verified, whatever its drills said, and the WAL before the oldest
+//! kept one's start goes.
+//!
+//! Garbage collection never touches a running backup: an uncommitted id
+//! whose claim is still beating ([`refugio_store::repo::HEARTBEAT_INTERVAL`])
+//! keeps its objects and its multipart uploads whatever their age
+//! ([`PruneReport::running`]); `gc_grace` has a floor ([`GC_GRACE_FLOOR`]).
 //!
 //! The plan is pure ([`retention::apply`] over the listing); executing it
 //! removes manifests first (a batch), then those backups' artifacts, so an
@@ -27,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::listing::{id_time, list_job_and_wal, Listed};
+use crate::listing::{list_job_and_wal, Listed};
 use crate::receipt;
 use crate::wal_chain::BaseNeeds;
 use refugio_store::manifest::Manifest;
@@ -37,6 +47,19 @@ use refugio_store::manifest::Manifest;
 pub const DELETE_BATCH: usize = 100;
 /// Batches deleted at once.
 const BATCHES_IN_FLIGHT: usize = 4;
+/// Manifests read at once.
+const MANIFEST_READS: usize = 32;
+/// The least `gc_grace` accepted: an hour. Longer than any one request of
+/// an upload can stall (S3 `operation_timeout` 2 min × `attempts` 5 with
+/// backoff, by default) and than a backup of an older refugio, which does
+/// not beat, needs between two stored objects; the heartbeat is what keeps
+/// a running backup safe, the floor keeps a mistake in `gc_grace` (`"1s"`)
+/// from turning a slow request into a lost backup.
+pub const GC_GRACE_FLOOR: Duration = Duration::from_secs(3600);
+/// How long prune watches a claim that looks old before calling it dead:
+/// two and a half beats.
+const LIVENESS_WAIT: Duration =
+    Duration::from_millis(refugio_store::repo::HEARTBEAT_INTERVAL.as_millis() as u64 * 5 / 2);
 
 /// What prune decided and did.
 #[derive(Debug, Serialize)]
@@ -54,6 +77,16 @@ pub struct PruneReport {
     pub orphans: Vec<String>,
     /// Multipart uploads older than the grace period.
     pub stale_uploads: Vec<String>,
+    /// Uncommitted backups that are running (their claim beat while prune
+    /// watched): their objects and uploads were left alone, whatever
+    /// their age.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub running: Vec<String>,
+    /// Committed backups dated later than now plus `clock_tolerance` (a
+    /// writer's clock was wrong): outside the policy, neither kept by it
+    /// nor deleted; `refugio check` and the agent report them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub future: Vec<String>,
     /// WAL of a physical job older than the oldest kept base backup's
     /// start: no kept backup can replay it. Left out of JSON when
     /// nothing goes (a logical job).
@@ -95,7 +128,8 @@ pub struct PruneOptions {
     pub job: String,
     /// The retention policy.
     pub policy: Policy,
-    /// Orphans and multipart uploads older than this are collected.
+    /// Orphans and multipart uploads older than this are collected (at
+    /// least [`GC_GRACE_FLOOR`]), unless their backup is running.
     pub grace: Duration,
     /// The repository has S3 Object Lock configured: ask each doomed
     /// backup's retention before deleting it.
@@ -118,6 +152,7 @@ pub async fn prune(
     clock: &dyn Clock,
     cancel: &CancellationToken,
 ) -> Result<PruneReport> {
+    check_grace(&opts.job, opts.grace)?;
     tokio::select! {
         r = prune_once(repo, opts, clock.now()) => r,
         _ = cancel.cancelled() => Err(Error::Cancelled {
@@ -125,6 +160,18 @@ pub async fn prune(
             detail: "an interrupted prune leaves only orphans".into(),
         }),
     }
+}
+
+/// Refuses a `gc_grace` below [`GC_GRACE_FLOOR`].
+pub fn check_grace(job: &str, grace: Duration) -> Result<()> {
+    if grace < GC_GRACE_FLOOR {
+        return Err(Error::GraceBelowFloor {
+            job: job.to_string(),
+            grace,
+            floor: GC_GRACE_FLOOR,
+        });
+    }
+    Ok(())
 }
 
 async fn prune_once(
@@ -146,9 +193,19 @@ async fn prune_once(
     let (listed, wal_seen) = list_job_and_wal(repo, job).await?;
     let physical = physical || wal_seen.files > 0;
 
+    let horizon = repo.horizon(now);
+    let manifests = read_manifests(repo, job, &listed).await?;
     let mut states = BTreeMap::new();
     let mut candidates = Vec::new();
+    let mut future = Vec::new();
     for (id, l) in listed.iter().filter(|(_, l)| l.committed) {
+        // Deleted since the listing: nothing to decide.
+        let Some(m) = manifests.get(id) else { continue };
+        if m.dated_after(horizon) {
+            tracing::warn!(job, backup = %id, "future-backup: dated later than now plus clock_tolerance; left out of retention");
+            future.push(id.clone());
+            continue;
+        }
         let mut state = if l.ok_receipt {
             State::Verified
         } else if l.failed_receipt {
@@ -164,24 +221,16 @@ async fn prune_once(
                 State::Failed
             };
         }
-        let time = match id_time(id) {
-            Some(t) => t,
-            // Not an id refugio made: the manifest knows the time.
-            None => match repo.read_manifest(job, id).await? {
-                Some(m) => m.snapshot_at,
-                None => continue,
-            },
-        };
         states.insert(id.clone(), state);
         candidates.push(Candidate {
             id: id.clone(),
-            time,
+            time: m.server_time(),
             state,
             pinned: l.pinned,
         });
     }
-    let (manifests, archived, wal_gaps) = if physical {
-        judge_wal(repo, job, &listed, &mut states, &mut candidates).await?
+    let (archived, wal_gaps) = if physical {
+        judge_wal(repo, job, &manifests, &mut states, &mut candidates).await?
     } else {
         Default::default()
     };
@@ -197,21 +246,63 @@ async fn prune_once(
         failed_deletes: Vec::new(),
         orphans: Vec::new(),
         stale_uploads: Vec::new(),
+        running: Vec::new(),
+        future,
         wal_pruned: Default::default(),
         wal_gaps,
     };
     let cutoff = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    for l in listed.values().filter(|l| !l.committed) {
-        if l.newest.is_some_and(|t| t < cutoff) {
-            report.orphans.extend(l.others.iter().cloned());
-        }
-    }
     let uploads = repo.store().list_multipart_uploads(&prefix).await?;
-    let stale: Vec<_> = uploads
+    let id_of = |key: &str| {
+        key.strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(id, _)| id.to_string())
+    };
+    // What age alone would collect: uncommitted ids, and uploads, older
+    // than the grace period.
+    let old_ids: Vec<&String> = listed
+        .iter()
+        .filter(|(_, l)| !l.committed && l.newest.is_some_and(|t| t < cutoff))
+        .map(|(id, _)| id)
+        .collect();
+    let old_uploads: Vec<_> = uploads
         .into_iter()
         .filter(|u| u.initiated.is_some_and(|t| t < cutoff))
         .collect();
+    // Of those, the ids of running backups: an id whose claim looks fresh
+    // in the listing, or beats while prune watches it.
+    let mut suspects: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut running = std::collections::BTreeSet::new();
+    for id in old_ids
+        .iter()
+        .map(|id| (*id).clone())
+        .chain(old_uploads.iter().filter_map(|u| id_of(&u.key)))
+    {
+        let Some(l) = listed.get(&id) else { continue };
+        if l.committed || l.claims.is_empty() {
+            continue;
+        }
+        if l.newest.is_some_and(|t| t >= cutoff) {
+            running.insert(id);
+        } else {
+            suspects.insert(id, l.claims.clone());
+        }
+    }
+    running.extend(beating(repo, &suspects).await?);
+    for id in &running {
+        tracing::info!(job, backup = %id, "gc-skipped: the backup is running; its objects and uploads are left alone");
+    }
+    for id in old_ids.into_iter().filter(|id| !running.contains(*id)) {
+        if let Some(l) = listed.get(id) {
+            report.orphans.extend(l.others.iter().cloned());
+        }
+    }
+    let stale: Vec<_> = old_uploads
+        .into_iter()
+        .filter(|u| id_of(&u.key).is_none_or(|id| !running.contains(&id)))
+        .collect();
     report.stale_uploads = stale.iter().map(|u| u.key.clone()).collect();
+    report.running = running.into_iter().collect();
 
     // Backups to delete, minus those still under object lock. The store
     // says until when (one HEAD per backup to delete, only with object
@@ -252,6 +343,7 @@ async fn prune_once(
         .filter(|d| d.keep)
         .map(|d| d.id.as_str())
         .chain(report.locked.iter().map(|l| l.id.as_str()))
+        .chain(report.future.iter().map(String::as_str))
         .filter_map(|id| manifests.get(id));
     let (wal_pruned, wal_keys) = crate::wal::prunable(&archived, kept);
     report.wal_pruned = wal_pruned;
@@ -303,32 +395,10 @@ async fn prune_once(
 async fn judge_wal(
     repo: &Repository,
     job: &str,
-    listed: &BTreeMap<String, Listed>,
+    manifests: &BTreeMap<String, Manifest>,
     states: &mut BTreeMap<String, State>,
     candidates: &mut [Candidate],
-) -> Result<(
-    BTreeMap<String, Manifest>,
-    Vec<crate::wal::WalObject>,
-    Vec<crate::wal_chain::WalGap>,
-)> {
-    let ids: Vec<String> = listed
-        .iter()
-        .filter(|(_, l)| l.committed)
-        .map(|(id, _)| id.clone())
-        .collect();
-    let mut reads = futures::stream::iter(ids)
-        .map(|id| async move {
-            let m = repo.read_manifest(job, &id).await;
-            (id, m)
-        })
-        .buffer_unordered(16);
-    let mut manifests = BTreeMap::new();
-    while let Some((id, m)) = reads.next().await {
-        if let Some(m) = m? {
-            manifests.insert(id, m);
-        }
-    }
-    drop(reads);
+) -> Result<(Vec<crate::wal::WalObject>, Vec<crate::wal_chain::WalGap>)> {
     let archived = crate::wal::list(repo, job).await?;
     let bases: Vec<BaseNeeds> = manifests.values().filter_map(BaseNeeds::of).collect();
     let chain = crate::wal_chain::continuity(&archived, &bases);
@@ -351,7 +421,77 @@ async fn judge_wal(
             c.state = *s;
         }
     }
-    Ok((manifests, archived, gaps))
+    Ok((archived, gaps))
+}
+
+/// Every committed backup's manifest, a few at a time. One that cannot
+/// be read stops the prune: without its time (and a base backup's start
+/// LSN) nothing may be decided.
+async fn read_manifests(
+    repo: &Repository,
+    job: &str,
+    listed: &BTreeMap<String, Listed>,
+) -> Result<BTreeMap<String, Manifest>> {
+    let ids: Vec<String> = listed
+        .iter()
+        .filter(|(_, l)| l.committed)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut reads = futures::stream::iter(ids)
+        .map(|id| async move {
+            let m = repo.read_manifest(job, &id).await;
+            (id, m)
+        })
+        .buffer_unordered(MANIFEST_READS);
+    let mut manifests = BTreeMap::new();
+    while let Some((id, m)) = reads.next().await {
+        if let Some(m) = m? {
+            manifests.insert(id, m);
+        }
+    }
+    Ok(manifests)
+}
+
+/// Largest claim read: a claim holds a line and a beat number.
+const MAX_CLAIM_BYTES: u64 = 4096;
+
+/// The ids among `suspects` (id → its claims) whose claim changes, or is
+/// gone or unreadable, within [`LIVENESS_WAIT`]: their backup is running
+/// (or has just committed or given up: either way not garbage yet, and
+/// the next prune sees which). Needs no clock: a claim is read twice.
+async fn beating(
+    repo: &Repository,
+    suspects: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<String>> {
+    if suspects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let read = || async move {
+        let mut seen = BTreeMap::new();
+        for key in suspects.values().flatten() {
+            seen.insert(
+                key.clone(),
+                repo.read_small(key, MAX_CLAIM_BYTES).await.ok().flatten(),
+            );
+        }
+        seen
+    };
+    let before = read().await;
+    tokio::time::sleep(LIVENESS_WAIT).await;
+    let after = read().await;
+    Ok(suspects
+        .iter()
+        .filter(|(_, keys)| {
+            keys.iter().any(|k| {
+                let (b, a) = (
+                    before.get(k).cloned().flatten(),
+                    after.get(k).cloned().flatten(),
+                );
+                b.is_none() || a.is_none() || b != a
+            })
+        })
+        .map(|(id, _)| id.clone())
+        .collect())
 }
 
 /// Deletes one batch of backups: their manifests (one request), then the

@@ -28,11 +28,23 @@ pub struct JobStatus {
     pub newest_drilled_at: Option<DateTime<Utc>>,
     /// A physical job's WAL archive, from the same listing.
     pub wal: WalSeen,
+    /// Committed backups whose id is later than now plus the repository's
+    /// `clock_tolerance` (a writer's clock was wrong): counted in `backups`,
+    /// never `newest` nor verified, so scheduling and catch-up ignore them.
+    pub future: Vec<String>,
 }
 
-/// The job's status from one listing; receipts without an outcome in
-/// their name (older refugio) are read.
+/// The job's status from one listing at this host's time; receipts
+/// without an outcome in their name (older refugio) are read.
 pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
+    status_at(repo, job, Utc::now()).await
+}
+
+/// [`status`] as if it were `now`: backups dated later than now plus the
+/// repository's `clock_tolerance` are listed in [`JobStatus::future`] and
+/// ignored otherwise.
+pub async fn status_at(repo: &Repository, job: &str, now: DateTime<Utc>) -> Result<JobStatus> {
+    let horizon = repo.horizon(now);
     let (listed, wal) = list_job_and_wal(repo, job).await?;
     let mut st = JobStatus {
         wal,
@@ -44,6 +56,10 @@ pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
         st.backups += 1;
         st.bytes += l.bytes;
         let Some(time) = id_time(id) else { continue };
+        if time > horizon {
+            st.future.push(id.clone());
+            continue;
+        }
         if st.newest.as_ref().is_none_or(|(_, t)| time > *t) {
             st.newest = Some((id.clone(), time));
             st.newest_drilled_at = l.newest_receipt;
@@ -79,4 +95,41 @@ pub async fn status(repo: &Repository, job: &str) -> Result<JobStatus> {
         }
     }
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_backup_dated_in_the_future_is_reported_not_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = refugio_store::fs::FsStore::new(dir.path()).expect("store");
+        let repo = Repository::new(Arc::new(store));
+        for id in ["20261128T060000Z", "20261128T070400Z", "29991231T000000Z"] {
+            let key = Repository::manifest_key("app", id);
+            repo.store()
+                .put(&key, Bytes::from_static(b"{}"))
+                .await
+                .expect("put");
+        }
+        let now = id_time("20261128T070000Z").expect("time");
+        // 07:04 is within the 5-minute tolerance; 2999 is not.
+        let st = status_at(&repo, "app", now).await.expect("status");
+        assert_eq!(st.future, vec!["29991231T000000Z".to_string()]);
+        assert_eq!(
+            st.newest.map(|(id, _)| id).as_deref(),
+            Some("20261128T070400Z")
+        );
+        assert_eq!(st.backups, 3);
+        let strict = repo.clone().with_clock_tolerance(std::time::Duration::ZERO);
+        let st = status_at(&strict, "app", now).await.expect("status");
+        assert_eq!(st.future.len(), 2, "{:?}", st.future);
+        assert_eq!(
+            st.newest.map(|(id, _)| id).as_deref(),
+            Some("20261128T060000Z")
+        );
+    }
 }

@@ -252,6 +252,45 @@ impl Manifest {
         self.artifacts.iter().find(|a| a.kind == kind)
     }
 
+    /// When the backup was taken by the source server's clock, which
+    /// orders backups (a writer host's clock, in the id, may be wrong):
+    /// the snapshot's time, or a base backup's `START TIME`.
+    pub fn server_time(&self) -> DateTime<Utc> {
+        self.physical
+            .as_ref()
+            .map_or(self.snapshot_at, |p| p.start_time)
+    }
+
+    /// A base backup is consistent once replay reaches its stop LSN: at
+    /// the latest its `START TIME` (the server's clock) plus how long
+    /// pg_basebackup ran (the writer's monotonic clock), so no wall clock
+    /// of the writer host is involved. Other backups: [`Manifest::server_time`].
+    pub fn consistent_at(&self) -> DateTime<Utc> {
+        match &self.physical {
+            Some(p) => {
+                let ran = chrono::Duration::milliseconds(
+                    (self.durations.dump_seconds.max(0.0) * 1000.0) as i64,
+                );
+                p.start_time + ran
+            }
+            None => self.server_time(),
+        }
+    }
+
+    /// Whether its id (the writer's clock) or its server time is later
+    /// than `horizon`: dated in the future.
+    pub fn dated_after(&self, horizon: DateTime<Utc>) -> bool {
+        crate::repo::id_time(&self.backup_id).is_some_and(|t| t > horizon)
+            || self.server_time() > horizon
+    }
+
+    /// Order of two backups by server time, then id (oldest first).
+    pub fn cmp_time(&self, other: &Manifest) -> std::cmp::Ordering {
+        self.server_time()
+            .cmp(&other.server_time())
+            .then_with(|| self.backup_id.cmp(&other.backup_id))
+    }
+
     /// Whether this is a physical base backup.
     pub fn is_physical(&self) -> bool {
         self.physical.is_some()

@@ -20,10 +20,17 @@ const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 /// Manifests fetched at once when listing.
 const LIST_CONCURRENCY: usize = 16;
 
+/// How far ahead of this host's clock a backup may be dated before it
+/// counts as dated in the future (`clock_tolerance`): 5 minutes.
+pub const DEFAULT_CLOCK_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A repository: a store plus the layout.
 #[derive(Debug, Clone)]
 pub struct Repository {
     store: Arc<dyn ObjectStore>,
+    /// Backups dated later than now plus this are reported and ignored
+    /// by `latest` and by [`Repository::manifests`].
+    clock_tolerance: std::time::Duration,
 }
 
 /// Whether a job name or backup id can be used as one path segment.
@@ -45,11 +52,25 @@ pub const WAL_DIR: &str = "wal";
 /// ([`Repository::claim_backup_id`]).
 pub const CLAIM_PREFIX: &str = "claim-";
 
+/// How often a running backup rewrites its claim (its heartbeat), so that
+/// garbage collection can tell a running backup from a dead one whatever
+/// their age and whatever the clocks say.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A backup id claimed by this process, and the object that claims it.
 #[derive(Debug, Clone)]
 pub struct Claim {
     pub id: String,
     key: String,
+}
+
+/// The start time encoded in a backup id (`20261128T060000Z[-n]`), by
+/// the clock of the host that took it.
+pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
+    let stamp = id.get(..16)?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 /// The backup id for a start time: `20261128T060000Z`, with `-N` appended
@@ -65,7 +86,27 @@ pub fn backup_id(start: DateTime<Utc>, n: u32) -> String {
 
 impl Repository {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Repository { store }
+        Repository {
+            store,
+            clock_tolerance: DEFAULT_CLOCK_TOLERANCE,
+        }
+    }
+
+    /// The same repository with another `clock_tolerance`.
+    pub fn with_clock_tolerance(mut self, tolerance: std::time::Duration) -> Self {
+        self.clock_tolerance = tolerance;
+        self
+    }
+
+    /// How far ahead of this host's clock a backup may be dated.
+    pub fn clock_tolerance(&self) -> std::time::Duration {
+        self.clock_tolerance
+    }
+
+    /// The latest time a backup may be dated at `now`: later ones are
+    /// dated in the future (a writer's clock was wrong).
+    pub fn horizon(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.clock_tolerance).unwrap_or(chrono::Duration::MAX)
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -166,6 +207,14 @@ impl Repository {
         )))
     }
 
+    /// Rewrites the claim with beat number `n`: a running backup's
+    /// heartbeat ([`HEARTBEAT_INTERVAL`]). Prune reads a claim twice, a
+    /// few beats apart: a claim that changed belongs to a running backup.
+    pub async fn beat(&self, claim: &Claim, n: u64) -> Result<()> {
+        let body = format!("refugio: this backup id is taken\nbeat {n}\n");
+        self.store.put(&claim.key, Bytes::from(body)).await
+    }
+
     /// Drops a claim once its backup is committed or given up (best
     /// effort: a leftover claim is one more object of the backup, deleted
     /// with it, or an orphan the garbage collection removes).
@@ -232,9 +281,26 @@ impl Repository {
         Ok(Some(m))
     }
 
-    /// Committed backups of a job, newest first. Manifests are found by
-    /// listing (paginated) and read a few at a time.
+    /// Committed backups of a job, newest first by the server-side time
+    /// ([`Manifest::server_time`]), without those dated in the future
+    /// ([`Repository::future`]: reported, never `latest`, never drilled).
     pub async fn manifests(&self, job: &str) -> Result<Vec<Manifest>> {
+        let horizon = self.horizon(Utc::now());
+        let (dated, future): (Vec<Manifest>, Vec<Manifest>) = self
+            .manifests_all(job)
+            .await?
+            .into_iter()
+            .partition(|m| !m.dated_after(horizon));
+        for m in &future {
+            tracing::warn!(job, backup = %m.backup_id, "future-backup: dated later than this host's clock plus clock_tolerance; ignored (a writer's clock was wrong)");
+        }
+        Ok(dated)
+    }
+
+    /// Every committed backup of a job, those dated in the future too,
+    /// newest first by the server-side time. Manifests are found by
+    /// listing (paginated) and read a few at a time.
+    pub async fn manifests_all(&self, job: &str) -> Result<Vec<Manifest>> {
         let prefix = format!("{job}/");
         let ids: Vec<String> = self
             .store
@@ -256,11 +322,12 @@ impl Repository {
             .try_filter_map(|m| futures::future::ready(Ok(m)))
             .try_collect()
             .await?;
-        out.sort_by(|a, b| b.backup_id.cmp(&a.backup_id));
+        out.sort_by(|a, b| b.cmp_time(a));
         Ok(out)
     }
 
-    /// `latest` or an id → the committed manifest, or a clear error.
+    /// `latest` (the newest committed backup by server time, not dated in
+    /// the future) or an id → the committed manifest, or a clear error.
     pub async fn resolve(&self, job: &str, spec: &str) -> Result<Manifest> {
         let not_found = || Error::BackupNotFound {
             store: self.describe(),

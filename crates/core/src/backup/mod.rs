@@ -9,6 +9,7 @@
 //! which the manifest records).
 
 mod database;
+mod heartbeat;
 mod physical;
 mod stream;
 
@@ -213,6 +214,7 @@ pub async fn backup(
         }
         claim = repo.claim_backup_id(job, started_at) => claim?,
     };
+    let beat = heartbeat::Heartbeat::start(repo, &claim);
     let result = commit_backup(
         repo,
         opts,
@@ -230,6 +232,7 @@ pub async fn backup(
         },
     )
     .await;
+    beat.stop().await;
     repo.release_claim(&claim).await;
     result
 }
@@ -404,6 +407,12 @@ pub(crate) async fn lock_and_commit(
             detail: "nothing was committed".into(),
         });
     }
+    // The manifest claims these artifacts: each must be stored, with its
+    // size, before it does (one HEAD each), or nothing is committed.
+    if let Err(e) = verify_stored(repo, &manifest).await {
+        discard(repo, job, id, &manifest.artifacts).await;
+        return Err(e);
+    }
     // Object lock: every artifact gets the retention before the manifest
     // (itself written locked) claims it. A store that refuses fails the
     // backup: the operator asked for immutability, and a manifest never
@@ -431,6 +440,26 @@ pub(crate) async fn lock_and_commit(
         });
     }
     Ok(manifest)
+}
+
+/// Every artifact `manifest` names is stored with its `stored_size`.
+pub(crate) async fn verify_stored(repo: &Repository, manifest: &Manifest) -> Result<()> {
+    for a in &manifest.artifacts {
+        let key = Repository::key(&manifest.job, &manifest.backup_id, &a.name);
+        let actual = repo.store().head(&key).await?.map(|m| m.size);
+        if actual != Some(a.stored_size) {
+            tracing::error!(job = %manifest.job, backup = %manifest.backup_id, key, expected = a.stored_size,
+                actual = ?actual, "commit-refused: an artifact is missing or of another size");
+            return Err(Error::NotStored {
+                job: manifest.job.clone(),
+                backup: manifest.backup_id.clone(),
+                key,
+                expected: a.stored_size,
+                actual,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The manifest of the dumped databases: a one-database backup keeps its
@@ -516,4 +545,59 @@ fn manifest_of(
         }
     }
     manifest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    const FIXTURE: &str = include_str!("../../../store/tests/fixtures/manifest-1.4.json");
+
+    /// A manifest of `app/20261128T060000Z` naming one artifact of `size` bytes.
+    fn manifest(size: u64) -> Manifest {
+        let mut m = Manifest::parse("fixture", FIXTURE.as_bytes()).expect("fixture");
+        m.job = "app".into();
+        m.backup_id = "20261128T060000Z".into();
+        m.object_lock = None;
+        m.artifacts.truncate(1);
+        m.artifacts[0].name = "database.dump.zst".into();
+        m.artifacts[0].stored_size = size;
+        m
+    }
+
+    #[tokio::test]
+    async fn a_commit_refuses_a_missing_or_short_artifact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = refugio_store::fs::FsStore::new(dir.path()).expect("store");
+        let repo = Repository::new(Arc::new(store));
+        let key = "app/20261128T060000Z/database.dump.zst";
+        let err = verify_stored(&repo, &manifest(7))
+            .await
+            .expect_err("missing");
+        assert!(
+            matches!(&err, Error::NotStored { key: k, expected: 7, actual: None, .. } if k == key),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("not stored"), "{err}");
+        repo.store()
+            .put(key, Bytes::from_static(b"partial"))
+            .await
+            .expect("put");
+        let err = verify_stored(&repo, &manifest(9)).await.expect_err("short");
+        assert!(
+            matches!(
+                &err,
+                Error::NotStored {
+                    expected: 9,
+                    actual: Some(7),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("stored with 7 bytes"), "{err}");
+        verify_stored(&repo, &manifest(7)).await.expect("whole");
+    }
 }

@@ -115,6 +115,7 @@ pub(super) async fn base_backup(
         claim = repo.claim_backup_id(job, started_at) => claim?,
     };
     let id = claim.id.clone();
+    let beat = super::heartbeat::Heartbeat::start(repo, &claim);
     let result = async {
         let packing = Packing::stream(opts);
         let seal = if opts.encryption.is_some() { encryption::SUFFIX } else { "" };
@@ -249,6 +250,7 @@ pub(super) async fn base_backup(
         Ok(manifest)
     }
     .await;
+    beat.stop().await;
     repo.release_claim(&claim).await;
     result
 }

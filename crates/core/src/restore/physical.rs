@@ -123,7 +123,9 @@ pub fn choose_base(
     };
     let fits = |m: &&&Manifest| match target {
         RecoveryTarget::Latest | RecoveryTarget::Immediate => true,
-        RecoveryTarget::Time(t) => m.finished_at <= t,
+        // Server-side times only: the target is the server's time, and
+        // the writer host's clock may be wrong.
+        RecoveryTarget::Time(t) => m.consistent_at() <= t,
         RecoveryTarget::Lsn(l) => m
             .physical
             .as_ref()
@@ -135,9 +137,9 @@ pub fn choose_base(
         None => {
             let oldest = physical.last().unwrap_or(newest);
             Err(format!(
-                "no base backup was consistent before {target}: the oldest, {}, finished at {} (stop LSN {})",
+                "no base backup was consistent before {target}: the oldest, {}, was consistent at {} by the server's clock (stop LSN {})",
                 oldest.backup_id,
-                oldest.finished_at.to_rfc3339(),
+                oldest.consistent_at().to_rfc3339(),
                 oldest.physical.as_ref().map_or("?", |p| p.stop_lsn.as_str())
             ))
         }
