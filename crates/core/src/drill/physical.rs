@@ -175,7 +175,9 @@ async fn recover_and_check(
     let version = PgVersion::from_num(manifest.server.version_num);
     // Dropped on every way out (and on cancellation): the server stops,
     // the directory goes.
-    let mut cluster = EphemeralCluster::for_base_backup(version, opts.bindir.as_deref()).await?;
+    let mut cluster =
+        EphemeralCluster::for_base_backup(version, opts.bindir.as_deref(), how.restore_env.clone())
+            .await?;
     receipt.scratch_server_version = Some(cluster.version.to_string());
     receipt.restore_tool = Some(format!("postgres {} (WAL replay)", cluster.version));
     let restored = restore_physical(
@@ -403,10 +405,11 @@ async fn verify_files(
             return Ok(());
         }
     };
-    let out = tokio::process::Command::new(&tool.path)
+    let mut cmd = tokio::process::Command::new(&tool.path);
+    refugio_dump::environment::clear(&mut cmd, None);
+    let out = cmd
         .arg("--no-parse-wal")
         .arg(cluster.data_dir())
-        .env("LC_MESSAGES", "C")
         .kill_on_drop(true)
         .output()
         .await

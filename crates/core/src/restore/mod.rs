@@ -25,7 +25,7 @@ use crate::encryption::{self, Identities};
 use crate::error::{Error, Result};
 use crate::feed::{feed_held_back, FeedError};
 use fetch::{explain, open_artifact};
-use target::{check_temp_space, tool_failed};
+use target::{check_temp_space, log_mark, tool_failed};
 
 /// Largest globals artifact we accept (roles and tablespaces: small).
 const MAX_GLOBALS: u64 = 64 * 1024 * 1024;
@@ -460,10 +460,17 @@ async fn apply_globals(
     if let Err(FeedError::Sink(e) | FeedError::Source(e)) = fed {
         return Err(Error::Globals(format!("writing to psql: {e}")));
     }
-    let unexpected: Vec<String> = tail
-        .text()
+    // A role or tablespace the target already has (SQLSTATE 42710,
+    // duplicate_object) is expected; any other error is not. By code, not
+    // words: the target speaks its own lc_messages.
+    let text = tail.text();
+    let unexpected: Vec<String> = text
         .lines()
-        .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
+        .filter(|l| {
+            refugio_dump::sqlstate::in_psql_output(l)
+                .first()
+                .is_some_and(|c| c != "42710")
+        })
         .map(str::to_string)
         .collect();
     if !unexpected.is_empty() {
@@ -485,6 +492,7 @@ async fn restore_streaming(
 ) -> Result<u64> {
     let custom = art.format == "custom";
     let (plain, raw) = open_artifact(repo, key, art, decode).await?;
+    let log_from = log_mark(to);
     let mut child = if custom {
         let args = RestoreArgs {
             jobs: 1,
@@ -510,7 +518,7 @@ async fn restore_streaming(
     match feed_held_back(plain, stdin).await {
         Ok(_) => {
             if let Err(e) = check_exit(name, &mut child, &tail, Some(task)).await {
-                return Err(tool_failed(to, e).await);
+                return Err(tool_failed(to, e, log_from));
             }
             Ok(art.stored_size)
         }
@@ -523,7 +531,7 @@ async fn restore_streaming(
         Err(FeedError::Sink(_)) => {
             // The tool stopped reading: its exit status and stderr say why.
             if let Err(e) = check_exit(name, &mut child, &tail, Some(task)).await {
-                return Err(tool_failed(to, e).await);
+                return Err(tool_failed(to, e, log_from));
             }
             Err(Error::Artifact {
                 key: key.into(),
@@ -597,6 +605,7 @@ async fn restore_parallel(
         no_owner: opts.no_owner,
         single_transaction: false,
     };
+    let log_from = log_mark(to);
     let mut child = spawn::pg_restore(tool, to, &args, Some(tmp.path()))?;
     let stderr = child.stderr.take().ok_or_else(|| Error::Artifact {
         key: key.into(),
@@ -604,7 +613,7 @@ async fn restore_parallel(
     })?;
     let (tail, task) = StderrTail::collect("pg_restore", stderr);
     if let Err(e) = check_exit("pg_restore", &mut child, &tail, Some(task)).await {
-        return Err(tool_failed(to, e).await);
+        return Err(tool_failed(to, e, log_from));
     }
     Ok(art.stored_size)
 }
