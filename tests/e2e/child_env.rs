@@ -77,8 +77,9 @@ async fn a_drills_server_and_tools_get_none_of_refugios_secrets() -> Result<()> 
 
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
-    // An index over a function that runs a program: restoring the index
-    // runs it on the drill's server, as its superuser session.
+    // A CHECK constraint calling a function that runs a program: loading
+    // the table's data runs it on the drill's server, in pg_restore's
+    // superuser session.
     let program = format!(
         "env > {} ; id -u > {}",
         server_env.display(),
@@ -88,15 +89,15 @@ async fn a_drills_server_and_tools_get_none_of_refugios_secrets() -> Result<()> 
     src.psql(
         "app",
         &format!(
-            "CREATE TABLE t (a int); INSERT INTO t VALUES (1);\n\
-             CREATE FUNCTION public.leak(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $f$\n\
-             BEGIN EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', {literal}); RETURN $1; END\n\
+            "CREATE FUNCTION public.leak(int) RETURNS boolean LANGUAGE plpgsql AS $f$\n\
+             BEGIN EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', {literal}); RETURN true; END\n\
              $f$;\n\
-             CREATE INDEX t_leak ON t (public.leak(a));\n"
+             CREATE TABLE t (a int CHECK (public.leak(a)));\n\
+             INSERT INTO t VALUES (1);\n"
         ),
     )
     .await?;
-    // Written by the source's own index build: not what is under test.
+    // Written by the source's own insert: not what is under test.
     let _ = std::fs::remove_file(&server_env);
     let _ = std::fs::remove_file(&server_uid);
 
@@ -126,9 +127,16 @@ async fn a_drills_server_and_tools_get_none_of_refugios_secrets() -> Result<()> 
     let server = std::fs::read_to_string(&server_env)
         .with_context(|| format!("the restore ran no program on the drill's server: {text}"))?;
     assert_no_secret("the drill's server (COPY TO PROGRAM)", &server);
+    // (postgres itself unsets LC_ALL and sets each LC_* it uses.)
     assert!(
-        server.lines().any(|l| l == "LC_ALL=C"),
+        server.lines().any(|l| l == "LANG=C") && server.lines().any(|l| l == "LC_MESSAGES=C"),
         "C locale for the server:\n{server}"
+    );
+    assert!(
+        server
+            .lines()
+            .any(|l| l.starts_with("HOME=") && l.contains("refugio-drill-")),
+        "the server's HOME is its cluster directory:\n{server}"
     );
     let uid = std::fs::read_to_string(&server_uid)?.trim().to_string();
     if nix::unistd::geteuid().is_root() {

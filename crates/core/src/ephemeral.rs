@@ -365,13 +365,23 @@ impl EphemeralCluster {
         as_root().then_some(NOBODY)
     }
 
-    /// Connection to a database of this cluster.
+    /// Connection to a database of this cluster as its initdb superuser.
     pub fn spec(&self, db: &str) -> Result<SourceSpec> {
-        self.spec_as("postgres", db)
+        self.spec_with("postgres", db, true)
     }
 
     /// Connection to a database of this cluster as `user`.
     pub fn spec_as(&self, user: &str, db: &str) -> Result<SourceSpec> {
+        self.spec_with(user, db, false)
+    }
+
+    /// Connection as `user`, a superuser of the cluster (sessions then ask
+    /// for `lc_messages = C`).
+    pub fn spec_as_superuser(&self, user: &str, db: &str) -> Result<SourceSpec> {
+        self.spec_with(user, db, true)
+    }
+
+    fn spec_with(&self, user: &str, db: &str, superuser: bool) -> Result<SourceSpec> {
         let host: String =
             url::form_urlencoded::byte_serialize(self.dir.to_string_lossy().as_bytes()).collect();
         // form encoding writes a space as `+`, which a URL's user and
@@ -390,6 +400,7 @@ impl EphemeralCluster {
         .run_by_refugio(refugio_dump::OwnServer {
             dir: self.dir.clone(),
             log: self.dir.join("server.log"),
+            superuser,
         }))
     }
 

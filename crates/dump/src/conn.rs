@@ -51,6 +51,9 @@ pub struct OwnServer {
     /// restore tool's failure is read by SQLSTATE (pg_restore does not
     /// print it).
     pub log: PathBuf,
+    /// The role is a superuser of it, so sessions and tools may ask for
+    /// `lc_messages = C` (superuser-only before PostgreSQL 15).
+    pub superuser: bool,
 }
 
 /// `log_line_prefix` of a server refugio runs: every line of a session
@@ -145,8 +148,8 @@ impl SourceSpec {
 
     /// The same connection, to a server refugio runs itself (see
     /// [`OwnServer`]): its tools get none of libpq's variables from
-    /// refugio's environment, and every session asks for messages in the
-    /// C locale.
+    /// refugio's environment, and, as its superuser, every session asks
+    /// for messages in the C locale.
     pub fn run_by_refugio(mut self, own: OwnServer) -> Self {
         self.own = Some(own);
         self
@@ -189,7 +192,7 @@ impl SourceSpec {
         if let Some(p) = &self.password {
             opts = opts.password(p);
         }
-        if self.own.is_some() {
+        if self.own.as_ref().is_some_and(|o| o.superuser) {
             // Our own superuser: messages in English whatever the
             // server's lc_messages (a restored base backup's may be any).
             opts = opts.options([("lc_messages", "C")]);
@@ -230,13 +233,14 @@ impl SourceSpec {
     }
 
     /// Environment for libpq tools: the password, when we hold one; on a
-    /// server refugio runs, messages in the C locale (`PGOPTIONS`).
+    /// server refugio runs, as its superuser, messages in the C locale
+    /// (`PGOPTIONS`).
     pub fn tool_env(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![("PGAPPNAME", "refugio".to_string())];
         if let Some(p) = &self.password {
             env.push(("PGPASSWORD", p.clone()));
         }
-        if self.own.is_some() {
+        if self.own.as_ref().is_some_and(|o| o.superuser) {
             env.push(("PGOPTIONS", "-c lc_messages=C".to_string()));
         }
         env

@@ -255,7 +255,7 @@ async fn recover_and_check(
     let checks_started = Instant::now();
     for check in &opts.checks {
         let db = check.database.as_deref().unwrap_or("postgres");
-        let spec = cluster.spec_as(&superuser, db)?;
+        let spec = cluster.spec_as_superuser(&superuser, db)?;
         match spec.connect().await {
             Ok(mut c) => {
                 sql_check(&mut c, check, "", &check.database, receipt, tally).await;

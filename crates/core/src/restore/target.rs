@@ -116,19 +116,18 @@ pub(super) fn content_refused(
     log_from: Option<u64>,
 ) -> Option<String> {
     let code = if tool == "pg_restore" {
-        let pg_restore_errors: Vec<&str> = stderr_tail
+        let malformed = stderr_tail
             .lines()
             .filter_map(|l| l.strip_prefix("pg_restore: error: "))
-            .collect();
-        if !pg_restore_errors
-            .iter()
-            .any(|l| l.starts_with("could not execute query"))
-        {
-            return pg_restore_errors
-                .iter()
-                .find(|l| ARCHIVE_STRUCTURE.iter().any(|p| l.contains(p)))
-                .map(|l| format!("pg_restore cannot read the archive: {l}"));
+            .find(|l| {
+                !l.starts_with("could not execute query")
+                    && ARCHIVE_STRUCTURE.iter().any(|p| l.contains(p))
+            });
+        if let Some(l) = malformed {
+            return Some(format!("pg_restore cannot read the archive: {l}"));
         }
+        // What the server refused (a statement, a COPY's data) and why:
+        // only the log of a server refugio runs says.
         let own = target.own_server()?;
         refugio_dump::sqlstate::first_in_log(&own.log, log_from?)?
     } else {
