@@ -107,6 +107,26 @@ fn forge(dir: &Path, from: &str, to: &str) -> Result<()> {
     Ok(())
 }
 
+/// Stops (SIGSTOP) refugio `pid`'s restoring pg_restore (not its
+/// `--version` probe) as soon as it appears; its pid.
+fn stop_the_restore(pid: u32) -> Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for p in children_named(pid, "pg_restore") {
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            if !cmdline.is_empty() && !String::from_utf8_lossy(&cmdline).contains("--version") {
+                kill(Pid::from_raw(p as i32), Signal::SIGSTOP)?;
+                return Ok(p);
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the drill never started restoring"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Fault scenario 38: host and scratch server in Spanish, verdicts as in C.
 #[rstest]
 #[case::disk_full(Case::DiskFull)]
@@ -189,14 +209,9 @@ async fn a_spanish_host_and_scratch_server_get_the_verdicts_of_c(#[case] case: C
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        wait_for_restore(child.id())?;
-        // pg_restore held still while the scratch server goes down, so
-        // it is surely mid-restore when it finds out.
-        let restore = children_named(child.id(), "pg_restore")
-            .into_iter()
-            .next()
-            .context("pg_restore")?;
-        kill(Pid::from_raw(restore as i32), Signal::SIGSTOP)?;
+        // pg_restore held still, as soon as it runs, while the scratch
+        // server goes down: it is surely mid-restore when it finds out.
+        let restore = stop_the_restore(child.id())?;
         let server = scratch.server_pid().context("scratch server pid")?;
         kill(Pid::from_raw(server as i32), Signal::SIGQUIT)?;
         let deadline = Instant::now() + Duration::from_secs(30);
