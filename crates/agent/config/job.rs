@@ -326,7 +326,11 @@ impl JobConfig {
     /// How a drill of this physical job recovers its base backup: the
     /// restored cluster fetches WAL through `config` (None without a
     /// config file, or for a logical job).
-    fn physical_drill(&self, config: Option<&Path>) -> Result<Option<refugio_core::PhysicalDrill>> {
+    fn physical_drill(
+        &self,
+        config: Option<&Path>,
+        repo: &RepositoryConfig,
+    ) -> Result<Option<refugio_core::PhysicalDrill>> {
         let Some(config) = config.filter(|_| self.kind == refugio_core::JobKind::Physical) else {
             return Ok(None);
         };
@@ -337,6 +341,7 @@ impl JobConfig {
             .to_string();
         Ok(Some(refugio_core::PhysicalDrill {
             restore_command: wal_fetch_command(config, &self.name)?,
+            restore_env: repo.wal_fetch_env(),
             user,
             target: refugio_core::restore::physical::RecoveryTarget::Latest,
         }))
@@ -353,7 +358,7 @@ impl JobConfig {
         config: Option<&Path>,
     ) -> Result<DrillOptions> {
         Ok(DrillOptions {
-            physical: self.physical_drill(config)?,
+            physical: self.physical_drill(config, repo)?,
             scratch: Scratch::parse(scratch)
                 .with_context(|| format!("job {}: scratch", self.name))?,
             checks: self.checks.iter().map(CheckConfig::check).collect(),

@@ -10,6 +10,33 @@ use refugio_store::s3::{Retries, RetryHook};
 
 use super::encryption::EncryptionConfig;
 
+/// The AWS SDK's environment (credentials chain, region, endpoints): what
+/// a physical drill's `restore_command` may need to read an S3 repository.
+const AWS_CHAIN: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
+];
+
 /// `[repository]`. Its `Debug` redacts any password in `url` and `endpoint`.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -286,6 +313,53 @@ impl RepositoryConfig {
                 .as_ref()
                 .and_then(|e| e.identity_file.as_deref()),
         )
+    }
+
+    /// What a physical drill's server gets of refugio's environment, for
+    /// its `restore_command` (`refugio wal-fetch`) to read this
+    /// repository: the AWS chain's variables (an S3 repository only) and,
+    /// with encryption, the identity file found through
+    /// `REFUGIO_AGE_IDENTITY_FILE` or the systemd credential (as
+    /// `REFUGIO_AGE_IDENTITY_FILE`; `CREDENTIALS_DIRECTORY` itself is not
+    /// passed). Nothing else: a hostile base backup's server can read
+    /// exactly these. A logical drill's server and every tool get none.
+    pub fn wal_fetch_env(&self) -> Vec<(String, std::ffi::OsString)> {
+        let mut env = Vec::new();
+        if self.url.starts_with("s3://") {
+            env.extend(refugio_dump::environment::inherited(AWS_CHAIN));
+            // The server's HOME is its cluster directory: point the SDK
+            // at refugio's own shared files, which it would have read.
+            // (As root the server runs as an unprivileged user who could
+            // not read root's ~/.aws anyway.)
+            if refugio_core::ephemeral::EphemeralCluster::server_uid().is_none() {
+                if let Some(home) = refugio_dump::environment::own_home() {
+                    for (var, file) in [
+                        ("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
+                        ("AWS_CONFIG_FILE", "config"),
+                    ] {
+                        let path = home.join(".aws").join(file);
+                        if std::env::var_os(var).is_none() && path.is_file() {
+                            env.push((var.to_string(), path.into_os_string()));
+                        }
+                    }
+                }
+            }
+        }
+        if self.encryption.is_some() {
+            let configured = self
+                .encryption
+                .as_ref()
+                .and_then(|e| e.identity_file.as_deref());
+            if let Some(path) = super::encryption::identity_path(configured)
+                .filter(|p| Some(p.as_path()) != configured)
+            {
+                env.push((
+                    super::encryption::IDENTITY_ENV.to_string(),
+                    path.into_os_string(),
+                ));
+            }
+        }
+        env
     }
 
     /// Options for the S3 backend; `on_retry` is told of every retried

@@ -4,6 +4,15 @@
 //! (65534) when refugio runs as root, removed afterwards. A directory left
 //! by a crashed drill (its owner process gone) is removed by the next one,
 //! its server stopped by the PID it recorded.
+//!
+//! The server and everything it starts (a hostile archive's `COPY … TO
+//! PROGRAM`, a physical drill's `restore_command`) get a cleared
+//! environment: `PATH`, `TZ`, `TMPDIR`, the C locale, `HOME` = the
+//! cluster's directory, and — for a physical drill only — the variables
+//! its `restore_command` needs to read the store, named by the caller
+//! ([`EphemeralCluster::for_base_backup`]). Nothing else of refugio's
+//! environment (S3 keys, `PGPASSWORD`, `CREDENTIALS_DIRECTORY`,
+//! `REFUGIO_*`) reaches it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -30,6 +39,9 @@ fn err(what: impl Into<String>) -> Error {
 pub struct EphemeralCluster {
     dir: PathBuf,
     server: Option<tokio::process::Child>,
+    /// What the server gets beyond the allow-list (a physical drill's
+    /// store credentials for its `restore_command`).
+    server_env: Vec<(String, std::ffi::OsString)>,
     pub version: PgVersion,
     pub bindir: PathBuf,
 }
@@ -46,13 +58,20 @@ fn as_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-fn server_cmd(tool: &Path, dir: &Path) -> tokio::process::Command {
+/// A command run as the cluster's server runs: its user, in its
+/// directory, with a cleared environment whose `HOME` is the directory
+/// (not refugio's: no `~/.pgpass`, no `~/.aws`), plus `extra`.
+fn server_cmd(
+    tool: &Path,
+    dir: &Path,
+    extra: &[(String, std::ffi::OsString)],
+) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(tool);
     c.current_dir(dir).stdin(Stdio::null());
+    refugio_dump::environment::clear(&mut c, Some(dir));
+    c.envs(extra.iter().map(|(k, v)| (k, v)));
     if as_root() {
-        // Root's HOME is not the server's: its children (restore_command)
-        // would stumble over root's ~/.pgpass and ~/.aws.
-        c.uid(NOBODY).gid(NOBODY).env("HOME", dir);
+        c.uid(NOBODY).gid(NOBODY);
     }
     c
 }
@@ -122,9 +141,9 @@ impl EphemeralCluster {
     pub async fn start(server: PgVersion, bindir: Option<&Path>) -> Result<EphemeralCluster> {
         let what = format!("an ephemeral drill cluster for a PostgreSQL {server} backup");
         let initdb: Tool = tools::find_for(ToolKind::Initdb, server, &what, bindir).await?;
-        let mut cluster = Self::prepare(initdb.version, initdb.bindir())?;
+        let mut cluster = Self::prepare(initdb.version, initdb.bindir(), Vec::new())?;
         let data = cluster.data_dir();
-        let out = server_cmd(&initdb.path, &cluster.dir)
+        let out = server_cmd(&initdb.path, &cluster.dir, &[])
             .args([
                 "-U",
                 "postgres",
@@ -172,9 +191,13 @@ impl EphemeralCluster {
     /// `server` cluster: binaries of exactly its major version (from
     /// `bindir`, else the usual search), an empty `data_dir()` to unpack
     /// into, no server yet ([`Self::start_recovery`] starts it).
+    /// `server_env`: what its `restore_command` needs beyond the
+    /// allow-list (the store's credentials), all the server gets of
+    /// refugio's environment.
     pub async fn for_base_backup(
         server: PgVersion,
         bindir: Option<&Path>,
+        server_env: Vec<(String, std::ffi::OsString)>,
     ) -> Result<EphemeralCluster> {
         let what = format!("a drill of a PostgreSQL {server} base backup (the same major version)");
         let initdb: Tool = tools::find_for(ToolKind::Initdb, server, &what, bindir).await?;
@@ -186,11 +209,15 @@ impl EphemeralCluster {
                 initdb.bindir().display()
             )));
         }
-        Self::prepare(initdb.version, initdb.bindir())
+        Self::prepare(initdb.version, initdb.bindir(), server_env)
     }
 
     /// A fresh directory (owner file; owned by the server's user).
-    fn prepare(version: PgVersion, bindir: &Path) -> Result<EphemeralCluster> {
+    fn prepare(
+        version: PgVersion,
+        bindir: &Path,
+        server_env: Vec<(String, std::ffi::OsString)>,
+    ) -> Result<EphemeralCluster> {
         let root = std::env::temp_dir();
         for old in sweep(&root) {
             tracing::warn!(dir = %old.display(), "drill-cluster-leftover-removed");
@@ -203,6 +230,7 @@ impl EphemeralCluster {
         let cluster = EphemeralCluster {
             dir: dir.clone(),
             server: None,
+            server_env,
             version,
             bindir: bindir.to_path_buf(),
         };
@@ -272,7 +300,7 @@ impl EphemeralCluster {
         if as_root() {
             let _ = std::os::unix::fs::chown(&log_path, Some(NOBODY), Some(NOBODY));
         }
-        let mut cmd = server_cmd(&postgres, &self.dir);
+        let mut cmd = server_cmd(&postgres, &self.dir, &self.server_env);
         cmd.arg("-D")
             .arg(self.data_dir())
             .args(["-c", "listen_addresses=", "-c", &format!("port={PORT}")])
@@ -285,7 +313,16 @@ impl EphemeralCluster {
                 "full_page_writes=off",
                 "-c",
                 "synchronous_commit=off",
-            ]);
+                // Messages in English, each line with its SQLSTATE: a
+                // restore tool's failure is judged by it.
+                "-c",
+                "lc_messages=C",
+            ])
+            .arg("-c")
+            .arg(format!(
+                "log_line_prefix={}",
+                refugio_dump::OWN_SERVER_LOG_PREFIX
+            ));
         for s in settings {
             cmd.arg("-c").arg(s);
         }
@@ -307,7 +344,7 @@ impl EphemeralCluster {
         command: &str,
         limit: Duration,
     ) -> Result<std::process::Output> {
-        let run = server_cmd(Path::new("/bin/sh"), &self.dir)
+        let run = server_cmd(Path::new("/bin/sh"), &self.dir, &self.server_env)
             .arg("-c")
             .arg(command)
             .stdout(Stdio::piped())
@@ -333,13 +370,23 @@ impl EphemeralCluster {
         as_root().then_some(NOBODY)
     }
 
-    /// Connection to a database of this cluster.
+    /// Connection to a database of this cluster as its initdb superuser.
     pub fn spec(&self, db: &str) -> Result<SourceSpec> {
-        self.spec_as("postgres", db)
+        self.spec_with("postgres", db, true)
     }
 
     /// Connection to a database of this cluster as `user`.
     pub fn spec_as(&self, user: &str, db: &str) -> Result<SourceSpec> {
+        self.spec_with(user, db, false)
+    }
+
+    /// Connection as `user`, a superuser of the cluster (sessions then ask
+    /// for `lc_messages = C`).
+    pub fn spec_as_superuser(&self, user: &str, db: &str) -> Result<SourceSpec> {
+        self.spec_with(user, db, true)
+    }
+
+    fn spec_with(&self, user: &str, db: &str, superuser: bool) -> Result<SourceSpec> {
         let host: String =
             url::form_urlencoded::byte_serialize(self.dir.to_string_lossy().as_bytes()).collect();
         // form encoding writes a space as `+`, which a URL's user and
@@ -354,7 +401,12 @@ impl EphemeralCluster {
             &format!("postgres://{user}@localhost:{PORT}/{db}?host={host}"),
             None,
             None,
-        )?)
+        )?
+        .run_by_refugio(refugio_dump::OwnServer {
+            dir: self.dir.clone(),
+            log: self.dir.join("server.log"),
+            superuser,
+        }))
     }
 
     /// Stops the server (fast shutdown) and removes the directory.

@@ -172,10 +172,14 @@ pub enum Error {
         reason: String,
     },
 
-    /// The restore tool refused the backup's content (the scratch server
-    /// was reachable and the error was not about resources or the network).
-    #[error(transparent)]
-    Rejected(Box<refugio_dump::Error>),
+    /// The backup's content was refused: the server rejected a statement
+    /// with a content SQLSTATE (data, integrity, syntax), or pg_restore
+    /// found the archive malformed. `why` says which.
+    #[error("{why}: {tool_error}")]
+    Rejected {
+        why: String,
+        tool_error: Box<refugio_dump::Error>,
+    },
 
     #[error("fetching {key} failed, nothing was restored from it")]
     Fetch {
@@ -269,7 +273,7 @@ impl Error {
         matches!(
             self,
             Error::Damaged { .. }
-                | Error::Rejected(_)
+                | Error::Rejected { .. }
                 | Error::NoArtifact { .. }
                 | Error::Store(refugio_store::Error::NotFound { .. })
         )

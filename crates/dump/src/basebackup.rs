@@ -36,11 +36,10 @@ pub const MAX_MANIFEST: usize = 64 * 1024 * 1024;
 /// ends once the server has archived the backup's last segment.
 pub fn pg_basebackup(tool: &Tool, source: &SourceSpec) -> Result<ChildOutput> {
     let mut cmd = Command::new(&tool.path);
-    cmd.envs(source.tool_env())
-        // Messages in English whatever the server's locale: they end up in
-        // errors that name the tool.
-        .env("LC_MESSAGES", "C")
-        .stdin(Stdio::null())
+    // Cleared environment, C locale: messages in English whatever the
+    // host's locale (they end up in errors that name the tool).
+    source.apply_tool_env(&mut cmd);
+    cmd.stdin(Stdio::null())
         .kill_on_drop(true)
         .arg("--no-password")
         .arg(format!("--dbname={}", source.tool_dbname()))

@@ -37,7 +37,28 @@ pub struct SourceSpec {
     /// The URL without any password (userinfo or query parameter).
     url: Url,
     password: Option<String>,
+    /// Set when refugio runs this server itself (an ephemeral drill cluster).
+    own: Option<OwnServer>,
 }
+
+/// A server refugio runs itself: an ephemeral drill cluster, superuser
+/// `postgres` with trust over a socket in `dir`, its log in `log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnServer {
+    /// The cluster's directory: the `HOME` of the tools that connect to it.
+    pub dir: PathBuf,
+    /// The server's log, written with [`OWN_SERVER_LOG_PREFIX`]: where a
+    /// restore tool's failure is read by SQLSTATE (pg_restore does not
+    /// print it).
+    pub log: PathBuf,
+    /// The role is a superuser of it, so sessions and tools may ask for
+    /// `lc_messages = C` (superuser-only before PostgreSQL 15).
+    pub superuser: bool,
+}
+
+/// `log_line_prefix` of a server refugio runs: every line of a session
+/// carries its SQLSTATE (`%e`) and application name (`%a`).
+pub const OWN_SERVER_LOG_PREFIX: &str = "%m [%p] %qsqlstate=%e app=%a: ";
 
 impl std::fmt::Debug for SourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,6 +114,7 @@ impl SourceSpec {
         let spec = SourceSpec {
             url: parsed,
             password,
+            own: None,
         };
         spec.validate()?;
         Ok(spec)
@@ -122,6 +144,20 @@ impl SourceSpec {
             reason,
         })?;
         self.connect_options().map(drop)
+    }
+
+    /// The same connection, to a server refugio runs itself (see
+    /// [`OwnServer`]): its tools get none of libpq's variables from
+    /// refugio's environment, and, as its superuser, every session asks
+    /// for messages in the C locale.
+    pub fn run_by_refugio(mut self, own: OwnServer) -> Self {
+        self.own = Some(own);
+        self
+    }
+
+    /// The server refugio runs, when it runs this one.
+    pub fn own_server(&self) -> Option<&OwnServer> {
+        self.own.as_ref()
     }
 
     /// The URL without password, safe for logs and for tool arguments.
@@ -155,6 +191,11 @@ impl SourceSpec {
             })?;
         if let Some(p) = &self.password {
             opts = opts.password(p);
+        }
+        if self.own.as_ref().is_some_and(|o| o.superuser) {
+            // Our own superuser: messages in English whatever the
+            // server's lc_messages (a restored base backup's may be any).
+            opts = opts.options([("lc_messages", "C")]);
         }
         Ok(opts
             .application_name("refugio")
@@ -191,13 +232,50 @@ impl SourceSpec {
         self.url.to_string()
     }
 
-    /// Environment for libpq tools: the password, when we hold one.
+    /// Environment for libpq tools: the password, when we hold one; on a
+    /// server refugio runs, as its superuser, messages in the C locale
+    /// (`PGOPTIONS`).
     pub fn tool_env(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![("PGAPPNAME", "refugio".to_string())];
         if let Some(p) = &self.password {
             env.push(("PGPASSWORD", p.clone()));
         }
+        if self.own.as_ref().is_some_and(|o| o.superuser) {
+            env.push(("PGOPTIONS", "-c lc_messages=C".to_string()));
+        }
         env
+    }
+
+    /// What a libpq tool connecting here keeps of refugio's environment:
+    /// for a configured server, libpq's connection variables (sqlx reads
+    /// them too), `PGPASSWORD` only when no password is configured; for a
+    /// server refugio runs, nothing.
+    pub fn inherited_tool_env(&self) -> Vec<(String, std::ffi::OsString)> {
+        if self.own.is_some() {
+            return Vec::new();
+        }
+        crate::environment::inherited(crate::environment::LIBPQ_CONNECTION)
+            .into_iter()
+            .filter(|(k, _)| !(k == "PGPASSWORD" && self.password.is_some()))
+            .collect()
+    }
+
+    /// The `HOME` of a tool connecting here: the cluster's directory of a
+    /// server refugio runs, else refugio's (`~/.pgpass`,
+    /// `~/.postgresql/root.crt`).
+    pub fn tool_home(&self) -> Option<PathBuf> {
+        match &self.own {
+            Some(own) => Some(own.dir.clone()),
+            None => crate::environment::own_home(),
+        }
+    }
+
+    /// A libpq tool's environment, cleared (see [`crate::environment`]):
+    /// the allow-list, what it keeps of refugio's environment
+    /// ([`Self::inherited_tool_env`]), then [`Self::tool_env`].
+    pub fn apply_tool_env(&self, cmd: &mut tokio::process::Command) {
+        crate::environment::clear(cmd, self.tool_home().as_deref());
+        cmd.envs(self.inherited_tool_env()).envs(self.tool_env());
     }
 
     /// The configured password file, for messages.

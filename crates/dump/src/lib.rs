@@ -8,6 +8,7 @@
 pub mod basebackup;
 pub mod compress;
 pub mod conn;
+pub mod environment;
 pub mod error;
 pub mod fingerprint;
 pub mod frames;
@@ -17,12 +18,13 @@ pub mod process;
 pub mod script;
 pub mod snapshot;
 pub mod spawn;
+pub mod sqlstate;
 pub mod tls;
 pub mod tools;
 pub mod wal;
 
 pub use compress::{Compression, CountingReader};
-pub use conn::{redact_text, redact_url, SourceSpec};
+pub use conn::{redact_text, redact_url, OwnServer, SourceSpec, OWN_SERVER_LOG_PREFIX};
 pub use error::{Error, Result};
 pub use process::{ChildOutput, StderrTail};
 pub use snapshot::{ServerFacts, Snapshot, TableCount};

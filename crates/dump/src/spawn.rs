@@ -1,6 +1,7 @@
 //! Command lines of the PostgreSQL tools. The password goes through the
 //! environment (`PGPASSWORD`), never the arguments; `--no-password` makes
-//! a tool fail instead of prompting.
+//! a tool fail instead of prompting. A tool's environment is cleared down
+//! to an allow-list ([`crate::environment`]) and the C locale.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -34,9 +35,8 @@ pub struct DumpArgs<'a> {
 
 fn base(tool: &Tool, source: &SourceSpec) -> Command {
     let mut cmd = Command::new(&tool.path);
-    cmd.envs(source.tool_env())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    source.apply_tool_env(&mut cmd);
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
     cmd
 }
 
@@ -169,9 +169,9 @@ pub fn psql(
     single_transaction: bool,
 ) -> Result<Child> {
     let mut cmd = base(tool, target);
-    // Its refusal of a meta-command (crate::script) is read in English.
-    cmd.env("LC_ALL", "C")
-        .args(["--no-password", "-X", "-q"])
+    // VERBOSITY=verbose: every server error carries its SQLSTATE
+    // (`ERROR:  42601: …`), which is what a failure is judged by.
+    cmd.args(["--no-password", "-X", "-q", "-v", "VERBOSITY=verbose"])
         .arg(format!("--dbname={}", target.tool_dbname()))
         .args([
             "-v",

@@ -103,7 +103,9 @@ impl Tool {
 
 /// Runs `<path> --version` and parses it.
 pub async fn probe(kind: ToolKind, path: &Path) -> std::result::Result<PgVersion, String> {
-    let out = tokio::process::Command::new(path)
+    let mut cmd = tokio::process::Command::new(path);
+    crate::environment::clear(&mut cmd, None);
+    let out = cmd
         .arg("--version")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -140,8 +142,9 @@ pub async fn dumps_zstd(tool: &Tool) -> bool {
     {
         return *answer;
     }
-    let out = tokio::process::Command::new(&tool.path)
-        .env_clear()
+    let mut cmd = tokio::process::Command::new(&tool.path);
+    crate::environment::clear(&mut cmd, None);
+    let out = cmd
         .args([
             "--format=custom",
             "--compress=zstd:1",

@@ -156,8 +156,7 @@ async fn clones_stay_out_of_production_and_a_base_tar_never_writes_through_a_lin
     let auto = std::fs::read_to_string(clone.data_dir().join("postgresql.auto.conf"))?;
     let last_archive_mode = auto
         .lines()
-        .filter(|l| l.trim_start().starts_with("archive_mode"))
-        .next_back()
+        .rfind(|l| l.trim_start().starts_with("archive_mode"))
         .unwrap_or_default();
     assert_eq!(last_archive_mode.trim(), "archive_mode = off", "{auto}");
     assert_eq!(one(&clone, "SHOW archive_mode").await?, "off");

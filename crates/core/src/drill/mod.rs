@@ -69,6 +69,11 @@ pub struct PhysicalDrill {
     /// The restored cluster's `restore_command`, e.g. `/usr/bin/refugio
     /// --config /etc/refugio.toml wal-fetch --job main %f %p`.
     pub restore_command: String,
+    /// What the restored server (and so `restore_command`) gets of
+    /// refugio's environment beyond the allow-list of
+    /// [`refugio_dump::environment`]: the store's credentials, named.
+    /// A hostile base backup's server can read these, and nothing else.
+    pub restore_env: Vec<(String, std::ffi::OsString)>,
     /// A role of the backed-up cluster to connect as (the job's source
     /// role); checks run as its bootstrap superuser.
     pub user: String,

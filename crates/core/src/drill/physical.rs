@@ -175,7 +175,9 @@ async fn recover_and_check(
     let version = PgVersion::from_num(manifest.server.version_num);
     // Dropped on every way out (and on cancellation): the server stops,
     // the directory goes.
-    let mut cluster = EphemeralCluster::for_base_backup(version, opts.bindir.as_deref()).await?;
+    let mut cluster =
+        EphemeralCluster::for_base_backup(version, opts.bindir.as_deref(), how.restore_env.clone())
+            .await?;
     receipt.scratch_server_version = Some(cluster.version.to_string());
     receipt.restore_tool = Some(format!("postgres {} (WAL replay)", cluster.version));
     let restored = restore_physical(
@@ -254,7 +256,7 @@ async fn recover_and_check(
     let checks_started = Instant::now();
     for check in &opts.checks {
         let db = check.database.as_deref().unwrap_or("postgres");
-        let spec = cluster.spec_as(&superuser, db)?;
+        let spec = cluster.spec_as_superuser(&superuser, db)?;
         match spec.connect().await {
             Ok(mut c) => {
                 sql_check(&mut c, check, "", &check.database, receipt, tally).await;
@@ -404,10 +406,11 @@ async fn verify_files(
             return Ok(());
         }
     };
-    let out = tokio::process::Command::new(&tool.path)
+    let mut cmd = tokio::process::Command::new(&tool.path);
+    refugio_dump::environment::clear(&mut cmd, None);
+    let out = cmd
         .arg("--no-parse-wal")
         .arg(cluster.data_dir())
-        .env("LC_MESSAGES", "C")
         .kill_on_drop(true)
         .output()
         .await

@@ -27,7 +27,7 @@ use crate::encryption::{self, Identities};
 use crate::error::{Error, Result};
 use crate::feed::{feed_held_back, feed_script, FeedError, ScriptFrame};
 use fetch::{explain, open_artifact};
-use target::{check_temp_space, tool_failed};
+use target::{check_temp_space, log_mark, tool_failed};
 
 /// Largest globals artifact we accept (roles and tablespaces: small).
 const MAX_GLOBALS: u64 = 64 * 1024 * 1024;
@@ -491,9 +491,16 @@ async fn apply_globals(
             detail: format!("psql refused a meta-command in it: {line}"),
         });
     }
+    // A role or tablespace the target already has (SQLSTATE 42710,
+    // duplicate_object) is expected; any other error is not. By code, not
+    // words: the target speaks its own lc_messages.
     let unexpected: Vec<String> = text
         .lines()
-        .filter(|l| l.contains("ERROR:") && !l.contains("already exists"))
+        .filter(|l| {
+            refugio_dump::sqlstate::in_psql_output(l)
+                .first()
+                .is_some_and(|c| c != "42710")
+        })
         .map(str::to_string)
         .collect();
     if !unexpected.is_empty() {
@@ -561,6 +568,7 @@ async fn restore_streaming(
         Some(script_frame(tool, key, true)?)
     };
     let (plain, raw) = open_artifact(repo, key, art, decode).await?;
+    let log_from = log_mark(to);
     let mut child = if custom {
         let args = RestoreArgs {
             jobs: 1,
@@ -596,7 +604,7 @@ async fn restore_streaming(
                         detail: format!("psql refused a meta-command in it: {line}"),
                     });
                 }
-                return Err(tool_failed(to, e).await);
+                return Err(tool_failed(to, e, log_from));
             }
             Ok(art.stored_size)
         }
@@ -623,7 +631,7 @@ async fn restore_streaming(
                         detail: format!("psql refused a meta-command in it: {line}"),
                     });
                 }
-                return Err(tool_failed(to, e).await);
+                return Err(tool_failed(to, e, log_from));
             }
             Err(Error::Artifact {
                 key: key.into(),
@@ -697,6 +705,7 @@ async fn restore_parallel(
         no_owner: opts.no_owner,
         single_transaction: false,
     };
+    let log_from = log_mark(to);
     let mut child = spawn::pg_restore(tool, to, &args, Some(tmp.path()))?;
     let stderr = child.stderr.take().ok_or_else(|| Error::Artifact {
         key: key.into(),
@@ -704,7 +713,7 @@ async fn restore_parallel(
     })?;
     let (tail, task) = StderrTail::collect("pg_restore", stderr);
     if let Err(e) = check_exit("pg_restore", &mut child, &tail, Some(task)).await {
-        return Err(tool_failed(to, e).await);
+        return Err(tool_failed(to, e, log_from));
     }
     Ok(art.stored_size)
 }

@@ -80,42 +80,96 @@ pub(super) async fn create(target: &SourceSpec, database: &str) -> Result<()> {
     Ok(())
 }
 
-/// What in a restore tool's stderr says the environment failed, not the
-/// backup: the server went away, ran out of something, or lacks what the
-/// backup needs from outside it (an extension's files, a role).
-const ENVIRONMENT_ERRORS: &[&str] = &[
-    "could not connect",
-    "connection to server",
-    "server closed the connection",
-    "terminating connection",
-    "the database system is",
-    "No space left on device",
-    "could not extend file",
-    "out of memory",
-    "too many connections",
-    "could not open extension control file",
-    "could not access file",
-    "could not write to file",
-    "canceling statement",
+/// pg_restore's own words (its messages are in the C locale: its
+/// environment is cleared) for an archive it cannot read: the bytes, which
+/// matched the manifest's digest, are not a valid archive.
+const ARCHIVE_STRUCTURE: &[&str] = &[
+    "did not find magic string in file header",
+    "could not read from input file: end of file",
+    "unexpected end of file",
+    "could not uncompress data",
+    "could not decompress data",
+    "possibly corrupt archive",
+    "perhaps a corrupt TOC",
+    "found unexpected block ID",
+    "unrecognized data block type",
+    "invalid compression code",
+    "invalid dumpId",
+    "invalid dependency",
+    "invalid creation date in header",
+    "has wrong seek position",
+    "unexpected data offset flag",
 ];
 
-/// A restore tool that exited non-zero: its verdict on the content, or the
-/// environment's failure (reachable target, stderr about resources).
-pub(super) async fn tool_failed(target: &SourceSpec, e: refugio_dump::Error) -> Error {
-    let environment = match &e {
-        refugio_dump::Error::ToolFailed { stderr_tail, .. } => {
-            ENVIRONMENT_ERRORS.iter().any(|p| stderr_tail.contains(p))
-                || stderr_tail
-                    .lines()
-                    .any(|l| l.contains("role \"") && l.contains("does not exist"))
-                || target.connect().await.is_err()
+/// Why a restore tool's failure condemns the backup, or None when it
+/// proves nothing against it (see [`refugio_dump::sqlstate`]): the server
+/// refused a statement with a content SQLSTATE (psql prints it; for
+/// pg_restore it is read from the log of a server refugio runs, written
+/// since `log_from`), or pg_restore found the archive malformed.
+/// Anything else — a server that refused for a reason of its own, ran out
+/// of something, went away, or a pg_restore failure on a server whose log
+/// refugio cannot read — leaves the backup unjudged.
+pub(super) fn content_refused(
+    target: &SourceSpec,
+    tool: &str,
+    stderr_tail: &str,
+    log_from: Option<u64>,
+) -> Option<String> {
+    let code = if tool == "pg_restore" {
+        let malformed = stderr_tail
+            .lines()
+            .filter_map(|l| l.strip_prefix("pg_restore: error: "))
+            .find(|l| {
+                !l.starts_with("could not execute query")
+                    && ARCHIVE_STRUCTURE.iter().any(|p| l.contains(p))
+            });
+        if let Some(l) = malformed {
+            return Some(format!("pg_restore cannot read the archive: {l}"));
         }
-        _ => true,
-    };
-    if environment {
-        Error::Pg(e)
+        // What the server refused (a statement, a COPY's data) and why:
+        // only the log of a server refugio runs says.
+        let own = target.own_server()?;
+        refugio_dump::sqlstate::first_in_log(&own.log, log_from?)?
     } else {
-        Error::Rejected(Box::new(e))
+        refugio_dump::sqlstate::in_psql_output(stderr_tail)
+            .into_iter()
+            .next()?
+    };
+    refugio_dump::sqlstate::refuses_content(&code).then(|| {
+        format!(
+            "the server refused the backup's content (SQLSTATE {code}, class {})",
+            &code[..2]
+        )
+    })
+}
+
+/// Where the log of `target`'s server is now, when refugio runs it: the
+/// start of the lines of a restore about to begin.
+pub(super) fn log_mark(target: &SourceSpec) -> Option<u64> {
+    target
+        .own_server()
+        .map(|own| refugio_dump::sqlstate::log_mark(&own.log))
+}
+
+/// A restore tool that exited non-zero: its verdict on the content
+/// ([`content_refused`]), else the environment's failure.
+pub(super) fn tool_failed(
+    target: &SourceSpec,
+    e: refugio_dump::Error,
+    log_from: Option<u64>,
+) -> Error {
+    let why = match &e {
+        refugio_dump::Error::ToolFailed {
+            tool, stderr_tail, ..
+        } => content_refused(target, tool, stderr_tail, log_from),
+        _ => None,
+    };
+    match why {
+        Some(why) => Error::Rejected {
+            why,
+            tool_error: Box::new(e),
+        },
+        None => Error::Pg(e),
     }
 }
 
