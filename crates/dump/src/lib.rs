@@ -21,7 +21,7 @@ pub mod tools;
 pub mod wal;
 
 pub use compress::{Compression, CountingReader};
-pub use conn::{redact_text, redact_url, SourceSpec};
+pub use conn::{adopt_env_password, redact_text, redact_url, SourceSpec};
 pub use error::{Error, Result};
 pub use process::{ChildOutput, StderrTail};
 pub use snapshot::{ServerFacts, Snapshot, TableCount};

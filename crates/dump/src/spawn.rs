@@ -34,6 +34,9 @@ pub struct DumpArgs<'a> {
 
 fn base(tool: &Tool, source: &SourceSpec) -> Command {
     let mut cmd = Command::new(&tool.path);
+    for name in SourceSpec::INHERITED_SECRETS {
+        cmd.env_remove(name);
+    }
     cmd.envs(source.tool_env())
         .stdin(Stdio::null())
         .kill_on_drop(true);
