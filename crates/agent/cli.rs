@@ -133,6 +133,18 @@ pub struct RestoreArgs {
         conflicts_with = "physical"
     )]
     pub target: Option<String>,
+    /// File whose first line is the target's password. The target never
+    /// gets the source's (`PGPASSWORD` is the source's); without this, the
+    /// URL's own password or libpq's password file (`~/.pgpass`).
+    #[arg(long, requires = "target")]
+    pub target_password_file: Option<PathBuf>,
+    /// Restore even when the target is the backup's (or the job's) source
+    /// cluster, identified by its system identifier (a replica of it
+    /// counts, under whatever name): the restore then replaces that
+    /// cluster's databases it names. Without it such a restore is refused
+    /// before anything is changed.
+    #[arg(long, conflicts_with = "physical")]
+    pub overwrite_source: bool,
     /// Restore a physical job's base backup into a new data directory
     /// (--target-dir), set up to recover from the WAL archive to --to.
     #[arg(long, requires = "target_dir")]
@@ -205,6 +217,11 @@ pub struct VerifyArgs {
     /// Scratch server URL, overriding the job's `scratch`.
     #[arg(long)]
     pub scratch: Option<String>,
+    /// File whose first line is the password of the scratch server (the
+    /// source's password is never sent there). Default: with the job's own
+    /// `scratch`, its `scratch_password_file`.
+    #[arg(long)]
+    pub scratch_password_file: Option<PathBuf>,
     /// A physical job: where the drill's recovery stops: `latest` (the
     /// default: all of the archive), `immediate`, a time or an LSN. With
     /// `--backup latest`, the base backup is the newest that ended before it.
@@ -264,6 +281,8 @@ impl std::fmt::Debug for RestoreArgs {
         let RestoreArgs {
             backup,
             target,
+            target_password_file,
+            overwrite_source,
             physical,
             to,
             target_dir,
@@ -284,6 +303,8 @@ impl std::fmt::Debug for RestoreArgs {
         f.debug_struct("RestoreArgs")
             .field("backup", backup)
             .field("target", &url(target))
+            .field("target_password_file", target_password_file)
+            .field("overwrite_source", overwrite_source)
             .field("physical", physical)
             .field("to", to)
             .field("target_dir", target_dir)
@@ -310,6 +331,7 @@ impl std::fmt::Debug for VerifyArgs {
             job,
             backup,
             scratch,
+            scratch_password_file,
             to,
             repo,
             pg_bindir,
@@ -320,6 +342,7 @@ impl std::fmt::Debug for VerifyArgs {
             .field("job", job)
             .field("backup", backup)
             .field("scratch", &url(scratch))
+            .field("scratch_password_file", scratch_password_file)
             .field("to", to)
             .field("repo", repo)
             .field("pg_bindir", pg_bindir)

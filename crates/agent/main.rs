@@ -26,6 +26,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // PGPASSWORD is the source's: moved out of the environment while this
+    // process has one thread, so no scratch server or target receives it.
+    refugio_dump::adopt_env_password();
     let args = cli::Cli::parse();
     cli::init_logging(&args);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -55,14 +55,14 @@ impl Way {
         }
     }
 
-    /// Environment for commands given a URL on the command line: the
-    /// password file is a job setting, so `--target`/`--scratch` take
-    /// libpq's PGPASSWORD then.
-    fn cli_env(self, mut env: Vec<(String, String)>) -> Vec<(String, String)> {
-        if let Way::PasswordFile = self {
-            env.push(("PGPASSWORD".into(), PASSWORD_USER_PASSWORD.into()));
+    /// Arguments giving a URL's password file on the command line, as
+    /// `flag FILE` (`--target-password-file`, `--scratch-password-file`):
+    /// the job's `password_file` is the source's, and so is `PGPASSWORD`.
+    fn password_file_args(self, flag: &'static str, file: &std::path::Path) -> Vec<String> {
+        match self {
+            Way::PasswordFile => vec![flag.to_string(), file.display().to_string()],
+            _ => Vec::new(),
         }
-        env
     }
 }
 
@@ -245,26 +245,25 @@ async fn a_password_reaches_children_only_through_their_environment() -> Result<
         // Restore: the archive arrives slowly, pg_restore waits for it.
         let target = way.url(&src, &format!("restored_{name}"));
         proxy.set(Slowdown::rate(256 * 1024));
-        let (out, seen) = run_watching(
-            &[
-                "--config",
-                &config_arg,
-                "restore",
-                "--backup",
-                "latest",
-                "--target",
-                &target,
-                "--create",
-                "--no-owner",
-                "--pg-bindir",
-                &bindir,
-                "--json",
-            ],
-            &way.cli_env(env.clone()),
-            "pg_restore",
-            "--dbname=",
-            &proxy,
-        )?;
+        let mut args = vec![
+            "--config",
+            config_arg.as_str(),
+            "restore",
+            "--backup",
+            "latest",
+            "--target",
+            target.as_str(),
+            "--create",
+            "--no-owner",
+            "--pg-bindir",
+            bindir.as_str(),
+            "--json",
+            // A new database, but in the source's cluster.
+            "--overwrite-source",
+        ];
+        let password_args = way.password_file_args("--target-password-file", &pwfile);
+        args.extend(password_args.iter().map(String::as_str));
+        let (out, seen) = run_watching(&args, &env, "pg_restore", "--dbname=", &proxy)?;
         assert_ok_and_clean("restore", way, &out);
         assert_given_safely("pg_restore", way, &seen);
         let restored = src
@@ -274,18 +273,18 @@ async fn a_password_reaches_children_only_through_their_environment() -> Result<
 
         // A drill into a scratch server given the same way: a receipt.
         let scratch = way.url(&src, "postgres");
-        let out = refugio(
-            &[
-                "--config",
-                &config_arg,
-                "verify",
-                "--scratch",
-                &scratch,
-                "--pg-bindir",
-                &bindir,
-            ],
-            &way.cli_env(env.clone()),
-        );
+        let mut args = vec![
+            "--config",
+            config_arg.as_str(),
+            "verify",
+            "--scratch",
+            scratch.as_str(),
+            "--pg-bindir",
+            bindir.as_str(),
+        ];
+        let password_args = way.password_file_args("--scratch-password-file", &pwfile);
+        args.extend(password_args.iter().map(String::as_str));
+        let out = refugio(&args, &env);
         assert_ok_and_clean("verify", way, &out);
         config = Some(path);
     }

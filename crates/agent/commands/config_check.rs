@@ -1,10 +1,11 @@
-//! `refugio config check`: the file, the repository, object lock, every source.
+//! `refugio config check`: the file, the repository, object lock, every
+//! source, and every `restore_on_signal` target (not the source's cluster).
 
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 
-use crate::config::Config;
+use crate::config::{Config, JobConfig};
 use crate::exit::usage;
 use crate::output::error_chain;
 
@@ -65,6 +66,53 @@ async fn encryption_check(cfg: &Config) -> Option<Check> {
             ),
         },
         Err(e) => fail(error_chain(&anyhow::Error::from(e))),
+    })
+}
+
+/// A job's `restore_on_signal` target, by what its server says it is: not
+/// the job's source cluster (a replica or another name of it included).
+async fn restore_target_check(job: &JobConfig) -> Option<Check> {
+    use refugio_core::restore::identity::system_identifier;
+    let r = job.restore_on_signal.as_ref()?;
+    let what = format!("job {} restore_on_signal target", job.name);
+    let fail = |detail: String| Check {
+        what: what.clone(),
+        ok: false,
+        detail,
+    };
+    let (target, source) = match (r.target_spec(), job.source_spec()) {
+        (Ok(t), Ok(s)) => (t, s),
+        (Err(e), _) | (_, Err(e)) => return Some(fail(error_chain(&e))),
+    };
+    let target_id = system_identifier(&target.with_database("postgres")).await;
+    let source_id = system_identifier(&source).await;
+    Some(match (target_id, source_id) {
+        (Ok(t), Ok(s)) if t == s => fail(format!(
+            "target {} is job {}'s source {}: both are the cluster with system identifier {t} (the same server, or a replica of it, whatever the URLs say); {}",
+            target.redacted(),
+            job.name,
+            source.redacted(),
+            crate::config::restore_signal::REFUSAL_HINT
+        )),
+        (Ok(t), Ok(s)) => Check {
+            what,
+            ok: true,
+            detail: format!(
+                "target {} is another cluster (system identifier {t}) than the source (system identifier {s})",
+                target.redacted()
+            ),
+        },
+        (Err(e), _) => fail(format!(
+            "could not check which cluster target {} is: {}",
+            target.redacted(),
+            refugio_store::error::chain(&e)
+        )),
+        (Ok(_), Err(e)) => fail(format!(
+            "could not check that target {} is not the source's cluster: the source {} did not say which it is: {}",
+            target.redacted(),
+            source.redacted(),
+            refugio_store::error::chain(&e)
+        )),
     })
 }
 
@@ -185,6 +233,7 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
                 detail: error_chain(&e),
             }),
         }
+        checks.extend(restore_target_check(job).await);
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
     if json {

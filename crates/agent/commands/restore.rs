@@ -27,8 +27,23 @@ pub async fn restore(
     let job = super::infer_job(&cfg, &repo, a.job.as_deref()).await?;
     let backup = a.backup.as_deref().unwrap_or("latest");
     let manifest = repo.resolve(&job, backup).await?;
-    let target = refugio_dump::SourceSpec::new(a.target.as_deref().unwrap_or_default(), None, None)
-        .map_err(|e| usage(e.into()))?;
+    let target = refugio_dump::SourceSpec::new(
+        a.target.as_deref().unwrap_or_default(),
+        None,
+        a.target_password_file.as_deref(),
+    )
+    .map_err(|e| usage(e.into()))?;
+    // The target must not be the backup's source cluster (its manifest
+    // says which) nor the job's, as it is now, whatever their names.
+    let sources = match cfg.jobs.iter().find(|j| j.name == job) {
+        Some(j) => j.source_cluster().await.into_iter().collect(),
+        None => Vec::new(),
+    };
+    let guard = refugio_core::restore::identity::TargetGuard {
+        sources,
+        overwrite_source: a.overwrite_source,
+        hint: "pass --overwrite-source to restore there anyway".into(),
+    };
     let opts = refugio_core::RestoreOptions {
         target,
         clean: a.clean,
@@ -42,6 +57,7 @@ pub async fn restore(
         require_encrypted: cfg.repository.encryption.is_some() && !a.allow_unencrypted,
         database: a.database.clone(),
         progress: None,
+        guard: Some(guard),
     };
     tracing::info!(job, backup = %manifest.backup_id, target = %opts.target.redacted(), "restore-started");
     let token = CancellationToken::new();
@@ -67,6 +83,12 @@ pub async fn restore(
                 many.join(", ")
             ),
         };
+        if let Some(source) = &report.overwrote_source {
+            println!(
+                "--overwrite-source: the target is {source}; restored over its database(s) {}",
+                report.databases.join(", ")
+            );
+        }
         println!(
             "restored backup {} of job {} into {} with {} {} in {:.1}s ({} fetched{})",
             report.backup_id,

@@ -28,7 +28,7 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
         let name = super::infer_job(&cfg, &repo, a.job.as_deref()).await?;
         let scratch = a.scratch.as_deref().unwrap_or("ephemeral");
         let opts = DrillOptions {
-            scratch: Scratch::parse(scratch)
+            scratch: Scratch::parse(scratch, a.scratch_password_file.as_deref())
                 .with_context(|| format!("--scratch {scratch:?}"))
                 .map_err(usage)?,
             checks: Vec::new(),
@@ -50,9 +50,18 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
                 job.name
             ))
         })?;
+        // The job's scratch password file goes with the job's scratch only.
+        let password_file = match &a.scratch {
+            Some(_) => a.scratch_password_file.clone(),
+            None => a
+                .scratch_password_file
+                .clone()
+                .or_else(|| job.scratch_password_file.clone()),
+        };
         let opts = job
             .drill_options(
                 &scratch,
+                password_file.as_deref(),
                 // As the agent's drills: the job's tools unless told otherwise.
                 a.pg_bindir.clone().or_else(|| job.pg_bindir.clone()),
                 &cfg.repository,

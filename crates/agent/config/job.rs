@@ -33,7 +33,9 @@ pub struct JobConfig {
     pub kind: refugio_core::JobKind,
     /// Source connection URL, libpq syntax (`postgres://user@host:5432/db`,
     /// unix socket: `?host=/run/postgresql`). Required. A password here
-    /// works but is discouraged: use `password_file` or `PGPASSWORD`/`~/.pgpass`.
+    /// works but is discouraged: use `password_file` or `PGPASSWORD`/`~/.pgpass`
+    /// (`PGPASSWORD` is the source's alone: no scratch server or restore
+    /// target receives it).
     pub source: String,
     /// Database to dump. Default: the URL's database.
     #[serde(default)]
@@ -133,6 +135,11 @@ pub struct JobConfig {
     /// (`refugio verify` then needs `--scratch`).
     #[serde(default)]
     pub scratch: Option<String>,
+    /// File whose first line is the password for `scratch` (a server URL).
+    /// The scratch server never gets the source's password. Default none:
+    /// the scratch URL's own, or libpq's password file (`~/.pgpass`).
+    #[serde(default)]
+    pub scratch_password_file: Option<PathBuf>,
     /// When `refugio run` backs up, drills, prunes and checks this job. Default: never.
     #[serde(default)]
     pub schedule: ScheduleConfig,
@@ -189,6 +196,7 @@ impl std::fmt::Debug for JobConfig {
             attempts,
             row_counts,
             scratch,
+            scratch_password_file,
             schedule,
             targets,
             checks,
@@ -225,6 +233,7 @@ impl std::fmt::Debug for JobConfig {
             .field("attempts", attempts)
             .field("row_counts", row_counts)
             .field("scratch", &scratch.as_deref().map(redact_url))
+            .field("scratch_password_file", scratch_password_file)
             .field("schedule", schedule)
             .field("targets", targets)
             .field("checks", checks)
@@ -240,7 +249,7 @@ impl JobConfig {
     /// URL). A whole-server job whose URL names no database connects to
     /// `postgres` (its lock, its probes, the globals), as its backups do.
     pub fn source_spec(&self) -> Result<SourceSpec> {
-        let spec = SourceSpec::new(
+        let spec = SourceSpec::source(
             &self.source,
             self.database.as_deref(),
             self.password_file.as_deref(),
@@ -251,6 +260,24 @@ impl JobConfig {
             (Some(_), None) => spec.with_database("postgres"),
             _ => spec,
         })
+    }
+
+    /// The job's source cluster as it is now, by its system identifier,
+    /// for a restore to refuse writing into. None when the source cannot
+    /// be asked (logged): the backup's manifest still names its source.
+    pub async fn source_cluster(&self) -> Option<refugio_core::restore::identity::SourceCluster> {
+        let spec = self.source_spec().ok()?;
+        match refugio_core::restore::identity::system_identifier(&spec).await {
+            Ok(system_identifier) => Some(refugio_core::restore::identity::SourceCluster {
+                system_identifier,
+                name: format!("job {}'s source {}", self.name, spec.redacted()),
+            }),
+            Err(e) => {
+                tracing::warn!(job = %self.name, source = %spec.redacted(),
+                    error = %refugio_store::error::chain(&e), "source-unidentified");
+                None
+            }
+        }
     }
 
     /// The job's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`.
@@ -347,19 +374,21 @@ impl JobConfig {
         }))
     }
 
-    /// Options of a drill into `scratch` (`"ephemeral"` or a server URL)
+    /// Options of a drill into `scratch` (`"ephemeral"` or a server URL,
+    /// whose password is the first line of `password_file` when given)
     /// with the restore tools in `bindir` (None: search), decrypting with
     /// the identities `repo` names.
     pub fn drill_options(
         &self,
         scratch: &str,
+        password_file: Option<&Path>,
         bindir: Option<PathBuf>,
         repo: &RepositoryConfig,
         config: Option<&Path>,
     ) -> Result<DrillOptions> {
         Ok(DrillOptions {
             physical: self.physical_drill(config, repo)?,
-            scratch: Scratch::parse(scratch)
+            scratch: Scratch::parse(scratch, password_file)
                 .with_context(|| format!("job {}: scratch", self.name))?,
             checks: self.checks.iter().map(CheckConfig::check).collect(),
             rpo_target: self.targets.rpo,

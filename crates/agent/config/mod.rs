@@ -8,7 +8,7 @@ mod agent;
 mod encryption;
 mod job;
 mod repository;
-mod restore_signal;
+pub mod restore_signal;
 mod retention;
 mod schedule;
 mod values;
@@ -251,6 +251,11 @@ impl Config {
             if let Some(scratch) = j.scratch.as_deref().filter(|s| *s != "ephemeral") {
                 refugio_dump::SourceSpec::new(scratch, None, None)
                     .with_context(|| format!("jobs[{i}] ({}).scratch", j.name))?;
+            } else if j.scratch_password_file.is_some() {
+                bail!(
+                    "jobs[{i}] ({}).scratch_password_file: the job's `scratch` is not a server URL",
+                    j.name
+                );
             }
             if let Some(r) = &j.retention {
                 r.policy()

@@ -1,11 +1,14 @@
 //! `[jobs.restore_on_signal]`: where SIGUSR2 restores the job's newest
 //! verified backup after its drill (a staging database refreshed from
-//! production, say), and the check that it is not the job's own source.
+//! production, say), and the checks that it is not the job's own source:
+//! by name when the config is loaded, by system identifier (the cluster's,
+//! which its replicas share) before each restore and in `config check`.
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use super::repository::RepositoryConfig;
+use refugio_core::restore::identity::{SourceCluster, TargetGuard};
 use refugio_dump::{redact_url, SourceSpec};
 
 /// `[jobs.restore_on_signal]`. Its `Debug` redacts the target's password.
@@ -15,6 +18,11 @@ pub struct RestoreOnSignal {
     /// Database URL the backup is restored into (created if missing). For
     /// a whole-server job: the server, every database under its own name.
     pub target: String,
+    /// File whose first line is the target's password. The target never
+    /// gets the source's password. Default none: the target URL's own, or
+    /// libpq's password file (`~/.pgpass`).
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
     /// Drop and recreate the backup's objects in a target that has tables.
     /// Without it such a target is refused (the restore fails, nothing is
     /// changed). Default false.
@@ -32,12 +40,14 @@ impl std::fmt::Debug for RestoreOnSignal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let RestoreOnSignal {
             target,
+            password_file,
             clean,
             globals,
             no_owner,
         } = self;
         f.debug_struct("RestoreOnSignal")
             .field("target", &redact_url(target))
+            .field("password_file", password_file)
             .field("clean", clean)
             .field("globals", globals)
             .field("no_owner", no_owner)
@@ -99,17 +109,25 @@ impl RestoreOnSignal {
         Ok(())
     }
 
+    /// The target, with its own password file if any.
+    pub fn target_spec(&self) -> Result<SourceSpec> {
+        SourceSpec::new(&self.target, None, self.password_file.as_deref())
+            .context("restore_on_signal.target")
+    }
+
     /// The restore's options: `jobs` parallel pg_restore jobs, the tools
-    /// in `bindir` (None: search).
+    /// in `bindir` (None: search); the target must not be any of
+    /// `sources` (the job's source cluster, when it could be asked) nor
+    /// the backup's own source, whatever it is called.
     pub fn restore_options(
         &self,
         jobs: u32,
         bindir: Option<std::path::PathBuf>,
         repo: &RepositoryConfig,
+        sources: Vec<SourceCluster>,
     ) -> Result<refugio_core::RestoreOptions> {
         Ok(refugio_core::RestoreOptions {
-            target: SourceSpec::new(&self.target, None, None)
-                .context("restore_on_signal.target")?,
+            target: self.target_spec()?,
             clean: self.clean,
             create: true,
             globals: self.globals,
@@ -121,9 +139,17 @@ impl RestoreOnSignal {
             require_encrypted: repo.encryption.is_some(),
             database: None,
             progress: None,
+            guard: Some(TargetGuard {
+                sources,
+                overwrite_source: false,
+                hint: REFUSAL_HINT.into(),
+            }),
         })
     }
 }
+
+/// What a refused `restore_on_signal` tells the operator.
+pub const REFUSAL_HINT: &str = "restore_on_signal never restores into its job's source cluster (its primary or any replica): point `target` at another cluster";
 
 #[cfg(test)]
 mod tests {
@@ -140,6 +166,7 @@ mod tests {
     fn check(target: &str, (source, whole): &(SourceSpec, bool)) -> Result<()> {
         RestoreOnSignal {
             target: target.into(),
+            password_file: None,
             clean: false,
             globals: false,
             no_owner: false,
@@ -169,6 +196,7 @@ mod tests {
     fn debug_redacts_the_target() {
         let r = RestoreOnSignal {
             target: "postgres://u:hunter2@h/db".into(),
+            password_file: None,
             clean: true,
             globals: false,
             no_owner: false,

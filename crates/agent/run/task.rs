@@ -44,6 +44,7 @@ pub(super) async fn run_once(
             })?;
             let opts = job.drill_options(
                 scratch,
+                job.scratch_password_file.as_deref(),
                 job.pg_bindir.clone(),
                 &cfg.repository,
                 cfg.path.as_deref(),
@@ -58,8 +59,14 @@ pub(super) async fn run_once(
                 .as_ref()
                 .ok_or_else(|| anyhow!("job {}: no [jobs.restore_on_signal] target", job.name))?;
             let m = newest_verified(repo, &job.name).await?;
+            let sources = job.source_cluster().await.into_iter().collect();
             let opts = to
-                .restore_options(job.drill_jobs, job.pg_bindir.clone(), &cfg.repository)
+                .restore_options(
+                    job.drill_jobs,
+                    job.pg_bindir.clone(),
+                    &cfg.repository,
+                    sources,
+                )
                 .with_context(|| format!("job {}", job.name))?;
             tracing::info!(backup = %m.backup_id, target = %opts.target.redacted(), "restore-started");
             let report = refugio_core::restore(repo, &m, &opts, cancel).await?;

@@ -137,6 +137,25 @@ pub enum Error {
         example: String,
     },
 
+    /// The target's server is the backup's (or the job's) source cluster,
+    /// by its system identifier, whatever its URL says.
+    #[error("target {target} is {source_name}: both are the cluster with system identifier {system_identifier} (the same server, or a replica of it, whatever the URLs say); a restore there would overwrite the data it backs up{hint}; nothing was changed")]
+    TargetIsSource {
+        target: String,
+        source_name: String,
+        system_identifier: String,
+        hint: String,
+    },
+
+    /// The target was reached but would not say which cluster it is.
+    #[error("target {target}: could not read its system identifier ({reason}), so it cannot be told apart from {sources}{hint}; nothing was changed")]
+    TargetUnidentified {
+        target: String,
+        reason: String,
+        sources: String,
+        hint: String,
+    },
+
     #[error("target database {database} does not exist on {target}; pass --create to create it")]
     TargetMissing { target: String, database: String },
 

@@ -9,9 +9,18 @@
 //! encrypted client key) is refused: libpq has no environment variable for
 //! it, so a tool could only get it on its command line, and sqlx cannot use
 //! an encrypted key at all.
+//!
+//! A password belongs to one server. `PGPASSWORD` in refugio's environment
+//! is the *source's* ([`adopt_env_password`] takes it out of the process
+//! environment at start-up, before sqlx or any child could read it, and
+//! [`SourceSpec::source`] gives it to the source alone); a scratch server
+//! or a restore target ([`SourceSpec::new`]) uses its own credentials: its
+//! URL, its password file, or libpq's password file (`~/.pgpass`,
+//! `PGPASSFILE`), whose entries name the server they are for.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
@@ -28,6 +37,32 @@ const SSL_PASSWORD_PARAM: &str = "sslpassword";
 
 /// What is shown instead of a secret.
 const REDACTED: &str = "***";
+
+/// libpq's password variable: the source's password when set.
+const PGPASSWORD: &str = "PGPASSWORD";
+
+/// `PGPASSWORD` as refugio started with it, once [`adopt_env_password`]
+/// has moved it here.
+static ENV_PASSWORD: OnceLock<Option<String>> = OnceLock::new();
+
+/// Takes `PGPASSWORD` out of the process environment and keeps it as the
+/// source's password ([`SourceSpec::source`]): then neither sqlx (which
+/// reads `PGPASSWORD` for every connection without a password) nor a child
+/// process can hand it to a scratch server or a restore target. Call it
+/// first thing in `main`, while the process has one thread (changing the
+/// environment races with threads reading it); later calls do nothing.
+pub fn adopt_env_password() {
+    ENV_PASSWORD.get_or_init(|| {
+        let password = std::env::var(PGPASSWORD).ok();
+        std::env::remove_var(PGPASSWORD);
+        password.filter(|p| !p.is_empty())
+    });
+}
+
+/// The adopted `PGPASSWORD` (None when not adopted, or not set).
+fn env_password() -> Option<String> {
+    ENV_PASSWORD.get().cloned().flatten()
+}
 
 /// A PostgreSQL connection as configured: URL (libpq URI syntax, unix
 /// sockets as `?host=/dir`), an optional database that overrides the URL's,
@@ -70,13 +105,25 @@ impl std::fmt::Debug for SourceSpec {
 }
 
 impl SourceSpec {
+    /// The job's source: like [`SourceSpec::new`], and without a password
+    /// of its own (file, URL) the `PGPASSWORD` refugio started with (see
+    /// [`adopt_env_password`]).
+    pub fn source(url: &str, database: Option<&str>, password_file: Option<&Path>) -> Result<Self> {
+        let mut spec = SourceSpec::new(url, database, password_file)?;
+        if spec.password.is_none() {
+            spec.password = env_password();
+        }
+        Ok(spec)
+    }
+
     /// Parses `url`; `database` replaces the URL's database; `password_file`
     /// is read (first line, trailing newline removed) and wins over a
     /// password in the URL; of those, the `password` query parameter wins
-    /// over the userinfo's, as in libpq. Without any, libpq's own sources
-    /// apply (`PGPASSWORD`, `~/.pgpass`/`PGPASSFILE`), for sqlx and tools
-    /// alike. A password file that group or others may access is used, and
-    /// logged as a warning (like ssh's private keys).
+    /// over the userinfo's, as in libpq. Without any, libpq's password file
+    /// applies (`~/.pgpass`/`PGPASSFILE`), for sqlx and tools alike; not
+    /// `PGPASSWORD`, which is the source's ([`SourceSpec::source`]). A
+    /// password file that group or others may access is used, and logged
+    /// as a warning (like ssh's private keys).
     pub fn new(url: &str, database: Option<&str>, password_file: Option<&Path>) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidUrl {
             url: redact_url(url),
@@ -238,7 +285,7 @@ impl SourceSpec {
     pub fn tool_env(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![("PGAPPNAME", "refugio".to_string())];
         if let Some(p) = &self.password {
-            env.push(("PGPASSWORD", p.clone()));
+            env.push((PGPASSWORD, p.clone()));
         }
         if self.own.as_ref().is_some_and(|o| o.superuser) {
             env.push(("PGOPTIONS", "-c lc_messages=C".to_string()));
@@ -277,6 +324,11 @@ impl SourceSpec {
         crate::environment::clear(cmd, self.tool_home().as_deref());
         cmd.envs(self.inherited_tool_env()).envs(self.tool_env());
     }
+
+    /// Environment variables a libpq tool must not inherit from refugio:
+    /// a password there would be sent to whatever server the tool connects
+    /// to. [`SourceSpec::tool_env`] sets the one that belongs to it.
+    pub const INHERITED_SECRETS: &'static [&'static str] = &[PGPASSWORD];
 
     /// The configured password file, for messages.
     pub fn has_password(&self) -> bool {
@@ -523,6 +575,25 @@ mod tests {
             "hunter2"
         );
         assert_eq!(s.database().as_deref(), Some("prod"));
+    }
+
+    /// The adopted `PGPASSWORD` goes to the source alone, and only when
+    /// the source has no password of its own.
+    #[test]
+    fn the_environment_password_is_the_sources_only() {
+        let _ = ENV_PASSWORD.set(Some("from-env".into()));
+        let password = |s: &SourceSpec| {
+            s.tool_env()
+                .into_iter()
+                .find(|(k, _)| *k == PGPASSWORD)
+                .map(|(_, v)| v)
+        };
+        let source = SourceSpec::source("postgres://u@h/db", None, None).unwrap();
+        assert_eq!(password(&source).as_deref(), Some("from-env"));
+        let own = SourceSpec::source("postgres://u:in-url@h/db", None, None).unwrap();
+        assert_eq!(password(&own).as_deref(), Some("in-url"));
+        let scratch = SourceSpec::new("postgres://u@h/db", None, None).unwrap();
+        assert_eq!(password(&scratch), None, "a scratch server or target");
     }
 
     #[test]

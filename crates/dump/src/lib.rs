@@ -24,7 +24,9 @@ pub mod tools;
 pub mod wal;
 
 pub use compress::{Compression, CountingReader};
-pub use conn::{redact_text, redact_url, OwnServer, SourceSpec, OWN_SERVER_LOG_PREFIX};
+pub use conn::{
+    adopt_env_password, redact_text, redact_url, OwnServer, SourceSpec, OWN_SERVER_LOG_PREFIX,
+};
 pub use error::{Error, Result};
 pub use process::{ChildOutput, StderrTail};
 pub use snapshot::{ServerFacts, Snapshot, TableCount};

@@ -10,7 +10,9 @@
 //! For TLS tests: a throwaway CA and certificates made with openssl
 //! ([`Ca`]), clusters that also listen on 127.0.0.1 with `ssl = on`
 //! ([`Cluster::start_tls`]), and an HTTPS front for the S3 servers
-//! ([`TlsProxy`]). Nothing here is meant for production code.
+//! ([`TlsProxy`]). A TCP front for a cluster that records what clients send
+//! ([`PgFront`]), to see which password really went where. Nothing here is
+//! meant for production code.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
@@ -36,6 +38,7 @@
 
 pub mod cluster;
 pub mod fault_proxy;
+pub mod pg_front;
 pub mod proxy;
 pub mod s3;
 pub mod sample;
@@ -46,6 +49,7 @@ pub mod tls_proxy;
 
 pub use cluster::{pg_bindir, Cluster, PASSWORD_USER, PASSWORD_USER_PASSWORD};
 pub use fault_proxy::{FaultProxy, Rule, RuleId, RuleStats};
+pub use pg_front::PgFront;
 pub use proxy::{SlowProxy, Slowdown};
 pub use s3::{dead_port, garage, moto, unique_prefix, S3Kind, S3Target};
 pub use sample::{load_bulk, load_sample};

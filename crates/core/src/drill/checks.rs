@@ -118,6 +118,7 @@ pub(super) async fn run_checks(
         require_encrypted: opts.require_encrypted,
         database: None,
         progress: opts.progress.clone(),
+        guard: None,
     };
     let report = restore_units(repo, manifest, &plan, &ropts).await?;
     receipt.phases.fetch_restore_seconds = t.elapsed().as_secs_f64();

@@ -101,12 +101,13 @@ impl Check {
 }
 
 impl Scratch {
-    /// A job's `scratch` setting: `"ephemeral"` or a server URL.
-    pub fn parse(url: &str) -> Result<Scratch> {
+    /// A job's `scratch` setting: `"ephemeral"` or a server URL, with
+    /// the server's own password file if any (never the source's password).
+    pub fn parse(url: &str, password_file: Option<&std::path::Path>) -> Result<Scratch> {
         Ok(if url == "ephemeral" {
             Scratch::Ephemeral
         } else {
-            Scratch::Server(SourceSpec::new(url, None, None)?)
+            Scratch::Server(SourceSpec::new(url, None, password_file)?)
         })
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 mod fetch;
+pub mod identity;
 pub mod physical;
 mod target;
 mod untar;
@@ -67,6 +68,10 @@ pub struct RestoreOptions {
     pub database: Option<String>,
     /// Counters and phase for a progress display; None: not shown.
     pub progress: Option<Arc<crate::Progress>>,
+    /// Which source clusters the target must not be (by system
+    /// identifier), checked before anything is changed. None: not checked
+    /// (drills, whose scratch databases are their own).
+    pub guard: Option<identity::TargetGuard>,
 }
 
 /// How an artifact's stored bytes turn into the archive: decrypted when
@@ -154,6 +159,10 @@ pub struct RestoreReport {
     pub bytes_fetched: u64,
     pub globals_applied: bool,
     pub seconds: f64,
+    /// The source cluster this restore overwrote, when allowed
+    /// (`--overwrite-source`): its name and system identifier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overwrote_source: Option<String>,
 }
 
 /// Restores `manifest`'s backup from `repo` as `opts` say. Cancelling
@@ -279,6 +288,14 @@ pub(crate) async fn restore_units(
         let largest = plan.iter().map(|(u, _)| u.artifact.raw_size).max();
         check_temp_space(&dir, largest.unwrap_or_default())?;
     }
+    // Who the target is, before anything is created or written.
+    let overwritten = match &opts.guard {
+        Some(guard) => {
+            let names: Vec<String> = plan.iter().filter_map(|(_, to)| to.database()).collect();
+            identity::check(&opts.target, manifest, guard, &names).await?
+        }
+        None => None,
+    };
     let databases = preflight(plan, opts).await?;
 
     let mut globals_applied = false;
@@ -344,6 +361,8 @@ pub(crate) async fn restore_units(
         bytes_fetched: fetched,
         globals_applied,
         seconds: started.elapsed().as_secs_f64(),
+        overwrote_source: overwritten
+            .map(|o| format!("{} (system identifier {})", o.name, o.system_identifier)),
     })
 }
 
