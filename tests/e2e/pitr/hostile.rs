@@ -107,7 +107,7 @@ async fn forge(store: &dyn ObjectStore, id: &str, outside: &Path) -> Result<Stri
 #[tokio::test(flavor = "multi_thread")]
 async fn clones_stay_out_of_production_and_a_base_tar_never_writes_through_a_link() -> Result<()> {
     let tmp = shared_tmp()?;
-    let target = s3::garage()?;
+    let target = s3::moto()?;
     let config = tmp.path().join("refugio.toml");
     let src =
         Cluster::start_with_settings(16, &archiving(&config), &server_env(tmp.path())).await?;
