@@ -496,6 +496,41 @@ impl Manifest {
 mod tests {
     use super::*;
 
+    #[test]
+    fn order_and_future_come_from_the_server_clock() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let early = sample();
+        // Taken later, by a host whose clock was an hour behind.
+        let mut late = sample();
+        late.backup_id = "20261128T051000Z".into();
+        late.snapshot_at = at("2026-11-28T06:10:00Z");
+        assert_eq!(late.cmp_time(&early), std::cmp::Ordering::Greater);
+        let horizon = at("2026-11-28T06:15:00Z");
+        assert!(!late.dated_after(horizon));
+        let mut future = sample();
+        future.backup_id = "29991231T000000Z".into();
+        assert!(future.dated_after(horizon), "by its id");
+        let mut server_ahead = sample();
+        server_ahead.snapshot_at = at("2026-11-28T07:00:00Z");
+        assert!(server_ahead.dated_after(horizon), "by its server time");
+        // A base backup: START TIME plus how long pg_basebackup ran.
+        let mut base = sample();
+        base.finished_at = at("2030-01-01T00:00:00Z");
+        base.durations.dump_seconds = 90.0;
+        base.physical = Some(Physical {
+            timeline: 1,
+            start_lsn: "0/2000028".into(),
+            stop_lsn: "0/2000100".into(),
+            start_time: at("2026-11-28T06:00:05Z"),
+            wal_segment_size: 16 << 20,
+            from: "primary".into(),
+            backup_label: String::new(),
+            backup_manifest: None,
+        });
+        assert_eq!(base.server_time(), at("2026-11-28T06:00:05Z"));
+        assert_eq!(base.consistent_at(), at("2026-11-28T06:01:35Z"));
+    }
+
     pub(crate) fn sample() -> Manifest {
         let t = DateTime::parse_from_rfc3339("2026-11-28T06:00:00Z")
             .unwrap()
