@@ -12,6 +12,7 @@ mod encryption;
 mod exclude;
 mod failures;
 mod faults;
+mod hygiene;
 mod job_lock;
 mod lock;
 mod mid_stream;
