@@ -26,6 +26,7 @@ mod replica_lag;
 mod restore_signal;
 mod roundtrip;
 mod s3_options;
+mod schema_limits;
 mod secrets;
 mod server_jobs;
 mod snapshot_metrics;
