@@ -132,7 +132,7 @@ async fn round_trip(
         "the listing covers the sample's objects: {objects}"
     );
     assert_eq!(
-        m["schema_fingerprint"].as_str(),
+        m["schema_fingerprint_v2"].as_str(),
         Some(restored_fp.as_str()),
         "schema fingerprint"
     );

@@ -163,6 +163,19 @@ pub(crate) fn sha256() -> Redaction {
     })
 }
 
+/// A schema fingerprint of the current algorithm: `v2:` and SHA-256 hex.
+pub(crate) fn fingerprint() -> Redaction {
+    check("fingerprint", |c| {
+        text(c)
+            .and_then(|s| s.strip_prefix("v2:"))
+            .is_some_and(|s| {
+                s.len() == 64
+                    && s.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
+    })
+}
+
 /// A whole number of bytes, more than zero.
 pub(crate) fn bytes() -> Redaction {
     check("bytes", |c| {

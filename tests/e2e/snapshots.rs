@@ -442,6 +442,7 @@ async fn manifest_and_receipt_of_a_real_backup_and_drill() -> Result<()> {
         ".durations.globals_seconds" => seconds(),
         ".durations.total_seconds" => seconds(),
         ".schema_fingerprint" => sha256(),
+        ".schema_fingerprint_v2" => fingerprint(),
     });
 
     let printed = refugio_ok(
@@ -472,7 +473,7 @@ async fn manifest_and_receipt_of_a_real_backup_and_drill() -> Result<()> {
     assert_eq!(r["rpo_detail"]["newest_verified"], json!(id));
     let fp = &r["schema_fingerprint"];
     assert_eq!(fp[0], fp[1], "schema fingerprints agree");
-    assert_eq!(fp[0], m["schema_fingerprint"]);
+    assert_eq!(fp[0], m["schema_fingerprint_v2"]);
     for d in r["digests_checked"].as_array().context("digests_checked")? {
         let artifact = m["artifacts"]
             .as_array()
@@ -494,7 +495,7 @@ async fn manifest_and_receipt_of_a_real_backup_and_drill() -> Result<()> {
         ".scratch_server_version" => pg16_version(),
         ".restore_tool" => tool_version(),
         ".digests_checked[][1]" => sha256(),
-        ".schema_fingerprint[]" => sha256(),
+        ".schema_fingerprint[]" => fingerprint(),
         ".phases.fetch_restore_seconds" => seconds(),
         ".phases.analyze_seconds" => seconds(),
         ".phases.checks_seconds" => seconds(),

@@ -153,6 +153,9 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
         for f in &receipt.failures {
             println!("  FAIL {f}");
         }
+        for n in &receipt.notes {
+            println!("  NOTE {n}");
+        }
     }
     Ok(match (receipt.passed, receipt.outcome()) {
         (true, _) => ExitCode::SUCCESS,

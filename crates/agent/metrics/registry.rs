@@ -43,6 +43,10 @@ pub(super) struct SkipLabels {
     reason: String,
 }
 
+/// `database` is whatever name the server has (`"`, `\`, newlines):
+/// prometheus-client 0.26+ escapes label values in the text format (0.23
+/// and older wrote them raw), which tests/e2e/hygiene.rs holds with a
+/// strict parser of a live `/metrics`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct DatabaseLabels {
     pub(super) backup_job: String,

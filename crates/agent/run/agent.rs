@@ -446,24 +446,29 @@ impl Agent {
                     .await;
                 }
             }
-            Ok(Done::Drill(r)) => match r.outcome() {
-                Outcome::Inconclusive => {
-                    self.metrics.drill_inconclusive(&job.name, r.finished_at);
-                    tracing::warn!(failures = ?r.failures,
-                        "drill-inconclusive: the backup could not be checked; it stays unverified");
+            Ok(Done::Drill(r)) => {
+                if !r.notes.is_empty() {
+                    tracing::info!(notes = ?r.notes, "drill-notes: not counted for or against the backup");
                 }
-                _ => {
-                    self.metrics.drill_finished(
-                        &job.name,
-                        r.finished_at,
-                        r.verified,
-                        r.rto.measured_seconds.map(Duration::from_secs_f64),
-                    );
-                    if !r.passed {
-                        tracing::error!(failures = ?r.failures, "drill-failed");
+                match r.outcome() {
+                    Outcome::Inconclusive => {
+                        self.metrics.drill_inconclusive(&job.name, r.finished_at);
+                        tracing::warn!(failures = ?r.failures,
+                            "drill-inconclusive: the backup could not be checked; it stays unverified");
+                    }
+                    _ => {
+                        self.metrics.drill_finished(
+                            &job.name,
+                            r.finished_at,
+                            r.verified,
+                            r.rto.measured_seconds.map(Duration::from_secs_f64),
+                        );
+                        if !r.passed {
+                            tracing::error!(failures = ?r.failures, "drill-failed");
+                        }
                     }
                 }
-            },
+            }
             Ok(Done::Prune(deleted)) => self.metrics.prune_finished(&job.name, true, deleted),
             Ok(Done::Restore(_)) => self.metrics.restore_finished(&job.name, true),
             Ok(Done::Check(r)) => {

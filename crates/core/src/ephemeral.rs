@@ -3,7 +3,8 @@
 //! unix socket in that directory (no TCP port), run as an unprivileged user
 //! (65534) when refugio runs as root, removed afterwards. A directory left
 //! by a crashed drill (its owner process gone) is removed by the next one,
-//! its server stopped by the PID it recorded.
+//! its server stopped by the PID it recorded once that PID is proven to be
+//! a postgres of that directory.
 //!
 //! The server and everything it starts (a hostile archive's `COPY … TO
 //! PROGRAM`, a physical drill's `restore_command`) get a cleared
@@ -95,7 +96,45 @@ fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Removes clusters of crashed drills: directories whose owner process is gone.
+/// Whether `pid` is the postmaster of `data`: its executable is a
+/// `postgres` binary and its command line names `data` (as `-D`, the way
+/// drills start it) or its working directory is `data` (a postmaster
+/// changes into its data directory). Else `Err` says what it is instead.
+/// A PID read from a file in a world-writable temp dir proves nothing: it
+/// may have been reused, or written by anyone.
+fn own_postmaster(pid: i32, data: &Path) -> std::result::Result<(), String> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let exe = std::fs::read_link(proc_dir.join("exe"))
+        .map_err(|e| format!("its executable cannot be read ({e})"))?;
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A binary replaced by a package upgrade reads `postgres (deleted)`.
+    if name.trim_end_matches(" (deleted)") != "postgres" {
+        return Err(format!("it runs {}, not postgres", exe.display()));
+    }
+    let data = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+    let same = |p: &Path| std::fs::canonicalize(p).is_ok_and(|p| p == data);
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+    let names_data = cmdline
+        .split(|b| *b == 0)
+        .any(|arg| !arg.is_empty() && same(Path::new(&*String::from_utf8_lossy(arg))));
+    let in_data = std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|cwd| same(&cwd));
+    if names_data || in_data {
+        Ok(())
+    } else {
+        Err(format!(
+            "it is a postgres server of another data directory ({})",
+            String::from_utf8_lossy(&cmdline).replace('\0', " ").trim()
+        ))
+    }
+}
+
+/// Removes clusters of crashed drills: directories whose owner process is
+/// gone. A server still running in one is stopped only when it is proven
+/// to be that directory's ([`own_postmaster`]); any other process the PID
+/// file names is left alone, and the log says so.
 pub fn sweep(root: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let Ok(entries) = std::fs::read_dir(root) else {
@@ -112,20 +151,30 @@ pub fn sweep(root: &Path) -> Vec<PathBuf> {
         if owner.is_some_and(pid_alive) {
             continue;
         }
-        // Our server, started by the dead drill: stop it by its recorded PID.
-        if let Some(pid) = std::fs::read_to_string(path.join("data/postmaster.pid"))
+        let data = path.join("data");
+        if let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
             .ok()
             .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            .filter(|pid| *pid > 0 && pid_alive(*pid))
         {
-            if pid_alive(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGQUIT,
-                );
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while pid_alive(pid) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
+            match own_postmaster(pid, &data) {
+                Ok(()) => {
+                    // The dead drill's server: stop it.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGQUIT,
+                    );
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while pid_alive(pid) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
+                Err(why) => tracing::warn!(
+                    dir = %path.display(),
+                    pid,
+                    reason = %why,
+                    "drill-cluster-leftover-pid-not-ours: process left alone"
+                ),
             }
         }
         if std::fs::remove_dir_all(&path).is_ok() {

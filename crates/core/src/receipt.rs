@@ -12,8 +12,8 @@ use crate::measure::Rpo;
 
 /// Receipt format version (1.1 added `outcome`; 1.2 the per-database
 /// results of whole-server backups: `databases`, and `database` on counts
-/// and checks).
-pub const RECEIPT_FORMAT: &str = "1.2";
+/// and checks; 1.3 `notes`).
+pub const RECEIPT_FORMAT: &str = "1.3";
 /// Largest receipt read back; a bigger object is not one of ours.
 const MAX_RECEIPT_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -115,6 +115,11 @@ pub struct Receipt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
     pub failures: Vec<String>,
+    /// What the drill could not compare and did not count for or against
+    /// the backup (e.g. a fingerprint of an algorithm that cannot tell a
+    /// tool's limit from damage).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub refugio_version: String,
     pub scratch_kind: String,
     pub scratch_server_version: Option<String>,

@@ -20,6 +20,7 @@ use sqlx::{Connection, Executor, PgConnection, Row};
 
 use crate::conn::SourceSpec;
 use crate::error::{Error, Result};
+use crate::fingerprint::{schema_fingerprint_as, Algorithm};
 use crate::tools::PgVersion;
 
 /// Facts about the server, read in the snapshot.
@@ -113,8 +114,11 @@ pub struct Snapshot {
     pub row_counts: RowCountMode,
     /// Number of large objects.
     pub large_objects: i64,
-    /// [`crate::fingerprint`] of the schema in the snapshot.
+    /// [`crate::fingerprint`] of the schema in the snapshot, by the first
+    /// algorithm (for older readers' drills).
     pub schema_fingerprint: String,
+    /// The same by the current algorithm ([`crate::fingerprint::Algorithm::CURRENT`]).
+    pub schema_fingerprint_v2: String,
 }
 
 fn q(e: sqlx::Error, spec: &SourceSpec, what: &str) -> Error {
@@ -306,10 +310,16 @@ impl Snapshot {
             .await
             .map_err(|e| q(e, spec, "counting large objects"))?
             .get("n");
-        let (schema_fingerprint, _) =
-            crate::fingerprint::schema_fingerprint_without(&mut conn, &excluded_tables)
+        // Both algorithms: drills by an older refugio compare the first.
+        let mut fingerprints = Vec::new();
+        for algorithm in [Algorithm::V1, Algorithm::V2] {
+            let (f, _) = schema_fingerprint_as(&mut conn, algorithm, &excluded_tables)
                 .await
                 .map_err(|e| q(e, spec, "fingerprinting the schema"))?;
+            fingerprints.push(f);
+        }
+        let schema_fingerprint_v2 = fingerprints.pop().unwrap_or_default();
+        let schema_fingerprint = fingerprints.pop().unwrap_or_default();
         Ok(Snapshot {
             conn,
             id,
@@ -322,6 +332,7 @@ impl Snapshot {
             row_counts: opts.row_counts,
             large_objects,
             schema_fingerprint,
+            schema_fingerprint_v2,
         })
     }
 

@@ -25,9 +25,9 @@ pub const MAX_ARTIFACT_BYTES: u64 = 1 << 50;
 /// The manifest major version this build reads and writes.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The manifest minor version this build writes.
-pub const FORMAT_MINOR: u32 = 7;
+pub const FORMAT_MINOR: u32 = 8;
 /// The manifest format written by this build: `FORMAT_MAJOR.FORMAT_MINOR`.
-pub const FORMAT: &str = "1.7";
+pub const FORMAT: &str = "1.8";
 /// Object name of the manifest inside a backup's prefix.
 pub const MANIFEST_NAME: &str = "manifest.json";
 
@@ -36,9 +36,10 @@ pub const MANIFEST_NAME: &str = "manifest.json";
 // per format minor (see the module doc).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// `"1.7"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
+    /// `"1.8"` (1.0 had no `schema_fingerprint`, 1.1 no `object_lock`,
     /// 1.2 no `data_at`, 1.3 no `encryption`, 1.4 no `databases` nor
-    /// `data_excluded`, 1.5 no `archive_compression`, 1.6 no `physical`).
+    /// `data_excluded`, 1.5 no `archive_compression`, 1.6 no `physical`,
+    /// 1.7 no `schema_fingerprint_v2`).
     pub format: String,
     pub job: String,
     pub backup_id: String,
@@ -67,10 +68,16 @@ pub struct Manifest {
     #[serde(default)]
     pub large_objects: i64,
     pub durations: Durations,
-    /// SHA-256 of the schema listing in the snapshot (format 1.1+), compared
-    /// by restore drills.
+    /// SHA-256 of the schema listing in the snapshot (format 1.1+), by the
+    /// first algorithm (bare hex; see `refugio_dump::fingerprint`). Still
+    /// written, for drills by an older refugio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_fingerprint: Option<String>,
+    /// The fingerprint by the current algorithm (format 1.8+, `v2:<hex>`),
+    /// which leaves out what pg_dump cannot keep; drills compare it when
+    /// present, else `schema_fingerprint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_fingerprint_v2: Option<String>,
     /// Backups of this database that were retried (lock timeouts) before this one succeeded.
     #[serde(default)]
     pub attempts: u32,
@@ -146,6 +153,9 @@ pub struct DatabaseDump {
     pub tables: Vec<TableRows>,
     pub large_objects: i64,
     pub schema_fingerprint: Option<String>,
+    /// See [`Manifest::schema_fingerprint_v2`] (format 1.8+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_fingerprint_v2: Option<String>,
     /// Seconds spent dumping it.
     pub dump_seconds: f64,
 }
@@ -161,6 +171,7 @@ pub struct DumpUnit<'a> {
     pub tables: &'a [TableRows],
     pub large_objects: i64,
     pub schema_fingerprint: Option<&'a str>,
+    pub schema_fingerprint_v2: Option<&'a str>,
 }
 
 /// Client-side encryption of a backup's artifacts. Only public facts: the
@@ -320,6 +331,7 @@ impl Manifest {
                 tables: &self.tables,
                 large_objects: self.large_objects,
                 schema_fingerprint: self.schema_fingerprint.as_deref(),
+                schema_fingerprint_v2: self.schema_fingerprint_v2.as_deref(),
             }]);
         }
         self.databases
@@ -337,6 +349,7 @@ impl Manifest {
                     tables: &d.tables,
                     large_objects: d.large_objects,
                     schema_fingerprint: d.schema_fingerprint.as_deref(),
+                    schema_fingerprint_v2: d.schema_fingerprint_v2.as_deref(),
                 })
             })
             .collect()
@@ -578,6 +591,7 @@ mod tests {
             durations: Durations::default(),
             attempts: 1,
             schema_fingerprint: None,
+            schema_fingerprint_v2: None,
             object_lock: None,
             encryption: None,
             databases: Vec::new(),
@@ -608,6 +622,7 @@ mod tests {
     fn full() -> Manifest {
         let mut m = sample();
         m.schema_fingerprint = Some("cd".repeat(32));
+        m.schema_fingerprint_v2 = Some(format!("v2:{}", "ef".repeat(32)));
         m.object_lock = Some(crate::lock::Retention {
             mode: crate::lock::LockMode::Governance,
             until: m.finished_at + chrono::Duration::days(30),
@@ -624,6 +639,7 @@ mod tests {
             tables: m.tables.clone(),
             large_objects: 0,
             schema_fingerprint: None,
+            schema_fingerprint_v2: Some(format!("v2:{}", "01".repeat(32))),
             dump_seconds: 0.5,
         }];
         m
@@ -735,6 +751,7 @@ mod tests {
                         tables: Vec::new(),
                         large_objects: 0,
                         schema_fingerprint: None,
+                        schema_fingerprint_v2: None,
                         dump_seconds: 0.0,
                     })
                 },

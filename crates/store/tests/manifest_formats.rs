@@ -25,6 +25,7 @@ fn fixture(minor: u32) -> Vec<u8> {
 #[case::v1_5(5)]
 #[case::v1_6(6)]
 #[case::v1_7(7)]
+#[case::v1_8(8)]
 fn every_field_of_a_known_minor_survives(#[case] minor: u32) {
     let bytes = fixture(minor);
     let key = format!("trips/x/manifest-1.{minor}.json");
@@ -113,6 +114,17 @@ fn fixtures_hold_the_fields_their_minor_added() {
         .contains(&format!("START WAL LOCATION: {}", p.start_lsn)));
     assert_eq!(v1_7.artifact("base").expect("base").format, "tar");
     assert!(v1_7.artifact("backup_manifest").is_some());
+    let v1_8 = Manifest::parse("k", &fixture(8)).expect("1.8");
+    for unit in v1_8.units().expect("every database's artifact is listed") {
+        let v2 = unit
+            .schema_fingerprint_v2
+            .expect("1.8 added schema_fingerprint_v2");
+        assert!(v2.starts_with("v2:"), "{v2}");
+        assert!(
+            unit.schema_fingerprint.is_some(),
+            "the first algorithm's too"
+        );
+    }
 }
 
 /// A build that writes a new minor must add its fixture (and a case above).

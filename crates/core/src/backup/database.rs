@@ -182,6 +182,7 @@ pub(super) struct SnapInfo {
     pub row_counts: String,
     pub large_objects: i64,
     pub schema_fingerprint: String,
+    pub schema_fingerprint_v2: String,
 }
 
 impl SnapInfo {
@@ -198,6 +199,7 @@ impl SnapInfo {
             tables: self.tables.clone(),
             large_objects: self.large_objects,
             schema_fingerprint: Some(self.schema_fingerprint.clone()),
+            schema_fingerprint_v2: Some(self.schema_fingerprint_v2.clone()),
             dump_seconds: d.dump_seconds,
         }
     }
@@ -233,6 +235,7 @@ impl From<&Snapshot> for SnapInfo {
             },
             large_objects: s.large_objects,
             schema_fingerprint: s.schema_fingerprint.clone(),
+            schema_fingerprint_v2: s.schema_fingerprint_v2.clone(),
         }
     }
 }

@@ -500,6 +500,7 @@ fn manifest_of(
         },
         attempts: opts.attempt,
         schema_fingerprint: None,
+        schema_fingerprint_v2: None,
         object_lock: None,
         encryption: opts.encryption.as_ref().map(|to| Encryption {
             scheme: encryption::AGE.into(),
@@ -520,6 +521,7 @@ fn manifest_of(
                 manifest.tables = info.tables;
                 manifest.large_objects = info.large_objects;
                 manifest.schema_fingerprint = Some(info.schema_fingerprint);
+                manifest.schema_fingerprint_v2 = Some(info.schema_fingerprint_v2);
             }
         }
         Some(scope) => {

@@ -225,6 +225,7 @@ pub(super) async fn base_backup(
                 total_seconds: t0.elapsed().as_secs_f64(),
             },
             schema_fingerprint: None,
+            schema_fingerprint_v2: None,
             attempts: opts.attempt,
             object_lock: None,
             encryption: opts.encryption.as_ref().map(|to| Encryption {

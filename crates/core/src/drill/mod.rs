@@ -300,6 +300,7 @@ fn new_receipt(
         passed: false,
         outcome: None,
         failures: Vec::new(),
+        notes: Vec::new(),
         refugio_version: env!("CARGO_PKG_VERSION").into(),
         scratch_kind: kind.into(),
         scratch_server_version: None,

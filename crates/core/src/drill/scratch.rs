@@ -86,11 +86,13 @@ async fn sweep_on(
     admin: &SourceSpec,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>> {
+    // A prefix, not a LIKE pattern: there `_` matches any character, and
+    // `refugioXdrillYsales` is someone's database.
     let rows = sqlx::query(
         "SELECT datname, shobj_description(oid, 'pg_database') AS marker \
-         FROM pg_database WHERE datname LIKE $1 ORDER BY 1",
+         FROM pg_database WHERE left(datname::text, length($1)) = $1 ORDER BY 1",
     )
-    .bind(format!("{SCRATCH_PREFIX}%"))
+    .bind(SCRATCH_PREFIX)
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| q(admin, "listing scratch databases", e))?;
