@@ -91,6 +91,34 @@ async fn a_restore_into_the_source_cluster_under_another_name_is_refused() -> Re
     ] {
         assert!(line.contains(part), "names {part}: {line}");
     }
+    // A target that cannot be asked: not passed as fine.
+    let unreachable = tmp.path().join("unreachable.toml");
+    std::fs::write(
+        &unreachable,
+        std::fs::read_to_string(&config)?.replace(
+            &staging,
+            &format!(
+                "postgres://postgres@127.0.0.1:{}/app_staging",
+                refugio_testkit::dead_port()
+            ),
+        ),
+    )?;
+    let out = refugio(
+        &[
+            "--config",
+            &unreachable.display().to_string(),
+            "config",
+            "check",
+        ],
+        &env,
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("could not check which cluster target")),
+        "{text}"
+    );
 
     // A backup of the replica, then a CLI restore into the primary under
     // its other name: refused before anything is created.

@@ -11,7 +11,7 @@
 //! an encrypted key at all.
 //!
 //! A password belongs to one server. `PGPASSWORD` in refugio's environment
-//! is the *source's* ([`adopt_env_password`] takes it out of the process
+//! is the *source's* ([`crate::adopt_env_password`] takes it out of the process
 //! environment at start-up, before sqlx or any child could read it, and
 //! [`SourceSpec::source`] gives it to the source alone); a scratch server
 //! or a restore target ([`SourceSpec::new`]) uses its own credentials: its
@@ -20,12 +20,12 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::OnceLock;
 
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use url::Url;
 
+use crate::env_password::{env_password, PGPASSWORD};
 use crate::error::{Error, Result};
 use crate::tls::{self, TlsSettings};
 
@@ -37,32 +37,6 @@ const SSL_PASSWORD_PARAM: &str = "sslpassword";
 
 /// What is shown instead of a secret.
 const REDACTED: &str = "***";
-
-/// libpq's password variable: the source's password when set.
-const PGPASSWORD: &str = "PGPASSWORD";
-
-/// `PGPASSWORD` as refugio started with it, once [`adopt_env_password`]
-/// has moved it here.
-static ENV_PASSWORD: OnceLock<Option<String>> = OnceLock::new();
-
-/// Takes `PGPASSWORD` out of the process environment and keeps it as the
-/// source's password ([`SourceSpec::source`]): then neither sqlx (which
-/// reads `PGPASSWORD` for every connection without a password) nor a child
-/// process can hand it to a scratch server or a restore target. Call it
-/// first thing in `main`, while the process has one thread (changing the
-/// environment races with threads reading it); later calls do nothing.
-pub fn adopt_env_password() {
-    ENV_PASSWORD.get_or_init(|| {
-        let password = std::env::var(PGPASSWORD).ok();
-        std::env::remove_var(PGPASSWORD);
-        password.filter(|p| !p.is_empty())
-    });
-}
-
-/// The adopted `PGPASSWORD` (None when not adopted, or not set).
-fn env_password() -> Option<String> {
-    ENV_PASSWORD.get().cloned().flatten()
-}
 
 /// A PostgreSQL connection as configured: URL (libpq URI syntax, unix
 /// sockets as `?host=/dir`), an optional database that overrides the URL's,
@@ -107,7 +81,7 @@ impl std::fmt::Debug for SourceSpec {
 impl SourceSpec {
     /// The job's source: like [`SourceSpec::new`], and without a password
     /// of its own (file, URL) the `PGPASSWORD` refugio started with (see
-    /// [`adopt_env_password`]).
+    /// [`crate::adopt_env_password`]).
     pub fn source(url: &str, database: Option<&str>, password_file: Option<&Path>) -> Result<Self> {
         let mut spec = SourceSpec::new(url, database, password_file)?;
         if spec.password.is_none() {
@@ -575,25 +549,6 @@ mod tests {
             "hunter2"
         );
         assert_eq!(s.database().as_deref(), Some("prod"));
-    }
-
-    /// The adopted `PGPASSWORD` goes to the source alone, and only when
-    /// the source has no password of its own.
-    #[test]
-    fn the_environment_password_is_the_sources_only() {
-        let _ = ENV_PASSWORD.set(Some("from-env".into()));
-        let password = |s: &SourceSpec| {
-            s.tool_env()
-                .into_iter()
-                .find(|(k, _)| *k == PGPASSWORD)
-                .map(|(_, v)| v)
-        };
-        let source = SourceSpec::source("postgres://u@h/db", None, None).unwrap();
-        assert_eq!(password(&source).as_deref(), Some("from-env"));
-        let own = SourceSpec::source("postgres://u:in-url@h/db", None, None).unwrap();
-        assert_eq!(password(&own).as_deref(), Some("in-url"));
-        let scratch = SourceSpec::new("postgres://u@h/db", None, None).unwrap();
-        assert_eq!(password(&scratch), None, "a scratch server or target");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod basebackup;
 pub mod compress;
 pub mod conn;
+mod env_password;
 pub mod environment;
 pub mod error;
 pub mod fingerprint;
@@ -24,9 +25,8 @@ pub mod tools;
 pub mod wal;
 
 pub use compress::{Compression, CountingReader};
-pub use conn::{
-    adopt_env_password, redact_text, redact_url, OwnServer, SourceSpec, OWN_SERVER_LOG_PREFIX,
-};
+pub use conn::{redact_text, redact_url, OwnServer, SourceSpec, OWN_SERVER_LOG_PREFIX};
+pub use env_password::adopt_env_password;
 pub use error::{Error, Result};
 pub use process::{ChildOutput, StderrTail};
 pub use snapshot::{ServerFacts, Snapshot, TableCount};
