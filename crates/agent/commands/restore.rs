@@ -140,6 +140,7 @@ async fn physical(cfg: Config, a: RestoreArgs, config_path: Option<PathBuf>) -> 
         restore_command: crate::config::wal_fetch_command(&config, &job)?,
         identities: cfg.repository.identities().map_err(usage)?,
         keep_archiving: a.keep_archiving,
+        require_encrypted: cfg.repository.encryption.is_some() && !a.allow_unencrypted,
     };
     tracing::info!(job, backup = %manifest.backup_id, to = %to, dir = %opts.target_dir.display(), "physical-restore-started");
     let report = restore_physical(&repo, &manifest, &opts)

@@ -189,6 +189,7 @@ async fn recover_and_check(
             restore_command: how.restore_command.clone(),
             identities: opts.identities.clone(),
             keep_archiving: false,
+            require_encrypted: opts.require_encrypted,
         },
     )
     .await?;

@@ -161,6 +161,9 @@ pub struct PhysicalRestoreOptions {
     /// off`, so that once promoted it never archives into production's
     /// archive.
     pub keep_archiving: bool,
+    /// Refuse a base tar stored unencrypted (see
+    /// [`crate::RestoreOptions::require_encrypted`]).
+    pub require_encrypted: bool,
 }
 
 /// What a restored clone gets unless it is to archive
@@ -225,7 +228,14 @@ pub async fn restore_physical(
         ))
     })?;
     prepare_dir(&opts.target_dir)?;
-    let fetched = unpack_base(repo, manifest, opts.identities.as_deref(), &opts.target_dir).await?;
+    let fetched = unpack_base(
+        repo,
+        manifest,
+        opts.identities.as_deref(),
+        opts.require_encrypted,
+        &opts.target_dir,
+    )
+    .await?;
     write_recovery(
         &opts.target_dir,
         manifest,
@@ -259,6 +269,7 @@ pub(crate) async fn unpack_base(
     repo: &Repository,
     manifest: &Manifest,
     identities: Option<&Identities>,
+    require_encrypted: bool,
     dir: &Path,
 ) -> Result<u64> {
     let art = manifest.artifact("base").ok_or_else(|| Error::NoArtifact {
@@ -267,6 +278,7 @@ pub(crate) async fn unpack_base(
     })?;
     let key = Repository::key(&manifest.job, &manifest.backup_id, &art.name);
     let seal = match art.encryption.as_str() {
+        "none" if require_encrypted => return Err(super::unencrypted(&key)),
         "none" => None,
         encryption::AGE => Some(Sealing {
             recipients: manifest
