@@ -87,6 +87,36 @@ fn inject(script: Vec<u8>, marker: &Path, at: Placement) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// A PostgreSQL 16 cluster whose database `app` holds `rows` trips.
+async fn trips_source(rows: u32) -> Result<Cluster> {
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    src.psql(
+        "app",
+        &format!(
+            "CREATE TABLE trips (id int); INSERT INTO trips SELECT generate_series(1, {rows});"
+        ),
+    )
+    .await?;
+    Ok(src)
+}
+
+/// A PostgreSQL 16 cluster with an empty database `app`: a restore target.
+async fn empty_app() -> Result<Cluster> {
+    let dst = Cluster::start(16).await?;
+    dst.create_database("app").await?;
+    Ok(dst)
+}
+
+/// The number of tables in `app`'s public schema, as psql prints it.
+async fn public_tables(c: &Cluster) -> Result<String> {
+    c.psql(
+        "app",
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+    )
+    .await
+}
+
 fn bindir(c: &Cluster) -> String {
     c.bindir().display().to_string()
 }
@@ -110,13 +140,7 @@ fn backup_dir(tmp: &Path, job: &str, config: &Path) -> Result<PathBuf> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_meta_command_in_the_globals_never_runs(#[case] at: Placement) -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let src = Cluster::start(16).await?;
-    src.create_database("app").await?;
-    src.psql(
-        "app",
-        "CREATE TABLE trips (id int); INSERT INTO trips SELECT generate_series(1, 100);",
-    )
-    .await?;
+    let src = trips_source(100).await?;
     let repo = Repo::dir(tmp.path());
     let config = write_config(
         tmp.path(),
@@ -144,8 +168,7 @@ async fn a_meta_command_in_the_globals_never_runs(#[case] at: Placement) -> Resu
         "{at:?}: the receipt names the artifact and why: {failure}"
     );
 
-    let dst = Cluster::start(16).await?;
-    dst.create_database("app").await?;
+    let dst = empty_app().await?;
     let target = dst.url("app");
     let out = refugio(
         &[
@@ -166,12 +189,7 @@ async fn a_meta_command_in_the_globals_never_runs(#[case] at: Placement) -> Resu
     assert!(!marker.exists(), "{at:?}: the restore ran it: {text}");
     assert_ne!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("meta-command"), "{text}");
-    let tables = dst
-        .psql(
-            "app",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
-        )
-        .await?;
+    let tables = public_tables(&dst).await?;
     assert_eq!(
         tables.trim(),
         "0",
@@ -195,13 +213,7 @@ async fn a_meta_command_in_the_globals_never_runs(#[case] at: Placement) -> Resu
 #[tokio::test(flavor = "multi_thread")]
 async fn a_meta_command_in_a_plain_dump_never_runs_and_nothing_is_committed() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let src = Cluster::start(16).await?;
-    src.create_database("app").await?;
-    src.psql(
-        "app",
-        "CREATE TABLE trips (id int); INSERT INTO trips SELECT generate_series(1, 1000);",
-    )
-    .await?;
+    let src = trips_source(1000).await?;
     let repo = Repo::dir(tmp.path());
     let config = write_config(
         tmp.path(),
@@ -214,8 +226,7 @@ async fn a_meta_command_in_a_plain_dump_never_runs_and_nothing_is_committed() ->
     let marker = tmp.path().join("marker-plain");
     forge_artifact(&dir, "database", |s| inject(s, &marker, Placement::MidLine))?;
 
-    let dst = Cluster::start(16).await?;
-    dst.create_database("app").await?;
+    let dst = empty_app().await?;
     let out = refugio(
         &[
             "--config",
@@ -234,12 +245,7 @@ async fn a_meta_command_in_a_plain_dump_never_runs_and_nothing_is_committed() ->
     assert!(!marker.exists(), "the meta-command ran: {text}");
     assert_ne!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("meta-command"), "{text}");
-    let tables = dst
-        .psql(
-            "app",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
-        )
-        .await?;
+    let tables = public_tables(&dst).await?;
     assert_eq!(tables.trim(), "0", "nothing committed: {text}");
     observed(
         29,
@@ -255,13 +261,7 @@ async fn a_meta_command_in_a_plain_dump_never_runs_and_nothing_is_committed() ->
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plain_restore_whose_refugio_is_killed_commits_nothing() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let src = Cluster::start(16).await?;
-    src.create_database("app").await?;
-    src.psql(
-        "app",
-        "CREATE TABLE trips (id int); INSERT INTO trips SELECT generate_series(1, 4000000);",
-    )
-    .await?;
+    let src = trips_source(4000000).await?;
     let repo = Repo::dir(tmp.path());
     let config = write_config(
         tmp.path(),
@@ -271,8 +271,7 @@ async fn a_plain_restore_whose_refugio_is_killed_commits_nothing() -> Result<()>
     let cfg = config.to_str().context("path")?;
     refugio_ok(&["--config", cfg, "backup"], &[])?;
 
-    let dst = Cluster::start(16).await?;
-    dst.create_database("app").await?;
+    let dst = empty_app().await?;
     let target = dst.url("app");
     let mut child = refugio_command(
         &[
@@ -334,12 +333,7 @@ async fn a_plain_restore_whose_refugio_is_killed_commits_nothing() -> Result<()>
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let tables = dst
-        .psql(
-            "app",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
-        )
-        .await?;
+    let tables = public_tables(&dst).await?;
     assert_eq!(
         tables.trim(),
         "0",
@@ -360,13 +354,7 @@ async fn a_plain_restore_whose_refugio_is_killed_commits_nothing() -> Result<()>
 async fn an_unencrypted_artifact_is_refused_where_encryption_is_configured() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir()?;
-    let src = Cluster::start(16).await?;
-    src.create_database("app").await?;
-    src.psql(
-        "app",
-        "CREATE TABLE trips (id int); INSERT INTO trips SELECT generate_series(1, 100);",
-    )
-    .await?;
+    let src = trips_source(100).await?;
     let repo = Repo::dir(tmp.path());
     let body = job(
         "app",
@@ -395,8 +383,7 @@ async fn an_unencrypted_artifact_is_refused_where_encryption_is_configured() -> 
     )?;
     let cfg = config.to_str().context("path")?;
 
-    let dst = Cluster::start(16).await?;
-    dst.create_database("app").await?;
+    let dst = empty_app().await?;
     let target = dst.url("app");
     let bin = bindir(&src);
     let restore = [
@@ -417,12 +404,7 @@ async fn an_unencrypted_artifact_is_refused_where_encryption_is_configured() -> 
         text.contains("stored unencrypted") && text.contains("--allow-unencrypted"),
         "{text}"
     );
-    let tables = dst
-        .psql(
-            "app",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
-        )
-        .await?;
+    let tables = public_tables(&dst).await?;
     assert_eq!(tables.trim(), "0", "refused before the target was touched");
 
     let out = refugio(&["--config", cfg, "verify", "--json"], &[]);

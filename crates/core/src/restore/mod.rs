@@ -504,11 +504,8 @@ async fn apply_globals(
         return Err(Error::Globals(format!("writing to psql: {e}")));
     }
     let text = tail.text();
-    if let Some(line) = restricted_refusal(&text) {
-        return Err(Error::Foreign {
-            key,
-            detail: format!("psql refused a meta-command in it: {line}"),
-        });
+    if let Some(e) = restricted_refusal(&key, &text) {
+        return Err(e);
     }
     // A role or tablespace the target already has (SQLSTATE 42710,
     // duplicate_object) is expected; any other error is not. By code, not
@@ -558,12 +555,16 @@ fn script_frame(psql: &refugio_dump::Tool, key: &str, transaction: bool) -> Resu
     Ok(ScriptFrame { head, tail })
 }
 
-/// psql's own refusal of a meta-command in restricted mode (it runs in the
-/// C locale), the line it printed.
-fn restricted_refusal(stderr: &str) -> Option<&str> {
-    stderr
+/// psql's own refusal of a meta-command of `key` in restricted mode (it
+/// runs in the C locale), as foreign content naming the line it printed.
+fn restricted_refusal(key: &str, stderr: &str) -> Option<Error> {
+    let line = stderr
         .lines()
-        .find(|l| l.contains(script::RESTRICTED_MESSAGE))
+        .find(|l| l.contains(script::RESTRICTED_MESSAGE))?;
+    Some(Error::Foreign {
+        key: key.to_string(),
+        detail: format!("psql refused a meta-command in it: {line}"),
+    })
 }
 
 /// One job: artifact → digest check → decompress → tool stdin, in one
@@ -617,13 +618,8 @@ async fn restore_streaming(
     match fed {
         Ok(_) => {
             if let Err(e) = check_exit(name, &mut child, &tail, Some(task)).await {
-                if let Some(line) = restricted_refusal(&tail.text()) {
-                    return Err(Error::Foreign {
-                        key: key.into(),
-                        detail: format!("psql refused a meta-command in it: {line}"),
-                    });
-                }
-                return Err(tool_failed(to, e, log_from));
+                return Err(restricted_refusal(key, &tail.text())
+                    .unwrap_or_else(|| tool_failed(to, e, log_from)));
             }
             Ok(art.stored_size)
         }
@@ -644,13 +640,8 @@ async fn restore_streaming(
         Err(FeedError::Sink(_)) => {
             // The tool stopped reading: its exit status and stderr say why.
             if let Err(e) = check_exit(name, &mut child, &tail, Some(task)).await {
-                if let Some(line) = restricted_refusal(&tail.text()) {
-                    return Err(Error::Foreign {
-                        key: key.into(),
-                        detail: format!("psql refused a meta-command in it: {line}"),
-                    });
-                }
-                return Err(tool_failed(to, e, log_from));
+                return Err(restricted_refusal(key, &tail.text())
+                    .unwrap_or_else(|| tool_failed(to, e, log_from)));
             }
             Err(Error::Artifact {
                 key: key.into(),
