@@ -289,7 +289,7 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     let out = refugio_ok(&["--config", &s.cfg(), "backup", "--json"], &s.env)?;
     let m: serde_json::Value = serde_json::from_str(&out)?;
     let physical = &m["physical"];
-    assert_eq!(m["format"], "1.7");
+    assert_eq!(m["format"], refugio_store::manifest::FORMAT);
     assert_eq!(physical["timeline"], 1);
     assert!(physical["backup_label"]
         .as_str()
