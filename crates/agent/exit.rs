@@ -39,3 +39,20 @@ pub fn code_of(e: &anyhow::Error) -> ExitCode {
         ExitCode::from(1)
     }
 }
+
+/// Whether `e` is, somewhere in its chain, content refused because no
+/// trusted key signed it (`[repository.authentication]`): foreign, which
+/// a drill reports as inconclusive, never as a bad backup.
+pub fn is_foreign(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<refugio_store::Error>(),
+            Some(refugio_store::Error::Unauthenticated { .. })
+        ) || matches!(
+            c.downcast_ref::<refugio_core::Error>(),
+            Some(refugio_core::Error::Store(
+                refugio_store::Error::Unauthenticated { .. }
+            ))
+        )
+    })
+}

@@ -5,6 +5,7 @@
 mod agent;
 mod agent_signals;
 mod alerting;
+mod authentication;
 mod check;
 mod child_env;
 mod clocks;

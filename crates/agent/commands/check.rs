@@ -210,6 +210,9 @@ fn print_report(r: &CheckReport) {
     for id in &r.future {
         println!("  WARNING  backup {id} is dated in the future (later than now plus repository.clock_tolerance): a writer's clock was wrong; scheduling, `latest`, drills and retention ignore it (delete it by hand once checked)");
     }
+    for f in &r.foreign {
+        println!("  FOREIGN  {}: {} (not refugio's, or written before repository.authentication was configured: never restored, drilled, counted or deleted; delete it by hand once you know what it is)", f.key, f.reason);
+    }
     for u in &r.unchecked {
         println!("  NOT CHECKED  {}: {}", u.key, u.error);
     }

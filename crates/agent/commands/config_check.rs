@@ -69,6 +69,70 @@ async fn encryption_check(cfg: &Config) -> Option<Check> {
     })
 }
 
+/// `[repository.authentication]`, or that there is none: whether what
+/// this host writes would be accepted by readers of this config, and by
+/// whom it accepts what.
+fn authentication_check(cfg: &Config) -> Check {
+    let what = "authentication".to_string();
+    let Some(conf) = &cfg.repository.authentication else {
+        return Check {
+            what,
+            ok: true,
+            detail: "none: the repository is UNAUTHENTICATED; whoever can write to it (a database host holding wal-push's credentials, anyone with the bucket's keys) can forge backups, WAL and drill verdicts that this host would trust; configure [repository.authentication] (docs/security.md)".into(),
+        };
+    };
+    let auth = match conf.load(true) {
+        Ok(a) => a,
+        Err(e) => {
+            return Check {
+                what,
+                ok: false,
+                detail: error_chain(&e),
+            }
+        }
+    };
+    use refugio_store::auth::Role;
+    let ids = |role: Role| {
+        auth.trusted(role)
+            .iter()
+            .map(|k| k.id().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let trusts = format!(
+        "manifests and receipts signed by agent key(s) {}; WAL by server key(s) {}",
+        ids(Role::Agent),
+        if auth.trusted(Role::Server).is_empty() {
+            "(none)".to_string()
+        } else {
+            ids(Role::Server)
+        }
+    );
+    match auth.signer() {
+        None => Check {
+            what,
+            ok: true,
+            detail: format!("accepts {trusts}; no signing key on this host: it can restore and check, not back up, drill or push WAL"),
+        },
+        Some(s) => {
+            let roles: Vec<&str> = [Role::Agent, Role::Server]
+                .into_iter()
+                .filter(|r| auth.signs_as(*r))
+                .map(Role::as_str)
+                .collect();
+            Check {
+                what,
+                ok: !roles.is_empty(),
+                detail: if roles.is_empty() {
+                    format!("this host's signing key {} is in neither agent_keys nor server_keys: what it writes would be refused; accepts {trusts}", s.id())
+                } else {
+                    format!("this host signs as {} with key {}; accepts {trusts}", roles.join(" and "), s.id())
+                },
+            }
+        }
+    }
+}
+
 /// A job's `restore_on_signal` target, by what its server says it is: not
 /// the job's source cluster (a replica or another name of it included).
 async fn restore_target_check(job: &JobConfig) -> Option<Check> {
@@ -188,6 +252,7 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
         });
     }
     checks.extend(encryption_check(&cfg).await);
+    checks.push(authentication_check(&cfg));
     for job in &cfg.jobs {
         let what = format!("job {}", job.name);
         let detail = async {

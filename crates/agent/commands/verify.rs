@@ -94,7 +94,16 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
             )
         }
     };
-    let (mut manifest, history) = drill::pick(&repo, &name, pick).await?;
+    // A backup no trusted agent key signed is not drilled: inconclusive
+    // (exit 3), reported as foreign, never failed.
+    let (mut manifest, history) = drill::pick(&repo, &name, pick).await.map_err(|e| {
+        let e = anyhow::Error::new(e);
+        if crate::exit::is_foreign(&e) {
+            crate::exit::could_not_check(e.context("INCONCLUSIVE: the backup is foreign (not signed by a trusted agent key); it was not drilled"))
+        } else {
+            e
+        }
+    })?;
     if let (Some(to), "latest") = (to, a.backup.as_str()) {
         manifest = choose_base(&history, to)
             .map_err(|why| anyhow!("job {name} in {}: {why}", repo.describe()))?

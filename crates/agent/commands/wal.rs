@@ -91,7 +91,7 @@ pub async fn wal_push(cfg: Config, a: WalPushArgs) -> Result<ExitCode> {
 pub async fn wal_fetch(cfg: Config, a: WalFetchArgs) -> Result<ExitCode> {
     let job = physical_job(&cfg, a.job.as_deref(), "wal-fetch")?;
     let t = Instant::now();
-    let repo = crate::repo::open_existing(&cfg, None).await?;
+    let repo = crate::repo::open_existing_reader(&cfg).await?;
     let opts = WalFetchOptions {
         job: job.name.clone(),
         name: a.name.clone(),

@@ -5,6 +5,7 @@
 //! standard AWS chain.
 
 mod agent;
+mod authentication;
 mod encryption;
 mod job;
 mod repository;
@@ -103,6 +104,15 @@ impl Config {
         }
         if let Some(e) = &r.encryption {
             e.recipients()?;
+        }
+        if let Some(a) = &r.authentication {
+            let physical: Vec<&str> = self
+                .jobs
+                .iter()
+                .filter(|j| j.kind == refugio_core::JobKind::Physical)
+                .map(|j| j.name.as_str())
+                .collect();
+            a.validate(&physical)?;
         }
         let location =
             refugio_store::RepositoryLocation::parse(&r.url).context("repository.url")?;

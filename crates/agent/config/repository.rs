@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer};
 use refugio_store::location::{ChecksumCalculation, S3Options};
 use refugio_store::s3::{Retries, RetryHook};
 
+use super::authentication::AuthenticationConfig;
 use super::encryption::EncryptionConfig;
 
 /// The AWS SDK's environment (credentials chain, region, endpoints): what
@@ -104,6 +105,10 @@ pub struct RepositoryConfig {
     /// Client-side encryption with age; default none.
     #[serde(default)]
     pub encryption: Option<EncryptionConfig>,
+    /// Signed objects and the keys trusted for each role; default none
+    /// (an unauthenticated repository: `config check` says so).
+    #[serde(default)]
+    pub authentication: Option<AuthenticationConfig>,
     /// How far ahead of this host's clock a backup may be dated (its id,
     /// or its server time) before it counts as dated in the future: such
     /// a backup is reported and ignored by scheduling, catch-up, `latest`,
@@ -133,6 +138,7 @@ impl std::fmt::Debug for RepositoryConfig {
             ca_file,
             upload_rate_limit,
             encryption,
+            authentication,
             clock_tolerance,
         } = self;
         let redact = refugio_dump::redact_url;
@@ -154,6 +160,7 @@ impl std::fmt::Debug for RepositoryConfig {
             .field("ca_file", ca_file)
             .field("upload_rate_limit", upload_rate_limit)
             .field("encryption", encryption)
+            .field("authentication", authentication)
             .field("clock_tolerance", clock_tolerance)
             .finish()
     }
@@ -198,6 +205,7 @@ impl Default for RepositoryConfig {
             ca_file: None,
             upload_rate_limit: None,
             encryption: None,
+            authentication: None,
             clock_tolerance: default_clock_tolerance(),
         }
     }
@@ -303,6 +311,18 @@ impl RepositoryConfig {
     /// The recipients of the next backup; None without encryption.
     pub fn recipients(&self) -> anyhow::Result<Option<refugio_core::Recipients>> {
         self.encryption.as_ref().map(|e| e.recipients()).transpose()
+    }
+
+    /// The authentication in force (None: unauthenticated). `sign`: load
+    /// this host's signing key too.
+    pub fn authentication(
+        &self,
+        sign: bool,
+    ) -> anyhow::Result<Option<std::sync::Arc<refugio_store::auth::Authentication>>> {
+        self.authentication
+            .as_ref()
+            .map(|a| a.load(sign))
+            .transpose()
     }
 
     /// The identities for restores and drills, wherever they are

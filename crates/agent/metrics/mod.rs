@@ -84,6 +84,7 @@ mod tests {
             stale_uploads: Vec::new(),
             receipts_without_manifest: Vec::new(),
             future: Vec::new(),
+            foreign: Vec::new(),
             wal: None,
         }
     }

@@ -146,6 +146,13 @@ pub struct Unchecked {
     pub error: String,
 }
 
+/// An object refused as not signed by a trusted key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForeignObject {
+    pub key: String,
+    pub reason: String,
+}
+
 /// What the check found, as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -214,6 +221,13 @@ pub struct CheckReport {
     /// scheduling, `latest`, drills and retention. Not damage; a warning.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub future: Vec<String>,
+    /// Objects the repository's authentication refuses (a manifest no
+    /// trusted agent key signed, a WAL file no trusted server key signed):
+    /// not refugio's or written before signing was configured. Never used,
+    /// counted or deleted; not damage, but nothing vouches for them
+    /// (inconclusive).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignObject>,
     /// A physical job's WAL archive: its continuity from each base backup
     /// on (gaps and conflicts are damage). None: no physical backup and
     /// no archive.
@@ -316,6 +330,7 @@ async fn check_once(
         stale_uploads: Vec::new(),
         receipts_without_manifest: Vec::new(),
         future: Vec::new(),
+        foreign: Vec::new(),
         wal: None,
     };
     let horizon = repo.horizon(started_at);
@@ -406,6 +421,10 @@ async fn check_once(
                 });
                 continue;
             }
+            Err(refugio_store::Error::Unauthenticated { key, reason }) => {
+                report.foreign.push(ForeignObject { key, reason });
+                continue;
+            }
             Err(e @ refugio_store::Error::UnsupportedManifest { .. }) => {
                 report.unchecked.push(Unchecked {
                     backup_id: id.to_string(),
@@ -478,7 +497,12 @@ async fn check_once(
     }
     drop(reads);
 
-    let archived = crate::wal::list(repo, job).await?;
+    let (archived, foreign) = crate::wal::authentic(repo, crate::wal::list(repo, job).await?);
+    report.foreign.extend(
+        foreign
+            .into_iter()
+            .map(|(o, reason)| ForeignObject { key: o.key, reason }),
+    );
     if !bases.is_empty() || !archived.is_empty() {
         report.wal = Some(crate::wal_chain::continuity(&archived, &bases));
     }
@@ -488,6 +512,7 @@ async fn check_once(
     report.outcome = if report.damage_count() > 0 {
         CheckOutcome::Damaged
     } else if !report.unchecked.is_empty()
+        || !report.foreign.is_empty()
         || report
             .wal
             .as_ref()

@@ -21,6 +21,11 @@ pub(crate) struct Listed {
     pub pinned: bool,
     pub ok_receipt: bool,
     pub failed_receipt: bool,
+    /// The receipts behind `ok_receipt` and `failed_receipt`: an
+    /// authenticated repository believes a receipt's name only once its
+    /// signature is checked ([`crate::receipt::any_authentic`]).
+    pub ok_receipts: Vec<String>,
+    pub failed_receipts: Vec<String>,
     /// Receipts named without their outcome (written by refugio < 0.2).
     pub legacy_receipts: Vec<String>,
     /// Every key but the manifest.
@@ -85,8 +90,14 @@ pub(crate) async fn list_job_and_wal(
         let receipt = ReceiptName::parse(name);
         match receipt {
             _ if name == PIN_NAME => entry.pinned = true,
-            Some(ReceiptName::Ok) => entry.ok_receipt = true,
-            Some(ReceiptName::Failed) => entry.failed_receipt = true,
+            Some(ReceiptName::Ok) => {
+                entry.ok_receipt = true;
+                entry.ok_receipts.push(o.key.clone());
+            }
+            Some(ReceiptName::Failed) => {
+                entry.failed_receipt = true;
+                entry.failed_receipts.push(o.key.clone());
+            }
             Some(ReceiptName::Legacy) => entry.legacy_receipts.push(o.key.clone()),
             // Could not check: the backup stays as it was (unverified
             // unless another drill said otherwise).

@@ -87,6 +87,11 @@ pub struct PruneReport {
     /// nor deleted; `refugio check` and the agent report them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub future: Vec<String>,
+    /// Committed backups whose manifest no trusted agent key signed (an
+    /// authenticated repository): outside the policy, neither counted nor
+    /// deleted; `refugio check` reports them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<String>,
     /// WAL of a physical job older than the oldest kept base backup's
     /// start: no kept backup can replay it. Left out of JSON when
     /// nothing goes (a logical job).
@@ -194,7 +199,7 @@ async fn prune_once(
     let physical = physical || wal_seen.files > 0;
 
     let horizon = repo.horizon(now);
-    let manifests = read_manifests(repo, job, &listed).await?;
+    let (manifests, foreign) = read_manifests(repo, job, &listed).await?;
     let mut states = BTreeMap::new();
     let mut candidates = Vec::new();
     let mut future = Vec::new();
@@ -206,14 +211,19 @@ async fn prune_once(
             future.push(id.clone());
             continue;
         }
-        let mut state = if l.ok_receipt {
+        // In an authenticated repository a receipt counts only once its
+        // signature holds (a forged `-failed` one must not doom a backup).
+        let mut state = if receipt::any_authentic(repo, &l.ok_receipts).await? {
             State::Verified
-        } else if l.failed_receipt {
+        } else if receipt::any_authentic(repo, &l.failed_receipts).await? {
             State::Failed
         } else {
             State::Unverified
         };
-        if state != State::Verified && !l.legacy_receipts.is_empty() {
+        if state != State::Verified
+            && !l.legacy_receipts.is_empty()
+            && repo.authentication().is_none()
+        {
             let verified = receipt::any_verified(repo, &l.legacy_receipts).await?;
             state = if verified {
                 State::Verified
@@ -248,6 +258,7 @@ async fn prune_once(
         stale_uploads: Vec::new(),
         running: Vec::new(),
         future,
+        foreign,
         wal_pruned: Default::default(),
         wal_gaps,
     };
@@ -399,7 +410,12 @@ async fn judge_wal(
     states: &mut BTreeMap<String, State>,
     candidates: &mut [Candidate],
 ) -> Result<(Vec<crate::wal::WalObject>, Vec<crate::wal_chain::WalGap>)> {
-    let archived = crate::wal::list(repo, job).await?;
+    // Foreign files (not signed by a trusted server key) neither close a
+    // gap nor go with retention.
+    let (archived, foreign) = crate::wal::authentic(repo, crate::wal::list(repo, job).await?);
+    if !foreign.is_empty() {
+        tracing::warn!(job, files = foreign.len(), first = %foreign[0].0.key, "foreign-wal: files not signed by a trusted server key are ignored (refugio check names them)");
+    }
     let bases: Vec<BaseNeeds> = manifests.values().filter_map(BaseNeeds::of).collect();
     let chain = crate::wal_chain::continuity(&archived, &bases);
     let gaps: Vec<_> = chain
@@ -424,14 +440,15 @@ async fn judge_wal(
     Ok((archived, gaps))
 }
 
-/// Every committed backup's manifest, a few at a time. One that cannot
-/// be read stops the prune: without its time (and a base backup's start
-/// LSN) nothing may be decided.
+/// Every committed backup's manifest, a few at a time, and the ids of
+/// those the repository's authentication refuses (foreign: left alone).
+/// One that cannot be read otherwise stops the prune: without its time
+/// (and a base backup's start LSN) nothing may be decided.
 async fn read_manifests(
     repo: &Repository,
     job: &str,
     listed: &BTreeMap<String, Listed>,
-) -> Result<BTreeMap<String, Manifest>> {
+) -> Result<(BTreeMap<String, Manifest>, Vec<String>)> {
     let ids: Vec<String> = listed
         .iter()
         .filter(|(_, l)| l.committed)
@@ -444,12 +461,22 @@ async fn read_manifests(
         })
         .buffer_unordered(MANIFEST_READS);
     let mut manifests = BTreeMap::new();
+    let mut foreign = Vec::new();
     while let Some((id, m)) = reads.next().await {
-        if let Some(m) = m? {
-            manifests.insert(id, m);
+        match m {
+            Ok(Some(m)) => {
+                manifests.insert(id, m);
+            }
+            Ok(None) => {}
+            Err(refugio_store::Error::Unauthenticated { reason, .. }) => {
+                tracing::warn!(job, backup = %id, reason, "foreign-backup: its manifest is not signed by a trusted agent key; left out of retention (neither counted nor deleted)");
+                foreign.push(id);
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(manifests)
+    foreign.sort();
+    Ok((manifests, foreign))
 }
 
 /// Largest claim read: a claim holds a line and a beat number.

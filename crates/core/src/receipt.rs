@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use refugio_store::auth::Role;
 use refugio_store::repo::Repository;
 use serde::{Deserialize, Serialize};
 
@@ -202,8 +203,10 @@ impl ReceiptName {
 
 /// Reads one receipt object; `None` when it is gone or not a receipt this
 /// refugio can parse (logged).
+/// In an authenticated repository, a receipt no trusted agent key signed
+/// is refused the same way (logged as foreign).
 pub async fn read(repo: &Repository, key: &str) -> Result<Option<Receipt>> {
-    let Some(bytes) = repo.read_small(key, MAX_RECEIPT_BYTES).await? else {
+    let Some(bytes) = read_authentic(repo, key).await? else {
         return Ok(None);
     };
     match serde_json::from_slice::<Receipt>(&bytes) {
@@ -215,9 +218,50 @@ pub async fn read(repo: &Repository, key: &str) -> Result<Option<Receipt>> {
     }
 }
 
+/// A receipt's bytes, if it exists and (in an authenticated repository)
+/// is signed by a trusted agent key; a refused one is logged and None.
+async fn read_authentic(repo: &Repository, key: &str) -> Result<Option<bytes::Bytes>> {
+    let Some(bytes) = repo.read_small(key, MAX_RECEIPT_BYTES).await? else {
+        return Ok(None);
+    };
+    match repo.authenticate(key, &bytes, Role::Agent).await {
+        Ok(()) => Ok(Some(bytes)),
+        Err(refugio_store::Error::Unauthenticated { reason, .. }) => {
+            tracing::warn!(
+                key,
+                reason,
+                "foreign-receipt: not signed by a trusted agent key; ignored"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether any of these receipts (named by their outcome) is one to
+/// believe: in an unauthenticated repository any is; in an authenticated
+/// one, only a receipt signed by a trusted agent key (a forged `-failed`
+/// receipt must not get a good backup deleted, nor a forged `-ok` one keep
+/// a bad backup as the verified one).
+pub async fn any_authentic(repo: &Repository, keys: &[String]) -> Result<bool> {
+    if repo.authentication().is_none() {
+        return Ok(!keys.is_empty());
+    }
+    for key in keys {
+        if read_authentic(repo, key).await?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Whether any of these outcome-less (legacy) receipts says "verified".
+/// An authenticated repository believes none (they predate signatures).
 /// Only the `verified` field is read, so receipts of any older layout count.
 pub async fn any_verified(repo: &Repository, keys: &[String]) -> Result<bool> {
+    if repo.authentication().is_some() {
+        return Ok(false);
+    }
     for key in keys {
         let Some(bytes) = repo.read_small(key, MAX_RECEIPT_BYTES).await? else {
             continue;

@@ -67,7 +67,7 @@ pub async fn status_at(repo: &Repository, job: &str, now: DateTime<Utc>) -> Resu
         // Old receipts are fetched only when they could move the answer
         // (the agent calls this every minute).
         let newer = st.newest_verified.is_none_or(|t| time > t);
-        let verified = l.ok_receipt
+        let verified = (newer && receipt::any_authentic(repo, &l.ok_receipts).await?)
             || (newer
                 && !l.legacy_receipts.is_empty()
                 && receipt::any_verified(repo, &l.legacy_receipts).await?);
@@ -78,7 +78,17 @@ pub async fn status_at(repo: &Repository, job: &str, now: DateTime<Utc>) -> Resu
     }
     // Its manifest knows the data's time (one read, only of that backup).
     if let Some(id) = st.newest_verified_id.clone() {
-        if let Some(m) = repo.read_manifest(job, &id).await? {
+        let manifest = match repo.read_manifest(job, &id).await {
+            // A forged receipt beside a forged manifest proves nothing.
+            Err(refugio_store::Error::Unauthenticated { reason, .. }) => {
+                tracing::warn!(job, backup = %id, reason, "foreign-backup: its manifest is not signed by a trusted agent key; not counted as verified");
+                st.newest_verified = None;
+                st.newest_verified_id = None;
+                None
+            }
+            other => other?,
+        };
+        if let Some(m) = manifest {
             st.newest_verified = Some(m.recovery_point());
             // A base backup a WAL gap cuts is not verified any more, nor
             // is any older one (the gap cuts every base backup before it).

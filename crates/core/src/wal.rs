@@ -2,7 +2,7 @@
 //! `archive_command`) and `refugio wal-fetch` (its `restore_command`), and
 //! the listing that check, retention and drills read.
 //!
-//! Layout: `<job>/wal/<timeline>/<file>.<sha256>.zst[.age]`, where
+//! Layout: `<job>/wal/<timeline>/<file>.<sha256>[.s<signature>].zst[.age]`, where
 //! `<file>` is the name PostgreSQL gave (`000000010000000000000003`,
 //! `00000002.history`, `….backup`, `….partial`) and `<sha256>` the
 //! SHA-256 of its bytes as PostgreSQL wrote them. The digest in the name
@@ -15,6 +15,15 @@
 //! brain) both store theirs, under different names; a fetch then refuses
 //! to choose and names both. The digest of a WAL file reveals nothing of
 //! its content beyond confirming a guess of all 16 MiB of it.
+//!
+//! In an authenticated repository (`[repository.authentication]`) the name
+//! also carries the pushing server's Ed25519 signature of the rest of the
+//! key ([`refugio_store::auth::WalSignature`]): the digest in the name
+//! makes that a signature of the content too. Readers use only files a
+//! trusted `server_keys` key signed; others are foreign: a fetch skips them
+//! (and refuses a file that has only foreign copies), a push neither
+//! counts them as archived nor refuses to archive beside them, retention
+//! and continuity ignore them, `check` reports them.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -25,6 +34,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use refugio_dump::wal::WalName;
 use refugio_dump::Compression;
+use refugio_store::auth::{Authentication, WalSignature};
 use refugio_store::repo::Repository;
 use refugio_store::upload::{upload_stream, UploadOptions};
 use sha2::{Digest, Sha256};
@@ -44,17 +54,29 @@ pub struct WalObject {
     pub encrypted: bool,
     pub size: u64,
     pub last_modified: Option<DateTime<Utc>>,
+    /// The pushing server's signature (an authenticated repository).
+    pub signature: Option<WalSignature>,
 }
 
-/// Reads `<file>.<sha256><suffix>` (the part of a key after the timeline
-/// folder); None for anything else.
-pub fn parse_object_name(rest: &str) -> Option<(WalName, String, Compression, bool)> {
+/// What a WAL object's name says.
+pub type ParsedName = (WalName, String, Compression, bool, Option<WalSignature>);
+
+/// Reads `<file>.<sha256>[.s<signature>]<suffix>` (the part of a key after
+/// the timeline folder); None for anything else.
+pub fn parse_object_name(rest: &str) -> Option<ParsedName> {
     let parts: Vec<&str> = rest.split('.').collect();
     let at = parts
         .iter()
         .position(|p| p.len() == 64 && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))?;
     let name = WalName::parse(&parts[..at].join("."))?;
-    let suffix = &parts[at + 1..];
+    let mut suffix = &parts[at + 1..];
+    let signature = match suffix.first().and_then(|p| WalSignature::parse_part(p)) {
+        Some(sig) => {
+            suffix = &suffix[1..];
+            Some(sig)
+        }
+        None => None,
+    };
     let (compression, encrypted) = match suffix {
         [] => (Compression::None, false),
         ["age"] => (Compression::None, true),
@@ -64,7 +86,13 @@ pub fn parse_object_name(rest: &str) -> Option<(WalName, String, Compression, bo
         ["gz", "age"] => (Compression::Gzip, true),
         _ => return None,
     };
-    Some((name, parts[at].to_string(), compression, encrypted))
+    Some((
+        name,
+        parts[at].to_string(),
+        compression,
+        encrypted,
+        signature,
+    ))
 }
 
 /// The key a WAL file is stored under.
@@ -74,11 +102,15 @@ pub fn object_key(
     sha256: &str,
     c: Compression,
     encrypted: bool,
+    signature: Option<&WalSignature>,
 ) -> String {
     format!(
-        "{}{}.{sha256}{}{}",
+        "{}{}.{sha256}{}{}{}",
         Repository::wal_prefix(job, Some(&name.timeline_dir())),
         name.name,
+        signature
+            .map(|s| format!(".{}", s.to_part()))
+            .unwrap_or_default(),
         c.suffix(),
         if encrypted { encryption::SUFFIX } else { "" }
     )
@@ -107,7 +139,7 @@ impl WalObject {
         last_modified: Option<DateTime<Utc>>,
     ) -> Option<WalObject> {
         let rest = key.rsplit('/').next()?;
-        let (name, sha256, compression, encrypted) = parse_object_name(rest)?;
+        let (name, sha256, compression, encrypted, signature) = parse_object_name(rest)?;
         // A file in the folder of another timeline is not ours to read.
         if !key.ends_with(&format!("/{}/{rest}", name.timeline_dir())) {
             return None;
@@ -120,8 +152,42 @@ impl WalObject {
             encrypted,
             size,
             last_modified,
+            signature,
         })
     }
+
+    /// The key without its signature part: what the signature signs.
+    pub fn unsigned_key(&self) -> String {
+        match &self.signature {
+            Some(sig) => self.key.replacen(&format!(".{}", sig.to_part()), "", 1),
+            None => self.key.clone(),
+        }
+    }
+
+    /// Whether a key trusted for the server role signed it; Err: why not.
+    pub fn authentic(&self, auth: &Authentication) -> std::result::Result<(), String> {
+        auth.verify_wal(&self.unsigned_key(), &self.sha256, self.signature.as_ref())
+    }
+}
+
+/// Splits archived files into those a reader may use (all of them in an
+/// unauthenticated repository) and the foreign ones, each with why.
+pub fn authentic(
+    repo: &Repository,
+    objects: Vec<WalObject>,
+) -> (Vec<WalObject>, Vec<(WalObject, String)>) {
+    let Some(auth) = repo.authentication() else {
+        return (objects, Vec::new());
+    };
+    let mut trusted = Vec::new();
+    let mut foreign = Vec::new();
+    for o in objects {
+        match o.authentic(auth) {
+            Ok(()) => trusted.push(o),
+            Err(why) => foreign.push((o, why)),
+        }
+    }
+    (trusted, foreign)
 }
 
 /// The stored objects of one file name (normally one).
@@ -280,8 +346,15 @@ pub async fn push(repo: &Repository, opts: &WalPushOptions) -> Result<WalPushRep
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let name = wal_name(&file_name)?;
+    repo.can_sign_as(
+        refugio_store::auth::Role::Server,
+        &format!("WAL file {} of job {}", name.name, opts.job),
+    )?;
     let (sha256, raw_size) = digest_file(&opts.path).await?;
-    let existing = find(repo, &opts.job, &name).await?;
+    let (existing, foreign) = authentic(repo, find(repo, &opts.job, &name).await?);
+    for (o, why) in &foreign {
+        tracing::warn!(key = %o.key, reason = %why, "foreign-wal: not signed by a trusted server key; ignored (archiving beside it)");
+    }
     if let Some(same) = existing.iter().find(|o| o.sha256 == sha256) {
         return Ok(WalPushReport {
             key: same.key.clone(),
@@ -299,12 +372,21 @@ pub async fn push(repo: &Repository, opts: &WalPushOptions) -> Result<WalPushRep
             path: opts.path.display().to_string(),
         });
     }
+    let encrypted = opts.encryption.is_some();
+    let signature = match repo.authentication() {
+        Some(auth) => {
+            let unsigned = object_key(&opts.job, &name, &sha256, opts.compression, encrypted, None);
+            Some(auth.sign_wal(&unsigned, &sha256)?)
+        }
+        None => None,
+    };
     let key = object_key(
         &opts.job,
         &name,
         &sha256,
         opts.compression,
-        opts.encryption.is_some(),
+        encrypted,
+        signature.as_ref(),
     );
     let file = tokio::fs::File::open(&opts.path)
         .await
@@ -373,9 +455,22 @@ pub enum WalFetched {
 /// temporary file first, renamed over `dest` once synced).
 pub async fn fetch(repo: &Repository, opts: &WalFetchOptions) -> Result<WalFetched> {
     let name = wal_name(&opts.name)?;
-    let found = find(repo, &opts.job, &name).await?;
+    let (found, foreign) = authentic(repo, find(repo, &opts.job, &name).await?);
+    for (o, why) in &foreign {
+        tracing::warn!(key = %o.key, reason = %why, "foreign-wal: not signed by a trusted server key; not restored");
+    }
     let object = match found.as_slice() {
-        [] => return Ok(WalFetched::NotFound),
+        [] => {
+            return match foreign.into_iter().next() {
+                // Only foreign copies: refused, never "not archived" (a
+                // recovery must not end quietly before it).
+                Some((o, reason)) => Err(Error::Store(refugio_store::Error::Unauthenticated {
+                    key: o.key,
+                    reason,
+                })),
+                None => Ok(WalFetched::NotFound),
+            }
+        }
         [one] => one,
         many => {
             return Err(Error::Wal(format!(
@@ -483,21 +578,29 @@ mod tests {
             ("000000020000000000000005.partial", Compression::Gzip, true),
         ] {
             let n = WalName::parse(name).unwrap();
-            let key = object_key("j", &n, &sha, c, enc);
-            let rest = key.rsplit('/').next().unwrap();
-            let (back, s, c2, e2) = parse_object_name(rest).unwrap();
-            assert_eq!(
-                (back, s.as_str(), c2, e2),
-                (n, sha.as_str(), c, enc),
-                "{key}"
-            );
+            let sig = WalSignature {
+                key_id: "0123456789abcdef".into(),
+                signature: [7; 64],
+            };
+            for signature in [None, Some(&sig)] {
+                let key = object_key("j", &n, &sha, c, enc, signature);
+                let rest = key.rsplit('/').next().unwrap();
+                assert!(rest.len() <= 255, "{rest}: longer than a file name may be");
+                let (back, s, c2, e2, sig2) = parse_object_name(rest).unwrap();
+                assert_eq!(
+                    (back, s.as_str(), c2, e2, sig2.as_ref()),
+                    (n.clone(), sha.as_str(), c, enc, signature),
+                    "{key}"
+                );
+            }
         }
         assert!(object_key(
             "j",
             &WalName::parse("0000000A.history").unwrap(),
             &sha,
             Compression::Zstd,
-            false
+            false,
+            None
         )
         .starts_with("j/wal/0000000A/0000000A.history."));
         for bad in [

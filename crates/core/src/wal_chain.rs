@@ -241,6 +241,7 @@ mod tests {
             encrypted: false,
             size: 10,
             last_modified: None,
+            signature: None,
         }
     }
 

@@ -129,6 +129,23 @@ pub enum Error {
         restore_command: String,
     },
 
+    /// Content the repository's authentication refuses: its signature is
+    /// missing, made by a key not trusted for its kind of object, or does
+    /// not match. Someone other than a trusted writer put it there (or it
+    /// predates `[repository.authentication]`): never used, never evidence
+    /// against a backup, never deleted by retention.
+    #[error("object {key}: {reason}; refused as not written by a trusted key (repository.authentication), nothing of it was used")]
+    Unauthenticated { key: String, reason: String },
+
+    /// A key of `[repository.authentication]` that cannot be used.
+    #[error("repository.authentication: key file {path}: {reason}")]
+    Key { path: String, reason: String },
+
+    /// A write to an authenticated repository by a host without a signing
+    /// key: readers would refuse what it wrote.
+    #[error("cannot write {key}: repository.authentication is configured but this host has no signing_key, and readers refuse unsigned objects")]
+    NoSigningKey { key: String },
+
     #[error("{0}")]
     Other(String),
 }

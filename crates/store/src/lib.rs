@@ -11,6 +11,7 @@
 //! parts in flight (backpressure), hashing as it goes; [`verified`] checks
 //! size and digest while streaming an object back.
 
+pub mod auth;
 pub mod error;
 pub mod fs;
 pub mod location;

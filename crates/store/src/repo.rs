@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 
+use crate::auth::{Authentication, Role, MAX_SIGNATURE_BYTES, SIGNATURE_SUFFIX};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, MANIFEST_NAME};
 use crate::ObjectStore;
@@ -31,6 +32,19 @@ pub struct Repository {
     /// Backups dated later than now plus this are reported and ignored
     /// by `latest` and by [`Repository::manifests`].
     clock_tolerance: std::time::Duration,
+    /// `[repository.authentication]`: signs what this host writes and
+    /// refuses what no trusted key signed. None: an unauthenticated
+    /// repository (anyone who can write to the store is trusted).
+    auth: Option<Arc<Authentication>>,
+}
+
+/// A committed backup whose manifest the repository's authentication
+/// refuses: reported, never restored, drilled, counted or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Foreign {
+    pub id: String,
+    pub key: String,
+    pub reason: String,
 }
 
 /// Whether a job name or backup id can be used as one path segment.
@@ -89,7 +103,82 @@ impl Repository {
         Repository {
             store,
             clock_tolerance: DEFAULT_CLOCK_TOLERANCE,
+            auth: None,
         }
+    }
+
+    /// The same repository, signing and authenticating with `auth`.
+    pub fn with_authentication(mut self, auth: Option<Arc<Authentication>>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The authentication in force; None: unauthenticated.
+    pub fn authentication(&self) -> Option<&Authentication> {
+        self.auth.as_deref()
+    }
+
+    /// Writes a small object (a receipt) signed as `role` when the
+    /// repository is authenticated: the signature first, so the object
+    /// never exists unsigned.
+    pub async fn put_signed(&self, key: &str, body: Bytes, role: Role) -> Result<()> {
+        if let Some(auth) = &self.auth {
+            let sig = auth.sign(role, key, &crate::auth::digest(&body))?;
+            self.store
+                .put(&format!("{key}{SIGNATURE_SUFFIX}"), Bytes::from(sig))
+                .await?;
+        }
+        self.store.put(key, body).await
+    }
+
+    /// Refuses, before any work, to write as `role` what readers of this
+    /// repository would refuse: an authenticated repository and no signing
+    /// key, or one not trusted for the role. `what` names the work.
+    pub fn can_sign_as(&self, role: Role, what: &str) -> Result<()> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        match auth.signer() {
+            None => Err(Error::NoSigningKey {
+                key: what.to_string(),
+            }),
+            Some(s) if !auth.signs_as(role) => Err(Error::Key {
+                path: s.path().display().to_string(),
+                reason: format!(
+                    "its public key {} is not among repository.authentication.{}: readers of this repository would refuse {what}",
+                    s.id(),
+                    role.field()
+                ),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Checks that `content`, read from `key`, is signed by a key trusted
+    /// for `role` (always Ok in an unauthenticated repository).
+    pub async fn authenticate(&self, key: &str, content: &[u8], role: Role) -> Result<()> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        let sig_key = format!("{key}{SIGNATURE_SUFFIX}");
+        let sig = match self.read_small(&sig_key, MAX_SIGNATURE_BYTES).await {
+            Ok(sig) => sig,
+            Err(Error::TooLarge { .. }) => {
+                return Err(Error::Unauthenticated {
+                    key: key.to_string(),
+                    reason: format!(
+                        "its signature {sig_key} is larger than {MAX_SIGNATURE_BYTES} bytes"
+                    ),
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        auth.verify(role, key, content, sig.as_deref())
+            .map(|_| ())
+            .map_err(|reason| Error::Unauthenticated {
+                key: key.to_string(),
+                reason,
+            })
     }
 
     /// The same repository with another `clock_tolerance`.
@@ -268,6 +357,7 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
+        self.authenticate(&key, &buf, Role::Agent).await?;
         let m = Manifest::parse(&key, &buf)?;
         if m.job != job || m.backup_id != id {
             return Err(Error::InvalidManifest {
@@ -298,9 +388,21 @@ impl Repository {
     }
 
     /// Every committed backup of a job, those dated in the future too,
-    /// newest first by the server-side time. Manifests are found by
-    /// listing (paginated) and read a few at a time.
+    /// newest first by the server-side time, without those whose manifest
+    /// the repository's authentication refuses (logged;
+    /// [`Repository::manifests_audited`] returns them).
     pub async fn manifests_all(&self, job: &str) -> Result<Vec<Manifest>> {
+        let (out, foreign) = self.manifests_audited(job).await?;
+        for f in &foreign {
+            tracing::warn!(job, backup = %f.id, reason = %f.reason, "foreign-backup: its manifest is not signed by a trusted agent key; ignored (never restored, drilled, counted or deleted)");
+        }
+        Ok(out)
+    }
+
+    /// Every committed backup of a job, newest first by the server-side
+    /// time, and apart those whose manifest is refused as unauthenticated.
+    /// Manifests are found by listing (paginated) and read a few at a time.
+    pub async fn manifests_audited(&self, job: &str) -> Result<(Vec<Manifest>, Vec<Foreign>)> {
         let prefix = format!("{job}/");
         let ids: Vec<String> = self
             .store
@@ -316,14 +418,33 @@ impl Repository {
             })
             .try_collect()
             .await?;
-        let mut out: Vec<Manifest> = futures::stream::iter(ids)
-            .map(|id| async move { self.read_manifest(job, &id).await })
+        let read: Vec<(String, Option<Manifest>, Option<String>)> = futures::stream::iter(ids)
+            .map(|id| async move {
+                match self.read_manifest(job, &id).await {
+                    Ok(m) => Ok((id, m, None)),
+                    Err(Error::Unauthenticated { reason, .. }) => Ok((id, None, Some(reason))),
+                    Err(e) => Err(e),
+                }
+            })
             .buffer_unordered(LIST_CONCURRENCY)
-            .try_filter_map(|m| futures::future::ready(Ok(m)))
             .try_collect()
             .await?;
+        let mut out = Vec::new();
+        let mut foreign = Vec::new();
+        for (id, m, refused) in read {
+            match (m, refused) {
+                (Some(m), _) => out.push(m),
+                (None, Some(reason)) => foreign.push(Foreign {
+                    key: Self::manifest_key(job, &id),
+                    id,
+                    reason,
+                }),
+                (None, None) => {}
+            }
+        }
         out.sort_by(|a, b| b.cmp_time(a));
-        Ok(out)
+        foreign.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok((out, foreign))
     }
 
     /// `latest` (the newest committed backup by server time, not dated in
@@ -349,19 +470,26 @@ impl Repository {
     }
 
     /// Writes the manifest: the commit. Call only after every artifact it
-    /// names is stored.
-    /// With `m.object_lock` set, the manifest is written locked in the same
-    /// request.
+    /// names is stored. In an authenticated repository its signature is
+    /// written first, so a committed manifest always has one.
+    /// With `m.object_lock` set, the manifest (and its signature) is
+    /// written locked in the same request.
     pub async fn commit(&self, m: &Manifest) -> Result<()> {
         let key = Self::manifest_key(&m.job, &m.backup_id);
-        match &m.object_lock {
-            Some(retention) => {
-                self.store
-                    .put_retained(&key, Bytes::from(m.to_json()), retention)
-                    .await
-            }
-            None => self.store.put(&key, Bytes::from(m.to_json())).await,
+        let body = Bytes::from(m.to_json());
+        let mut objects = Vec::with_capacity(2);
+        if let Some(auth) = &self.auth {
+            let sig = auth.sign(Role::Agent, &key, &crate::auth::digest(&body))?;
+            objects.push((format!("{key}{SIGNATURE_SUFFIX}"), Bytes::from(sig)));
         }
+        objects.push((key, body));
+        for (key, body) in objects {
+            match &m.object_lock {
+                Some(retention) => self.store.put_retained(&key, body, retention).await?,
+                None => self.store.put(&key, body).await?,
+            }
+        }
+        Ok(())
     }
 }
 

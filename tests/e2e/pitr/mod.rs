@@ -649,6 +649,7 @@ async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     Ok(())
 }
 
+mod authentication;
 mod both_kinds;
 mod faults;
 mod hostile;

@@ -140,6 +140,10 @@ pub async fn backup(
     clock: &dyn Clock,
     cancel: &CancellationToken,
 ) -> Result<Manifest> {
+    repo.can_sign_as(
+        refugio_store::auth::Role::Agent,
+        &format!("a backup of job {}", opts.job),
+    )?;
     if opts.kind == JobKind::Physical {
         return physical::base_backup(repo, opts, clock, cancel).await;
     }

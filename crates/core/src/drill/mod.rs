@@ -167,6 +167,12 @@ pub async fn drill(
     clock: &dyn Clock,
     cancel: &CancellationToken,
 ) -> Result<Receipt> {
+    // Its receipt is signed: a drill whose verdict readers would refuse
+    // does not start.
+    repo.can_sign_as(
+        refugio_store::auth::Role::Agent,
+        &format!("the receipt of a drill of job {}", manifest.job),
+    )?;
     if manifest.is_physical() {
         tracing::info!(job = %manifest.job, backup = %manifest.backup_id, "drill-started");
         // Dropping the drill stops its cluster and removes its directory.
@@ -374,6 +380,7 @@ async fn conclude(
     let key = Repository::key(&manifest.job, &manifest.backup_id, &receipt.name());
     let mut json = serde_json::to_vec_pretty(&receipt).unwrap_or_default();
     json.push(b'\n');
-    repo.store().put(&key, Bytes::from(json)).await?;
+    repo.put_signed(&key, Bytes::from(json), refugio_store::auth::Role::Agent)
+        .await?;
     Ok(receipt)
 }
