@@ -185,3 +185,35 @@ async fn only_real_schema_differences_fail_a_drill(#[case] case: Case) -> Result
     }
     Ok(())
 }
+
+/// A user schema whose name only looks like a temporary one to a `LIKE`
+/// pattern (`pg_temp_%` matches `pgxtempy…`: `_` is a wildcard) is backed
+/// up, counted and fingerprinted like any other; a drill restores it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schema_named_like_a_temporary_one_is_counted_and_drilled() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    src.psql(
+        "app",
+        "CREATE SCHEMA pgxtempy; CREATE TABLE pgxtempy.trips (id int); \
+         INSERT INTO pgxtempy.trips SELECT generate_series(1, 7);",
+    )
+    .await?;
+    let repo = Repo::dir(tmp.path());
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job("app", &src, "app", "scratch = \"ephemeral\"\n"),
+    );
+    let cfg = config.to_str().context("path")?;
+    let m: Value = serde_json::from_str(&refugio_ok(&["--config", cfg, "backup", "--json"], &[])?)?;
+    let counted = manifest_counts(&m);
+    assert!(
+        counted.contains(&("pgxtempy".to_string(), "trips".to_string(), 7)),
+        "the manifest counts pgxtempy.trips: {counted:?}"
+    );
+    let out = refugio(&["--config", cfg, "verify", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", all_output(&out));
+    Ok(())
+}

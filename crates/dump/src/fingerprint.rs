@@ -68,7 +68,7 @@ fn inheritance_child(c: &str) -> String {
 
 /// Schemas that are not the user's.
 const USER_NS: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-    AND n.nspname NOT LIKE 'pg_temp_%' AND n.nspname NOT LIKE 'pg_toast_temp_%'";
+    AND NOT starts_with(n.nspname, 'pg_temp_') AND NOT starts_with(n.nspname, 'pg_toast_temp_')";
 
 fn not_extension(class: &str, oid: &str) -> String {
     format!(

@@ -254,3 +254,74 @@ async fn clones_stay_out_of_production_and_a_base_tar_never_writes_through_a_lin
     drop(src);
     Ok(())
 }
+
+/// A base backup stored unencrypted where `[repository.encryption]` is
+/// configured (taken before encryption was turned on, or swapped in by a
+/// bucket writer): `restore --physical` refuses before writing anything,
+/// naming `--allow-unencrypted`; a drill is inconclusive; with the flag
+/// the restore goes ahead.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unencrypted_base_backup_is_refused_where_encryption_is_configured() -> Result<()> {
+    let tmp = shared_tmp()?;
+    let target = s3::moto()?;
+    let config = tmp.path().join("refugio.toml");
+    let src =
+        Cluster::start_with_settings(16, &archiving(&config), &server_env(tmp.path())).await?;
+    let mut s = Setup::new(tmp.path(), &target, &src, "")?;
+    one(&src, "CREATE TABLE ticks (id bigserial PRIMARY KEY, written_at timestamptz NOT NULL DEFAULT clock_timestamp())").await?;
+    ticks(&src, 5).await?;
+    refugio_ok(&["--config", &s.cfg(), "backup", "--json"], &s.env)?;
+    ticks(&src, 5).await?;
+    switch_and_wait(&src).await?;
+
+    // Encryption turned on afterwards. The identity is readable by the
+    // drill's server (uid 65534 under root): test keys only.
+    let (secret, public) = refugio_core::encryption::generate();
+    let identity = tmp.path().join("age.key");
+    write_public(&identity, &format!("{secret}\n"))?;
+    s.repo_toml.push_str(&format!(
+        "\n[repository.encryption]\nrecipients = [{public:?}]\nidentity_file = {:?}\n",
+        identity.display().to_string()
+    ));
+    s.write(&s.repo_toml)?;
+
+    let dir = tmp.path().join("restored");
+    let dir_text = dir.display().to_string();
+    let restore = [
+        "--config",
+        &s.cfg(),
+        "restore",
+        "--physical",
+        "--to",
+        "latest",
+        "--target-dir",
+        &dir_text,
+    ]
+    .map(str::to_string);
+    let out = refugio(
+        &restore.iter().map(String::as_str).collect::<Vec<_>>(),
+        &s.env,
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("stored unencrypted") && text.contains("--allow-unencrypted"),
+        "{text}"
+    );
+    assert!(
+        !dir.join("PG_VERSION").exists(),
+        "nothing restored before the refusal"
+    );
+    let r = drill(&s, &[], 3, "inconclusive")?;
+    assert!(r.to_string().contains("--allow-unencrypted"), "{r}");
+
+    let mut args: Vec<&str> = restore.iter().map(String::as_str).collect();
+    args.push("--allow-unencrypted");
+    refugio_ok(&args, &s.env)?;
+    assert!(dir.join("PG_VERSION").exists(), "restored with the flag");
+    observed(
+        47,
+        "a plaintext base backup read with [repository.encryption] configured: restore --physical exit 1 naming --allow-unencrypted, nothing written; physical drill exit 3 inconclusive; with the flag: restored",
+    );
+    Ok(())
+}

@@ -47,7 +47,7 @@ pub(super) async fn inspect(target: &SourceSpec, database: &str) -> Result<Targe
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relkind IN ('r', 'p') \
                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-               AND n.nspname NOT LIKE 'pg_temp_%' \
+               AND NOT starts_with(n.nspname, 'pg_temp_') \
                AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
                                AND d.objid = c.oid AND d.deptype = 'e')",
         )
