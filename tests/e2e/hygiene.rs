@@ -365,3 +365,77 @@ async fn hostile_database_names_give_valid_metric_labels() -> Result<()> {
     );
     Ok(())
 }
+
+/// refugio SIGKILLed mid-drill (as the OOM killer would): the drill's
+/// throwaway server stops within seconds through its lifeline, not at the
+/// next drill's sweep.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drills_server_stops_when_refugio_is_killed() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    src.psql(
+        "app",
+        "CREATE TABLE trips (id int, note text); \
+         INSERT INTO trips SELECT g, repeat('x', 100) FROM generate_series(1, 300000) g;",
+    )
+    .await?;
+    let repo = Repo::dir(tmp.path());
+    let config = write_config(
+        tmp.path(),
+        &repo,
+        &job(
+            "app",
+            &src,
+            "app",
+            "scratch = \"ephemeral\"\nglobals = false\n",
+        ),
+    );
+    let cfg = config.to_str().context("path")?;
+    refugio_ok(&["--config", cfg, "backup"], &[])?;
+    let mut child = refugio_command(&["--config", cfg, "verify"], &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Killed while pg_restore loads the server (its lifeline is armed the
+    // moment after the server is spawned).
+    let postmaster = loop {
+        if let (Some(p), false) = (
+            children_named(pid, "postgres").first().copied(),
+            children_named(pid, "pg_restore").is_empty(),
+        ) {
+            break p;
+        }
+        if exited(&mut child) {
+            bail!("the drill ended before its server and pg_restore were seen");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("no drill server and pg_restore appeared within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    child.kill()?;
+    child.wait()?;
+    let killed = Instant::now();
+    while !process_gone(postmaster) {
+        if killed.elapsed() > Duration::from_secs(20) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(postmaster as i32),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
+            bail!("the drill's server (pid {postmaster}) outlived its SIGKILLed refugio by 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    observed(
+        51,
+        &format!(
+            "refugio SIGKILLed mid-drill: its throwaway server (pid {postmaster}) was gone {:.1} s later",
+            killed.elapsed().as_secs_f64()
+        ),
+    );
+    Ok(())
+}

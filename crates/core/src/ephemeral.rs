@@ -40,6 +40,9 @@ fn err(what: impl Into<String>) -> Error {
 pub struct EphemeralCluster {
     dir: PathBuf,
     server: Option<tokio::process::Child>,
+    /// The server's lifeline ([`Lifeline`]): stops it if refugio dies
+    /// without its cleanup running (SIGKILL, the OOM killer).
+    lifeline: Option<Lifeline>,
     /// What the server gets beyond the allow-list (a physical drill's
     /// store credentials for its `restore_command`).
     server_env: Vec<(String, std::ffi::OsString)>,
@@ -279,6 +282,7 @@ impl EphemeralCluster {
         let cluster = EphemeralCluster {
             dir: dir.clone(),
             server: None,
+            lifeline: None,
             server_env,
             version,
             bindir: bindir.to_path_buf(),
@@ -381,6 +385,7 @@ impl EphemeralCluster {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| err(format!("starting {}: {e}", postgres.display())))?;
+        self.lifeline = child.id().and_then(|pid| Lifeline::watch(pid as i32));
         self.server = Some(child);
         Ok(())
     }
@@ -464,6 +469,7 @@ impl EphemeralCluster {
     }
 
     async fn shutdown(&mut self) {
+        self.lifeline.take();
         if let Some(mut child) = self.server.take() {
             if let Some(pid) = child.id() {
                 let _ = nix::sys::signal::kill(
@@ -484,6 +490,7 @@ impl EphemeralCluster {
 
 impl Drop for EphemeralCluster {
     fn drop(&mut self) {
+        self.lifeline.take();
         if let Some(child) = self.server.as_mut() {
             if let Some(pid) = child.id() {
                 // Immediate shutdown; the directory goes right after.
@@ -502,5 +509,48 @@ impl Drop for EphemeralCluster {
             let _ = child.start_kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A drill server's lifeline: a small `sh` whose standard input is a pipe
+/// only refugio holds (Rust opens pipes close-on-exec, so no other child
+/// inherits it). While refugio lives, the shell waits on `read`; when
+/// refugio dies without its cleanup running (SIGKILL, the OOM killer), the
+/// kernel closes the pipe, `read` returns, and the shell sends the server
+/// SIGQUIT (immediate shutdown): a drill's throwaway server never outlives
+/// refugio by more than a moment. The directory stays for the next drill's
+/// sweep. It is armed right after the server is spawned: a refugio killed
+/// within that instant leaves the server to the next drill's sweep, as
+/// before. On a normal stop refugio kills the shell first (dropping the
+/// lifeline), so it never signals a server that is already gone.
+struct Lifeline(std::process::Child);
+
+impl Lifeline {
+    /// None (logged) when the shell cannot start: the drill goes on, as
+    /// before there was a lifeline.
+    fn watch(pid: i32) -> Option<Lifeline> {
+        let mut cmd = std::process::Command::new("/bin/sh");
+        refugio_dump::environment::clear_std(&mut cmd, None);
+        cmd.arg("-c")
+            .arg("read -r _; kill -QUIT \"$0\" 2>/dev/null")
+            .arg(pid.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match cmd.spawn() {
+            Ok(child) => Some(Lifeline(child)),
+            Err(e) => {
+                tracing::warn!(error = %e, "drill-lifeline-not-started: the drill's server is stopped by refugio's cleanup only");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Lifeline {
+    fn drop(&mut self) {
+        // Killed before its pipe closes: it never reaches its `kill`.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
