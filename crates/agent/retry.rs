@@ -80,18 +80,56 @@ mod tests {
     use super::*;
     use anyhow::anyhow;
 
-    #[test]
-    fn temporary_errors() {
-        let store = refugio_store::Error::S3 {
+    fn s3(temporary: bool) -> refugio_store::Error {
+        refugio_store::Error::S3 {
             op: "PutObject",
             store: "s3://b".into(),
             key: "k".into(),
-            message: "SlowDown".into(),
-            temporary: true,
-        };
-        assert!(is_temporary(&anyhow::Error::from(store).context("backup")));
+            message: if temporary {
+                "SlowDown"
+            } else {
+                "AccessDenied"
+            }
+            .into(),
+            temporary,
+        }
+    }
+
+    /// The verdict comes from the cause, however deep in the chain and
+    /// whichever crate's error wraps it; the same kind of error is
+    /// temporary or permanent by what it says.
+    #[test]
+    fn temporary_errors() {
+        for (temporary, expected) in [(true, true), (false, false)] {
+            // Bare, under anyhow context, and inside core's commit error.
+            let bare = anyhow::Error::from(s3(temporary));
+            let context = anyhow::Error::from(s3(temporary))
+                .context("uploading")
+                .context("backup of job a");
+            let wrapped = anyhow::Error::from(refugio_core::Error::Commit {
+                job: "a".into(),
+                source: Box::new(s3(temporary)),
+            })
+            .context("backup");
+            for e in [bare, context, wrapped] {
+                assert_eq!(is_temporary(&e), expected, "{e:#}");
+            }
+        }
         assert!(!is_temporary(&anyhow!("pg_dump 15 cannot dump server 16")));
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(is_temporary(&anyhow::Error::from(refused)));
+        for (kind, expected) in [
+            (std::io::ErrorKind::ConnectionRefused, true),
+            (std::io::ErrorKind::ConnectionReset, true),
+            (std::io::ErrorKind::PermissionDenied, false),
+            (std::io::ErrorKind::NotFound, false),
+        ] {
+            let e = anyhow::Error::from(std::io::Error::from(kind)).context("connecting");
+            assert_eq!(is_temporary(&e), expected, "{kind:?}");
+        }
+        assert!(is_temporary(&anyhow::Error::from(
+            sqlx::Error::PoolTimedOut
+        )));
+        assert!(!is_temporary(&anyhow::Error::from(
+            sqlx::Error::RowNotFound
+        )));
     }
 }

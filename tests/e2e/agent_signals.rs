@@ -402,6 +402,7 @@ async fn a_task_stopped_by_sigterm_sends_no_failure_webhook() -> Result<()> {
 /// included, in seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
+    let agent_log = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
     let target = s3::moto()?;
     let repo = Repo::s3(target.clone(), "stalled-listing");
     let proxy = SlowProxy::start(&target, Slowdown::NONE)?;
@@ -439,7 +440,15 @@ async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
         only_method: Some("GET"),
         bytes_per_second: None,
     });
+    let held_before = proxy.held();
+    let hup = Instant::now();
     agent.signal(Signal::SIGHUP)?;
+    // The reload (which lists nothing) finishes while listings stall.
+    wait_until("SIGHUP's reload", Duration::from_secs(5), || {
+        Ok(agent.log_text().contains("config-reloaded"))
+    })
+    .with_context(|| agent.log_text())?;
+    let reload_took = hup.elapsed();
     // The watchdog over 4 s of stalled listings: no gap as long as
     // WATCHDOG_USEC (1 s; the agent pings every half of it).
     let mut buf = [0u8; 512];
@@ -459,11 +468,20 @@ async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
     );
     let sent = Instant::now();
     agent.signal(Signal::SIGUSR1)?;
+    // The backup itself starts (it logs before claiming its id, which
+    // lists: that listing is then held).
     wait_until("USR1 to start a backup", Duration::from_secs(5), || {
-        Ok(agent.log_text().contains("signal-received"))
+        Ok(agent.log_text().contains("backup-started"))
     })
     .with_context(|| agent.log_text())?;
     let usr1_took = sent.elapsed();
+    wait_until(
+        "the backup's listing to be held",
+        Duration::from_secs(10),
+        || Ok(proxy.held() > held_before),
+    )
+    .with_context(|| agent.log_text())?;
+    let held = proxy.held() - held_before;
     let sent = Instant::now();
     agent.signal(Signal::SIGTERM)?;
     wait_until("agent-stopping", Duration::from_secs(10), || {
@@ -479,9 +497,18 @@ async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
         "SIGTERM waited {took:?} for a stalled listing"
     );
     assert!(status.success(), "{status:?}");
+    let log = agent_log(&tmp.path().join("agent.log"));
+    assert!(
+        log.contains("task-cancelled"),
+        "the stalled backup was cancelled, not left running: {log}"
+    );
+    assert!(
+        backups(&config, &repo.env())?.is_empty(),
+        "nothing committed"
+    );
     observed(
         19,
-        &format!("every S3 GET held 90 s: {pings} watchdog pings in 4 s (widest gap {:.2} s, WATCHDOG_USEC 1 s); SIGHUP did not block; USR1 started a backup in {:.2} s; SIGTERM stopped the agent (the stalled backup cancelled) in {:.1} s, exit 0", widest.as_secs_f64(), usr1_took.as_secs_f64(), stopped.as_secs_f64()),
+        &format!("every S3 GET held 90 s ({held} held by the proxy): {pings} watchdog pings in 4 s (widest gap {:.2} s, WATCHDOG_USEC 1 s); SIGHUP's reload done in {:.2} s; USR1's backup started in {:.2} s; SIGTERM stopped the agent in {:.1} s, exit 0, the stalled backup cancelled, nothing committed", widest.as_secs_f64(), reload_took.as_secs_f64(), usr1_took.as_secs_f64(), stopped.as_secs_f64()),
     );
     Ok(())
 }

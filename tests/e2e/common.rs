@@ -245,16 +245,23 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()?;
-        let agent = Agent { child, port, log };
+        let mut agent = Agent { child, port, log };
         agent.wait_ready()?;
         Ok(agent)
     }
 
-    fn wait_ready(&self) -> Result<()> {
+    fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok((200, _)) = http_get(self.port, "/readyz") {
                 return Ok(());
+            }
+            // An agent that exited (a config it refused) is not waited for.
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the agent exited before it was ready ({status}); log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -279,6 +286,29 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The whole /metrics exposition.
+    pub fn metrics_text(&self) -> Result<String> {
+        let (status, body) = http_get(self.port, "/metrics")?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        Ok(body)
+    }
+
+    /// The series of metric `name` (a counter's `…_total`) whose labels
+    /// start with `labels_prefix`: (rest of the labels, value). Strict: a
+    /// renamed metric or label is an empty list, never a silent 0.
+    pub fn series(&self, name: &str, labels_prefix: &str) -> Result<Vec<(String, f64)>> {
+        let body = self.metrics_text()?;
+        let prefix = format!("{name}{{{labels_prefix}");
+        Ok(body
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| {
+                let (labels, value) = rest.rsplit_once(' ')?;
+                Some((labels.to_string(), value.parse().ok()?))
+            })
+            .collect())
     }
 
     pub fn metric(&self, line_prefix: &str) -> Result<Option<f64>> {
@@ -544,4 +574,42 @@ pub fn process_gone(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
         .unwrap_or(true)
+}
+
+/// A digest of every user table's rows (MD5 of their text forms, sorted)
+/// and of the large objects' contents: what a round trip keeps is compared
+/// by content, bytea and non-ASCII names included, not only by counts.
+pub async fn content_digests(c: &Cluster, db: &str) -> Result<Vec<(String, String)>> {
+    let tables = c
+        .psql(
+            db,
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+        )
+        .await?;
+    let mut parts: Vec<String> = tables
+        .lines()
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let literal = t.replace('\'', "''");
+            format!(
+                "SELECT '{literal}', (SELECT md5(coalesce(string_agg(r::text, E'\\n' ORDER BY r::text), '')) FROM {t} r)"
+            )
+        })
+        .collect();
+    parts.push(
+        "SELECT 'large objects', md5(coalesce(string_agg(oid::text || ':' || md5(lo_get(oid)), ',' ORDER BY oid), '')) \
+         FROM pg_largeobject_metadata"
+            .to_string(),
+    );
+    let out = c
+        .psql(db, &format!("{};", parts.join(" UNION ALL ")))
+        .await?;
+    let mut v: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| l.rsplit_once('|'))
+        .map(|(t, d)| (t.to_string(), d.to_string()))
+        .collect();
+    v.sort();
+    Ok(v)
 }

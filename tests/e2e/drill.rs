@@ -104,7 +104,14 @@ async fn a_good_backup_passes_its_drill(#[case] major: u32) -> Result<()> {
         .and_then(|a| a.iter().find(|a| a["kind"] == "database"))
         .context("artifact")?;
     assert_eq!(r["digests_checked"][0][1], art["sha256"]);
-    assert_eq!(r["schema_fingerprint"][0], r["schema_fingerprint"][1]);
+    let fingerprints = (
+        r["schema_fingerprint"][0].as_str().unwrap_or_default(),
+        r["schema_fingerprint"][1].as_str().unwrap_or_default(),
+    );
+    assert!(
+        fingerprints.0.len() >= 64 && fingerprints.0 == fingerprints.1,
+        "the source's and the restored copy's fingerprints, present and equal: {fingerprints:?}"
+    );
     assert_eq!(r["checks"][0]["ok"], true);
     assert_eq!(r["rto"]["met"], true);
     assert_eq!(r["rpo"]["met"], true);
@@ -228,8 +235,20 @@ async fn leftovers_of_a_crashed_drill_are_dropped() -> Result<()> {
     Ok(())
 }
 
-fn drill_dirs() -> Vec<String> {
-    std::fs::read_dir(std::env::temp_dir())
+/// A TMPDIR of the test's own for refugio, where its ephemeral clusters
+/// live (0755: a drill's server may run as another user).
+fn private_tmp() -> Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("refugio-test-tmp-")
+        .tempdir_in("/tmp")?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
+/// The drill cluster directories under `root`.
+fn drill_dirs(root: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(root)
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -254,15 +273,29 @@ async fn an_ephemeral_cluster_restores_roles_and_is_removed(#[case] major: u32) 
     let cfg = config.to_str().unwrap_or_default();
     refugio_ok(&["--config", cfg, "backup"], &[])?;
     let bindir = src.bindir().display().to_string();
+    // refugio's TMPDIR is the test's own: the drill's cluster directory is
+    // seen there while it runs, and must be gone after.
+    let tmpdir = private_tmp()?;
     let verify = refugio_command(
         &["--config", cfg, "verify", "--json", "--pg-bindir", &bindir],
-        &[],
+        &[("TMPDIR".into(), tmpdir.path().display().to_string())],
     )
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
     .spawn()?;
-    let drill_pid = verify.id();
-    let out = verify.wait_with_output()?;
+    let waiting = std::thread::spawn(move || verify.wait_with_output());
+    let mut seen = Vec::new();
+    while !waiting.is_finished() {
+        for d in drill_dirs(tmpdir.path()) {
+            if !seen.contains(&d) {
+                seen.push(d);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = waiting
+        .join()
+        .map_err(|_| anyhow::anyhow!("the waiting thread panicked"))??;
     let text = all_output(&out);
     assert!(out.status.success(), "{text}");
     let r: Value = serde_json::from_slice(&out.stdout)?;
@@ -274,18 +307,13 @@ async fn an_ephemeral_cluster_restores_roles_and_is_removed(#[case] major: u32) 
     assert!(r["scratch_server_version"]
         .as_str()
         .is_some_and(|v| v.starts_with(&major.to_string())));
-    // This drill's cluster directory is gone: none names its process as
-    // the owner (other tests' drills run in parallel, and a test that kills
-    // refugio mid-drill leaves one for the next drill to remove).
-    for d in drill_dirs() {
-        let owner =
-            std::fs::read_to_string(std::env::temp_dir().join(&d).join("refugio-owner.pid"))
-                .unwrap_or_default();
-        assert!(
-            owner.trim().parse::<u32>().ok() != Some(drill_pid),
-            "this drill's cluster {d} was left behind"
-        );
-    }
+    // The drill's cluster directory was there while it ran, and is gone.
+    assert_eq!(seen.len(), 1, "one drill cluster directory: {seen:?}");
+    assert_eq!(
+        drill_dirs(tmpdir.path()),
+        Vec::<String>::new(),
+        "the drill's cluster directory was left behind"
+    );
     Ok(())
 }
 
@@ -450,16 +478,22 @@ async fn ctrl_c_during_a_drill_removes_the_scratch(#[case] ephemeral: bool) -> R
     refugio_ok(&["--config", cfg, "backup"], &env)?;
     proxy.set(Slowdown::rate(256 * 1024));
     let bindir = src.bindir().display().to_string();
+    let tmpdir = private_tmp()?;
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_refugio"))
         .args(["--config", cfg, "verify", "--pg-bindir", &bindir])
         .env_remove("REFUGIO_CONFIG")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("TMPDIR", tmpdir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    let me = child.id().to_string();
     // Wait until the restore is under way: pg_restore is a child of refugio.
     wait_for_restore(child.id())?;
+    assert_eq!(
+        drill_dirs(tmpdir.path()).len(),
+        usize::from(ephemeral),
+        "the drill's cluster directory while it restores"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -475,15 +509,10 @@ async fn ctrl_c_during_a_drill_removes_the_scratch(#[case] ephemeral: bool) -> R
         )
         .await?;
     assert_eq!(left, "0");
-    for d in drill_dirs() {
-        let owner =
-            std::fs::read_to_string(std::env::temp_dir().join(&d).join("refugio-owner.pid"))
-                .unwrap_or_default();
-        assert_ne!(
-            owner.trim(),
-            me,
-            "the interrupted drill's cluster directory {d} remains"
-        );
-    }
+    assert_eq!(
+        drill_dirs(tmpdir.path()),
+        Vec::<String>::new(),
+        "the interrupted drill's cluster directory remains"
+    );
     Ok(())
 }

@@ -12,23 +12,20 @@ use crate::common::*;
 
 /// A backup, a drill and a prune of the same job run side by side in one
 /// agent: none of them is skipped for "lock" (they used to share one lock
-/// per job, so whichever came second was skipped).
+/// per job, so whichever came second was skipped). The backup is slowed by
+/// `upload_rate_limit` (the drill and the prune are not: they upload no
+/// artifact), and the test sees the drill and a prune succeed while the
+/// backup is still running: they overlapped, so a shared lock would have
+/// shown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_jobs_backup_drill_and_prune_run_side_by_side_in_one_agent() -> Result<()> {
     let target = s3::moto()?;
     let repo = Repo::s3(target.clone(), "job-tasks");
-    // Each request to the store waits 1 s once the tasks start: the backup
-    // is still running when the drill and the prune start, on any machine.
-    let proxy = SlowProxy::start(&target, Slowdown::NONE)?;
-    let agent_repo = Repo::S3 {
-        target: proxy.target(),
-        prefix: prefix_of(&repo),
-    };
     let env = repo.env();
     let tmp = tempfile::tempdir()?;
     let src = Cluster::start(16).await?;
     src.create_database("app").await?;
-    refugio_testkit::sample::load_sample(&src, "app").await?;
+    refugio_testkit::sample::load_bulk(&src, "app", 20_000).await?;
     let port = free_port()?;
     let app = job(
         "app",
@@ -39,45 +36,70 @@ async fn one_jobs_backup_drill_and_prune_run_side_by_side_in_one_agent() -> Resu
             src.url("postgres")
         ),
     );
-    let config = agent_config(
-        tmp.path(),
-        &agent_repo,
-        port,
-        "max_concurrent_tasks = 3",
-        &[app],
-    );
+    let config = agent_config(tmp.path(), &repo, port, "max_concurrent_tasks = 3", &[app]);
     let cfg = config.to_str().unwrap_or_default();
-    // One backup to drill, made before the agent starts.
+    // One backup to drill, made before the agent starts (at full speed).
     refugio_ok(&["--config", cfg, "backup"], &env)?;
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        text.replacen(
+            "\n[agent]",
+            "upload_rate_limit = \"128KiB/s\"\npart_size = \"5MiB\"\nupload_concurrency = 1\n\n[agent]",
+            1,
+        ),
+    )?;
     let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
     wait_until("the agent is ready", Duration::from_secs(30), || {
         Ok(agent.log_text().contains("agent-ready"))
     })?;
-    proxy.set(Slowdown::delay(Duration::from_secs(1)));
+    // Read strictly: a series that is missing or renamed is an error, not 0
+    // (the skipped counter's family must exist for its absence to mean 0).
+    let (status, body) = http_get(port, "/metrics")?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}");
+    anyhow::ensure!(
+        body.contains("# TYPE refugio_task_skipped counter"),
+        "the skipped-task counter is exported:\n{body}"
+    );
+    let count = |body: &str, name: &str, task_labels: &str| -> f64 {
+        metric_value(body, &format!("{name}{{backup_job=\"app\",{task_labels}")).unwrap_or(0.0)
+    };
+    let prunes_before = count(&body, "refugio_prune_runs_total", "result=\"success\"}");
     agent.signal(Signal::SIGUSR1)?;
     agent.signal(Signal::SIGUSR2)?;
-    let metric = |task: &str, name: &str| -> Result<f64> {
-        Ok(agent
-            .metric(&format!("{name}{{backup_job=\"app\",{task}"))?
-            .unwrap_or(0.0))
-    };
+    let mut overlapped = None;
     wait_until(
         "a second backup, a drill and a prune",
-        Duration::from_secs(90),
+        Duration::from_secs(120),
         || {
-            Ok(
-                metric("result=\"success\"}", "refugio_backup_runs_total")? >= 1.0
-                    && metric("result=\"success\"}", "refugio_drill_runs_total")? >= 1.0
-                    && metric("result=\"success\"}", "refugio_prune_runs_total")? >= 1.0,
-            )
+            let (_, body) = http_get(port, "/metrics")?;
+            let backups = count(&body, "refugio_backup_runs_total", "result=\"success\"}");
+            let drills = count(&body, "refugio_drill_runs_total", "result=\"success\"}");
+            let prunes = count(&body, "refugio_prune_runs_total", "result=\"success\"}");
+            if backups == 0.0 && drills >= 1.0 && prunes > prunes_before && overlapped.is_none() {
+                overlapped = Some((drills, prunes - prunes_before));
+            }
+            Ok(backups >= 1.0 && drills >= 1.0 && prunes > prunes_before)
         },
     )
     .with_context(|| agent.log_text())?;
+    let (drills, prunes) = overlapped.with_context(|| {
+        format!(
+            "the drill and a prune never finished while the backup ran: nothing shows they overlapped\n{}",
+            agent.log_text()
+        )
+    })?;
+    assert!(
+        agent.log_text().contains("backup-started"),
+        "the backup ran in the agent"
+    );
+    let (_, body) = http_get(port, "/metrics")?;
     for task in ["backup", "drill", "prune"] {
-        let skipped = metric(
-            &format!("task=\"{task}\",reason=\"lock\"}}"),
+        let skipped = count(
+            &body,
             "refugio_task_skipped_total",
-        )?;
+            &format!("task=\"{task}\",reason=\"lock\"}}"),
+        );
         assert_eq!(
             skipped,
             0.0,
@@ -85,11 +107,12 @@ async fn one_jobs_backup_drill_and_prune_run_side_by_side_in_one_agent() -> Resu
             agent.log_text()
         );
     }
-    proxy.set(Slowdown::NONE);
     assert!(agent.stop(Duration::from_secs(40))?.success());
     observed(
         18,
-        "backup, drill and prune of one job in one agent, overlapping: each succeeded, none skipped for lock",
+        &format!(
+            "backup (upload_rate_limit 128KiB/s), drill and prune of one job in one agent: {drills} drill(s) and {prunes} prune(s) succeeded while the backup was still running, then the backup succeeded; none skipped for lock"
+        ),
     );
     Ok(())
 }
@@ -151,7 +174,10 @@ async fn two_command_line_backups_of_one_job_never_overwrite() -> Result<()> {
     );
     observed(
         17,
-        "two `refugio backup` of one job at once: one committed, the other refused (exit 1, lock held); no overwrite. Below the lock (different lock servers): 8 simultaneous id claims for one second get 8 ids on a directory, moto and Garage (refugio-store tests/claims.rs)",
+        &format!(
+            "two `refugio backup` of one job at once: one committed ({}), the other refused (exit 1, lock held); one backup listed, the committed one",
+            committed["backup_id"].as_str().unwrap_or("?")
+        ),
     );
     Ok(())
 }
@@ -204,6 +230,7 @@ async fn a_lock_connection_killed_mid_task_is_detected_and_retaken() -> Result<(
     let first = lock_holder(&src)
         .await?
         .context("no session holds the lock")?;
+    let terminated = std::time::Instant::now();
     src.psql("postgres", &format!("SELECT pg_terminate_backend({first})"))
         .await?;
     wait_until(
@@ -212,6 +239,7 @@ async fn a_lock_connection_killed_mid_task_is_detected_and_retaken() -> Result<(
         || Ok(agent.log_text().contains("job-lock-retaken")),
     )
     .with_context(|| agent.log_text())?;
+    let retaken_after = terminated.elapsed().as_secs_f64();
     let second = lock_holder(&src)
         .await?
         .context("nobody holds the lock again")?;
@@ -231,7 +259,7 @@ async fn a_lock_connection_killed_mid_task_is_detected_and_retaken() -> Result<(
     })?;
     observed(
         11,
-        &format!("lock session {first} terminated mid-backup (commit held); job-lock-lost logged, lock retaken by session {second} (checked every 2 s); backup committed; lock released after"),
+        &format!("lock session {first} terminated mid-backup (commit held); job-lock-lost logged, lock retaken by session {second} {retaken_after:.1} s after the kill; backup committed; lock released after"),
     );
     Ok(())
 }

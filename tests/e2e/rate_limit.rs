@@ -50,7 +50,9 @@ async fn upload_rate_limit_holds_within_20_percent(#[case] on_s3: bool) -> Resul
         ),
     )?;
     let cfg = path.to_str().unwrap_or_default();
+    let started = std::time::Instant::now();
     refugio_ok(&["--config", cfg, "backup"], &env)?;
+    let wall = started.elapsed().as_secs_f64();
 
     let m = &list(&path, &env)?[0];
     let dump = m["artifacts"]
@@ -76,6 +78,18 @@ async fn upload_rate_limit_holds_within_20_percent(#[case] on_s3: bool) -> Resul
     assert!(
         (0.8..=1.2).contains(&ratio),
         "{stored} bytes in {seconds:.2} s is {rate:.0} bytes/s, not within 20 % of {LIMIT}"
+    );
+    // By the test's own clock too: refugio's timing is not taken on trust.
+    // The whole command (start-up and commit included) never went faster
+    // than the limit allows.
+    assert!(
+        seconds <= wall,
+        "refugio says the dump took {seconds:.2} s, the command took {wall:.2} s"
+    );
+    assert!(
+        stored / wall <= 1.2 * LIMIT as f64,
+        "{stored} bytes went up in {wall:.2} s of wall time: {:.0} bytes/s, above the limit {LIMIT}",
+        stored / wall
     );
 
     let dst = Cluster::start(16).await?;

@@ -433,15 +433,51 @@ mod tests {
             .expect("decrypt");
         assert_eq!(plain, data);
 
-        // Cut at a chunk boundary: still refused (the last chunk is marked).
-        let cut = &sealed[..sealed.len() - 1000];
-        let mut out = Vec::new();
-        let read = decrypting(Cursor::new(cut.to_vec()), Some(&ids), to.names(), "k")
+        // age's payload: a 16-byte nonce after the header (which ends with
+        // the `---` MAC line), then chunks of 64 KiB + a 16-byte tag, the
+        // last one marked as last. A file cut at a chunk boundary is whole
+        // chunks, every tag valid, none marked last: still refused, as is
+        // one cut inside a chunk.
+        let mac_line = sealed
+            .windows(4)
+            .position(|w| w == b"\n---")
+            .expect("the header's MAC line");
+        let header_end = mac_line
+            + 1
+            + sealed[mac_line + 1..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .expect("end of the MAC line")
+            + 1;
+        const CHUNK: usize = 64 * 1024 + 16;
+        let payload = header_end + 16;
+        let chunks = (sealed.len() - payload).div_ceil(CHUNK);
+        assert!(chunks > 3, "{chunks} chunks");
+        let boundary = payload + 2 * CHUNK;
+        for (what, at) in [
+            ("at a chunk boundary", boundary),
+            ("at the last chunk's start", payload + (chunks - 1) * CHUNK),
+            ("inside a chunk", boundary + 1000),
+            ("1000 bytes short", sealed.len() - 1000),
+        ] {
+            let mut out = Vec::new();
+            let read = decrypting(
+                Cursor::new(sealed[..at].to_vec()),
+                Some(&ids),
+                to.names(),
+                "k",
+            )
             .await
             .expect("header fine")
             .read_to_end(&mut out)
             .await;
-        assert!(read.is_err(), "a truncated age file must not decrypt");
+            assert!(
+                read.is_err(),
+                "a file cut {what} (byte {at} of {}) decrypted to {} bytes",
+                sealed.len(),
+                out.len()
+            );
+        }
     }
 
     #[tokio::test]

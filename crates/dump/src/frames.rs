@@ -113,13 +113,29 @@ fn compress_pieces(
     level: i32,
 ) {
     let mut cctx = zstd_safe::CCtx::create();
+    // Every frame carries its content checksum (XXH64): a decoder, refugio's
+    // or a stock `zstd -d`, refuses a damaged frame instead of returning
+    // other bytes. The simple API (`compress`) would ignore it.
+    let params = [
+        zstd_safe::CParameter::ChecksumFlag(true),
+        zstd_safe::CParameter::CompressionLevel(level),
+    ];
+    for p in params {
+        if let Err(code) = cctx.set_parameter(p) {
+            let _ = frames.blocking_send(Err(io::Error::other(format!(
+                "zstd: {}",
+                zstd_safe::get_error_name(code)
+            ))));
+            return;
+        }
+    }
     // Compressed into one buffer, then copied out at its size: a frame
     // waiting in the channel holds what it needs, not the worst case.
     let mut out = Vec::with_capacity(zstd_safe::compress_bound(FRAME));
     while let Some(piece) = pieces.blocking_recv() {
         let frame = piece.and_then(|piece| {
             out.clear();
-            let done = cctx.compress(&mut out, &piece, level);
+            let done = cctx.compress2(&mut out, &piece);
             // Never full: PIECES buffers exist, and this one was taken.
             let _ = spare.try_send(piece);
             done.map_err(|code| {

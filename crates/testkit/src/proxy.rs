@@ -97,6 +97,8 @@ pub struct SlowProxy {
     stop: Arc<AtomicBool>,
     connections: Arc<Connections>,
     accept: Option<JoinHandle<()>>,
+    /// Requests held so far (whatever their slowdown).
+    held: Arc<AtomicU64>,
 }
 
 impl SlowProxy {
@@ -118,12 +120,17 @@ impl SlowProxy {
         let slowdown = Arc::new(Mutex::new(slowdown));
         let stop = Arc::new(AtomicBool::new(false));
         let connections: Arc<Connections> = Arc::default();
+        let held = Arc::new(AtomicU64::new(0));
         let accept = {
-            let (slowdown, stop, connections) =
-                (slowdown.clone(), stop.clone(), connections.clone());
+            let (slowdown, stop, connections, held) = (
+                slowdown.clone(),
+                stop.clone(),
+                connections.clone(),
+                held.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("slow-proxy-{}", addr.port()))
-                .spawn(move || accept_loop(listener, to, &slowdown, &stop, &connections))?
+                .spawn(move || accept_loop(listener, to, &slowdown, &stop, &connections, &held))?
         };
         Ok(SlowProxy {
             addr,
@@ -132,7 +139,14 @@ impl SlowProxy {
             stop,
             connections,
             accept: Some(accept),
+            held,
         })
+    }
+
+    /// How many requests the proxy has held (delayed) so far: proof that a
+    /// slowdown met the requests it was meant for.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT` of the proxy.
@@ -179,6 +193,7 @@ fn accept_loop(
     slowdown: &Arc<Mutex<Slowdown>>,
     stop: &AtomicBool,
     connections: &Arc<Connections>,
+    held: &Arc<AtomicU64>,
 ) {
     let ids = AtomicU64::new(0);
     for client in listener.incoming() {
@@ -196,18 +211,18 @@ fn accept_loop(
         if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
             lock(connections).insert(id, (c, s));
         }
-        let (slowdown, connections) = (slowdown.clone(), connections.clone());
+        let (slowdown, connections, held) = (slowdown.clone(), connections.clone(), held.clone());
         let _ = std::thread::Builder::new()
             .name(format!("slow-proxy-conn-{id}"))
             .spawn(move || {
-                serve(client, server, &slowdown);
+                serve(client, server, &slowdown, &held);
                 lock(&connections).remove(&id);
             });
     }
 }
 
 /// Copies both ways until both sides are done.
-fn serve(client: TcpStream, server: TcpStream, slowdown: &Arc<Mutex<Slowdown>>) {
+fn serve(client: TcpStream, server: TcpStream, slowdown: &Arc<Mutex<Slowdown>>, held: &AtomicU64) {
     // Set by the server-to-client copy before it forwards a response, so the
     // client's next bytes (sent only after reading it) start a request.
     let server_spoke = Arc::new(AtomicBool::new(true));
@@ -224,6 +239,7 @@ fn serve(client: TcpStream, server: TcpStream, slowdown: &Arc<Mutex<Slowdown>>) 
     };
     copy(client, server, slowdown, |head, s| {
         if server_spoke.swap(false, Ordering::SeqCst) && s.holds(head) {
+            held.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(s.delay);
         }
     });

@@ -119,3 +119,23 @@ pub fn dead_port() -> u16 {
         .map(|addr| addr.port())
         .unwrap_or_else(|err| panic!("binding 127.0.0.1:0: {err}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test that needs a service it cannot find fails saying how to
+    /// start it, naming the variable.
+    #[test]
+    fn a_missing_service_names_the_variable_and_how_to_start_it() {
+        let var = "REFUGIO_TEST_NEVER_SET_BY_ANYONE_ENDPOINT";
+        assert!(std::env::var_os(var).is_none());
+        let msg = required(var, MOTO_MISSING)
+            .expect_err("an unset variable")
+            .to_string();
+        assert!(
+            msg.contains("scripts/services start") && msg.contains(var),
+            "{msg}"
+        );
+    }
+}
