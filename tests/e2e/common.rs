@@ -490,7 +490,17 @@ pub fn observed(scenario: u32, text: &str) {
         .append(true)
         .open(dir.join(format!("{scenario:02}.txt")))
         .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
-    if let Err(e) = written {
+    // And which test case saw it (the harness names the test's thread
+    // after the test): `scripts/faults` counts a scenario observed only
+    // when every case its filter selects recorded.
+    let case = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .replace('/', "_");
+    let cases = dir.join(format!("{scenario:02}.cases"));
+    let recorded =
+        std::fs::create_dir_all(&cases).and_then(|()| std::fs::write(cases.join(&case), b""));
+    if let Err(e) = written.and(recorded) {
         eprintln!(
             "cannot record scenario {scenario}'s observation in {}: {e}",
             dir.display()
