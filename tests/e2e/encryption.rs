@@ -210,10 +210,12 @@ async fn encrypted_backups_restore_with_the_identity_and_only_with_it(
     );
     assert_eq!(src.schema_dump("app").await?, dst.schema_dump("app").await?);
 
-    // A parallel restore decrypts into its temporary file, and removes it.
+    // A parallel restore decrypts into its temporary file (pg_restore -j
+    // needs a file it can seek), private to refugio while it exists (a 0700
+    // directory, a 0600 file), and removes both.
     let temp = tempfile::tempdir()?;
     let bindir = dst.bindir().display().to_string();
-    let out = refugio(
+    let restore_parallel = refugio_command(
         &[
             "--config",
             cfg,
@@ -231,8 +233,37 @@ async fn encrypted_backups_restore_with_the_identity_and_only_with_it(
             &bindir,
         ],
         &env,
-    );
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()?;
+    let waiting = std::thread::spawn(move || restore_parallel.wait_with_output());
+    let mut modes: Option<(u32, u32)> = None;
+    while !waiting.is_finished() {
+        use std::os::unix::fs::PermissionsExt;
+        for d in std::fs::read_dir(temp.path())?.flatten() {
+            let dir_mode = d.metadata().map(|m| m.permissions().mode() & 0o777);
+            let file_mode = std::fs::read_dir(d.path())
+                .ok()
+                .and_then(|mut files| files.next())
+                .and_then(|f| f.ok())
+                .and_then(|f| f.metadata().ok())
+                .map(|m| m.permissions().mode() & 0o777);
+            if let (Ok(dm), Some(fm)) = (dir_mode, file_mode) {
+                modes.get_or_insert((dm, fm));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let out = waiting
+        .join()
+        .map_err(|_| anyhow::anyhow!("the waiting thread panicked"))??;
     assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(
+        modes,
+        Some((0o700, 0o600)),
+        "the decrypted archive, while it existed: a 0600 file in a 0700 directory"
+    );
     assert_eq!(
         row_counts(&dst, "parallel").await?,
         row_counts(&src, "app").await?

@@ -439,3 +439,103 @@ async fn a_drills_server_stops_when_refugio_is_killed() -> Result<()> {
     );
     Ok(())
 }
+
+/// CREATE DATABASE and its marking COMMENT are two statements: a database
+/// another drill has created and not yet marked is not swept by this
+/// drill's sweep (both take the scratch lock), and this drill waits for
+/// the other to finish marking. Without the lock the sweep takes the
+/// unmarked database for an abandoned one and drops it under the other
+/// drill.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scratch_database_between_create_and_mark_is_not_swept() -> Result<()> {
+    use std::io::Write;
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    src.psql("app", "CREATE TABLE t (id int); INSERT INTO t VALUES (1);")
+        .await?;
+    let scratch = Cluster::start(16).await?;
+    let repo = Repo::dir(tmp.path());
+    let extra = format!("scratch = {:?}\nglobals = false\n", scratch.url("postgres"));
+    let config = write_config(tmp.path(), &repo, &job("app", &src, "app", &extra));
+    let cfg = config.to_str().unwrap_or_default();
+    refugio_ok(&["--config", cfg, "backup"], &[])?;
+
+    // Another drill, between its CREATE DATABASE and its COMMENT: a psql
+    // session holding the scratch lock, its database not yet marked.
+    let (k1, k2) = refugio_core::drill::SCRATCH_LOCK;
+    let mut other = Command::new(scratch.bindir().join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &scratch.url("postgres"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdin = other.stdin.take().context("psql stdin")?;
+    writeln!(
+        stdin,
+        "SELECT pg_advisory_lock({k1}, {k2});\nCREATE DATABASE refugio_drill_inflight;"
+    )?;
+    stdin.flush()?;
+    wait_until(
+        "the other drill's database",
+        Duration::from_secs(20),
+        || {
+            Ok(std::process::Command::new(scratch.bindir().join("psql"))
+                .args(["-X", "-At", "-d", &scratch.url("postgres"), "-c"])
+                .arg("SELECT count(*) FROM pg_database WHERE datname = 'refugio_drill_inflight'")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
+                .unwrap_or(false))
+        },
+    )?;
+
+    let bindir = src.bindir().display().to_string();
+    let mut drill = refugio_command(&["--config", cfg, "verify", "--pg-bindir", &bindir], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The drill waits on the lock while the other drill has not marked.
+    std::thread::sleep(Duration::from_secs(3));
+    let waited = !exited(&mut drill);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    writeln!(
+        stdin,
+        "COMMENT ON DATABASE refugio_drill_inflight IS 'refugio drill host={} pid={} started={}';\nSELECT pg_advisory_unlock({k1}, {k2});",
+        host.trim(),
+        std::process::id(),
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )?;
+    stdin.flush()?;
+    let out = drill.wait_with_output()?;
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert!(
+        waited,
+        "the drill did not wait for the other drill's lock: {}",
+        all_output(&out)
+    );
+    let left = scratch
+        .psql(
+            "postgres",
+            "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database \
+             WHERE datname LIKE 'refugio%'",
+        )
+        .await?;
+    assert_eq!(
+        left, "refugio_drill_inflight",
+        "the other drill's database kept, this drill's own dropped"
+    );
+    drop(stdin);
+    let _ = other.wait();
+    observed(
+        44,
+        "a drill started while another held the scratch lock between CREATE DATABASE and COMMENT: it waited, then passed; the other's database kept",
+    );
+    Ok(())
+}

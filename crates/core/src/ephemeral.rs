@@ -274,8 +274,11 @@ impl EphemeralCluster {
         for old in sweep(&root) {
             tracing::warn!(dir = %old.display(), "drill-cluster-leftover-removed");
         }
+        // 0700 (its owner is the server's user): the directory holds the
+        // server's socket and log, for nobody else to reach.
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(&root)
             .map_err(|e| err(format!("creating a directory in {}: {e}", root.display())))?
             .keep();

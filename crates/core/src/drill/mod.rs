@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::measure;
 use crate::receipt::{self, Phases, Receipt, Target, RECEIPT_FORMAT};
 use checks::{run_checks, Tally};
-pub use scratch::{drop_scratch, scratch_name, SCRATCH_GRACE};
+pub use scratch::{drop_scratch, scratch_name, SCRATCH_GRACE, SCRATCH_LOCK};
 use scratch::{prepare_scratch, scratch_names};
 
 /// Prefix of scratch databases; leftovers with it are dropped by the next drill.

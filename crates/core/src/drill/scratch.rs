@@ -128,15 +128,36 @@ pub async fn drop_scratch(admin: &SourceSpec, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The advisory lock (two-key form: its own key space, apart from the
+/// job locks' single keys) held on the scratch server's `postgres`
+/// database while a drill sweeps and while it creates and marks its
+/// databases. CREATE DATABASE cannot share a transaction with its COMMENT,
+/// so a database exists unmarked for a moment; under this lock no other
+/// drill's sweep sees it then (an unmarked database is an older refugio's,
+/// or a drill's that died between the two statements, and is swept).
+pub const SCRATCH_LOCK: (i32, i32) = (0x7265_6675, 0x6472_696c);
+
 /// Sweeps abandoned scratch databases, then creates this drill's (one per
-/// database of the backup) with their owner marker, on one connection;
-/// returns the swept names.
+/// database of the backup) with their owner marker, on one connection,
+/// under [`SCRATCH_LOCK`]; returns the swept names.
 pub(super) async fn prepare_scratch(
     admin: &SourceSpec,
     names: &[String],
     now: DateTime<Utc>,
 ) -> Result<Vec<String>> {
     let mut conn = admin.connect().await?;
+    // Waits for another drill's sweep or creation (seconds at most); a
+    // server where it cannot get the lock within a minute is trouble that
+    // makes the drill inconclusive, never failed.
+    conn.execute("SET lock_timeout = '60s'")
+        .await
+        .map_err(|e| q(admin, "setting lock_timeout", e))?;
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(SCRATCH_LOCK.0)
+        .bind(SCRATCH_LOCK.1)
+        .execute(&mut conn)
+        .await
+        .map_err(|e| q(admin, "taking the scratch databases' lock", e))?;
     let dropped = sweep_on(&mut conn, admin, now).await?;
     let comment = marker(now).replace('\'', "''");
     for name in names {
@@ -147,6 +168,7 @@ pub(super) async fn prepare_scratch(
             .await
             .map_err(|e| q(admin, &format!("marking scratch database {name}"), e))?;
     }
+    // Closing the session releases the lock (so does any error above).
     let _ = conn.close().await;
     Ok(dropped)
 }

@@ -670,8 +670,11 @@ async fn restore_parallel(
     // A private directory (0700) holding the archive file (0600), both
     // removed on every path: for an encrypted backup the file holds the
     // decrypted archive (pg_restore -j cannot read age, nor a pipe).
+    // 0700 said explicitly: tempfile's directories otherwise get 0777 less
+    // the umask (0755 under the usual 022), readable by every user.
     let private = tempfile::Builder::new()
         .prefix(".refugio-restore-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(&dir)
         .map_err(temp_error)?;
     let tmp = tempfile::Builder::new()
