@@ -20,6 +20,7 @@ mod hygiene;
 mod job_lock;
 mod locale;
 mod lock;
+mod memory;
 mod mid_stream;
 mod outcomes;
 mod password_isolation;

@@ -367,3 +367,63 @@ async fn s3_down_or_lost_mid_upload_commits_nothing_and_gc_leaves_no_upload() ->
     );
     Ok(())
 }
+
+/// S3 throttling end to end: the store answers `503 SlowDown` to the
+/// second UploadPart and to the manifest's PUT (the commit). Both are
+/// retried (counted by the agent, logged with their cause), the backup
+/// commits, and `check --read-data` re-reads it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_slowdown_is_retried_and_the_backup_commits() -> Result<()> {
+    const SLOW_DOWN_XML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_bulk(&src, "app", ROWS / 2).await?;
+    let proxy = FaultProxy::start(&s3::moto()?)?;
+    let repo = Repo::s3(proxy.target(), "slowdown");
+    let env = repo.env();
+    let port = free_port()?;
+    let cfg = config(tmp.path(), &repo, port, &src, "");
+    let config_path = Path::new(&cfg);
+    let agent = Agent::start(config_path, &env, port, tmp.path().join("agent.log"))?;
+    let part = proxy.add(
+        Rule::new()
+            .method("PUT")
+            .query_contains("partNumber=2&")
+            .nth(1)
+            .respond(503, SLOW_DOWN_XML),
+    );
+    let commit = proxy.add(
+        Rule::new()
+            .method("PUT")
+            .path_ends_with("/manifest.json")
+            .nth(1)
+            .respond(503, SLOW_DOWN_XML),
+    );
+    back_up(&agent, config_path, &env, 0)?;
+    assert_eq!(proxy.stats(part).injected, 1, "UploadPart 2 was throttled");
+    assert_eq!(proxy.stats(commit).injected, 1, "the commit was throttled");
+    wait_until("the retry counters", Duration::from_secs(10), || {
+        Ok(retries(&agent, "UploadPart")? >= 1.0 && retries(&agent, "PutObject")? >= 1.0)
+    })
+    .with_context(|| agent.log_text())?;
+    let (part_retries, put_retries) = (
+        retries(&agent, "UploadPart")?,
+        retries(&agent, "PutObject")?,
+    );
+    let log = agent.log_text();
+    assert!(
+        log.contains("store-retry") && log.contains("previous=HTTP 503"),
+        "throttling retries are logged with their cause: {log}"
+    );
+    agent.stop(Duration::from_secs(30))?;
+    let out = refugio(&["--config", &cfg, "check", "--read-data"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", all_output(&out));
+    observed(
+        1,
+        &format!(
+            "503 SlowDown on UploadPart 2 and on the commit's PUT: retried (counters: UploadPart {part_retries}, PutObject {put_retries}), logged with HTTP 503, committed; check --read-data clean"
+        ),
+    );
+    Ok(())
+}
