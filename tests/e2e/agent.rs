@@ -209,12 +209,21 @@ async fn three_agents_one_database_each_run_happens_once() -> Result<()> {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), slots.len(), "two backups of one run: {ids:?}");
-    let expected = (stopped.timestamp() / 5) - (started.timestamp() / 5);
-    assert!(
-        slots.len() as i64 >= expected - 1 && slots.len() as i64 <= expected + 1,
-        "{} backups for {expected} fire times: {ids:?}",
-        slots.len()
-    );
+    // Every fire instant well inside the window (all three agents up: a
+    // second after the last started, three before the first stopped) has
+    // exactly one backup: exactly one agent ran it.
+    let first = (started.timestamp() + 1 + 4) / 5;
+    let last = (stopped.timestamp() - 3) / 5;
+    assert!(last - first >= 1, "at least two fire instants inside the window");
+    for slot in first..=last {
+        let n = slots.iter().filter(|s| **s == slot).count();
+        assert_eq!(
+            n,
+            1,
+            "fire instant {} ran {n} time(s): {ids:?}",
+            slot * 5
+        );
+    }
     Ok(())
 }
 

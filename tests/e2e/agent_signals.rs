@@ -128,6 +128,20 @@ async fn signals_back_up_drill_reload_and_stop_cleanly() -> Result<()> {
         Ok(agent.log_text().contains("reload-rejected"))
     })?;
     assert_eq!(http_get(port, "/healthz")?.0, 200);
+    // The old config stays in force: its job still backs up on SIGUSR1.
+    let successes = || -> Result<f64> {
+        agent
+            .metric("refugio_backup_runs_total{backup_job=\"app\",result=\"success\"}")?
+            .context("the backup counter of job app")
+    };
+    let before = successes()?;
+    agent.signal(Signal::SIGUSR1)?;
+    wait_until(
+        "a backup under the config in force",
+        Duration::from_secs(60),
+        || Ok(successes()? > before),
+    )
+    .with_context(|| agent.log_text())?;
 
     // SIGHUP with a new job: SIGUSR1 then backs it up too.
     let other = job("other", &src, "other", &format!("globals = false\n{quiet}"));
