@@ -115,5 +115,20 @@ async fn progress_is_drawn_on_a_terminal_only_and_not_with_quiet(
         shown.contains("restored") && shown.contains("PASSED"),
         "{shown}"
     );
+
+    // check --read-data shows what it reads (from Garage: a directory's
+    // 90 MiB are read before the display's first tick); --quiet does not.
+    let (ok, shown) = on_a_terminal(&["--config", cfg, "check", "--read-data"], &env)?;
+    assert!(ok, "{shown}");
+    assert!(
+        !garage || shown.contains("artifacts of job app"),
+        "the terminal shows the read: {shown}"
+    );
+    let (ok, quiet) = on_a_terminal(
+        &["--config", cfg, "--quiet", "check", "--read-data"],
+        &env,
+    )?;
+    assert!(ok, "{quiet}");
+    assert!(!quiet.contains("artifacts of job app"), "--quiet: {quiet}");
     Ok(())
 }
