@@ -425,9 +425,12 @@ async fn a_long_s3_outage_fires_the_rpo_alert_in_prometheus_and_recovery_resolve
     let breach_in = last_ok + RPO_TARGET_SECS as f64 - unix_at(outage_at);
     // Pending from when the RPO target was passed (plus a scrape, an
     // evaluation and the RPO's whole-second resolution), firing `for:`
-    // later (plus an evaluation and our poll); and 1.5 s for a loaded
-    // 2-core machine running the rest of the suite (seen: 2.7 s late).
-    let slack = 3.0 * INTERVAL_SECS as f64 + 1.5;
+    // later (plus an evaluation and our poll); and 6 s for a loaded 2-core
+    // machine running the rest of the suite (seen: 2.7 s late). The lower
+    // bounds are the logic (never before the target is passed, never
+    // before `for:`); the upper ones only catch an alert that does not
+    // follow its rule, so they are generous.
+    let slack = 3.0 * INTERVAL_SECS as f64 + 6.0;
     let pending_secs = seconds_between(outage_at, firing.since);
     ensure!(
         pending_secs >= breach_in - INTERVAL_SECS as f64 && pending_secs <= breach_in + slack,
