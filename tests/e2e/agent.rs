@@ -214,15 +214,13 @@ async fn three_agents_one_database_each_run_happens_once() -> Result<()> {
     // exactly one backup: exactly one agent ran it.
     let first = (started.timestamp() + 1 + 4) / 5;
     let last = (stopped.timestamp() - 3) / 5;
-    assert!(last - first >= 1, "at least two fire instants inside the window");
+    assert!(
+        last - first >= 1,
+        "at least two fire instants inside the window"
+    );
     for slot in first..=last {
         let n = slots.iter().filter(|s| **s == slot).count();
-        assert_eq!(
-            n,
-            1,
-            "fire instant {} ran {n} time(s): {ids:?}",
-            slot * 5
-        );
+        assert_eq!(n, 1, "fire instant {} ran {n} time(s): {ids:?}", slot * 5);
     }
     Ok(())
 }

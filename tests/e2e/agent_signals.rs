@@ -380,12 +380,22 @@ async fn a_task_stopped_by_sigterm_sends_no_failure_webhook() -> Result<()> {
         "app",
         "globals = false\n[jobs.schedule]\nbackup = \"0 0 1 1 *\"\ncatch_up = false\n",
     );
+    // A second job whose backup fails at once, for good (its database does
+    // not exist): its failure webhook shows that this agent does deliver
+    // webhooks while it runs, so the absence of one for the stopped backup
+    // means "not sent", not "exited before delivering".
+    let broken = job(
+        "broken",
+        &src,
+        "nosuchdb",
+        "globals = false\n[jobs.schedule]\nbackup = \"0 0 1 1 *\"\ncatch_up = false\n",
+    );
     let config = agent_config(
         tmp.path(),
         &agent_repo,
         port,
         &format!("webhook = {{ url = \"http://127.0.0.1:{hook_port}/hook\", attempts = 3, timeout = \"5s\" }}"),
-        &[app],
+        &[app, broken],
     );
     let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
     wait_until("the agent is ready", Duration::from_secs(30), || {
@@ -397,14 +407,30 @@ async fn a_task_stopped_by_sigterm_sends_no_failure_webhook() -> Result<()> {
         Ok(agent.log_text().contains("backup-started"))
     })
     .with_context(|| agent.log_text())?;
+    wait_until(
+        "the broken job's failure webhook",
+        Duration::from_secs(30),
+        || {
+            Ok(bodies
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|b| b.contains("broken")))
+        },
+    )
+    .with_context(|| agent.log_text())?;
     let status = agent.stop(Duration::from_secs(40))?;
     proxy.set(Slowdown::NONE);
     assert!(status.success(), "the agent stops cleanly");
     assert!(backups(&config, &env)?.is_empty(), "nothing committed");
     let sent = bodies.lock().expect("lock").clone();
+    let about_app: Vec<&String> = sent
+        .iter()
+        .filter(|b| b.contains("\"app\"") || !b.contains("broken"))
+        .collect();
     assert!(
-        sent.is_empty(),
-        "a shutdown is not a failure, yet the webhook received: {sent:?}"
+        about_app.is_empty(),
+        "a shutdown is not a failure, yet the webhook received for job app: {about_app:?} (all: {sent:?})"
     );
     Ok(())
 }

@@ -124,10 +124,7 @@ async fn progress_is_drawn_on_a_terminal_only_and_not_with_quiet(
         !garage || shown.contains("artifacts of job app"),
         "the terminal shows the read: {shown}"
     );
-    let (ok, quiet) = on_a_terminal(
-        &["--config", cfg, "--quiet", "check", "--read-data"],
-        &env,
-    )?;
+    let (ok, quiet) = on_a_terminal(&["--config", cfg, "--quiet", "check", "--read-data"], &env)?;
     assert!(ok, "{quiet}");
     assert!(!quiet.contains("artifacts of job app"), "--quiet: {quiet}");
     Ok(())
