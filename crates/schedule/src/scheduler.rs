@@ -658,10 +658,11 @@ mod tests {
                 .unwrap();
         let fires = collect(&mut receiver, start, Duration::from_millis(4000), 2).await;
         assert!(fires.len() >= 2, "{fires:?}");
-        // Up to the timer's resolution, then the jitter, with slack for a
-        // busy machine.
+        // Never early; late by the timer's resolution and the jitter, plus
+        // a generous slack for a busy machine: the jitter's own bound is
+        // held without a clock by `jitter_is_uniform_below_the_bound`.
         let bound =
-            TimeDelta::from_std(TIMER_RESOLUTION + jitter + Duration::from_millis(250)).unwrap();
+            TimeDelta::from_std(TIMER_RESOLUTION + jitter + Duration::from_millis(1500)).unwrap();
         for (fire, received) in &fires {
             let delay = *received - fire.scheduled_at;
             assert!(
