@@ -281,6 +281,8 @@ mod tests {
     #[case::yearly_1(Policy { keep_yearly: 1, ..p() }, &["d10-18"])]
     #[case::within_1d(Policy { keep_within: Some(Duration::from_secs(86_400)), ..p() }, &["d10-00", "d10-06", "d10-12", "d10-18"])]
     #[case::within_2h(Policy { keep_within: Some(Duration::from_secs(7_200)), ..p() }, &["d10-18"])]
+    // "Newer than now − d", strictly: d10-12 is exactly 8 h old.
+    #[case::within_boundary_is_out(Policy { keep_within: Some(Duration::from_secs(8 * 3_600)), ..p() }, &["d10-18"])]
     #[case::min_verified_5(Policy { min_verified: 5, ..p() }, &["d09-18", "d10-00", "d10-06", "d10-12", "d10-18"])]
     #[case::last_plus_daily(Policy { keep_last: 2, keep_daily: 2, ..p() }, &["d09-18", "d10-12", "d10-18"])]
     #[case::daily_plus_weekly(Policy { keep_daily: 2, keep_weekly: 3, ..p() }, &["d01-18", "d08-18", "d09-18", "d10-18"])]
