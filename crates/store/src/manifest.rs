@@ -544,6 +544,121 @@ mod tests {
         assert_eq!(base.consistent_at(), at("2026-11-28T06:01:35Z"));
     }
 
+    /// The horizon itself is not the future (only later is), by the id and
+    /// by the server time alike.
+    #[test]
+    fn a_backup_dated_at_the_horizon_is_not_in_the_future() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let horizon = at("2026-11-28T06:00:00Z");
+        let mut by_id = sample();
+        by_id.snapshot_at = at("2026-11-28T05:59:00Z");
+        assert!(!by_id.dated_after(horizon), "id exactly at the horizon");
+        assert!(by_id.dated_after(at("2026-11-28T05:59:59Z")));
+        let mut by_server = sample();
+        by_server.backup_id = "20261128T055900Z".into();
+        assert!(
+            !by_server.dated_after(horizon),
+            "server time exactly at the horizon"
+        );
+        assert!(by_server.dated_after(at("2026-11-28T05:59:59Z")));
+    }
+
+    /// What a manifest says of its kind and its databases, for fixtures of
+    /// each kind: a single database, a whole server, a base backup.
+    #[test]
+    fn kinds_and_database_names_come_from_the_manifest() {
+        let fixture = |v: &str| {
+            let path = format!(
+                "{}/tests/fixtures/manifest-{v}.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            Manifest::parse("k", &std::fs::read(&path).unwrap()).unwrap()
+        };
+        let single = sample();
+        assert_eq!(single.database_names(), ["trips"]);
+        assert!(!single.is_physical() && !single.is_server());
+        let server = fixture("1.8");
+        assert_eq!(server.database_names(), ["app", "café trips ñ"]);
+        assert!(server.is_server() && !server.is_physical());
+        let base = fixture("1.7");
+        assert!(base.is_physical());
+    }
+
+    /// Sizes add up from the artifacts: the totals and, for a whole-server
+    /// backup, each database's own artifact.
+    #[test]
+    fn sizes_add_up_from_the_artifacts() {
+        let path = format!(
+            "{}/tests/fixtures/manifest-1.8.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        let m = Manifest::parse("k", &bytes).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let arts = v["artifacts"].as_array().unwrap();
+        let sum = |f: &str| arts.iter().map(|a| a[f].as_u64().unwrap()).sum::<u64>();
+        assert_eq!(m.stored_size(), sum("stored_size"));
+        assert_eq!(m.raw_size(), sum("raw_size"));
+        assert!(m.stored_size() != m.raw_size() && m.stored_size() > 1);
+        let expected: Vec<(String, u64)> = v["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let art = arts.iter().find(|a| a["name"] == d["artifact"]).unwrap();
+                (
+                    d["name"].as_str().unwrap().to_string(),
+                    art["stored_size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let got: Vec<(String, u64)> = m
+            .database_sizes()
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
+        assert_eq!(got, expected);
+        assert!(expected.iter().all(|(_, s)| *s > 1), "{expected:?}");
+        assert!(sample().database_sizes().is_empty());
+    }
+
+    /// The bounds of `validate` hold at their edges: the largest size and
+    /// the longest database name are accepted, one more is not, for stored
+    /// and raw sizes alike.
+    #[test]
+    fn validation_bounds_hold_at_their_edges() {
+        let mut m = sample();
+        m.artifacts[0].stored_size = MAX_ARTIFACT_BYTES;
+        m.artifacts[0].raw_size = MAX_ARTIFACT_BYTES;
+        assert_eq!(m.validate(), Ok(()));
+        m.artifacts[0].stored_size = MAX_ARTIFACT_BYTES + 1;
+        assert!(m.validate().is_err(), "stored size over the bound");
+        m.artifacts[0].stored_size = 1;
+        m.artifacts[0].raw_size = MAX_ARTIFACT_BYTES + 1;
+        assert!(m.validate().is_err(), "raw size over the bound");
+        m.artifacts[0].raw_size = 1;
+        // A digest must be both 64 long and hex.
+        m.artifacts[0].sha256 = format!("{}g", "a".repeat(63));
+        assert!(m.validate().is_err(), "64 characters, one not hex");
+        m.artifacts[0].sha256 = "a".repeat(62);
+        assert!(m.validate().is_err(), "hex, 62 long");
+        m.artifacts[0].sha256 = "a".repeat(64);
+        assert_eq!(m.validate(), Ok(()));
+        let path = format!(
+            "{}/tests/fixtures/manifest-1.8.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut s = Manifest::parse("k", &std::fs::read(&path).unwrap()).unwrap();
+        s.databases[0].name = "d".repeat(63);
+        assert_eq!(
+            s.validate(),
+            Ok(()),
+            "63 bytes is PostgreSQL's longest name"
+        );
+        s.databases[0].name = "d".repeat(64);
+        assert!(s.validate().is_err(), "64 bytes is too long");
+    }
+
     pub(crate) fn sample() -> Manifest {
         let t = DateTime::parse_from_rfc3339("2026-11-28T06:00:00Z")
             .unwrap()
