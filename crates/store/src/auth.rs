@@ -132,10 +132,6 @@ impl KeyPair {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    pub fn public(&self) -> VerifyingKey {
-        self.key.verifying_key()
-    }
 }
 
 /// A public key trusted for one role.
@@ -143,7 +139,6 @@ impl KeyPair {
 pub struct TrustedKey {
     key: VerifyingKey,
     id: String,
-    path: PathBuf,
 }
 
 impl TrustedKey {
@@ -157,16 +152,11 @@ impl TrustedKey {
         Ok(TrustedKey {
             id: key_id(&key),
             key,
-            path: path.to_path_buf(),
         })
     }
 
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -416,7 +406,6 @@ mod tests {
             TrustedKey {
                 id: key_id(&public),
                 key: public,
-                path: PathBuf::from("mem.pub"),
             },
         )
     }
