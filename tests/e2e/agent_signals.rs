@@ -484,7 +484,9 @@ async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
     let hup = Instant::now();
     agent.signal(Signal::SIGHUP)?;
     // The reload (which lists nothing) finishes while listings stall.
-    wait_until("SIGHUP's reload", Duration::from_secs(5), || {
+    // Deadlines here are for a loaded machine: what is proven is that
+    // nothing waits for the 90 s listing.
+    wait_until("SIGHUP's reload", Duration::from_secs(30), || {
         Ok(agent.log_text().contains("config-reloaded"))
     })
     .with_context(|| agent.log_text())?;
@@ -510,30 +512,31 @@ async fn stalled_listings_do_not_stall_the_main_loop() -> Result<()> {
     agent.signal(Signal::SIGUSR1)?;
     // The backup itself starts (it logs before claiming its id, which
     // lists: that listing is then held).
-    wait_until("USR1 to start a backup", Duration::from_secs(5), || {
+    wait_until("USR1 to start a backup", Duration::from_secs(30), || {
         Ok(agent.log_text().contains("backup-started"))
     })
     .with_context(|| agent.log_text())?;
     let usr1_took = sent.elapsed();
     wait_until(
         "the backup's listing to be held",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || Ok(proxy.held() > held_before),
     )
     .with_context(|| agent.log_text())?;
     let held = proxy.held() - held_before;
     let sent = Instant::now();
     agent.signal(Signal::SIGTERM)?;
-    wait_until("agent-stopping", Duration::from_secs(10), || {
+    wait_until("agent-stopping", Duration::from_secs(45), || {
         Ok(agent.log_text().contains("agent-stopping"))
     })
     .with_context(|| agent.log_text())?;
     let took = sent.elapsed();
-    let status = agent.stop(Duration::from_secs(20))?;
+    let status = agent.stop(Duration::from_secs(40))?;
     let stopped = sent.elapsed();
     proxy.set(Slowdown::NONE);
+    // Well under the 90 s the listing is held.
     assert!(
-        took < Duration::from_secs(8),
+        took < Duration::from_secs(45),
         "SIGTERM waited {took:?} for a stalled listing"
     );
     assert!(status.success(), "{status:?}");

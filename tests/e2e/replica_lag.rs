@@ -45,8 +45,30 @@ async fn a_standby_whose_replay_is_paused_is_refused_or_flagged_and_rpo_counts_f
     let cfg = config.to_str().unwrap_or_default().to_string();
 
     // An idle primary is not a lag: the standby keeps up, the backup runs
-    // even though its last replayed commit is older than max_replica_lag.
+    // even though its last replayed commit is older than max_replica_lag
+    // (3 s at least; more on a loaded machine). Waited for, not assumed:
+    // the standby has replayed all the primary wrote.
     std::thread::sleep(Duration::from_secs(3));
+    let written = primary
+        .psql("postgres", "SELECT pg_current_wal_lsn()")
+        .await?;
+    let caught_up = format!(
+        "SELECT pg_last_wal_replay_lsn() >= '{}'::pg_lsn \
+           AND pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() \
+           AND (SELECT count(*) FROM pg_stat_wal_receiver) > 0",
+        written.trim()
+    );
+    for _ in 0..600 {
+        if standby.psql("postgres", &caught_up).await?.trim() == "t" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        standby.psql("postgres", &caught_up).await?.trim(),
+        "t",
+        "the standby did not catch up with the primary within a minute"
+    );
     refugio_ok(&["--config", &cfg, "backup"], &[])?;
     let m = list(&config, &[])?.into_iter().next().context("manifest")?;
     let lag = m["server"]["replay_lag_seconds"].as_f64().context("lag")?;

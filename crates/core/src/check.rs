@@ -650,48 +650,8 @@ mod tests {
     use super::*;
     use crate::clock::FixedClock;
     use bytes::Bytes;
-    use std::sync::Arc;
 
-    const FIXTURE: &str = include_str!("../../store/tests/fixtures/manifest-1.4.json");
-
-    fn repo() -> (tempfile::TempDir, Repository) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = refugio_store::fs::FsStore::new(dir.path()).expect("store");
-        (dir, Repository::new(Arc::new(store)))
-    }
-
-    /// Commits backup `id` of job `j` with one artifact per `(name, body)`.
-    async fn backup(repo: &Repository, j: &str, id: &str, artifacts: &[(&str, &[u8])]) {
-        let mut m = Manifest::parse("fixture", FIXTURE.as_bytes()).expect("fixture");
-        m.job = j.into();
-        m.backup_id = id.into();
-        m.object_lock = None;
-        let template = m.artifacts[0].clone();
-        m.artifacts = artifacts
-            .iter()
-            .map(|(name, body)| {
-                let mut a = template.clone();
-                a.name = (*name).into();
-                a.stored_size = body.len() as u64;
-                a.sha256 = hex(body);
-                a
-            })
-            .collect();
-        for (name, body) in artifacts {
-            repo.store()
-                .put(&Repository::key(j, id, name), Bytes::copy_from_slice(body))
-                .await
-                .expect("put");
-        }
-        repo.commit(&m).await.expect("commit");
-    }
-
-    fn hex(body: &[u8]) -> String {
-        Sha256::digest(body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
+    use crate::fixtures::{backup, repo};
 
     async fn run(
         repo: &Repository,
@@ -871,9 +831,214 @@ mod tests {
             matches!(r.damaged[0].problem, Problem::Manifest { .. }),
             "{r:?}"
         );
+        // Counted as a backup (a damaged one), not skipped.
+        assert_eq!((r.backups, r.artifacts), (1, 0));
         let e = run(&repo, ReadData::Backup("20200101T000000Z".into()), later())
             .await
             .expect_err("no such backup");
         assert!(e.to_string().contains("20200101T000000Z"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_report_names_its_scope_and_what_it_read() {
+        let (_dir, repo) = repo();
+        for id in ["20261128T060000Z", "20261128T120000Z", "20261128T180000Z"] {
+            backup(&repo, "app", id, &[("database.dump.zst", id.as_bytes())]).await;
+        }
+        let none = run(&repo, ReadData::None, later()).await.expect("check");
+        assert_eq!(
+            none.read,
+            DataRead {
+                scope: "none".into(),
+                ..DataRead::default()
+            }
+        );
+        assert_eq!(none.outcome.as_str(), "clean");
+        // A logical job has no WAL to judge.
+        assert!(none.wal.is_none(), "{none:?}");
+        let all = run(&repo, ReadData::All, later()).await.expect("check");
+        assert_eq!(
+            all.read,
+            DataRead {
+                scope: "all".into(),
+                backups: 3,
+                artifacts: 3,
+                bytes: 48,
+            }
+        );
+        let one = run(&repo, ReadData::Backup("20261128T120000Z".into()), later())
+            .await
+            .expect("check");
+        assert_eq!(
+            (one.read.scope.as_str(), one.read.backups),
+            ("backup 20261128T120000Z", 1)
+        );
+        let part = run(&repo, ReadData::Subset { part: 2, of: 3 }, later())
+            .await
+            .expect("check");
+        assert_eq!(part.read.scope, "subset 2/3");
+        let expected = ["20261128T060000Z", "20261128T120000Z", "20261128T180000Z"]
+            .iter()
+            .filter(|id| in_subset(id, 2, 3))
+            .count() as u64;
+        assert_eq!(
+            (part.read.backups, part.read.artifacts),
+            (expected, expected)
+        );
+        assert_eq!(
+            [
+                CheckOutcome::Clean,
+                CheckOutcome::Damaged,
+                CheckOutcome::Inconclusive
+            ]
+            .map(CheckOutcome::as_str),
+            ["clean", "damaged", "inconclusive"]
+        );
+    }
+
+    #[tokio::test]
+    async fn wal_damage_counts_with_the_rest() {
+        let (_dir, repo) = repo();
+        backup(
+            &repo,
+            "app",
+            "20261128T060000Z",
+            &[("database.dump.zst", b"dump")],
+        )
+        .await;
+        repo.store()
+            .delete("app/20261128T060000Z/database.dump.zst")
+            .await
+            .expect("delete");
+        let mut r = run(&repo, ReadData::None, later()).await.expect("check");
+        assert_eq!(r.damage_count(), 1);
+        r.wal = Some(crate::wal_chain::WalChain {
+            conflicts: vec!["000000010000000000000003".into()],
+            ..Default::default()
+        });
+        assert_eq!(r.damage_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_manifest_is_unchecked_not_damage() {
+        let (_dir, repo) = repo();
+        backup(
+            &repo,
+            "app",
+            "20261128T060000Z",
+            &[("database.dump.zst", b"dump")],
+        )
+        .await;
+        let newer = crate::fixtures::MANIFEST.replace("\"format\": \"1.4\"", "\"format\": \"9.0\"");
+        assert_ne!(
+            newer,
+            crate::fixtures::MANIFEST,
+            "the fixture names its format"
+        );
+        crate::fixtures::put(
+            &repo,
+            "app/20261128T120000Z/manifest.json",
+            newer.as_bytes(),
+        )
+        .await;
+        let r = run(&repo, ReadData::None, later()).await.expect("check");
+        assert_eq!(r.outcome, CheckOutcome::Inconclusive, "{r:?}");
+        assert_eq!(r.unchecked.len(), 1, "{r:?}");
+        assert_eq!(r.unchecked[0].key, "app/20261128T120000Z/manifest.json");
+        assert_eq!(r.damage_count(), 0);
+    }
+
+    /// A backup is from the future once its id is past now plus the
+    /// clock tolerance (5 minutes), not at it.
+    #[tokio::test]
+    async fn the_future_starts_after_the_clock_tolerance() {
+        let (_dir, repo) = repo();
+        backup(
+            &repo,
+            "app",
+            "20261128T060000Z",
+            &[("database.dump.zst", b"dump")],
+        )
+        .await;
+        let id_at = crate::fixtures::id_time("20261128T060000Z");
+        let at_edge = id_at - chrono::Duration::minutes(5);
+        let r = run(&repo, ReadData::None, at_edge).await.expect("check");
+        assert!(r.future.is_empty(), "{r:?}");
+        let r = run(
+            &repo,
+            ReadData::None,
+            at_edge - chrono::Duration::seconds(1),
+        )
+        .await
+        .expect("check");
+        assert_eq!(r.future, ["20261128T060000Z"]);
+        let r = run(&repo, ReadData::None, id_at + chrono::Duration::hours(1))
+            .await
+            .expect("check");
+        assert!(r.future.is_empty(), "{r:?}");
+    }
+
+    /// Leftovers are reported once older than the grace period, not at it.
+    #[tokio::test]
+    async fn the_grace_period_ends_after_its_length() {
+        let (_dir, repo) = repo();
+        let key = "app/20261127T000000Z/database.dump.zst";
+        crate::fixtures::put(&repo, key, b"partial").await;
+        let written = repo
+            .store()
+            .head(key)
+            .await
+            .expect("head")
+            .and_then(|m| m.last_modified)
+            .expect("a modification time");
+        let grace = chrono::Duration::from_std(DEFAULT_GRACE).expect("grace");
+        let r = run(&repo, ReadData::None, written + grace)
+            .await
+            .expect("check");
+        assert!(r.orphans.is_empty(), "{r:?}");
+        let r = run(
+            &repo,
+            ReadData::None,
+            written + grace + chrono::Duration::milliseconds(1),
+        )
+        .await
+        .expect("check");
+        assert_eq!(r.orphans, [key]);
+        // A day is the default: 2 hours is a backup in progress.
+        let r = run(&repo, ReadData::None, written + chrono::Duration::hours(2))
+            .await
+            .expect("check");
+        assert!(r.orphans.is_empty(), "{r:?}");
+    }
+
+    /// On S3: a multipart upload left behind is reported once it is older
+    /// than the grace period, not at it; the check aborts nothing.
+    #[tokio::test]
+    async fn stale_uploads_are_reported_after_the_grace_period() {
+        let repo = crate::fixtures::moto_repo("check-stale").await;
+        backup(
+            &repo,
+            "app",
+            "20261128T060000Z",
+            &[("database.dump.zst", b"dump")],
+        )
+        .await;
+        let key = "app/20261128T120000Z/database.dump.zst";
+        let began = crate::fixtures::pending_upload(&repo, key).await;
+        let grace = chrono::Duration::from_std(DEFAULT_GRACE).expect("grace");
+        let r = run(&repo, ReadData::None, began + grace)
+            .await
+            .expect("check");
+        assert!(r.stale_uploads.is_empty(), "{r:?}");
+        let late = began + grace + chrono::Duration::seconds(1);
+        let r = run(&repo, ReadData::None, late).await.expect("check");
+        assert_eq!(r.stale_uploads, [key]);
+        assert_eq!(r.outcome, CheckOutcome::Clean, "not damage: {r:?}");
+        let still = repo
+            .store()
+            .list_multipart_uploads("app/")
+            .await
+            .expect("list");
+        assert_eq!(still.len(), 1, "{still:?}");
     }
 }

@@ -370,4 +370,118 @@ mod tests {
         }
         .is_temporary());
     }
+
+    fn unreachable_server() -> refugio_dump::Error {
+        refugio_dump::Error::Connect {
+            url: "postgresql://db/app".into(),
+            source: sqlx::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused)),
+        }
+    }
+
+    fn bad_url() -> refugio_dump::Error {
+        refugio_dump::Error::InvalidUrl {
+            url: "x".into(),
+            reason: "no scheme".into(),
+        }
+    }
+
+    #[test]
+    fn each_wrapper_asks_what_it_wraps() {
+        let throttled = || refugio_store::Error::S3 {
+            op: "PutObject",
+            store: "s3://b".into(),
+            key: "k".into(),
+            message: "SlowDown".into(),
+            temporary: true,
+        };
+        let missing = || refugio_store::Error::NotFound {
+            store: "s3://b".into(),
+            key: "k".into(),
+        };
+        assert!(Error::Store(throttled()).is_temporary());
+        assert!(!Error::Store(missing()).is_temporary());
+        assert!(Error::Dump {
+            job: "a".into(),
+            what: "dumping database app".into(),
+            source: Box::new(throttled()),
+        }
+        .is_temporary());
+        assert!(!Error::Commit {
+            job: "a".into(),
+            source: Box::new(missing()),
+        }
+        .is_temporary());
+        assert!(Error::Pg(unreachable_server()).is_temporary());
+        assert!(!Error::Pg(bad_url()).is_temporary());
+        assert!(Error::Snapshot {
+            job: "a".into(),
+            source: Box::new(unreachable_server()),
+        }
+        .is_temporary());
+        assert!(!Error::Snapshot {
+            job: "a".into(),
+            source: Box::new(bad_url()),
+        }
+        .is_temporary());
+        assert!(!Error::Fetch {
+            key: "k".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        }
+        .is_temporary());
+        assert!(Error::ReplicaLag {
+            job: "a".into(),
+            server: "standby".into(),
+            lag_seconds: 600,
+            max_seconds: 300,
+            data_at: chrono::Utc::now(),
+        }
+        .is_temporary());
+    }
+
+    #[test]
+    fn a_producer_that_lost_its_connection_is_worth_a_retry() {
+        let source = |kind: io::ErrorKind| refugio_store::Error::Source {
+            key: "app/x/database.dump.zst".into(),
+            source: io::Error::from(kind),
+        };
+        assert!(store_temporary(&source(io::ErrorKind::ConnectionReset)));
+        assert!(!store_temporary(&source(io::ErrorKind::InvalidData)));
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::TimedOut,
+        ] {
+            assert!(io_temporary(&io::Error::from(kind)), "{kind:?}");
+        }
+        assert!(!io_temporary(&io::Error::from(io::ErrorKind::NotFound)));
+    }
+
+    #[test]
+    fn only_evidence_against_the_data_condemns() {
+        assert!(Error::Store(refugio_store::Error::NotFound {
+            store: "s3://b".into(),
+            key: "app/x/database.dump.zst".into(),
+        })
+        .condemns());
+        assert!(Error::NoArtifact {
+            backup: "x".into(),
+            kind: "database".into(),
+        }
+        .condemns());
+        assert!(Error::Rejected {
+            why: "pg_restore: invalid archive".into(),
+            tool_error: Box::new(bad_url()),
+        }
+        .condemns());
+        assert!(!Error::Pg(unreachable_server()).condemns());
+        assert!(!Error::Store(refugio_store::Error::S3 {
+            op: "GetObject",
+            store: "s3://b".into(),
+            key: "k".into(),
+            message: "SlowDown".into(),
+            temporary: true,
+        })
+        .condemns());
+    }
 }

@@ -22,6 +22,8 @@ pub mod encryption;
 pub mod ephemeral;
 pub mod error;
 pub mod feed;
+#[cfg(test)]
+mod fixtures;
 pub mod host;
 pub mod listing;
 pub mod measure;

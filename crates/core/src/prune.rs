@@ -563,3 +563,7 @@ fn failed(key: String, e: &refugio_store::Error) -> FailedDelete {
         error: refugio_store::error::chain(e),
     }
 }
+
+#[cfg(test)]
+#[path = "prune_tests.rs"]
+mod tests;

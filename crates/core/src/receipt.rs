@@ -306,6 +306,110 @@ pub async fn read_all(repo: &Repository, job: &str) -> Result<Vec<(String, Recei
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{backup, drilled, put, receipt, repo};
+
+    #[test]
+    fn outcomes_and_names() {
+        assert_eq!(
+            [Outcome::Passed, Outcome::Failed, Outcome::Inconclusive].map(Outcome::as_str),
+            ["passed", "failed", "inconclusive"]
+        );
+        let mut r = receipt("app", "20261128T060000Z", Outcome::Inconclusive);
+        assert_eq!(r.outcome(), Outcome::Inconclusive);
+        assert_eq!(r.name(), "verify-20261128T061000.000Z-inconclusive.json");
+        r.outcome = Some(Outcome::Failed);
+        assert_eq!(r.name(), "verify-20261128T061000.000Z-failed.json");
+        r.outcome = Some(Outcome::Passed);
+        assert_eq!(r.name(), "verify-20261128T061000.000Z-ok.json");
+        // Receipts of refugio before outcomes: `verified` says it.
+        r.outcome = None;
+        r.verified = true;
+        assert_eq!(r.outcome(), Outcome::Passed);
+        r.verified = false;
+        assert_eq!(r.outcome(), Outcome::Failed);
+        for (outcome, name) in [
+            (Outcome::Passed, ReceiptName::Ok),
+            (Outcome::Failed, ReceiptName::Failed),
+            (Outcome::Inconclusive, ReceiptName::Inconclusive),
+        ] {
+            let r = receipt("app", "20261128T060000Z", outcome);
+            assert_eq!(ReceiptName::parse(&r.name()), Some(name));
+        }
+    }
+
+    #[test]
+    fn only_verify_json_objects_are_receipts() {
+        for name in [
+            "xverify-20261128T060000.123Z-ok.json",
+            "verify-20261128T060000.123Z-ok.json.sig",
+            "verify-20261128T060000.123Z-ok.txt",
+            "claim-verify-ok.json",
+        ] {
+            assert_eq!(ReceiptName::parse(name), None, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn receipts_are_read_back_and_listed_per_backup() {
+        let (_dir, repo) = repo();
+        backup(
+            &repo,
+            "app",
+            "20261128T060000Z",
+            &[("database.dump.zst", b"a")],
+        )
+        .await;
+        let ok = drilled(&repo, "app", "20261128T060000Z", Outcome::Passed).await;
+        // A receipt with a long failure list (2 MiB) is still read whole.
+        let mut big = receipt("app", "20261128T120000Z", Outcome::Failed);
+        big.failures = vec!["x".repeat(1024); 2048];
+        let big_key = Repository::key("app", "20261128T120000Z", &big.name());
+        put(&repo, &big_key, &serde_json::to_vec(&big).expect("json")).await;
+        // Not a receipt this refugio reads: skipped, not an error.
+        let junk = "app/20261128T180000Z/verify-20261128T181000.000Z-ok.json";
+        put(&repo, junk, b"{ not json").await;
+
+        let back = read(&repo, &ok).await.expect("read").expect("a receipt");
+        assert_eq!(back, receipt("app", "20261128T060000Z", Outcome::Passed));
+        assert_eq!(
+            read(&repo, &big_key).await.expect("read"),
+            Some(big.clone())
+        );
+        assert_eq!(read(&repo, junk).await.expect("read"), None);
+        assert_eq!(
+            read(&repo, "app/none/verify-x-ok.json")
+                .await
+                .expect("read"),
+            None
+        );
+
+        let mut all = read_all(&repo, "app").await.expect("read_all");
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let ids: Vec<&str> = all.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["20261128T060000Z", "20261128T120000Z"]);
+        assert_eq!(all[1].1, big);
+        assert!(read_all(&repo, "other").await.expect("read_all").is_empty());
+    }
+
+    #[tokio::test]
+    async fn legacy_receipts_say_verified_inside() {
+        let (_dir, repo) = repo();
+        let yes = "app/20261128T060000Z/verify-20261128T061000.000Z.json";
+        let no = "app/20261128T060000Z/verify-20261128T071000.000Z.json";
+        let odd = "app/20261128T060000Z/verify-20261128T081000.000Z.json";
+        put(&repo, yes, br#"{"verified": true, "layout": "0.1"}"#).await;
+        put(&repo, no, br#"{"verified": false}"#).await;
+        put(&repo, odd, b"[1, 2]").await;
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(any_verified(&repo, &keys(&[no, odd, yes]))
+            .await
+            .expect("read"));
+        assert!(!any_verified(&repo, &keys(&[no, odd])).await.expect("read"));
+        assert!(!any_verified(&repo, &[]).await.expect("read"));
+        // Unauthenticated: a receipt's name is believed.
+        assert!(any_authentic(&repo, &keys(&[no])).await.expect("read"));
+        assert!(!any_authentic(&repo, &[]).await.expect("read"));
+    }
 
     #[test]
     fn names_say_the_outcome() {

@@ -577,6 +577,11 @@ mod tests {
         TimeDelta::hours(n)
     }
 
+    /// How long a test waits for an event before calling it missing: a
+    /// deadline for a loaded machine, not a promise of the scheduler (the
+    /// waits end as soon as the event comes).
+    const PATIENCE: Duration = Duration::from_secs(30);
+
     /// Receives fires until `want` have come or `window` has passed since
     /// `start`, whichever is first; each with the time it was received.
     async fn collect(
@@ -603,12 +608,8 @@ mod tests {
         let start = Instant::now();
         let entry = every("main", Duration::from_secs(1), Duration::ZERO);
         let (scheduler, mut receiver) = Scheduler::start(vec![entry]).await.unwrap();
-        let fires = collect(&mut receiver, start, Duration::from_millis(3500), 2).await;
-        assert!(
-            fires.len() >= 2,
-            "{} fires in 3.5 s: {fires:?}",
-            fires.len()
-        );
+        let fires = collect(&mut receiver, start, PATIENCE, 2).await;
+        assert_eq!(fires.len(), 2, "{fires:?}");
         for (fire, received) in &fires {
             assert_eq!(fire.key, TaskKey::new("main", TaskKind::Backup));
             assert_eq!(fire.reason, FireReason::Schedule);
@@ -636,8 +637,8 @@ mod tests {
             anchor: None,
         };
         let (scheduler, mut receiver) = Scheduler::start(vec![entry]).await.unwrap();
-        let fires = collect(&mut receiver, start, Duration::from_millis(2500), 2).await;
-        assert!(!fires.is_empty(), "no fire in 2.5 s");
+        let fires = collect(&mut receiver, start, PATIENCE, 2).await;
+        assert_eq!(fires.len(), 2, "{fires:?}");
         for (fire, received) in &fires {
             assert_eq!(fire.scheduled_at.nanosecond(), 0, "{fire:?}");
             assert!(
@@ -656,20 +657,22 @@ mod tests {
             Scheduler::start(vec![every("main", Duration::from_secs(1), jitter)])
                 .await
                 .unwrap();
-        let fires = collect(&mut receiver, start, Duration::from_millis(4000), 2).await;
-        assert!(fires.len() >= 2, "{fires:?}");
-        // Never early; late by the timer's resolution and the jitter, plus
-        // a generous slack for a busy machine: the jitter's own bound is
+        let fires = collect(&mut receiver, start, PATIENCE, 2).await;
+        assert_eq!(fires.len(), 2, "{fires:?}");
+        // Never early, and the jitter moves only the delivery: the
+        // scheduled times stay on the interval's grid. How late a fire
+        // comes depends on the machine's load; the jitter's own bound is
         // held without a clock by `jitter_is_uniform_below_the_bound`.
-        let bound =
-            TimeDelta::from_std(TIMER_RESOLUTION + jitter + Duration::from_millis(1500)).unwrap();
         for (fire, received) in &fires {
-            let delay = *received - fire.scheduled_at;
             assert!(
-                delay >= TimeDelta::zero() && delay < bound,
-                "{fire:?} delayed {delay}"
+                *received >= fire.scheduled_at,
+                "{fire:?} early at {received}"
             );
         }
+        assert_eq!(
+            fires[1].0.scheduled_at - fires[0].0.scheduled_at,
+            TimeDelta::seconds(1)
+        );
         assert_eq!(scheduler.stop().await, 0);
     }
 
@@ -687,25 +690,31 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_stops_firing() {
-        let start = Instant::now();
         let (scheduler, mut receiver) =
             Scheduler::start(vec![every("main", Duration::from_secs(1), Duration::ZERO)])
                 .await
                 .unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(3), receiver.recv()).await;
+        let first = tokio::time::timeout(PATIENCE, receiver.recv()).await;
         assert!(matches!(first, Ok(Some(_))), "{first:?}");
         assert!(scheduler.is_running());
         let stopped_at = Utc::now();
         assert_eq!(scheduler.stop().await, 0);
-        // The channel closes: nothing fires after shutdown.
-        let rest = collect(&mut receiver, start, Duration::from_secs(4), usize::MAX).await;
+        // The channel closes (`recv` ends with None, not by the deadline):
+        // nothing fires after shutdown.
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(PATIENCE, async {
+            while let Some(fire) = receiver.recv().await {
+                rest.push(fire);
+            }
+        })
+        .await;
         assert!(
-            rest.iter().all(|(fire, _)| fire.scheduled_at <= stopped_at),
-            "{rest:?}"
+            closed.is_ok(),
+            "channel still open {PATIENCE:?} after shutdown"
         );
         assert!(
-            start.elapsed() < Duration::from_secs(4),
-            "channel did not close after shutdown"
+            rest.iter().all(|fire| fire.scheduled_at <= stopped_at),
+            "{rest:?}"
         );
     }
 
@@ -720,7 +729,7 @@ mod tests {
         assert!(scheduler.is_running());
         assert_eq!(scheduler.next_fires().len(), 2);
         drop(receiver);
-        tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::time::timeout(PATIENCE, async {
             while scheduler.is_running() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -738,13 +747,12 @@ mod tests {
                 .await
                 .unwrap();
         drop(scheduler);
-        let closed = tokio::time::timeout(Duration::from_millis(500), receiver.recv()).await;
+        let closed = tokio::time::timeout(PATIENCE, receiver.recv()).await;
         assert!(matches!(closed, Ok(None)), "{closed:?}");
     }
 
     #[tokio::test]
     async fn a_full_channel_drops_fires_instead_of_queueing() {
-        let started = Utc::now();
         let (scheduler, mut receiver) = Scheduler::start_with_capacity(
             vec![every("main", Duration::from_secs(1), Duration::ZERO)],
             1,
@@ -752,7 +760,7 @@ mod tests {
         .await
         .unwrap();
         // Nobody receives until the second tick has been dropped.
-        tokio::time::timeout(Duration::from_secs(4), async {
+        tokio::time::timeout(PATIENCE, async {
             while scheduler.shared.dropped.load(Ordering::Relaxed) == 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -764,10 +772,12 @@ mod tests {
             receiver.try_recv().is_err(),
             "more than the capacity was queued"
         );
-        // The kept fire is the first tick.
+        // The kept fire is the oldest: the one dropped after it was due a
+        // second later, and the entry is armed at least one more after that.
+        let armed = scheduler.next_fires()[0].1;
         assert!(
-            kept.scheduled_at < started + TimeDelta::milliseconds(1500),
-            "{kept:?}"
+            armed - kept.scheduled_at >= TimeDelta::seconds(2),
+            "{kept:?}, armed for {armed}"
         );
         assert!(scheduler.is_running());
         assert_eq!(scheduler.stop().await, 0);
@@ -786,15 +796,18 @@ mod tests {
         // fire times at about 1 s and 2 s.
         std::thread::sleep(Duration::from_millis(2300));
         let woke = Utc::now();
-        let fires = collect(&mut receiver, start, Duration::from_millis(4800), 2).await;
+        let fires = collect(&mut receiver, start, PATIENCE, 2).await;
         assert_eq!(fires.len(), 2, "{fires:?}");
         let (first, second) = (&fires[0].0, &fires[1].0);
         assert!(first.scheduled_at < woke, "{first:?}");
-        // The 2 s time was skipped: the next is one interval after waking.
+        // The 2 s time was skipped: the next one is one interval after
+        // the late fire was sent (which was before it was received),
+        // however late the loaded machine delivered it.
         assert!(second.scheduled_at > woke, "{second:?} woke {woke}");
+        let first_received = fires[0].1;
         assert!(
-            second.scheduled_at - woke < TimeDelta::milliseconds(1500),
-            "{second:?} woke {woke}"
+            second.scheduled_at <= first_received + TimeDelta::seconds(1),
+            "{second:?}: first received at {first_received}"
         );
         assert_eq!(scheduler.stop().await, 0);
     }
@@ -828,8 +841,9 @@ mod tests {
     async fn an_anchor_moves_the_first_every_fire_but_not_cron() {
         let start = Instant::now();
         let now = Utc::now();
-        // The last run was 59 s ago: the first fire is in about a second.
-        let anchor = now - TimeDelta::seconds(59);
+        // The last run was 57 s ago: the first fire is in about 3 s (time
+        // for a loaded machine to read next_fires before it fires).
+        let anchor = now - TimeDelta::seconds(57);
         let anchored = Entry {
             anchor: Some(anchor),
             ..every("main", Duration::from_secs(60), Duration::ZERO)
@@ -847,11 +861,11 @@ mod tests {
         let next = scheduler.next_fires();
         assert_eq!(next[0], (TaskKey::new("main", TaskKind::Backup), due));
         assert_eq!(next[1], (cron.key, cron.trigger.next_after(now).unwrap()));
-        let fires = collect(&mut receiver, start, Duration::from_millis(2500), 1).await;
-        assert_eq!(fires.len(), 1, "no fire within 2.5 s of an anchored 1 s");
+        let fires = collect(&mut receiver, start, PATIENCE, 1).await;
+        assert_eq!(fires.len(), 1, "no fire from an entry anchored 3 s ahead");
         assert_eq!(fires[0].0.scheduled_at, due);
         // Then every interval from that fire (re-armed just after sending).
-        let rearmed = tokio::time::timeout(Duration::from_secs(1), async {
+        let rearmed = tokio::time::timeout(PATIENCE, async {
             loop {
                 let next = scheduler.next_fires()[0].1;
                 if next != due {

@@ -368,3 +368,101 @@ async fn count_checks(
     }
     Some((unit.large_objects, n))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+    use crate::fixtures::receipt;
+
+    /// A server error with this SQLSTATE.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            self.0
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn server(code: &'static str) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(Sqlstate(code)))
+    }
+
+    #[test]
+    fn the_connection_and_the_servers_state_say_nothing_about_the_data() {
+        for code in [
+            "08006", // connection failure
+            "53100", // disk full
+            "57P01", // admin shutdown
+            "58030", // I/O error
+            "42601", // a check's SQL does not parse
+        ] {
+            assert!(environmental(&server(code)), "{code}");
+        }
+        for code in [
+            "22012", // division by zero
+            "42P01", // undefined table: the restore lost it
+            "23505", // unique violation
+            "42501", // insufficient privilege
+            "0800X", // not a class prefix
+        ] {
+            let class_08 = code.starts_with("08");
+            assert_eq!(environmental(&server(code)), class_08, "{code}");
+        }
+        assert!(environmental(&sqlx::Error::Io(std::io::Error::other(
+            "reset"
+        ))));
+        assert!(environmental(&sqlx::Error::PoolTimedOut));
+        assert!(environmental(&sqlx::Error::Protocol("bad message".into())));
+        assert!(!environmental(&sqlx::Error::RowNotFound));
+        assert!(!environmental(&sqlx::Error::ColumnNotFound("n".into())));
+    }
+
+    #[test]
+    fn bad_outweighs_unsure_and_both_are_recorded() {
+        let mut r = receipt("app", "20261128T060000Z", Outcome::Passed);
+        r.failures.clear();
+        let mut tally = Tally::default();
+        assert_eq!(tally.outcome(), Outcome::Passed);
+        tally.query_failed(&mut r, &server("57P01"), "server went away".into());
+        assert_eq!((tally.bad, tally.unsure), (false, true));
+        assert_eq!(tally.outcome(), Outcome::Inconclusive);
+        tally.query_failed(&mut r, &server("42P01"), "table missing".into());
+        assert_eq!((tally.bad, tally.unsure), (true, true));
+        assert_eq!(tally.outcome(), Outcome::Failed);
+        assert_eq!(r.failures, ["server went away", "table missing"]);
+
+        let mut only_bad = Tally::default();
+        only_bad.bad(&mut r, "count".into());
+        assert_eq!(only_bad.outcome(), Outcome::Failed);
+        let mut only_unsure = Tally::default();
+        only_unsure.unsure(&mut r, "fetch".into());
+        assert_eq!(only_unsure.outcome(), Outcome::Inconclusive);
+        assert_eq!(r.failures.len(), 4);
+    }
+}

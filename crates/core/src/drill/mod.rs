@@ -384,3 +384,190 @@ async fn conclude(
         .await?;
     Ok(receipt)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{backup, keys, repo};
+    use crate::receipt::Outcome;
+
+    fn options(rto: Option<u64>, rpo: Option<u64>) -> DrillOptions {
+        DrillOptions {
+            scratch: Scratch::Ephemeral,
+            checks: Vec::new(),
+            rpo_target: rpo.map(Duration::from_secs),
+            rto_target: rto.map(Duration::from_secs),
+            jobs: 1,
+            bindir: None,
+            identities: None,
+            require_encrypted: false,
+            progress: None,
+            physical: None,
+        }
+    }
+
+    /// Concludes a drill of a fresh backup (5 s ago by the monotonic
+    /// clock) whose newest verified backup is `rpo_age` s old (None:
+    /// none), with this tally and RTO.
+    async fn concluded(
+        opts: &DrillOptions,
+        tally: Tally,
+        rto: f64,
+        rpo_age: Option<i64>,
+    ) -> (Receipt, Vec<String>) {
+        let (_dir, repo) = repo();
+        let m = backup(
+            &repo,
+            "app",
+            "20261128T060000Z",
+            &[("database.dump.zst", b"a")],
+        )
+        .await;
+        let now = m.finished_at + chrono::Duration::minutes(10);
+        let verified: Vec<(String, DateTime<Utc>)> = rpo_age
+            .map(|s| {
+                (
+                    "20261128T060000Z".to_string(),
+                    now - chrono::Duration::seconds(s),
+                )
+            })
+            .into_iter()
+            .collect();
+        let started = Instant::now()
+            .checked_sub(Duration::from_secs(5))
+            .expect("a monotonic clock past 5 s");
+        let receipt = new_receipt(&m, opts, now, "ephemeral");
+        let r = conclude(
+            &repo,
+            &m,
+            opts,
+            receipt,
+            &tally,
+            rto,
+            measure::rpo(&verified, now),
+            started,
+            now,
+        )
+        .await
+        .expect("conclude");
+        let elapsed = r.finished_at - now;
+        assert!(
+            elapsed >= chrono::Duration::seconds(5) && elapsed < chrono::Duration::seconds(300),
+            "finished {elapsed} after the start"
+        );
+        (r, keys(&repo, "app/20261128T060000Z/verify-").await)
+    }
+
+    #[tokio::test]
+    async fn targets_met_at_their_bounds_pass() {
+        let opts = options(Some(20), Some(600));
+        let (r, stored) = concluded(&opts, Tally::default(), 20.0, Some(600)).await;
+        assert!(r.verified && r.passed, "{r:?}");
+        assert_eq!(r.outcome, Some(Outcome::Passed));
+        assert_eq!((r.rto.met, r.rpo.met), (Some(true), Some(true)));
+        assert_eq!(r.rto.measured_seconds, Some(20.0));
+        assert_eq!(r.rpo.measured_seconds, Some(600.0));
+        assert_eq!(
+            r.rpo_detail.newest_verified.as_deref(),
+            Some("20261128T060000Z")
+        );
+        assert!(r.failures.is_empty(), "{r:?}");
+        assert_eq!(
+            stored,
+            [format!("app/20261128T060000Z/{}", r.name())],
+            "the receipt is stored under its name"
+        );
+        assert!(stored[0].ends_with("-ok.json"));
+        // No targets: nothing to meet.
+        let (r, _) = concluded(&options(None, None), Tally::default(), 9e9, None).await;
+        assert_eq!((r.rto.met, r.rpo.met), (None, None));
+        assert!(r.passed, "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missed_target_fails_the_drill_but_not_the_backup() {
+        let opts = options(Some(20), Some(600));
+        let (r, stored) = concluded(&opts, Tally::default(), 20.5, Some(601)).await;
+        assert!(r.verified && !r.passed, "{r:?}");
+        assert_eq!(r.outcome(), Outcome::Passed);
+        assert_eq!((r.rto.met, r.rpo.met), (Some(false), Some(false)));
+        assert_eq!(
+            r.failures,
+            [
+                "RTO target missed: restore and checks took 20.5s, target 20.0s",
+                "RPO target missed: newest verified backup is 601s old, target 600s",
+            ]
+        );
+        assert!(stored[0].ends_with("-ok.json"), "{stored:?}");
+        let (r, _) = concluded(&opts, Tally::default(), 1.0, None).await;
+        assert_eq!(r.failures, ["RPO target missed: no verified backup"]);
+        assert_eq!(r.rpo.met, Some(false));
+    }
+
+    #[tokio::test]
+    async fn the_tally_decides_the_verdict() {
+        let opts = options(None, None);
+        let unsure = Tally {
+            bad: false,
+            unsure: true,
+        };
+        let (r, stored) = concluded(&opts, unsure, 1.0, Some(1)).await;
+        assert!(!r.verified, "{r:?}");
+        assert_eq!(r.outcome, Some(Outcome::Inconclusive));
+        assert!(stored[0].ends_with("-inconclusive.json"), "{stored:?}");
+        let bad = Tally {
+            bad: true,
+            unsure: false,
+        };
+        let (r, stored) = concluded(&opts, bad, 1.0, Some(1)).await;
+        assert!(!r.verified, "{r:?}");
+        assert_eq!(r.outcome, Some(Outcome::Failed));
+        assert!(stored[0].ends_with("-failed.json"), "{stored:?}");
+    }
+
+    #[tokio::test]
+    async fn pick_finds_the_newest_and_the_newest_not_yet_verified() {
+        let (_dir, repo) = repo();
+        let e = pick(&repo, "app", Pick::Newest).await.expect_err("empty");
+        assert!(matches!(e, Error::NothingToDrill { .. }), "{e}");
+        for id in ["20261128T060000Z", "20261128T120000Z"] {
+            backup(&repo, "app", id, &[("database.dump.zst", id.as_bytes())]).await;
+        }
+        let (m, history) = pick(&repo, "app", Pick::Newest).await.expect("pick");
+        assert_eq!(m.backup_id, "20261128T120000Z");
+        assert_eq!(history.len(), 2);
+        let (m, _) = pick(&repo, "app", Pick::Spec("20261128T060000Z"))
+            .await
+            .expect("pick");
+        assert_eq!(m.backup_id, "20261128T060000Z");
+        // The newest passed its drill; the other only failed one.
+        crate::fixtures::drilled(&repo, "app", "20261128T120000Z", Outcome::Passed).await;
+        crate::fixtures::drilled(&repo, "app", "20261128T060000Z", Outcome::Failed).await;
+        let (m, _) = pick(&repo, "app", Pick::Unverified).await.expect("pick");
+        assert_eq!(m.backup_id, "20261128T060000Z");
+        crate::fixtures::drilled(&repo, "app", "20261128T060000Z", Outcome::Passed).await;
+        let e = pick(&repo, "app", Pick::Unverified)
+            .await
+            .expect_err("all verified");
+        assert!(matches!(e, Error::AllVerified { .. }), "{e}");
+    }
+
+    #[test]
+    fn scratch_and_checks() {
+        assert!(matches!(
+            Scratch::parse("ephemeral", None).expect("parse"),
+            Scratch::Ephemeral
+        ));
+        assert!(matches!(
+            Scratch::parse("postgresql://127.0.0.1/postgres", None).expect("parse"),
+            Scratch::Server(_)
+        ));
+        assert_eq!(
+            Check::everywhere("SELECT true"),
+            Check {
+                sql: "SELECT true".into(),
+                database: None
+            }
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! Fixtures for core's own tests: a directory repository, committed
+//! backups with their artifacts, drill receipts, claims and pins.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use refugio_store::manifest::Manifest;
+use refugio_store::repo::Repository;
+use sha2::{Digest, Sha256};
+
+use crate::receipt::{Outcome, Phases, Receipt, Target};
+
+pub(crate) const MANIFEST: &str = include_str!("../../store/tests/fixtures/manifest-1.4.json");
+
+/// A repository in a fresh directory (kept while the guard lives).
+pub(crate) fn repo() -> (tempfile::TempDir, Repository) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = refugio_store::fs::FsStore::new(dir.path()).expect("store");
+    (dir, Repository::new(Arc::new(store)))
+}
+
+/// SHA-256 of `body`, in hex.
+pub(crate) fn hex(body: &[u8]) -> String {
+    Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The time a backup id says (`YYYYMMDDTHHMMSSZ`).
+pub(crate) fn id_time(id: &str) -> DateTime<Utc> {
+    refugio_store::repo::id_time(id).expect("a backup id with a time")
+}
+
+/// Commits logical backup `id` of job `j`, taken at the id's time, with one
+/// artifact per `(name, body)`.
+pub(crate) async fn backup(
+    repo: &Repository,
+    j: &str,
+    id: &str,
+    artifacts: &[(&str, &[u8])],
+) -> Manifest {
+    let mut m = Manifest::parse("fixture", MANIFEST.as_bytes()).expect("fixture");
+    m.job = j.into();
+    m.backup_id = id.into();
+    m.object_lock = None;
+    if let Some(t) = refugio_store::repo::id_time(id) {
+        m.snapshot_at = t;
+        m.data_at = None;
+        m.started_at = t;
+        m.finished_at = t + chrono::Duration::seconds(1);
+    }
+    let template = m.artifacts[0].clone();
+    m.artifacts = artifacts
+        .iter()
+        .map(|(name, body)| {
+            let mut a = template.clone();
+            a.name = (*name).into();
+            a.stored_size = body.len() as u64;
+            a.sha256 = hex(body);
+            a
+        })
+        .collect();
+    for (name, body) in artifacts {
+        repo.store()
+            .put(&Repository::key(j, id, name), Bytes::copy_from_slice(body))
+            .await
+            .expect("put");
+    }
+    repo.commit(&m).await.expect("commit");
+    m
+}
+
+/// A drill receipt of backup `id` with this outcome.
+pub(crate) fn receipt(j: &str, id: &str, outcome: Outcome) -> Receipt {
+    let at = id_time(id) + chrono::Duration::minutes(10);
+    let unknown = Target {
+        measured_seconds: None,
+        target_seconds: None,
+        met: None,
+    };
+    Receipt {
+        format: crate::receipt::RECEIPT_FORMAT.into(),
+        job: j.into(),
+        backup_id: id.into(),
+        started_at: at,
+        finished_at: at + chrono::Duration::seconds(5),
+        verified: outcome == Outcome::Passed,
+        passed: outcome == Outcome::Passed,
+        outcome: Some(outcome),
+        failures: Vec::new(),
+        notes: Vec::new(),
+        refugio_version: "test".into(),
+        scratch_kind: "ephemeral".into(),
+        scratch_server_version: None,
+        restore_tool: None,
+        digests_checked: Vec::new(),
+        counts: Vec::new(),
+        large_objects: None,
+        schema_fingerprint: None,
+        checks: Vec::new(),
+        databases: Vec::new(),
+        phases: Phases::default(),
+        rto: unknown.clone(),
+        rpo: unknown,
+        rpo_detail: crate::measure::rpo(&[], at),
+    }
+}
+
+/// Stores a drill receipt of backup `id` under its name; returns its key.
+pub(crate) async fn drilled(repo: &Repository, j: &str, id: &str, outcome: Outcome) -> String {
+    let r = receipt(j, id, outcome);
+    let key = Repository::key(j, id, &r.name());
+    let body = serde_json::to_vec(&r).expect("json");
+    repo.store()
+        .put(&key, Bytes::from(body))
+        .await
+        .expect("put receipt");
+    key
+}
+
+/// Stores an object under `key`.
+pub(crate) async fn put(repo: &Repository, key: &str, body: &[u8]) {
+    repo.store()
+        .put(key, Bytes::copy_from_slice(body))
+        .await
+        .expect("put");
+}
+
+/// Every key under `prefix`, sorted.
+pub(crate) async fn keys(repo: &Repository, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let mut keys: Vec<String> = repo
+        .store()
+        .list(prefix)
+        .map_ok(|o| o.key)
+        .try_collect()
+        .await
+        .expect("list");
+    keys.sort();
+    keys
+}
+
+/// A repository under a fresh prefix of the moto test server (fails,
+/// saying how to start it, when `scripts/services` is not running).
+pub(crate) async fn moto_repo(name: &str) -> Repository {
+    let target = refugio_testkit::s3::moto().expect("the moto test server");
+    let options = refugio_store::s3::S3Options {
+        region: Some(target.region.clone()),
+        endpoint: Some(target.endpoint.clone()),
+        force_path_style: true,
+        static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
+        ..refugio_store::s3::S3Options::default()
+    };
+    let prefix = format!("core/{}", refugio_testkit::s3::unique_prefix(name));
+    let store = refugio_store::s3::S3Store::new(&target.bucket, &prefix, &options)
+        .await
+        .expect("S3 store");
+    Repository::new(Arc::new(store))
+}
+
+/// Starts a multipart upload of `key` and leaves it pending; returns when
+/// the server says it began.
+pub(crate) async fn pending_upload(repo: &Repository, key: &str) -> DateTime<Utc> {
+    let upload = repo.store().put_multipart(key).await.expect("start upload");
+    drop(upload);
+    let pending = repo
+        .store()
+        .list_multipart_uploads(key)
+        .await
+        .expect("list uploads");
+    pending
+        .iter()
+        .find(|u| u.key == key)
+        .and_then(|u| u.initiated)
+        .expect("the upload is listed with its start time")
+}
