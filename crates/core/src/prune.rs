@@ -18,8 +18,9 @@
 //! keeps its objects and its multipart uploads whatever their age
 //! ([`PruneReport::running`]); `gc_grace` has a floor ([`GC_GRACE_FLOOR`]).
 //!
-//! The plan is pure ([`retention::apply`] over the listing); executing it
-//! removes manifests first (a batch), then those backups' artifacts, so an
+//! Prune plans, then acts: `plan` decides everything from one listing
+//! and changes nothing (a dry run stops there); `execute` removes
+//! manifests first (a batch), then those backups' artifacts, so an
 //! interruption leaves orphans (no manifest) for the next run's GC, never a
 //! manifest pointing at missing data. Under S3 Object Lock a backup whose
 //! lock has not expired is skipped and reported with its date; a delete the
@@ -184,31 +185,125 @@ async fn prune_once(
     opts: &PruneOptions,
     now: DateTime<Utc>,
 ) -> Result<PruneReport> {
-    let PruneOptions {
-        ref job,
-        ref policy,
-        grace,
-        object_lock,
-        dry_run,
-        batch,
-        physical,
-    } = *opts;
-    let job = job.as_str();
-    let prefix = format!("{job}/");
-    let (listed, wal_seen) = list_job_and_wal(repo, job).await?;
-    let physical = physical || wal_seen.files > 0;
+    let (mut report, plan) = plan(repo, opts, now).await?;
+    if !opts.dry_run {
+        execute(repo, &opts.job, opts.batch, plan, &mut report).await?;
+    }
+    Ok(report)
+}
 
-    let horizon = repo.horizon(now);
+/// What prune will change, decided from one listing; the report says the
+/// rest (what a dry run prints).
+struct Plan {
+    /// Backups to delete: the policy's, minus those still locked.
+    doomed: Vec<String>,
+    /// Multipart uploads to abort.
+    stale: Vec<refugio_store::PendingUpload>,
+    /// WAL files no kept base backup needs.
+    wal_keys: Vec<String>,
+    /// The listing: the objects of each doomed backup.
+    listed: BTreeMap<String, Listed>,
+}
+
+/// Decides everything, changes nothing: the states and the policy's
+/// decisions, garbage (orphans, stale uploads; running backups spared),
+/// what object lock keeps, and the WAL no kept backup needs.
+async fn plan(
+    repo: &Repository,
+    opts: &PruneOptions,
+    now: DateTime<Utc>,
+) -> Result<(PruneReport, Plan)> {
+    let job = opts.job.as_str();
+    let (listed, wal_seen) = list_job_and_wal(repo, job).await?;
+    let physical = opts.physical || wal_seen.files > 0;
     let (manifests, foreign) = read_manifests(repo, job, &listed).await?;
-    let mut states = BTreeMap::new();
-    let mut candidates = Vec::new();
-    let mut future = Vec::new();
+    let Judged {
+        mut states,
+        mut candidates,
+        future,
+    } = judge(repo, job, &listed, &manifests, repo.horizon(now)).await?;
+    let (archived, wal_gaps) = if physical {
+        judge_wal(repo, job, &manifests, &mut states, &mut candidates).await?
+    } else {
+        Default::default()
+    };
+    let decisions = retention::apply(&opts.policy, &candidates, now);
+    let mut report = PruneReport {
+        job: job.to_string(),
+        dry_run: opts.dry_run,
+        decisions,
+        states,
+        deleted_backups: Vec::new(),
+        locked: Vec::new(),
+        failed_deletes: Vec::new(),
+        orphans: Vec::new(),
+        stale_uploads: Vec::new(),
+        running: Vec::new(),
+        future,
+        foreign,
+        wal_pruned: Default::default(),
+        wal_gaps,
+    };
+    let cutoff = now - chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+    let stale = garbage(repo, job, &listed, cutoff, &mut report).await?;
+    let to_delete: Vec<String> = report
+        .decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.id.clone())
+        .collect();
+    let doomed = if opts.object_lock {
+        unlocked(repo, job, to_delete, now, &mut report).await
+    } else {
+        to_delete
+    };
+    let kept = report
+        .decisions
+        .iter()
+        .filter(|d| d.keep)
+        .map(|d| d.id.as_str())
+        .chain(report.locked.iter().map(|l| l.id.as_str()))
+        .chain(report.future.iter().map(String::as_str))
+        .filter_map(|id| manifests.get(id));
+    let (wal_pruned, wal_keys) = crate::wal::prunable(&archived, kept);
+    report.wal_pruned = wal_pruned;
+    let plan = Plan {
+        doomed,
+        stale,
+        wal_keys,
+        listed,
+    };
+    Ok((report, plan))
+}
+
+/// The committed backups' states and the policy's candidates; backups
+/// dated in the future are set apart.
+struct Judged {
+    states: BTreeMap<String, State>,
+    candidates: Vec<Candidate>,
+    future: Vec<String>,
+}
+
+/// Each committed backup's state, from its receipts' names (believed only
+/// once authentic) or, for an older refugio's receipts, their content.
+async fn judge(
+    repo: &Repository,
+    job: &str,
+    listed: &BTreeMap<String, Listed>,
+    manifests: &BTreeMap<String, Manifest>,
+    horizon: DateTime<Utc>,
+) -> Result<Judged> {
+    let mut judged = Judged {
+        states: BTreeMap::new(),
+        candidates: Vec::new(),
+        future: Vec::new(),
+    };
     for (id, l) in listed.iter().filter(|(_, l)| l.committed) {
         // Deleted since the listing: nothing to decide.
         let Some(m) = manifests.get(id) else { continue };
         if m.dated_after(horizon) {
             tracing::warn!(job, backup = %id, "future-backup: dated later than now plus clock_tolerance; left out of retention");
-            future.push(id.clone());
+            judged.future.push(id.clone());
             continue;
         }
         // In an authenticated repository a receipt counts only once its
@@ -231,46 +326,37 @@ async fn prune_once(
                 State::Failed
             };
         }
-        states.insert(id.clone(), state);
-        candidates.push(Candidate {
+        judged.states.insert(id.clone(), state);
+        judged.candidates.push(Candidate {
             id: id.clone(),
             time: m.server_time(),
             state,
             pinned: l.pinned,
         });
     }
-    let (archived, wal_gaps) = if physical {
-        judge_wal(repo, job, &manifests, &mut states, &mut candidates).await?
-    } else {
-        Default::default()
-    };
-    let decisions = retention::apply(policy, &candidates, now);
+    Ok(judged)
+}
 
-    let mut report = PruneReport {
-        job: job.to_string(),
-        dry_run,
-        decisions,
-        states,
-        deleted_backups: Vec::new(),
-        locked: Vec::new(),
-        failed_deletes: Vec::new(),
-        orphans: Vec::new(),
-        stale_uploads: Vec::new(),
-        running: Vec::new(),
-        future,
-        foreign,
-        wal_pruned: Default::default(),
-        wal_gaps,
-    };
-    let cutoff = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+/// Garbage older than `cutoff`: the objects of uncommitted ids (in
+/// `report.orphans`) and multipart uploads (returned, their keys in
+/// `report.stale_uploads`), except those of a running backup (an id whose
+/// claim looks fresh in the listing or beats while prune watches:
+/// `report.running`).
+async fn garbage(
+    repo: &Repository,
+    job: &str,
+    listed: &BTreeMap<String, Listed>,
+    cutoff: DateTime<Utc>,
+    report: &mut PruneReport,
+) -> Result<Vec<refugio_store::PendingUpload>> {
+    let prefix = format!("{job}/");
     let uploads = repo.store().list_multipart_uploads(&prefix).await?;
     let id_of = |key: &str| {
         key.strip_prefix(&prefix)
             .and_then(|rest| rest.split_once('/'))
             .map(|(id, _)| id.to_string())
     };
-    // What age alone would collect: uncommitted ids, and uploads, older
-    // than the grace period.
+    // What age alone would collect.
     let old_ids: Vec<&String> = listed
         .iter()
         .filter(|(_, l)| !l.committed && l.newest.is_some_and(|t| t < cutoff))
@@ -280,8 +366,7 @@ async fn prune_once(
         .into_iter()
         .filter(|u| u.initiated.is_some_and(|t| t < cutoff))
         .collect();
-    // Of those, the ids of running backups: an id whose claim looks fresh
-    // in the listing, or beats while prune watches it.
+    // Of those, the ids of running backups.
     let mut suspects: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut running = std::collections::BTreeSet::new();
     for id in old_ids
@@ -314,57 +399,54 @@ async fn prune_once(
         .collect();
     report.stale_uploads = stale.iter().map(|u| u.key.clone()).collect();
     report.running = running.into_iter().collect();
+    Ok(stale)
+}
 
-    // Backups to delete, minus those still under object lock. The store
-    // says until when (one HEAD per backup to delete, only with object
-    // lock configured); a manifest is the last object written, so its lock
-    // is the latest of its backup.
-    let to_delete: Vec<String> = report
-        .decisions
-        .iter()
-        .filter(|d| !d.keep)
-        .map(|d| d.id.clone())
-        .collect();
+/// Of the backups to delete, those whose object lock has expired (the
+/// store says until when: one HEAD per backup; a manifest is the last
+/// object written, so its lock is the latest of its backup). The others
+/// go to `report.locked`, or to `report.failed_deletes` when the store
+/// could not say.
+async fn unlocked(
+    repo: &Repository,
+    job: &str,
+    to_delete: Vec<String>,
+    now: DateTime<Utc>,
+    report: &mut PruneReport,
+) -> Vec<String> {
+    let store = repo.store();
+    let mut locks = futures::stream::iter(to_delete)
+        .map(|id| async move {
+            let r = store.retention(&Repository::manifest_key(job, &id)).await;
+            (id, r)
+        })
+        .buffered(16);
     let mut doomed = Vec::new();
-    if object_lock {
-        let store = repo.store();
-        let mut locks = futures::stream::iter(to_delete)
-            .map(|id| async move {
-                let r = store.retention(&Repository::manifest_key(job, &id)).await;
-                (id, r)
-            })
-            .buffered(16);
-        while let Some((id, r)) = locks.next().await {
-            match r {
-                Ok(Some(r)) if r.until > now => {
-                    report.locked.push(LockedBackup { id, until: r.until })
-                }
-                Ok(_) => doomed.push(id),
-                Err(e) => report
-                    .failed_deletes
-                    .push(failed(Repository::manifest_key(job, &id), &e)),
-            }
+    while let Some((id, r)) = locks.next().await {
+        match r {
+            Ok(Some(r)) if r.until > now => report.locked.push(LockedBackup { id, until: r.until }),
+            Ok(_) => doomed.push(id),
+            Err(e) => report
+                .failed_deletes
+                .push(failed(Repository::manifest_key(job, &id), &e)),
         }
-    } else {
-        doomed = to_delete;
     }
-    let kept = report
-        .decisions
-        .iter()
-        .filter(|d| d.keep)
-        .map(|d| d.id.as_str())
-        .chain(report.locked.iter().map(|l| l.id.as_str()))
-        .chain(report.future.iter().map(String::as_str))
-        .filter_map(|id| manifests.get(id));
-    let (wal_pruned, wal_keys) = crate::wal::prunable(&archived, kept);
-    report.wal_pruned = wal_pruned;
-    if dry_run {
-        return Ok(report);
-    }
+    doomed
+}
 
-    // Batches run a few at a time; within each, manifests go first.
-    let listed = &listed;
-    let chunks: Vec<Vec<String>> = doomed
+/// Carries out `plan`: doomed backups in batches, a few at a time (within
+/// each, manifests first), then orphans, stale uploads and WAL. A refused
+/// delete is reported and the rest goes on.
+async fn execute(
+    repo: &Repository,
+    job: &str,
+    batch: usize,
+    plan: Plan,
+    report: &mut PruneReport,
+) -> Result<()> {
+    let listed = &plan.listed;
+    let chunks: Vec<Vec<String>> = plan
+        .doomed
         .chunks(batch.max(1))
         .map(<[String]>::to_vec)
         .collect();
@@ -381,18 +463,18 @@ async fn prune_once(
     for (key, e) in repo.store().delete_many(&report.orphans).await? {
         report.failed_deletes.push(failed(key, &e));
     }
-    for u in &stale {
+    for u in &plan.stale {
         if let Err(e) = repo.store().abort_multipart(u).await {
             report.failed_deletes.push(failed(u.key.clone(), &e));
         }
     }
-    for (key, e) in repo.store().delete_many(&wal_keys).await? {
+    for (key, e) in repo.store().delete_many(&plan.wal_keys).await? {
         report.failed_deletes.push(failed(key, &e));
     }
-    if !wal_keys.is_empty() {
-        tracing::info!(job, files = wal_keys.len(), before = ?report.wal_pruned.before, "wal-pruned");
+    if !plan.wal_keys.is_empty() {
+        tracing::info!(job, files = plan.wal_keys.len(), before = ?report.wal_pruned.before, "wal-pruned");
     }
-    Ok(report)
+    Ok(())
 }
 
 /// A physical job's manifests and archive, and the gaps that cut its
