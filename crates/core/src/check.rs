@@ -1041,4 +1041,83 @@ mod tests {
             .expect("list");
         assert_eq!(still.len(), 1, "{still:?}");
     }
+
+    /// The listing raced a writer: an artifact listed short is whole by
+    /// the time it is looked at again (no damage); one listed missing
+    /// belongs to a backup pruned meanwhile (nothing to report).
+    #[tokio::test]
+    async fn a_second_look_settles_what_the_listing_raced() {
+        let (_dir, repo) = repo();
+        backup(
+            &repo,
+            "app",
+            "20261128T060000Z",
+            &[("database.dump.zst", b"whole dump")],
+        )
+        .await;
+        let key = "app/20261128T060000Z/database.dump.zst";
+        crate::fixtures::put(&repo, key, b"half").await;
+        let store = std::sync::Arc::clone(repo.store());
+        let healed = crate::fixtures::Racing::around(
+            &repo,
+            key,
+            Box::new(move || {
+                let store = std::sync::Arc::clone(&store);
+                Box::pin(async move {
+                    store
+                        .put(key, Bytes::from_static(b"whole dump"))
+                        .await
+                        .expect("put");
+                })
+            }),
+        );
+        let r = run(&healed, ReadData::None, later()).await.expect("check");
+        assert_eq!(r.outcome, CheckOutcome::Clean, "{r:?}");
+        assert!(r.damaged.is_empty(), "{r:?}");
+
+        repo.store().delete(key).await.expect("delete");
+        let store = std::sync::Arc::clone(repo.store());
+        let pruned = crate::fixtures::Racing::around(
+            &repo,
+            key,
+            Box::new(move || {
+                let store = std::sync::Arc::clone(&store);
+                Box::pin(async move {
+                    store
+                        .delete("app/20261128T060000Z/manifest.json")
+                        .await
+                        .expect("delete");
+                })
+            }),
+        );
+        let r = run(&pruned, ReadData::None, later()).await.expect("check");
+        assert!(r.missing.is_empty(), "{r:?}");
+        assert_eq!(r.outcome, CheckOutcome::Clean, "{r:?}");
+    }
+
+    /// A base backup with no WAL archived yet: the check judges the
+    /// archive (and cannot vouch for the backup yet).
+    #[tokio::test]
+    async fn a_base_backup_without_its_wal_is_judged_against_the_archive() {
+        let (_dir, repo) = repo();
+        let fixture = include_str!("../../store/tests/fixtures/manifest-1.7.json");
+        let mut m = Manifest::parse("fixture", fixture.as_bytes()).expect("fixture");
+        assert!(m.is_physical());
+        m.job = "app".into();
+        m.object_lock = None;
+        for a in &m.artifacts {
+            let body = vec![0u8; a.stored_size as usize];
+            crate::fixtures::put(&repo, &Repository::key("app", &m.backup_id, &a.name), &body)
+                .await;
+        }
+        repo.commit(&m).await.expect("commit");
+        let r = run(&repo, ReadData::None, later()).await.expect("check");
+        let wal = r.wal.as_ref().expect("a WAL report for a physical job");
+        // The one segment it needs is not there yet: pending, not damage.
+        assert_eq!(wal.gaps.len(), 1, "{r:?}");
+        assert!(wal.gaps[0].pending, "{r:?}");
+        assert_eq!(wal.gaps[0].backups, [m.backup_id.clone()]);
+        assert_eq!(r.damage_count(), 0);
+        assert_eq!(r.outcome, CheckOutcome::Inconclusive, "{r:?}");
+    }
 }

@@ -176,3 +176,80 @@ pub(crate) async fn pending_upload(repo: &Repository, key: &str) -> DateTime<Utc
         .and_then(|u| u.initiated)
         .expect("the upload is listed with its start time")
 }
+
+/// What a [`Racing`] store does before answering a HEAD of its key.
+type Hook = Box<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// A store whose HEAD of one key first runs a hook: another writer's
+/// change landing between an operation's listing and its second look.
+pub(crate) struct Racing {
+    inner: Arc<dyn refugio_store::ObjectStore>,
+    key: String,
+    hook: Hook,
+}
+
+impl Racing {
+    /// `repo`'s store, with `hook` run before each HEAD of `key`.
+    pub(crate) fn around(repo: &Repository, key: &str, hook: Hook) -> Repository {
+        Repository::new(Arc::new(Racing {
+            inner: Arc::clone(repo.store()),
+            key: key.to_string(),
+            hook,
+        }))
+    }
+}
+
+impl std::fmt::Debug for Racing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Racing({:?} at {})", self.inner, self.key)
+    }
+}
+
+#[async_trait::async_trait]
+impl refugio_store::ObjectStore for Racing {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn put(&self, key: &str, data: Bytes) -> refugio_store::Result<()> {
+        self.inner.put(key, data).await
+    }
+    async fn put_multipart(
+        &self,
+        key: &str,
+    ) -> refugio_store::Result<Box<dyn refugio_store::MultipartUpload>> {
+        self.inner.put_multipart(key).await
+    }
+    async fn get(&self, key: &str) -> refugio_store::Result<refugio_store::ByteReader> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> refugio_store::Result<Option<refugio_store::ObjectMeta>> {
+        if key == self.key {
+            (self.hook)().await;
+        }
+        self.inner.head(key).await
+    }
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> futures::stream::BoxStream<'_, refugio_store::Result<refugio_store::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    async fn list_prefixes(&self, prefix: &str) -> refugio_store::Result<Vec<String>> {
+        self.inner.list_prefixes(prefix).await
+    }
+    async fn delete(&self, key: &str) -> refugio_store::Result<()> {
+        self.inner.delete(key).await
+    }
+    async fn list_multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> refugio_store::Result<Vec<refugio_store::PendingUpload>> {
+        self.inner.list_multipart_uploads(prefix).await
+    }
+    async fn abort_multipart(
+        &self,
+        upload: &refugio_store::PendingUpload,
+    ) -> refugio_store::Result<()> {
+        self.inner.abort_multipart(upload).await
+    }
+}
