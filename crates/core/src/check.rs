@@ -1061,6 +1061,7 @@ mod tests {
         let healed = crate::fixtures::Racing::around(
             &repo,
             key,
+            crate::fixtures::On::Head,
             Box::new(move || {
                 let store = std::sync::Arc::clone(&store);
                 Box::pin(async move {
@@ -1080,6 +1081,7 @@ mod tests {
         let pruned = crate::fixtures::Racing::around(
             &repo,
             key,
+            crate::fixtures::On::Head,
             Box::new(move || {
                 let store = std::sync::Arc::clone(&store);
                 Box::pin(async move {
@@ -1119,5 +1121,95 @@ mod tests {
         assert_eq!(wal.gaps[0].backups, [m.backup_id.clone()]);
         assert_eq!(r.damage_count(), 0);
         assert_eq!(r.outcome, CheckOutcome::Inconclusive, "{r:?}");
+    }
+
+    /// Replaces `key` with `body` just before the check downloads it.
+    fn replaced_before_the_read(
+        repo: &Repository,
+        key: &'static str,
+        body: &'static [u8],
+    ) -> Repository {
+        let store = std::sync::Arc::clone(repo.store());
+        crate::fixtures::Racing::around(
+            repo,
+            key,
+            crate::fixtures::On::Get,
+            Box::new(move || {
+                let store = std::sync::Arc::clone(&store);
+                Box::pin(async move {
+                    store.put(key, Bytes::from_static(body)).await.expect("put");
+                })
+            }),
+        )
+    }
+
+    /// What a download that ends at the wrong length means: a cut
+    /// connection while the stored object is whole cannot be judged; an
+    /// object that is shorter or longer than its manifest says is damage.
+    #[tokio::test]
+    async fn a_short_download_is_damage_only_when_the_object_is_short() {
+        let (_dir, repo) = repo();
+        let key = "app/20261128T060000Z/database.dump.zst";
+        backup(
+            &repo,
+            "app",
+            "20261128T060000Z",
+            &[("database.dump.zst", b"whole dump")],
+        )
+        .await;
+
+        let cut = crate::fixtures::Racing::cutting(&repo, key, 4);
+        let r = run(&cut, ReadData::All, later()).await.expect("check");
+        assert!(r.damaged.is_empty(), "{r:?}");
+        assert_eq!(r.unchecked.len(), 1, "{r:?}");
+        assert!(
+            r.unchecked[0].error.contains("ended after 4 of 10 bytes"),
+            "{r:?}"
+        );
+        assert_eq!(r.outcome, CheckOutcome::Inconclusive);
+
+        let shorter = replaced_before_the_read(&repo, key, b"whole");
+        let r = run(&shorter, ReadData::All, later()).await.expect("check");
+        assert_eq!(r.unchecked.len(), 0, "{r:?}");
+        assert_eq!(
+            r.damaged.first().map(|d| &d.problem),
+            Some(&Problem::Size {
+                expected: 10,
+                actual: 5
+            }),
+            "{r:?}"
+        );
+
+        let longer = replaced_before_the_read(&repo, key, b"whole dump and more");
+        let r = run(&longer, ReadData::All, later()).await.expect("check");
+        assert_eq!(r.outcome, CheckOutcome::Damaged, "{r:?}");
+        assert!(
+            matches!(
+                r.damaged.first().map(|d| &d.problem),
+                Some(Problem::Size { expected: 10, .. })
+            ),
+            "{r:?}"
+        );
+
+        // Gone by the time it is read, its manifest still there: missing.
+        crate::fixtures::put(&repo, key, b"whole dump").await;
+        let gone = std::sync::Arc::clone(repo.store());
+        let deleted = crate::fixtures::Racing::around(
+            &repo,
+            key,
+            crate::fixtures::On::Get,
+            Box::new(move || {
+                let store = std::sync::Arc::clone(&gone);
+                Box::pin(async move { store.delete(key).await.expect("delete") })
+            }),
+        );
+        let r = run(&deleted, ReadData::All, later()).await.expect("check");
+        assert_eq!(
+            r.missing,
+            [Missing {
+                backup_id: "20261128T060000Z".into(),
+                key: key.into()
+            }]
+        );
     }
 }

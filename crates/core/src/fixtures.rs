@@ -177,25 +177,59 @@ pub(crate) async fn pending_upload(repo: &Repository, key: &str) -> DateTime<Utc
         .expect("the upload is listed with its start time")
 }
 
-/// What a [`Racing`] store does before answering a HEAD of its key.
-type Hook = Box<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+/// What a [`Racing`] store does before answering for its key.
+pub(crate) type Hook = Box<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
 
-/// A store whose HEAD of one key first runs a hook: another writer's
-/// change landing between an operation's listing and its second look.
+/// Which request of its key a [`Racing`] store interferes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum On {
+    /// Runs the hook before the HEAD.
+    Head,
+    /// Runs the hook before the GET.
+    Get,
+}
+
+/// A store that lets another writer in between an operation's listing
+/// and its next look at one key (a hook run before a HEAD or a GET), or
+/// whose download of that key is cut short.
 pub(crate) struct Racing {
     inner: Arc<dyn refugio_store::ObjectStore>,
     key: String,
-    hook: Hook,
+    on: On,
+    hook: Option<Hook>,
+    cut_after: Option<u64>,
 }
 
 impl Racing {
-    /// `repo`'s store, with `hook` run before each HEAD of `key`.
-    pub(crate) fn around(repo: &Repository, key: &str, hook: Hook) -> Repository {
+    /// `repo`'s store, with `hook` run before each `on` request of `key`.
+    pub(crate) fn around(repo: &Repository, key: &str, on: On, hook: Hook) -> Repository {
         Repository::new(Arc::new(Racing {
             inner: Arc::clone(repo.store()),
             key: key.to_string(),
-            hook,
+            on,
+            hook: Some(hook),
+            cut_after: None,
         }))
+    }
+
+    /// `repo`'s store, whose downloads of `key` end after `bytes` (a
+    /// connection cut mid-way; the stored object stays whole).
+    pub(crate) fn cutting(repo: &Repository, key: &str, bytes: u64) -> Repository {
+        Repository::new(Arc::new(Racing {
+            inner: Arc::clone(repo.store()),
+            key: key.to_string(),
+            on: On::Get,
+            hook: None,
+            cut_after: Some(bytes),
+        }))
+    }
+
+    async fn before(&self, key: &str, on: On) {
+        if key == self.key && on == self.on {
+            if let Some(hook) = &self.hook {
+                hook().await;
+            }
+        }
     }
 }
 
@@ -220,12 +254,17 @@ impl refugio_store::ObjectStore for Racing {
         self.inner.put_multipart(key).await
     }
     async fn get(&self, key: &str) -> refugio_store::Result<refugio_store::ByteReader> {
-        self.inner.get(key).await
+        self.before(key, On::Get).await;
+        let reader = self.inner.get(key).await?;
+        Ok(match self.cut_after {
+            Some(n) if key == self.key => {
+                Box::pin(tokio::io::AsyncReadExt::take(reader, n)) as refugio_store::ByteReader
+            }
+            _ => reader,
+        })
     }
     async fn head(&self, key: &str) -> refugio_store::Result<Option<refugio_store::ObjectMeta>> {
-        if key == self.key {
-            (self.hook)().await;
-        }
+        self.before(key, On::Head).await;
         self.inner.head(key).await
     }
     fn list(
