@@ -292,3 +292,45 @@ impl refugio_store::ObjectStore for Racing {
         self.inner.abort_multipart(upload).await
     }
 }
+
+/// Commits a base backup of job `j` (timeline 1, 16 MiB segments) whose
+/// WAL starts in segment `start_segment`, taken at the id's time.
+pub(crate) async fn base_backup(
+    repo: &Repository,
+    j: &str,
+    id: &str,
+    start_segment: u64,
+) -> Manifest {
+    let fixture = include_str!("../../store/tests/fixtures/manifest-1.7.json");
+    let mut m = Manifest::parse("fixture", fixture.as_bytes()).expect("fixture");
+    m.job = j.into();
+    m.backup_id = id.into();
+    m.object_lock = None;
+    let t = id_time(id);
+    m.snapshot_at = t;
+    m.started_at = t;
+    m.finished_at = t + chrono::Duration::seconds(1);
+    let p = m.physical.as_mut().expect("a physical fixture");
+    p.start_lsn = format!("0/{:X}", start_segment * 0x100_0000 + 0x28);
+    p.stop_lsn = format!("0/{:X}", start_segment * 0x100_0000 + 0x100);
+    p.start_time = t;
+    for a in &m.artifacts {
+        put(
+            repo,
+            &Repository::key(j, id, &a.name),
+            &vec![0u8; a.stored_size as usize],
+        )
+        .await;
+    }
+    repo.commit(&m).await.expect("commit");
+    m
+}
+
+/// Archives WAL segment `segment` of timeline 1 for job `j`; returns its key.
+pub(crate) async fn archived_segment(repo: &Repository, j: &str, segment: u64) -> String {
+    let name = refugio_dump::wal::segment_name(1, segment, 16 * 1024 * 1024);
+    let body = format!("segment {name}");
+    let key = format!("{j}/wal/00000001/{name}.{}.zst", hex(body.as_bytes()));
+    put(repo, &key, body.as_bytes()).await;
+    key
+}

@@ -321,22 +321,32 @@ async fn dead_uploads_are_collected_and_running_ones_are_not() {
         .expect("prune");
     assert!(r.orphans.is_empty() && r.running.is_empty(), "{r:?}");
 
-    // Two days later by the prune's clock: 08's writer beats meanwhile.
+    // Two days later by the prune's clock: 08's writer beats meanwhile, at
+    // the heartbeat's pace (first after one interval).
     let beat_repo = repo.clone();
+    let beat = refugio_store::repo::HEARTBEAT_INTERVAL;
     let beating = tokio::spawn(async move {
         for n in 2.. {
+            tokio::time::sleep(beat).await;
             put(
                 &beat_repo,
                 "app/20261128T080000Z/claim-host-b",
                 format!("{n}").as_bytes(),
             )
             .await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
     let later = Utc::now() + chrono::Duration::days(2);
+    let watched = tokio::time::Instant::now();
     let r = run(&repo, &options(policy), later).await.expect("prune");
+    let watched = watched.elapsed();
     beating.abort();
+    // Prune watched the claims for two and a half beats (paused time: only
+    // its own wait counts).
+    assert!(
+        watched >= beat * 2 && watched < beat * 3,
+        "watched {watched:?}"
+    );
     assert_eq!(r.running, ids(&["20261128T080000Z"]), "{r:?}");
     assert_eq!(
         r.orphans,
@@ -419,4 +429,53 @@ async fn stale_uploads_are_aborted_after_the_grace_period() {
         .is_empty());
     // The committed backup is not garbage.
     assert_eq!(keys(&repo, "app/20261128T060000Z/").await.len(), 2);
+}
+
+/// A job with a WAL archive is pruned as a physical one even when its
+/// options do not say so: the WAL before the oldest kept base backup's
+/// start goes with the backups; a gap that cuts a base backup makes it
+/// count as unverified, whatever its drill said.
+#[tokio::test]
+async fn the_wal_goes_with_the_base_backups_that_needed_it() {
+    let (_dir, repo) = repo();
+    crate::fixtures::base_backup(&repo, "app", "20261202T060000Z", 7).await;
+    crate::fixtures::base_backup(&repo, "app", "20261202T120000Z", 10).await;
+    drilled(&repo, "app", "20261202T060000Z", Outcome::Passed).await;
+    drilled(&repo, "app", "20261202T120000Z", Outcome::Passed).await;
+    let mut wal = Vec::new();
+    for segment in 5..=11 {
+        wal.push(crate::fixtures::archived_segment(&repo, "app", segment).await);
+    }
+    let policy = Policy {
+        keep_last: 1,
+        ..Policy::default()
+    };
+    let now = Utc.with_ymd_and_hms(2026, 12, 2, 18, 0, 0).unwrap();
+    let mut dry = options(policy.clone());
+    dry.dry_run = true;
+    let r = run(&repo, &dry, now).await.expect("dry run");
+    assert!(r.wal_gaps.is_empty(), "{r:?}");
+    assert_eq!(r.wal_pruned.files, 5, "{r:?}");
+    assert_eq!(
+        r.wal_pruned.before.as_deref(),
+        Some("00000001000000000000000A")
+    );
+    assert_eq!(keys(&repo, "app/wal/").await.len(), 7);
+
+    let r = run(&repo, &options(policy.clone()), now)
+        .await
+        .expect("prune");
+    assert_eq!(r.deleted_backups, ids(&["20261202T060000Z"]));
+    assert_eq!(keys(&repo, "app/wal/").await, wal[5..].to_vec());
+
+    // A gap in what the newest base backup needs: it counts as unverified.
+    repo.store().delete(&wal[5]).await.expect("delete");
+    let r = run(&repo, &dry, now).await.expect("dry run");
+    assert_eq!(
+        r.states.get("20261202T120000Z"),
+        Some(&State::Unverified),
+        "{r:?}"
+    );
+    assert_eq!(r.wal_gaps.len(), 1, "{r:?}");
+    assert_eq!(r.wal_gaps[0].backups, ids(&["20261202T120000Z"]));
 }
