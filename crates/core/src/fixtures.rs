@@ -334,3 +334,37 @@ pub(crate) async fn archived_segment(repo: &Repository, j: &str, segment: u64) -
     put(repo, &key, body.as_bytes()).await;
     key
 }
+
+/// A repository in a new moto bucket with S3 Object Lock enabled (it can
+/// only be enabled when a bucket is created).
+pub(crate) async fn moto_locked_repo() -> Repository {
+    let target = refugio_testkit::s3::moto().expect("the moto test server");
+    let options = refugio_store::s3::S3Options {
+        region: Some(target.region.clone()),
+        endpoint: Some(target.endpoint.clone()),
+        force_path_style: true,
+        static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
+        ..refugio_store::s3::S3Options::default()
+    };
+    let bucket = format!(
+        "core-lock-{}",
+        refugio_testkit::s3::unique_prefix("b")
+            .to_lowercase()
+            .replace(['_', '/'], "-")
+    );
+    let admin = refugio_store::s3::S3Store::new(&target.bucket, "", &options)
+        .await
+        .expect("S3 store");
+    admin
+        .client()
+        .create_bucket()
+        .bucket(&bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .expect("a bucket with object lock");
+    let store = refugio_store::s3::S3Store::new(&bucket, "", &options)
+        .await
+        .expect("S3 store");
+    Repository::new(Arc::new(store))
+}

@@ -479,3 +479,83 @@ async fn the_wal_goes_with_the_base_backups_that_needed_it() {
     assert_eq!(r.wal_gaps.len(), 1, "{r:?}");
     assert_eq!(r.wal_gaps[0].backups, ids(&["20261202T120000Z"]));
 }
+
+/// Leftovers are collected once older than `gc_grace`, not at it.
+#[tokio::test]
+async fn the_grace_period_ends_after_its_length() {
+    let (_dir, repo) = repo();
+    let key = "app/20261127T000000Z/database.dump.zst";
+    put(&repo, key, b"partial").await;
+    let written = repo
+        .store()
+        .head(key)
+        .await
+        .expect("head")
+        .and_then(|m| m.last_modified)
+        .expect("a modification time");
+    let grace = chrono::Duration::from_std(GC_GRACE_FLOOR).expect("grace");
+    let policy = Policy {
+        keep_last: 1,
+        ..Policy::default()
+    };
+    let r = run(&repo, &options(policy.clone()), written + grace)
+        .await
+        .expect("prune");
+    assert!(r.orphans.is_empty(), "{r:?}");
+    assert_eq!(keys(&repo, "app/").await, [key]);
+    let r = run(
+        &repo,
+        &options(policy),
+        written + grace + chrono::Duration::milliseconds(1),
+    )
+    .await
+    .expect("prune");
+    assert_eq!(r.orphans, [key]);
+    assert!(keys(&repo, "app/").await.is_empty());
+}
+
+/// Under S3 Object Lock a doomed backup whose lock runs past now is kept
+/// and reported with its date, and nothing of it is touched; at its date
+/// it goes like any other.
+#[tokio::test]
+async fn a_locked_backup_is_kept_until_its_date() {
+    let repo = crate::fixtures::moto_locked_repo().await;
+    for h in 0..3 {
+        let id = format!("20261128T0{h}0000Z");
+        backup(&repo, "app", &id, &[("database.dump.zst", id.as_bytes())]).await;
+        drilled(&repo, "app", &id, Outcome::Passed).await;
+    }
+    let until = Utc::now() + chrono::Duration::days(1);
+    let until = until - chrono::Duration::nanoseconds(until.timestamp_subsec_nanos().into());
+    repo.store()
+        .set_retention(
+            "app/20261128T000000Z/manifest.json",
+            &refugio_store::Retention {
+                mode: refugio_store::LockMode::Governance,
+                until,
+            },
+        )
+        .await
+        .expect("lock");
+    let mut opts = options(Policy {
+        keep_last: 1,
+        ..Policy::default()
+    });
+    opts.object_lock = true;
+    // Before its date: kept and reported with the date, nothing tried.
+    let r = run(&repo, &opts, until - chrono::Duration::seconds(1))
+        .await
+        .expect("prune");
+    assert_eq!(r.locked.len(), 1, "{r:?}");
+    assert_eq!(
+        (r.locked[0].id.as_str(), r.locked[0].until),
+        ("20261128T000000Z", until)
+    );
+    assert_eq!(r.deleted_backups, ids(&["20261128T010000Z"]), "{r:?}");
+    assert!(r.failed_deletes.is_empty(), "{r:?}");
+    assert_eq!(keys(&repo, "app/20261128T000000Z/").await.len(), 3);
+    // At its date: it goes.
+    let r = run(&repo, &opts, until).await.expect("prune");
+    assert!(r.locked.is_empty(), "{r:?}");
+    assert_eq!(r.deleted_backups, ids(&["20261128T000000Z"]), "{r:?}");
+}
