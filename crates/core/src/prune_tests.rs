@@ -359,6 +359,30 @@ async fn dead_uploads_are_collected_and_running_ones_are_not() {
     assert!(keys(&repo, "app/20261128T070000Z/").await.is_empty());
     assert!(keys(&repo, "app/20261128T090000Z/").await.is_empty());
     assert_eq!(keys(&repo, "app/20261128T080000Z/").await.len(), 2);
+    // A claim that goes while prune watches (its backup just committed or
+    // gave up) is not garbage yet either.
+    let gone = repo.clone();
+    let going = tokio::spawn(async move {
+        tokio::time::sleep(beat).await;
+        gone.store()
+            .delete("app/20261128T080000Z/claim-host-b")
+            .await
+            .expect("delete");
+    });
+    let r = run(
+        &repo,
+        &options(Policy {
+            keep_last: 10,
+            ..Policy::default()
+        }),
+        later,
+    )
+    .await
+    .expect("prune");
+    going.await.expect("the claim went");
+    assert_eq!(r.running, ids(&["20261128T080000Z"]), "{r:?}");
+    assert!(r.orphans.is_empty(), "{r:?}");
+    assert_eq!(keys(&repo, "app/20261128T080000Z/").await.len(), 1);
     // Committed backups are never garbage, however old.
     assert!(r.deleted_backups.is_empty(), "{r:?}");
     assert_eq!(keys(&repo, "app/20261128T050000Z/").await.len(), 2);
