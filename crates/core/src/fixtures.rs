@@ -187,6 +187,8 @@ pub(crate) enum On {
     Head,
     /// Runs the hook before the GET.
     Get,
+    /// Refuses to delete the key (as under object lock).
+    Delete,
 }
 
 /// A store that lets another writer in between an operation's listing
@@ -208,6 +210,18 @@ impl Racing {
             key: key.to_string(),
             on,
             hook: Some(hook),
+            cut_after: None,
+        }))
+    }
+
+    /// `repo`'s store, which refuses to delete `key` (as a store does an
+    /// object under lock).
+    pub(crate) fn refusing(repo: &Repository, key: &str) -> Repository {
+        Repository::new(Arc::new(Racing {
+            inner: Arc::clone(repo.store()),
+            key: key.to_string(),
+            on: On::Delete,
+            hook: None,
             cut_after: None,
         }))
     }
@@ -277,6 +291,13 @@ impl refugio_store::ObjectStore for Racing {
         self.inner.list_prefixes(prefix).await
     }
     async fn delete(&self, key: &str) -> refugio_store::Result<()> {
+        if key == self.key && self.on == On::Delete {
+            return Err(refugio_store::Error::Locked {
+                store: self.inner.describe(),
+                key: key.to_string(),
+                until: None,
+            });
+        }
         self.inner.delete(key).await
     }
     async fn list_multipart_uploads(

@@ -403,7 +403,23 @@ async fn a_cancelled_prune_says_so() {
     .await
     .expect_err("cancelled");
     assert!(matches!(e, Error::Cancelled { .. }), "{e}");
-    assert_eq!(keys(&repo, "app/").await.len(), 6 * 2 + 6);
+    // However far it got (a directory store answers without waiting), no
+    // manifest is left without its artifacts: only orphans, if anything.
+    let checked = crate::check::check(
+        &repo,
+        &crate::check::CheckOptions {
+            job: "app".into(),
+            read_data: crate::check::ReadData::None,
+            grace: crate::check::DEFAULT_GRACE,
+            progress: None,
+        },
+        &FixedClock(noon()),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("check");
+    assert_eq!(checked.damage_count(), 0, "{checked:?}");
+    assert!(checked.backups >= 3, "{checked:?}");
 }
 
 /// On S3: a multipart upload older than the grace period is aborted
@@ -582,4 +598,29 @@ async fn a_locked_backup_is_kept_until_its_date() {
     let r = run(&repo, &opts, until).await.expect("prune");
     assert!(r.locked.is_empty(), "{r:?}");
     assert_eq!(r.deleted_backups, ids(&["20261128T000000Z"]), "{r:?}");
+}
+
+/// A manifest delete the store refuses leaves that backup whole (its
+/// artifacts too) and is reported; the rest of the batch goes.
+#[tokio::test]
+async fn a_refused_delete_spares_its_backup_and_not_the_others() {
+    let (_dir, plain) = repo();
+    six(&plain).await;
+    let repo = crate::fixtures::Racing::refusing(&plain, "app/20261128T010000Z/manifest.json");
+    let r = run(&repo, &options(keep_last_and_verified()), noon())
+        .await
+        .expect("prune");
+    assert_eq!(
+        r.deleted_backups,
+        ids(&["20261128T020000Z", "20261128T000000Z"])
+    );
+    assert_eq!(r.failed_deletes.len(), 1, "{r:?}");
+    assert_eq!(
+        r.failed_deletes[0].key,
+        "app/20261128T010000Z/manifest.json"
+    );
+    assert!(r.failed_deletes[0].locked, "{r:?}");
+    assert_eq!(keys(&plain, "app/20261128T010000Z/").await.len(), 3);
+    assert!(keys(&plain, "app/20261128T020000Z/").await.is_empty());
+    assert!(keys(&plain, "app/20261128T000000Z/").await.is_empty());
 }
