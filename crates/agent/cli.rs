@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// refugio: scheduled PostgreSQL backups that are proven by restoring them.
 #[derive(Debug, Parser)]
-#[command(name = "refugio", version, about, long_about = None)]
+#[command(name = "refugio", version, about, long_about = None, after_help = crate::exit::help())]
 pub struct Cli {
     /// Configuration file (TOML). Without one, commands take --source and
     /// --repository (default ./refugio-backups).

@@ -1,6 +1,6 @@
-//! Exit codes: 0 success; 1 the operation failed; 2 bad usage or
-//! configuration (clap's and ours); 3 (`refugio check` only) the
-//! repository could not be checked.
+//! Exit codes: one table ([`CODES`]) that the commands, `main` and the
+//! docs follow (`refugio --help` ends with it; docs/configuration.md
+//! carries it as a list, and a test holds it there).
 
 use std::process::ExitCode;
 
@@ -20,9 +20,45 @@ pub fn usage(e: anyhow::Error) -> anyhow::Error {
 #[error("{}", crate::output::error_chain(.0))]
 pub struct CouldNotCheck(anyhow::Error);
 
-/// Exit code of [`CouldNotCheck`] (and of a check that found no damage
-/// but could not read everything).
+/// The operation failed: a backup, restore or prune; `verify`: the drill
+/// failed; `check`: damage; `wal-fetch`: the file is not archived.
+pub const FAILED: u8 = 1;
+/// Bad usage or an invalid configuration (clap's and ours).
+pub const USAGE: u8 = 2;
+/// Could not check: a drill that was inconclusive (a foreign backup
+/// included), a repository check that could not look at everything.
 pub const COULD_NOT_CHECK: u8 = 3;
+/// `wal-fetch`: the file is archived but could not be fetched or checked
+/// (PostgreSQL's `restore_command` protocol: recovery stops rather than
+/// ending early).
+pub const FETCH_FAILED: u8 = 126;
+
+/// Every exit code refugio uses, and what it means.
+pub const CODES: &[(u8, &str)] = &[
+    (0, "success"),
+    (
+        FAILED,
+        "the operation failed: a backup, restore or prune; `verify`: the drill failed (the backup is bad, or a target was missed); `check`: damage; `wal-fetch`: the file is not archived",
+    ),
+    (USAGE, "bad usage or an invalid configuration"),
+    (
+        COULD_NOT_CHECK,
+        "could not check: `verify` inconclusive (a foreign backup included), `check` could not look at everything",
+    ),
+    (
+        FETCH_FAILED,
+        "`wal-fetch`: the file is archived but could not be fetched or checked (recovery stops rather than ending early)",
+    ),
+];
+
+/// [`CODES`] as `refugio --help` ends.
+pub fn help() -> String {
+    let mut text = String::from("Exit codes:\n");
+    for (code, meaning) in CODES {
+        text.push_str(&format!("  {code:<4}{meaning}\n"));
+    }
+    text
+}
 
 /// Marks `e` as "the repository could not be checked".
 pub fn could_not_check(e: anyhow::Error) -> anyhow::Error {
@@ -32,11 +68,11 @@ pub fn could_not_check(e: anyhow::Error) -> anyhow::Error {
 /// The exit code of a failed command.
 pub fn code_of(e: &anyhow::Error) -> ExitCode {
     if e.downcast_ref::<UsageError>().is_some() {
-        ExitCode::from(2)
+        ExitCode::from(USAGE)
     } else if e.downcast_ref::<CouldNotCheck>().is_some() {
         ExitCode::from(COULD_NOT_CHECK)
     } else {
-        ExitCode::from(1)
+        ExitCode::from(FAILED)
     }
 }
 
@@ -55,4 +91,30 @@ pub fn is_foreign(e: &anyhow::Error) -> bool {
             ))
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`CODES`] as the Markdown list docs/configuration.md carries.
+    fn markdown() -> String {
+        CODES
+            .iter()
+            .map(|(code, meaning)| format!("- `{code}` {meaning}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn the_docs_carry_the_table() {
+        let docs = include_str!("../../docs/configuration.md");
+        let table = markdown();
+        assert!(
+            docs.contains(&table),
+            "docs/configuration.md does not carry the exit codes as exit.rs has them:\n{table}"
+        );
+        assert!(help().contains("  126 `wal-fetch`"), "{}", help());
+        let codes: Vec<u8> = CODES.iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, [0, FAILED, USAGE, COULD_NOT_CHECK, FETCH_FAILED]);
+    }
 }

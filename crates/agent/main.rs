@@ -3,8 +3,7 @@
 //! long-running agent (`refugio run`: scheduler wiring, signals, advisory
 //! locks, HTTP metrics and health, webhook) and the output of each command.
 //!
-//! Exit codes: 0 success; 1 the operation failed; 2 bad usage or
-//! configuration (clap's and ours).
+//! Exit codes: the table in `exit.rs` (`exit::CODES`).
 
 mod cli;
 mod commands;
@@ -38,7 +37,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("refugio: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(exit::FAILED);
         }
     };
     let code = runtime.block_on(commands::dispatch(args));

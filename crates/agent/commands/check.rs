@@ -108,7 +108,7 @@ pub async fn check(cfg: Config, a: CheckArgs) -> Result<ExitCode> {
     }
     Ok(
         if reports.iter().any(|r| r.outcome == CheckOutcome::Damaged) {
-            ExitCode::from(1)
+            ExitCode::from(crate::exit::FAILED)
         } else if reports
             .iter()
             .any(|r| r.outcome == CheckOutcome::Inconclusive)

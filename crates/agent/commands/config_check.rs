@@ -316,6 +316,6 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(crate::exit::FAILED)
     })
 }

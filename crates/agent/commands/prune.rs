@@ -139,7 +139,7 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
         reports.push(refugio_core::prune(&repo, &opts, clock, &token).await?);
     }
     let code = if reports.iter().any(|r| r.has_errors()) {
-        ExitCode::from(1)
+        ExitCode::from(crate::exit::FAILED)
     } else {
         ExitCode::SUCCESS
     };

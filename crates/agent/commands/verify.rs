@@ -169,7 +169,7 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
     Ok(match (receipt.passed, receipt.outcome()) {
         (true, _) => ExitCode::SUCCESS,
         // Could not check, as `refugio check` says it: not a bad backup.
-        (false, Outcome::Inconclusive) => ExitCode::from(3),
-        (false, _) => ExitCode::from(1),
+        (false, Outcome::Inconclusive) => ExitCode::from(crate::exit::COULD_NOT_CHECK),
+        (false, _) => ExitCode::from(crate::exit::FAILED),
     })
 }

@@ -21,8 +21,7 @@ use crate::cli::{WalFetchArgs, WalPushArgs};
 use crate::config::{Config, JobConfig};
 use crate::exit::usage;
 
-/// wal-fetch's exit code when the file exists but could not be fetched.
-pub const FETCH_FAILED: u8 = 126;
+pub use crate::exit::FETCH_FAILED;
 
 /// The physical job a WAL command acts for: `--job`, else the config's
 /// only physical job.
@@ -105,7 +104,7 @@ pub async fn wal_fetch(cfg: Config, a: WalFetchArgs) -> Result<ExitCode> {
         }
         Ok(WalFetched::NotFound) => {
             tracing::debug!(job = %job.name, name = %a.name, "wal-not-archived");
-            Ok(ExitCode::from(1))
+            Ok(ExitCode::from(crate::exit::FAILED))
         }
         // dispatch exits FETCH_FAILED on any error of wal-fetch.
         Err(e) => {

@@ -195,6 +195,6 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
             timeout = ?timeout,
             "agent-stopped: tasks did not finish within agent.shutdown_timeout"
         );
-        Ok(ExitCode::from(1))
+        Ok(ExitCode::from(crate::exit::FAILED))
     }
 }
