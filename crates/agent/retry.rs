@@ -46,33 +46,10 @@ impl fmt::Display for Chained {
 
 /// Temporary: network and store trouble, a server restarting, a lock
 /// timeout. Permanent: everything else (auth, missing binary, bad config,
-/// failed checks). Any cause in the chain that says "temporary" decides.
+/// failed checks). Any cause in the chain that says "temporary" decides
+/// (core's one classifier, [`refugio_core::error::temporary_cause`]).
 pub fn is_temporary(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        if let Some(core) = c.downcast_ref::<refugio_core::Error>() {
-            return core.is_temporary();
-        }
-        if let Some(s) = c.downcast_ref::<refugio_store::Error>() {
-            return s.is_temporary();
-        }
-        if let Some(d) = c.downcast_ref::<refugio_dump::Error>() {
-            return d.is_temporary();
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return refugio_core::error::io_temporary(io);
-        }
-        if let Some(db) = c.downcast_ref::<sqlx::Error>() {
-            return match db {
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
-                // 57P03 cannot_connect_now (starting up), 57P01 admin_shutdown.
-                sqlx::Error::Database(d) => {
-                    matches!(d.code().as_deref(), Some("57P03" | "57P01" | "53300"))
-                }
-                _ => false,
-            };
-        }
-        false
-    })
+    e.chain().any(refugio_core::error::temporary_cause)
 }
 
 #[cfg(test)]

@@ -299,6 +299,27 @@ impl Error {
     }
 }
 
+/// Whether one cause of an error chain says "worth a retry": the one
+/// classifier, for refugio's own errors (core, store, dump) and the bare
+/// causes they carry (I/O, the PostgreSQL driver). A caller with an error
+/// chain (the agent's retry) asks it of every cause; any that says
+/// temporary decides.
+pub fn temporary_cause(cause: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(e) = cause.downcast_ref::<Error>() {
+        e.is_temporary()
+    } else if let Some(e) = cause.downcast_ref::<refugio_store::Error>() {
+        store_temporary(e)
+    } else if let Some(e) = cause.downcast_ref::<refugio_dump::Error>() {
+        e.is_temporary()
+    } else if let Some(e) = cause.downcast_ref::<io::Error>() {
+        io_temporary(e)
+    } else if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+        refugio_dump::error::is_connection_trouble(e) || refugio_dump::error::is_lock_timeout(e)
+    } else {
+        false
+    }
+}
+
 /// A store error worth a retry, including a producer (pg_dump) that gave
 /// up on a lock.
 fn store_temporary(e: &refugio_store::Error) -> bool {
@@ -455,6 +476,35 @@ mod tests {
             assert!(io_temporary(&io::Error::from(kind)), "{kind:?}");
         }
         assert!(!io_temporary(&io::Error::from(io::ErrorKind::NotFound)));
+    }
+
+    #[test]
+    fn one_classifier_for_every_cause() {
+        use crate::fixtures::sqlstate;
+        // The driver's own errors: a server restarting or full of
+        // connections, a lock timeout; not a missing table.
+        for (code, temporary) in [
+            ("57P01", true),
+            ("57P02", true),
+            ("57P03", true),
+            ("53300", true),
+            ("55P03", true),
+            ("42P01", false),
+            ("28P01", false),
+        ] {
+            assert_eq!(temporary_cause(&sqlstate(code)), temporary, "{code}");
+        }
+        assert!(temporary_cause(&sqlx::Error::PoolTimedOut));
+        assert!(temporary_cause(&io::Error::from(io::ErrorKind::TimedOut)));
+        assert!(!temporary_cause(&io::Error::from(io::ErrorKind::NotFound)));
+        assert!(temporary_cause(&Error::Pg(unreachable_server())));
+        assert!(!temporary_cause(&Error::Pg(bad_url())));
+        assert!(temporary_cause(&unreachable_server()));
+        assert!(temporary_cause(&refugio_store::Error::Source {
+            key: "k".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionReset),
+        }));
+        assert!(!temporary_cause(&std::fmt::Error));
     }
 
     #[test]

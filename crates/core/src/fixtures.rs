@@ -389,3 +389,40 @@ pub(crate) async fn moto_locked_repo() -> Repository {
         .expect("S3 store");
     Repository::new(Arc::new(store))
 }
+
+/// A PostgreSQL server's error with this SQLSTATE.
+pub(crate) fn sqlstate(code: &'static str) -> sqlx::Error {
+    sqlx::Error::Database(Box::new(Sqlstate(code)))
+}
+
+#[derive(Debug)]
+struct Sqlstate(&'static str);
+
+impl std::fmt::Display for Sqlstate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "error {}", self.0)
+    }
+}
+
+impl std::error::Error for Sqlstate {}
+
+impl sqlx::error::DatabaseError for Sqlstate {
+    fn message(&self) -> &str {
+        self.0
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(std::borrow::Cow::Borrowed(self.0))
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
+}

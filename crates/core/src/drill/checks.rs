@@ -371,47 +371,10 @@ async fn count_checks(
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use super::*;
     use crate::fixtures::receipt;
 
-    /// A server error with this SQLSTATE.
-    #[derive(Debug)]
-    struct Sqlstate(&'static str);
-
-    impl std::fmt::Display for Sqlstate {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "error {}", self.0)
-        }
-    }
-
-    impl std::error::Error for Sqlstate {}
-
-    impl sqlx::error::DatabaseError for Sqlstate {
-        fn message(&self) -> &str {
-            self.0
-        }
-        fn code(&self) -> Option<Cow<'_, str>> {
-            Some(Cow::Borrowed(self.0))
-        }
-        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-            self
-        }
-        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-            self
-        }
-        fn kind(&self) -> sqlx::error::ErrorKind {
-            sqlx::error::ErrorKind::Other
-        }
-    }
-
-    fn server(code: &'static str) -> sqlx::Error {
-        sqlx::Error::Database(Box::new(Sqlstate(code)))
-    }
+    use crate::fixtures::sqlstate as server;
 
     #[test]
     fn the_connection_and_the_servers_state_say_nothing_about_the_data() {
