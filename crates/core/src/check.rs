@@ -984,13 +984,7 @@ mod tests {
         let (_dir, repo) = repo();
         let key = "app/20261127T000000Z/database.dump.zst";
         crate::fixtures::put(&repo, key, b"partial").await;
-        let written = repo
-            .store()
-            .head(key)
-            .await
-            .expect("head")
-            .and_then(|m| m.last_modified)
-            .expect("a modification time");
+        let written = crate::fixtures::modified(&repo, key).await;
         let grace = chrono::Duration::from_std(DEFAULT_GRACE).expect("grace");
         let r = run(&repo, ReadData::None, written + grace)
             .await

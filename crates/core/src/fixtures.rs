@@ -142,9 +142,9 @@ pub(crate) async fn keys(repo: &Repository, prefix: &str) -> Vec<String> {
     keys
 }
 
-/// A repository under a fresh prefix of the moto test server (fails,
-/// saying how to start it, when `scripts/services` is not running).
-pub(crate) async fn moto_repo(name: &str) -> Repository {
+/// The moto test server and the options to reach it (fails, saying how to
+/// start it, when `scripts/services` is not running).
+fn moto() -> (refugio_testkit::s3::S3Target, refugio_store::s3::S3Options) {
     let target = refugio_testkit::s3::moto().expect("the moto test server");
     let options = refugio_store::s3::S3Options {
         region: Some(target.region.clone()),
@@ -153,6 +153,23 @@ pub(crate) async fn moto_repo(name: &str) -> Repository {
         static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
         ..refugio_store::s3::S3Options::default()
     };
+    (target, options)
+}
+
+/// When the store says `key` was last written.
+pub(crate) async fn modified(repo: &Repository, key: &str) -> DateTime<Utc> {
+    repo.store()
+        .head(key)
+        .await
+        .expect("head")
+        .and_then(|m| m.last_modified)
+        .expect("a modification time")
+}
+
+/// A repository under a fresh prefix of the moto test server (fails,
+/// saying how to start it, when `scripts/services` is not running).
+pub(crate) async fn moto_repo(name: &str) -> Repository {
+    let (target, options) = moto();
     let prefix = format!("core/{}", refugio_testkit::s3::unique_prefix(name));
     let store = refugio_store::s3::S3Store::new(&target.bucket, &prefix, &options)
         .await
@@ -359,14 +376,7 @@ pub(crate) async fn archived_segment(repo: &Repository, j: &str, segment: u64) -
 /// A repository in a new moto bucket with S3 Object Lock enabled (it can
 /// only be enabled when a bucket is created).
 pub(crate) async fn moto_locked_repo() -> Repository {
-    let target = refugio_testkit::s3::moto().expect("the moto test server");
-    let options = refugio_store::s3::S3Options {
-        region: Some(target.region.clone()),
-        endpoint: Some(target.endpoint.clone()),
-        force_path_style: true,
-        static_credentials: Some((target.access_key.clone(), target.secret_key.clone())),
-        ..refugio_store::s3::S3Options::default()
-    };
+    let (target, options) = moto();
     let bucket = format!(
         "core-lock-{}",
         refugio_testkit::s3::unique_prefix("b")

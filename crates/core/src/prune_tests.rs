@@ -526,13 +526,7 @@ async fn the_grace_period_ends_after_its_length() {
     let (_dir, repo) = repo();
     let key = "app/20261127T000000Z/database.dump.zst";
     put(&repo, key, b"partial").await;
-    let written = repo
-        .store()
-        .head(key)
-        .await
-        .expect("head")
-        .and_then(|m| m.last_modified)
-        .expect("a modification time");
+    let written = crate::fixtures::modified(&repo, key).await;
     let grace = chrono::Duration::from_std(GC_GRACE_FLOOR).expect("grace");
     let policy = Policy {
         keep_last: 1,
