@@ -4,13 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 use chrono::Utc;
-use refugio_core::check::Problem;
-use refugio_core::receipt::Outcome;
-use refugio_core::{CheckOutcome, JobStatus};
+use refugio_core::JobStatus;
 use refugio_schedule::{
     needs_catch_up, Entry, Fire, FireReason, Guards, Scheduler, TaskKey, TaskKind,
 };
@@ -21,24 +19,13 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::done::already_done;
-use super::task::{run_once, Done};
+use super::outcome::{Ended, Told};
+use super::task::run_once;
 use crate::config::{Config, JobConfig};
 use crate::http::Health;
 use crate::lock::advisory_lock;
 use crate::metrics::Metrics;
 use crate::webhook::{Event, Outcomes, Webhook};
-
-/// What a finished task tells the webhook.
-struct Told {
-    ok: bool,
-    backup_id: Option<String>,
-    error: Option<String>,
-    /// Drills (`passed`, `failed`, `inconclusive`) and checks (`clean`,
-    /// `damaged`, `inconclusive`).
-    outcome: Option<&'static str>,
-    /// A whole-server backup's per-database sizes.
-    databases: Vec<crate::webhook::DatabaseSize>,
-}
 
 /// The configuration in force and the repository it names.
 #[derive(Clone)]
@@ -314,204 +301,70 @@ impl Agent {
     async fn run_task(self: &Arc<Self>, cur: Current, job: JobConfig, fire: Fire) {
         let kind = fire.key.kind;
         let cancel = self.cancel.child_token();
-        // One replica at a time per job: a session advisory lock on the source.
         let backoff = cur.cfg.agent.backoff;
+        // One replica at a time per job: a session advisory lock on the source.
         let lock = crate::retry::retry(&backoff, &cancel, |_| {
             let job = job.clone();
             async move { advisory_lock(&job, kind).await }
         })
         .await;
-        let lock = match lock {
-            Ok(Some(lock)) => lock.keep(),
-            Ok(None) => {
-                tracing::info!("task-skipped: another refugio holds this job's lock");
-                self.metrics.task_skipped(&job.name, kind.as_str(), "lock");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(
-                    error = crate::output::error_chain(&e),
-                    "task-failed: cannot take the job's lock on its source"
-                );
-                self.record_failure(&job, kind);
-                let outcome = matches!(kind, TaskKind::Drill | TaskKind::Check)
-                    .then_some(Outcome::Inconclusive.as_str());
-                let told = Told {
-                    ok: false,
-                    backup_id: None,
-                    error: Some(crate::output::error_chain(&e)),
-                    outcome,
-                    databases: Vec::new(),
-                };
-                self.notify(&cur, &job, &fire, told);
-                return;
-            }
-        };
-        if matches!(fire.reason, FireReason::Schedule | FireReason::CatchUp)
-            && already_done(&cur.repo, &job, kind, fire.scheduled_at).await
-        {
-            tracing::info!("task-skipped: another replica already did this run");
-            self.metrics.task_skipped(&job.name, kind.as_str(), "lock");
-            drop(lock);
-            return;
-        }
         let started = Instant::now();
-        let outcome = crate::retry::retry(&backoff, &cancel, |attempt| {
-            let (cur, job, cancel) = (cur.clone(), job.clone(), cancel.clone());
-            async move {
-                if attempt > 1 {
-                    tracing::info!(attempt, "task-retry");
+        let result = match lock {
+            Ok(Some(lock)) => {
+                let _lock = lock.keep();
+                if matches!(fire.reason, FireReason::Schedule | FireReason::CatchUp)
+                    && already_done(&cur.repo, &job, kind, fire.scheduled_at).await
+                {
+                    return self.skipped(&job, kind, "another replica already did this run");
                 }
-                run_once(&cur.repo, &cur.cfg, &job, kind, attempt, &cancel).await
-            }
-        })
-        .await;
-        drop(lock);
-        let (ok, backup_id, error) = match &outcome {
-            Ok(Done::Backup(m)) => (true, Some(m.backup_id.clone()), None),
-            Ok(Done::Drill(r)) => (
-                r.passed,
-                Some(r.backup_id.clone()),
-                (!r.passed).then(|| r.failures.join("; ")),
-            ),
-            Ok(Done::Prune(_)) => (true, None, None),
-            Ok(Done::Restore(r)) => (true, Some(r.backup_id.clone()), None),
-            Ok(Done::Check(r)) => (
-                r.outcome == CheckOutcome::Clean,
-                None,
-                (r.outcome != CheckOutcome::Clean).then(|| check_summary(r)),
-            ),
-            Err(e) => (false, None, Some(crate::output::error_chain(e))),
-        };
-        let drill_outcome = match (&outcome, kind) {
-            (Ok(Done::Drill(r)), _) => Some(r.outcome().as_str()),
-            (Ok(Done::Check(r)), _) => Some(r.outcome.as_str()),
-            (Err(_), TaskKind::Drill | TaskKind::Check) => Some(Outcome::Inconclusive.as_str()),
-            _ => None,
-        };
-        let databases = match &outcome {
-            Ok(Done::Backup(m)) => m
-                .database_sizes()
-                .into_iter()
-                .map(|(name, stored_bytes)| crate::webhook::DatabaseSize {
-                    name: name.to_string(),
-                    stored_bytes,
+                crate::retry::retry(&backoff, &cancel, |attempt| {
+                    let (cur, job, cancel) = (cur.clone(), job.clone(), cancel.clone());
+                    async move {
+                        if attempt > 1 {
+                            tracing::info!(attempt, "task-retry");
+                        }
+                        run_once(&cur.repo, &cur.cfg, &job, kind, attempt, &cancel).await
+                    }
                 })
-                .collect(),
-            _ => Vec::new(),
+                .await
+            }
+            Ok(None) => return self.skipped(&job, kind, "another refugio holds this job's lock"),
+            Err(e) => Err(e.context("cannot take the job's lock on its source")),
         };
-        let told = Told {
-            ok,
-            backup_id,
-            error,
-            outcome: drill_outcome,
-            databases,
+        let ended = Ended {
+            kind,
+            result,
+            cancelled: cancel.is_cancelled(),
         };
-        self.notify(&cur, &job, &fire, told);
-        // USR2 with a restore target: the newest verified backup goes
-        // there once the drill has said what is verified.
-        if kind == TaskKind::Drill
-            && fire.reason == FireReason::Signal
-            && job.restore_on_signal.is_some()
-            && !self.cancel.is_cancelled()
-        {
+        self.notify(&cur, &job, &fire, ended.told());
+        for (kind, reason) in ended.follow_ups(&job, fire.reason) {
             self.send(Fire::new(
-                TaskKey::new(job.name.clone(), TaskKind::Restore),
-                FireReason::Signal,
+                TaskKey::new(job.name.clone(), kind),
+                reason,
                 Utc::now(),
             ))
             .await;
         }
-        match outcome {
-            Ok(Done::Backup(m)) => {
-                self.metrics.backup_succeeded(
-                    &job.name,
-                    m.finished_at,
-                    started.elapsed(),
-                    m.stored_size(),
-                    m.raw_size(),
-                );
-                let sizes: Vec<(String, u64)> = m
-                    .database_sizes()
-                    .into_iter()
-                    .map(|(name, stored)| (name.to_string(), stored))
-                    .collect();
-                self.metrics.set_database_sizes(&job.name, &sizes);
-                if job.schedule.drill_after_backup && job.drill_scratch().is_some() {
-                    self.send(Fire::new(
-                        TaskKey::new(job.name.clone(), TaskKind::Drill),
-                        FireReason::AfterBackup,
-                        Utc::now(),
-                    ))
-                    .await;
-                }
-            }
-            Ok(Done::Drill(r)) => {
-                if !r.notes.is_empty() {
-                    tracing::info!(notes = ?r.notes, "drill-notes: not counted for or against the backup");
-                }
-                match r.outcome() {
-                    Outcome::Inconclusive => {
-                        self.metrics.drill_inconclusive(&job.name, r.finished_at);
-                        tracing::warn!(failures = ?r.failures,
-                            "drill-inconclusive: the backup could not be checked; it stays unverified");
-                    }
-                    _ => {
-                        self.metrics.drill_finished(
-                            &job.name,
-                            r.finished_at,
-                            r.verified,
-                            r.rto.measured_seconds.map(Duration::from_secs_f64),
-                        );
-                        if !r.passed {
-                            tracing::error!(failures = ?r.failures, "drill-failed");
-                        }
-                    }
-                }
-            }
-            Ok(Done::Prune(deleted)) => self.metrics.prune_finished(&job.name, true, deleted),
-            Ok(Done::Restore(_)) => self.metrics.restore_finished(&job.name, true),
-            Ok(Done::Check(r)) => {
-                self.metrics.check_finished(&job.name, &r);
-                let (backups, artifacts, read) = (r.backups, r.artifacts, r.read.artifacts);
-                let (orphans, stale) = (r.orphans.len(), r.stale_uploads.len());
-                match r.outcome {
-                    CheckOutcome::Clean => tracing::info!(
-                        backups,
-                        artifacts,
-                        read,
-                        orphans,
-                        stale_uploads = stale,
-                        "check-clean"
-                    ),
-                    CheckOutcome::Damaged => tracing::error!(backups, artifacts, read,
-                        damage = %check_summary(&r), "check-found-damage"),
-                    CheckOutcome::Inconclusive => tracing::warn!(backups, artifacts, read,
-                        problem = %check_summary(&r),
-                        "check-inconclusive: no damage found, but not everything could be checked"),
-                }
-            }
-            Err(e) => {
-                if cancel.is_cancelled() {
-                    tracing::warn!(
-                        error = crate::output::error_chain(&e),
-                        "task-cancelled: nothing was committed"
-                    );
-                } else {
-                    tracing::error!(error = crate::output::error_chain(&e), "task-failed");
-                }
-                self.record_failure(&job, kind);
-            }
-        }
-        // The job's fresh status, bounded like every repository check and
-        // skipped on shutdown: a stalled store never holds a stop.
+        ended.record(&self.metrics, &job.name, started.elapsed());
+        self.refresh_status(&cur, &job).await;
+    }
+
+    /// A task not run because another replica holds or did the work.
+    fn skipped(&self, job: &JobConfig, kind: TaskKind, why: &str) {
+        tracing::info!("task-skipped: {why}");
+        self.metrics.task_skipped(&job.name, kind.as_str(), "lock");
+    }
+
+    /// The job's fresh status, bounded like every repository check and
+    /// skipped on shutdown: a stalled store never holds a stop.
+    async fn refresh_status(&self, cur: &Current, job: &JobConfig) {
         let limit = cur.cfg.agent.repository_timeout;
         let status = tokio::select! {
             () = self.cancel.cancelled() => None,
             st = tokio::time::timeout(limit, refugio_core::status(&cur.repo, &job.name)) => st.ok(),
         };
         if let Some(Ok(st)) = status {
-            self.publish_status(&job, &st);
+            self.publish_status(job, &st);
         }
     }
 
@@ -560,48 +413,4 @@ impl Agent {
             }
         });
     }
-
-    fn record_failure(&self, job: &JobConfig, kind: TaskKind) {
-        match kind {
-            TaskKind::Backup => self.metrics.backup_failed(&job.name),
-            // A drill that returns an error never checked the backup.
-            TaskKind::Drill => self.metrics.drill_inconclusive(&job.name, Utc::now()),
-            TaskKind::Prune => self.metrics.prune_finished(&job.name, false, 0),
-            TaskKind::Restore => self.metrics.restore_finished(&job.name, false),
-            // A check that returns an error could not check.
-            TaskKind::Check => self.metrics.check_inconclusive(&job.name),
-        }
-    }
-}
-
-/// What a check that was not clean found, in one line (the first few
-/// keys; the JSON report of `refugio check` has them all).
-fn check_summary(r: &refugio_core::CheckReport) -> String {
-    const SHOWN: usize = 5;
-    let mut parts: Vec<String> = Vec::new();
-    parts.extend(r.missing.iter().map(|m| format!("missing {}", m.key)));
-    parts.extend(r.damaged.iter().map(|d| match &d.problem {
-        Problem::Size { expected, actual } => {
-            format!("{}: {actual} bytes, the manifest says {expected}", d.key)
-        }
-        Problem::Digest { .. } => format!("{}: SHA-256 differs from the manifest's", d.key),
-        Problem::Manifest { reason } => format!("{}: {reason}", d.key),
-    }));
-    parts.extend(
-        r.unchecked
-            .iter()
-            .map(|u| format!("could not check {}: {}", u.key, u.error)),
-    );
-    let more = parts.len().saturating_sub(SHOWN);
-    parts.truncate(SHOWN);
-    let mut text = format!(
-        "{} damaged or missing, {} not checked: {}",
-        r.damage_count(),
-        r.unchecked.len(),
-        parts.join("; ")
-    );
-    if more > 0 {
-        text.push_str(&format!("; and {more} more"));
-    }
-    text
 }

@@ -18,6 +18,7 @@
 
 mod agent;
 mod done;
+mod outcome;
 mod task;
 
 use std::path::PathBuf;
