@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use refugio_schedule::TaskKind;
 use sha2::{Digest, Sha256};
 
-use crate::config::JobConfig;
+use crate::job::Job;
 
 /// Advisory lock key of a job's task: the first 8 bytes of
 /// SHA-256("refugio job " + name + " " + task).
@@ -33,15 +33,15 @@ const LOCK_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A job task's advisory lock: the session on the source that holds it.
 pub struct JobLock {
     conn: sqlx::PgConnection,
-    job: JobConfig,
+    job: Job,
     task: TaskKind,
 }
 
 /// Takes the session advisory lock of `job`'s `task` on its source;
 /// `None` when another session holds it. The lock lives as long as the
 /// connection; [`JobLock::keep`] watches it while the task runs.
-pub async fn advisory_lock(job: &JobConfig, task: TaskKind) -> Result<Option<JobLock>> {
-    let source = job.source_spec()?;
+pub async fn advisory_lock(job: &Job, task: TaskKind) -> Result<Option<JobLock>> {
+    let source = job.source()?;
     let mut conn = source.connect().await?;
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(lock_key(&job.name, task))
@@ -125,7 +125,7 @@ async fn watch(mut lock: JobLock) {
 /// agent or another command holds it. For drills and prunes, which do not
 /// need the source, an unreachable source only earns a warning (the run
 /// goes on unlocked); a backup needs its source anyway.
-pub async fn for_command(job: &JobConfig, task: TaskKind) -> Result<Option<KeptLock>> {
+pub async fn for_command(job: &Job, task: TaskKind) -> Result<Option<KeptLock>> {
     match advisory_lock(job, task).await {
         Ok(Some(lock)) => Ok(Some(lock.keep())),
         Ok(None) => anyhow::bail!(

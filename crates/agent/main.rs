@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod exit;
 mod http;
+mod job;
 mod lock;
 mod metrics;
 mod output;

@@ -10,11 +10,15 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::BackupArgs;
 use crate::config::{self, Config};
 use crate::exit::usage;
+use crate::job::Job;
 use crate::output::human;
 
 pub async fn backup(cfg: Config, a: BackupArgs) -> Result<ExitCode> {
     let job = match (&a.source, cfg.jobs.is_empty()) {
-        (Some(src), _) => config::adhoc_job(src, a.job.as_deref()).map_err(usage)?,
+        (Some(src), _) => {
+            let adhoc = config::adhoc_job(src, a.job.as_deref()).map_err(usage)?;
+            Job::resolve(0, &adhoc, &cfg.repository, None).map_err(usage)?
+        }
         (None, false) => cfg.job(a.job.as_deref()).map_err(usage)?.clone(),
         (None, true) => {
             return Err(usage(anyhow!(
@@ -27,12 +31,12 @@ pub async fn backup(cfg: Config, a: BackupArgs) -> Result<ExitCode> {
     crate::signals::cancel_on_stop(token.clone());
     let shown = crate::progress::start(crate::progress::BACKUP);
     let m = crate::retry::retry(&job.backoff(), &token, |attempt| {
-        let (repo, job, cfg, token, shown) = (&repo, &job, &cfg, &token, &shown);
+        let (repo, job, token, shown) = (&repo, &job, &token, &shown);
         async move {
             // The job's lock, held until this attempt is committed or
             // abandoned; an unreachable source is retried like the backup.
             let _lock = crate::lock::for_command(job, TaskKind::Backup).await?;
-            let mut opts = job.backup_options(&cfg.repository, attempt)?;
+            let mut opts = job.backup_options(attempt)?;
             opts.progress = shown.as_ref().map(|s| s.progress());
             Ok(refugio_core::backup(repo, &opts, &SystemClock, token).await?)
         }

@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
-use refugio_core::check::{CheckOptions, Problem, ReadData, DEFAULT_GRACE};
+use refugio_core::check::{CheckOptions, Problem, ReadData};
 use refugio_core::{CheckOutcome, CheckReport, Clock, FixedClock, SystemClock};
 use tokio_util::sync::CancellationToken;
 
@@ -70,17 +70,10 @@ pub async fn check(cfg: Config, a: CheckArgs) -> Result<ExitCode> {
         _ => crate::progress::start(crate::progress::CHECK),
     };
     for job in jobs {
-        let grace = cfg
-            .jobs
-            .iter()
-            .find(|j| j.name == job)
-            .and_then(|j| j.retention.as_ref())
-            .map_or(DEFAULT_GRACE, |r| r.gc_grace);
+        let configured = cfg.jobs.iter().find(|j| j.name == job);
         let opts = CheckOptions {
-            job: job.clone(),
-            read_data: read_data.clone(),
-            grace,
             progress: shown.as_ref().map(|s| s.progress()),
+            ..crate::job::check_options(&job, configured, read_data.clone())
         };
         match refugio_core::check(&repo, &opts, clock, &token).await {
             Ok(r) => reports.push(r),

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 
-use crate::config::{Config, JobConfig};
+use crate::config::Config;
 use crate::exit::usage;
+use crate::job::Job;
 use crate::output::error_chain;
 
 /// One line per check.
@@ -135,16 +136,16 @@ fn authentication_check(cfg: &Config) -> Check {
 
 /// A job's `restore_on_signal` target, by what its server says it is: not
 /// the job's source cluster (a replica or another name of it included).
-async fn restore_target_check(job: &JobConfig) -> Option<Check> {
+async fn restore_target_check(job: &Job) -> Option<Check> {
     use refugio_core::restore::identity::system_identifier;
-    let r = job.restore_on_signal.as_ref()?;
+    let r = job.config.restore_on_signal.as_ref()?;
     let what = format!("job {} restore_on_signal target", job.name);
     let fail = |detail: String| Check {
         what: what.clone(),
         ok: false,
         detail,
     };
-    let (target, source) = match (r.target_spec(), job.source_spec()) {
+    let (target, source) = match (r.target_spec(), job.source()) {
         (Ok(t), Ok(s)) => (t, s),
         (Err(e), _) | (_, Err(e)) => return Some(fail(error_chain(&e))),
     };
@@ -256,11 +257,12 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
     for job in &cfg.jobs {
         let what = format!("job {}", job.name);
         let detail = async {
-            let source = job.source_spec()?;
-            let probe = refugio_core::probe::source(&source, job.pg_bindir.as_deref()).await?;
+            let source = job.source()?;
+            let probe =
+                refugio_core::probe::source(&source, job.config.pg_bindir.as_deref()).await?;
             let (facts, tool) = (probe.facts, probe.pg_dump);
             // A whole-server job: which databases its next backup holds.
-            let scope = match job.database_scope() {
+            let scope = match &job.scope {
                 Some(scope) => {
                     let mut conn = source.connect().await?;
                     let names = scope.resolve(&mut conn, &source).await?;

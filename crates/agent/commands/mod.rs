@@ -106,11 +106,6 @@ fn report_failure(e: &anyhow::Error, log_format: LogFormat) {
 fn load_config(cli: &Cli) -> Result<Config> {
     match &cli.config {
         Some(path) => Config::load(path).map_err(usage),
-        None => Ok(Config {
-            repository: Default::default(),
-            jobs: Vec::new(),
-            agent: Default::default(),
-            path: None,
-        }),
+        None => Ok(Config::empty()),
     }
 }

@@ -8,8 +8,11 @@ use refugio_schedule::TaskKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{PinArgs, PruneArgs, RetentionArgs};
-use crate::config::{self, Config, RetentionConfig};
+use refugio_core::PruneOptions;
+
+use crate::config::{Config, RetentionConfig};
 use crate::exit::usage;
+use crate::job::Job;
 
 pub async fn pin(cfg: Config, a: PinArgs, on: bool) -> Result<ExitCode> {
     let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref()).await?;
@@ -69,20 +72,23 @@ fn flag_policy(r: &RetentionArgs) -> Option<RetentionConfig> {
     })
 }
 
-/// The jobs to prune, each with its policy and its config (for the job
-/// lock; `None` for a job the config does not name). The config's policy,
-/// or else the flags'; both for one job is a usage error, and so is none.
+/// A job to prune: its options, and its configuration when the config
+/// names it (its source holds the job's lock).
+type ToPrune<'c> = (PruneOptions, Option<&'c Job>);
+
+/// The jobs to prune, each under the config's policy, or else the flags';
+/// both for one job is a usage error, and so is none.
 async fn plan<'c>(
     cfg: &'c Config,
     repo: &refugio_store::repo::Repository,
     a: &PruneArgs,
-) -> Result<Vec<(String, RetentionConfig, Option<&'c config::JobConfig>)>> {
+) -> Result<Vec<ToPrune<'c>>> {
     let flags = flag_policy(&a.retention);
     if a.job.is_none() && flags.is_none() {
         let jobs: Vec<_> = cfg
             .jobs
             .iter()
-            .filter_map(|j| Some((j.name.clone(), j.retention.clone()?, Some(j))))
+            .filter_map(|j| Some((j.prune_options(a.dry_run, a.batch)?, Some(j))))
             .collect();
         if jobs.is_empty() {
             return Err(usage(anyhow!(
@@ -93,20 +99,31 @@ async fn plan<'c>(
     }
     let name = super::infer_job(cfg, repo, a.job.as_deref()).await?;
     let configured = cfg.jobs.iter().find(|j| j.name == name);
-    let policy = match (configured.and_then(|j| j.retention.clone()), flags) {
+    let opts = match (configured.and_then(|j| j.prune_options(a.dry_run, a.batch)), flags) {
         (Some(_), Some(_)) => {
             return Err(usage(anyhow!(
                 "job {name} has a retention policy in the config file ([jobs.retention]); the retention flags apply only to a job without one: drop the flags, or change the config"
             )))
         }
-        (Some(p), None) | (None, Some(p)) => p,
+        (Some(opts), None) => opts,
+        (None, Some(flags)) => crate::job::prune_options(
+            &name,
+            flags
+                .policy()
+                .map_err(|e| usage(e.context(format!("job {name}: retention"))))?,
+            flags.gc_grace,
+            &cfg.repository,
+            a.dry_run,
+            a.batch,
+            configured.is_some_and(|j| j.kind == refugio_core::JobKind::Physical),
+        ),
         (None, None) => {
             return Err(usage(anyhow!(
                 "job {name} has no retention policy: give one with {FLAGS}, or set [jobs.retention] in the config file"
             )))
         }
     };
-    Ok(vec![(name, policy, configured)])
+    Ok(vec![(opts, configured)])
 }
 
 pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
@@ -115,16 +132,7 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
     let mut reports = Vec::new();
-    for (name, retention, job) in jobs {
-        let opts = retention
-            .prune_options(
-                &name,
-                cfg.repository.object_lock.is_some(),
-                a.dry_run,
-                a.batch,
-                job.is_some_and(|j| j.kind == refugio_core::JobKind::Physical),
-            )
-            .map_err(|e| usage(e.context(format!("job {name}: retention"))))?;
+    for (opts, job) in jobs {
         let fixed = a.now.map(FixedClock);
         let clock: &dyn Clock = match &fixed {
             Some(c) => c,

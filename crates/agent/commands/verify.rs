@@ -56,16 +56,14 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
             None => a
                 .scratch_password_file
                 .clone()
-                .or_else(|| job.scratch_password_file.clone()),
+                .or_else(|| job.config.scratch_password_file.clone()),
         };
         let opts = job
             .drill_options(
                 &scratch,
                 password_file.as_deref(),
                 // As the agent's drills: the job's tools unless told otherwise.
-                a.pg_bindir.clone().or_else(|| job.pg_bindir.clone()),
-                &cfg.repository,
-                cfg.path.as_deref(),
+                a.pg_bindir.clone().or_else(|| job.config.pg_bindir.clone()),
             )
             .map_err(usage)?;
         (job.name.clone(), opts, Some(job))

@@ -18,14 +18,15 @@ use refugio_core::wal::{self, WalFetchOptions, WalFetched, WalPushOptions};
 use refugio_core::JobKind;
 
 use crate::cli::{WalFetchArgs, WalPushArgs};
-use crate::config::{Config, JobConfig};
+use crate::config::Config;
 use crate::exit::usage;
+use crate::job::Job;
 
 pub use crate::exit::FETCH_FAILED;
 
 /// The physical job a WAL command acts for: `--job`, else the config's
 /// only physical job.
-fn physical_job<'a>(cfg: &'a Config, job: Option<&str>, verb: &str) -> Result<&'a JobConfig> {
+fn physical_job<'a>(cfg: &'a Config, job: Option<&str>, verb: &str) -> Result<&'a Job> {
     if cfg.jobs.is_empty() {
         return Err(usage(anyhow!(
             "refugio {verb} needs a config file (--config FILE or REFUGIO_CONFIG) with a job of kind = \"physical\"; nothing was done"
@@ -34,7 +35,7 @@ fn physical_job<'a>(cfg: &'a Config, job: Option<&str>, verb: &str) -> Result<&'
     let j = match job {
         Some(_) => cfg.job(job).map_err(usage)?,
         None => {
-            let physical: Vec<&JobConfig> = cfg
+            let physical: Vec<&Job> = cfg
                 .jobs
                 .iter()
                 .filter(|j| j.kind == JobKind::Physical)
@@ -71,8 +72,8 @@ pub async fn wal_push(cfg: Config, a: WalPushArgs) -> Result<ExitCode> {
     let opts = WalPushOptions {
         job: job.name.clone(),
         path: a.path.clone(),
-        compression: job.compression,
-        compression_level: job.compression_level,
+        compression: job.config.compression,
+        compression_level: job.config.compression_level,
         encryption: cfg.repository.recipients().map_err(usage)?,
     };
     let report = wal::push(&repo, &opts)

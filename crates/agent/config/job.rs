@@ -7,13 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use refugio_core::{BackupOptions, DrillOptions, Scratch};
 use refugio_dump::snapshot::RowCountMode;
 use refugio_dump::{
     redact_text, redact_url, Compression, DumpFormat, SourceSpec, SslMode, TlsSettings,
 };
 
-use super::repository::RepositoryConfig;
 use super::retention::RetentionConfig;
 use super::schedule::ScheduleConfig;
 use super::values::{one, yes};
@@ -262,24 +260,6 @@ impl JobConfig {
         })
     }
 
-    /// The job's source cluster as it is now, by its system identifier,
-    /// for a restore to refuse writing into. None when the source cannot
-    /// be asked (logged): the backup's manifest still names its source.
-    pub async fn source_cluster(&self) -> Option<refugio_core::restore::identity::SourceCluster> {
-        let spec = self.source_spec().ok()?;
-        match refugio_core::restore::identity::system_identifier(&spec).await {
-            Ok(system_identifier) => Some(refugio_core::restore::identity::SourceCluster {
-                system_identifier,
-                name: format!("job {}'s source {}", self.name, spec.redacted()),
-            }),
-            Err(e) => {
-                tracing::warn!(job = %self.name, source = %spec.redacted(),
-                    error = %refugio_store::error::chain(&e), "source-unidentified");
-                None
-            }
-        }
-    }
-
     /// The job's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`.
     pub fn tls(&self) -> TlsSettings {
         TlsSettings {
@@ -290,57 +270,6 @@ impl JobConfig {
         }
     }
 
-    /// Options of one backup attempt (`attempt` counts from 1) into `repo`.
-    pub fn backup_options(&self, repo: &RepositoryConfig, attempt: u32) -> Result<BackupOptions> {
-        Ok(BackupOptions {
-            job: self.name.clone(),
-            kind: self.kind,
-            source: self.source_spec()?,
-            format: self.format,
-            compression: self.compression,
-            compression_level: self.compression_level,
-            archive_compression: self.archive_compression,
-            globals: self.globals,
-            pg_bindir: self.pg_bindir.clone(),
-            exclude_tables: self.exclude_tables.clone(),
-            include_tables: self.include_tables.clone(),
-            exclude_table_data: self.exclude_table_data.clone(),
-            databases: self.database_scope(),
-            extra_args: self.extra_args.clone(),
-            lock_wait_timeout: self.lock_wait_timeout,
-            row_counts: self.row_counts,
-            part_size: usize::try_from(repo.part_size).unwrap_or(usize::MAX),
-            upload_concurrency: repo.upload_concurrency,
-            object_lock: repo.object_lock.as_ref().map(|l| l.lock()),
-            attempt,
-            max_replica_lag: (!self.max_replica_lag.is_zero()).then_some(self.max_replica_lag),
-            on_replica_lag: self.on_replica_lag,
-            encryption: repo.recipients()?,
-            progress: None,
-        })
-    }
-
-    /// The databases of a whole-server job; None for a one-database job.
-    pub fn database_scope(&self) -> Option<refugio_dump::pattern::DatabaseScope> {
-        self.databases
-            .as_ref()
-            .map(|include| refugio_dump::pattern::DatabaseScope {
-                include: include.clone(),
-                exclude: self.exclude_databases.clone(),
-            })
-    }
-
-    /// How `refugio backup` retries a lock timeout or another temporary
-    /// failure: `attempts` in all, 2 s, 4 s, 8 s… between them. (The agent
-    /// retries with `agent.backoff`.)
-    pub fn backoff(&self) -> refugio_schedule::Backoff {
-        refugio_schedule::Backoff {
-            attempts: self.attempts,
-            initial: Duration::from_secs(2),
-            max: Duration::from_secs(10),
-        }
-    }
-
     /// Where this job's drills restore: `scratch`; a physical job's are
     /// always an ephemeral cluster.
     pub fn drill_scratch(&self) -> Option<&str> {
@@ -348,57 +277,6 @@ impl JobConfig {
             refugio_core::JobKind::Physical => Some("ephemeral"),
             refugio_core::JobKind::Logical => self.scratch.as_deref(),
         }
-    }
-
-    /// How a drill of this physical job recovers its base backup: the
-    /// restored cluster fetches WAL through `config` (None without a
-    /// config file, or for a logical job).
-    fn physical_drill(
-        &self,
-        config: Option<&Path>,
-        repo: &RepositoryConfig,
-    ) -> Result<Option<refugio_core::PhysicalDrill>> {
-        let Some(config) = config.filter(|_| self.kind == refugio_core::JobKind::Physical) else {
-            return Ok(None);
-        };
-        let user = self
-            .source_spec()?
-            .connect_options()?
-            .get_username()
-            .to_string();
-        Ok(Some(refugio_core::PhysicalDrill {
-            restore_command: wal_fetch_command(config, &self.name)?,
-            restore_env: repo.wal_fetch_env(),
-            user,
-            target: refugio_core::restore::physical::RecoveryTarget::Latest,
-        }))
-    }
-
-    /// Options of a drill into `scratch` (`"ephemeral"` or a server URL,
-    /// whose password is the first line of `password_file` when given)
-    /// with the restore tools in `bindir` (None: search), decrypting with
-    /// the identities `repo` names.
-    pub fn drill_options(
-        &self,
-        scratch: &str,
-        password_file: Option<&Path>,
-        bindir: Option<PathBuf>,
-        repo: &RepositoryConfig,
-        config: Option<&Path>,
-    ) -> Result<DrillOptions> {
-        Ok(DrillOptions {
-            physical: self.physical_drill(config, repo)?,
-            scratch: Scratch::parse(scratch, password_file)
-                .with_context(|| format!("job {}: scratch", self.name))?,
-            checks: self.checks.iter().map(CheckConfig::check).collect(),
-            rpo_target: self.targets.rpo,
-            rto_target: self.targets.rto,
-            jobs: self.drill_jobs,
-            bindir,
-            identities: repo.identities()?,
-            require_encrypted: repo.encryption.is_some(),
-            progress: None,
-        })
     }
 }
 

@@ -19,17 +19,17 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use refugio_dump::Compression;
+use crate::job::Job;
 
 pub use agent::AgentConfig;
 pub use job::{adhoc_job, wal_fetch_command, JobConfig};
 pub use repository::RepositoryConfig;
 pub use retention::RetentionConfig;
 
-/// The whole file.
+/// The file as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct ConfigFile {
     /// Where backups are stored. Default: a directory `./refugio-backups`.
     #[serde(default)]
     pub repository: RepositoryConfig,
@@ -39,279 +39,78 @@ pub struct Config {
     /// The long-running agent (`refugio run`). Defaults fit a systemd service.
     #[serde(default)]
     pub agent: AgentConfig,
-    /// The file it was read from (None: no config file). A physical job's
-    /// restored clusters fetch WAL through it.
-    #[serde(skip)]
-    pub path: Option<std::path::PathBuf>,
+}
+
+/// The configuration in force: the file checked, its jobs resolved once
+/// (at load, and again on every reload).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub repository: RepositoryConfig,
+    pub jobs: Vec<Job>,
+    pub agent: AgentConfig,
 }
 
 impl Config {
-    /// Reads and validates a file; errors name the file and the field.
+    /// Reads, checks and resolves a file; errors name the file and the field.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
-        // TOML's message quotes the offending line, which may be a URL
-        // with a password.
-        let cfg: Config = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "config file {}: {}",
-                path.display(),
-                refugio_dump::redact_text(e.to_string().trim_end())
-            )
-        })?;
-        cfg.validate()
-            .with_context(|| format!("config file {}", path.display()))?;
-        Ok(Config {
-            path: Some(path.to_path_buf()),
-            ..cfg
-        })
+        Config::parse(&text, Some(path)).with_context(|| format!("config file {}", path.display()))
     }
 
-    /// Checks what serde cannot: names, sizes, duplicates.
-    pub fn validate(&self) -> Result<()> {
-        let r = &self.repository;
-        if (r.part_size as usize) < refugio_store::MIN_PART_SIZE {
-            bail!(
-                "repository.part_size: {} bytes is below S3's minimum of 5MiB",
-                r.part_size
-            );
+    /// Parses, checks and resolves the text of a file read from `path`
+    /// (a physical job's restored clusters fetch WAL through it).
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<Config> {
+        // TOML's message quotes the offending line, which may be a URL
+        // with a password.
+        let file: ConfigFile = toml::from_str(text).map_err(|e| {
+            anyhow::anyhow!("{}", refugio_dump::redact_text(e.to_string().trim_end()))
+        })?;
+        Config::resolve(file, path)
+    }
+
+    /// No config file: every default, no jobs.
+    pub fn empty() -> Config {
+        Config {
+            repository: Default::default(),
+            jobs: Vec::new(),
+            agent: Default::default(),
         }
-        if r.part_size as usize > refugio_store::MAX_PART_SIZE {
-            bail!(
-                "repository.part_size: {} bytes is above S3's maximum of 5GiB",
-                r.part_size
-            );
-        }
-        if r.upload_concurrency == 0 || r.upload_concurrency > 64 {
-            bail!(
-                "repository.upload_concurrency: {} is not within 1..=64",
-                r.upload_concurrency
-            );
-        }
-        if !(1..=100).contains(&r.attempts) {
-            bail!(
-                "repository.attempts: {} is not within 1..=100 (the first attempt counts)",
-                r.attempts
-            );
-        }
-        for (field, value) in [
-            ("connect_timeout", r.connect_timeout),
-            ("operation_timeout", r.operation_timeout),
-        ] {
-            if value.is_zero() {
-                bail!("repository.{field}: must be longer than 0s");
-            }
-        }
-        if let Some(e) = &r.encryption {
-            e.recipients()?;
-        }
-        if let Some(a) = &r.authentication {
-            let physical: Vec<&str> = self
-                .jobs
-                .iter()
-                .filter(|j| j.kind == refugio_core::JobKind::Physical)
-                .map(|j| j.name.as_str())
-                .collect();
-            a.validate(&physical)?;
-        }
-        let location =
-            refugio_store::RepositoryLocation::parse(&r.url).context("repository.url")?;
-        let on_s3 = matches!(location, refugio_store::RepositoryLocation::S3 { .. });
-        for (field, set) in [
-            ("storage_class", r.storage_class.is_some()),
-            ("ca_file", r.ca_file.is_some()),
-        ] {
-            if set && !on_s3 {
-                bail!(
-                    "repository.{field}: only S3 repositories have it; {} is a directory",
-                    r.url
-                );
-            }
-        }
-        if let Some(class) = &r.storage_class {
-            if class.is_empty()
-                || !class
-                    .chars()
-                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-            {
-                bail!(
-                    "repository.storage_class: {class:?} is not an S3 storage class name (e.g. \"STANDARD_IA\", \"GLACIER_IR\", \"INTELLIGENT_TIERING\")"
-                );
-            }
-        }
-        if let (Some(rate), true) = (r.upload_rate_limit, on_s3) {
-            // Parts in flight share the rate: each takes this long to send,
-            // and one attempt may take at most operation_timeout.
-            let per_part = r.part_size as f64 * r.upload_concurrency as f64 / rate as f64;
-            if per_part >= r.operation_timeout.as_secs_f64() {
-                bail!(
-                    "repository.upload_rate_limit: at {rate} bytes/s, {} parts of {} bytes in flight take {per_part:.0}s each to send, more than operation_timeout ({}s); raise operation_timeout, or lower part_size or upload_concurrency",
-                    r.upload_concurrency,
-                    r.part_size,
-                    r.operation_timeout.as_secs()
-                );
-            }
-        }
-        if let Some(lock) = &r.object_lock {
-            if !matches!(location, refugio_store::RepositoryLocation::S3 { .. }) {
-                bail!(
-                    "repository.object_lock: object lock needs an S3 repository; {} is not one",
-                    r.url
-                );
-            }
-            if !(1..=36500).contains(&lock.days) {
-                bail!(
-                    "repository.object_lock.days: {} is not within 1..=36500",
-                    lock.days
-                );
-            }
-        }
-        let a = &self.agent;
-        if !a.listen.is_empty() && a.listen.parse::<std::net::SocketAddr>().is_err() {
-            bail!(
-                "agent.listen: {:?} is not an address:port (e.g. \"127.0.0.1:9187\"; \"\" turns HTTP off)",
-                a.listen
-            );
-        }
-        if a.max_concurrent_tasks == 0 {
-            bail!("agent.max_concurrent_tasks: must be at least 1");
-        }
-        for name in &a.signal_jobs {
-            if !self.jobs.iter().any(|j| &j.name == name) {
-                bail!("agent.signal_jobs: no job named {name:?}");
-            }
-        }
-        if let Some(w) = &a.webhook {
-            crate::webhook::Webhook::new(w)?;
-        }
+    }
+
+    /// Checks what serde cannot (names, sizes, duplicates, what one
+    /// setting needs of another) and resolves every job.
+    pub fn resolve(file: ConfigFile, path: Option<&Path>) -> Result<Config> {
+        let ConfigFile {
+            repository,
+            jobs,
+            agent,
+        } = file;
+        check_repository(&repository, &jobs)?;
+        check_agent(&agent, &jobs)?;
         let mut seen = std::collections::HashSet::new();
-        for (i, j) in self.jobs.iter().enumerate() {
+        for (i, j) in jobs.iter().enumerate() {
             if !refugio_store::repo::valid_segment(&j.name) {
                 bail!("jobs[{i}].name: {:?} must be 1-128 letters, digits, '-', '_' or '.', not starting with '.'", j.name);
             }
             if !seen.insert(&j.name) {
                 bail!("jobs[{i}].name: {:?} is used by two jobs", j.name);
             }
-            refugio_dump::SourceSpec::new(&j.source, j.database.as_deref(), None)
-                .and_then(|s| s.with_tls(&j.tls()))
-                .with_context(|| format!("jobs[{i}] ({}).source", j.name))?;
-            if let Some(dbs) = &j.databases {
-                if j.database.is_some() {
-                    bail!("jobs[{i}] ({}): `database` and `databases` exclude each other: `databases` makes a whole-server job", j.name);
-                }
-                if dbs.is_empty() || dbs.iter().any(|d| d.is_empty()) {
-                    bail!(
-                        "jobs[{i}] ({}).databases: give names or patterns, e.g. [\"*\"]",
-                        j.name
-                    );
-                }
-            } else if !j.exclude_databases.is_empty() {
-                bail!("jobs[{i}] ({}).exclude_databases: only a whole-server job (`databases = [...]`) excludes databases", j.name);
-            }
-            if j.kind == refugio_core::JobKind::Physical {
-                let logical_only = [
-                    ("database", j.database.is_some()),
-                    ("databases", j.databases.is_some()),
-                    ("exclude_databases", !j.exclude_databases.is_empty()),
-                    ("include_tables", !j.include_tables.is_empty()),
-                    ("exclude_tables", !j.exclude_tables.is_empty()),
-                    ("exclude_table_data", !j.exclude_table_data.is_empty()),
-                    ("extra_args", !j.extra_args.is_empty()),
-                    ("archive_compression", j.archive_compression),
-                    ("format", j.format != refugio_dump::DumpFormat::Custom),
-                    ("restore_on_signal", j.restore_on_signal.is_some()),
-                ];
-                let set: Vec<&str> = logical_only
-                    .iter()
-                    .filter(|(_, on)| *on)
-                    .map(|(f, _)| *f)
-                    .collect();
-                if j.scratch.as_deref().is_some_and(|s| s != "ephemeral") {
-                    bail!("jobs[{i}] ({}).scratch: a physical job's drills recover its base backup in an ephemeral cluster of their own; set scratch = \"ephemeral\" or leave it out", j.name);
-                }
-                if !set.is_empty() {
-                    bail!("jobs[{i}] ({}): kind = \"physical\" backs up the whole cluster with pg_basebackup; {} appl{} to logical (pg_dump) jobs only", j.name, set.join(", "), if set.len() == 1 { "ies" } else { "y" });
-                }
-            }
-            if j.archive_compression
-                && (j.format != refugio_dump::DumpFormat::Custom
-                    || j.compression != Compression::Zstd)
-            {
-                bail!(
-                    "jobs[{i}] ({}).archive_compression: pg_dump compresses only a custom archive with zstd; this job has format {} and compression {}",
-                    j.name,
-                    j.format.as_str(),
-                    j.compression.as_str()
-                );
-            }
-            if let Some(l) = j.compression_level {
-                let ok = match j.compression {
-                    Compression::Zstd => (1..=22).contains(&l),
-                    Compression::Gzip => (0..=9).contains(&l),
-                    Compression::None => false,
-                };
-                if !ok {
-                    bail!(
-                        "jobs[{i}] ({}).compression_level: {l} is not valid for {}",
-                        j.name,
-                        j.compression.as_str()
-                    );
-                }
-            }
-            if let Some(scratch) = j.scratch.as_deref().filter(|s| *s != "ephemeral") {
-                refugio_dump::SourceSpec::new(scratch, None, None)
-                    .with_context(|| format!("jobs[{i}] ({}).scratch", j.name))?;
-            } else if j.scratch_password_file.is_some() {
-                bail!(
-                    "jobs[{i}] ({}).scratch_password_file: the job's `scratch` is not a server URL",
-                    j.name
-                );
-            }
-            if let Some(r) = &j.retention {
-                r.policy()
-                    .with_context(|| format!("jobs[{i}] ({}).retention", j.name))?;
-            }
-            let sched = &j.schedule;
-            let tz = sched
-                .tz()
-                .with_context(|| format!("jobs[{i}] ({}).schedule.time_zone", j.name))?;
-            for (what, spec) in [
-                ("backup", &sched.backup),
-                ("drill", &sched.drill),
-                ("prune", &sched.prune),
-                ("check", &sched.check),
-            ] {
-                if let Some(spec) = spec {
-                    spec.resolve(tz)
-                        .with_context(|| format!("jobs[{i}] ({}).schedule.{what}", j.name))?;
-                }
-            }
-            if (sched.drill.is_some() || sched.drill_after_backup) && j.drill_scratch().is_none() {
-                bail!(
-                    "jobs[{i}] ({}).schedule: drills are scheduled but the job has no `scratch` (a server URL or \"ephemeral\")",
-                    j.name
-                );
-            }
-            if sched.prune.is_some() && j.retention.is_none() {
-                bail!(
-                    "jobs[{i}] ({}).schedule.prune: the job has no `retention` policy",
-                    j.name
-                );
-            }
-            if let Some(r) = &j.restore_on_signal {
-                let source = j.source_spec()?;
-                r.validate(&source, j.databases.is_some())
-                    .with_context(|| format!("jobs[{i}] ({}).restore_on_signal", j.name))?;
-            }
-            if j.attempts == 0 {
-                bail!("jobs[{i}] ({}).attempts: must be at least 1", j.name);
-            }
         }
-        Ok(())
+        let jobs = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| Job::resolve(i, j, &repository, path))
+            .collect::<Result<Vec<Job>>>()?;
+        Ok(Config {
+            repository,
+            jobs,
+            agent,
+        })
     }
 
     /// The job named `name`, or the only job when `name` is None.
-    pub fn job(&self, name: Option<&str>) -> Result<&JobConfig> {
+    pub fn job(&self, name: Option<&str>) -> Result<&Job> {
         match name {
             Some(n) => self.jobs.iter().find(|j| j.name == n).with_context(|| {
                 format!(
@@ -336,6 +135,127 @@ impl Config {
             },
         }
     }
+}
+
+/// The `[repository]` table; `jobs` for the settings that name them.
+fn check_repository(r: &RepositoryConfig, jobs: &[JobConfig]) -> Result<()> {
+    if (r.part_size as usize) < refugio_store::MIN_PART_SIZE {
+        bail!(
+            "repository.part_size: {} bytes is below S3's minimum of 5MiB",
+            r.part_size
+        );
+    }
+    if r.part_size as usize > refugio_store::MAX_PART_SIZE {
+        bail!(
+            "repository.part_size: {} bytes is above S3's maximum of 5GiB",
+            r.part_size
+        );
+    }
+    if r.upload_concurrency == 0 || r.upload_concurrency > 64 {
+        bail!(
+            "repository.upload_concurrency: {} is not within 1..=64",
+            r.upload_concurrency
+        );
+    }
+    if !(1..=100).contains(&r.attempts) {
+        bail!(
+            "repository.attempts: {} is not within 1..=100 (the first attempt counts)",
+            r.attempts
+        );
+    }
+    for (field, value) in [
+        ("connect_timeout", r.connect_timeout),
+        ("operation_timeout", r.operation_timeout),
+    ] {
+        if value.is_zero() {
+            bail!("repository.{field}: must be longer than 0s");
+        }
+    }
+    if let Some(e) = &r.encryption {
+        e.recipients()?;
+    }
+    if let Some(a) = &r.authentication {
+        let physical: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.kind == refugio_core::JobKind::Physical)
+            .map(|j| j.name.as_str())
+            .collect();
+        a.validate(&physical)?;
+    }
+    let location = refugio_store::RepositoryLocation::parse(&r.url).context("repository.url")?;
+    let on_s3 = matches!(location, refugio_store::RepositoryLocation::S3 { .. });
+    for (field, set) in [
+        ("storage_class", r.storage_class.is_some()),
+        ("ca_file", r.ca_file.is_some()),
+    ] {
+        if set && !on_s3 {
+            bail!(
+                "repository.{field}: only S3 repositories have it; {} is a directory",
+                r.url
+            );
+        }
+    }
+    if let Some(class) = &r.storage_class {
+        if class.is_empty()
+            || !class
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            bail!(
+                "repository.storage_class: {class:?} is not an S3 storage class name (e.g. \"STANDARD_IA\", \"GLACIER_IR\", \"INTELLIGENT_TIERING\")"
+            );
+        }
+    }
+    if let (Some(rate), true) = (r.upload_rate_limit, on_s3) {
+        // Parts in flight share the rate: each takes this long to send,
+        // and one attempt may take at most operation_timeout.
+        let per_part = r.part_size as f64 * r.upload_concurrency as f64 / rate as f64;
+        if per_part >= r.operation_timeout.as_secs_f64() {
+            bail!(
+                "repository.upload_rate_limit: at {rate} bytes/s, {} parts of {} bytes in flight take {per_part:.0}s each to send, more than operation_timeout ({}s); raise operation_timeout, or lower part_size or upload_concurrency",
+                r.upload_concurrency,
+                r.part_size,
+                r.operation_timeout.as_secs()
+            );
+        }
+    }
+    if let Some(lock) = &r.object_lock {
+        if !matches!(location, refugio_store::RepositoryLocation::S3 { .. }) {
+            bail!(
+                "repository.object_lock: object lock needs an S3 repository; {} is not one",
+                r.url
+            );
+        }
+        if !(1..=36500).contains(&lock.days) {
+            bail!(
+                "repository.object_lock.days: {} is not within 1..=36500",
+                lock.days
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The `[agent]` table.
+fn check_agent(a: &AgentConfig, jobs: &[JobConfig]) -> Result<()> {
+    if !a.listen.is_empty() && a.listen.parse::<std::net::SocketAddr>().is_err() {
+        bail!(
+            "agent.listen: {:?} is not an address:port (e.g. \"127.0.0.1:9187\"; \"\" turns HTTP off)",
+            a.listen
+        );
+    }
+    if a.max_concurrent_tasks == 0 {
+        bail!("agent.max_concurrent_tasks: must be at least 1");
+    }
+    for name in &a.signal_jobs {
+        if !jobs.iter().any(|j| &j.name == name) {
+            bail!("agent.signal_jobs: no job named {name:?}");
+        }
+    }
+    if let Some(w) = &a.webhook {
+        crate::webhook::Webhook::new(w)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -367,8 +287,7 @@ mod tests {
     #[test]
     fn s3_options_are_checked() {
         let load = |repo: &str| -> Result<Config> {
-            let cfg: Config = toml::from_str(repo)?;
-            cfg.validate()?;
+            let cfg = Config::parse(repo, None)?;
             Ok(cfg)
         };
         let s3 = "[repository]\nurl = \"s3://b/p\"\n";
@@ -424,7 +343,7 @@ mod tests {
             let cfg = Config::load(&root.join(file)).unwrap_or_else(|e| panic!("{file}: {e:#}"));
             assert!(!cfg.jobs.is_empty(), "{file}");
             assert!(
-                cfg.jobs.iter().any(|j| j.schedule.backup.is_some()),
+                cfg.jobs.iter().any(|j| j.config.schedule.backup.is_some()),
                 "{file}: no backup schedule"
             );
         }
@@ -434,8 +353,7 @@ mod tests {
     fn schedules_and_agent_settings_are_checked() {
         let base = "[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\n";
         let load = |extra: &str| -> Result<Config> {
-            let cfg: Config = toml::from_str(&format!("{base}{extra}"))?;
-            cfg.validate()?;
+            let cfg = Config::parse(&format!("{base}{extra}"), None)?;
             Ok(cfg)
         };
         // A valid schedule, and the same with one unknown field: only the
@@ -451,7 +369,7 @@ mod tests {
         let cfg =
             load("[jobs.schedule]\nbackup = \"0 */6 * * *\"\ntime_zone = \"Europe/Madrid\"\n")
                 .expect("valid");
-        assert!(cfg.jobs[0].schedule.catch_up);
+        assert!(cfg.jobs[0].config.schedule.catch_up);
         let e = format!(
             "{:#}",
             load("[jobs.schedule]\nbackup = \"0 */6 * *\"\n").unwrap_err()
@@ -473,8 +391,7 @@ mod tests {
         );
         assert!(e.contains("Mars/Olympus"), "{e}");
         let agent = |a: &str| -> Result<Config> {
-            let cfg: Config = toml::from_str(&format!("[agent]\n{a}\n{base}"))?;
-            cfg.validate()?;
+            let cfg = Config::parse(&format!("[agent]\n{a}\n{base}"), None)?;
             Ok(cfg)
         };
         assert!(
@@ -492,21 +409,19 @@ mod tests {
 
     #[test]
     fn object_lock_needs_s3_and_sane_days() {
-        let e = toml::from_str::<Config>(
+        let e = Config::parse(
             "[repository]\nurl = \"/tmp/x\"\nobject_lock = { mode = \"compliance\", days = 7 }\n",
+            None,
         )
-        .map_err(anyhow::Error::from)
-        .and_then(|c| c.validate().map(|_| c))
         .unwrap_err();
         assert!(format!("{e:#}").contains("S3"), "{e:#}");
-        let e = toml::from_str::<Config>(
+        let e = Config::parse(
             "[repository]\nurl = \"s3://b/p\"\nobject_lock = { mode = \"compliance\", days = 0 }\n",
+            None,
         )
-        .map_err(anyhow::Error::from)
-        .and_then(|c| c.validate().map(|_| c))
         .unwrap_err();
         assert!(format!("{e:#}").contains("days"), "{e:#}");
-        let e = toml::from_str::<Config>(
+        let e = toml::from_str::<ConfigFile>(
             "[repository]\nurl = \"s3://b/p\"\nobject_lock = { mode = \"forever\", days = 3 }\n",
         )
         .unwrap_err()
@@ -516,11 +431,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named() {
-        let e = toml::from_str::<Config>("[repository]\nurl = \"x\"\npart_sise = 3\n")
+        let e = toml::from_str::<ConfigFile>("[repository]\nurl = \"x\"\npart_sise = 3\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("part_sise"), "{e}");
-        let e = toml::from_str::<Config>(
+        let e = toml::from_str::<ConfigFile>(
             "[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\ncompresion = \"zstd\"\n",
         )
         .unwrap_err()
@@ -534,7 +449,7 @@ mod tests {
         assert_eq!(parse_size("16 MB").unwrap(), 16_000_000);
         assert_eq!(parse_size("5242880").unwrap(), 5 << 20);
         assert!(parse_size("8 parsecs").is_err());
-        let cfg: Config = toml::from_str(
+        let cfg: ConfigFile = toml::from_str(
             "[repository]\npart_size = \"16MiB\"\n[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\nlock_wait_timeout = \"90s\"\n",
         )
         .unwrap();
@@ -546,43 +461,39 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let cfg: Config = toml::from_str("[repository]\npart_size = \"1MiB\"\n").unwrap();
-        assert!(cfg
-            .validate()
+        assert!(Config::parse("[repository]\npart_size = \"1MiB\"\n", None)
             .unwrap_err()
             .to_string()
             .contains("repository.part_size"));
-        let cfg: Config = toml::from_str(
+        assert!(Config::parse(
             "[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\n[[jobs]]\nname = \"a\"\nsource = \"postgres://h/db\"\n",
+            None,
         )
-        .unwrap();
-        assert!(cfg
-            .validate()
-            .unwrap_err()
+        .unwrap_err()
             .to_string()
             .contains("jobs[1].name"));
-        let cfg: Config =
-            toml::from_str("[[jobs]]\nname = \"a/b\"\nsource = \"postgres://h/db\"\n").unwrap();
-        assert!(cfg
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("jobs[0].name"));
+        assert!(Config::parse(
+            "[[jobs]]\nname = \"a/b\"\nsource = \"postgres://h/db\"\n",
+            None
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("jobs[0].name"));
     }
 
     /// Debug output of the config and of each part holding a secret: no
     /// password (userinfo, `?password=`), no webhook token.
     #[test]
     fn debug_output_carries_no_secrets() {
-        let cfg: Config = toml::from_str(
+        let cfg = Config::parse(
             "[repository]\nurl = \"s3://b/p\"\nendpoint = \"https://key:hunter2@minio.example\"\n\
              [agent]\nwebhook = { url = \"https://hooks.example.com/services/hunter2\" }\n\
              [[jobs]]\nname = \"a\"\nsource = \"postgres://u:hunter2@h/db?sslmode=require\"\n\
              scratch = \"postgres://u@s/postgres?password=hunter2\"\n\
              extra_args = [\"--dbname=host=h password=hunter2\"]\n",
+            None,
         )
         .unwrap();
-        cfg.validate().unwrap();
         for text in [
             format!("{cfg:?}"),
             format!("{:?}", cfg.jobs[0]),

@@ -90,28 +90,6 @@ impl RetentionConfig {
     }
 }
 
-impl RetentionConfig {
-    /// Options of a prune of `job`; `object_lock`: the repository has it configured.
-    pub fn prune_options(
-        &self,
-        job: &str,
-        object_lock: bool,
-        dry_run: bool,
-        batch: usize,
-        physical: bool,
-    ) -> Result<refugio_core::PruneOptions> {
-        Ok(refugio_core::PruneOptions {
-            job: job.to_string(),
-            policy: self.policy()?,
-            grace: self.gc_grace,
-            object_lock,
-            dry_run,
-            batch,
-            physical,
-        })
-    }
-}
-
 fn default_grace() -> Duration {
     Duration::from_secs(24 * 3600)
 }

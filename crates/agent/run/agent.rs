@@ -21,8 +21,9 @@ use tracing::Instrument;
 use super::done::already_done;
 use super::outcome::{Ended, Told};
 use super::task::run_once;
-use crate::config::{Config, JobConfig};
+use crate::config::Config;
 use crate::http::Health;
+use crate::job::Job;
 use crate::lock::advisory_lock;
 use crate::metrics::Metrics;
 use crate::webhook::{Event, Outcomes, Webhook};
@@ -95,10 +96,10 @@ impl Agent {
     /// A physical job's server: its archiver's failures since the agent
     /// last asked (`pg_stat_archiver`); an unreachable server is skipped
     /// (the backup tasks report that).
-    async fn read_archiver(&self, job: &JobConfig) {
+    async fn read_archiver(&self, job: &Job) {
         let read = async {
             use sqlx::{Connection, Row};
-            let mut conn = job.source_spec().ok()?.connect().await.ok()?;
+            let mut conn = job.source().ok()?.connect().await.ok()?;
             let row = sqlx::query("SELECT failed_count FROM pg_stat_archiver")
                 .fetch_one(&mut conn)
                 .await
@@ -112,7 +113,7 @@ impl Agent {
         }
     }
 
-    fn publish_status(&self, job: &JobConfig, st: &JobStatus) {
+    fn publish_status(&self, job: &Job, st: &JobStatus) {
         self.metrics.set_repository(&job.name, st.backups, st.bytes);
         self.metrics.set_future_backups(&job.name, st.future.len());
         if !st.future.is_empty() {
@@ -124,7 +125,7 @@ impl Agent {
         // on while the repository cannot be listed.
         self.metrics
             .set_recovery_point(&job.name, st.newest_verified);
-        if let Some(target) = job.targets.rpo {
+        if let Some(target) = job.config.targets.rpo {
             self.health.set_rpo(&job.name, st.newest_verified, target);
         }
     }
@@ -136,25 +137,18 @@ impl Agent {
         let cur = self.current();
         let mut entries = Vec::new();
         for job in &cur.cfg.jobs {
+            let targets = &job.config.targets;
             self.metrics
-                .register_job(&job.name, job.targets.rpo, job.targets.rto);
-            let s = &job.schedule;
-            let tz = s.tz()?;
+                .register_job(&job.name, targets.rpo, targets.rto);
             let newest = statuses
                 .get(&job.name)
                 .and_then(|st| st.newest.as_ref().map(|(_, t)| *t));
-            for (kind, spec) in [
-                (TaskKind::Backup, &s.backup),
-                (TaskKind::Drill, &s.drill),
-                (TaskKind::Prune, &s.prune),
-                (TaskKind::Check, &s.check),
-            ] {
-                let Some(spec) = spec else { continue };
+            for (kind, trigger) in &job.triggers {
                 entries.push(Entry {
-                    key: TaskKey::new(job.name.clone(), kind),
-                    trigger: spec.resolve(tz)?,
-                    jitter: s.jitter.unwrap_or_default(),
-                    anchor: if kind == TaskKind::Backup {
+                    key: TaskKey::new(job.name.clone(), *kind),
+                    trigger: trigger.clone(),
+                    jitter: job.config.schedule.jitter.unwrap_or_default(),
+                    anchor: if *kind == TaskKind::Backup {
                         newest
                     } else {
                         None
@@ -170,17 +164,14 @@ impl Agent {
         let cur = self.current();
         let now = Utc::now();
         for job in &cur.cfg.jobs {
-            let s = &job.schedule;
-            let (Some(spec), true) = (&s.backup, s.catch_up) else {
-                continue;
-            };
-            let Ok(trigger) = s.tz().and_then(|tz| Ok(spec.resolve(tz)?)) else {
+            let backup = job.triggers.iter().find(|(k, _)| *k == TaskKind::Backup);
+            let (Some((_, trigger)), true) = (backup, job.config.schedule.catch_up) else {
                 continue;
             };
             let newest = statuses
                 .get(&job.name)
                 .and_then(|st| st.newest.as_ref().map(|(_, t)| *t));
-            if needs_catch_up(newest, &trigger, now) {
+            if needs_catch_up(newest, trigger, now) {
                 tracing::info!(job = %job.name, newest = ?newest, "catch-up: the newest backup is older than the schedule; backing up now");
                 self.send(Fire::new(
                     TaskKey::new(job.name.clone(), TaskKind::Backup),
@@ -207,7 +198,7 @@ impl Agent {
                 continue;
             }
             if kind == TaskKind::Drill && job.drill_scratch().is_none() {
-                if job.restore_on_signal.is_some() {
+                if job.config.restore_on_signal.is_some() {
                     // Nothing to drill first: restore the newest verified backup.
                     tracing::info!(job = %job.name, signal = name, task = "restore", "signal-received");
                     self.send(Fire::new(
@@ -298,7 +289,7 @@ impl Agent {
         );
     }
 
-    async fn run_task(self: &Arc<Self>, cur: Current, job: JobConfig, fire: Fire) {
+    async fn run_task(self: &Arc<Self>, cur: Current, job: Job, fire: Fire) {
         let kind = fire.key.kind;
         let cancel = self.cancel.child_token();
         let backoff = cur.cfg.agent.backoff;
@@ -323,7 +314,7 @@ impl Agent {
                         if attempt > 1 {
                             tracing::info!(attempt, "task-retry");
                         }
-                        run_once(&cur.repo, &cur.cfg, &job, kind, attempt, &cancel).await
+                        run_once(&cur.repo, &job, kind, attempt, &cancel).await
                     }
                 })
                 .await
@@ -350,14 +341,14 @@ impl Agent {
     }
 
     /// A task not run because another replica holds or did the work.
-    fn skipped(&self, job: &JobConfig, kind: TaskKind, why: &str) {
+    fn skipped(&self, job: &Job, kind: TaskKind, why: &str) {
         tracing::info!("task-skipped: {why}");
         self.metrics.task_skipped(&job.name, kind.as_str(), "lock");
     }
 
     /// The job's fresh status, bounded like every repository check and
     /// skipped on shutdown: a stalled store never holds a stop.
-    async fn refresh_status(&self, cur: &Current, job: &JobConfig) {
+    async fn refresh_status(&self, cur: &Current, job: &Job) {
         let limit = cur.cfg.agent.repository_timeout;
         let status = tokio::select! {
             () = self.cancel.cancelled() => None,
@@ -370,7 +361,7 @@ impl Agent {
 
     /// Sends a failure/recovery webhook in the background (never delays
     /// or fails the task).
-    fn notify(&self, cur: &Current, job: &JobConfig, fire: &Fire, told: Told) {
+    fn notify(&self, cur: &Current, job: &Job, fire: &Fire, told: Told) {
         let Told {
             ok,
             backup_id,

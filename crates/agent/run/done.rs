@@ -5,14 +5,14 @@ use chrono::{DateTime, Utc};
 use refugio_schedule::TaskKind;
 use refugio_store::repo::Repository;
 
-use crate::config::JobConfig;
+use crate::job::Job;
 
 /// Whether another replica already did the run scheduled at `at`: a
 /// backup started at or after it, or a drill receipt of the newest
 /// backup written after it.
 pub(super) async fn already_done(
     repo: &Repository,
-    job: &JobConfig,
+    job: &Job,
     kind: TaskKind,
     at: DateTime<Utc>,
 ) -> bool {

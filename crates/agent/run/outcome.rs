@@ -11,7 +11,7 @@ use refugio_core::CheckOutcome;
 use refugio_schedule::{FireReason, TaskKind};
 
 use super::task::Done;
-use crate::config::JobConfig;
+use crate::job::Job;
 use crate::metrics::Metrics;
 
 /// A task's end: what it did, or the error that stopped it.
@@ -84,23 +84,19 @@ impl Ended {
     /// The tasks this end starts: a drill after a backup (when the job
     /// drills after backups), a restore after a signalled drill (when the
     /// job restores on signal: the drill has said what is verified).
-    pub(super) fn follow_ups(
-        &self,
-        job: &JobConfig,
-        reason: FireReason,
-    ) -> Vec<(TaskKind, FireReason)> {
+    pub(super) fn follow_ups(&self, job: &Job, reason: FireReason) -> Vec<(TaskKind, FireReason)> {
         if self.cancelled {
             return Vec::new();
         }
         let mut next = Vec::new();
         if let Ok(Done::Backup(_)) = &self.result {
-            if job.schedule.drill_after_backup && job.drill_scratch().is_some() {
+            if job.config.schedule.drill_after_backup && job.drill_scratch().is_some() {
                 next.push((TaskKind::Drill, FireReason::AfterBackup));
             }
         }
         if self.kind == TaskKind::Drill
             && reason == FireReason::Signal
-            && job.restore_on_signal.is_some()
+            && job.config.restore_on_signal.is_some()
         {
             next.push((TaskKind::Restore, FireReason::Signal));
         }

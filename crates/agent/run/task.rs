@@ -9,7 +9,7 @@ use refugio_schedule::TaskKind;
 use refugio_store::repo::Repository;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, JobConfig};
+use crate::job::Job;
 
 /// What a task did.
 pub(super) enum Done {
@@ -23,48 +23,35 @@ pub(super) enum Done {
 /// One attempt of a task (`attempt` counts from 1, for the manifest).
 pub(super) async fn run_once(
     repo: &Repository,
-    cfg: &Config,
-    job: &JobConfig,
+    job: &Job,
     kind: TaskKind,
     attempt: u32,
     cancel: &CancellationToken,
 ) -> Result<Done> {
     match kind {
         TaskKind::Backup => {
-            let opts = job.backup_options(&cfg.repository, attempt)?;
+            let opts = job.backup_options(attempt)?;
             let m = refugio_core::backup(repo, &opts, &SystemClock, cancel).await?;
             Ok(Done::Backup(Box::new(m)))
         }
         TaskKind::Drill => {
-            let scratch = job.drill_scratch().ok_or_else(|| {
-                anyhow!(
-                    "job {}: no scratch target: set `scratch` (a server URL or \"ephemeral\")",
-                    job.name
-                )
-            })?;
-            let opts = job.drill_options(
-                scratch,
-                job.scratch_password_file.as_deref(),
-                job.pg_bindir.clone(),
-                &cfg.repository,
-                cfg.path.as_deref(),
-            )?;
+            let opts = job.scheduled_drill_options()?;
             let (m, history) = drill::pick(repo, &job.name, Pick::Newest).await?;
             let r = refugio_core::drill(repo, &m, &history, &opts, &SystemClock, cancel).await?;
             Ok(Done::Drill(Box::new(r)))
         }
         TaskKind::Restore => {
-            let to = job
-                .restore_on_signal
-                .as_ref()
-                .ok_or_else(|| anyhow!("job {}: no [jobs.restore_on_signal] target", job.name))?;
+            let to =
+                job.config.restore_on_signal.as_ref().ok_or_else(|| {
+                    anyhow!("job {}: no [jobs.restore_on_signal] target", job.name)
+                })?;
             let m = newest_verified(repo, &job.name).await?;
             let sources = job.source_cluster().await.into_iter().collect();
             let opts = to
                 .restore_options(
-                    job.drill_jobs,
-                    job.pg_bindir.clone(),
-                    &cfg.repository,
+                    job.config.drill_jobs,
+                    job.config.pg_bindir.clone(),
+                    job.repository(),
                     sources,
                 )
                 .with_context(|| format!("job {}", job.name))?;
@@ -75,17 +62,9 @@ pub(super) async fn run_once(
             Ok(Done::Restore(Box::new(report)))
         }
         TaskKind::Prune => {
-            let r = job
-                .retention
-                .as_ref()
+            let opts = job
+                .prune_options(false, DELETE_BATCH)
                 .ok_or_else(|| anyhow!("job {} has no retention policy", job.name))?;
-            let opts = r.prune_options(
-                &job.name,
-                cfg.repository.object_lock.is_some(),
-                false,
-                DELETE_BATCH,
-                job.kind == refugio_core::JobKind::Physical,
-            )?;
             let report = refugio_core::prune(repo, &opts, &SystemClock, cancel).await?;
             if report.has_errors() {
                 bail!(
@@ -103,15 +82,8 @@ pub(super) async fn run_once(
             Ok(Done::Prune(report.deleted_backups.len() as u64))
         }
         TaskKind::Check => {
-            let opts = refugio_core::CheckOptions {
-                job: job.name.clone(),
-                read_data: job.schedule.check_read_data(chrono::Utc::now()),
-                grace: job
-                    .retention
-                    .as_ref()
-                    .map_or(refugio_core::check::DEFAULT_GRACE, |r| r.gc_grace),
-                progress: None,
-            };
+            let read_data = job.config.schedule.check_read_data(chrono::Utc::now());
+            let opts = job.check_options(read_data);
             let report = refugio_core::check(repo, &opts, &SystemClock, cancel).await?;
             Ok(Done::Check(Box::new(report)))
         }
