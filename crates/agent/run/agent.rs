@@ -50,6 +50,30 @@ pub(super) struct Agent {
 }
 
 impl Agent {
+    /// An agent for `cfg` and its repository, its own fires sent to `own_fires`.
+    pub(super) fn new(
+        cfg: &Config,
+        repo: Repository,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        own_fires: mpsc::Sender<Fire>,
+    ) -> Agent {
+        Agent {
+            guards: Guards::new(cfg.agent.max_concurrent_tasks),
+            current: RwLock::new(Current {
+                cfg: Arc::new(cfg.clone()),
+                repo,
+            }),
+            metrics,
+            health,
+            own_fires,
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            outcomes: Outcomes::default(),
+            hostname: crate::webhook::hostname(),
+        }
+    }
+
     pub(super) fn current(&self) -> Current {
         match self.current.read() {
             Ok(c) => c.clone(),

@@ -23,22 +23,20 @@ mod task;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use refugio_schedule::{Fire, Guards, TaskKind};
+use refugio_schedule::{Fire, TaskKind};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::signals::Stop;
-use crate::webhook::{hostname, Outcomes};
-use agent::{Agent, Current};
+use agent::Agent;
 
 /// Why a SIGHUP's reload did not swap a new scheduler in.
 enum Reload {
@@ -65,34 +63,15 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
         Health::new(cfg.agent.ready_requires_rpo).with_unready_after(cfg.agent.unready_after),
     );
     let (own_tx, mut own_rx) = mpsc::channel::<Fire>(refugio_schedule::FIRE_CHANNEL_CAPACITY);
-    let agent = Arc::new(Agent {
-        current: RwLock::new(Current {
-            cfg: Arc::new(cfg.clone()),
-            repo: repo.clone(),
-        }),
-        guards: Guards::new(cfg.agent.max_concurrent_tasks),
-        metrics: Arc::clone(&metrics),
-        health: Arc::clone(&health),
-        own_fires: own_tx,
-        cancel: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        outcomes: Outcomes::default(),
-        hostname: hostname(),
-    });
+    let agent = Arc::new(Agent::new(
+        &cfg,
+        repo,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+        own_tx,
+    ));
     let http_stop = CancellationToken::new();
-    let mut http_task = None;
-    if !cfg.agent.listen.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&cfg.agent.listen)
-            .await
-            .with_context(|| format!("agent.listen: cannot listen on {}", cfg.agent.listen))?;
-        tracing::info!(address = %cfg.agent.listen, "http-listening");
-        http_task = Some(tokio::spawn(http::serve(
-            listener,
-            Arc::clone(&metrics),
-            Arc::clone(&health),
-            http_stop.clone(),
-        )));
-    }
+    let http_task = serve_http(&cfg.agent.listen, &metrics, &health, &http_stop).await?;
 
     // Signals are installed before READY, so a USR1 right after start is
     // never the default action (which would kill the process).
@@ -113,6 +92,7 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
         sd_notify::watchdog_enabled().map_or(Duration::from_secs(3600), |period| period / 2),
     );
     let watchdog_on = sd_notify::watchdog_enabled().is_some();
+    // The repository is listed every minute, beside the loop.
     let mut refresh = tokio::time::interval(Duration::from_secs(60));
     refresh.tick().await;
     let mut checking: Option<tokio::task::JoinHandle<()>> = None;
@@ -140,17 +120,10 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
             }
             done = async { reloading.as_mut().expect("guarded").await }, if reloading.is_some() => {
                 reloading = None;
-                match done {
-                    Ok(Ok((s, f))) => {
-                        scheduler.shutdown().await;
-                        scheduler = s;
-                        fires = f;
-                        tracing::info!(config = %path.display(), "config-reloaded");
-                    }
-                    Ok(Err(Reload::Scheduler(e))) => tracing::error!(error = crate::output::error_chain(&e), "reload-scheduler-failed"),
-                    Ok(Err(Reload::Rejected(e))) => tracing::error!(config = %path.display(), error = crate::output::error_chain(&e),
-                        "reload-rejected: the running configuration stays in force"),
-                    Err(e) => tracing::error!(error = %e, "reload-failed"),
+                if let Some((s, f)) = reloaded(done, &path) {
+                    scheduler.shutdown().await;
+                    scheduler = s;
+                    fires = f;
                 }
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
             }
@@ -172,10 +145,72 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
         }
     }
 
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(reload) = reloading {
         reload.abort();
     }
+    stop_agent(&agent, scheduler, &health, http_stop, http_task).await
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until `stop`
+/// (None: `listen` is empty, HTTP is off).
+async fn serve_http(
+    listen: &str,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    stop: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("agent.listen: cannot listen on {listen}"))?;
+    tracing::info!(address = %listen, "http-listening");
+    Ok(Some(tokio::spawn(http::serve(
+        listener,
+        Arc::clone(metrics),
+        Arc::clone(health),
+        stop.clone(),
+    ))))
+}
+
+/// A finished reload: the new scheduler and its fires when the new file is
+/// in force and its schedules started; logged either way.
+fn reloaded(
+    done: std::result::Result<ReloadResult, tokio::task::JoinError>,
+    path: &std::path::Path,
+) -> Option<(refugio_schedule::Scheduler, mpsc::Receiver<Fire>)> {
+    match done {
+        Ok(Ok(new)) => {
+            tracing::info!(config = %path.display(), "config-reloaded");
+            return Some(new);
+        }
+        Ok(Err(Reload::Scheduler(e))) => {
+            tracing::error!(
+                error = crate::output::error_chain(&e),
+                "reload-scheduler-failed"
+            )
+        }
+        Ok(Err(Reload::Rejected(e))) => {
+            tracing::error!(config = %path.display(), error = crate::output::error_chain(&e),
+            "reload-rejected: the running configuration stays in force")
+        }
+        Err(e) => tracing::error!(error = %e, "reload-failed"),
+    }
+    None
+}
+
+/// Stops firing, cancels the running tasks and waits for them (at most
+/// `agent.shutdown_timeout`), then stops HTTP. Exits 0 when every task
+/// finished in time.
+async fn stop_agent(
+    agent: &Agent,
+    scheduler: refugio_schedule::Scheduler,
+    health: &Health,
+    http_stop: CancellationToken,
+    http_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) -> Result<ExitCode> {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     health.set_scheduler_running(false);
     scheduler.shutdown().await;
     agent.cancel.cancel();

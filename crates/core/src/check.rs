@@ -290,6 +290,92 @@ async fn check_once(
 ) -> Result<CheckReport> {
     let started_at = clock.now();
     let job = opts.job.as_str();
+    let ids = list_ids(repo, job).await?;
+    let mut report = CheckReport::empty(job, started_at, opts.read_data.describe());
+    let horizon = repo.horizon(started_at);
+    for (id, _) in ids.iter().filter(|(_, o)| o.committed()) {
+        if crate::listing::id_time(id).is_some_and(|t| t > horizon) {
+            tracing::warn!(job, backup = %id, "future-backup: dated later than now plus clock_tolerance; ignored by scheduling, latest, drills and retention");
+            report.future.push(id.clone());
+        }
+    }
+    let cutoff =
+        started_at - chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+    leftovers(repo, job, &ids, cutoff, &mut report).await?;
+    let committed: Vec<String> = ids
+        .iter()
+        .filter(|(_, o)| o.committed())
+        .map(|(id, _)| id.clone())
+        .collect();
+    let selected = selection(repo, job, &committed, &opts.read_data, &mut report)?;
+    let (to_read, bases) =
+        check_manifests(repo, job, &ids, committed, &*selected, &mut report).await?;
+    read_artifacts(repo, job, to_read, opts.progress.as_ref(), &mut report).await?;
+    let (archived, foreign) = crate::wal::authentic(repo, crate::wal::list(repo, job).await?);
+    report.foreign.extend(
+        foreign
+            .into_iter()
+            .map(|(o, reason)| ForeignObject { key: o.key, reason }),
+    );
+    if !bases.is_empty() || !archived.is_empty() {
+        report.wal = Some(crate::wal_chain::continuity(&archived, &bases));
+    }
+    report.damaged.sort_by(|a, b| a.key.cmp(&b.key));
+    report.missing.sort_by(|a, b| a.key.cmp(&b.key));
+    report.unchecked.sort_by(|a, b| a.key.cmp(&b.key));
+    report.outcome = report.judge();
+    report.finished_at = clock.now();
+    Ok(report)
+}
+
+impl CheckReport {
+    /// A report of nothing yet, started at `started_at`, reading `scope`.
+    fn empty(job: &str, started_at: DateTime<Utc>, scope: String) -> CheckReport {
+        CheckReport {
+            job: job.to_string(),
+            outcome: CheckOutcome::Clean,
+            started_at,
+            finished_at: started_at,
+            backups: 0,
+            artifacts: 0,
+            read: DataRead {
+                scope,
+                ..DataRead::default()
+            },
+            damaged: Vec::new(),
+            missing: Vec::new(),
+            unchecked: Vec::new(),
+            orphans: Vec::new(),
+            stale_uploads: Vec::new(),
+            receipts_without_manifest: Vec::new(),
+            future: Vec::new(),
+            foreign: Vec::new(),
+            wal: None,
+        }
+    }
+
+    /// Damage first; then anything not checked, not vouched for, or WAL
+    /// not archived yet; else clean.
+    fn judge(&self) -> CheckOutcome {
+        if self.damage_count() > 0 {
+            CheckOutcome::Damaged
+        } else if !self.unchecked.is_empty()
+            || !self.foreign.is_empty()
+            || self
+                .wal
+                .as_ref()
+                .is_some_and(|w| w.pending().next().is_some())
+        {
+            CheckOutcome::Inconclusive
+        } else {
+            CheckOutcome::Clean
+        }
+    }
+}
+
+/// The job's backup ids and their objects, from one listing (the WAL
+/// archive aside).
+async fn list_ids(repo: &Repository, job: &str) -> Result<BTreeMap<String, IdObjects>> {
     let prefix = format!("{job}/");
     let mut ids: BTreeMap<String, IdObjects> = BTreeMap::new();
     let mut listing = repo.store().list(&prefix);
@@ -310,42 +396,19 @@ async fn check_once(
             },
         );
     }
-    drop(listing);
+    Ok(ids)
+}
 
-    let mut report = CheckReport {
-        job: job.to_string(),
-        outcome: CheckOutcome::Clean,
-        started_at,
-        finished_at: started_at,
-        backups: 0,
-        artifacts: 0,
-        read: DataRead {
-            scope: opts.read_data.describe(),
-            ..DataRead::default()
-        },
-        damaged: Vec::new(),
-        missing: Vec::new(),
-        unchecked: Vec::new(),
-        orphans: Vec::new(),
-        stale_uploads: Vec::new(),
-        receipts_without_manifest: Vec::new(),
-        future: Vec::new(),
-        foreign: Vec::new(),
-        wal: None,
-    };
-    let horizon = repo.horizon(started_at);
-    for (id, _) in ids.iter().filter(|(_, o)| o.committed()) {
-        if crate::listing::id_time(id).is_some_and(|t| t > horizon) {
-            tracing::warn!(job, backup = %id, "future-backup: dated later than now plus clock_tolerance; ignored by scheduling, latest, drills and retention");
-            report.future.push(id.clone());
-        }
-    }
-    let mut bases: Vec<crate::wal_chain::BaseNeeds> = Vec::new();
-
-    // Uncommitted ids: receipts (always worth saying), then the rest once
-    // older than the grace period (younger ones are a backup in progress).
-    let cutoff =
-        started_at - chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+/// Uncommitted ids: receipts (always worth saying), then the rest once
+/// older than `cutoff` (younger ones are a backup in progress); and the
+/// multipart uploads older than `cutoff`.
+async fn leftovers(
+    repo: &Repository,
+    job: &str,
+    ids: &BTreeMap<String, IdObjects>,
+    cutoff: DateTime<Utc>,
+    report: &mut CheckReport,
+) -> Result<()> {
     for (id, objs) in ids.iter().filter(|(_, o)| !o.committed()) {
         let old = objs.newest().is_some_and(|t| t < cutoff);
         for name in objs.objects.keys() {
@@ -359,19 +422,28 @@ async fn check_once(
     }
     report.stale_uploads = repo
         .store()
-        .list_multipart_uploads(&prefix)
+        .list_multipart_uploads(&format!("{job}/"))
         .await?
         .into_iter()
         .filter(|u| u.initiated.is_some_and(|t| t < cutoff))
         .map(|u| u.key)
         .collect();
+    Ok(())
+}
 
-    let committed: Vec<String> = ids
-        .iter()
-        .filter(|(_, o)| o.committed())
-        .map(|(id, _)| id.clone())
-        .collect();
-    let selected: Box<dyn Fn(&str) -> bool + Send + Sync> = match &opts.read_data {
+/// Whether a committed backup's data is read, by its id.
+type Selected = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Which committed backups' data is read, as `read_data` says; `--backup`
+/// names its one backup in the report's scope.
+fn selection(
+    repo: &Repository,
+    job: &str,
+    committed: &[String],
+    read_data: &ReadData,
+    report: &mut CheckReport,
+) -> Result<Selected> {
+    Ok(match read_data {
         ReadData::None => Box::new(|_| false),
         ReadData::All => Box::new(|_| true),
         ReadData::Backup(spec) => {
@@ -394,46 +466,35 @@ async fn check_once(
             Box::new(move |candidate| candidate == id)
         }
         &ReadData::Subset { part, of } => Box::new(move |id| in_subset(id, part, of)),
-    };
+    })
+}
 
-    // Manifests, a few at a time; then every artifact against the listing.
+/// An artifact to read: its backup id and the manifest's entry.
+type ToRead = (String, refugio_store::manifest::Artifact);
+
+/// Reads the committed backups' manifests, a few at a time, and checks
+/// every artifact against the listing. Returns the whole artifacts of the
+/// `selected` backups (to read) and what each base backup needs of WAL.
+async fn check_manifests(
+    repo: &Repository,
+    job: &str,
+    ids: &BTreeMap<String, IdObjects>,
+    committed: Vec<String>,
+    selected: &(dyn Fn(&str) -> bool + Send + Sync),
+    report: &mut CheckReport,
+) -> Result<(Vec<ToRead>, Vec<crate::wal_chain::BaseNeeds>)> {
     let mut manifests = futures::stream::iter(committed)
         .map(|id| async move {
             let read = repo.read_manifest(job, &id).await;
             (id, read)
         })
         .buffered(MANIFEST_CONCURRENCY);
-    let mut to_read: Vec<(String, refugio_store::manifest::Artifact)> = Vec::new();
-    let mut read_backups = 0;
+    let mut to_read: Vec<ToRead> = Vec::new();
+    let mut bases = Vec::new();
     while let Some((id, read)) = manifests.next().await {
         let id = id.as_str();
-        let manifest_key = Repository::manifest_key(job, id);
-        let m: Manifest = match read {
-            Ok(Some(m)) => m,
-            // Deleted since the listing (a prune): not a backup any more.
-            Ok(None) => continue,
-            Err(refugio_store::Error::InvalidManifest { reason, .. }) => {
-                report.backups += 1;
-                report.damaged.push(Damaged {
-                    backup_id: id.to_string(),
-                    key: manifest_key,
-                    problem: Problem::Manifest { reason },
-                });
-                continue;
-            }
-            Err(refugio_store::Error::Unauthenticated { key, reason }) => {
-                report.foreign.push(ForeignObject { key, reason });
-                continue;
-            }
-            Err(e @ refugio_store::Error::UnsupportedManifest { .. }) => {
-                report.unchecked.push(Unchecked {
-                    backup_id: id.to_string(),
-                    key: manifest_key,
-                    error: e.to_string(),
-                });
-                continue;
-            }
-            Err(e) => return Err(e.into()),
+        let Some(m) = usable_manifest(job, id, read, report)? else {
+            continue;
         };
         report.backups += 1;
         if let Some(needs) = crate::wal_chain::BaseNeeds::of(&m) {
@@ -441,7 +502,7 @@ async fn check_once(
         }
         let read_this = selected(id);
         if read_this {
-            read_backups += 1;
+            report.read.backups += 1;
         }
         let objs = &ids[id];
         for art in &m.artifacts {
@@ -451,17 +512,61 @@ async fn check_once(
             let whole = match listed {
                 Some(size) if size == art.stored_size => true,
                 // The listing suggests damage: ask again before saying so.
-                _ => confirm(repo, job, id, &key, art.stored_size, &mut report).await?,
+                _ => confirm(repo, job, id, &key, art.stored_size, report).await?,
             };
             if whole && read_this {
                 to_read.push((id.to_string(), art.clone()));
             }
         }
     }
-    drop(manifests);
-    report.read.backups = read_backups;
+    Ok((to_read, bases))
+}
 
-    let progress = opts.progress.as_ref();
+/// A manifest as read: the manifest, or None with what it means in the
+/// report (deleted since the listing: nothing; unreadable: damage; not
+/// signed by a trusted key: foreign; too new a format: unchecked).
+fn usable_manifest(
+    job: &str,
+    id: &str,
+    read: std::result::Result<Option<Manifest>, refugio_store::Error>,
+    report: &mut CheckReport,
+) -> Result<Option<Manifest>> {
+    let manifest_key = Repository::manifest_key(job, id);
+    match read {
+        Ok(Some(m)) => return Ok(Some(m)),
+        // Deleted since the listing (a prune): not a backup any more.
+        Ok(None) => {}
+        Err(refugio_store::Error::InvalidManifest { reason, .. }) => {
+            report.backups += 1;
+            report.damaged.push(Damaged {
+                backup_id: id.to_string(),
+                key: manifest_key,
+                problem: Problem::Manifest { reason },
+            });
+        }
+        Err(refugio_store::Error::Unauthenticated { key, reason }) => {
+            report.foreign.push(ForeignObject { key, reason });
+        }
+        Err(e @ refugio_store::Error::UnsupportedManifest { .. }) => {
+            report.unchecked.push(Unchecked {
+                backup_id: id.to_string(),
+                key: manifest_key,
+                error: e.to_string(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(None)
+}
+
+/// Streams and re-hashes `to_read`, a few at a time, into the report.
+async fn read_artifacts(
+    repo: &Repository,
+    job: &str,
+    to_read: Vec<ToRead>,
+    progress: Option<&std::sync::Arc<crate::Progress>>,
+    report: &mut CheckReport,
+) -> Result<()> {
     crate::progress::phase(progress, || {
         format!("reading {} artifacts of job {job}", to_read.len())
     });
@@ -495,35 +600,7 @@ async fn check_once(
             }),
         }
     }
-    drop(reads);
-
-    let (archived, foreign) = crate::wal::authentic(repo, crate::wal::list(repo, job).await?);
-    report.foreign.extend(
-        foreign
-            .into_iter()
-            .map(|(o, reason)| ForeignObject { key: o.key, reason }),
-    );
-    if !bases.is_empty() || !archived.is_empty() {
-        report.wal = Some(crate::wal_chain::continuity(&archived, &bases));
-    }
-    report.damaged.sort_by(|a, b| a.key.cmp(&b.key));
-    report.missing.sort_by(|a, b| a.key.cmp(&b.key));
-    report.unchecked.sort_by(|a, b| a.key.cmp(&b.key));
-    report.outcome = if report.damage_count() > 0 {
-        CheckOutcome::Damaged
-    } else if !report.unchecked.is_empty()
-        || !report.foreign.is_empty()
-        || report
-            .wal
-            .as_ref()
-            .is_some_and(|w| w.pending().next().is_some())
-    {
-        CheckOutcome::Inconclusive
-    } else {
-        CheckOutcome::Clean
-    };
-    report.finished_at = clock.now();
-    Ok(report)
+    Ok(())
 }
 
 /// Confirms with a HEAD what the listing suggested of artifact `key`
