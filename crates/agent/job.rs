@@ -174,18 +174,15 @@ impl Job {
         bindir: Option<PathBuf>,
     ) -> Result<DrillOptions> {
         let j = &self.config;
+        let scratch = Scratch::parse(scratch, password_file)
+            .with_context(|| format!("job {}: scratch", self.name))?;
         Ok(DrillOptions {
             physical: self.physical_drill()?,
-            scratch: Scratch::parse(scratch, password_file)
-                .with_context(|| format!("job {}: scratch", self.name))?,
             checks: j.checks.iter().map(|c| c.check()).collect(),
             rpo_target: j.targets.rpo,
             rto_target: j.targets.rto,
             jobs: j.drill_jobs,
-            bindir,
-            identities: self.repository.identities()?,
-            require_encrypted: self.repository.encryption.is_some(),
-            progress: None,
+            ..drill_options(&self.repository, scratch, bindir)?
         })
     }
 
@@ -245,6 +242,29 @@ impl Job {
     pub fn check_options(&self, read_data: refugio_core::ReadData) -> CheckOptions {
         check_options(&self.name, Some(self), read_data)
     }
+}
+
+/// Options of a drill with no job's settings (a repository without a
+/// config file: no SQL checks, no targets, one restore job) into
+/// `scratch`, with the tools in `bindir` (None: search) and the keys
+/// `repository` names.
+pub fn drill_options(
+    repository: &RepositoryConfig,
+    scratch: Scratch,
+    bindir: Option<PathBuf>,
+) -> Result<DrillOptions> {
+    Ok(DrillOptions {
+        scratch,
+        checks: Vec::new(),
+        rpo_target: None,
+        rto_target: None,
+        jobs: 1,
+        bindir,
+        identities: repository.identities()?,
+        require_encrypted: repository.encryption.is_some(),
+        progress: None,
+        physical: None,
+    })
 }
 
 /// Options of a prune of `job` under `policy`.

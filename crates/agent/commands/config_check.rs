@@ -181,6 +181,110 @@ async fn restore_target_check(job: &Job) -> Option<Check> {
     })
 }
 
+/// The repository: reachable, and what it holds.
+async fn repository_check(cfg: &Config) -> Check {
+    let repo_what = format!(
+        "repository {}",
+        refugio_dump::redact_url(&cfg.repository.url)
+    );
+    match crate::repo::open(cfg, None).await {
+        Ok(repo) => match repo.jobs().await {
+            Ok(jobs) => Check {
+                what: repo_what,
+                ok: true,
+                detail: format!("reachable, {} job(s) stored", jobs.len()),
+            },
+            Err(e) => Check {
+                what: repo_what,
+                ok: false,
+                detail: refugio_store::error::chain(&e),
+            },
+        },
+        Err(e) => Check {
+            what: repo_what,
+            ok: false,
+            detail: error_chain(&e),
+        },
+    }
+}
+
+/// The object lock the repository is configured with: probed.
+async fn object_lock_check(cfg: &Config) -> Option<Check> {
+    let lock = cfg.repository.object_lock.as_ref()?;
+    let what = format!("object lock ({}, {} days)", lock.mode, lock.days);
+    let probe = async {
+        let repo = crate::repo::open(cfg, None).await?;
+        anyhow::Ok(repo.store().probe_object_lock(LOCK_PROBE_PREFIX).await?)
+    }
+    .await;
+    Some(match probe {
+        Ok(refugio_store::LockProbe::Enforced) => Check {
+            what,
+            ok: true,
+            detail: "enforced: the store refused to delete a locked probe object".into(),
+        },
+        Ok(refugio_store::LockProbe::NotEnforced(reason)) => Check {
+            what,
+            ok: false,
+            detail: format!("NOT enforced, backups would not be immutable: {reason}. Backups fail while object_lock is configured on this store"),
+        },
+        Err(e) => Check {
+            what,
+            ok: false,
+            detail: format!("could not be probed: {}", error_chain(&e)),
+        },
+    })
+}
+
+/// A job's source: reachable, its server and tools, a whole-server job's
+/// databases.
+async fn source_check(job: &Job) -> Check {
+    let what = format!("job {}", job.name);
+    let detail = async {
+        let source = job.source()?;
+        let probe = refugio_core::probe::source(&source, job.config.pg_bindir.as_deref()).await?;
+        let (facts, tool) = (probe.facts, probe.pg_dump);
+        // A whole-server job: which databases its next backup holds.
+        let scope = match &job.scope {
+            Some(scope) => {
+                let mut conn = source.connect().await?;
+                let names = scope.resolve(&mut conn, &source).await?;
+                if names.is_empty() {
+                    anyhow::bail!(
+                        "no database on {} matches databases = {:?} (exclude_databases = {:?})",
+                        source.redacted(),
+                        scope.include,
+                        scope.exclude
+                    );
+                }
+                format!("; databases in scope: {}", names.join(", "))
+            }
+            None => String::new(),
+        };
+        anyhow::Ok(format!(
+            "source {} reachable: PostgreSQL {}{}, pg_dump {} at {}{scope}",
+            source.redacted(),
+            facts.version,
+            if facts.in_recovery { " (standby)" } else { "" },
+            tool.version,
+            tool.path.display()
+        ))
+    }
+    .await;
+    match detail {
+        Ok(d) => Check {
+            what,
+            ok: true,
+            detail: d,
+        },
+        Err(e) => Check {
+            what,
+            ok: false,
+            detail: error_chain(&e),
+        },
+    }
+}
+
 /// Where `config check` writes its object-lock probe (not a job: job
 /// names cannot start with '.').
 const LOCK_PROBE_PREFIX: &str = ".refugio-lock-probe";
@@ -204,102 +308,12 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
             detail: "no [[jobs]] defined: nothing would be backed up".into(),
         });
     }
-    let repo_what = format!(
-        "repository {}",
-        refugio_dump::redact_url(&cfg.repository.url)
-    );
-    match crate::repo::open(&cfg, None).await {
-        Ok(repo) => match repo.jobs().await {
-            Ok(jobs) => checks.push(Check {
-                what: repo_what,
-                ok: true,
-                detail: format!("reachable, {} job(s) stored", jobs.len()),
-            }),
-            Err(e) => checks.push(Check {
-                what: repo_what,
-                ok: false,
-                detail: refugio_store::error::chain(&e),
-            }),
-        },
-        Err(e) => checks.push(Check {
-            what: repo_what,
-            ok: false,
-            detail: error_chain(&e),
-        }),
-    }
-    if let Some(lock) = &cfg.repository.object_lock {
-        let what = format!("object lock ({}, {} days)", lock.mode, lock.days);
-        let probe = async {
-            let repo = crate::repo::open(&cfg, None).await?;
-            anyhow::Ok(repo.store().probe_object_lock(LOCK_PROBE_PREFIX).await?)
-        }
-        .await;
-        checks.push(match probe {
-            Ok(refugio_store::LockProbe::Enforced) => Check {
-                what,
-                ok: true,
-                detail: "enforced: the store refused to delete a locked probe object".into(),
-            },
-            Ok(refugio_store::LockProbe::NotEnforced(reason)) => Check {
-                what,
-                ok: false,
-                detail: format!("NOT enforced, backups would not be immutable: {reason}. Backups fail while object_lock is configured on this store"),
-            },
-            Err(e) => Check {
-                what,
-                ok: false,
-                detail: format!("could not be probed: {}", error_chain(&e)),
-            },
-        });
-    }
+    checks.push(repository_check(&cfg).await);
+    checks.extend(object_lock_check(&cfg).await);
     checks.extend(encryption_check(&cfg).await);
     checks.push(authentication_check(&cfg));
     for job in &cfg.jobs {
-        let what = format!("job {}", job.name);
-        let detail = async {
-            let source = job.source()?;
-            let probe =
-                refugio_core::probe::source(&source, job.config.pg_bindir.as_deref()).await?;
-            let (facts, tool) = (probe.facts, probe.pg_dump);
-            // A whole-server job: which databases its next backup holds.
-            let scope = match &job.scope {
-                Some(scope) => {
-                    let mut conn = source.connect().await?;
-                    let names = scope.resolve(&mut conn, &source).await?;
-                    if names.is_empty() {
-                        anyhow::bail!(
-                            "no database on {} matches databases = {:?} (exclude_databases = {:?})",
-                            source.redacted(),
-                            scope.include,
-                            scope.exclude
-                        );
-                    }
-                    format!("; databases in scope: {}", names.join(", "))
-                }
-                None => String::new(),
-            };
-            anyhow::Ok(format!(
-                "source {} reachable: PostgreSQL {}{}, pg_dump {} at {}{scope}",
-                source.redacted(),
-                facts.version,
-                if facts.in_recovery { " (standby)" } else { "" },
-                tool.version,
-                tool.path.display()
-            ))
-        }
-        .await;
-        match detail {
-            Ok(d) => checks.push(Check {
-                what,
-                ok: true,
-                detail: d,
-            }),
-            Err(e) => checks.push(Check {
-                what,
-                ok: false,
-                detail: error_chain(&e),
-            }),
-        }
+        checks.push(source_check(job).await);
         checks.extend(restore_target_check(job).await);
     }
     let failed = checks.iter().filter(|c| !c.ok).count();

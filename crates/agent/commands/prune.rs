@@ -156,82 +156,91 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
         return Ok(code);
     }
     for r in &reports {
-        println!(
-            "job {}{}:",
-            r.job,
-            if r.dry_run { " (dry run)" } else { "" }
-        );
-        for d in &r.decisions {
-            let reasons: Vec<String> = d
-                .reasons
-                .iter()
-                .map(|x| {
-                    serde_json::to_string(x)
-                        .unwrap_or_default()
-                        .trim_matches('"')
-                        .to_string()
-                })
-                .collect();
-            let state = r
-                .states
-                .get(&d.id)
-                .map(|s| {
-                    serde_json::to_string(s)
-                        .unwrap_or_default()
-                        .trim_matches('"')
-                        .to_string()
-                })
-                .unwrap_or_default();
-            println!(
-                "  {:<22} {:<10} {:<6} {}",
-                d.id,
-                state,
-                if d.keep { "keep" } else { "delete" },
-                reasons.join(",")
-            );
-        }
-        for l in &r.locked {
-            println!(
-                "  {:<22} deletion deferred: object-locked until {}",
-                l.id,
-                l.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
-        }
-        for f in &r.failed_deletes {
-            println!(
-                "  {} {}: {}",
-                if f.locked { "locked:" } else { "FAILED:" },
-                f.key,
-                f.error
-            );
-        }
-        println!(
-            "  orphaned objects: {}, stale multipart uploads: {}",
-            r.orphans.len(),
-            r.stale_uploads.len()
-        );
-        for g in &r.wal_gaps {
-            println!(
-                "  WAL {} timeline {}: {} to {} ({} segment(s)); base backups {} count as unverified{}",
-                if g.pending { "NOT ARCHIVED YET" } else { "GAP" },
-                g.timeline,
-                g.from,
-                g.to,
-                g.segments,
-                g.backups.join(", "),
-                if g.pending { "" } else { " (`refugio pin` keeps one for the points before the gap)" }
-            );
-        }
-        if let Some(before) = &r.wal_pruned.before {
-            println!(
-                "  WAL before {before} (the oldest kept base backup's start): {} files, {}{}",
-                r.wal_pruned.files,
-                crate::output::human(r.wal_pruned.bytes),
-                if r.dry_run { " would go" } else { " deleted" }
-            );
-        }
+        print_report(r);
     }
     Ok(code)
+}
+
+/// One job's prune report, for people.
+fn print_report(r: &refugio_core::PruneReport) {
+    println!(
+        "job {}{}:",
+        r.job,
+        if r.dry_run { " (dry run)" } else { "" }
+    );
+    for d in &r.decisions {
+        let reasons: Vec<String> = d
+            .reasons
+            .iter()
+            .map(|x| {
+                serde_json::to_string(x)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .collect();
+        let state = r
+            .states
+            .get(&d.id)
+            .map(|s| {
+                serde_json::to_string(s)
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_string()
+            })
+            .unwrap_or_default();
+        println!(
+            "  {:<22} {:<10} {:<6} {}",
+            d.id,
+            state,
+            if d.keep { "keep" } else { "delete" },
+            reasons.join(",")
+        );
+    }
+    for l in &r.locked {
+        println!(
+            "  {:<22} deletion deferred: object-locked until {}",
+            l.id,
+            l.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+    }
+    for f in &r.failed_deletes {
+        println!(
+            "  {} {}: {}",
+            if f.locked { "locked:" } else { "FAILED:" },
+            f.key,
+            f.error
+        );
+    }
+    println!(
+        "  orphaned objects: {}, stale multipart uploads: {}",
+        r.orphans.len(),
+        r.stale_uploads.len()
+    );
+    for g in &r.wal_gaps {
+        println!(
+            "  WAL {} timeline {}: {} to {} ({} segment(s)); base backups {} count as unverified{}",
+            if g.pending { "NOT ARCHIVED YET" } else { "GAP" },
+            g.timeline,
+            g.from,
+            g.to,
+            g.segments,
+            g.backups.join(", "),
+            if g.pending {
+                ""
+            } else {
+                " (`refugio pin` keeps one for the points before the gap)"
+            }
+        );
+    }
+    if let Some(before) = &r.wal_pruned.before {
+        println!(
+            "  WAL before {before} (the oldest kept base backup's start): {} files, {}{}",
+            r.wal_pruned.files,
+            crate::output::human(r.wal_pruned.bytes),
+            if r.dry_run { " would go" } else { " deleted" }
+        );
+    }
 }
 
 #[cfg(test)]

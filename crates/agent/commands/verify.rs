@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::VerifyArgs;
 use crate::config::Config;
 use crate::exit::usage;
+use crate::job::Job;
 
 pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
     let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref()).await?;
@@ -21,77 +22,8 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
         "unverified" => Pick::Unverified,
         spec => Pick::Spec(spec),
     };
-    // Zero config (no [[jobs]]): the repository's job, an ephemeral
-    // scratch cluster unless --scratch says otherwise, no SQL checks or
-    // targets, and no job lock (there is no source to take it on).
-    let (name, opts, lock) = if cfg.jobs.is_empty() {
-        let name = super::infer_job(&cfg, &repo, a.job.as_deref()).await?;
-        let scratch = a.scratch.as_deref().unwrap_or("ephemeral");
-        let opts = DrillOptions {
-            scratch: Scratch::parse(scratch, a.scratch_password_file.as_deref())
-                .with_context(|| format!("--scratch {scratch:?}"))
-                .map_err(usage)?,
-            checks: Vec::new(),
-            rpo_target: None,
-            rto_target: None,
-            jobs: 1,
-            bindir: a.pg_bindir.clone(),
-            identities: cfg.repository.identities().map_err(usage)?,
-            require_encrypted: cfg.repository.encryption.is_some(),
-            progress: None,
-            physical: None,
-        };
-        (name, opts, None)
-    } else {
-        let job = cfg.job(a.job.as_deref()).map_err(usage)?.clone();
-        let scratch = a.scratch.clone().or_else(|| job.drill_scratch().map(str::to_string)).ok_or_else(|| {
-            usage(anyhow!(
-                "job {}: no scratch target: set `scratch` in the job (a server URL or \"ephemeral\") or pass --scratch",
-                job.name
-            ))
-        })?;
-        // The job's scratch password file goes with the job's scratch only.
-        let password_file = match &a.scratch {
-            Some(_) => a.scratch_password_file.clone(),
-            None => a
-                .scratch_password_file
-                .clone()
-                .or_else(|| job.config.scratch_password_file.clone()),
-        };
-        let opts = job
-            .drill_options(
-                &scratch,
-                password_file.as_deref(),
-                // As the agent's drills: the job's tools unless told otherwise.
-                a.pg_bindir.clone().or_else(|| job.config.pg_bindir.clone()),
-            )
-            .map_err(usage)?;
-        (job.name.clone(), opts, Some(job))
-    };
-    let (opts, to) = match a.to.as_deref() {
-        None => (opts, None),
-        Some(text) => {
-            let to: RecoveryTarget = text
-                .parse()
-                .map_err(|e: String| usage(anyhow!("--to: {e}")))?;
-            let Some(physical) = opts.physical.clone() else {
-                return Err(usage(anyhow!(
-                    "--to applies to drills of a physical job (kind = \"physical\", with a config file); job {name} has none"
-                )));
-            };
-            let physical = refugio_core::PhysicalDrill {
-                target: to,
-                ..physical
-            };
-            (
-                DrillOptions {
-                    physical: Some(physical),
-                    ..opts
-                },
-                Some(to),
-            )
-        }
-    };
+    let (name, opts, lock) = drill_of(&cfg, &repo, &a).await?;
+    let (opts, to) = at_point(opts, a.to.as_deref(), &name)?;
     // A backup no trusted agent key signed is not drilled: inconclusive
     // (exit 3), reported as foreign, never failed.
     let (mut manifest, history) = drill::pick(&repo, &name, pick).await.map_err(|e| {
@@ -126,43 +58,7 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&receipt)?);
     } else {
-        println!(
-            "drill of backup {} (job {}): {}",
-            receipt.backup_id,
-            receipt.job,
-            match (receipt.outcome(), receipt.passed) {
-                (Outcome::Passed, true) => "PASSED",
-                (Outcome::Passed, false) =>
-                    "FAILED (the backup restored and checked out; a target was missed)",
-                (Outcome::Failed, _) => "FAILED (the backup is bad)",
-                (Outcome::Inconclusive, _) =>
-                    "INCONCLUSIVE (the backup could not be checked; it stays unverified)",
-            }
-        );
-        println!(
-            "  restore + checks: {:.1}s (fetch+restore {:.1}s, analyze {:.1}s, checks {:.1}s); {} tables compared, {} SQL checks",
-            receipt.rto.measured_seconds.unwrap_or_default(),
-            receipt.phases.fetch_restore_seconds,
-            receipt.phases.analyze_seconds,
-            receipt.phases.checks_seconds,
-            receipt.counts.len(),
-            receipt.checks.len()
-        );
-        let secs = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.0}s"));
-        println!(
-            "  RTO {} (target {}), RPO {} (target {}), largest gap between verified backups {}",
-            secs(receipt.rto.measured_seconds),
-            secs(receipt.rto.target_seconds),
-            secs(receipt.rpo.measured_seconds),
-            secs(receipt.rpo.target_seconds),
-            secs(receipt.rpo_detail.largest_gap_seconds)
-        );
-        for f in &receipt.failures {
-            println!("  FAIL {f}");
-        }
-        for n in &receipt.notes {
-            println!("  NOTE {n}");
-        }
+        print_receipt(&receipt);
     }
     Ok(match (receipt.passed, receipt.outcome()) {
         (true, _) => ExitCode::SUCCESS,
@@ -170,4 +66,123 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
         (false, Outcome::Inconclusive) => ExitCode::from(crate::exit::COULD_NOT_CHECK),
         (false, _) => ExitCode::from(crate::exit::FAILED),
     })
+}
+
+/// The job's name, the drill's options and the job (for its lock) of
+/// `refugio verify`. Zero config (no [[jobs]]): the repository's job, an
+/// ephemeral scratch cluster unless --scratch says otherwise, no SQL checks
+/// or targets, and no job lock (there is no source to take it on).
+async fn drill_of(
+    cfg: &Config,
+    repo: &refugio_store::repo::Repository,
+    a: &VerifyArgs,
+) -> Result<(String, DrillOptions, Option<Job>)> {
+    if cfg.jobs.is_empty() {
+        let name = super::infer_job(cfg, repo, a.job.as_deref()).await?;
+        let scratch = a.scratch.as_deref().unwrap_or("ephemeral");
+        let scratch = Scratch::parse(scratch, a.scratch_password_file.as_deref())
+            .with_context(|| format!("--scratch {scratch:?}"))
+            .map_err(usage)?;
+        let opts = crate::job::drill_options(&cfg.repository, scratch, a.pg_bindir.clone())
+            .map_err(usage)?;
+        return Ok((name, opts, None));
+    }
+    let job = cfg.job(a.job.as_deref()).map_err(usage)?.clone();
+    let scratch = a.scratch.clone().or_else(|| job.drill_scratch().map(str::to_string)).ok_or_else(|| {
+        usage(anyhow!(
+            "job {}: no scratch target: set `scratch` in the job (a server URL or \"ephemeral\") or pass --scratch",
+            job.name
+        ))
+    })?;
+    // The job's scratch password file goes with the job's scratch only.
+    let password_file = match &a.scratch {
+        Some(_) => a.scratch_password_file.clone(),
+        None => a
+            .scratch_password_file
+            .clone()
+            .or_else(|| job.config.scratch_password_file.clone()),
+    };
+    let opts = job
+        .drill_options(
+            &scratch,
+            password_file.as_deref(),
+            // As the agent's drills: the job's tools unless told otherwise.
+            a.pg_bindir.clone().or_else(|| job.config.pg_bindir.clone()),
+        )
+        .map_err(usage)?;
+    Ok((job.name.clone(), opts, Some(job)))
+}
+
+/// A physical job's drill recovers to `--to` when given (the newest
+/// point otherwise); a logical job's has no point to recover to.
+fn at_point(
+    opts: DrillOptions,
+    to: Option<&str>,
+    name: &str,
+) -> Result<(DrillOptions, Option<RecoveryTarget>)> {
+    Ok(match to {
+        None => (opts, None),
+        Some(text) => {
+            let to: RecoveryTarget = text
+                .parse()
+                .map_err(|e: String| usage(anyhow!("--to: {e}")))?;
+            let Some(physical) = opts.physical.clone() else {
+                return Err(usage(anyhow!(
+                    "--to applies to drills of a physical job (kind = \"physical\", with a config file); job {name} has none"
+                )));
+            };
+            let physical = refugio_core::PhysicalDrill {
+                target: to,
+                ..physical
+            };
+            (
+                DrillOptions {
+                    physical: Some(physical),
+                    ..opts
+                },
+                Some(to),
+            )
+        }
+    })
+}
+
+/// A drill's receipt, for people.
+fn print_receipt(receipt: &refugio_core::Receipt) {
+    println!(
+        "drill of backup {} (job {}): {}",
+        receipt.backup_id,
+        receipt.job,
+        match (receipt.outcome(), receipt.passed) {
+            (Outcome::Passed, true) => "PASSED",
+            (Outcome::Passed, false) =>
+                "FAILED (the backup restored and checked out; a target was missed)",
+            (Outcome::Failed, _) => "FAILED (the backup is bad)",
+            (Outcome::Inconclusive, _) =>
+                "INCONCLUSIVE (the backup could not be checked; it stays unverified)",
+        }
+    );
+    println!(
+        "  restore + checks: {:.1}s (fetch+restore {:.1}s, analyze {:.1}s, checks {:.1}s); {} tables compared, {} SQL checks",
+        receipt.rto.measured_seconds.unwrap_or_default(),
+        receipt.phases.fetch_restore_seconds,
+        receipt.phases.analyze_seconds,
+        receipt.phases.checks_seconds,
+        receipt.counts.len(),
+        receipt.checks.len()
+    );
+    let secs = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.0}s"));
+    println!(
+        "  RTO {} (target {}), RPO {} (target {}), largest gap between verified backups {}",
+        secs(receipt.rto.measured_seconds),
+        secs(receipt.rto.target_seconds),
+        secs(receipt.rpo.measured_seconds),
+        secs(receipt.rpo.target_seconds),
+        secs(receipt.rpo_detail.largest_gap_seconds)
+    );
+    for f in &receipt.failures {
+        println!("  FAIL {f}");
+    }
+    for n in &receipt.notes {
+        println!("  NOTE {n}");
+    }
 }
