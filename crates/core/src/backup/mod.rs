@@ -33,7 +33,7 @@ use crate::clock::Clock;
 use crate::encryption::{self, Recipients};
 use crate::error::{Error, Result};
 use database::{server_artifact_name, Dumped, Target};
-use stream::{artifact, discard, store_stream, Packing};
+use stream::{artifact, store_stream, Packing, Stored};
 
 /// What a job backs up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -151,38 +151,7 @@ pub async fn backup(
     let started_at = clock.now();
     let job = opts.job.as_str();
     let source = &opts.source;
-    // A whole-server job connects to the URL's database, or `postgres`.
-    let url_database = source.database();
-    let main = match (&opts.databases, &url_database) {
-        (None, None) => {
-            return Err(Error::NoDatabase {
-                job: job.to_string(),
-            })
-        }
-        (None, Some(_)) => source.clone(),
-        (Some(_), db) => source.with_database(db.as_deref().unwrap_or("postgres")),
-    };
-
-    // Server version first: the pg_dump must fit before anything starts.
-    let mut conn = main.connect().await?;
-    let facts = snapshot::server_facts(&mut conn, &main).await?;
-    let databases = match &opts.databases {
-        Some(scope) => {
-            let found = scope.resolve(&mut conn, &main).await?;
-            if found.is_empty() {
-                let _ = conn.close().await;
-                return Err(Error::NoDatabases {
-                    job: job.to_string(),
-                    server: main.redacted(),
-                    include: scope.include.clone(),
-                    exclude: scope.exclude.clone(),
-                });
-            }
-            found
-        }
-        None => vec![url_database.clone().unwrap_or_default()],
-    };
-    let _ = conn.close().await;
+    let (main, facts, databases) = survey(opts).await?;
     let version = facts.pg_version();
     let find = |kind: ToolKind, tool: &'static str| async move {
         tools::find(kind, version, opts.pg_bindir.as_deref())
@@ -241,6 +210,46 @@ pub async fn backup(
     result
 }
 
+/// The server a backup of `opts` connects to (a whole-server job: the
+/// URL's database, or `postgres`), its facts, and the databases to dump.
+async fn survey(opts: &BackupOptions) -> Result<(SourceSpec, snapshot::ServerFacts, Vec<String>)> {
+    let job = opts.job.as_str();
+    let source = &opts.source;
+    // A whole-server job connects to the URL's database, or `postgres`.
+    let url_database = source.database();
+    let main = match (&opts.databases, &url_database) {
+        (None, None) => {
+            return Err(Error::NoDatabase {
+                job: job.to_string(),
+            })
+        }
+        (None, Some(_)) => source.clone(),
+        (Some(_), db) => source.with_database(db.as_deref().unwrap_or("postgres")),
+    };
+
+    // Server version first: the pg_dump must fit before anything starts.
+    let mut conn = main.connect().await?;
+    let facts = snapshot::server_facts(&mut conn, &main).await?;
+    let databases = match &opts.databases {
+        Some(scope) => {
+            let found = scope.resolve(&mut conn, &main).await?;
+            if found.is_empty() {
+                let _ = conn.close().await;
+                return Err(Error::NoDatabases {
+                    job: job.to_string(),
+                    server: main.redacted(),
+                    include: scope.include.clone(),
+                    exclude: scope.exclude.clone(),
+                });
+            }
+            found
+        }
+        None => vec![url_database.clone().unwrap_or_default()],
+    };
+    let _ = conn.close().await;
+    Ok((main, facts, databases))
+}
+
 /// What [`backup`] settled before it stores anything.
 struct Plan<'a> {
     id: &'a str,
@@ -278,23 +287,70 @@ async fn commit_backup(
     };
     let packing = Packing::for_dump(opts, plan.pg_dump).await;
     let suffix = format!("{ext}{}{sealed}", packing.stream.suffix());
-    let server = opts.databases.is_some();
     let upload = UploadOptions {
         part_size: opts.part_size,
         concurrency: opts.upload_concurrency,
         expected_size: u64::try_from(plan.facts.database_size).ok(),
     };
+    let packed = Packed {
+        packing: &packing,
+        suffix: &suffix,
+        sealed,
+        upload: &upload,
+    };
+    let dumped = dump_databases(repo, opts, cancel, &plan, &packed).await?;
+    let mut stored = Stored::new(repo, job, id);
+    for (_, d) in &dumped {
+        stored.push(d.artifact.clone());
+    }
+    let mut globals_seconds = 0.0;
+    if let Some(tool) = plan.pg_dumpall {
+        let tg = Instant::now();
+        let globals = dump_globals(repo, opts, cancel, &plan, tool, &packed).await;
+        stored.push(stored.or_discard(globals).await?);
+        globals_seconds = tg.elapsed().as_secs_f64();
+    }
+    let artifacts = stored.into_artifacts();
+    let manifest = manifest_of(opts, &plan, dumped, artifacts, globals_seconds, clock);
+    let manifest = lock_and_commit(repo, opts, clock, cancel, manifest).await?;
+    tracing::info!(job, backup = %id, stored_bytes = manifest.stored_size(),
+        raw_bytes = manifest.raw_size(), seconds = manifest.durations.total_seconds,
+        databases = manifest.database_names().len(), "backup-committed");
+    Ok(manifest)
+}
 
-    // Each database in its own snapshot: a snapshot cannot span databases.
+/// How a backup's artifacts are packed and uploaded.
+struct Packed<'a> {
+    packing: &'a Packing,
+    /// A database artifact's name after `database.` (format, compression, age).
+    suffix: &'a str,
+    /// `.age` when encrypted.
+    sealed: &'static str,
+    upload: &'a UploadOptions,
+}
+
+/// Dumps every database of the plan, each in its own snapshot (a snapshot
+/// cannot span databases); one dropped since the listing is left out. On
+/// a failure removes what it stored.
+async fn dump_databases(
+    repo: &Repository,
+    opts: &BackupOptions,
+    cancel: &CancellationToken,
+    plan: &Plan<'_>,
+    packed: &Packed<'_>,
+) -> Result<Vec<(String, Dumped)>> {
+    let (job, id) = (opts.job.as_str(), plan.id);
+    let server = opts.databases.is_some();
     let mut dumped: Vec<(String, Dumped)> = Vec::new();
+    let mut stored = Stored::new(repo, job, id);
     for (i, database) in plan.databases.iter().enumerate() {
         let (spec, name) = if server {
             (
                 plan.main.with_database(database),
-                server_artifact_name(i, database, &suffix),
+                server_artifact_name(i, database, packed.suffix),
             )
         } else {
-            (plan.main.clone(), format!("database.{suffix}"))
+            (plan.main.clone(), format!("database.{}", packed.suffix))
         };
         crate::progress::phase(opts.progress.as_ref(), || match plan.databases.len() {
             1 => format!("dumping {database}"),
@@ -305,8 +361,8 @@ async fn commit_backup(
             database,
             name,
             id,
-            upload: &upload,
-            packing: &packing,
+            upload: packed.upload,
+            packing: packed.packing,
         };
         match database::dump(repo, opts, plan.pg_dump, target, cancel).await {
             // Dropped since the databases were listed: not in this backup.
@@ -317,13 +373,10 @@ async fn commit_backup(
             Ok(d) => {
                 tracing::info!(job, backup = %id, database = %database,
                     stored_bytes = d.artifact.stored_size, "database-dumped");
+                stored.push(d.artifact.clone());
                 dumped.push((database.clone(), d));
             }
-            Err(e) => {
-                let stored: Vec<_> = dumped.into_iter().map(|(_, d)| d.artifact).collect();
-                discard(repo, job, id, &stored).await;
-                return Err(e);
-            }
+            Err(e) => return stored.or_discard(Err(e)).await,
         }
     }
     if dumped.is_empty() {
@@ -338,56 +391,49 @@ async fn commit_backup(
             exclude: scope.exclude,
         });
     }
-    let mut artifacts: Vec<_> = dumped.iter().map(|(_, d)| d.artifact.clone()).collect();
+    Ok(dumped)
+}
 
-    let mut globals_seconds = 0.0;
-    if let Some(tool) = plan.pg_dumpall {
-        let tg = Instant::now();
-        crate::progress::phase(opts.progress.as_ref(), || "dumping globals".into());
-        let globals_packing = Packing::stream(opts);
-        let name = format!("globals.sql{}{sealed}", globals_packing.stream.suffix());
-        let key = Repository::key(job, id, &name);
-        let small = UploadOptions {
-            expected_size: None,
-            ..upload.clone()
-        };
-        let what = || "dumping globals (roles) with pg_dumpall".to_string();
-        let result = match spawn::pg_dumpall_globals(tool, plan.main, plan.facts.superuser) {
-            Ok(output) => store_stream(repo, &key, output, &globals_packing, opts, &small, cancel)
-                .await
-                .map_err(|e| Error::Dump {
-                    job: job.to_string(),
-                    what: what(),
-                    source: Box::new(e),
-                }),
-            Err(e) => Err(Error::Pg(e)),
-        };
-        match result {
-            Ok((outcome, raw)) => {
-                artifacts.push(artifact(
-                    name,
-                    "globals",
-                    "plain",
-                    &globals_packing,
-                    opts,
-                    outcome,
-                    raw,
-                ));
-            }
-            Err(e) => {
-                discard(repo, job, id, &artifacts).await;
-                return Err(e);
-            }
-        }
-        globals_seconds = tg.elapsed().as_secs_f64();
-    }
-
-    let manifest = manifest_of(opts, &plan, dumped, artifacts, globals_seconds, clock);
-    let manifest = lock_and_commit(repo, opts, clock, cancel, manifest).await?;
-    tracing::info!(job, backup = %id, stored_bytes = manifest.stored_size(),
-        raw_bytes = manifest.raw_size(), seconds = manifest.durations.total_seconds,
-        databases = manifest.database_names().len(), "backup-committed");
-    Ok(manifest)
+/// Stores `pg_dumpall --globals-only` (roles, tablespaces) as one artifact.
+async fn dump_globals(
+    repo: &Repository,
+    opts: &BackupOptions,
+    cancel: &CancellationToken,
+    plan: &Plan<'_>,
+    tool: &refugio_dump::Tool,
+    packed: &Packed<'_>,
+) -> Result<refugio_store::manifest::Artifact> {
+    let job = opts.job.as_str();
+    crate::progress::phase(opts.progress.as_ref(), || "dumping globals".into());
+    let globals_packing = Packing::stream(opts);
+    let name = format!(
+        "globals.sql{}{}",
+        globals_packing.stream.suffix(),
+        packed.sealed
+    );
+    let key = Repository::key(job, plan.id, &name);
+    let small = UploadOptions {
+        expected_size: None,
+        ..packed.upload.clone()
+    };
+    let output =
+        spawn::pg_dumpall_globals(tool, plan.main, plan.facts.superuser).map_err(Error::Pg)?;
+    let (outcome, raw) = store_stream(repo, &key, output, &globals_packing, opts, &small, cancel)
+        .await
+        .map_err(|e| Error::Dump {
+            job: job.to_string(),
+            what: "dumping globals (roles) with pg_dumpall".to_string(),
+            source: Box::new(e),
+        })?;
+    Ok(artifact(
+        name,
+        "globals",
+        "plain",
+        &globals_packing,
+        opts,
+        outcome,
+        raw,
+    ))
 }
 
 /// The end of every backup: cancelled now, it discards its artifacts;
@@ -401,11 +447,28 @@ pub(crate) async fn lock_and_commit(
     cancel: &CancellationToken,
     mut manifest: Manifest,
 ) -> Result<Manifest> {
+    let id = manifest.backup_id.clone();
+    let mut stored = Stored::new(repo, &opts.job, &id);
+    for a in &manifest.artifacts {
+        stored.push(a.clone());
+    }
+    let committed = commit(repo, opts, clock, cancel, &mut manifest).await;
+    stored.or_discard(committed).await?;
+    Ok(manifest)
+}
+
+/// [`lock_and_commit`] but for the discarding.
+async fn commit(
+    repo: &Repository,
+    opts: &BackupOptions,
+    clock: &dyn Clock,
+    cancel: &CancellationToken,
+    manifest: &mut Manifest,
+) -> Result<()> {
     let job = opts.job.as_str();
     let id = manifest.backup_id.clone();
     let id = id.as_str();
     if cancel.is_cancelled() {
-        discard(repo, job, id, &manifest.artifacts).await;
         return Err(Error::Cancelled {
             what: format!("job {job}: backup"),
             detail: "nothing was committed".into(),
@@ -413,10 +476,7 @@ pub(crate) async fn lock_and_commit(
     }
     // The manifest claims these artifacts: each must be stored, with its
     // size, before it does (one HEAD each), or nothing is committed.
-    if let Err(e) = verify_stored(repo, &manifest).await {
-        discard(repo, job, id, &manifest.artifacts).await;
-        return Err(e);
-    }
+    verify_stored(repo, manifest).await?;
     // Object lock: every artifact gets the retention before the manifest
     // (itself written locked) claims it. A store that refuses fails the
     // backup: the operator asked for immutability, and a manifest never
@@ -425,25 +485,21 @@ pub(crate) async fn lock_and_commit(
         let retention = lock.retention(clock.now());
         for a in &manifest.artifacts {
             let key = Repository::key(job, id, &a.name);
-            if let Err(e) = repo.store().set_retention(&key, &retention).await {
-                discard(repo, job, id, &manifest.artifacts).await;
-                return Err(Error::ObjectLock {
+            repo.store()
+                .set_retention(&key, &retention)
+                .await
+                .map_err(|e| Error::ObjectLock {
                     job: job.to_string(),
                     key,
                     source: Box::new(e),
-                });
-            }
+                })?;
         }
         manifest.object_lock = Some(retention);
     }
-    if let Err(e) = repo.commit(&manifest).await {
-        discard(repo, job, id, &manifest.artifacts).await;
-        return Err(Error::Commit {
-            job: job.to_string(),
-            source: Box::new(e),
-        });
-    }
-    Ok(manifest)
+    repo.commit(manifest).await.map_err(|e| Error::Commit {
+        job: job.to_string(),
+        source: Box::new(e),
+    })
 }
 
 /// Every artifact `manifest` names is stored with its `stored_size`.

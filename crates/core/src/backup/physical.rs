@@ -18,7 +18,7 @@ use refugio_store::upload::UploadOptions;
 use sqlx::{Connection, Executor, Row};
 use tokio_util::sync::CancellationToken;
 
-use super::stream::{artifact, discard, store_stream, Packing};
+use super::stream::{artifact, store_stream, Packing, Stored};
 use super::{lock_and_commit, BackupOptions};
 use crate::clock::Clock;
 use crate::encryption;
@@ -114,144 +114,216 @@ pub(super) async fn base_backup(
         }
         claim = repo.claim_backup_id(job, started_at) => claim?,
     };
-    let id = claim.id.clone();
     let beat = super::heartbeat::Heartbeat::start(repo, &claim);
-    let result = async {
-        let packing = Packing::stream(opts);
-        let seal = if opts.encryption.is_some() { encryption::SUFFIX } else { "" };
-        let upload = UploadOptions {
-            part_size: opts.part_size,
-            concurrency: opts.upload_concurrency,
-            expected_size: u64::try_from(cluster.size).ok(),
-        };
-        let name = format!("{BASE_NAME}{}{seal}", packing.stream.suffix());
-        let key = Repository::key(job, &id, &name);
-        let child = basebackup::pg_basebackup(&tool, &opts.source)?;
-        let watch = basebackup::TarWatch::new(
-            child,
-            &[(BACKUP_LABEL, 64 * 1024), (BACKUP_MANIFEST, MAX_MANIFEST)],
-        );
-        let captured = watch.captured();
-        let td = Instant::now();
-        let (outcome, raw) = store_stream(repo, &key, watch, &packing, opts, &upload, cancel)
-            .await
-            .map_err(|e| Error::Dump {
-                job: job.to_string(),
-                what: "taking the base backup with pg_basebackup".into(),
-                source: Box::new(e),
-            })?;
-        let dump_seconds = td.elapsed().as_secs_f64();
-        let mut artifacts = vec![artifact(name, "base", "tar", &packing, opts, outcome, raw)];
-        let seen = captured.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let bad = |why: String| Error::Physical(format!("job {job}: base backup {id}: {why}; nothing was committed"));
-        let label = seen
-            .files
-            .get(BACKUP_LABEL)
-            .and_then(|b| BackupLabel::parse(&String::from_utf8_lossy(b)))
-            .ok_or_else(|| bad("pg_basebackup's tar holds no readable backup_label".into()));
-        let label = match label {
-            Ok(l) => l,
-            Err(e) => {
-                discard(repo, job, &id, &artifacts).await;
-                return Err(e);
-            }
-        };
-        // The stop LSN from the server's manifest (13+).
-        let manifest_bytes = seen.files.get(BACKUP_MANIFEST).cloned();
-        let stop = manifest_bytes
-            .as_deref()
-            .and_then(basebackup::manifest_wal_ranges)
-            .and_then(|r| r.iter().map(|r| r.end).max());
-        let Some(stop) = stop else {
-            discard(repo, job, &id, &artifacts).await;
-            return Err(bad(if seen.too_large.iter().any(|n| n == BACKUP_MANIFEST) {
-                format!("its backup_manifest is larger than {MAX_MANIFEST} bytes")
-            } else {
-                "pg_basebackup's tar holds no backup_manifest with WAL-Ranges (PostgreSQL 13 or later writes one)".into()
-            }));
-        };
-        let mut manifest_artifact = None;
-        if let Some(bytes) = manifest_bytes {
-            let mname = format!("{BACKUP_MANIFEST}{}{seal}", packing.stream.suffix());
-            let mkey = Repository::key(job, &id, &mname);
-            match store_stream(repo, &mkey, Cursor::new(bytes), &packing, opts, &UploadOptions::default(), cancel).await {
-                Ok((outcome, raw)) => {
-                    artifacts.push(artifact(mname.clone(), "backup_manifest", "json", &packing, opts, outcome, raw));
-                    manifest_artifact = Some(mname);
-                }
-                Err(e) => {
-                    discard(repo, job, &id, &artifacts).await;
-                    return Err(Error::Dump {
-                        job: job.to_string(),
-                        what: "storing the server's backup_manifest".into(),
-                        source: Box::new(e),
-                    });
-                }
-            }
-        }
-        let finished_at = clock.now();
-        let facts = &cluster.facts;
-        let manifest = Manifest {
-            format: FORMAT.into(),
-            job: job.to_string(),
-            backup_id: id.clone(),
-            database: "*".into(),
-            started_at,
-            finished_at,
-            // Consistent once replay reaches the stop LSN: about when
-            // pg_basebackup ended.
-            snapshot_at: finished_at,
-            data_at: Some(finished_at),
-            refugio_version: env!("CARGO_PKG_VERSION").into(),
-            server: ServerInfo {
-                version: facts.version.clone(),
-                version_num: facts.version_num,
-                system_identifier: facts.system_identifier.clone(),
-                in_recovery: facts.in_recovery,
-                lsn: Some(stop.to_string()),
-                replay_lag_seconds: None,
-                database_size: cluster.size,
-            },
-            pg_dump_version: tool.version.to_string(),
-            dump_format: "tar".into(),
-            artifacts,
-            row_counts: "none".into(),
-            tables: Vec::new(),
-            large_objects: 0,
-            durations: Durations {
-                snapshot_seconds: 0.0,
-                dump_seconds,
-                globals_seconds: 0.0,
-                total_seconds: t0.elapsed().as_secs_f64(),
-            },
-            schema_fingerprint: None,
-            schema_fingerprint_v2: None,
-            attempts: opts.attempt,
-            object_lock: None,
-            encryption: opts.encryption.as_ref().map(|to| Encryption {
-                scheme: encryption::AGE.into(),
-                recipients: to.names().to_vec(),
-            }),
-            databases: Vec::new(),
-            physical: Some(Physical {
-                timeline: label.timeline,
-                start_lsn: label.start_lsn.to_string(),
-                stop_lsn: stop.to_string(),
-                start_time: label.start_time.unwrap_or(started_at),
-                wal_segment_size: cluster.segment_size,
-                from: label.from.clone(),
-                backup_label: label.text.clone(),
-                backup_manifest: manifest_artifact,
-            }),
-        };
-        let manifest = lock_and_commit(repo, opts, clock, cancel, manifest).await?;
-        tracing::info!(job, backup = %id, stored_bytes = manifest.stored_size(),
-            raw_bytes = manifest.raw_size(), start_lsn = %label.start_lsn, stop_lsn = %stop,
-            timeline = label.timeline, seconds = manifest.durations.total_seconds, "base-backup-committed");
-        Ok(manifest)
-    }
-    .await;
+    let taken = Taken {
+        cluster: &cluster,
+        tool: &tool,
+        id: &claim.id,
+        started_at,
+        t0,
+    };
+    let result = take_and_commit(repo, opts, clock, cancel, taken).await;
     beat.stop().await;
     repo.release_claim(&claim).await;
     result
+}
+
+/// What [`base_backup`] settled before it stores anything.
+struct Taken<'a> {
+    cluster: &'a Cluster,
+    tool: &'a refugio_dump::Tool,
+    id: &'a str,
+    started_at: chrono::DateTime<chrono::Utc>,
+    t0: Instant,
+}
+
+/// Streams the base backup (and the server's backup_manifest) under the
+/// claimed id, then commits the manifest; on any failure removes what it
+/// stored.
+async fn take_and_commit(
+    repo: &Repository,
+    opts: &BackupOptions,
+    clock: &dyn Clock,
+    cancel: &CancellationToken,
+    taken: Taken<'_>,
+) -> Result<Manifest> {
+    let (job, id) = (opts.job.as_str(), taken.id);
+    let packing = Packing::stream(opts);
+    let seal = if opts.encryption.is_some() {
+        encryption::SUFFIX
+    } else {
+        ""
+    };
+    let upload = UploadOptions {
+        part_size: opts.part_size,
+        concurrency: opts.upload_concurrency,
+        expected_size: u64::try_from(taken.cluster.size).ok(),
+    };
+    let name = format!("{BASE_NAME}{}{seal}", packing.stream.suffix());
+    let key = Repository::key(job, id, &name);
+    let child = basebackup::pg_basebackup(taken.tool, &opts.source)?;
+    let watch = basebackup::TarWatch::new(
+        child,
+        &[(BACKUP_LABEL, 64 * 1024), (BACKUP_MANIFEST, MAX_MANIFEST)],
+    );
+    let captured = watch.captured();
+    let td = Instant::now();
+    let (outcome, raw) = store_stream(repo, &key, watch, &packing, opts, &upload, cancel)
+        .await
+        .map_err(|e| Error::Dump {
+            job: job.to_string(),
+            what: "taking the base backup with pg_basebackup".into(),
+            source: Box::new(e),
+        })?;
+    let dump_seconds = td.elapsed().as_secs_f64();
+    let mut stored = Stored::new(repo, job, id);
+    stored.push(artifact(name, "base", "tar", &packing, opts, outcome, raw));
+    let seen = captured.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (label, stop) = stored.or_discard(label_and_stop(job, id, &seen)).await?;
+    let mut manifest_artifact = None;
+    if let Some(bytes) = seen.files.get(BACKUP_MANIFEST).cloned() {
+        let mname = format!("{BACKUP_MANIFEST}{}{seal}", packing.stream.suffix());
+        let mkey = Repository::key(job, id, &mname);
+        let put = store_stream(
+            repo,
+            &mkey,
+            Cursor::new(bytes),
+            &packing,
+            opts,
+            &UploadOptions::default(),
+            cancel,
+        )
+        .await
+        .map_err(|e| Error::Dump {
+            job: job.to_string(),
+            what: "storing the server's backup_manifest".into(),
+            source: Box::new(e),
+        });
+        let (outcome, raw) = stored.or_discard(put).await?;
+        stored.push(artifact(
+            mname.clone(),
+            "backup_manifest",
+            "json",
+            &packing,
+            opts,
+            outcome,
+            raw,
+        ));
+        manifest_artifact = Some(mname);
+    }
+    let finished_at = clock.now();
+    let mut manifest = base_manifest(
+        opts,
+        &taken,
+        finished_at,
+        stop.to_string(),
+        dump_seconds,
+        stored.into_artifacts(),
+    );
+    manifest.physical = Some(Physical {
+        timeline: label.timeline,
+        start_lsn: label.start_lsn.to_string(),
+        stop_lsn: stop.to_string(),
+        start_time: label.start_time.unwrap_or(taken.started_at),
+        wal_segment_size: taken.cluster.segment_size,
+        from: label.from.clone(),
+        backup_label: label.text.clone(),
+        backup_manifest: manifest_artifact,
+    });
+    let manifest = lock_and_commit(repo, opts, clock, cancel, manifest).await?;
+    tracing::info!(job, backup = %id, stored_bytes = manifest.stored_size(),
+        raw_bytes = manifest.raw_size(), start_lsn = %label.start_lsn, stop_lsn = %stop,
+        timeline = label.timeline, seconds = manifest.durations.total_seconds, "base-backup-committed");
+    Ok(manifest)
+}
+
+/// The backup's `backup_label` and its stop LSN (from the server's
+/// backup_manifest, PostgreSQL 13+), as read out of pg_basebackup's tar.
+fn label_and_stop(
+    job: &str,
+    id: &str,
+    seen: &basebackup::Captured,
+) -> Result<(BackupLabel, refugio_dump::wal::Lsn)> {
+    let bad = |why: String| {
+        Error::Physical(format!(
+            "job {job}: base backup {id}: {why}; nothing was committed"
+        ))
+    };
+    let label = seen
+        .files
+        .get(BACKUP_LABEL)
+        .and_then(|b| BackupLabel::parse(&String::from_utf8_lossy(b)))
+        .ok_or_else(|| bad("pg_basebackup's tar holds no readable backup_label".into()))?;
+    let stop = seen
+        .files
+        .get(BACKUP_MANIFEST)
+        .and_then(|m| basebackup::manifest_wal_ranges(m))
+        .and_then(|r| r.iter().map(|r| r.end).max());
+    let Some(stop) = stop else {
+        return Err(bad(
+            if seen.too_large.iter().any(|n| n == BACKUP_MANIFEST) {
+                format!("its backup_manifest is larger than {MAX_MANIFEST} bytes")
+            } else {
+                "pg_basebackup's tar holds no backup_manifest with WAL-Ranges (PostgreSQL 13 or later writes one)".into()
+            },
+        ));
+    };
+    Ok((label, stop))
+}
+
+/// The manifest of a base backup that ended at `finished_at` at LSN
+/// `stop` (its `physical` part is the caller's).
+fn base_manifest(
+    opts: &BackupOptions,
+    taken: &Taken<'_>,
+    finished_at: chrono::DateTime<chrono::Utc>,
+    stop: String,
+    dump_seconds: f64,
+    artifacts: Vec<refugio_store::manifest::Artifact>,
+) -> Manifest {
+    let facts = &taken.cluster.facts;
+    Manifest {
+        format: FORMAT.into(),
+        job: opts.job.clone(),
+        backup_id: taken.id.to_string(),
+        database: "*".into(),
+        started_at: taken.started_at,
+        finished_at,
+        // Consistent once replay reaches the stop LSN: about when
+        // pg_basebackup ended.
+        snapshot_at: finished_at,
+        data_at: Some(finished_at),
+        refugio_version: env!("CARGO_PKG_VERSION").into(),
+        server: ServerInfo {
+            version: facts.version.clone(),
+            version_num: facts.version_num,
+            system_identifier: facts.system_identifier.clone(),
+            in_recovery: facts.in_recovery,
+            lsn: Some(stop),
+            replay_lag_seconds: None,
+            database_size: taken.cluster.size,
+        },
+        pg_dump_version: taken.tool.version.to_string(),
+        dump_format: "tar".into(),
+        artifacts,
+        row_counts: "none".into(),
+        tables: Vec::new(),
+        large_objects: 0,
+        durations: Durations {
+            snapshot_seconds: 0.0,
+            dump_seconds,
+            globals_seconds: 0.0,
+            total_seconds: taken.t0.elapsed().as_secs_f64(),
+        },
+        schema_fingerprint: None,
+        schema_fingerprint_v2: None,
+        attempts: opts.attempt,
+        object_lock: None,
+        encryption: opts.encryption.as_ref().map(|to| Encryption {
+            scheme: encryption::AGE.into(),
+            recipients: to.names().to_vec(),
+        }),
+        databases: Vec::new(),
+        physical: None,
+    }
 }

@@ -17,6 +17,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::BackupOptions;
 use crate::encryption::{self, Encrypting};
+use crate::error::Result;
 use crate::progress;
 
 /// Stops a stream with an error once the token is cancelled, so the
@@ -152,9 +153,49 @@ pub(super) fn artifact(
     }
 }
 
+/// What one backup attempt has stored so far. The attempt's one way out on
+/// a failure before its commit: [`Stored::or_discard`] removes every
+/// artifact stored, so a failed attempt leaves nothing behind but what GC
+/// would collect anyway.
+pub(super) struct Stored<'a> {
+    repo: &'a Repository,
+    job: &'a str,
+    id: &'a str,
+    artifacts: Vec<Artifact>,
+}
+
+impl<'a> Stored<'a> {
+    pub(super) fn new(repo: &'a Repository, job: &'a str, id: &'a str) -> Stored<'a> {
+        Stored {
+            repo,
+            job,
+            id,
+            artifacts: Vec::new(),
+        }
+    }
+
+    pub(super) fn push(&mut self, artifact: Artifact) {
+        self.artifacts.push(artifact);
+    }
+
+    /// A step's result: its value, or, on an error, every artifact stored
+    /// so far removed and the error returned.
+    pub(super) async fn or_discard<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            discard(self.repo, self.job, self.id, &self.artifacts).await;
+        }
+        result
+    }
+
+    /// The artifacts, for the manifest that commits them.
+    pub(super) fn into_artifacts(self) -> Vec<Artifact> {
+        self.artifacts
+    }
+}
+
 /// Removes artifacts of an uncommitted backup (best effort: leftovers are
 /// orphans without a manifest, invisible to readers, collected later).
-pub(super) async fn discard(repo: &Repository, job: &str, id: &str, artifacts: &[Artifact]) {
+async fn discard(repo: &Repository, job: &str, id: &str, artifacts: &[Artifact]) {
     for a in artifacts {
         let key = Repository::key(job, id, &a.name);
         if let Err(e) = repo.store().delete(&key).await {
