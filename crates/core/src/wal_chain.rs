@@ -110,38 +110,12 @@ pub fn continuity(objects: &[WalObject], bases: &[BaseNeeds]) -> WalChain {
         bytes: objects.iter().map(|o| o.size).sum(),
         ..WalChain::default()
     };
-    let mut present: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
-    // The newest `.partial` of each timeline: where the next one began.
-    let mut partial: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut digests: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut newest: Option<(u32, u64, &WalObject)> = None;
-    for o in objects {
-        if let Some(previous) = digests.insert(&o.name.name, &o.sha256) {
-            if previous != o.sha256 && !chain.conflicts.contains(&o.name.name) {
-                chain.conflicts.push(o.name.name.clone());
-            }
-        }
-        if matches!(o.name.kind, WalKind::Segment | WalKind::Partial) {
-            let n = o.name.segment_number(segment_size);
-            present.entry(o.name.timeline).or_default().insert(n);
-            if o.name.kind == WalKind::Partial {
-                let p = partial.entry(o.name.timeline).or_insert(n);
-                *p = (*p).max(n);
-            }
-            if o.name.kind == WalKind::Segment
-                && newest.is_none_or(|(tl, seg, _)| (o.name.timeline, n) > (tl, seg))
-            {
-                newest = Some((o.name.timeline, n, o));
-            }
-        }
-    }
-    if let Some((_, _, o)) = newest {
-        chain.newest = Some(o.name.name.clone());
-        chain.newest_at = o.last_modified;
-    }
+    let archive = Archive::of(objects, segment_size, &mut chain);
+    let mut runs = missing_runs(&archive.present, bases, segment_size);
+    runs.extend(switch_gaps(&archive));
     // A gap on `tl` from..=to cuts the base backups on `tl` that start
     // before its end, and every one on an earlier timeline.
-    let gap = |tl: u32, from: u64, to: u64, pending: bool| WalGap {
+    let gap = |(tl, from, to, pending): Run| WalGap {
         timeline: tl,
         from: segment_name(tl, from, segment_size),
         to: segment_name(tl, to, segment_size),
@@ -155,9 +129,69 @@ pub fn continuity(objects: &[WalObject], bases: &[BaseNeeds]) -> WalChain {
             .collect(),
         pending,
     };
+    chain.gaps = merge(runs).into_iter().map(gap).collect();
+    chain
+}
+
+/// A run of missing segments: (timeline, first, last, pending: maybe not
+/// archived yet).
+type Run = (u32, u64, u64, bool);
+
+/// What the archive holds, by timeline.
+struct Archive {
+    /// The segments present (complete or `.partial`), by number.
+    present: BTreeMap<u32, BTreeSet<u64>>,
+    /// The newest `.partial` of each timeline: where the next one began.
+    partial: BTreeMap<u32, u64>,
+}
+
+impl Archive {
+    /// Reads the listing; conflicts (one name, two digests) and the newest
+    /// segment go into `chain`.
+    fn of(objects: &[WalObject], segment_size: u64, chain: &mut WalChain) -> Archive {
+        let mut present: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+        let mut partial: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut digests: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut newest: Option<(u32, u64, &WalObject)> = None;
+        for o in objects {
+            if let Some(previous) = digests.insert(&o.name.name, &o.sha256) {
+                if previous != o.sha256 && !chain.conflicts.contains(&o.name.name) {
+                    chain.conflicts.push(o.name.name.clone());
+                }
+            }
+            if !matches!(o.name.kind, WalKind::Segment | WalKind::Partial) {
+                continue;
+            }
+            let n = o.name.segment_number(segment_size);
+            present.entry(o.name.timeline).or_default().insert(n);
+            if o.name.kind == WalKind::Partial {
+                let p = partial.entry(o.name.timeline).or_insert(n);
+                *p = (*p).max(n);
+            }
+            if o.name.kind == WalKind::Segment
+                && newest.is_none_or(|(tl, seg, _)| (o.name.timeline, n) > (tl, seg))
+            {
+                newest = Some((o.name.timeline, n, o));
+            }
+        }
+        if let Some((_, _, o)) = newest {
+            chain.newest = Some(o.name.name.clone());
+            chain.newest_at = o.last_modified;
+        }
+        Archive { present, partial }
+    }
+}
+
+/// The runs of segments missing on each timeline, between the first and
+/// the last that a base backup needs or the archive holds. A run past
+/// everything archived on the newest timeline may just not be archived yet.
+fn missing_runs(
+    present: &BTreeMap<u32, BTreeSet<u64>>,
+    bases: &[BaseNeeds],
+    segment_size: u64,
+) -> Vec<Run> {
     let newest_tl = present.keys().next_back().copied().unwrap_or(0);
-    // Missing runs: (timeline, first, last, pending).
-    let mut runs: Vec<(u32, u64, u64, bool)> = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     let mut timelines: BTreeSet<u32> = present.keys().copied().collect();
     timelines.extend(bases.iter().map(|b| b.timeline));
     for tl in timelines {
@@ -185,19 +219,23 @@ pub fn continuity(objects: &[WalObject], bases: &[BaseNeeds]) -> WalChain {
                 run = Some(run.map_or((n, n), |(a, _)| (a, n)));
             }
         }
-        // Past everything archived on the newest timeline: maybe not yet.
         if let Some((a, b)) = run {
             runs.push((tl, a, b, tl >= newest_tl));
         }
     }
-    // Where one timeline hands over to the next.
-    let archived: Vec<(&u32, &BTreeSet<u64>)> = present.iter().collect();
+    runs
+}
+
+/// The gaps where one timeline hands over to the next.
+fn switch_gaps(archive: &Archive) -> Vec<Run> {
+    let mut runs = Vec::new();
+    let archived: Vec<(&u32, &BTreeSet<u64>)> = archive.present.iter().collect();
     for pair in archived.windows(2) {
         let ((&old, old_have), (&new, new_have)) = (pair[0], pair[1]);
         let (Some(&old_last), Some(&new_first)) = (old_have.last(), new_have.first()) else {
             continue;
         };
-        match partial.get(&old) {
+        match archive.partial.get(&old) {
             Some(&switch) if new_first > switch => runs.push((new, switch, new_first - 1, false)),
             None if new_first > old_last + 1 => {
                 runs.push((old, old_last + 1, new_first - 1, false))
@@ -205,9 +243,13 @@ pub fn continuity(objects: &[WalObject], bases: &[BaseNeeds]) -> WalChain {
             _ => {}
         }
     }
-    // A switch gap may overlap one found on its timeline: one gap.
+    runs
+}
+
+/// A switch gap may overlap one found on its timeline: one gap.
+fn merge(mut runs: Vec<Run>) -> Vec<Run> {
     runs.sort_unstable();
-    let mut merged: Vec<(u32, u64, u64, bool)> = Vec::new();
+    let mut merged: Vec<Run> = Vec::new();
     for (tl, from, to, pending) in runs {
         match merged.last_mut() {
             Some(m) if m.0 == tl && from <= m.2 + 1 => {
@@ -217,11 +259,7 @@ pub fn continuity(objects: &[WalObject], bases: &[BaseNeeds]) -> WalChain {
             _ => merged.push((tl, from, to, pending)),
         }
     }
-    chain.gaps = merged
-        .into_iter()
-        .map(|(tl, from, to, pending)| gap(tl, from, to, pending))
-        .collect();
-    chain
+    merged
 }
 
 #[cfg(test)]

@@ -223,27 +223,8 @@ async fn recover_and_check(
     };
     receipt.phases.recovery_seconds = Some(replay.elapsed().as_secs_f64());
 
-    // `latest`: recovery must have reached the newest archived segment.
-    if let (RecoveryTarget::Latest, Some((tl, seg, name, _))) = (how.target, newest) {
-        let row = sqlx::query(
-            "SELECT pg_walfile_name(pg_current_wal_lsn()) AS w, (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size') AS s",
-        )
-        .fetch_one(&mut *conn_ref)
-        .await
-        .map_err(restored_query)?;
-        let now_at: String = row.try_get("w").map_err(restored_query)?;
-        let size: i64 = row.try_get("s").map_err(restored_query)?;
-        let reached = refugio_dump::wal::WalName::parse(&now_at)
-            .map(|w| w.segment_number(size as u64))
-            .unwrap_or(0);
-        if reached < *seg {
-            tally.bad(
-                receipt,
-                format!(
-                    "recovery ended in segment {now_at}, before the archive's newest, {name} (timeline {tl}): the archived WAL does not replay to its end"
-                ),
-            );
-        }
+    if let (RecoveryTarget::Latest, Some(newest)) = (how.target, newest) {
+        reached_the_end(conn_ref, newest, receipt, tally).await?;
     }
     let superuser: String = sqlx::query("SELECT rolname FROM pg_roles WHERE oid = 10")
         .fetch_one(&mut *conn_ref)
@@ -253,38 +234,81 @@ async fn recover_and_check(
     if let Some(c) = conn.take() {
         let _ = c.close().await;
     }
-
     let checks_started = Instant::now();
     for check in &opts.checks {
-        let db = check.database.as_deref().unwrap_or("postgres");
-        let spec = cluster.spec_as_superuser(&superuser, db)?;
-        match spec.connect().await {
-            Ok(mut c) => {
-                sql_check(&mut c, check, "", &check.database, receipt, tally).await;
-                let _ = c.close().await;
-            }
-            Err(e) => {
-                let text = format!(
-                    "SQL check {:?}: connecting to database {db} of the restored cluster: {}",
-                    check.sql,
-                    refugio_store::error::chain(&e)
-                );
-                receipt.checks.push(SqlCheck {
-                    sql: check.sql.clone(),
-                    ok: false,
-                    detail: text.clone(),
-                    database: check.database.clone(),
-                });
-                if missing_database(&e) {
-                    tally.bad(receipt, text);
-                } else {
-                    tally.unsure(receipt, text);
-                }
-            }
-        }
+        run_check(&cluster, &superuser, check, receipt, tally).await?;
     }
     receipt.phases.checks_seconds = checks_started.elapsed().as_secs_f64();
     cluster.stop().await;
+    Ok(())
+}
+
+/// `latest`: recovery must have reached the newest archived segment.
+async fn reached_the_end(
+    conn: &mut sqlx::PgConnection,
+    newest: &Newest,
+    receipt: &mut Receipt,
+    tally: &mut Tally,
+) -> Result<()> {
+    let (tl, seg, name, _) = newest;
+    let row = sqlx::query(
+        "SELECT pg_walfile_name(pg_current_wal_lsn()) AS w, (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size') AS s",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(restored_query)?;
+    let now_at: String = row.try_get("w").map_err(restored_query)?;
+    let size: i64 = row.try_get("s").map_err(restored_query)?;
+    let reached = refugio_dump::wal::WalName::parse(&now_at)
+        .map(|w| w.segment_number(size as u64))
+        .unwrap_or(0);
+    if reached < *seg {
+        tally.bad(
+            receipt,
+            format!(
+                "recovery ended in segment {now_at}, before the archive's newest, {name} (timeline {tl}): the archived WAL does not replay to its end"
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// One SQL check, in its database of the restored cluster as the cluster's
+/// superuser: a database that is not there fails the drill, one that
+/// cannot be reached makes it inconclusive.
+async fn run_check(
+    cluster: &EphemeralCluster,
+    superuser: &str,
+    check: &crate::drill::Check,
+    receipt: &mut Receipt,
+    tally: &mut Tally,
+) -> Result<()> {
+    let db = check.database.as_deref().unwrap_or("postgres");
+    let spec = cluster.spec_as_superuser(&superuser, db)?;
+    match spec.connect().await {
+        Ok(mut c) => {
+            sql_check(&mut c, check, "", &check.database, receipt, tally).await;
+            let _ = c.close().await;
+        }
+        Err(e) => {
+            let text = format!(
+                "SQL check {:?}: connecting to database {db} of the restored cluster: {}",
+                check.sql,
+                refugio_store::error::chain(&e)
+            );
+            receipt.checks.push(SqlCheck {
+                sql: check.sql.clone(),
+                ok: false,
+                detail: text.clone(),
+                database: check.database.clone(),
+            });
+            if missing_database(&e) {
+                tally.bad(receipt, text);
+            } else {
+                tally.unsure(receipt, text);
+            }
+        }
+    }
     Ok(())
 }
 
