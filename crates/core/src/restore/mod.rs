@@ -298,58 +298,28 @@ pub(crate) async fn restore_units(
     };
     let databases = preflight(plan, opts).await?;
 
-    let mut globals_applied = false;
-    if opts.globals {
-        match manifest.artifact("globals") {
-            Some(g) => {
-                crate::progress::phase(opts.progress.as_ref(), || "applying globals".into());
-                apply_globals(repo, manifest, g, opts, dumped_by).await?;
-                globals_applied = true;
-            }
-            None => {
-                return Err(Error::NoArtifact {
-                    backup: manifest.backup_id.clone(),
-                    kind: "globals".into(),
-                })
-            }
-        }
-    }
-
+    let globals_applied = if opts.globals {
+        let Some(g) = manifest.artifact("globals") else {
+            return Err(Error::NoArtifact {
+                backup: manifest.backup_id.clone(),
+                kind: "globals".into(),
+            });
+        };
+        crate::progress::phase(opts.progress.as_ref(), || "applying globals".into());
+        apply_globals(repo, manifest, g, opts, dumped_by).await?;
+        true
+    } else {
+        false
+    };
     let mut fetched = 0;
     for (unit, to) in plan {
-        let art = unit.artifact;
-        let key = key_of(art);
-        let seal = sealing(manifest, art, &key, opts)?;
-        let compression = Compression::parse(&art.compression).ok_or_else(|| Error::Artifact {
-            key: key.clone(),
-            detail: format!("unknown compression {:?}", art.compression),
-        })?;
-        let decode = Decode {
-            compression,
-            seal,
-            progress: opts.progress.as_ref(),
-        };
         let t = Instant::now();
-        let parallel = art.format == "custom" && opts.jobs > 1;
-        crate::progress::phase(opts.progress.as_ref(), || {
-            let verb = if parallel {
-                "fetching to a temporary file"
-            } else {
-                "restoring"
-            };
-            format!("{verb} {}", unit.database)
-        });
-        fetched += if parallel {
-            restore_parallel(repo, &key, art, decode, &tool, to, opts).await?
-        } else {
-            restore_streaming(repo, &key, art, decode, &tool, to, opts).await?
-        };
+        fetched += restore_unit(repo, manifest, unit, to, &tool, opts).await?;
         if plan.len() > 1 {
             tracing::info!(backup = %manifest.backup_id, database = %unit.database,
                 target = %to.redacted(), seconds = t.elapsed().as_secs_f64(), "database-restored");
         }
     }
-
     Ok(RestoreReport {
         job: manifest.job.clone(),
         backup_id: manifest.backup_id.clone(),
@@ -364,6 +334,45 @@ pub(crate) async fn restore_units(
         overwrote_source: overwritten
             .map(|o| format!("{} (system identifier {})", o.name, o.system_identifier)),
     })
+}
+
+/// Restores one unit into `to`: streamed, or (a custom archive with
+/// `--jobs` above 1) fetched to a temporary file first. Returns the bytes
+/// fetched.
+async fn restore_unit(
+    repo: &Repository,
+    manifest: &Manifest,
+    unit: &DumpUnit<'_>,
+    to: &SourceSpec,
+    tool: &refugio_dump::Tool,
+    opts: &RestoreOptions,
+) -> Result<u64> {
+    let art = unit.artifact;
+    let key = Repository::key(&manifest.job, &manifest.backup_id, &art.name);
+    let seal = sealing(manifest, art, &key, opts)?;
+    let compression = Compression::parse(&art.compression).ok_or_else(|| Error::Artifact {
+        key: key.clone(),
+        detail: format!("unknown compression {:?}", art.compression),
+    })?;
+    let decode = Decode {
+        compression,
+        seal,
+        progress: opts.progress.as_ref(),
+    };
+    let parallel = art.format == "custom" && opts.jobs > 1;
+    crate::progress::phase(opts.progress.as_ref(), || {
+        let verb = if parallel {
+            "fetching to a temporary file"
+        } else {
+            "restoring"
+        };
+        format!("{verb} {}", unit.database)
+    });
+    if parallel {
+        restore_parallel(repo, &key, art, decode, tool, to, opts).await
+    } else {
+        restore_streaming(repo, &key, art, decode, tool, to, opts).await
+    }
 }
 
 /// Checks every target of `plan` (exists, or `create`; empty, or
