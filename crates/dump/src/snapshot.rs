@@ -260,50 +260,10 @@ impl Snapshot {
             .map(|(s, n, _)| (s.clone(), n.clone()))
             .collect();
 
-        // Lock before counting, in batches, so the counts and pg_dump see the
-        // same table contents (see the module doc).
-        for chunk in listed.chunks(500) {
-            let names: Vec<String> = chunk
-                .iter()
-                .map(|(s, n, _)| format!("{}.{}", quote_ident(s), quote_ident(n)))
-                .collect();
-            conn.execute(format!("LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", ")).as_str())
-                .await
-                .map_err(|e| q(e, spec, "locking tables"))?;
-        }
-
+        lock_tables(&mut conn, spec, &listed).await?;
         let mut tables = Vec::with_capacity(listed.len());
         for (schema, name, est) in listed {
-            if excluded(&opts.exclude_table_data, &schema, &name) {
-                tables.push(TableCount {
-                    schema,
-                    name,
-                    rows: 0,
-                    data_excluded: true,
-                });
-                continue;
-            }
-            let rows = match opts.row_counts {
-                RowCountMode::Exact => {
-                    let sql = format!(
-                        "SELECT count(*) AS n FROM {}.{}",
-                        quote_ident(&schema),
-                        quote_ident(&name)
-                    );
-                    let r = conn
-                        .fetch_one(sql.as_str())
-                        .await
-                        .map_err(|e| q(e, spec, &format!("counting rows of {schema}.{name}")))?;
-                    r.get::<i64, _>("n")
-                }
-                RowCountMode::Estimated => est.max(0.0) as i64,
-            };
-            tables.push(TableCount {
-                schema,
-                name,
-                rows,
-                data_excluded: false,
-            });
+            tables.push(count_rows(&mut conn, spec, opts, schema, name, est).await?);
         }
         let large_objects: i64 = conn
             .fetch_one("SELECT count(*) AS n FROM pg_largeobject_metadata")
@@ -341,6 +301,66 @@ impl Snapshot {
         let _ = self.conn.execute("ROLLBACK").await;
         let _ = self.conn.close().await;
     }
+}
+
+/// Locks the tables before they are counted, in batches, so the counts and
+/// pg_dump see the same table contents (see the module doc).
+async fn lock_tables(
+    conn: &mut PgConnection,
+    spec: &SourceSpec,
+    listed: &[(String, String, f64)],
+) -> Result<()> {
+    for chunk in listed.chunks(500) {
+        let names: Vec<String> = chunk
+            .iter()
+            .map(|(s, n, _)| format!("{}.{}", quote_ident(s), quote_ident(n)))
+            .collect();
+        conn.execute(format!("LOCK TABLE {} IN ACCESS SHARE MODE", names.join(", ")).as_str())
+            .await
+            .map_err(|e| q(e, spec, "locking tables"))?;
+    }
+    Ok(())
+}
+
+/// One table's row count, as `opts.row_counts` says (`est`: the
+/// planner's estimate); a table whose data is left out counts 0.
+async fn count_rows(
+    conn: &mut PgConnection,
+    spec: &SourceSpec,
+    opts: &SnapshotOptions,
+    schema: String,
+    name: String,
+    est: f64,
+) -> Result<TableCount> {
+    if excluded(&opts.exclude_table_data, &schema, &name) {
+        return Ok(TableCount {
+            schema,
+            name,
+            rows: 0,
+            data_excluded: true,
+        });
+    }
+    let rows = match opts.row_counts {
+        RowCountMode::Exact => {
+            let sql = format!(
+                "SELECT count(*) AS n FROM {}.{}",
+                quote_ident(&schema),
+                quote_ident(&name)
+            );
+            let r = conn
+                .fetch_one(sql.as_str())
+                .await
+                .map_err(|e| q(e, spec, &format!("counting rows of {schema}.{name}")))?;
+            r.get::<i64, _>("n")
+        }
+        RowCountMode::Estimated => est.max(0.0) as i64,
+    };
+    Ok(TableCount {
+        schema,
+        name,
+        rows,
+        data_excluded: false,
+    })
 }
 
 #[cfg(test)]
