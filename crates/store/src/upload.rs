@@ -224,6 +224,65 @@ pub async fn upload_stream(
         upload: Some(store.put_multipart(key).await?),
         key: key.to_string(),
     };
+    let shape = Shape {
+        key,
+        size_of: &size_of,
+        concurrency,
+        fixed: fixed.is_some(),
+    };
+    let sent = send_parts(
+        &mut upload,
+        &mut reader,
+        &mut hasher,
+        &mut spare,
+        first,
+        &shape,
+    )
+    .await;
+    let (more, parts) = match sent {
+        Ok(sent) => sent,
+        Err(error) => {
+            upload.abort().await;
+            return Err(error);
+        }
+    };
+    size += more;
+    upload.complete().await?;
+    Ok(UploadOutcome {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+        parts,
+    })
+}
+
+/// How a multipart upload cuts its stream.
+struct Shape<'a> {
+    key: &'a str,
+    /// The size of the part at an index.
+    size_of: &'a (dyn Fn(usize) -> usize + Sync),
+    /// Parts in flight at most.
+    concurrency: usize,
+    /// The store takes parts of one fixed size (a directory), not S3's
+    /// growing ones, and no part limit.
+    fixed: bool,
+}
+
+/// Sends `first` and the rest of `reader` as parts of `upload`, at most
+/// `shape.concurrency` in flight; returns the bytes sent after `first`
+/// and the number of parts. On an error the caller aborts the upload.
+async fn send_parts<R: AsyncRead + Unpin + Send>(
+    upload: &mut AbortOnDrop,
+    reader: &mut R,
+    hasher: &mut Sha256,
+    spare: &mut Vec<BytesMut>,
+    first: BytesMut,
+    shape: &Shape<'_>,
+) -> Result<(u64, usize)> {
+    let (key, size_of) = (shape.key, shape.size_of);
+    let source_error = |source| Error::Source {
+        key: key.to_string(),
+        source,
+    };
     let mut in_flight: FuturesUnordered<BoxFuture<'static, (Result<()>, Bytes)>> =
         FuturesUnordered::new();
     let send = |upload: &mut AbortOnDrop, part: BytesMut| {
@@ -237,75 +296,51 @@ pub async fn upload_stream(
             spare.push(buffer);
         }
     };
-    in_flight.push(send(&mut upload, first));
-    let mut parts = 1;
-
+    let first_size = first.len() as u64;
+    in_flight.push(send(upload, first));
+    let (mut size, mut parts) = (first_size, 1);
     loop {
         // Surface failed parts early, then wait for a free slot.
         while let Some(Some((done, kept))) = in_flight.next().now_or_never() {
-            if let Err(error) = done {
-                upload.abort().await;
-                return Err(error);
-            }
-            reuse(&mut spare, kept);
+            done?;
+            reuse(spare, kept);
         }
-        while in_flight.len() >= concurrency {
+        while in_flight.len() >= shape.concurrency {
             if let Some((done, kept)) = in_flight.next().await {
-                if let Err(error) = done {
-                    upload.abort().await;
-                    return Err(error);
-                }
-                reuse(&mut spare, kept);
+                done?;
+                reuse(spare, kept);
             }
         }
-        if fixed.is_none() && parts >= MAX_PARTS {
+        if !shape.fixed && parts >= MAX_PARTS {
             // Only reachable with a stream beyond S3's 5 TiB object limit.
             let mut probe = [0u8; 1];
-            match reader.read(&mut probe).await {
-                Ok(0) => break,
-                Ok(_) => {
-                    upload.abort().await;
+            match reader.read(&mut probe).await.map_err(source_error)? {
+                0 => break,
+                _ => {
                     return Err(Error::Other(format!(
                         "the data for {key} exceeds {MAX_PARTS} parts ({size} bytes read): larger than an object can be"
-                    )));
-                }
-                Err(source) => {
-                    upload.abort().await;
-                    return Err(source_error(source));
+                    )))
                 }
             }
         }
-        let part = match read_part(&mut reader, size_of(parts), &mut hasher, &mut spare).await {
-            Ok(part) => part,
-            Err(source) => {
-                upload.abort().await;
-                return Err(source_error(source));
-            }
-        };
+        let part = read_part(reader, size_of(parts), hasher, spare)
+            .await
+            .map_err(source_error)?;
         if part.is_empty() {
             break;
         }
         let last = part.len() < size_of(parts);
         size += part.len() as u64;
         parts += 1;
-        in_flight.push(send(&mut upload, part));
+        in_flight.push(send(upload, part));
         if last {
             break;
         }
     }
-
     while let Some((done, _)) = in_flight.next().await {
-        if let Err(error) = done {
-            upload.abort().await;
-            return Err(error);
-        }
+        done?;
     }
-    upload.complete().await?;
-    Ok(UploadOutcome {
-        size,
-        sha256: hex::encode(hasher.finalize()),
-        parts,
-    })
+    Ok((size - first_size, parts))
 }
 
 #[cfg(test)]
