@@ -299,49 +299,51 @@ impl fmt::Debug for S3Store {
     }
 }
 
+/// The SDK's configuration from aws-config's defaults and `options` (the
+/// region, static credentials, endpoint, CA file), and the region in force.
+async fn sdk_config(options: &S3Options) -> Result<(aws_sdk_s3::config::Builder, Region)> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(region) = &options.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some((id, secret)) = &options.static_credentials {
+        loader =
+            loader.credentials_provider(Credentials::new(id, secret, None, None, "refugio-static"));
+    }
+    let shared = loader.load().await;
+    let mut config = aws_sdk_s3::config::Builder::from(&shared);
+    let region = match shared.region() {
+        Some(region) => region.clone(),
+        None => {
+            let region = Region::new(DEFAULT_REGION);
+            config = config.region(region.clone());
+            region
+        }
+    };
+    if let Some(url) = &options.endpoint {
+        config = config.endpoint_url(url);
+        endpoint::warn_if_plaintext(url);
+    }
+    if let Some(class) = options.storage_class.as_deref().filter(|c| needs_thaw(c)) {
+        if endpoint::first_time(format!("storage class {class}")) {
+            tracing::warn!(
+                storage_class = class,
+                "storage-class-archive: artifacts are written to an archive class; each must be restored (thawed) in S3 before a restore or drill can read it, and until then drills are inconclusive"
+            );
+        }
+    }
+    if let Some(ca_file) = &options.ca_file {
+        config = config.http_client(endpoint::http_client(ca_file)?);
+    }
+    Ok((config, region))
+}
+
 impl S3Store {
     /// Builds the client from aws-config's defaults and `options`. Does not
     /// contact S3 (nor, when `options` name the region and credentials, any
     /// AWS metadata service).
     pub async fn new(bucket: &str, prefix: &str, options: &S3Options) -> Result<Self> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = &options.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some((id, secret)) = &options.static_credentials {
-            loader = loader.credentials_provider(Credentials::new(
-                id,
-                secret,
-                None,
-                None,
-                "refugio-static",
-            ));
-        }
-        let shared = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&shared);
-        let region = match shared.region() {
-            Some(region) => region.clone(),
-            None => {
-                let region = Region::new(DEFAULT_REGION);
-                config = config.region(region.clone());
-                region
-            }
-        };
-        if let Some(url) = &options.endpoint {
-            config = config.endpoint_url(url);
-            endpoint::warn_if_plaintext(url);
-        }
-        if let Some(class) = options.storage_class.as_deref().filter(|c| needs_thaw(c)) {
-            if endpoint::first_time(format!("storage class {class}")) {
-                tracing::warn!(
-                    storage_class = class,
-                    "storage-class-archive: artifacts are written to an archive class; each must be restored (thawed) in S3 before a restore or drill can read it, and until then drills are inconclusive"
-                );
-            }
-        }
-        if let Some(ca_file) = &options.ca_file {
-            config = config.http_client(endpoint::http_client(ca_file)?);
-        }
+        let (config, region) = sdk_config(options).await?;
         let (request, response) = match options.checksum_calculation {
             ChecksumCalculation::WhenSupported => (
                 RequestChecksumCalculation::WhenSupported,

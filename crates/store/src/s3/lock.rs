@@ -83,7 +83,9 @@ impl S3Store {
         Ok(to_chrono(out.object_lock_retain_until_date()).map(|until| Retention { mode, until }))
     }
 
-    pub(super) async fn probe_object_lock_impl(&self, probe_prefix: &str) -> Result<LockProbe> {
+    /// Whether the bucket says it has object lock: None when it does, else
+    /// why not (a store that does not know the request says no too).
+    async fn bucket_locks(&self) -> Result<Option<LockProbe>> {
         let bucket_key = "(bucket object lock configuration)";
         match self
             .client
@@ -98,26 +100,33 @@ impl S3Store {
                     .and_then(|c| c.object_lock_enabled())
                     .is_some_and(|e| e.as_str() == "Enabled");
                 if !enabled {
-                    return Ok(LockProbe::NotEnforced(format!(
+                    return Ok(Some(LockProbe::NotEnforced(format!(
                         "bucket {} does not have object lock enabled (it can only be enabled when the bucket is created)",
                         self.bucket
-                    )));
+                    ))));
                 }
             }
             Err(e) if matches!(e, SdkError::ServiceError(_)) => {
                 let err = self
                     .context
                     .error("GetObjectLockConfiguration", bucket_key, &e);
-                return Ok(LockProbe::NotEnforced(format!(
+                return Ok(Some(LockProbe::NotEnforced(format!(
                     "the store does not report object lock for bucket {}: {err}",
                     self.bucket
-                )));
+                ))));
             }
             Err(e) => {
                 return Err(self
                     .context
                     .error("GetObjectLockConfiguration", bucket_key, &e))
             }
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn probe_object_lock_impl(&self, probe_prefix: &str) -> Result<LockProbe> {
+        if let Some(not) = self.bucket_locks().await? {
+            return Ok(not);
         }
         // The bucket says it locks; prove it. Governance mode so the probe
         // can be removed right after (with the bypass permission), and a
@@ -154,15 +163,7 @@ impl S3Store {
         };
         let mut refused = !versions.is_empty();
         for version in &versions {
-            let r = self
-                .client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(&key))
-                .version_id(version)
-                .send()
-                .await;
-            if r.is_ok() {
+            if self.delete_version(&key, version, false).await {
                 refused = false;
             }
         }
@@ -175,16 +176,23 @@ impl S3Store {
         };
         // Clean up (governance bypass); a probe that stays expires in minutes.
         for version in &versions {
-            let _ = self
-                .client
-                .delete_object()
-                .bucket(&self.bucket)
-                .key(self.full_key(&key))
-                .version_id(version)
-                .bypass_governance_retention(true)
-                .send()
-                .await;
+            self.delete_version(&key, version, true).await;
         }
         Ok(verdict)
+    }
+
+    /// Deletes one version of `key` (`bypass`: past a governance lock);
+    /// whether the store let it.
+    async fn delete_version(&self, key: &str, version: &str, bypass: bool) -> bool {
+        let mut request = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .version_id(version);
+        if bypass {
+            request = request.bypass_governance_retention(true);
+        }
+        request.send().await.is_ok()
     }
 }
