@@ -284,7 +284,7 @@ async fn run_check(
     tally: &mut Tally,
 ) -> Result<()> {
     let db = check.database.as_deref().unwrap_or("postgres");
-    let spec = cluster.spec_as_superuser(&superuser, db)?;
+    let spec = cluster.spec_as_superuser(superuser, db)?;
     match spec.connect().await {
         Ok(mut c) => {
             sql_check(&mut c, check, "", &check.database, receipt, tally).await;
