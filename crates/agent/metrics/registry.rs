@@ -132,212 +132,54 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every refugio metric registered and no job yet.
     pub fn new() -> Self {
-        let mut registry = Registry::default();
+        let mut m = Metrics {
+            registry: Registry::default(),
+            backup_last_success: Family::default(),
+            backup_last_duration: Family::default(),
+            backup_last_stored: Family::default(),
+            backup_last_raw: Family::default(),
+            backup_last_database_stored: Family::default(),
+            database_series: Mutex::new(HashMap::new()),
+            backup_runs: Family::default(),
+            task_skipped: Family::default(),
+            drill_runs: Family::default(),
+            drill_last_timestamp: Family::default(),
+            drill_last_success: Family::default(),
+            rpo: Family::default(),
+            rpo_target: Family::default(),
+            rpo_target_met: Family::default(),
+            rto: Family::default(),
+            rto_target: Family::default(),
+            rto_target_met: Family::default(),
+            repository_backups: Family::default(),
+            repository_future_backups: Family::default(),
+            repository_bytes: Family::default(),
+            prune_deleted: Family::default(),
+            prune_runs: Family::default(),
+            restore_runs: Family::default(),
+            store_retries: Family::default(),
+            check_last_success: Family::default(),
+            check_damaged: Family::default(),
+            check_runs: Family::default(),
+            wal_last_archived: Family::default(),
+            wal_bytes: Family::default(),
+            wal_files: Family::default(),
+            wal_failures: Family::default(),
+            wal_failed_seen: Mutex::new(HashMap::new()),
+            recovery_points: Mutex::new(HashMap::new()),
+            skip_pairs: Mutex::new(HashMap::new()),
+        };
         // prometheus-client appends the unit to the name and `_total` to
         // counter samples, so names are registered without those suffixes.
         // HELP text must not end in a period: the encoder adds one.
-        let mut gauge_f = |name: &str, help: &str, unit: Option<Unit>| {
-            let family = Family::<JobLabels, FloatGauge>::default();
-            register(&mut registry, name, help, unit, family.clone());
-            family
-        };
-        let backup_last_success = gauge_f(
-            "refugio_backup_last_success_timestamp",
-            "Time the last successful backup finished, in unix seconds",
-            Some(Unit::Seconds),
-        );
-        let backup_last_duration = gauge_f(
-            "refugio_backup_last_duration",
-            "Wall time of the last successful backup, in seconds",
-            Some(Unit::Seconds),
-        );
-        let drill_last_timestamp = gauge_f(
-            "refugio_drill_last_timestamp",
-            "Time the last restore drill finished, in unix seconds",
-            Some(Unit::Seconds),
-        );
-        let rpo = gauge_f(
-            "refugio_rpo",
-            "Age of the newest verified backup, in seconds; absent while there is none",
-            Some(Unit::Seconds),
-        );
-        let rpo_target = gauge_f(
-            "refugio_rpo_target",
-            "Configured recovery point objective, in seconds",
-            Some(Unit::Seconds),
-        );
-        let rto = gauge_f(
-            "refugio_rto",
-            "Restore wall time measured by the last restore drill, in seconds",
-            Some(Unit::Seconds),
-        );
-        let rto_target = gauge_f(
-            "refugio_rto_target",
-            "Configured recovery time objective, in seconds",
-            Some(Unit::Seconds),
-        );
-        let wal_last_archived = gauge_f(
-            "refugio_wal_last_archived_timestamp",
-            "Time the newest WAL file of a physical job was stored in the repository, in unix seconds (the newest point a recovery can reach)",
-            Some(Unit::Seconds),
-        );
-        let check_last_success = gauge_f(
-            "refugio_check_last_success_timestamp",
-            "Time the last repository check that found everything whole finished, in unix seconds",
-            Some(Unit::Seconds),
-        );
-
-        let mut gauge_i = |name: &str, help: &str, unit: Option<Unit>| {
-            let family = Family::<JobLabels, IntGauge>::default();
-            register(&mut registry, name, help, unit, family.clone());
-            family
-        };
-        let backup_last_stored = gauge_i(
-            "refugio_backup_last_stored",
-            "Bytes stored in the repository by the last successful backup, after compression and encryption",
-            Some(Unit::Bytes),
-        );
-        let backup_last_raw = gauge_i(
-            "refugio_backup_last_raw",
-            "Bytes pg_dump produced in the last successful backup, before compression",
-            Some(Unit::Bytes),
-        );
-        let drill_last_success = gauge_i(
-            "refugio_drill_last_success",
-            "1 when the last restore drill passed, 0 when it failed",
-            None,
-        );
-        let rpo_target_met = gauge_i(
-            "refugio_rpo_target_met",
-            "1 when refugio_rpo_seconds is within the RPO target, 0 when not or when there is no verified backup",
-            None,
-        );
-        let rto_target_met = gauge_i(
-            "refugio_rto_target_met",
-            "1 when the last measured RTO is within the RTO target, 0 when not",
-            None,
-        );
-        let repository_backups = gauge_i(
-            "refugio_repository_backups",
-            "Number of committed backups of the job in the repository",
-            None,
-        );
-        let repository_future_backups = gauge_i(
-            "refugio_repository_future_backups",
-            "Committed backups of the job dated later than now plus clock_tolerance (a writer's clock was wrong); ignored by scheduling, latest, drills and retention",
-            None,
-        );
-        let repository_bytes = gauge_i(
-            "refugio_repository",
-            "Bytes stored in the repository for the job",
-            Some(Unit::Bytes),
-        );
-        let wal_bytes = gauge_i(
-            "refugio_wal_archived",
-            "Bytes of a physical job's WAL archive in the repository",
-            Some(Unit::Bytes),
-        );
-        let wal_files = gauge_i(
-            "refugio_wal_archived_files",
-            "Files in a physical job's WAL archive (segments, history, backup files)",
-            None,
-        );
-        let check_damaged = gauge_i(
-            "refugio_check_damaged_objects",
-            "Artifacts the last repository check found missing or not matching their manifest (and unreadable manifests)",
-            None,
-        );
-
-        let backup_last_database_stored = Family::<DatabaseLabels, IntGauge>::default();
-        register(
-            &mut registry,
-            "refugio_backup_last_database_stored",
-            "Bytes stored for each database by the last successful backup of a whole-server job",
-            Some(Unit::Bytes),
-            backup_last_database_stored.clone(),
-        );
-
-        let backup_runs = Family::<ResultLabels, Counter>::default();
-        register(
-            &mut registry,
-            "refugio_backup_runs",
-            "Number of backup runs, by result (success, failure)",
-            None,
-            backup_runs.clone(),
-        );
-        let task_skipped = Family::<SkipLabels, Counter>::default();
-        register(
-            &mut registry,
-            "refugio_task_skipped",
-            "Number of scheduled tasks (backup, drill, prune, check) not started, by reason (overlap, lock)",
-            None,
-            task_skipped.clone(),
-        );
-        let drill_runs = Family::<ResultLabels, Counter>::default();
-        register(
-            &mut registry,
-            "refugio_drill_runs",
-            "Number of restore drills, by result (success, failure: the backup is bad, inconclusive: it could not be checked)",
-            None,
-            drill_runs.clone(),
-        );
-        let prune_deleted = Family::<JobLabels, Counter>::default();
-        register(
-            &mut registry,
-            "refugio_prune_deleted_backups",
-            "Number of backups deleted by retention",
-            None,
-            prune_deleted.clone(),
-        );
-        let prune_runs = Family::<ResultLabels, Counter>::default();
-        register(
-            &mut registry,
-            "refugio_prune_runs",
-            "Number of prune runs, by result (success, failure)",
-            None,
-            prune_runs.clone(),
-        );
-
-        let restore_runs = Family::<ResultLabels, Counter>::default();
-        register(
-            &mut registry,
-            "refugio_restore_runs",
-            "Number of restores into the job's restore_on_signal target, by result (success, failure)",
-            None,
-            restore_runs.clone(),
-        );
-        let check_runs = Family::<ResultLabels, Counter>::default();
-        register(
-            &mut registry,
-            "refugio_check_runs",
-            "Number of repository checks, by result (success, failure: damage found, inconclusive: not everything could be checked)",
-            None,
-            check_runs.clone(),
-        );
-
-        let wal_failures = Family::<JobLabels, Counter>::default();
-        register(
-            &mut registry,
-            "refugio_wal_archive_failures",
-            "Failed archive_command runs of a physical job's server (growth of pg_stat_archiver.failed_count seen by the agent)",
-            None,
-            wal_failures.clone(),
-        );
-
-        let store_retries = Family::<OperationLabels, Counter>::default();
+        m.register_times();
+        m.register_levels();
+        m.register_runs();
         for operation in RETRIED_OPERATIONS {
-            let _ = store_retries.get_or_create(&OperationLabels {
+            let _ = m.store_retries.get_or_create(&OperationLabels {
                 operation: operation.to_string(),
             });
         }
-        register(
-            &mut registry,
-            "refugio_store_retries",
-            "Number of S3 requests retried (and downloads resumed) after a transient error, by operation",
-            None,
-            store_retries.clone(),
-        );
-
         let build_info = Family::<VersionLabels, IntGauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -345,50 +187,235 @@ impl Metrics {
             })
             .set(1);
         register(
-            &mut registry,
+            &mut m.registry,
             "refugio_build_info",
             "Always 1; the version label carries the refugio version",
             None,
             build_info,
         );
+        m
+    }
 
-        Self {
-            registry,
-            backup_last_success,
-            backup_last_duration,
-            backup_last_stored,
-            backup_last_raw,
-            backup_last_database_stored,
-            database_series: Mutex::new(HashMap::new()),
-            backup_runs,
-            task_skipped,
-            drill_runs,
-            drill_last_timestamp,
-            drill_last_success,
-            rpo,
-            rpo_target,
-            rpo_target_met,
-            rto,
-            rto_target,
-            rto_target_met,
-            repository_backups,
-            repository_future_backups,
-            repository_bytes,
-            prune_deleted,
-            prune_runs,
-            restore_runs,
-            store_retries,
-            check_last_success,
-            check_damaged,
-            check_runs,
-            wal_last_archived,
-            wal_bytes,
-            wal_files,
-            wal_failures,
-            wal_failed_seen: Mutex::new(HashMap::new()),
-            recovery_points: Mutex::new(HashMap::new()),
-            skip_pairs: Mutex::new(HashMap::new()),
-        }
+    /// Timestamps and durations, per job.
+    fn register_times(&mut self) {
+        register(
+            &mut self.registry,
+            "refugio_backup_last_success_timestamp",
+            "Time the last successful backup finished, in unix seconds",
+            Some(Unit::Seconds),
+            self.backup_last_success.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_backup_last_duration",
+            "Wall time of the last successful backup, in seconds",
+            Some(Unit::Seconds),
+            self.backup_last_duration.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_drill_last_timestamp",
+            "Time the last restore drill finished, in unix seconds",
+            Some(Unit::Seconds),
+            self.drill_last_timestamp.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_rpo",
+            "Age of the newest verified backup, in seconds; absent while there is none",
+            Some(Unit::Seconds),
+            self.rpo.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_rpo_target",
+            "Configured recovery point objective, in seconds",
+            Some(Unit::Seconds),
+            self.rpo_target.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_rto",
+            "Restore wall time measured by the last restore drill, in seconds",
+            Some(Unit::Seconds),
+            self.rto.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_rto_target",
+            "Configured recovery time objective, in seconds",
+            Some(Unit::Seconds),
+            self.rto_target.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_wal_last_archived_timestamp",
+            "Time the newest WAL file of a physical job was stored in the repository, in unix seconds (the newest point a recovery can reach)",
+            Some(Unit::Seconds),
+            self.wal_last_archived.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_check_last_success_timestamp",
+            "Time the last repository check that found everything whole finished, in unix seconds",
+            Some(Unit::Seconds),
+            self.check_last_success.clone(),
+        );
+    }
+
+    /// Sizes, counts and 1/0 flags, per job.
+    fn register_levels(&mut self) {
+        register(
+            &mut self.registry,
+            "refugio_backup_last_stored",
+            "Bytes stored in the repository by the last successful backup, after compression and encryption",
+            Some(Unit::Bytes),
+            self.backup_last_stored.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_backup_last_raw",
+            "Bytes pg_dump produced in the last successful backup, before compression",
+            Some(Unit::Bytes),
+            self.backup_last_raw.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_drill_last_success",
+            "1 when the last restore drill passed, 0 when it failed",
+            None,
+            self.drill_last_success.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_rpo_target_met",
+            "1 when refugio_rpo_seconds is within the RPO target, 0 when not or when there is no verified backup",
+            None,
+            self.rpo_target_met.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_rto_target_met",
+            "1 when the last measured RTO is within the RTO target, 0 when not",
+            None,
+            self.rto_target_met.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_repository_backups",
+            "Number of committed backups of the job in the repository",
+            None,
+            self.repository_backups.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_repository_future_backups",
+            "Committed backups of the job dated later than now plus clock_tolerance (a writer's clock was wrong); ignored by scheduling, latest, drills and retention",
+            None,
+            self.repository_future_backups.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_repository",
+            "Bytes stored in the repository for the job",
+            Some(Unit::Bytes),
+            self.repository_bytes.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_wal_archived",
+            "Bytes of a physical job's WAL archive in the repository",
+            Some(Unit::Bytes),
+            self.wal_bytes.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_wal_archived_files",
+            "Files in a physical job's WAL archive (segments, history, backup files)",
+            None,
+            self.wal_files.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_check_damaged_objects",
+            "Artifacts the last repository check found missing or not matching their manifest (and unreadable manifests)",
+            None,
+            self.check_damaged.clone(),
+        );
+    }
+
+    /// Per-database sizes and the run counters.
+    fn register_runs(&mut self) {
+        register(
+            &mut self.registry,
+            "refugio_backup_last_database_stored",
+            "Bytes stored for each database by the last successful backup of a whole-server job",
+            Some(Unit::Bytes),
+            self.backup_last_database_stored.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_backup_runs",
+            "Number of backup runs, by result (success, failure)",
+            None,
+            self.backup_runs.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_task_skipped",
+            "Number of scheduled tasks (backup, drill, prune, check) not started, by reason (overlap, lock)",
+            None,
+            self.task_skipped.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_drill_runs",
+            "Number of restore drills, by result (success, failure: the backup is bad, inconclusive: it could not be checked)",
+            None,
+            self.drill_runs.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_prune_deleted_backups",
+            "Number of backups deleted by retention",
+            None,
+            self.prune_deleted.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_prune_runs",
+            "Number of prune runs, by result (success, failure)",
+            None,
+            self.prune_runs.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_restore_runs",
+            "Number of restores into the job's restore_on_signal target, by result (success, failure)",
+            None,
+            self.restore_runs.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_check_runs",
+            "Number of repository checks, by result (success, failure: damage found, inconclusive: not everything could be checked)",
+            None,
+            self.check_runs.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_wal_archive_failures",
+            "Failed archive_command runs of a physical job's server (growth of pg_stat_archiver.failed_count seen by the agent)",
+            None,
+            self.wal_failures.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_store_retries",
+            "Number of S3 requests retried (and downloads resumed) after a transient error, by operation",
+            None,
+            self.store_retries.clone(),
+        );
     }
 
     /// Declares a job (at start and after each config reload): sets or
