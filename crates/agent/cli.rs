@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use refugio_dump::SecretUrl;
 
 /// refugio: scheduled PostgreSQL backups that are proven by restoring them.
 #[derive(Debug, Parser)]
@@ -82,15 +83,15 @@ pub enum Command {
 }
 
 /// Where the repository is, overriding the config.
-#[derive(Args, Clone)]
+#[derive(Debug, Args, Clone)]
 pub struct RepoArgs {
     /// Repository URL: `s3://bucket/prefix`, `file:///path` or a path.
     /// Overrides `[repository] url`. Default ./refugio-backups.
     #[arg(long, env = "REFUGIO_REPOSITORY")]
-    pub repository: Option<String>,
+    pub repository: Option<SecretUrl>,
 }
 
-#[derive(Args)]
+#[derive(Debug, Args)]
 pub struct BackupArgs {
     /// Job to run (from the config). Default: the only job.
     #[arg(long)]
@@ -98,7 +99,7 @@ pub struct BackupArgs {
     /// Source database URL, for a backup without a config file.
     /// Prefer PGPASSWORD or ~/.pgpass over a password in the URL.
     #[arg(long, conflicts_with = "config")]
-    pub source: Option<String>,
+    pub source: Option<SecretUrl>,
     #[command(flatten)]
     pub repo: RepoArgs,
     /// Print the manifest as JSON on stdout.
@@ -118,7 +119,7 @@ pub struct ListArgs {
     pub json: bool,
 }
 
-#[derive(Args)]
+#[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Backup id, or `latest`. With --physical, default: the newest base
     /// backup consistent before --to.
@@ -132,7 +133,7 @@ pub struct RestoreArgs {
         required_unless_present = "physical",
         conflicts_with = "physical"
     )]
-    pub target: Option<String>,
+    pub target: Option<SecretUrl>,
     /// File whose first line is the target's password. The target never
     /// gets the source's (`PGPASSWORD` is the source's); without this, the
     /// URL's own password or libpq's password file (`~/.pgpass`).
@@ -206,7 +207,7 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
-#[derive(Args)]
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Job to drill (from the config). Default: the only job.
     #[arg(long)]
@@ -216,7 +217,7 @@ pub struct VerifyArgs {
     pub backup: String,
     /// Scratch server URL, overriding the job's `scratch`.
     #[arg(long)]
-    pub scratch: Option<String>,
+    pub scratch: Option<SecretUrl>,
     /// File whose first line is the password of the scratch server (the
     /// source's password is never sent there). Default: with the job's own
     /// `scratch`, its `scratch_password_file`.
@@ -240,116 +241,6 @@ pub struct VerifyArgs {
     /// Print the receipt as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// A URL argument for Debug output, its password (if any) redacted.
-fn url(u: &Option<String>) -> Option<String> {
-    u.as_deref().map(refugio_dump::redact_url)
-}
-
-// Debug by hand for the arguments holding URLs; destructured, so a new
-// field cannot be left out (or in) unnoticed.
-
-impl std::fmt::Debug for RepoArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let RepoArgs { repository } = self;
-        f.debug_struct("RepoArgs")
-            .field("repository", &url(repository))
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for BackupArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let BackupArgs {
-            job,
-            source,
-            repo,
-            json,
-        } = self;
-        f.debug_struct("BackupArgs")
-            .field("job", job)
-            .field("source", &url(source))
-            .field("repo", repo)
-            .field("json", json)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for RestoreArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let RestoreArgs {
-            backup,
-            target,
-            target_password_file,
-            overwrite_source,
-            physical,
-            to,
-            target_dir,
-            keep_archiving,
-            database,
-            job,
-            repo,
-            clean,
-            create,
-            globals,
-            jobs,
-            temp_dir,
-            no_owner,
-            pg_bindir,
-            allow_unencrypted,
-            json,
-        } = self;
-        f.debug_struct("RestoreArgs")
-            .field("backup", backup)
-            .field("target", &url(target))
-            .field("target_password_file", target_password_file)
-            .field("overwrite_source", overwrite_source)
-            .field("physical", physical)
-            .field("to", to)
-            .field("target_dir", target_dir)
-            .field("keep_archiving", keep_archiving)
-            .field("database", database)
-            .field("job", job)
-            .field("repo", repo)
-            .field("clean", clean)
-            .field("create", create)
-            .field("globals", globals)
-            .field("jobs", jobs)
-            .field("temp_dir", temp_dir)
-            .field("no_owner", no_owner)
-            .field("pg_bindir", pg_bindir)
-            .field("allow_unencrypted", allow_unencrypted)
-            .field("json", json)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for VerifyArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let VerifyArgs {
-            job,
-            backup,
-            scratch,
-            scratch_password_file,
-            to,
-            repo,
-            pg_bindir,
-            allow_unencrypted,
-            json,
-        } = self;
-        f.debug_struct("VerifyArgs")
-            .field("job", job)
-            .field("backup", backup)
-            .field("scratch", &url(scratch))
-            .field("scratch_password_file", scratch_password_file)
-            .field("to", to)
-            .field("repo", repo)
-            .field("pg_bindir", pg_bindir)
-            .field("allow_unencrypted", allow_unencrypted)
-            .field("json", json)
-            .finish()
-    }
 }
 
 #[derive(Debug, Args)]

@@ -150,7 +150,7 @@ impl Job {
             include_tables: j.include_tables.clone(),
             exclude_table_data: j.exclude_table_data.clone(),
             databases: self.scope.clone(),
-            extra_args: j.extra_args.clone(),
+            extra_args: j.extra_args.iter().map(|a| a.to_string()).collect(),
             lock_wait_timeout: j.lock_wait_timeout,
             row_counts: j.row_counts,
             part_size: usize::try_from(repo.part_size).unwrap_or(usize::MAX),

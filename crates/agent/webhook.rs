@@ -14,11 +14,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// `webhook = { url = "https://…", attempts = 3, timeout = "10s" }`.
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// http:// or https:// URL; may carry a token (it is never logged).
-    pub url: String,
+    pub url: WebhookUrl,
     /// Delivery attempts. Default 3.
     #[serde(default = "three")]
     pub attempts: u32,
@@ -27,19 +27,28 @@ pub struct WebhookConfig {
     pub timeout: Duration,
 }
 
-impl std::fmt::Debug for WebhookConfig {
+/// A webhook's URL, which may carry a token: `Debug` shows its scheme,
+/// host and port only.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct WebhookUrl(String);
+
+impl std::fmt::Debug for WebhookUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured: a new field cannot be left out (or in) unnoticed.
-        let WebhookConfig {
-            url,
-            attempts,
-            timeout,
-        } = self;
-        f.debug_struct("WebhookConfig")
-            .field("url", &redacted(url))
-            .field("attempts", attempts)
-            .field("timeout", timeout)
-            .finish()
+        std::fmt::Debug::fmt(&redacted(&self.0), f)
+    }
+}
+
+impl std::ops::Deref for WebhookUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for WebhookUrl {
+    fn from(s: &str) -> Self {
+        WebhookUrl(s.to_string())
     }
 }
 
@@ -280,7 +289,9 @@ mod tests {
             .map(|a| a.port())
             .expect("port");
         let w = Webhook::new(&WebhookConfig {
-            url: format!("http://127.0.0.1:{port}/hook?token=SECRET"),
+            url: format!("http://127.0.0.1:{port}/hook?token=SECRET")
+                .as_str()
+                .into(),
             attempts: 1,
             timeout: Duration::from_secs(2),
         })

@@ -88,7 +88,7 @@ async fn drill_of(
         return Ok((name, opts, None));
     }
     let job = cfg.job(a.job.as_deref()).map_err(usage)?.clone();
-    let scratch = a.scratch.clone().or_else(|| job.drill_scratch().map(str::to_string)).ok_or_else(|| {
+    let scratch = a.scratch.as_deref().map(str::to_string).or_else(|| job.drill_scratch().map(str::to_string)).ok_or_else(|| {
         usage(anyhow!(
             "job {}: no scratch target: set `scratch` in the job (a server URL or \"ephemeral\") or pass --scratch",
             job.name

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use refugio_dump::snapshot::RowCountMode;
 use refugio_dump::{
-    redact_text, redact_url, Compression, DumpFormat, SourceSpec, SslMode, TlsSettings,
+    Compression, DumpFormat, SecretText, SecretUrl, SourceSpec, SslMode, TlsSettings,
 };
 
 use super::retention::RetentionConfig;
@@ -17,8 +17,8 @@ use super::schedule::ScheduleConfig;
 use super::values::{one, yes};
 
 /// One `[[jobs]]` entry. Its `Debug` redacts passwords in `source`,
-/// `scratch` and `extra_args`.
-#[derive(Clone, Deserialize)]
+/// `scratch` and `extra_args` (their types do).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobConfig {
     /// Job name: the repository folder. Letters, digits, `-`, `_`, `.`. Required.
@@ -34,7 +34,7 @@ pub struct JobConfig {
     /// works but is discouraged: use `password_file` or `PGPASSWORD`/`~/.pgpass`
     /// (`PGPASSWORD` is the source's alone: no scratch server or restore
     /// target receives it).
-    pub source: String,
+    pub source: SecretUrl,
     /// Database to dump. Default: the URL's database.
     #[serde(default)]
     pub database: Option<String>,
@@ -106,7 +106,7 @@ pub struct JobConfig {
     /// refugio does not interpret them: an argument that leaves data out
     /// makes the manifest's row counts disagree with the dump. Default none.
     #[serde(default)]
-    pub extra_args: Vec<String>,
+    pub extra_args: Vec<SecretText>,
     /// How long pg_dump (and refugio's snapshot) waits for a table lock
     /// before giving up; the backup is then retried. Default `30s`.
     #[serde(default = "default_lock_wait", with = "humantime_serde")]
@@ -132,7 +132,7 @@ pub struct JobConfig {
     /// cluster refugio starts itself (roles restored too). Default none
     /// (`refugio verify` then needs `--scratch`).
     #[serde(default)]
-    pub scratch: Option<String>,
+    pub scratch: Option<SecretUrl>,
     /// File whose first line is the password for `scratch` (a server URL).
     /// The scratch server never gets the source's password. Default none:
     /// the scratch URL's own, or libpq's password file (`~/.pgpass`).
@@ -161,85 +161,6 @@ pub struct JobConfig {
     /// Default none.
     #[serde(default)]
     pub restore_on_signal: Option<super::restore_signal::RestoreOnSignal>,
-}
-
-impl std::fmt::Debug for JobConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured: a new field cannot be left out (or in) unnoticed.
-        let JobConfig {
-            name,
-            kind,
-            source,
-            database,
-            databases,
-            exclude_databases,
-            password_file,
-            sslmode,
-            sslrootcert,
-            sslcert,
-            sslkey,
-            format,
-            compression,
-            compression_level,
-            archive_compression,
-            globals,
-            pg_bindir,
-            exclude_tables,
-            include_tables,
-            exclude_table_data,
-            extra_args,
-            lock_wait_timeout,
-            max_replica_lag,
-            on_replica_lag,
-            attempts,
-            row_counts,
-            scratch,
-            scratch_password_file,
-            schedule,
-            targets,
-            checks,
-            drill_jobs,
-            retention,
-            restore_on_signal,
-        } = self;
-        let extra_args: Vec<String> = extra_args.iter().map(|a| redact_text(a)).collect();
-        f.debug_struct("JobConfig")
-            .field("name", name)
-            .field("kind", kind)
-            .field("source", &redact_url(source))
-            .field("database", database)
-            .field("databases", databases)
-            .field("exclude_databases", exclude_databases)
-            .field("password_file", password_file)
-            .field("sslmode", sslmode)
-            .field("sslrootcert", sslrootcert)
-            .field("sslcert", sslcert)
-            .field("sslkey", sslkey)
-            .field("format", format)
-            .field("compression", compression)
-            .field("compression_level", compression_level)
-            .field("archive_compression", archive_compression)
-            .field("globals", globals)
-            .field("pg_bindir", pg_bindir)
-            .field("exclude_tables", exclude_tables)
-            .field("include_tables", include_tables)
-            .field("exclude_table_data", exclude_table_data)
-            .field("extra_args", &extra_args)
-            .field("lock_wait_timeout", lock_wait_timeout)
-            .field("max_replica_lag", max_replica_lag)
-            .field("on_replica_lag", on_replica_lag)
-            .field("attempts", attempts)
-            .field("row_counts", row_counts)
-            .field("scratch", &scratch.as_deref().map(redact_url))
-            .field("scratch_password_file", scratch_password_file)
-            .field("schedule", schedule)
-            .field("targets", targets)
-            .field("checks", checks)
-            .field("drill_jobs", drill_jobs)
-            .field("retention", retention)
-            .field("restore_on_signal", restore_on_signal)
-            .finish()
-    }
 }
 
 impl JobConfig {

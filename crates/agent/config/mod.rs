@@ -191,7 +191,7 @@ fn check_repository(r: &RepositoryConfig, jobs: &[JobConfig]) -> Result<()> {
         if set && !on_s3 {
             bail!(
                 "repository.{field}: only S3 repositories have it; {} is a directory",
-                r.url
+                refugio_dump::redact_url(&r.url)
             );
         }
     }
@@ -223,7 +223,7 @@ fn check_repository(r: &RepositoryConfig, jobs: &[JobConfig]) -> Result<()> {
         if !matches!(location, refugio_store::RepositoryLocation::S3 { .. }) {
             bail!(
                 "repository.object_lock: object lock needs an S3 repository; {} is not one",
-                r.url
+                refugio_dump::redact_url(&r.url)
             );
         }
         if !(1..=36500).contains(&lock.days) {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use refugio_dump::SecretUrl;
 use refugio_store::location::{ChecksumCalculation, S3Options};
 use refugio_store::s3::{Retries, RetryHook};
 
@@ -38,19 +39,20 @@ const AWS_CHAIN: &[&str] = &[
     "AWS_USE_DUALSTACK_ENDPOINT",
 ];
 
-/// `[repository]`. Its `Debug` redacts any password in `url` and `endpoint`.
-#[derive(Clone, Deserialize)]
+/// `[repository]`. Its `Debug` redacts any password in `url` and
+/// `endpoint` (their type does).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryConfig {
     /// `s3://bucket/prefix`, `file:///abs/path` or a path. Default `./refugio-backups`.
     #[serde(default = "default_repository_url")]
-    pub url: String,
+    pub url: SecretUrl,
     /// S3 region. Default: from the AWS chain (`AWS_REGION`, profile), else `us-east-1`.
     #[serde(default)]
     pub region: Option<String>,
     /// S3 endpoint for S3-compatible stores (MinIO, Garage, Ceph…). Default: AWS.
     #[serde(default)]
-    pub endpoint: Option<String>,
+    pub endpoint: Option<SecretUrl>,
     /// Path-style addressing (`endpoint/bucket/key`), needed by most
     /// S3-compatible stores. Default false.
     #[serde(default)]
@@ -117,55 +119,6 @@ pub struct RepositoryConfig {
     pub clock_tolerance: Duration,
 }
 
-impl std::fmt::Debug for RepositoryConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured: a new field cannot be left out (or in) unnoticed.
-        let RepositoryConfig {
-            url,
-            region,
-            endpoint,
-            force_path_style,
-            checksum_calculation,
-            part_size,
-            upload_concurrency,
-            sse,
-            sse_kms_key_id,
-            object_lock,
-            attempts,
-            connect_timeout,
-            operation_timeout,
-            storage_class,
-            ca_file,
-            upload_rate_limit,
-            encryption,
-            authentication,
-            clock_tolerance,
-        } = self;
-        let redact = refugio_dump::redact_url;
-        f.debug_struct("RepositoryConfig")
-            .field("url", &redact(url))
-            .field("region", region)
-            .field("endpoint", &endpoint.as_deref().map(redact))
-            .field("force_path_style", force_path_style)
-            .field("checksum_calculation", checksum_calculation)
-            .field("part_size", part_size)
-            .field("upload_concurrency", upload_concurrency)
-            .field("sse", sse)
-            .field("sse_kms_key_id", sse_kms_key_id)
-            .field("object_lock", object_lock)
-            .field("attempts", attempts)
-            .field("connect_timeout", connect_timeout)
-            .field("operation_timeout", operation_timeout)
-            .field("storage_class", storage_class)
-            .field("ca_file", ca_file)
-            .field("upload_rate_limit", upload_rate_limit)
-            .field("encryption", encryption)
-            .field("authentication", authentication)
-            .field("clock_tolerance", clock_tolerance)
-            .finish()
-    }
-}
-
 /// `object_lock = { mode = "compliance", days = 30 }`.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -220,7 +173,7 @@ pub enum ChecksumSetting {
     WhenRequired,
 }
 
-fn default_repository_url() -> String {
+fn default_repository_url() -> SecretUrl {
     "./refugio-backups".into()
 }
 fn default_part_size() -> u64 {
@@ -387,7 +340,7 @@ impl RepositoryConfig {
     pub fn s3_options(&self, on_retry: Option<RetryHook>) -> S3Options {
         S3Options {
             region: self.region.clone(),
-            endpoint: self.endpoint.clone(),
+            endpoint: self.endpoint.as_deref().map(str::to_string),
             force_path_style: self.force_path_style,
             checksum_calculation: match self.checksum_calculation {
                 ChecksumSetting::WhenSupported => ChecksumCalculation::WhenSupported,

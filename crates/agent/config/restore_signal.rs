@@ -9,15 +9,16 @@ use serde::Deserialize;
 
 use super::repository::RepositoryConfig;
 use refugio_core::restore::identity::{SourceCluster, TargetGuard};
-use refugio_dump::{redact_url, SourceSpec};
+use refugio_dump::{redact_url, SecretUrl, SourceSpec};
 
-/// `[jobs.restore_on_signal]`. Its `Debug` redacts the target's password.
-#[derive(Clone, Deserialize)]
+/// `[jobs.restore_on_signal]`. Its `Debug` redacts the target's password
+/// (its type does).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreOnSignal {
     /// Database URL the backup is restored into (created if missing). For
     /// a whole-server job: the server, every database under its own name.
-    pub target: String,
+    pub target: SecretUrl,
     /// File whose first line is the target's password. The target never
     /// gets the source's password. Default none: the target URL's own, or
     /// libpq's password file (`~/.pgpass`).
@@ -34,25 +35,6 @@ pub struct RestoreOnSignal {
     /// Do not restore object ownership. Default false.
     #[serde(default)]
     pub no_owner: bool,
-}
-
-impl std::fmt::Debug for RestoreOnSignal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let RestoreOnSignal {
-            target,
-            password_file,
-            clean,
-            globals,
-            no_owner,
-        } = self;
-        f.debug_struct("RestoreOnSignal")
-            .field("target", &redact_url(target))
-            .field("password_file", password_file)
-            .field("clean", clean)
-            .field("globals", globals)
-            .field("no_owner", no_owner)
-            .finish()
-    }
 }
 
 /// Where a URL's server is: host (a socket directory counts as this host)

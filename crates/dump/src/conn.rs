@@ -32,11 +32,11 @@ use crate::tls::{self, TlsSettings};
 /// Query parameters whose value is a secret, compared after
 /// percent-decoding and ignoring ASCII case: libpq's `password`, and
 /// `sslpassword`. (Any `…password` key is redacted in messages.)
-const PASSWORD_PARAM: &str = "password";
+use crate::redact::PASSWORD_PARAM;
 const SSL_PASSWORD_PARAM: &str = "sslpassword";
 
 /// What is shown instead of a secret.
-const REDACTED: &str = "***";
+use crate::redact::{redact_url, REDACTED};
 
 /// A PostgreSQL connection as configured: URL (libpq URI syntax, unix
 /// sockets as `?host=/dir`), an optional database that overrides the URL's,
@@ -413,111 +413,6 @@ fn percent_encoding_decode(s: &str) -> std::result::Result<String, String> {
 
 fn encode_path_segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// Replaces every password in a connection string with `***`, for
-/// messages about URLs (also ones that could not be parsed, or are not
-/// postgres:// URLs, or key=value conninfo): the userinfo's password and
-/// the value of every query parameter or keyword ending in `password`.
-pub fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some(REDACTED));
-            }
-            if let Some(query) = u.query() {
-                let query = query
-                    .split('&')
-                    .map(|segment| match segment.split_once('=') {
-                        Some((key, _)) if is_password_key(key) => format!("{key}={REDACTED}"),
-                        _ => segment.to_string(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("&");
-                u.set_query(Some(&query));
-            }
-            // Keywords too: a URL without a base (`host:5432 password=…`)
-            // parses, as a path.
-            redact_keywords(u.as_str())
-        }
-        Err(_) => redact_text(url),
-    }
-}
-
-/// A query key (percent-encoded) that names a password.
-fn is_password_key(key: &str) -> bool {
-    percent_encoding::percent_decode_str(key)
-        .decode_utf8_lossy()
-        .to_ascii_lowercase()
-        .ends_with(PASSWORD_PARAM)
-}
-
-/// Text-level redaction, for what URL parsing does not cover: on each line,
-/// the userinfo password after `scheme://user:` up to the line's last `@`,
-/// and the value after any `password =` (case-insensitive; a quoted value
-/// up to its closing quote, a bare one up to white space or `&`).
-pub fn redact_text(text: &str) -> String {
-    text.split('\n')
-        .map(|line| redact_keywords(&redact_userinfo(line)))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn redact_userinfo(line: &str) -> String {
-    let Some(scheme_end) = line.find("://") else {
-        return line.to_string();
-    };
-    let start = scheme_end + 3;
-    let rest = &line[start..];
-    if let Some(at) = rest.rfind('@') {
-        if let Some(colon) = rest[..at].find(':') {
-            if &rest[colon + 1..at] != REDACTED {
-                return format!("{}{REDACTED}{}", &line[..start + colon + 1], &rest[at..]);
-            }
-        }
-    }
-    line.to_string()
-}
-
-fn redact_keywords(line: &str) -> String {
-    let lower = line.to_ascii_lowercase();
-    let bytes = line.as_bytes();
-    let mut out = String::with_capacity(line.len());
-    let mut copied = 0;
-    let mut search = 0;
-    while let Some(found) = lower[search..].find(PASSWORD_PARAM) {
-        let mut i = search + found + PASSWORD_PARAM.len();
-        search = i;
-        while i < bytes.len() && (bytes[i] == b' ' || bytes[i] == b'\t') {
-            i += 1;
-        }
-        if i >= bytes.len() || bytes[i] != b'=' {
-            continue;
-        }
-        i += 1;
-        while i < bytes.len() && (bytes[i] == b' ' || bytes[i] == b'\t') {
-            i += 1;
-        }
-        let value_start = i;
-        if i < bytes.len() && bytes[i] == b'\'' {
-            i += 1;
-            while i < bytes.len() && bytes[i] != b'\'' {
-                i += if bytes[i] == b'\\' { 2 } else { 1 };
-            }
-            i = (i + 1).min(bytes.len());
-        } else {
-            while i < bytes.len() && !bytes[i].is_ascii_whitespace() && bytes[i] != b'&' {
-                i += 1;
-            }
-        }
-        // Indices stop only at ASCII bytes or the end: char boundaries.
-        out.push_str(&line[copied..value_start]);
-        out.push_str(REDACTED);
-        copied = i;
-        search = i;
-    }
-    out.push_str(&line[copied..]);
-    out
 }
 
 /// A path as given in configuration (for password files).
