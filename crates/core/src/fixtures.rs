@@ -9,7 +9,7 @@ use refugio_store::manifest::Manifest;
 use refugio_store::repo::Repository;
 use sha2::{Digest, Sha256};
 
-use crate::receipt::{Outcome, Phases, Receipt, Target};
+use crate::receipt::{Objective, Outcome, Phases, Receipt};
 
 pub(crate) const MANIFEST: &str = include_str!("../../store/tests/fixtures/manifest-1.4.json");
 
@@ -75,7 +75,7 @@ pub(crate) async fn backup(
 /// A drill receipt of backup `id` with this outcome.
 pub(crate) fn receipt(j: &str, id: &str, outcome: Outcome) -> Receipt {
     let at = id_time(id) + chrono::Duration::minutes(10);
-    let unknown = Target {
+    let unknown = Objective {
         measured_seconds: None,
         target_seconds: None,
         met: None,

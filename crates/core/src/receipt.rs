@@ -51,9 +51,10 @@ pub struct DatabaseChecked {
     pub schema_fingerprint: Option<(String, String)>,
 }
 
-/// A target and whether it was met.
+/// A recovery objective (RPO or RTO): what a drill measured, the target
+/// the job sets for it, and whether it was met.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Target {
+pub struct Objective {
     pub measured_seconds: Option<f64>,
     pub target_seconds: Option<f64>,
     pub met: Option<bool>,
@@ -136,8 +137,8 @@ pub struct Receipt {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<DatabaseChecked>,
     pub phases: Phases,
-    pub rto: Target,
-    pub rpo: Target,
+    pub rto: Objective,
+    pub rpo: Objective,
     pub rpo_detail: Rpo,
 }
 

@@ -26,7 +26,7 @@ pub(super) struct Dumped {
 }
 
 /// Where one database goes.
-pub(super) struct Target<'a> {
+pub(super) struct DumpTo<'a> {
     /// The database's connection.
     pub source: &'a SourceSpec,
     pub database: &'a str,
@@ -51,7 +51,7 @@ pub(super) async fn dump(
     repo: &Repository,
     opts: &BackupOptions,
     pg_dump: &Tool,
-    to: Target<'_>,
+    to: DumpTo<'_>,
     cancel: &CancellationToken,
 ) -> Result<Dumped> {
     let job = opts.job.as_str();

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::encryption::{self, Recipients};
 use crate::error::{Error, Result};
-use database::{server_artifact_name, Dumped, Target};
+use database::{server_artifact_name, DumpTo, Dumped};
 use stream::{artifact, store_stream, Packing, Stored};
 
 /// What a job backs up.
@@ -356,7 +356,7 @@ async fn dump_databases(
             1 => format!("dumping {database}"),
             n => format!("dumping {database} ({}/{n})", i + 1),
         });
-        let target = Target {
+        let target = DumpTo {
             source: &spec,
             database,
             name,

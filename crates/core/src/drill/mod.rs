@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::measure;
-use crate::receipt::{self, Phases, Receipt, Target, RECEIPT_FORMAT};
+use crate::receipt::{self, Objective, Phases, Receipt, RECEIPT_FORMAT};
 use checks::{run_checks, Tally};
 pub use scratch::{drop_scratch, scratch_name, SCRATCH_GRACE, SCRATCH_LOCK};
 use scratch::{prepare_scratch, scratch_names};
@@ -318,12 +318,12 @@ fn new_receipt(
         checks: Vec::new(),
         databases: Vec::new(),
         phases: Phases::default(),
-        rto: Target {
+        rto: Objective {
             measured_seconds: None,
             target_seconds: opts.rto_target.map(|d| d.as_secs_f64()),
             met: None,
         },
-        rpo: Target {
+        rpo: Objective {
             measured_seconds: None,
             target_seconds: opts.rpo_target.map(|d| d.as_secs_f64()),
             met: None,
