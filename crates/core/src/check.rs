@@ -299,8 +299,7 @@ async fn check_once(
             report.future.push(id.clone());
         }
     }
-    let cutoff =
-        started_at - chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+    let cutoff = crate::gc::cutoff(started_at, opts.grace);
     leftovers(repo, job, &ids, cutoff, &mut report).await?;
     let committed: Vec<String> = ids
         .iter()
@@ -410,7 +409,7 @@ async fn leftovers(
     report: &mut CheckReport,
 ) -> Result<()> {
     for (id, objs) in ids.iter().filter(|(_, o)| !o.committed()) {
-        let old = objs.newest().is_some_and(|t| t < cutoff);
+        let old = crate::gc::is_old(objs.newest(), cutoff);
         for name in objs.objects.keys() {
             let key = Repository::key(job, id, name);
             if ReceiptName::parse(name).is_some() {
@@ -420,12 +419,9 @@ async fn leftovers(
             }
         }
     }
-    report.stale_uploads = repo
-        .store()
-        .list_multipart_uploads(&format!("{job}/"))
+    report.stale_uploads = crate::gc::stale_uploads(repo, job, cutoff)
         .await?
         .into_iter()
-        .filter(|u| u.initiated.is_some_and(|t| t < cutoff))
         .map(|u| u.key)
         .collect();
     Ok(())

@@ -24,6 +24,7 @@ pub mod error;
 pub mod feed;
 #[cfg(test)]
 mod fixtures;
+mod gc;
 pub mod host;
 pub mod listing;
 pub mod measure;

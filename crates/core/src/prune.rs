@@ -244,7 +244,7 @@ async fn plan(
         wal_pruned: Default::default(),
         wal_gaps,
     };
-    let cutoff = now - chrono::Duration::from_std(opts.grace).unwrap_or(chrono::Duration::MAX);
+    let cutoff = crate::gc::cutoff(now, opts.grace);
     let stale = garbage(repo, job, &listed, cutoff, &mut report).await?;
     let to_delete: Vec<String> = report
         .decisions
@@ -350,7 +350,6 @@ async fn garbage(
     report: &mut PruneReport,
 ) -> Result<Vec<refugio_store::PendingUpload>> {
     let prefix = format!("{job}/");
-    let uploads = repo.store().list_multipart_uploads(&prefix).await?;
     let id_of = |key: &str| {
         key.strip_prefix(&prefix)
             .and_then(|rest| rest.split_once('/'))
@@ -359,13 +358,10 @@ async fn garbage(
     // What age alone would collect.
     let old_ids: Vec<&String> = listed
         .iter()
-        .filter(|(_, l)| !l.committed && l.newest.is_some_and(|t| t < cutoff))
+        .filter(|(_, l)| !l.committed && crate::gc::is_old(l.newest, cutoff))
         .map(|(id, _)| id)
         .collect();
-    let old_uploads: Vec<_> = uploads
-        .into_iter()
-        .filter(|u| u.initiated.is_some_and(|t| t < cutoff))
-        .collect();
+    let old_uploads = crate::gc::stale_uploads(repo, job, cutoff).await?;
     // Of those, the ids of running backups.
     let mut suspects: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut running = std::collections::BTreeSet::new();
