@@ -193,9 +193,13 @@ impl Repository {
     }
 
     /// The latest time a backup may be dated at `now`: later ones are
-    /// dated in the future (a writer's clock was wrong).
+    /// dated in the future (a writer's clock was wrong). A tolerance
+    /// beyond the calendar: the end of time (nothing is in the future).
     pub fn horizon(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now + chrono::Duration::from_std(self.clock_tolerance).unwrap_or(chrono::Duration::MAX)
+        chrono::Duration::from_std(self.clock_tolerance)
+            .ok()
+            .and_then(|tolerance| now.checked_add_signed(tolerance))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -506,6 +510,22 @@ mod tests {
         assert_eq!(backup_id(t, 2), "20261128T060000Z-2");
         assert!(backup_id(t, 1) < backup_id(t, 2));
         assert!(backup_id(t, 2) < backup_id(t + chrono::Duration::seconds(1), 1));
+    }
+
+    /// The horizon is now plus the tolerance; a tolerance the calendar
+    /// cannot hold is the end of time, not a panic.
+    #[tokio::test]
+    async fn the_horizon_never_overflows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::fs::FsStore::new(dir.path()).unwrap();
+        let repo = Repository::new(Arc::new(store));
+        let now = Utc::now();
+        let five = repo
+            .clone()
+            .with_clock_tolerance(std::time::Duration::from_secs(300));
+        assert_eq!(five.horizon(now), now + chrono::Duration::minutes(5));
+        let forever = repo.with_clock_tolerance(std::time::Duration::MAX);
+        assert_eq!(forever.horizon(now), DateTime::<Utc>::MAX_UTC);
     }
 
     #[test]
