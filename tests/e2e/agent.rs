@@ -109,11 +109,15 @@ async fn age_backup(
             v["backup_id"] = new_id.clone().into();
             manifest = Some((new_key, serde_json::to_vec(&v)?));
         } else {
-            store.put(&new_key, body.into()).await?;
+            store
+                .put(&new_key, body.into(), refugio_store::PutOptions::default())
+                .await?;
         }
     }
     let (key, body) = manifest.context("no manifest")?;
-    store.put(&key, body.into()).await?;
+    store
+        .put(&key, body.into(), refugio_store::PutOptions::default())
+        .await?;
     store.delete(&format!("{job}/{id}/manifest.json")).await?;
     for key in &keys {
         store.delete(key).await?;

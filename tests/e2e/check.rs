@@ -52,7 +52,11 @@ async fn clone_backup(store: &Arc<dyn ObjectStore>, job: &str, from: &str, to: &
             manifest = Some(serde_json::to_vec(&v)?);
         } else {
             store
-                .put(&format!("{job}/{to}/{name}"), Bytes::from(body))
+                .put(
+                    &format!("{job}/{to}/{name}"),
+                    Bytes::from(body),
+                    refugio_store::PutOptions::default(),
+                )
                 .await?;
         }
     }
@@ -60,6 +64,7 @@ async fn clone_backup(store: &Arc<dyn ObjectStore>, job: &str, from: &str, to: &
         .put(
             &format!("{job}/{to}/manifest.json"),
             Bytes::from(manifest.context("no manifest")?),
+            refugio_store::PutOptions::default(),
         )
         .await?;
     Ok(())
@@ -142,8 +147,20 @@ async fn damage_round(repo: Repo, name: &str) -> Result<()> {
     // manifest is gone. Reported, not damage.
     let orphan = "app/20190101T000000Z/database.dump.zst";
     let receipt = "app/20190102T000000Z/verify-20190102T010000.000Z-ok.json";
-    store.put(orphan, Bytes::from_static(b"partial")).await?;
-    store.put(receipt, Bytes::from_static(b"{}")).await?;
+    store
+        .put(
+            orphan,
+            Bytes::from_static(b"partial"),
+            refugio_store::PutOptions::default(),
+        )
+        .await?;
+    store
+        .put(
+            receipt,
+            Bytes::from_static(b"{}"),
+            refugio_store::PutOptions::default(),
+        )
+        .await?;
     let later = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
     let (code, r, text) = check_json(&base, &["--now", &later], &env)?;
     assert_eq!(code, 0, "{name}: leftovers are not damage: {text}");
@@ -169,7 +186,13 @@ async fn damage_round(repo: Repo, name: &str) -> Result<()> {
     let mut body = read_object(&store, &flipped).await?;
     let mid = body.len() / 2;
     body[mid] ^= 0x01;
-    store.put(&flipped, Bytes::from(body)).await?;
+    store
+        .put(
+            &flipped,
+            Bytes::from(body),
+            refugio_store::PutOptions::default(),
+        )
+        .await?;
     let (code, r, text) = check_json(&base, &[], &env)?;
     assert_eq!(
         (code, r[0]["outcome"].as_str()),
@@ -246,7 +269,11 @@ async fn damage_round(repo: Repo, name: &str) -> Result<()> {
     let truncated = dump_name(IDS[0]);
     let body = read_object(&store, &truncated).await?;
     store
-        .put(&truncated, Bytes::from(body[..body.len() / 2].to_vec()))
+        .put(
+            &truncated,
+            Bytes::from(body[..body.len() / 2].to_vec()),
+            refugio_store::PutOptions::default(),
+        )
         .await?;
     let deleted = format!("app/{}/globals.sql.zst", IDS[2]);
     store.delete(&deleted).await?;
@@ -463,7 +490,11 @@ async fn check_of_1000_backups_on_garage() -> Result<()> {
                     a["sha256"] = hex_of(&digest).into();
                     artifacts.push(a);
                     store
-                        .put(&format!("app/{id}/{name}"), Bytes::from(body))
+                        .put(
+                            &format!("app/{id}/{name}"),
+                            Bytes::from(body),
+                            refugio_store::PutOptions::default(),
+                        )
                         .await?;
                 }
                 m["artifacts"] = artifacts.into();
@@ -471,6 +502,7 @@ async fn check_of_1000_backups_on_garage() -> Result<()> {
                     .put(
                         &format!("app/{id}/manifest.json"),
                         Bytes::from(serde_json::to_vec(&m)?),
+                        refugio_store::PutOptions::default(),
                     )
                     .await?;
                 anyhow::Ok(())

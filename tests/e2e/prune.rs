@@ -180,6 +180,7 @@ async fn gc_removes_orphans_and_stale_uploads_after_the_grace_period() -> Result
         .put(
             "app/20200101T000000Z/database.dump.zst",
             bytes::Bytes::from_static(b"partial"),
+            refugio_store::PutOptions::default(),
         )
         .await?;
     let upload = store
@@ -289,11 +290,23 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
                     if name == "manifest.json" {
                         manifest = Some((key, body));
                     } else {
-                        store.put(&key, bytes::Bytes::from(body)).await?;
+                        store
+                            .put(
+                                &key,
+                                bytes::Bytes::from(body),
+                                refugio_store::PutOptions::default(),
+                            )
+                            .await?;
                     }
                 }
                 let (key, body) = manifest.context("manifest")?;
-                store.put(&key, bytes::Bytes::from(body)).await?;
+                store
+                    .put(
+                        &key,
+                        bytes::Bytes::from(body),
+                        refugio_store::PutOptions::default(),
+                    )
+                    .await?;
                 anyhow::Ok(())
             }
         })

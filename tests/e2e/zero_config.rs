@@ -57,7 +57,11 @@ async fn verified_copy(
             manifest = Some(serde_json::to_vec(&v)?);
         } else if !name.starts_with("verify-") {
             store
-                .put(&format!("{job}/{to}/{name}"), Bytes::from(body))
+                .put(
+                    &format!("{job}/{to}/{name}"),
+                    Bytes::from(body),
+                    refugio_store::PutOptions::default(),
+                )
                 .await?;
         }
     }
@@ -65,12 +69,14 @@ async fn verified_copy(
         .put(
             &format!("{job}/{to}/verify-{}T010000.000Z-ok.json", &to[..8]),
             Bytes::from_static(b"{\"verified\": true}"),
+            refugio_store::PutOptions::default(),
         )
         .await?;
     store
         .put(
             &format!("{job}/{to}/manifest.json"),
             Bytes::from(manifest.context("manifest")?),
+            refugio_store::PutOptions::default(),
         )
         .await?;
     Ok(())

@@ -723,6 +723,7 @@ mod tests {
     use super::*;
     use crate::clock::FixedClock;
     use bytes::Bytes;
+    use refugio_store::PutOptions;
 
     use crate::fixtures::{backup, repo};
 
@@ -804,7 +805,7 @@ mod tests {
         // Same size, one byte changed: only reading finds it.
         let key = "app/20261128T060000Z/database.dump.zst";
         repo.store()
-            .put(key, Bytes::from_static(b"dump 0ne"))
+            .put(key, Bytes::from_static(b"dump 0ne"), PutOptions::default())
             .await
             .expect("put");
         let plain = run(&repo, ReadData::None, later()).await.expect("check");
@@ -825,7 +826,7 @@ mod tests {
 
         // Truncated and deleted: found from the listing alone.
         repo.store()
-            .put(key, Bytes::from_static(b"dump"))
+            .put(key, Bytes::from_static(b"dump"), PutOptions::default())
             .await
             .expect("put");
         repo.store()
@@ -865,6 +866,7 @@ mod tests {
             .put(
                 "app/20261127T000000Z/database.dump.zst",
                 Bytes::from_static(b"partial"),
+                PutOptions::default(),
             )
             .await
             .expect("put");
@@ -872,6 +874,7 @@ mod tests {
             .put(
                 "app/20261126T000000Z/verify-20261126T010000.000Z-ok.json",
                 Bytes::from_static(b"{}"),
+                PutOptions::default(),
             )
             .await
             .expect("put");
@@ -895,6 +898,7 @@ mod tests {
             .put(
                 "app/20261128T060000Z/manifest.json",
                 Bytes::from_static(b"{ not json"),
+                PutOptions::default(),
             )
             .await
             .expect("put");
@@ -1133,7 +1137,11 @@ mod tests {
                 let store = std::sync::Arc::clone(&store);
                 Box::pin(async move {
                     store
-                        .put(key, Bytes::from_static(b"whole dump"))
+                        .put(
+                            key,
+                            Bytes::from_static(b"whole dump"),
+                            PutOptions::default(),
+                        )
                         .await
                         .expect("put");
                 })
@@ -1204,7 +1212,10 @@ mod tests {
             Box::new(move || {
                 let store = std::sync::Arc::clone(&store);
                 Box::pin(async move {
-                    store.put(key, Bytes::from_static(body)).await.expect("put");
+                    store
+                        .put(key, Bytes::from_static(body), PutOptions::default())
+                        .await
+                        .expect("put");
                 })
             }),
         )

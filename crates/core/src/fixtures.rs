@@ -1,6 +1,7 @@
 //! Fixtures for core's own tests: a directory repository, committed
 //! backups with their artifacts, drill receipts, claims and pins.
 
+use refugio_store::PutOptions;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -64,7 +65,11 @@ pub(crate) async fn backup(
         .collect();
     for (name, body) in artifacts {
         repo.store()
-            .put(&Repository::key(j, id, name), Bytes::copy_from_slice(body))
+            .put(
+                &Repository::key(j, id, name),
+                Bytes::copy_from_slice(body),
+                PutOptions::default(),
+            )
             .await
             .expect("put");
     }
@@ -114,7 +119,7 @@ pub(crate) async fn drilled(repo: &Repository, j: &str, id: &str, outcome: Outco
     let key = Repository::key(j, id, &r.name());
     let body = serde_json::to_vec(&r).expect("json");
     repo.store()
-        .put(&key, Bytes::from(body))
+        .put(&key, Bytes::from(body), PutOptions::default())
         .await
         .expect("put receipt");
     key
@@ -123,7 +128,7 @@ pub(crate) async fn drilled(repo: &Repository, j: &str, id: &str, outcome: Outco
 /// Stores an object under `key`.
 pub(crate) async fn put(repo: &Repository, key: &str, body: &[u8]) {
     repo.store()
-        .put(key, Bytes::copy_from_slice(body))
+        .put(key, Bytes::copy_from_slice(body), PutOptions::default())
         .await
         .expect("put");
 }
@@ -275,8 +280,8 @@ impl refugio_store::ObjectStore for Racing {
     fn describe(&self) -> String {
         self.inner.describe()
     }
-    async fn put(&self, key: &str, data: Bytes) -> refugio_store::Result<()> {
-        self.inner.put(key, data).await
+    async fn put(&self, key: &str, data: Bytes, opts: PutOptions<'_>) -> refugio_store::Result<()> {
+        self.inner.put(key, data, opts).await
     }
     async fn put_multipart(
         &self,

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use refugio_store::repo::Repository;
+use refugio_store::PutOptions;
 
 use crate::clock::Clock;
 use crate::error::Result;
@@ -23,7 +24,9 @@ pub async fn set_pin(
     let key = Repository::key(job, &m.backup_id, PIN_NAME);
     if pin {
         let body = serde_json::json!({ "pinned_at": clock.now() }).to_string();
-        repo.store().put(&key, Bytes::from(body)).await?;
+        repo.store()
+            .put(&key, Bytes::from(body), PutOptions::default())
+            .await?;
     } else {
         repo.store().delete(&key).await?;
     }

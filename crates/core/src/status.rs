@@ -111,6 +111,7 @@ pub async fn status_at(repo: &Repository, job: &str, now: DateTime<Utc>) -> Resu
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use refugio_store::PutOptions;
     use std::sync::Arc;
 
     #[tokio::test]
@@ -121,7 +122,7 @@ mod tests {
         for id in ["20261128T060000Z", "20261128T070400Z", "29991231T000000Z"] {
             let key = Repository::manifest_key("app", id);
             repo.store()
-                .put(&key, Bytes::from_static(b"{}"))
+                .put(&key, Bytes::from_static(b"{}"), PutOptions::default())
                 .await
                 .expect("put");
         }

@@ -6,6 +6,7 @@
 //! (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
 
 use futures::{StreamExt, TryStreamExt};
+use refugio_store::PutOptions;
 use refugio_store::{open, RepositoryLocation, S3Options};
 use tokio::io::AsyncReadExt;
 
@@ -67,11 +68,11 @@ async fn main() -> anyhow::Result<()> {
                     if name == "manifest.json" {
                         manifest = Some((key, body));
                     } else {
-                        store.put(&key, body.into()).await?;
+                        store.put(&key, body.into(), PutOptions::default()).await?;
                     }
                 }
                 if let Some((key, body)) = manifest {
-                    store.put(&key, body.into()).await?;
+                    store.put(&key, body.into(), PutOptions::default()).await?;
                 }
                 anyhow::Ok(())
             }

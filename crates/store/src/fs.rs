@@ -22,6 +22,7 @@
 //! "directory" of other keys (`a` and `a/b` cannot both exist), and key
 //! segments may not be empty, `.` or `..`.
 
+use crate::PutOptions;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
@@ -380,7 +381,14 @@ impl ObjectStore for FsStore {
         self.describe.clone()
     }
 
-    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+    async fn put(&self, key: &str, data: Bytes, opts: PutOptions<'_>) -> Result<()> {
+        if opts.retention.is_some() {
+            return Err(Error::LockUnsupported {
+                store: self.describe(),
+                key: key.to_string(),
+                reason: "this store has no object lock".into(),
+            });
+        }
         let path = self.path_of(key)?;
         let root = self.root.clone();
         self.blocking("put", key, move || {
@@ -813,7 +821,7 @@ mod tests {
     async fn an_aborted_upload_leaves_no_emptied_directory() {
         let (_dir, store) = store();
         store
-            .put("j/b2/x", Bytes::from_static(b"1"))
+            .put("j/b2/x", Bytes::from_static(b"1"), PutOptions::default())
             .await
             .expect("put");
         let mut upload = store.put_multipart("j/b1/x").await.expect("start");
@@ -830,7 +838,10 @@ mod tests {
     async fn list_is_in_byte_order_across_directories() {
         let (_dir, store) = store();
         for key in ["a/b", "a-c", "a/a/z", "b", "a.d"] {
-            store.put(key, Bytes::from_static(b"1")).await.expect("put");
+            store
+                .put(key, Bytes::from_static(b"1"), PutOptions::default())
+                .await
+                .expect("put");
         }
         assert_eq!(
             keys(&store, "").await,
@@ -844,11 +855,11 @@ mod tests {
     async fn delete_removes_emptied_directories() {
         let (_dir, store) = store();
         store
-            .put("j/b1/x", Bytes::from_static(b"1"))
+            .put("j/b1/x", Bytes::from_static(b"1"), PutOptions::default())
             .await
             .expect("put");
         store
-            .put("j/b2/x", Bytes::from_static(b"1"))
+            .put("j/b2/x", Bytes::from_static(b"1"), PutOptions::default())
             .await
             .expect("put");
         store.delete("j/b1/x").await.expect("delete");
@@ -910,7 +921,11 @@ mod tests {
         let root = dir.path().join("new/repo");
         let store = FsStore::new(&root).expect("store");
         store
-            .put("j/b1/manifest.json", Bytes::from_static(b"{}"))
+            .put(
+                "j/b1/manifest.json",
+                Bytes::from_static(b"{}"),
+                PutOptions::default(),
+            )
             .await
             .expect("put");
         let mut upload = store.put_multipart("j/b2/data").await.expect("start");
@@ -937,7 +952,7 @@ mod tests {
         // A directory that was there keeps its mode.
         fs::set_permissions(root.join("j"), Permissions::from_mode(0o750)).expect("chmod");
         store
-            .put("j/b3/x", Bytes::from_static(b"1"))
+            .put("j/b3/x", Bytes::from_static(b"1"), PutOptions::default())
             .await
             .expect("put");
         assert_eq!(mode(&root.join("j")), 0o750);
@@ -956,7 +971,10 @@ mod tests {
             "",
             "a/.b.refugio-partial-1",
         ] {
-            let err = store.put(key, Bytes::new()).await.expect_err(key);
+            let err = store
+                .put(key, Bytes::new(), PutOptions::default())
+                .await
+                .expect_err(key);
             assert!(matches!(err, Error::InvalidKey { .. }), "{key}: {err:?}");
         }
         let listed: Result<Vec<ObjectMeta>> = store.list("../").try_collect().await;

@@ -60,6 +60,28 @@ pub struct PendingUpload {
     pub initiated: Option<DateTime<Utc>>,
 }
 
+/// How [`ObjectStore::put`] writes an object. The default: a small object
+/// (a manifest, a receipt, a claim, a pin), no retention.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PutOptions<'a> {
+    /// A whole artifact that fit in one part (the single-request case of
+    /// [`upload::upload_stream`]): the S3 store gives it the configured
+    /// storage class and paces it under `upload_rate_limit`, as it does
+    /// multipart uploads (which are artifacts only).
+    pub artifact: bool,
+    /// Written under this Object Lock retention; stores without object
+    /// lock refuse.
+    pub retention: Option<&'a Retention>,
+}
+
+impl PutOptions<'_> {
+    /// An artifact's options.
+    pub const ARTIFACT: PutOptions<'static> = PutOptions {
+        artifact: true,
+        retention: None,
+    };
+}
+
 /// The storage backend core. Keys are relative to the store's root (an S3
 /// bucket + prefix, or a directory) and use `/` as separator.
 #[async_trait]
@@ -68,19 +90,10 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// `file:///path`. Never contains a secret.
     fn describe(&self) -> String;
 
-    /// Stores a small object in one request, atomically (readers see the
-    /// whole object or none).
-    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
-
-    /// Stores a whole artifact that fit in one part (the single-request
-    /// case of [`upload::upload_stream`]); like [`ObjectStore::put`], except
-    /// that the S3 store gives it the configured storage class and paces
-    /// it under `upload_rate_limit`, as it does multipart uploads (which
-    /// are artifacts only). Manifests, receipts, claims and pins go through
-    /// `put`.
-    async fn put_artifact(&self, key: &str, data: Bytes) -> Result<()> {
-        self.put(key, data).await
-    }
+    /// Stores an object in one request, atomically (readers see the whole
+    /// object or none), as `opts` say: an artifact, or with an object-lock
+    /// retention (which stores without object lock refuse).
+    async fn put(&self, key: &str, data: Bytes, opts: PutOptions<'_>) -> Result<()>;
 
     /// A limiter that [`upload::upload_stream`] must read the data through,
     /// for stores that cannot pace their own writes (a directory under
@@ -130,16 +143,6 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// store could not be asked at all. S3 batches 1,000 keys a request.
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, Error)>> {
         Ok(delete_each(self, keys).await)
-    }
-
-    /// Stores a small object with an Object Lock retention. Stores without
-    /// object lock refuse.
-    async fn put_retained(&self, key: &str, _data: Bytes, _retention: &Retention) -> Result<()> {
-        Err(Error::LockUnsupported {
-            store: self.describe(),
-            key: key.to_string(),
-            reason: "this store has no object lock".into(),
-        })
     }
 
     /// Sets an Object Lock retention on a stored object (its current

@@ -15,6 +15,7 @@
 //! pacing holds back the same bounded part buffers, and a slow send slows
 //! the producer (pg_dump) as a slow store does.
 
+use crate::PutOptions;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -168,11 +169,8 @@ impl ObjectStore for LimitedStore {
     fn fixed_part_size(&self) -> Option<usize> {
         self.inner.fixed_part_size()
     }
-    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
-        self.inner.put(key, data).await
-    }
-    async fn put_artifact(&self, key: &str, data: Bytes) -> Result<()> {
-        self.inner.put_artifact(key, data).await
+    async fn put(&self, key: &str, data: Bytes, opts: PutOptions<'_>) -> Result<()> {
+        self.inner.put(key, data, opts).await
     }
     async fn put_multipart(&self, key: &str) -> Result<Box<dyn MultipartUpload>> {
         self.inner.put_multipart(key).await
@@ -200,9 +198,6 @@ impl ObjectStore for LimitedStore {
     }
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<(String, crate::Error)>> {
         self.inner.delete_many(keys).await
-    }
-    async fn put_retained(&self, key: &str, data: Bytes, retention: &Retention) -> Result<()> {
-        self.inner.put_retained(key, data, retention).await
     }
     async fn set_retention(&self, key: &str, retention: &Retention) -> Result<()> {
         self.inner.set_retention(key, retention).await

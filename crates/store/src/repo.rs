@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use crate::auth::{Authentication, Role, MAX_SIGNATURE_BYTES, SIGNATURE_SUFFIX};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, MANIFEST_NAME};
-use crate::ObjectStore;
+use crate::{ObjectStore, PutOptions};
 
 /// Largest manifest we read; a manifest lists tables, so it can be large,
 /// but not unbounded.
@@ -125,10 +125,14 @@ impl Repository {
         if let Some(auth) = &self.auth {
             let sig = auth.sign(role, key, &crate::auth::digest(&body))?;
             self.store
-                .put(&format!("{key}{SIGNATURE_SUFFIX}"), Bytes::from(sig))
+                .put(
+                    &format!("{key}{SIGNATURE_SUFFIX}"),
+                    Bytes::from(sig),
+                    PutOptions::default(),
+                )
                 .await?;
         }
-        self.store.put(key, body).await
+        self.store.put(key, body, PutOptions::default()).await
     }
 
     /// Refuses, before any work, to write as `role` what readers of this
@@ -277,6 +281,7 @@ impl Repository {
                 .put(
                     &key,
                     Bytes::from_static(b"refugio: this backup id is taken\n"),
+                    PutOptions::default(),
                 )
                 .await?;
             if !self.id_taken(job, &id, Some(&key)).await? {
@@ -305,7 +310,9 @@ impl Repository {
     /// few beats apart: a claim that changed belongs to a running backup.
     pub async fn beat(&self, claim: &Claim, n: u64) -> Result<()> {
         let body = format!("refugio: this backup id is taken\nbeat {n}\n");
-        self.store.put(&claim.key, Bytes::from(body)).await
+        self.store
+            .put(&claim.key, Bytes::from(body), PutOptions::default())
+            .await
     }
 
     /// Drops a claim once its backup is committed or given up (best
@@ -488,10 +495,11 @@ impl Repository {
         }
         objects.push((key, body));
         for (key, body) in objects {
-            match &m.object_lock {
-                Some(retention) => self.store.put_retained(&key, body, retention).await?,
-                None => self.store.put(&key, body).await?,
-            }
+            let opts = PutOptions {
+                retention: m.object_lock.as_ref(),
+                ..PutOptions::default()
+            };
+            self.store.put(&key, body, opts).await?;
         }
         Ok(())
     }

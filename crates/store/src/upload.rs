@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
 use crate::rate::Paced;
-use crate::{MultipartUpload, ObjectStore, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
+use crate::{MultipartUpload, ObjectStore, PutOptions, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 
 /// Parts per part-size step: the part size doubles every this many parts.
 /// 900 rather than 1,000 so that even a 5 MiB base reaches S3's 5 TiB
@@ -212,7 +212,7 @@ pub async fn upload_stream(
         .map_err(source_error)?;
     let mut size = first.len() as u64;
     if first.len() < size_of(0) {
-        store.put_artifact(key, first.freeze()).await?;
+        store.put(key, first.freeze(), PutOptions::ARTIFACT).await?;
         return Ok(UploadOutcome {
             size,
             sha256: hex::encode(hasher.finalize()),
@@ -400,7 +400,7 @@ mod tests {
         fn describe(&self) -> String {
             "fake://".into()
         }
-        async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        async fn put(&self, key: &str, data: Bytes, _: PutOptions<'_>) -> Result<()> {
             self.record
                 .puts
                 .lock()

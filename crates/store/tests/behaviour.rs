@@ -117,7 +117,11 @@ mod suite {
     pub async fn put_get_head(store: &dyn ObjectStore) -> Result<()> {
         let body = data(100_000, 1);
         store
-            .put("job/b1/small.bin", Bytes::from(body.clone()))
+            .put(
+                "job/b1/small.bin",
+                Bytes::from(body.clone()),
+                refugio_store::PutOptions::default(),
+            )
             .await?;
         ensure!(
             read(store, "job/b1/small.bin").await? == body,
@@ -139,13 +143,23 @@ mod suite {
 
         // Overwrite, and an empty object.
         store
-            .put("job/b1/small.bin", Bytes::from_static(b"v2"))
+            .put(
+                "job/b1/small.bin",
+                Bytes::from_static(b"v2"),
+                refugio_store::PutOptions::default(),
+            )
             .await?;
         ensure!(
             read(store, "job/b1/small.bin").await? == b"v2",
             "overwritten"
         );
-        store.put("job/b1/empty", Bytes::new()).await?;
+        store
+            .put(
+                "job/b1/empty",
+                Bytes::new(),
+                refugio_store::PutOptions::default(),
+            )
+            .await?;
         ensure!(
             read(store, "job/b1/empty").await?.is_empty(),
             "empty object"
@@ -358,12 +372,30 @@ mod suite {
         const COUNT: usize = 1100;
         let expected: Vec<String> = (0..COUNT).map(|i| format!("many/{i:05}")).collect();
         futures::stream::iter(expected.iter().rev())
-            .map(|key| store.put(key, Bytes::from(key.clone())))
+            .map(|key| {
+                store.put(
+                    key,
+                    Bytes::from(key.clone()),
+                    refugio_store::PutOptions::default(),
+                )
+            })
             .buffer_unordered(32)
             .try_collect::<Vec<()>>()
             .await?;
-        store.put("other/x", Bytes::from_static(b"x")).await?;
-        store.put("man", Bytes::from_static(b"x")).await?;
+        store
+            .put(
+                "other/x",
+                Bytes::from_static(b"x"),
+                refugio_store::PutOptions::default(),
+            )
+            .await?;
+        store
+            .put(
+                "man",
+                Bytes::from_static(b"x"),
+                refugio_store::PutOptions::default(),
+            )
+            .await?;
 
         let listed: Vec<ObjectMeta> = store.list("many/").try_collect().await?;
         ensure!(listed.len() == COUNT, "listed {} of {COUNT}", listed.len());
@@ -406,7 +438,13 @@ mod suite {
             "p/top",
             "q",
         ] {
-            store.put(key, Bytes::from_static(b"1")).await?;
+            store
+                .put(
+                    key,
+                    Bytes::from_static(b"1"),
+                    refugio_store::PutOptions::default(),
+                )
+                .await?;
         }
         ensure!(store.list_prefixes("").await? == ["p"], "root");
         ensure!(
@@ -434,8 +472,20 @@ mod suite {
     }
 
     pub async fn delete_objects(store: &dyn ObjectStore) -> Result<()> {
-        store.put("d/a", Bytes::from_static(b"a")).await?;
-        store.put("d/b", Bytes::from_static(b"b")).await?;
+        store
+            .put(
+                "d/a",
+                Bytes::from_static(b"a"),
+                refugio_store::PutOptions::default(),
+            )
+            .await?;
+        store
+            .put(
+                "d/b",
+                Bytes::from_static(b"b"),
+                refugio_store::PutOptions::default(),
+            )
+            .await?;
         store.delete("d/a").await?;
         ensure!(store.head("d/a").await?.is_none(), "deleted");
         ensure!(
@@ -455,7 +505,13 @@ mod suite {
     /// it may still be finishing). Repeated, so that a race shows.
     pub async fn delete_missing_is_ok(store: &dyn ObjectStore) -> Result<()> {
         store.delete("never/existed").await?;
-        store.put("d/a", Bytes::from_static(b"a")).await?;
+        store
+            .put(
+                "d/a",
+                Bytes::from_static(b"a"),
+                refugio_store::PutOptions::default(),
+            )
+            .await?;
         store.delete("d/b").await?;
         store.delete("d/a/under-an-object").await?;
         let twice = ["d/a", "d/a", "gone/x"].map(String::from);
@@ -476,7 +532,13 @@ mod suite {
                 .flat_map(|b| NAMES.map(|n| format!("app/2026112{b}T{round:06}Z/{n}")))
                 .collect();
             futures::stream::iter(&batch)
-                .map(|key| store.put(key, Bytes::from_static(b"x")))
+                .map(|key| {
+                    store.put(
+                        key,
+                        Bytes::from_static(b"x"),
+                        refugio_store::PutOptions::default(),
+                    )
+                })
                 .buffer_unordered(8)
                 .try_collect::<Vec<()>>()
                 .await?;
@@ -586,7 +648,11 @@ async fn unreachable_endpoint_is_a_temporary_error_naming_it() -> Result<()> {
     );
     let started = Instant::now();
     let error = store
-        .put("job/x", bytes::Bytes::from_static(b"x"))
+        .put(
+            "job/x",
+            bytes::Bytes::from_static(b"x"),
+            refugio_store::PutOptions::default(),
+        )
         .await
         .expect_err("nothing listens there");
     let elapsed = started.elapsed();
@@ -647,7 +713,13 @@ async fn open_creates_the_directory() -> Result<()> {
     let store = refugio_store::open(&location, &S3Options::default()).await?;
     assert!(path.is_dir());
     assert_eq!(store.describe(), location.to_string());
-    store.put("a", bytes::Bytes::from_static(b"1")).await?;
+    store
+        .put(
+            "a",
+            bytes::Bytes::from_static(b"1"),
+            refugio_store::PutOptions::default(),
+        )
+        .await?;
     assert!(path.join("a").is_file());
     Ok(())
 }

@@ -43,7 +43,13 @@ async fn round_trips(target: &S3Target, checksums: ChecksumCalculation) -> Resul
 
     // Single PutObject.
     let single = data(1024 * 1024 + 3, 1);
-    store.put("single", Bytes::from(single.clone())).await?;
+    store
+        .put(
+            "single",
+            Bytes::from(single.clone()),
+            refugio_store::PutOptions::default(),
+        )
+        .await?;
     ensure!(
         read(&store, "single").await? == single,
         "put read back differs"

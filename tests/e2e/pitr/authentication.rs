@@ -103,7 +103,13 @@ async fn only_wal_signed_by_a_server_key_is_replayed() -> Result<()> {
         .find(|p| p.starts_with('s') && p.len() == 103)
         .context("the signature part")?;
     let unsigned = signed.replacen(&format!(".{part}"), "", 1);
-    store.put(&unsigned, bytes.clone().into()).await?;
+    store
+        .put(
+            &unsigned,
+            bytes.clone().into(),
+            refugio_store::PutOptions::default(),
+        )
+        .await?;
     store.delete(&signed).await?;
 
     let fetched = tmp.path().join("fetched");
@@ -133,7 +139,9 @@ async fn only_wal_signed_by_a_server_key_is_replayed() -> Result<()> {
 
     // The signed segment back beside the unsigned copy: the fetch takes
     // the signed one, the drill passes.
-    store.put(&signed, bytes.into()).await?;
+    store
+        .put(&signed, bytes.into(), refugio_store::PutOptions::default())
+        .await?;
     drill(&s, &[], 0, "passed")?;
     observed(
         50,

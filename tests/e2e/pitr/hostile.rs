@@ -97,9 +97,15 @@ async fn forge(store: &dyn ObjectStore, id: &str, outside: &Path) -> Result<Stri
     art["sha256"] = digest.into();
     art["stored_size"] = stored.len().into();
     art["raw_size"] = raw_size.into();
-    store.put(&key, stored.into()).await?;
     store
-        .put(&mkey, serde_json::to_vec_pretty(&manifest)?.into())
+        .put(&key, stored.into(), refugio_store::PutOptions::default())
+        .await?;
+    store
+        .put(
+            &mkey,
+            serde_json::to_vec_pretty(&manifest)?.into(),
+            refugio_store::PutOptions::default(),
+        )
         .await?;
     Ok(key)
 }

@@ -613,6 +613,7 @@ fn manifest_of(
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use refugio_store::PutOptions;
     use std::sync::Arc;
 
     const FIXTURE: &str = include_str!("../../../store/tests/fixtures/manifest-1.4.json");
@@ -644,7 +645,7 @@ mod tests {
         );
         assert!(err.to_string().contains("not stored"), "{err}");
         repo.store()
-            .put(key, Bytes::from_static(b"partial"))
+            .put(key, Bytes::from_static(b"partial"), PutOptions::default())
             .await
             .expect("put");
         let err = verify_stored(&repo, &manifest(9)).await.expect_err("short");

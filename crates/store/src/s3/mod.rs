@@ -17,6 +17,7 @@ mod multipart;
 mod paced;
 mod retries;
 
+use crate::PutOptions;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
@@ -39,35 +40,19 @@ impl ObjectStore for S3Store {
         self.context.store.clone()
     }
 
-    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+    async fn put(&self, key: &str, data: Bytes, opts: PutOptions<'_>) -> Result<()> {
+        if let Some(retention) = opts.retention {
+            return self.put_retained_impl(key, data, retention).await;
+        }
+        if opts.artifact {
+            return self.put_artifact(key, data).await;
+        }
         self.client
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .content_length(data.len() as i64)
             .body(ByteStream::from(data))
-            .set_server_side_encryption(self.sse.clone())
-            .set_ssekms_key_id(self.sse_kms_key_id.clone())
-            .send()
-            .await
-            .map_err(|e| self.context.error("PutObject", key, &e))?;
-        Ok(())
-    }
-
-    /// PutObject in the configured storage class, paced under the upload
-    /// rate limit.
-    async fn put_artifact(&self, key: &str, data: Bytes) -> Result<()> {
-        let checksum = (self.limiter.is_some()
-            && self.checksums == ChecksumCalculation::WhenSupported)
-            .then(|| paced::crc32(&data));
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .content_length(data.len() as i64)
-            .set_checksum_crc32(checksum)
-            .body(paced::body(data, self.limiter.as_ref()))
-            .set_storage_class(self.storage_class.clone())
             .set_server_side_encryption(self.sse.clone())
             .set_ssekms_key_id(self.sse_kms_key_id.clone())
             .send()
@@ -123,10 +108,6 @@ impl ObjectStore for S3Store {
         self.delete_many_impl(keys).await
     }
 
-    async fn put_retained(&self, key: &str, data: Bytes, retention: &Retention) -> Result<()> {
-        self.put_retained_impl(key, data, retention).await
-    }
-
     async fn set_retention(&self, key: &str, retention: &Retention) -> Result<()> {
         self.set_retention_impl(key, retention).await
     }
@@ -147,5 +128,29 @@ impl ObjectStore for S3Store {
 
     async fn abort_multipart(&self, upload: &PendingUpload) -> Result<()> {
         self.abort_multipart_impl(upload).await
+    }
+}
+
+impl S3Store {
+    /// PutObject in the configured storage class, paced under the upload
+    /// rate limit.
+    async fn put_artifact(&self, key: &str, data: Bytes) -> Result<()> {
+        let checksum = (self.limiter.is_some()
+            && self.checksums == ChecksumCalculation::WhenSupported)
+            .then(|| paced::crc32(&data));
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .content_length(data.len() as i64)
+            .set_checksum_crc32(checksum)
+            .body(paced::body(data, self.limiter.as_ref()))
+            .set_storage_class(self.storage_class.clone())
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .send()
+            .await
+            .map_err(|e| self.context.error("PutObject", key, &e))?;
+        Ok(())
     }
 }
