@@ -87,11 +87,6 @@ impl Job {
         })
     }
 
-    /// The repository settings the job's operations use.
-    pub fn repository(&self) -> &RepositoryConfig {
-        &self.repository
-    }
-
     /// The source, with its password (read now: `password_file`, the
     /// URL's, or `PGPASSWORD`).
     pub fn source(&self) -> Result<SourceSpec> {
@@ -219,6 +214,38 @@ impl Job {
             restore_env: self.repository.wal_fetch_env(),
             user,
             target: refugio_core::restore::physical::RecoveryTarget::Latest,
+        }))
+    }
+
+    /// Options of the restore SIGUSR2 makes into the job's
+    /// `restore_on_signal` target (None: the job has none): the drill's
+    /// parallel jobs and tools; never into any of `sources` (the job's
+    /// source cluster, when it could be asked) nor the backup's own source.
+    pub fn signal_restore_options(
+        &self,
+        sources: Vec<refugio_core::restore::identity::SourceCluster>,
+    ) -> Result<Option<refugio_core::RestoreOptions>> {
+        let Some(to) = &self.config.restore_on_signal else {
+            return Ok(None);
+        };
+        Ok(Some(refugio_core::RestoreOptions {
+            target: to.target_spec()?,
+            clean: to.clean,
+            create: true,
+            globals: to.globals,
+            jobs: self.config.drill_jobs.max(1),
+            no_owner: to.no_owner,
+            bindir: self.config.pg_bindir.clone(),
+            temp_dir: None,
+            identities: self.repository.identities()?,
+            require_encrypted: self.repository.encryption.is_some(),
+            database: None,
+            progress: None,
+            guard: Some(refugio_core::restore::identity::TargetGuard {
+                sources,
+                overwrite_source: false,
+                hint: crate::config::restore_signal::REFUSAL_HINT.into(),
+            }),
         }))
     }
 

@@ -7,8 +7,6 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::repository::RepositoryConfig;
-use refugio_core::restore::identity::{SourceCluster, TargetGuard};
 use refugio_dump::{redact_url, SecretUrl, SourceSpec};
 
 /// `[jobs.restore_on_signal]`. Its `Debug` redacts the target's password
@@ -95,38 +93,6 @@ impl RestoreOnSignal {
     pub fn target_spec(&self) -> Result<SourceSpec> {
         SourceSpec::new(&self.target, None, self.password_file.as_deref())
             .context("restore_on_signal.target")
-    }
-
-    /// The restore's options: `jobs` parallel pg_restore jobs, the tools
-    /// in `bindir` (None: search); the target must not be any of
-    /// `sources` (the job's source cluster, when it could be asked) nor
-    /// the backup's own source, whatever it is called.
-    pub fn restore_options(
-        &self,
-        jobs: u32,
-        bindir: Option<std::path::PathBuf>,
-        repo: &RepositoryConfig,
-        sources: Vec<SourceCluster>,
-    ) -> Result<refugio_core::RestoreOptions> {
-        Ok(refugio_core::RestoreOptions {
-            target: self.target_spec()?,
-            clean: self.clean,
-            create: true,
-            globals: self.globals,
-            jobs: jobs.max(1),
-            no_owner: self.no_owner,
-            bindir,
-            temp_dir: None,
-            identities: repo.identities()?,
-            require_encrypted: repo.encryption.is_some(),
-            database: None,
-            progress: None,
-            guard: Some(TargetGuard {
-                sources,
-                overwrite_source: false,
-                hint: REFUSAL_HINT.into(),
-            }),
-        })
     }
 }
 

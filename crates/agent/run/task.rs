@@ -41,20 +41,16 @@ pub(super) async fn run_once(
             Ok(Done::Drill(Box::new(r)))
         }
         TaskKind::Restore => {
-            let to =
-                job.config.restore_on_signal.as_ref().ok_or_else(|| {
-                    anyhow!("job {}: no [jobs.restore_on_signal] target", job.name)
-                })?;
+            let no_target = || anyhow!("job {}: no [jobs.restore_on_signal] target", job.name);
+            if job.config.restore_on_signal.is_none() {
+                return Err(no_target());
+            }
             let m = newest_verified(repo, &job.name).await?;
             let sources = job.source_cluster().await.into_iter().collect();
-            let opts = to
-                .restore_options(
-                    job.config.drill_jobs,
-                    job.config.pg_bindir.clone(),
-                    job.repository(),
-                    sources,
-                )
-                .with_context(|| format!("job {}", job.name))?;
+            let opts = job
+                .signal_restore_options(sources)
+                .with_context(|| format!("job {}", job.name))?
+                .ok_or_else(no_target)?;
             tracing::info!(backup = %m.backup_id, target = %opts.target.redacted(), "restore-started");
             let report = refugio_core::restore(repo, &m, &opts, cancel).await?;
             tracing::info!(backup = %m.backup_id, target = %report.target,
