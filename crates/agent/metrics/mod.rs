@@ -65,27 +65,16 @@ mod tests {
         at: DateTime<Utc>,
     ) -> refugio_core::CheckReport {
         refugio_core::CheckReport {
-            job: job.into(),
             outcome,
-            started_at: at,
-            finished_at: at,
             backups: 3,
             artifacts: 6,
-            read: Default::default(),
-            damaged: Vec::new(),
             missing: (0..damaged)
                 .map(|i| refugio_core::check::Missing {
                     backup_id: format!("b{i}"),
                     key: format!("{job}/b{i}/database.dump.zst"),
                 })
                 .collect(),
-            unchecked: Vec::new(),
-            orphans: Vec::new(),
-            stale_uploads: Vec::new(),
-            receipts_without_manifest: Vec::new(),
-            future: Vec::new(),
-            foreign: Vec::new(),
-            wal: None,
+            ..refugio_core::CheckReport::new(job, at, String::new())
         }
     }
 

@@ -291,7 +291,7 @@ async fn check_once(
     let started_at = clock.now();
     let job = opts.job.as_str();
     let ids = list_ids(repo, job).await?;
-    let mut report = CheckReport::empty(job, started_at, opts.read_data.describe());
+    let mut report = CheckReport::new(job, started_at, opts.read_data.describe());
     let horizon = repo.horizon(started_at);
     for (id, _) in ids.iter().filter(|(_, o)| o.committed()) {
         if crate::listing::id_time(id).is_some_and(|t| t > horizon) {
@@ -328,8 +328,9 @@ async fn check_once(
 }
 
 impl CheckReport {
-    /// A report of nothing yet, started at `started_at`, reading `scope`.
-    fn empty(job: &str, started_at: DateTime<Utc>, scope: String) -> CheckReport {
+    /// A clean report of nothing yet, started (and finished) at
+    /// `started_at`, reading `scope`.
+    pub fn new(job: &str, started_at: DateTime<Utc>, scope: String) -> CheckReport {
         CheckReport {
             job: job.to_string(),
             outcome: CheckOutcome::Clean,

@@ -436,6 +436,15 @@ async fn dump_globals(
     ))
 }
 
+/// The manifest's word on the backup's encryption: age, to the recipients
+/// `opts` name (None: not encrypted).
+pub(super) fn sealed_with(opts: &BackupOptions) -> Option<Encryption> {
+    opts.encryption.as_ref().map(|to| Encryption {
+        scheme: encryption::AGE.into(),
+        recipients: to.names().to_vec(),
+    })
+}
+
 /// The end of every backup: cancelled now, it discards its artifacts;
 /// with object lock, each artifact gets its retention before the manifest
 /// (itself written locked) claims it; then the manifest is written, the
@@ -562,10 +571,7 @@ fn manifest_of(
         schema_fingerprint: None,
         schema_fingerprint_v2: None,
         object_lock: None,
-        encryption: opts.encryption.as_ref().map(|to| Encryption {
-            scheme: encryption::AGE.into(),
-            recipients: to.names().to_vec(),
-        }),
+        encryption: sealed_with(opts),
         databases: Vec::new(),
         physical: None,
     };

@@ -12,7 +12,7 @@ use std::time::Instant;
 use refugio_dump::basebackup::{self, BackupLabel, BACKUP_LABEL, BACKUP_MANIFEST, MAX_MANIFEST};
 use refugio_dump::snapshot;
 use refugio_dump::tools::{self, ToolKind};
-use refugio_store::manifest::{Durations, Encryption, Manifest, Physical, ServerInfo, FORMAT};
+use refugio_store::manifest::{Durations, Manifest, Physical, ServerInfo, FORMAT};
 use refugio_store::repo::Repository;
 use refugio_store::upload::UploadOptions;
 use sqlx::{Connection, Executor, Row};
@@ -319,10 +319,7 @@ fn base_manifest(
         schema_fingerprint_v2: None,
         attempts: opts.attempt,
         object_lock: None,
-        encryption: opts.encryption.as_ref().map(|to| Encryption {
-            scheme: encryption::AGE.into(),
-            recipients: to.names().to_vec(),
-        }),
+        encryption: super::sealed_with(opts),
         databases: Vec::new(),
         physical: None,
     }

@@ -83,6 +83,27 @@ struct Decode<'a> {
     progress: Option<&'a Arc<crate::Progress>>,
 }
 
+impl<'a> Decode<'a> {
+    /// How artifact `art` (stored as `key`) is read back: its compression,
+    /// as the manifest names it, and `seal`.
+    fn of(
+        art: &Artifact,
+        key: &str,
+        seal: Option<Sealing<'a>>,
+        progress: Option<&'a Arc<crate::Progress>>,
+    ) -> Result<Decode<'a>> {
+        let compression = Compression::parse(&art.compression).ok_or_else(|| Error::Artifact {
+            key: key.to_string(),
+            detail: format!("unknown compression {:?}", art.compression),
+        })?;
+        Ok(Decode {
+            compression,
+            seal,
+            progress,
+        })
+    }
+}
+
 /// How an artifact is encrypted, and what may open it.
 #[derive(Clone, Copy)]
 struct Sealing<'a> {
@@ -350,15 +371,7 @@ async fn restore_unit(
     let art = unit.artifact;
     let key = Repository::key(&manifest.job, &manifest.backup_id, &art.name);
     let seal = sealing(manifest, art, &key, opts)?;
-    let compression = Compression::parse(&art.compression).ok_or_else(|| Error::Artifact {
-        key: key.clone(),
-        detail: format!("unknown compression {:?}", art.compression),
-    })?;
-    let decode = Decode {
-        compression,
-        seal,
-        progress: opts.progress.as_ref(),
-    };
+    let decode = Decode::of(art, &key, seal, opts.progress.as_ref())?;
     let parallel = art.format == "custom" && opts.jobs > 1;
     crate::progress::phase(opts.progress.as_ref(), || {
         let verb = if parallel {

@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use refugio_dump::wal::Lsn;
-use refugio_dump::Compression;
 use refugio_store::manifest::Manifest;
 use refugio_store::repo::Repository;
 use serde::Serialize;
@@ -294,15 +293,7 @@ pub(crate) async fn unpack_base(
             })
         }
     };
-    let compression = Compression::parse(&art.compression).ok_or_else(|| Error::Artifact {
-        key: key.clone(),
-        detail: format!("unknown compression {:?}", art.compression),
-    })?;
-    let decode = Decode {
-        compression,
-        seal,
-        progress: None,
-    };
+    let decode = Decode::of(art, &key, seal, None)?;
     let (reader, raw) = open_artifact(repo, &key, art, decode).await?;
     let target = dir.to_path_buf();
     let unpacked = tokio::task::spawn_blocking(move || {
