@@ -190,3 +190,70 @@ pub(super) fn check_temp_space(dir: &std::path::Path, needed: u64) -> Result<()>
     }
     Ok(())
 }
+
+/// Checks every target of `plan` (exists, or `create`; empty, or
+/// `clean`), then creates the missing ones; returns the target database
+/// names. A refusal changes nothing, and names every offending database.
+pub(super) async fn preflight(
+    plan: &[(refugio_store::manifest::DumpUnit<'_>, SourceSpec)],
+    opts: &super::RestoreOptions,
+) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut to_create = Vec::new();
+    let mut missing = Vec::new();
+    let mut occupied = Vec::new();
+    for (_, to) in plan {
+        let database = to.database().ok_or_else(|| Error::Artifact {
+            key: "target".into(),
+            detail: "the target URL names no database".into(),
+        })?;
+        let state = inspect(to, &database).await?;
+        if !state.exists {
+            match opts.create {
+                true => to_create.push((to, database.clone())),
+                false => missing.push(database.clone()),
+            }
+        }
+        if state.tables > 0 && !opts.clean {
+            occupied.push((database.clone(), state));
+        }
+        names.push(database);
+    }
+    let server = opts.target.redacted();
+    match (missing.as_slice(), occupied.as_slice(), plan.len()) {
+        ([], [], _) => {}
+        ([one], _, 1) => {
+            return Err(Error::TargetMissing {
+                target: server,
+                database: one.clone(),
+            })
+        }
+        (_, [(one, state)], 1) => {
+            return Err(Error::TargetNotEmpty {
+                target: server,
+                database: one.clone(),
+                tables: state.tables,
+                example: state.example.clone(),
+            })
+        }
+        (_, [_, ..], _) => {
+            return Err(Error::TargetsNotEmpty {
+                target: server,
+                databases: occupied
+                    .iter()
+                    .map(|(d, s)| format!("{d} ({} tables, e.g. {})", s.tables, s.example))
+                    .collect(),
+            })
+        }
+        (_, [], _) => {
+            return Err(Error::TargetsMissing {
+                target: server,
+                databases: missing,
+            })
+        }
+    }
+    for (to, database) in to_create {
+        create(to, &database).await?;
+    }
+    Ok(names)
+}

@@ -22,24 +22,25 @@
 //! "directory" of other keys (`a` and `a/b` cannot both exist), and key
 //! segments may not be empty, `.` or `..`.
 
-use crate::PutOptions;
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream};
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
-use crate::{ByteReader, MultipartUpload, ObjectMeta, ObjectStore, PendingUpload};
+use crate::{ByteReader, MultipartUpload, ObjectMeta, ObjectStore, PendingUpload, PutOptions};
+
+mod multipart;
+use multipart::FsMultipart;
 
 const TMP_MARKER: &str = ".refugio-tmp-";
 const PARTIAL_MARKER: &str = ".refugio-partial-";
@@ -596,112 +597,6 @@ impl ObjectStore for FsStore {
             remove_object(&root, &partial)
         })
         .await
-    }
-}
-
-/// A multipart upload into a hidden partial file beside the final one.
-/// Each part is written at its offset by a blocking-pool task, so parts
-/// may be in flight together; `complete` renames the file into place.
-struct FsMultipart {
-    root: PathBuf,
-    store: String,
-    key: String,
-    file: Arc<File>,
-    partial: PathBuf,
-    final_path: PathBuf,
-    offset: u64,
-    tasks: TaskTracker,
-    failed: Arc<AtomicBool>,
-}
-
-impl FsMultipart {
-    fn io_error(&self, op: &'static str, source: io::Error) -> Error {
-        Error::Io {
-            op,
-            store: self.store.clone(),
-            key: self.key.clone(),
-            source,
-        }
-    }
-
-    /// Waits for the part writes still running.
-    async fn settle(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
-    }
-}
-
-#[async_trait]
-impl MultipartUpload for FsMultipart {
-    fn put_part(&mut self, data: Bytes) -> BoxFuture<'static, Result<()>> {
-        let offset = self.offset;
-        self.offset += data.len() as u64;
-        let file = Arc::clone(&self.file);
-        let failed = Arc::clone(&self.failed);
-        let task = self.tasks.spawn_blocking(move || {
-            let result = file.write_all_at(&data, offset);
-            if result.is_err() {
-                failed.store(true, Ordering::SeqCst);
-            }
-            result
-        });
-        let (store, key) = (self.store.clone(), self.key.clone());
-        async move {
-            let result = match task.await {
-                Ok(result) => result,
-                Err(join) => Err(io::Error::other(join.to_string())),
-            };
-            result.map_err(|source| Error::Io {
-                op: "upload part of",
-                store,
-                key,
-                source,
-            })
-        }
-        .boxed()
-    }
-
-    async fn complete(self: Box<Self>) -> Result<()> {
-        self.settle().await;
-        if self.failed.load(Ordering::SeqCst) {
-            let _ = self.abort_inner().await;
-            return Err(self.io_error(
-                "complete upload of",
-                io::Error::other("a part failed to write"),
-            ));
-        }
-        let (file, partial, final_path) = (
-            Arc::clone(&self.file),
-            self.partial.clone(),
-            self.final_path.clone(),
-        );
-        let finish = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            file.sync_all()?;
-            fs::rename(&partial, &final_path)?;
-            sync_dir(final_path.parent().unwrap_or(Path::new("/")))
-        })
-        .await
-        .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
-        if let Err(source) = finish {
-            let _ = self.abort_inner().await;
-            return Err(self.io_error("complete upload of", source));
-        }
-        Ok(())
-    }
-
-    async fn abort(self: Box<Self>) -> Result<()> {
-        self.settle().await;
-        self.abort_inner().await
-    }
-}
-
-impl FsMultipart {
-    async fn abort_inner(&self) -> Result<()> {
-        let (root, partial) = (self.root.clone(), self.partial.clone());
-        let removed = tokio::task::spawn_blocking(move || remove_object(&root, &partial))
-            .await
-            .unwrap_or_else(|join| Err(io::Error::other(join.to_string())));
-        removed.map_err(|source| self.io_error("abort upload of", source))
     }
 }
 
