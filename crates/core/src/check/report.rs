@@ -137,9 +137,7 @@ impl CheckReport {
         (self.damaged.len() + self.missing.len()) as u64
             + self.wal.as_ref().map_or(0, |w| w.damage_count())
     }
-}
 
-impl CheckReport {
     /// A clean report of nothing yet, started (and finished) at
     /// `started_at`, reading `scope`.
     pub fn new(job: &str, started_at: DateTime<Utc>, scope: String) -> CheckReport {
