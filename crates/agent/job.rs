@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use refugio_core::{BackupOptions, CheckOptions, DrillOptions, JobKind, PruneOptions, Scratch};
+use refugio_core::{
+    BackupOptions, CheckOptions, DrillOptions, JobKind, LogicalOptions, PruneOptions, Scratch,
+};
 use refugio_dump::pattern::DatabaseScope;
 use refugio_dump::{Compression, DumpFormat, SourceSpec};
 use refugio_schedule::{TaskKind, Trigger};
@@ -135,27 +137,29 @@ impl Job {
             job: self.name.clone(),
             kind: self.kind,
             source: self.source()?,
-            format: j.format,
             compression: j.compression,
             compression_level: j.compression_level,
-            archive_compression: j.archive_compression,
-            globals: j.globals,
             pg_bindir: j.pg_bindir.clone(),
-            exclude_tables: j.exclude_tables.clone(),
-            include_tables: j.include_tables.clone(),
-            exclude_table_data: j.exclude_table_data.clone(),
-            databases: self.scope.clone(),
-            extra_args: j.extra_args.iter().map(|a| a.to_string()).collect(),
-            lock_wait_timeout: j.lock_wait_timeout,
-            row_counts: j.row_counts,
             part_size: usize::try_from(repo.part_size).unwrap_or(usize::MAX),
             upload_concurrency: repo.upload_concurrency,
             object_lock: repo.object_lock.as_ref().map(|l| l.lock()),
             attempt,
-            max_replica_lag: (!j.max_replica_lag.is_zero()).then_some(j.max_replica_lag),
-            on_replica_lag: j.on_replica_lag,
             encryption: repo.recipients()?,
             progress: None,
+            logical: LogicalOptions {
+                format: j.format,
+                archive_compression: j.archive_compression,
+                globals: j.globals,
+                exclude_tables: j.exclude_tables.clone(),
+                include_tables: j.include_tables.clone(),
+                exclude_table_data: j.exclude_table_data.clone(),
+                databases: self.scope.clone(),
+                extra_args: j.extra_args.iter().map(|a| a.to_string()).collect(),
+                lock_wait_timeout: j.lock_wait_timeout,
+                row_counts: j.row_counts,
+                max_replica_lag: (!j.max_replica_lag.is_zero()).then_some(j.max_replica_lag),
+                on_replica_lag: j.on_replica_lag,
+            },
         })
     }
 

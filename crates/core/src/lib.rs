@@ -38,7 +38,7 @@ pub mod status;
 pub mod wal;
 pub mod wal_chain;
 
-pub use backup::{backup, BackupOptions, JobKind, ObjectLock, ReplicaLag};
+pub use backup::{backup, BackupOptions, JobKind, LogicalOptions, ObjectLock, ReplicaLag};
 pub use check::{check, CheckOptions, CheckOutcome, CheckReport, ReadData};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use drill::{drill, DrillOptions, PhysicalDrill, Pick, Scratch};

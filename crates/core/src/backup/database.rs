@@ -57,11 +57,11 @@ pub(super) async fn dump(
     let job = opts.job.as_str();
     let source = to.source;
     let snap_opts = SnapshotOptions {
-        lock_timeout: opts.lock_wait_timeout,
-        row_counts: opts.row_counts,
-        exclude_tables: opts.exclude_tables.clone(),
-        include_tables: opts.include_tables.clone(),
-        exclude_table_data: opts.exclude_table_data.clone(),
+        lock_timeout: opts.logical.lock_wait_timeout,
+        row_counts: opts.logical.row_counts,
+        exclude_tables: opts.logical.exclude_tables.clone(),
+        include_tables: opts.logical.include_tables.clone(),
+        exclude_table_data: opts.logical.exclude_table_data.clone(),
     };
     let ts = Instant::now();
     let snap = Snapshot::take(source, &snap_opts)
@@ -72,8 +72,8 @@ pub(super) async fn dump(
         })?;
     let snapshot_seconds = ts.elapsed().as_secs_f64();
     let lag = (snap.taken_at - snap.data_at).to_std().unwrap_or_default();
-    if let Some(max) = opts.max_replica_lag.filter(|max| lag > *max) {
-        match opts.on_replica_lag {
+    if let Some(max) = opts.logical.max_replica_lag.filter(|max| lag > *max) {
+        match opts.logical.on_replica_lag {
             ReplicaLag::Refuse => {
                 let data_at = snap.data_at;
                 snap.release().await;
@@ -97,12 +97,12 @@ pub(super) async fn dump(
     let exclude = quoted(&snap.excluded);
     let exclude_data = quoted(&snap.data_excluded);
     let args = DumpArgs {
-        format: opts.format,
+        format: opts.logical.format,
         snapshot: Some(&snap.id),
-        lock_wait_timeout: opts.lock_wait_timeout,
+        lock_wait_timeout: opts.logical.lock_wait_timeout,
         exclude_tables: &exclude,
         exclude_table_data: &exclude_data,
-        extra_args: &opts.extra_args,
+        extra_args: &opts.logical.extra_args,
         archive_compression: to.packing.archive.as_deref(),
     };
     let key = Repository::key(job, to.id, &to.name);
@@ -126,7 +126,7 @@ pub(super) async fn dump(
         artifact: artifact(
             to.name,
             "database",
-            opts.format.as_str(),
+            opts.logical.format.as_str(),
             to.packing,
             opts,
             outcome,

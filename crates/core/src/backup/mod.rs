@@ -54,19 +54,40 @@ pub struct BackupOptions {
     pub job: String,
     /// Logical (pg_dump) or physical (pg_basebackup).
     pub kind: JobKind,
-    /// The database to dump (its URL names it).
+    /// The database to dump (its URL names it), or the cluster.
     pub source: SourceSpec,
-    pub format: DumpFormat,
     pub compression: Compression,
     /// None: the compression's default level.
     pub compression_level: Option<i32>,
+    /// Directory of the PostgreSQL tools; None = search for a fitting one.
+    pub pg_bindir: Option<PathBuf>,
+    /// Upload part size, bytes.
+    pub part_size: usize,
+    /// Parts in flight at once.
+    pub upload_concurrency: usize,
+    /// S3 Object Lock on every artifact and the manifest.
+    pub object_lock: Option<ObjectLock>,
+    /// Which attempt this is, from 1 (recorded in the manifest).
+    pub attempt: u32,
+    /// Encrypt every artifact (the globals too: they hold role password
+    /// hashes) with age to these recipients; None: stored as compressed.
+    pub encryption: Option<Recipients>,
+    /// Counters and phase for a progress display; None: not shown.
+    pub progress: Option<std::sync::Arc<crate::Progress>>,
+    /// What only a logical (pg_dump) backup reads; a physical backup takes
+    /// the whole cluster and nothing of it.
+    pub logical: LogicalOptions,
+}
+
+/// The options of a logical (pg_dump) backup.
+#[derive(Debug, Clone)]
+pub struct LogicalOptions {
+    pub format: DumpFormat,
     /// With custom format and zstd, let pg_dump 16+ compress inside the
     /// archive (`--compress=zstd:N`) instead of compressing the stream.
     pub archive_compression: bool,
     /// Also store `pg_dumpall --globals-only` (roles, tablespaces).
     pub globals: bool,
-    /// Directory of pg_dump/pg_dumpall; None = search for a fitting one.
-    pub pg_bindir: Option<PathBuf>,
     /// `--exclude-table` patterns, also left out of the row counts.
     pub exclude_tables: Vec<String>,
     /// When not empty, only the tables these patterns match are dumped
@@ -83,23 +104,10 @@ pub struct BackupOptions {
     /// How long pg_dump and the snapshot wait for a table lock.
     pub lock_wait_timeout: Duration,
     pub row_counts: RowCountMode,
-    /// Upload part size, bytes.
-    pub part_size: usize,
-    /// Parts in flight at once.
-    pub upload_concurrency: usize,
-    /// S3 Object Lock on every artifact and the manifest.
-    pub object_lock: Option<ObjectLock>,
-    /// Which attempt this is, from 1 (recorded in the manifest).
-    pub attempt: u32,
     /// On a standby: the most the data may lag behind the primary.
     pub max_replica_lag: Option<Duration>,
     /// What a standby lagging more than that gets.
     pub on_replica_lag: ReplicaLag,
-    /// Encrypt every artifact (the globals too: they hold role password
-    /// hashes) with age to these recipients; None: stored as compressed.
-    pub encryption: Option<Recipients>,
-    /// Counters and phase for a progress display; None: not shown.
-    pub progress: Option<std::sync::Arc<crate::Progress>>,
 }
 
 /// What to do with a backup from a standby whose data lags more than
@@ -164,7 +172,7 @@ pub async fn backup(
             })
     };
     let pg_dump = find(ToolKind::PgDump, "pg_dump").await?;
-    let pg_dumpall = match opts.globals {
+    let pg_dumpall = match opts.logical.globals {
         true => Some(find(ToolKind::PgDumpAll, "pg_dumpall").await?),
         false => None,
     };
@@ -217,7 +225,7 @@ async fn survey(opts: &BackupOptions) -> Result<(SourceSpec, snapshot::ServerFac
     let source = &opts.source;
     // A whole-server job connects to the URL's database, or `postgres`.
     let url_database = source.database();
-    let main = match (&opts.databases, &url_database) {
+    let main = match (&opts.logical.databases, &url_database) {
         (None, None) => {
             return Err(Error::NoDatabase {
                 job: job.to_string(),
@@ -230,7 +238,7 @@ async fn survey(opts: &BackupOptions) -> Result<(SourceSpec, snapshot::ServerFac
     // Server version first: the pg_dump must fit before anything starts.
     let mut conn = main.connect().await?;
     let facts = snapshot::server_facts(&mut conn, &main).await?;
-    let databases = match &opts.databases {
+    let databases = match &opts.logical.databases {
         Some(scope) => {
             let found = scope.resolve(&mut conn, &main).await?;
             if found.is_empty() {
@@ -274,7 +282,7 @@ async fn commit_backup(
 ) -> Result<Manifest> {
     let job = opts.job.as_str();
     let id = plan.id;
-    let ext = match opts.format {
+    let ext = match opts.logical.format {
         DumpFormat::Custom => "dump",
         DumpFormat::Plain => "sql",
     };
@@ -340,7 +348,7 @@ async fn dump_databases(
     packed: &Packed<'_>,
 ) -> Result<Vec<(String, Dumped)>> {
     let (job, id) = (opts.job.as_str(), plan.id);
-    let server = opts.databases.is_some();
+    let server = opts.logical.databases.is_some();
     let mut dumped: Vec<(String, Dumped)> = Vec::new();
     let mut stored = Stored::new(repo, job, id);
     for (i, database) in plan.databases.iter().enumerate() {
@@ -380,7 +388,7 @@ async fn dump_databases(
         }
     }
     if dumped.is_empty() {
-        let scope = opts.databases.clone().unwrap_or(DatabaseScope {
+        let scope = opts.logical.databases.clone().unwrap_or(DatabaseScope {
             include: Vec::new(),
             exclude: Vec::new(),
         });
@@ -556,7 +564,7 @@ fn manifest_of(
         refugio_version: env!("CARGO_PKG_VERSION").into(),
         server: Default::default(),
         pg_dump_version: plan.pg_dump.version.to_string(),
-        dump_format: opts.format.as_str().into(),
+        dump_format: opts.logical.format.as_str().into(),
         artifacts,
         row_counts: String::new(),
         tables: Vec::new(),
@@ -575,7 +583,7 @@ fn manifest_of(
         databases: Vec::new(),
         physical: None,
     };
-    match &opts.databases {
+    match &opts.logical.databases {
         None => {
             if let Some((database, d)) = dumped.into_iter().next() {
                 let info = d.info;
@@ -592,7 +600,7 @@ fn manifest_of(
         }
         Some(scope) => {
             manifest.database = scope.include.join(",");
-            manifest.row_counts = match opts.row_counts {
+            manifest.row_counts = match opts.logical.row_counts {
                 RowCountMode::Exact => "exact".into(),
                 RowCountMode::Estimated => "estimated".into(),
             };

@@ -68,8 +68,8 @@ impl Packing {
     /// compresses in the thread that also reads from the server; refugio's
     /// zstd worker runs beside it).
     pub async fn for_dump(opts: &BackupOptions, pg_dump: &refugio_dump::Tool) -> Packing {
-        let in_archive = opts.archive_compression
-            && opts.format == DumpFormat::Custom
+        let in_archive = opts.logical.archive_compression
+            && opts.logical.format == DumpFormat::Custom
             && opts.compression == Compression::Zstd
             && refugio_dump::tools::dumps_zstd(pg_dump).await;
         if in_archive {
@@ -80,7 +80,7 @@ impl Packing {
                 archive: Some(spec),
             };
         }
-        if opts.archive_compression {
+        if opts.logical.archive_compression {
             tracing::warn!(job = %opts.job, pg_dump = %pg_dump.path.display(), version = %pg_dump.version,
                 "archive-compression-unavailable: archive_compression needs format custom, compression zstd and a pg_dump of 16 or later built with zstd; refugio compresses the stream instead");
         }
