@@ -203,3 +203,64 @@ async fn discard(repo: &Repository, job: &str, id: &str, artifacts: &[Artifact])
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use refugio_store::PutOptions;
+
+    fn stored_artifact(name: &str, bytes: &[u8]) -> Artifact {
+        Artifact {
+            name: name.into(),
+            kind: "database".into(),
+            format: "custom".into(),
+            compression: "none".into(),
+            archive_compression: None,
+            encryption: "none".into(),
+            raw_size: bytes.len() as u64,
+            stored_size: bytes.len() as u64,
+            sha256: crate::fixtures::hex(bytes),
+        }
+    }
+
+    /// A step that fails removes every artifact the attempt stored; a step
+    /// that succeeds removes nothing and hands its value on.
+    #[tokio::test]
+    async fn a_failed_step_discards_what_the_attempt_stored() {
+        let (_dir, repo) = crate::fixtures::repo();
+        let id = "20261128T060000Z";
+        let mut stored = Stored::new(&repo, "app", id);
+        for name in ["database.dump", "globals.sql"] {
+            let key = Repository::key("app", id, name);
+            repo.store()
+                .put(&key, Bytes::from_static(b"data"), PutOptions::default())
+                .await
+                .expect("put");
+            stored.push(stored_artifact(name, b"data"));
+        }
+        let kept = stored.or_discard(Ok(7)).await.expect("ok passes");
+        assert_eq!(kept, 7);
+        for name in ["database.dump", "globals.sql"] {
+            let key = Repository::key("app", id, name);
+            assert!(
+                repo.store().head(&key).await.expect("head").is_some(),
+                "{key}"
+            );
+        }
+        let failed: Result<()> = Err(crate::Error::NoDatabase { job: "app".into() });
+        let e = stored
+            .or_discard(failed)
+            .await
+            .expect_err("the error passes");
+        assert!(matches!(e, crate::Error::NoDatabase { .. }), "{e}");
+        for name in ["database.dump", "globals.sql"] {
+            let key = Repository::key("app", id, name);
+            assert!(
+                repo.store().head(&key).await.expect("head").is_none(),
+                "{key} left behind"
+            );
+        }
+        assert_eq!(stored.into_artifacts().len(), 2);
+    }
+}
