@@ -259,10 +259,6 @@ pub struct PruneArgs {
     /// JSON output.
     #[arg(long)]
     pub json: bool,
-    /// Decide as if it were this time (RFC 3339). For tests: the policy,
-    /// grace periods and lock expiry use it; the store's clock does not.
-    #[arg(long, hide = true, value_parser = parse_time)]
-    pub now: Option<chrono::DateTime<chrono::Utc>>,
     /// Backups deleted per batch (manifests of a batch, then their
     /// artifacts). Hidden: tests use small batches to interrupt a prune.
     #[arg(long, hide = true, default_value_t = refugio_core::prune::DELETE_BATCH)]
@@ -306,12 +302,6 @@ pub struct RetentionArgs {
     pub gc_grace: Option<std::time::Duration>,
 }
 
-fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
-}
-
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Job to check. Default: every job in the repository.
@@ -333,10 +323,6 @@ pub struct CheckArgs {
     /// JSON output (an array of reports, one per job).
     #[arg(long)]
     pub json: bool,
-    /// Judge the grace period of orphans as if it were this time (RFC
-    /// 3339). For tests.
-    #[arg(long, hide = true, value_parser = parse_time)]
-    pub now: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Args)]

@@ -1,26 +1,7 @@
-//! The `refugio` binary, wiring only: the command line, the configuration
-//! file mapped to the options of refugio-core's operations, the
-//! long-running agent (`refugio run`: scheduler wiring, signals, advisory
-//! locks, HTTP metrics and health, webhook) and the output of each command.
-//!
-//! Exit codes: the table in `exit.rs` (`exit::CODES`).
+//! The `refugio` binary: parses the command line and runs a command on
+//! an async runtime (everything else is in the library, `lib.rs`).
 
-mod cli;
-mod commands;
-mod config;
-mod exit;
-mod http;
-mod job;
-mod lock;
-mod metrics;
-mod output;
-mod progress;
-mod repo;
-mod retry;
-mod run;
-mod signals;
-mod webhook;
-
+use refugio::{cli, commands, exit};
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -623,3 +623,101 @@ pub async fn content_digests(c: &Cluster, db: &str) -> Result<Vec<(String, Strin
     v.sort();
     Ok(v)
 }
+
+/// The config file's repository, opened in-process as the binary opens it
+/// (its store options, clock tolerance and authentication), with the S3
+/// credentials given directly rather than read from this process's
+/// environment.
+pub async fn open_repository(
+    cfg: &refugio::config::Config,
+    repo: &Repo,
+) -> Result<refugio_store::repo::Repository> {
+    let loc = refugio_store::RepositoryLocation::parse(&cfg.repository.url)?;
+    let opts = refugio_store::S3Options {
+        static_credentials: match repo {
+            Repo::Dir(_) => None,
+            Repo::S3 { target, .. } => Some((target.access_key.clone(), target.secret_key.clone())),
+        },
+        ..cfg.repository.s3_options(None)
+    };
+    let store = refugio_store::open_existing(&loc, &opts).await?;
+    Ok(refugio_store::repo::Repository::new(store)
+        .with_clock_tolerance(cfg.repository.clock_tolerance)
+        .with_authentication(cfg.repository.authentication(true)?))
+}
+
+/// The report of `refugio prune [--dry-run] --job JOB` (None: the config
+/// file's only job) had it run at `now`: the job resolved from the file as
+/// the binary resolves it, and the operation called in-process with a
+/// fixed clock (the binary always reads the system's).
+pub async fn prune_report_at(
+    config: &Path,
+    repo: &Repo,
+    job: Option<&str>,
+    dry_run: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<refugio_core::PruneReport> {
+    let cfg = refugio::config::Config::load(config)?;
+    let opts = cfg
+        .job(job)?
+        .prune_options(dry_run, refugio_core::prune::DELETE_BATCH)
+        .context("the config's job has no retention policy")?;
+    let repository = open_repository(&cfg, repo).await?;
+    Ok(refugio_core::prune(
+        &repository,
+        &opts,
+        &refugio_core::FixedClock(now),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await?)
+}
+
+/// What `refugio prune --json [--dry-run]` reports for the config file's
+/// only job had it run at `now` ([`prune_report_at`]), and its exit code.
+pub async fn prune_at(
+    config: &Path,
+    repo: &Repo,
+    dry_run: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(Value, u8)> {
+    let report = prune_report_at(config, repo, None, dry_run, now).await?;
+    let code = refugio::commands::prune::exit_code(std::slice::from_ref(&report));
+    Ok((serde_json::to_value(&report)?, code))
+}
+
+/// [`prune_at`]'s report, of a prune that succeeded (exit 0).
+pub async fn prune_ok_at(
+    config: &Path,
+    repo: &Repo,
+    dry_run: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Value> {
+    let (report, code) = prune_at(config, repo, dry_run, now).await?;
+    anyhow::ensure!(code == 0, "prune exit {code}: {report}");
+    Ok(report)
+}
+
+/// What `refugio check` reports for the config file's only job had it run
+/// at `now` (as [`prune_at`]): the report as `--json` prints it, the text
+/// it prints for people, and its exit code.
+pub async fn check_at(
+    config: &Path,
+    repo: &Repo,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(Value, String, u8)> {
+    let cfg = refugio::config::Config::load(config)?;
+    let opts = cfg
+        .job(None)?
+        .check_options(refugio_core::check::ReadData::None);
+    let repository = open_repository(&cfg, repo).await?;
+    let report = refugio_core::check(
+        &repository,
+        &opts,
+        &refugio_core::FixedClock(now),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
+    let code = refugio::commands::check::exit_code(std::slice::from_ref(&report));
+    let text = refugio::commands::check::report_text(&report);
+    Ok((serde_json::to_value(&report)?, text, code))
+}

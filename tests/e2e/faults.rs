@@ -387,22 +387,23 @@ async fn kill_9_mid_upload_leaves_an_upload_that_gc_removes() -> Result<()> {
     assert_eq!(multipart_uploads_left(&target, &prefix)?, 1);
 
     // Within the grace period the upload could be a running backup's: kept.
-    let prune = |now: Option<chrono::DateTime<chrono::Utc>>| -> Result<serde_json::Value> {
-        let at = now.map(|t| t.to_rfc3339());
-        let mut args = vec!["--config", cfg, "prune", "--json"];
-        if let Some(at) = &at {
-            args.extend(["--now", at.as_str()]);
-        }
-        let out = refugio_ok(&args, &env)?;
+    let early = {
+        let out = refugio_ok(&["--config", cfg, "prune", "--json"], &env)?;
         let v: serde_json::Value = serde_json::from_str(&out).context("prune --json")?;
-        Ok(v[0].clone())
+        v[0].clone()
     };
-    let early = prune(None)?;
     assert_eq!(early["stale_uploads"], serde_json::json!([]), "{early}");
     assert_eq!(early["orphans"], serde_json::json!([]), "{early}");
     assert_eq!(multipart_uploads_left(&target, &prefix)?, 1, "kept");
     // After it, aborted.
-    let late = prune(Some(chrono::Utc::now() + chrono::Duration::hours(2)))?;
+    // (The prune called in-process with a fixed clock.)
+    let late = prune_ok_at(
+        &config,
+        &repo,
+        false,
+        chrono::Utc::now() + chrono::Duration::hours(2),
+    )
+    .await?;
     let stale = late["stale_uploads"].as_array().context("stale_uploads")?;
     assert!(
         stale.len() == 1

@@ -8,23 +8,9 @@ use serde_json::Value;
 use crate::common::*;
 
 fn prune_json(cfg: &str, env: &[(String, String)], dry: bool) -> Result<Value> {
-    prune_json_at(cfg, env, dry, None)
-}
-
-/// [`prune_json`] deciding as if it were `now` (`--now`), when given.
-fn prune_json_at(
-    cfg: &str,
-    env: &[(String, String)],
-    dry: bool,
-    now: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<Value> {
-    let now = now.map(|t| t.to_rfc3339());
     let mut args = vec!["--config", cfg, "prune", "--json"];
     if dry {
         args.push("--dry-run");
-    }
-    if let Some(now) = &now {
-        args.extend(["--now", now.as_str()]);
     }
     let out = refugio_ok(&args, env)?;
     let v: Value = serde_json::from_str(&out)?;
@@ -170,7 +156,7 @@ async fn gc_removes_orphans_and_stale_uploads_after_the_grace_period() -> Result
         unreachable!()
     };
     let store = open_s3(&target, prefix).await?;
-    // The grace period is judged at a given `--now`, not at whenever the
+    // The grace period is judged at a given time, not at whenever the
     // prune gets to it: "within" stays within on a slow machine, and
     // "after" needs no sleep.
     let before_writes = chrono::Utc::now();
@@ -190,19 +176,19 @@ async fn gc_removes_orphans_and_stale_uploads_after_the_grace_period() -> Result
     assert_eq!(store.list_multipart_uploads("app/").await?.len(), 1);
     let after_grace = chrono::Utc::now() + chrono::Duration::seconds(3603);
     // Within the grace period: reported nowhere, kept.
-    let early = prune_json_at(cfg, &env, true, Some(before_writes))?;
+    let early = prune_ok_at(&config, &repo, true, before_writes).await?;
     assert_eq!(
         early["orphans"].as_array().map(Vec::len),
         Some(0),
         "{early}"
     );
-    let dry = prune_json_at(cfg, &env, true, Some(after_grace))?;
+    let dry = prune_ok_at(&config, &repo, true, after_grace).await?;
     assert_eq!(
         dry["orphans"],
         serde_json::json!(["app/20200101T000000Z/database.dump.zst"])
     );
     assert_eq!(dry["stale_uploads"].as_array().map(Vec::len), Some(1));
-    prune_json_at(cfg, &env, false, Some(after_grace))?;
+    prune_ok_at(&config, &repo, false, after_grace).await?;
     assert!(
         store
             .head("app/20200101T000000Z/database.dump.zst")
@@ -376,8 +362,8 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
         }
     }
     // The orphans are judged past the grace period (1 h, its floor).
-    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
-    refugio_ok(&["--config", cfg, "prune", "--now", &later], &env)?;
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    prune_ok_at(&config, &repo, false, later).await?;
     let after: Vec<String> = store.list("app/").map_ok(|o| o.key).try_collect().await?;
     assert!(
         after

@@ -5,7 +5,7 @@
 //! them unnoticed.
 //!
 //! `list` and `prune` read a repository of hand-written files (fixed ids,
-//! times, sizes, digests and file times; prune decides at a fixed `--now`),
+//! times, sizes, digests and file times; prune decides at a fixed time),
 //! so their output is pinned byte for byte. The manifest, the receipt and
 //! the metrics come from real runs against PostgreSQL 16; what differs
 //! between runs (times, durations, sizes, digests, versions, ids) is
@@ -26,7 +26,7 @@ use crate::snapshot_support::*;
 // ---------------------------------------------------------------------------
 // A fixed repository: every byte, id, time and file time written here.
 
-/// The time `prune --now` decides at.
+/// The time prune decides at.
 const NOW: &str = "2026-11-28T12:00:00Z";
 
 fn at(s: &str) -> DateTime<Utc> {
@@ -343,25 +343,24 @@ fn list_json_of_a_fixed_repository() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn prune_dry_run_json_of_a_fixed_repository() -> Result<()> {
+/// The JSON `prune --dry-run --json` prints, decided at [`NOW`]: the prune
+/// called in-process with a fixed clock, printed as the binary prints it.
+#[tokio::test]
+async fn prune_dry_run_json_of_a_fixed_repository() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let repo = tmp.path().join("repo");
     fixed_repository(&repo)?;
     let config = fixed_config(tmp.path(), &repo)?;
     let before = files_under(&repo);
-    let out = refugio_ok(
-        &[
-            "--config",
-            config.to_str().context("path")?,
-            "prune",
-            "--dry-run",
-            "--json",
-            "--now",
-            NOW,
-        ],
-        &[],
-    )?;
+    let report = prune_report_at(
+        &config,
+        &Repo::Dir(repo.clone()),
+        Some("trips"),
+        true,
+        at(NOW),
+    )
+    .await?;
+    let out = format!("{}\n", serde_json::to_string_pretty(&[report])?);
     insta::assert_snapshot!("prune_dry_run_json", out);
     assert_eq!(files_under(&repo), before, "a dry run deletes nothing");
     Ok(())

@@ -5,11 +5,12 @@
 //! 2 bad usage; 3 the repository could not be checked (or, with no damage
 //! found, part of it could not be read).
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
 use refugio_core::check::{CheckOptions, Problem, ReadData};
-use refugio_core::{CheckOutcome, CheckReport, Clock, FixedClock, SystemClock};
+use refugio_core::{CheckOutcome, CheckReport, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::CheckArgs;
@@ -58,11 +59,6 @@ pub async fn check(cfg: Config, a: CheckArgs) -> Result<ExitCode> {
     }
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
-    let fixed = a.now.map(FixedClock);
-    let clock: &dyn Clock = match &fixed {
-        Some(c) => c,
-        None => &SystemClock,
-    };
     let mut reports = Vec::new();
     let mut failure = None;
     let shown = match read_data {
@@ -75,7 +71,7 @@ pub async fn check(cfg: Config, a: CheckArgs) -> Result<ExitCode> {
             progress: shown.as_ref().map(|s| s.progress()),
             ..crate::job::check_options(&job, configured, read_data.clone())
         };
-        match refugio_core::check(&repo, &opts, clock, &token).await {
+        match refugio_core::check(&repo, &opts, &SystemClock, &token).await {
             Ok(r) => reports.push(r),
             Err(e @ refugio_core::Error::Store(refugio_store::Error::BackupNotFound { .. })) => {
                 return Err(usage(e.into()))
@@ -93,24 +89,28 @@ pub async fn check(cfg: Config, a: CheckArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         for r in &reports {
-            print_report(r);
+            print!("{}", report_text(r));
         }
     }
     if let Some(e) = failure {
         return Err(could_not_check(e));
     }
-    Ok(
-        if reports.iter().any(|r| r.outcome == CheckOutcome::Damaged) {
-            ExitCode::from(crate::exit::FAILED)
-        } else if reports
-            .iter()
-            .any(|r| r.outcome == CheckOutcome::Inconclusive)
-        {
-            ExitCode::from(COULD_NOT_CHECK)
-        } else {
-            ExitCode::SUCCESS
-        },
-    )
+    Ok(ExitCode::from(exit_code(&reports)))
+}
+
+/// The exit code of a check that produced `reports`: damage first, then
+/// what could not be checked.
+pub fn exit_code(reports: &[CheckReport]) -> u8 {
+    if reports.iter().any(|r| r.outcome == CheckOutcome::Damaged) {
+        crate::exit::FAILED
+    } else if reports
+        .iter()
+        .any(|r| r.outcome == CheckOutcome::Inconclusive)
+    {
+        COULD_NOT_CHECK
+    } else {
+        0
+    }
 }
 
 /// A usage error stays one; anything else could not check.
@@ -122,7 +122,15 @@ fn could_not_check_unless_usage(e: anyhow::Error) -> anyhow::Error {
     }
 }
 
-fn print_report(r: &CheckReport) {
+/// One job's check report, for people, as `refugio check` prints it.
+pub fn report_text(r: &CheckReport) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_report(&mut out, r);
+    out
+}
+
+fn write_report(out: &mut String, r: &CheckReport) -> std::fmt::Result {
     let verdict = match r.outcome {
         CheckOutcome::Clean => "OK",
         CheckOutcome::Damaged => "DAMAGED",
@@ -130,7 +138,8 @@ fn print_report(r: &CheckReport) {
             "INCOMPLETE (no damage found, but not everything could be checked)"
         }
     };
-    println!(
+    writeln!(
+        out,
         "job {}: {verdict}: {}, {} checked against the listing; {}",
         r.job,
         count(r.backups, "backup"),
@@ -146,27 +155,32 @@ fn print_report(r: &CheckReport) {
                 r.read.scope
             )
         }
-    );
+    )?;
     for m in &r.missing {
-        println!("  MISSING  {}", m.key);
+        writeln!(out, "  MISSING  {}", m.key)?;
     }
     for d in &r.damaged {
         match &d.problem {
-            Problem::Size { expected, actual } => println!(
+            Problem::Size { expected, actual } => writeln!(
+                out,
                 "  DAMAGED  {}: {actual} bytes stored, the manifest says {expected}",
                 d.key
-            ),
-            Problem::Digest { expected, actual } => println!(
+            )?,
+            Problem::Digest { expected, actual } => writeln!(
+                out,
                 "  DAMAGED  {}: SHA-256 {actual}, the manifest says {expected}",
                 d.key
-            ),
-            Problem::Manifest { reason } => {
-                println!("  DAMAGED  {}: not a readable manifest: {reason}", d.key)
-            }
+            )?,
+            Problem::Manifest { reason } => writeln!(
+                out,
+                "  DAMAGED  {}: not a readable manifest: {reason}",
+                d.key
+            )?,
         }
     }
     if let Some(w) = &r.wal {
-        println!(
+        writeln!(
+            out,
             "  WAL archive: {} files, {}; newest segment {}{}",
             w.files,
             human(w.bytes),
@@ -174,7 +188,7 @@ fn print_report(r: &CheckReport) {
             w.newest_at
                 .map(|t| format!(" (stored {})", t.to_rfc3339()))
                 .unwrap_or_default()
-        );
+        )?;
         for g in &w.gaps {
             let cut = if g.backups.is_empty() {
                 String::new()
@@ -185,39 +199,51 @@ fn print_report(r: &CheckReport) {
                 )
             };
             if g.pending {
-                println!(
+                writeln!(
+ out,
                     "  WAL NOT ARCHIVED YET  timeline {}: {} segment(s), {} to {}, missing after everything archived (a standby's base backup waits for the primary's next segment switch){cut}",
                     g.timeline, g.segments, g.from, g.to
-                );
+                )?;
             } else {
-                println!(
+                writeln!(
+                    out,
                     "  WAL GAP  timeline {}: {} segment(s) missing, {} to {}{cut}",
                     g.timeline, g.segments, g.from, g.to
-                );
+                )?;
             }
         }
         for c in &w.conflicts {
-            println!("  WAL CONFLICT  {c} is archived twice with different content (two servers archiving into this job?)");
+            writeln!(
+ out,"  WAL CONFLICT  {c} is archived twice with different content (two servers archiving into this job?)")?;
         }
     }
     for id in &r.future {
-        println!("  WARNING  backup {id} is dated in the future (later than now plus repository.clock_tolerance): a writer's clock was wrong; scheduling, `latest`, drills and retention ignore it (delete it by hand once checked)");
+        writeln!(
+ out,"  WARNING  backup {id} is dated in the future (later than now plus repository.clock_tolerance): a writer's clock was wrong; scheduling, `latest`, drills and retention ignore it (delete it by hand once checked)")?;
     }
     for f in &r.foreign {
-        println!("  FOREIGN  {}: {} (not refugio's, or written before repository.authentication was configured: never restored, drilled, counted or deleted; delete it by hand once you know what it is)", f.key, f.reason);
+        writeln!(
+ out,"  FOREIGN  {}: {} (not refugio's, or written before repository.authentication was configured: never restored, drilled, counted or deleted; delete it by hand once you know what it is)", f.key, f.reason)?;
     }
     for u in &r.unchecked {
-        println!("  NOT CHECKED  {}: {}", u.key, u.error);
+        writeln!(out, "  NOT CHECKED  {}: {}", u.key, u.error)?;
     }
     for k in &r.receipts_without_manifest {
-        println!("  receipt without manifest (not damage): {k}");
+        writeln!(out, "  receipt without manifest (not damage): {k}")?;
     }
     for k in &r.orphans {
-        println!("  orphan (not damage; `refugio prune` collects it): {k}");
+        writeln!(
+            out,
+            "  orphan (not damage; `refugio prune` collects it): {k}"
+        )?;
     }
     for k in &r.stale_uploads {
-        println!("  stale multipart upload (not damage; `refugio prune` aborts it): {k}");
+        writeln!(
+            out,
+            "  stale multipart upload (not damage; `refugio prune` aborts it): {k}"
+        )?;
     }
+    Ok(())
 }
 
 /// `1 backup`, `2 backups`.

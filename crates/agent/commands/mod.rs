@@ -2,10 +2,10 @@
 //! an operation of refugio-core and prints the report.
 
 mod backup;
-mod check;
+pub mod check;
 mod config_check;
 mod list;
-mod prune;
+pub mod prune;
 mod restore;
 mod verify;
 mod wal;

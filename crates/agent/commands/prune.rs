@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
-use refugio_core::{Clock, FixedClock, SystemClock};
+use refugio_core::SystemClock;
 use refugio_schedule::TaskKind;
 use tokio_util::sync::CancellationToken;
 
@@ -133,24 +133,15 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
     crate::signals::cancel_on_stop(token.clone());
     let mut reports = Vec::new();
     for (opts, job) in jobs {
-        let fixed = a.now.map(FixedClock);
-        let clock: &dyn Clock = match &fixed {
-            Some(c) => c,
-            None => &SystemClock,
-        };
         // A dry run deletes nothing: it needs no lock; nor has a job the
         // config does not name a source to take it on.
         let _lock = match (a.dry_run, job) {
             (false, Some(job)) => crate::lock::for_command(job, TaskKind::Prune).await?,
             _ => None,
         };
-        reports.push(refugio_core::prune(&repo, &opts, clock, &token).await?);
+        reports.push(refugio_core::prune(&repo, &opts, &SystemClock, &token).await?);
     }
-    let code = if reports.iter().any(|r| r.has_errors()) {
-        ExitCode::from(crate::exit::FAILED)
-    } else {
-        ExitCode::SUCCESS
-    };
+    let code = ExitCode::from(exit_code(&reports));
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(code);
@@ -159,6 +150,15 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
         print_report(r);
     }
     Ok(code)
+}
+
+/// The exit code of a prune that produced `reports`.
+pub fn exit_code(reports: &[refugio_core::PruneReport]) -> u8 {
+    if reports.iter().any(|r| r.has_errors()) {
+        crate::exit::FAILED
+    } else {
+        0
+    }
 }
 
 /// One job's prune report, for people.

@@ -1,5 +1,5 @@
 //! The time operations decide by (backup ids, retention, RPO, object-lock
-//! dates), passed in so tests and `prune --now` can fix it.
+//! dates), passed in so tests can fix it.
 
 use chrono::{DateTime, Utc};
 
