@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use refugio_dump::SecretUrl;
+use refugio_print::SecretUrl;
 
 /// refugio: scheduled PostgreSQL backups that are proven by restoring them.
 #[derive(Debug, Parser)]

@@ -107,7 +107,7 @@ impl Job {
             }),
             Err(e) => {
                 tracing::warn!(job = %self.name, source = %spec.redacted(),
-                    error = %refugio_store::error::chain(&e), "source-unidentified");
+                    error = %refugio_print::chain(&e), "source-unidentified");
                 None
             }
         }

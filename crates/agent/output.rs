@@ -1,10 +1,10 @@
 //! Small pieces of human-readable output.
 
-/// An error with its causes, each once (`refugio_store::error::chain`):
+/// An error with its causes, each once (`refugio_print::chain`):
 /// what refugio prints and logs instead of anyhow's `{:#}`, which repeats
 /// the causes that other crates' errors (sqlx's) embed in their message.
 pub fn error_chain(e: &anyhow::Error) -> String {
-    refugio_store::error::chain(e.as_ref())
+    refugio_print::chain(e.as_ref())
 }
 
 /// `12.3 MiB`.

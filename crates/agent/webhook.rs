@@ -157,7 +157,7 @@ impl Webhook {
                     return true;
                 }
                 Ok(r) => format!("HTTP {}", r.status()),
-                Err(e) => refugio_store::error::chain(&e.without_url()),
+                Err(e) => refugio_print::chain(&e.without_url()),
             };
             tracing::warn!(host = self.host(), attempt, attempts = self.attempts, error = %problem,
                 "webhook-failed");

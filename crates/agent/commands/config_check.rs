@@ -170,13 +170,13 @@ async fn restore_target_check(job: &Job) -> Option<Check> {
         (Err(e), _) => fail(format!(
             "could not check which cluster target {} is: {}",
             target.redacted(),
-            refugio_store::error::chain(&e)
+            refugio_print::chain(&e)
         )),
         (Ok(_), Err(e)) => fail(format!(
             "could not check that target {} is not the source's cluster: the source {} did not say which it is: {}",
             target.redacted(),
             source.redacted(),
-            refugio_store::error::chain(&e)
+            refugio_print::chain(&e)
         )),
     })
 }
@@ -185,7 +185,7 @@ async fn restore_target_check(job: &Job) -> Option<Check> {
 async fn repository_check(cfg: &Config) -> Check {
     let repo_what = format!(
         "repository {}",
-        refugio_dump::redact_url(&cfg.repository.url)
+        refugio_print::redact_url(&cfg.repository.url)
     );
     match crate::repo::open(cfg, None).await {
         Ok(repo) => match repo.jobs().await {
@@ -197,7 +197,7 @@ async fn repository_check(cfg: &Config) -> Check {
             Err(e) => Check {
                 what: repo_what,
                 ok: false,
-                detail: refugio_store::error::chain(&e),
+                detail: refugio_print::chain(&e),
             },
         },
         Err(e) => Check {

@@ -8,9 +8,8 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use refugio_dump::snapshot::RowCountMode;
-use refugio_dump::{
-    Compression, DumpFormat, SecretText, SecretUrl, SourceSpec, SslMode, TlsSettings,
-};
+use refugio_dump::{Compression, DumpFormat, SourceSpec, SslMode, TlsSettings};
+use refugio_print::{SecretText, SecretUrl};
 
 use super::retention::RetentionConfig;
 use super::schedule::ScheduleConfig;

@@ -64,7 +64,7 @@ impl Config {
         // TOML's message quotes the offending line, which may be a URL
         // with a password.
         let file: ConfigFile = toml::from_str(text).map_err(|e| {
-            anyhow::anyhow!("{}", refugio_dump::redact_text(e.to_string().trim_end()))
+            anyhow::anyhow!("{}", refugio_print::redact_text(e.to_string().trim_end()))
         })?;
         Config::resolve(file, path)
     }
@@ -191,7 +191,7 @@ fn check_repository(r: &RepositoryConfig, jobs: &[JobConfig]) -> Result<()> {
         if set && !on_s3 {
             bail!(
                 "repository.{field}: only S3 repositories have it; {} is a directory",
-                refugio_dump::redact_url(&r.url)
+                refugio_print::redact_url(&r.url)
             );
         }
     }
@@ -223,7 +223,7 @@ fn check_repository(r: &RepositoryConfig, jobs: &[JobConfig]) -> Result<()> {
         if !matches!(location, refugio_store::RepositoryLocation::S3 { .. }) {
             bail!(
                 "repository.object_lock: object lock needs an S3 repository; {} is not one",
-                refugio_dump::redact_url(&r.url)
+                refugio_print::redact_url(&r.url)
             );
         }
         if !(1..=36500).contains(&lock.days) {

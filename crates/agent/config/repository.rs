@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use refugio_dump::SecretUrl;
+use refugio_print::SecretUrl;
 use refugio_store::location::{ChecksumCalculation, S3Options};
 use refugio_store::s3::{Retries, RetryHook};
 

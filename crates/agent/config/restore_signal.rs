@@ -7,7 +7,8 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use refugio_dump::{redact_url, SecretUrl, SourceSpec};
+use refugio_dump::SourceSpec;
+use refugio_print::{redact_url, SecretUrl};
 
 /// `[jobs.restore_on_signal]`. Its `Debug` redacts the target's password
 /// (its type does).

@@ -97,7 +97,7 @@ impl Agent {
                     self.publish_status(job, &st);
                     out.insert(job.name.clone(), st);
                 }
-                Ok(Err(e)) => error = Some(refugio_store::error::chain(&e)),
+                Ok(Err(e)) => error = Some(refugio_print::chain(&e)),
                 Err(_) => {
                     error = Some(format!(
                         "listing job {} took longer than agent.repository_timeout ({})",

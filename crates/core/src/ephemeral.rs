@@ -229,7 +229,7 @@ impl EphemeralCluster {
                 Err(e) if Instant::now() > deadline => {
                     return Err(err(format!(
                         "the drill cluster did not start: {}; server log: {}",
-                        refugio_store::error::chain(&e),
+                        refugio_print::chain(&e),
                         cluster.log_tail(40)
                     )));
                 }

@@ -619,7 +619,7 @@ async fn delete_batch(
     for id in batch {
         let key = Repository::manifest_key(job, id);
         if let Some((_, e)) = refused.iter().find(|(k, _)| *k == key) {
-            tracing::warn!(job, backup = %id, error = %refugio_store::error::chain(e), "backup-delete-refused");
+            tracing::warn!(job, backup = %id, error = %refugio_print::chain(e), "backup-delete-refused");
             failures.push(failed(key, e));
             continue;
         }
@@ -638,7 +638,7 @@ fn failed(key: String, e: &refugio_store::Error) -> FailedDelete {
     FailedDelete {
         key,
         locked: matches!(e, refugio_store::Error::Locked { .. }),
-        error: refugio_store::error::chain(e),
+        error: refugio_print::chain(e),
     }
 }
 

@@ -32,11 +32,11 @@ use crate::tls::{self, TlsSettings};
 /// Query parameters whose value is a secret, compared after
 /// percent-decoding and ignoring ASCII case: libpq's `password`, and
 /// `sslpassword`. (Any `…password` key is redacted in messages.)
-use crate::redact::PASSWORD_PARAM;
+use refugio_print::redact::PASSWORD_PARAM;
 const SSL_PASSWORD_PARAM: &str = "sslpassword";
 
 /// What is shown instead of a secret.
-use crate::redact::{redact_url, REDACTED};
+use refugio_print::redact::{redact_url, REDACTED};
 
 /// A PostgreSQL connection as configured: URL (libpq URI syntax, unix
 /// sockets as `?host=/dir`), an optional database that overrides the URL's,

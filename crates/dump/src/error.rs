@@ -8,7 +8,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong talking to PostgreSQL or running its tools. A message
 /// never repeats its `#[source]`: print an error with its chain (anyhow's
-/// `{:#}`, `refugio_store::error::chain`), and each cause appears once.
+/// `{:#}`, `refugio_print::chain`), and each cause appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("connecting to {url} failed")]

@@ -6,7 +6,7 @@ use std::io;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong in the repository; fields name the object involved. A
-/// message never repeats its `#[source]`: print an error with [`chain`]
+/// message never repeats its `#[source]`: print an error with [`refugio_print::chain`]
 /// (or anyhow's `{:#}`), and each cause appears once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -164,29 +164,10 @@ impl Error {
     }
 }
 
-/// `e` and its causes, `: `-separated, each once: a cause whose text the
-/// message so far already ends with is left out, for errors of other
-/// crates that embed their source in their message while also returning
-/// it from `source()` (sqlx's "error communicating with database: {0}",
-/// the AWS SDK's). For any error, not only the store's; an
-/// `anyhow::Error` goes in as `e.as_ref()`.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !cause_text.is_empty() && !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use refugio_print::chain;
     use std::error::Error as _;
 
     /// Each cause is printed once by a chain formatter (anyhow's `{:#}`):

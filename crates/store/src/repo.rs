@@ -289,7 +289,7 @@ impl Repository {
             }
             // Another process claimed it at the same moment: give it up.
             if let Err(e) = self.store.delete(&key).await {
-                tracing::warn!(key, error = %crate::error::chain(&e), "orphan-left");
+                tracing::warn!(key, error = %refugio_print::chain(&e), "orphan-left");
             }
             tracing::info!(
                 job,
@@ -320,7 +320,7 @@ impl Repository {
     /// with it, or an orphan the garbage collection removes).
     pub async fn release_claim(&self, claim: &Claim) {
         if let Err(e) = self.store.delete(&claim.key).await {
-            tracing::warn!(key = %claim.key, error = %crate::error::chain(&e), "orphan-left");
+            tracing::warn!(key = %claim.key, error = %refugio_print::chain(&e), "orphan-left");
         }
     }
 

@@ -24,7 +24,7 @@ impl Heartbeat {
                 // A missed beat is retried at the next: prune waits for
                 // several before it calls a claim dead.
                 if let Err(e) = repo.beat(&claim, n).await {
-                    tracing::warn!(backup = %claim.id, error = %refugio_store::error::chain(&e), "heartbeat-missed");
+                    tracing::warn!(backup = %claim.id, error = %refugio_print::chain(&e), "heartbeat-missed");
                 }
             }
         });

@@ -199,7 +199,7 @@ async fn discard(repo: &Repository, job: &str, id: &str, artifacts: &[Artifact])
     for a in artifacts {
         let key = Repository::key(job, id, &a.name);
         if let Err(e) = repo.store().delete(&key).await {
-            tracing::warn!(key, error = %refugio_store::error::chain(&e), "orphan-left");
+            tracing::warn!(key, error = %refugio_print::chain(&e), "orphan-left");
         }
     }
 }

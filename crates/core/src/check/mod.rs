@@ -494,7 +494,7 @@ async fn read_artifact(
     let mut reader = match get_verified(repo.store().as_ref(), key, size, sha256).await {
         Ok(r) => r,
         Err(refugio_store::Error::NotFound { .. }) => return Read::Gone,
-        Err(e) => return Read::Failed(refugio_store::error::chain(&e)),
+        Err(e) => return Read::Failed(refugio_print::chain(&e)),
     };
     let mut buf = vec![0u8; READ_BUFFER];
     let error = loop {
@@ -522,7 +522,7 @@ async fn read_artifact(
                 Ok(None) => Read::Gone,
                 Err(e) => Read::Failed(format!(
                     "the download ended early and the object's size could not be checked: {}",
-                    refugio_store::error::chain(&e)
+                    refugio_print::chain(&e)
                 )),
             }
         }
@@ -538,7 +538,7 @@ async fn read_artifact(
             expected: expected.clone(),
             actual: actual.clone(),
         }),
-        _ => Read::Failed(refugio_store::error::chain(&error)),
+        _ => Read::Failed(refugio_print::chain(&error)),
     }
 }
 

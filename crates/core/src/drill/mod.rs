@@ -251,9 +251,9 @@ async fn drill_once(
     .await;
     if let Err(e) = checked {
         if e.condemns() {
-            tally.bad(&mut receipt, refugio_store::error::chain(&e));
+            tally.bad(&mut receipt, refugio_print::chain(&e));
         } else {
-            tally.unsure(&mut receipt, refugio_store::error::chain(&e));
+            tally.unsure(&mut receipt, refugio_print::chain(&e));
         }
     }
     // The scratch databases go whatever happened; failing to drop one is
@@ -262,7 +262,7 @@ async fn drill_once(
         if let Err(e) = drop_scratch(&admin, name).await {
             receipt.failures.push(format!(
                 "dropping scratch database {name}: {}",
-                refugio_store::error::chain(&e)
+                refugio_print::chain(&e)
             ));
         }
     }

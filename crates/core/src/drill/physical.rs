@@ -59,7 +59,7 @@ pub(super) async fn drill_physical(
                 format!(
                     "listing the WAL archive of job {}: {}",
                     manifest.job,
-                    refugio_store::error::chain(&e)
+                    refugio_print::chain(&e)
                 ),
             );
             None
@@ -76,7 +76,7 @@ pub(super) async fn drill_physical(
             &mut tally,
         );
         if let Err(e) = run.await {
-            let text = refugio_store::error::chain(&e);
+            let text = refugio_print::chain(&e);
             if e.condemns() {
                 tally.bad(&mut receipt, text);
             } else {
@@ -294,7 +294,7 @@ async fn run_check(
             let text = format!(
                 "SQL check {:?}: connecting to database {db} of the restored cluster: {}",
                 check.sql,
-                refugio_store::error::chain(&e)
+                refugio_print::chain(&e)
             );
             receipt.checks.push(SqlCheck {
                 sql: check.sql.clone(),

@@ -116,7 +116,7 @@ pub(crate) async fn check(
             }
             return Err(Error::TargetUnidentified {
                 target: target.redacted(),
-                reason: refugio_store::error::chain(&e),
+                reason: refugio_print::chain(&e),
                 sources: sources
                     .iter()
                     .map(|s| format!("{} (system identifier {})", s.name, s.system_identifier))

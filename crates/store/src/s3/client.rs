@@ -18,8 +18,9 @@ use chrono::{DateTime, Utc};
 
 use super::endpoint;
 use super::retries::{Retries, RetryHook, RetryObserver};
-use crate::error::{chain, Error, Result};
+use crate::error::{Error, Result};
 use crate::rate::RateLimiter;
+use refugio_print::chain;
 
 /// Region used when neither the options nor the AWS chain name one.
 const DEFAULT_REGION: &str = "us-east-1";

@@ -156,7 +156,7 @@ impl Resuming {
             self.resumes,
         );
         tracing::warn!(store = %store.context.store, key = %key, offset, resume = resumes,
-            error = %crate::error::chain(&cause),
+            error = %refugio_print::chain(&cause),
             "store-retry: a download was cut; resuming it from where it stopped");
         if let Some(hook) = &store.on_retry {
             hook("GetObject");

@@ -126,7 +126,7 @@ impl Intercept for RetryObserver {
             let status = context.response().map(|r| r.status().as_u16());
             let text = match status {
                 Some(status) => format!("HTTP {status}"),
-                None => crate::error::chain(error),
+                None => refugio_print::chain(error),
             };
             cfg.interceptor_state().store_put(PreviousFailure(text));
         }

@@ -11,9 +11,9 @@ use serde::Deserialize;
 use url::Url;
 
 /// What a redacted password reads as.
-pub(crate) const REDACTED: &str = "***";
+pub const REDACTED: &str = "***";
 /// The query parameter and conninfo keyword of a password.
-pub(crate) const PASSWORD_PARAM: &str = "password";
+pub const PASSWORD_PARAM: &str = "password";
 
 /// A connection URL that may carry a password (a source, a scratch server,
 /// a restore target, a repository or its endpoint): `Debug` shows it
