@@ -61,19 +61,22 @@ impl Recipients {
         };
         for (n, key) in keys.iter().enumerate() {
             let key = key.as_ref().trim();
-            let parsed = age::x25519::Recipient::from_str(key).map_err(|e| {
-                Error::Encryption(format!(
-                    "{origin}: entry {} ({key:?}) is not an age X25519 recipient (age1…): {e}",
-                    n + 1
-                ))
-            })?;
+            let parsed =
+                age::x25519::Recipient::from_str(key).map_err(|e| Error::NotRecipient {
+                    origin: origin.to_string(),
+                    entry: n + 1,
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                })?;
             if !out.names.iter().any(|k| k == key) {
                 out.names.push(key.to_string());
                 out.keys.push(parsed);
             }
         }
         if out.keys.is_empty() {
-            return Err(Error::Encryption(format!("{origin}: no recipient")));
+            return Err(Error::NoRecipients {
+                origin: origin.to_string(),
+            });
         }
         Ok(out)
     }
@@ -81,8 +84,10 @@ impl Recipients {
     /// Reads a recipients file in `age -R` format: one `age1…` key per
     /// line, `#` comments and blank lines ignored.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Encryption(format!("recipients file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::KeyFile {
+            origin: format!("recipients file {}", path.display()),
+            reason: e.to_string(),
+        })?;
         let keys: Vec<&str> = key_lines(&text).collect();
         Self::parse(&keys, &format!("recipients file {}", path.display()))
     }
@@ -104,8 +109,12 @@ impl Recipients {
     }
 
     fn encryptor(&self) -> Result<age::Encryptor> {
-        age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient))
-            .map_err(|e| Error::Encryption(format!("setting up encryption: {e}")))
+        age::Encryptor::with_recipients(self.keys.iter().map(|k| k as &dyn age::Recipient)).map_err(
+            |e| Error::Age {
+                step: "setting up encryption",
+                reason: e.to_string(),
+            },
+        )
     }
 }
 
@@ -142,8 +151,10 @@ impl Identities {
     /// read is warned about.
     pub fn from_file(path: &Path) -> Result<Self> {
         let origin = format!("identity file {}", path.display());
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Encryption(format!("{origin}: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::KeyFile {
+            origin: origin.clone(),
+            reason: e.to_string(),
+        })?;
         warn_if_exposed(path);
         Self::parse(&text, origin)
     }
@@ -157,11 +168,9 @@ impl Identities {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let key = age::x25519::Identity::from_str(line).map_err(|_| {
-                Error::Encryption(format!(
-                    "{origin}: line {} is not an age X25519 identity (AGE-SECRET-KEY-1…)",
-                    n + 1
-                ))
+            let key = age::x25519::Identity::from_str(line).map_err(|_| Error::NotIdentity {
+                origin: origin.clone(),
+                line: n + 1,
             })?;
             let public = key.to_public().to_string();
             if !publics.contains(&public) {
@@ -170,7 +179,7 @@ impl Identities {
             }
         }
         if keys.is_empty() {
-            return Err(Error::Encryption(format!("{origin}: no identity in it")));
+            return Err(Error::NoIdentities { origin });
         }
         Ok(Identities {
             keys,
@@ -245,7 +254,10 @@ impl<R> Encrypting<R> {
         let writer = recipients
             .encryptor()?
             .wrap_output(sink.clone())
-            .map_err(|e| Error::Encryption(format!("writing the age header: {e}")))?;
+            .map_err(|e| Error::Age {
+                step: "writing the age header",
+                reason: e.to_string(),
+            })?;
         Ok(Encrypting {
             inner,
             writer: Some(writer),
@@ -366,7 +378,10 @@ pub async fn probe(to: &Recipients, identities: Option<&Identities>) -> Result<O
     Encrypting::new(&plain[..], to)?
         .read_to_end(&mut sealed)
         .await
-        .map_err(|e| Error::Encryption(format!("encrypting the probe: {e}")))?;
+        .map_err(|e| Error::Age {
+            step: "encrypting the probe",
+            reason: e.to_string(),
+        })?;
     let Some(ids) = identities else {
         return Ok(None);
     };
@@ -376,7 +391,10 @@ pub async fn probe(to: &Recipients, identities: Option<&Identities>) -> Result<O
             reader
                 .read_to_end(&mut back)
                 .await
-                .map_err(|e| Error::Encryption(format!("decrypting the probe: {e}")))?;
+                .map_err(|e| Error::Age {
+                    step: "decrypting the probe",
+                    reason: e.to_string(),
+                })?;
             Ok(Some(back == plain))
         }
         Err(Error::WrongIdentity { .. }) => Ok(Some(false)),

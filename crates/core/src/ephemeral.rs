@@ -31,8 +31,17 @@ const OWNER_FILE: &str = "refugio-owner.pid";
 const NOBODY: u32 = 65534;
 const PORT: u16 = 5432;
 
-fn err(what: impl Into<String>) -> Error {
-    Error::Ephemeral(what.into())
+/// `action` on `target` (a path or a command) failed with `e`.
+fn io_err(
+    action: &'static str,
+    target: impl std::fmt::Display,
+    e: impl std::fmt::Display,
+) -> Error {
+    Error::EphemeralIo {
+        action,
+        target: target.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// A running throwaway cluster; dropping it stops the server and removes
@@ -83,12 +92,11 @@ fn server_cmd(
 /// `chown -R` to the server's user (files unpacked by root).
 fn chown_tree(path: &Path) -> Result<()> {
     std::os::unix::fs::lchown(path, Some(NOBODY), Some(NOBODY))
-        .map_err(|e| err(format!("chown {}: {e}", path.display())))?;
+        .map_err(|e| io_err("chown", path.display(), e))?;
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
-        let entries =
-            std::fs::read_dir(path).map_err(|e| err(format!("reading {}: {e}", path.display())))?;
+        let entries = std::fs::read_dir(path).map_err(|e| io_err("reading", path.display(), e))?;
         for e in entries {
-            let e = e.map_err(|e| err(format!("reading {}: {e}", path.display())))?;
+            let e = e.map_err(|e| io_err("reading", path.display(), e))?;
             chown_tree(&e.path())?;
         }
     }
@@ -209,13 +217,12 @@ impl EphemeralCluster {
             .arg(&data)
             .output()
             .await
-            .map_err(|e| err(format!("running {}: {e}", initdb.path.display())))?;
+            .map_err(|e| io_err("running", initdb.path.display(), e))?;
         if !out.status.success() {
-            return Err(err(format!(
-                "initdb failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )));
+            return Err(Error::EphemeralInitdb {
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
         }
         cluster.spawn(&[])?;
         let spec = cluster.spec("postgres")?;
@@ -227,11 +234,10 @@ impl EphemeralCluster {
                     break;
                 }
                 Err(e) if Instant::now() > deadline => {
-                    return Err(err(format!(
-                        "the drill cluster did not start: {}; server log: {}",
-                        refugio_print::chain(&e),
-                        cluster.log_tail(40)
-                    )));
+                    return Err(Error::EphemeralStart {
+                        reason: refugio_print::chain(&e),
+                        log: cluster.log_tail(40),
+                    });
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -254,12 +260,12 @@ impl EphemeralCluster {
         let what = format!("a drill of a PostgreSQL {server} base backup (the same major version)");
         let initdb: Tool = tools::find_for(ToolKind::Initdb, server, &what, bindir).await?;
         if initdb.version.major != server.major {
-            return Err(err(format!(
-                "a drill of a PostgreSQL {server} base backup needs PostgreSQL {} binaries; the closest found is {} in {} (set the job's pg_bindir)",
-                server.major,
-                initdb.version,
-                initdb.bindir().display()
-            )));
+            return Err(Error::EphemeralVersion {
+                server: server.to_string(),
+                major: server.major,
+                found: initdb.version.to_string(),
+                bindir: initdb.bindir().display().to_string(),
+            });
         }
         Self::prepare(initdb.version, initdb.bindir(), server_env)
     }
@@ -280,7 +286,7 @@ impl EphemeralCluster {
             .prefix(DIR_PREFIX)
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(&root)
-            .map_err(|e| err(format!("creating a directory in {}: {e}", root.display())))?
+            .map_err(|e| io_err("creating a directory in", root.display(), e))?
             .keep();
         let cluster = EphemeralCluster {
             dir: dir.clone(),
@@ -291,10 +297,10 @@ impl EphemeralCluster {
             bindir: bindir.to_path_buf(),
         };
         std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
-            .map_err(|e| err(format!("writing {}: {e}", dir.join(OWNER_FILE).display())))?;
+            .map_err(|e| io_err("writing", dir.join(OWNER_FILE).display(), e))?;
         if as_root() {
             std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY))
-                .map_err(|e| err(format!("chown {}: {e}", dir.display())))?;
+                .map_err(|e| io_err("chown", dir.display(), e))?;
         }
         Ok(cluster)
     }
@@ -329,9 +335,9 @@ impl EphemeralCluster {
         let data = self.data_dir();
         let hba = self.dir.join("drill_hba.conf");
         std::fs::write(&hba, "local all all trust\n")
-            .map_err(|e| err(format!("writing {}: {e}", hba.display())))?;
+            .map_err(|e| io_err("writing", hba.display(), e))?;
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| err(format!("chmod {}: {e}", data.display())))?;
+            .map_err(|e| io_err("chmod", data.display(), e))?;
         if as_root() {
             chown_tree(&data)?;
             let _ = std::os::unix::fs::chown(&hba, Some(NOBODY), Some(NOBODY));
@@ -352,7 +358,8 @@ impl EphemeralCluster {
     fn spawn(&mut self, settings: &[String]) -> Result<()> {
         let postgres = self.bindir.join("postgres");
         let log_path = self.dir.join("server.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| err(e.to_string()))?;
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| io_err("creating", log_path.display(), e))?;
         if as_root() {
             let _ = std::os::unix::fs::chown(&log_path, Some(NOBODY), Some(NOBODY));
         }
@@ -387,7 +394,7 @@ impl EphemeralCluster {
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| err(format!("starting {}: {e}", postgres.display())))?;
+            .map_err(|e| io_err("starting", postgres.display(), e))?;
         self.lifeline = child.id().and_then(|pid| Lifeline::watch(pid as i32));
         self.server = Some(child);
         Ok(())
@@ -409,11 +416,11 @@ impl EphemeralCluster {
             .kill_on_drop(true)
             .output();
         match tokio::time::timeout(limit, run).await {
-            Ok(out) => out.map_err(|e| err(format!("running /bin/sh -c {command}: {e}"))),
-            Err(_) => Err(err(format!(
-                "{command} did not finish within {}s",
-                limit.as_secs()
-            ))),
+            Ok(out) => out.map_err(|e| io_err("running /bin/sh -c", command, e)),
+            Err(_) => Err(Error::EphemeralTimeout {
+                command: command.to_string(),
+                seconds: limit.as_secs(),
+            }),
         }
     }
 

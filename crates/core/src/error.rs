@@ -34,16 +34,22 @@ pub enum Error {
         available: Vec<String>,
     },
 
-    #[error("on {target}, {} already hold user tables ({}); refusing to restore over them without --clean; nothing was changed", databases.len(), databases.join("; "))]
-    TargetsNotEmpty {
+    /// Target databases that hold user tables, and no `--clean`.
+    #[error("{}", not_empty(target, occupied))]
+    TargetNotEmpty {
         target: String,
-        /// `name (N tables, e.g. schema.table)` each.
-        databases: Vec<String>,
+        /// At least one.
+        occupied: Vec<Occupied>,
     },
 
-    #[error("databases {} do not exist on {target}; pass --create to create them; nothing was changed", databases.join(", "))]
-    TargetsMissing {
+    /// Target databases that do not exist, and no `--create`.
+    #[error("{}", match databases.as_slice() {
+        [one] => format!("target database {one} does not exist on {target}; pass --create to create it"),
+        _ => format!("databases {} do not exist on {target}; pass --create to create them; nothing was changed", databases.join(", ")),
+    })]
+    TargetMissing {
         target: String,
+        /// At least one.
         databases: Vec<String>,
     },
 
@@ -129,14 +135,6 @@ pub enum Error {
     #[error("job {job}: every backup is verified")]
     AllVerified { job: String },
 
-    #[error("target database {database} on {target} already has {tables} user table(s) (e.g. {example}); refusing to restore over it without --clean")]
-    TargetNotEmpty {
-        target: String,
-        database: String,
-        tables: i64,
-        example: String,
-    },
-
     /// The target's server is the backup's (or the job's) source cluster,
     /// by its system identifier, whatever its URL says.
     #[error("target {target} is {source_name}: both are the cluster with system identifier {system_identifier} (the same server, or a replica of it, whatever the URLs say); a restore there would overwrite the data it backs up{hint}; nothing was changed")]
@@ -155,9 +153,6 @@ pub enum Error {
         sources: String,
         hint: String,
     },
-
-    #[error("target database {database} does not exist on {target}; pass --create to create it")]
-    TargetMissing { target: String, database: String },
 
     #[error("backup {backup} has no {kind} artifact")]
     NoArtifact { backup: String, kind: String },
@@ -207,19 +202,77 @@ pub enum Error {
         source: io::Error,
     },
 
-    #[error("applying globals (roles) failed: {0}")]
-    Globals(String),
+    /// psql reported errors applying the globals script (other than
+    /// "already exists"), one line each.
+    #[error("applying globals (roles) failed: {}", errors.join("\n"))]
+    Globals { errors: Vec<String> },
 
-    #[error("ephemeral drill cluster: {0}")]
-    Ephemeral(String),
+    /// A restore tool could not be fed: `what` it was doing, the operating
+    /// system's or the pipe's `reason`.
+    #[error("applying globals (roles) failed: {what}: {reason}")]
+    GlobalsFeed { what: &'static str, reason: String },
+
+    /// A file or process of an ephemeral cluster: `action` (`reading`,
+    /// `chown`, `starting`…) on `target` (a path or a command).
+    #[error("ephemeral drill cluster: {action} {target}: {reason}")]
+    EphemeralIo {
+        action: &'static str,
+        target: String,
+        reason: String,
+    },
+
+    #[error("ephemeral drill cluster: initdb failed ({status}): {stderr}")]
+    EphemeralInitdb { status: String, stderr: String },
+
+    #[error(
+        "ephemeral drill cluster: the drill cluster did not start: {reason}; server log: {log}"
+    )]
+    EphemeralStart { reason: String, log: String },
+
+    /// A physical drill needs binaries of the backup's own major version.
+    #[error("ephemeral drill cluster: a drill of a PostgreSQL {server} base backup needs PostgreSQL {major} binaries; the closest found is {found} in {bindir} (set the job's pg_bindir)")]
+    EphemeralVersion {
+        server: String,
+        major: u32,
+        found: String,
+        bindir: String,
+    },
+
+    #[error("ephemeral drill cluster: {command} did not finish within {seconds}s")]
+    EphemeralTimeout { command: String, seconds: u64 },
 
     #[error("a parallel restore (--jobs > 1) keeps the whole archive in {dir} first: it needs {needed} bytes and {free} are free; free space, choose another --temp-dir, or restore with --jobs 1 (streamed, no temporary file)")]
     NoSpace { dir: String, needed: u64, free: u64 },
 
-    /// Encryption settings or key files that cannot be used (names the
-    /// setting, the file and the line, never key material).
-    #[error("encryption: {0}")]
-    Encryption(String),
+    /// Encryption settings or key files that cannot be used: each names
+    /// the setting or file (`origin`) and the entry or line, never key
+    /// material.
+    #[error("encryption: {origin}: entry {entry} ({key:?}) is not an age X25519 recipient (age1…): {reason}")]
+    NotRecipient {
+        origin: String,
+        entry: usize,
+        /// A public key, not a secret.
+        key: String,
+        reason: String,
+    },
+
+    #[error("encryption: {origin}: no recipient")]
+    NoRecipients { origin: String },
+
+    #[error("encryption: {origin}: line {line} is not an age X25519 identity (AGE-SECRET-KEY-1…)")]
+    NotIdentity { origin: String, line: usize },
+
+    #[error("encryption: {origin}: no identity in it")]
+    NoIdentities { origin: String },
+
+    /// A key file that cannot be read.
+    #[error("encryption: {origin}: {reason}")]
+    KeyFile { origin: String, reason: String },
+
+    /// age itself failed at `step` (`setting up encryption`, `writing the
+    /// age header`, `encrypting the probe`…).
+    #[error("encryption: {step}: {reason}")]
+    Age { step: &'static str, reason: String },
 
     /// An encrypted backup and no identity to decrypt it: nothing was
     /// touched. Not evidence against the backup.
@@ -236,10 +289,30 @@ pub enum Error {
         origin: String,
     },
 
-    /// The WAL archive: a bad file name, a local file that cannot be
-    /// read or written, an archive that holds one name twice.
-    #[error("WAL archive: {0}")]
-    Wal(String),
+    #[error("WAL archive: {given:?} is not a WAL file name (a segment like 000000010000000000000003, a TTTTTTTT.history, a ….backup or a ….partial file)")]
+    NotWalName { given: String },
+
+    /// A local WAL file that cannot be read or written.
+    #[error("WAL archive: {action} {path}: {reason}")]
+    WalFile {
+        action: String,
+        path: String,
+        reason: String,
+    },
+
+    #[error("WAL archive: {path} changed while it was archived (SHA-256 {before} then {after}); nothing was kept")]
+    WalChanged {
+        path: String,
+        before: String,
+        after: String,
+    },
+
+    #[error("WAL archive: {name} is archived twice with different content ({}): two servers archived into job {job}; choose by deleting the wrong one", keys.join(", "))]
+    WalTwice {
+        name: String,
+        keys: Vec<String>,
+        job: String,
+    },
 
     #[error("WAL archive: refusing to overwrite {key} (SHA-256 {existing}) with different content from {path} (SHA-256 {new}); another server may be archiving into this job (give each cluster its own job), or the archive holds WAL of an older cluster; nothing was written")]
     WalOverwrite {
@@ -250,11 +323,63 @@ pub enum Error {
         path: String,
     },
 
-    /// A physical backup or restore that cannot be done as asked
-    /// (tablespaces, a standby without archiving, a non-empty target
-    /// directory, no base backup for a target).
-    #[error("{0}")]
-    Physical(String),
+    /// A physical backup's drill run without the config file.
+    #[error("backup {backup} of job {job} is a physical base backup: its drill needs the config file (the restored cluster fetches WAL through `refugio --config FILE wal-fetch`)")]
+    DrillNeedsConfig { backup: String, job: String },
+
+    #[error("querying the restored cluster: {reason}")]
+    RestoredCluster { reason: String },
+
+    /// A tool (`pg_controldata`, `pg_verifybackup`…) that could not be run.
+    #[error("running {tool}: {reason}")]
+    ToolRun { tool: String, reason: String },
+
+    /// A logical restore asked of a physical backup.
+    #[error("backup {backup} of job {job} is a physical base backup: restore it into a data directory with --physical --target-dir DIR [--to TIME|LSN|latest|immediate]")]
+    PhysicalBackup { backup: String, job: String },
+
+    /// A physical restore asked of a logical backup.
+    #[error("backup {backup} is a logical (pg_dump) backup; restore it without --physical")]
+    LogicalBackup { backup: String },
+
+    /// The target directory of a physical restore: `action` on `path`.
+    #[error("{action} {path}: {reason}")]
+    TargetDir {
+        action: String,
+        path: String,
+        reason: String,
+    },
+
+    #[error("--target-dir {dir} is not empty (it holds {entry:?}, …); a physical restore writes a whole data directory and needs an empty one; nothing was changed")]
+    TargetDirNotEmpty { dir: String, entry: String },
+
+    #[error("unpacking {key}: {reason}")]
+    Unpack { key: String, reason: String },
+
+    #[error("job {job}: reading the cluster's settings on {server}: {reason}")]
+    ClusterSettings {
+        job: String,
+        server: String,
+        reason: String,
+    },
+
+    #[error("job {job}: the cluster at {server} has tablespaces outside its data directory ({tablespaces}); refugio's physical backups cover the data directory only and refuse such a cluster; nothing was written (back it up with a logical job, or move the tablespaces' contents into pg_default)")]
+    Tablespaces {
+        job: String,
+        server: String,
+        tablespaces: String,
+    },
+
+    #[error("job {job}: archive_mode is off on {server}: a physical job's base backups need the WAL archive; set archive_mode = on and archive_command = 'refugio wal-push --job {job} %p' (then restart the server); nothing was written")]
+    ArchiveModeOff { job: String, server: String },
+
+    /// What pg_basebackup produced is not a base backup refugio can keep.
+    #[error("job {job}: base backup {backup}: {why}; nothing was committed")]
+    BaseBackup {
+        job: String,
+        backup: String,
+        why: String,
+    },
 
     #[error("temporary file for a parallel restore in {dir}")]
     TempFile {
@@ -262,6 +387,32 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// A target database that already holds user tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Occupied {
+    pub database: String,
+    pub tables: i64,
+    /// One of its tables, `schema.table`.
+    pub example: String,
+}
+
+fn not_empty(target: &str, occupied: &[Occupied]) -> String {
+    match occupied {
+        [one] => format!(
+            "target database {} on {target} already has {} user table(s) (e.g. {}); refusing to restore over it without --clean; nothing was changed",
+            one.database, one.tables, one.example
+        ),
+        many => format!(
+            "on {target}, {} already hold user tables ({}); refusing to restore over them without --clean; nothing was changed",
+            many.len(),
+            many.iter()
+                .map(|o| format!("{} ({} tables, e.g. {})", o.database, o.tables, o.example))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 impl Error {

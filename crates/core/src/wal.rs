@@ -203,9 +203,9 @@ async fn find(repo: &Repository, job: &str, name: &WalName) -> Result<Vec<WalObj
 }
 
 fn wal_name(given: &str) -> Result<WalName> {
-    WalName::parse(given).ok_or_else(|| Error::Wal(format!(
-        "{given:?} is not a WAL file name (a segment like 000000010000000000000003, a TTTTTTTT.history, a ….backup or a ….partial file)"
-    )))
+    WalName::parse(given).ok_or_else(|| Error::NotWalName {
+        given: given.to_string(),
+    })
 }
 
 /// WAL that retention removes.
@@ -313,7 +313,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for Digesting<R> {
 }
 
 fn local(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::Wal(format!("{what} {}: {e}", path.display()))
+    Error::WalFile {
+        action: what.to_string(),
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
 }
 
 async fn digest_file(path: &Path) -> Result<(String, u64)> {
@@ -417,10 +421,11 @@ pub async fn push(repo: &Repository, opts: &WalPushOptions) -> Result<WalPushRep
     let again = hex::encode(h.finalize());
     if again != sha256 || n != raw_size {
         let _ = repo.store().delete(&key).await;
-        return Err(Error::Wal(format!(
-            "{} changed while it was archived (SHA-256 {sha256} then {again}); nothing was kept",
-            opts.path.display()
-        )));
+        return Err(Error::WalChanged {
+            path: opts.path.display().to_string(),
+            before: sha256,
+            after: again,
+        });
     }
     Ok(WalPushReport {
         key,
@@ -469,16 +474,15 @@ pub async fn fetch(repo: &Repository, opts: &WalFetchOptions) -> Result<WalFetch
                     reason,
                 })),
                 None => Ok(WalFetched::NotFound),
-            }
+            };
         }
         [one] => one,
         many => {
-            return Err(Error::Wal(format!(
-                "{} is archived twice with different content ({}): two servers archived into job {}; choose by deleting the wrong one",
-                name.name,
-                many.iter().map(|o| o.key.as_str()).collect::<Vec<_>>().join(", "),
-                opts.job
-            )))
+            return Err(Error::WalTwice {
+                name: name.name.clone(),
+                keys: many.iter().map(|o| o.key.clone()).collect(),
+                job: opts.job.clone(),
+            })
         }
     };
     let reader = repo.store().get(&object.key).await?;

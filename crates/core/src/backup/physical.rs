@@ -41,11 +41,10 @@ async fn inspect(opts: &BackupOptions) -> Result<Cluster> {
         .with_database(&opts.source.database().unwrap_or_else(|| "postgres".into()));
     let mut conn = source.connect().await?;
     let facts = snapshot::server_facts(&mut conn, &source).await?;
-    let q = |e: sqlx::Error| {
-        Error::Physical(format!(
-            "job {job}: reading the cluster's settings on {}: {e}",
-            source.redacted()
-        ))
+    let q = |e: sqlx::Error| Error::ClusterSettings {
+        job: job.to_string(),
+        server: source.redacted(),
+        reason: e.to_string(),
     };
     let row = conn
         .fetch_one(
@@ -61,19 +60,20 @@ async fn inspect(opts: &BackupOptions) -> Result<Cluster> {
     let archive_mode: String = row.get("archive_mode");
     let tablespaces: String = row.get("tablespaces");
     if !tablespaces.is_empty() {
-        return Err(Error::Physical(format!(
-            "job {job}: the cluster at {} has tablespaces outside its data directory ({tablespaces}); refugio's physical backups cover the data directory only and refuse such a cluster; nothing was written (back it up with a logical job, or move the tablespaces' contents into pg_default)",
-            source.redacted()
-        )));
+        return Err(Error::Tablespaces {
+            job: job.to_string(),
+            server: source.redacted(),
+            tablespaces,
+        });
     }
     // A standby's own archive_mode says nothing: its primary archives
     // the WAL the base backup needs (into this job, by the operator's
     // setup; the drill and `check` find out if it does not).
     if archive_mode == "off" && !facts.in_recovery {
-        return Err(Error::Physical(format!(
-            "job {job}: archive_mode is off on {}: a physical job's base backups need the WAL archive; set archive_mode = on and archive_command = 'refugio wal-push --job {job} %p' (then restart the server); nothing was written",
-            source.redacted()
-        )));
+        return Err(Error::ArchiveModeOff {
+            job: job.to_string(),
+            server: source.redacted(),
+        });
     }
     let seg: i64 = row.get("seg");
     Ok(Cluster {
@@ -244,10 +244,10 @@ fn label_and_stop(
     id: &str,
     seen: &basebackup::Captured,
 ) -> Result<(BackupLabel, refugio_dump::wal::Lsn)> {
-    let bad = |why: String| {
-        Error::Physical(format!(
-            "job {job}: base backup {id}: {why}; nothing was committed"
-        ))
+    let bad = |why: String| Error::BaseBackup {
+        job: job.to_string(),
+        backup: id.to_string(),
+        why,
     };
     let label = seen
         .files

@@ -42,10 +42,10 @@ pub(super) async fn drill_physical(
 ) -> Result<Receipt> {
     let Some(how) = &opts.physical else {
         // Not evidence against the backup: no receipt.
-        return Err(Error::Physical(format!(
-            "backup {} of job {} is a physical base backup: its drill needs the config file (the restored cluster fetches WAL through `refugio --config FILE wal-fetch`)",
-            manifest.backup_id, manifest.job
-        )));
+        return Err(Error::DrillNeedsConfig {
+            backup: manifest.backup_id.clone(),
+            job: manifest.job.clone(),
+        });
     };
     let started = Instant::now();
     let mut receipt = new_receipt(manifest, opts, now, "ephemeral");
@@ -404,7 +404,9 @@ fn substitute(command: &str, file: &str, path: &str) -> String {
 
 /// A query on the restored cluster that failed: could not check.
 fn restored_query(e: sqlx::Error) -> Error {
-    Error::Physical(format!("querying the restored cluster: {e}"))
+    Error::RestoredCluster {
+        reason: e.to_string(),
+    }
 }
 
 fn missing_database(e: &refugio_dump::Error) -> bool {
@@ -439,7 +441,10 @@ async fn verify_files(
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| Error::Physical(format!("running {}: {e}", tool.path.display())))?;
+        .map_err(|e| Error::ToolRun {
+            tool: tool.path.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let text = String::from_utf8_lossy(if out.status.success() {
         &out.stdout
     } else {

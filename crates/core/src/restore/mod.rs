@@ -211,10 +211,10 @@ pub(crate) async fn restore_into(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport> {
     if manifest.is_physical() {
-        return Err(Error::Physical(format!(
-            "backup {} of job {} is a physical base backup: restore it into a data directory with --physical --target-dir DIR [--to TIME|LSN|latest|immediate]",
-            manifest.backup_id, manifest.job
-        )));
+        return Err(Error::PhysicalBackup {
+            backup: manifest.backup_id.clone(),
+            job: manifest.job.clone(),
+        });
     }
     let units = units_of(manifest)?;
     let available = || units.iter().map(|u| u.database.to_string()).collect();
@@ -437,14 +437,14 @@ async fn apply_globals(
     let frame = script_frame(&psql, &key, false)?;
     let target = opts.target.with_database("postgres");
     let mut child = spawn::psql(&psql, &target, false, false)?;
-    let stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| Error::Globals("psql stdin not piped".into()))?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| Error::Globals("psql stderr not piped".into()))?;
+    let stdin = child.stdin.take().ok_or(Error::GlobalsFeed {
+        what: "psql stdin",
+        reason: "not piped".into(),
+    })?;
+    let stderr = child.stderr.take().ok_or(Error::GlobalsFeed {
+        what: "psql stderr",
+        reason: "not piped".into(),
+    })?;
     let (tail, task) = StderrTail::collect("psql", stderr);
     let fed = feed_script(&sql[..], stdin, &frame).await;
     if let Err(FeedError::Refused(refused)) = fed {
@@ -456,7 +456,10 @@ async fn apply_globals(
     }
     check_exit("psql", &mut child, &tail, Some(task)).await?;
     if let Err(FeedError::Sink(e) | FeedError::Source(e)) = fed {
-        return Err(Error::Globals(format!("writing to psql: {e}")));
+        return Err(Error::GlobalsFeed {
+            what: "writing to psql",
+            reason: e.to_string(),
+        });
     }
     let text = tail.text();
     if let Some(e) = restricted_refusal(&key, &text) {
@@ -475,7 +478,7 @@ async fn apply_globals(
         .map(str::to_string)
         .collect();
     if !unexpected.is_empty() {
-        return Err(Error::Globals(unexpected.join("\n")));
+        return Err(Error::Globals { errors: unexpected });
     }
     Ok(())
 }

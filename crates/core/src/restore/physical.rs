@@ -187,7 +187,11 @@ pub struct PhysicalRestoreReport {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::Physical(format!("{what} {}: {e}", path.display()))
+    Error::TargetDir {
+        action: what.to_string(),
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// Refuses a directory that holds anything; creates a missing one (0700).
@@ -195,11 +199,10 @@ fn prepare_dir(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if let Some(Ok(e)) = entries.next() {
-                return Err(Error::Physical(format!(
-                    "--target-dir {} is not empty (it holds {:?}, …); a physical restore writes a whole data directory and needs an empty one; nothing was changed",
-                    dir.display(),
-                    e.file_name()
-                )));
+                return Err(Error::TargetDirNotEmpty {
+                    dir: dir.display().to_string(),
+                    entry: e.file_name().to_string_lossy().into_owned(),
+                });
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -220,12 +223,12 @@ pub async fn restore_physical(
     opts: &PhysicalRestoreOptions,
 ) -> Result<PhysicalRestoreReport> {
     let started = Instant::now();
-    let physical = manifest.physical.as_ref().ok_or_else(|| {
-        Error::Physical(format!(
-            "backup {} is a logical (pg_dump) backup; restore it without --physical",
-            manifest.backup_id
-        ))
-    })?;
+    let physical = manifest
+        .physical
+        .as_ref()
+        .ok_or_else(|| Error::LogicalBackup {
+            backup: manifest.backup_id.clone(),
+        })?;
     prepare_dir(&opts.target_dir)?;
     let fetched = unpack_base(
         repo,
@@ -305,7 +308,10 @@ pub(crate) async fn unpack_base(
         Ok::<_, UnpackError>(())
     })
     .await
-    .map_err(|e| Error::Physical(format!("unpacking {key}: {e}")))?;
+    .map_err(|e| Error::Unpack {
+        key: key.clone(),
+        reason: e.to_string(),
+    })?;
     match unpacked {
         Ok(()) => Ok(art.stored_size),
         Err(UnpackError::Io(e)) => Err(explain(repo, &key, art, e, raw).await),

@@ -215,42 +215,27 @@ pub(super) async fn preflight(
             }
         }
         if state.tables > 0 && !opts.clean {
-            occupied.push((database.clone(), state));
+            occupied.push(crate::error::Occupied {
+                database: database.clone(),
+                tables: state.tables,
+                example: state.example,
+            });
         }
         names.push(database);
     }
     let server = opts.target.redacted();
-    match (missing.as_slice(), occupied.as_slice(), plan.len()) {
-        ([], [], _) => {}
-        ([one], _, 1) => {
-            return Err(Error::TargetMissing {
-                target: server,
-                database: one.clone(),
-            })
-        }
-        (_, [(one, state)], 1) => {
-            return Err(Error::TargetNotEmpty {
-                target: server,
-                database: one.clone(),
-                tables: state.tables,
-                example: state.example.clone(),
-            })
-        }
-        (_, [_, ..], _) => {
-            return Err(Error::TargetsNotEmpty {
-                target: server,
-                databases: occupied
-                    .iter()
-                    .map(|(d, s)| format!("{d} ({} tables, e.g. {})", s.tables, s.example))
-                    .collect(),
-            })
-        }
-        (_, [], _) => {
-            return Err(Error::TargetsMissing {
-                target: server,
-                databases: missing,
-            })
-        }
+    // Occupied databases first: they are what --clean would overwrite.
+    if !occupied.is_empty() {
+        return Err(Error::TargetNotEmpty {
+            target: server,
+            occupied,
+        });
+    }
+    if !missing.is_empty() {
+        return Err(Error::TargetMissing {
+            target: server,
+            databases: missing,
+        });
     }
     for (to, database) in to_create {
         create(to, &database).await?;
