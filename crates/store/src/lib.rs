@@ -95,13 +95,6 @@ pub trait ObjectStore: Send + Sync + fmt::Debug + 'static {
     /// retention (which stores without object lock refuse).
     async fn put(&self, key: &str, data: Bytes, opts: PutOptions<'_>) -> Result<()>;
 
-    /// A limiter that [`upload::upload_stream`] must read the data through,
-    /// for stores that cannot pace their own writes (a directory under
-    /// `upload_rate_limit`: [`rate::LimitedStore`]). Default none.
-    fn upload_limiter(&self) -> Option<std::sync::Arc<rate::RateLimiter>> {
-        None
-    }
-
     /// `Some(n)`: this store takes parts of any size and any number of
     /// them, and [`upload::upload_stream`] cuts every stream into parts of
     /// `n` bytes, whatever the upload options say. `None` (S3, the

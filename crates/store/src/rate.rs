@@ -9,23 +9,22 @@
 //! number of concurrent senders the bytes add up to the rate, with no
 //! burst beyond one chunk. The S3 store paces every request body it sends
 //! chunk by chunk (`s3::paced`), which is what keeps a link from filling;
-//! a directory store is wrapped in [`LimitedStore`], whose uploads are read
-//! through [`Paced`] by [`crate::upload::upload_stream`], so parts fill at
-//! the rate and are written in part-sized bursts. Memory is unchanged:
+//! a directory store is wrapped in [`LimitedStore`], which paces its own
+//! artifact writes part by part (parts of 128 KiB), so uploaders know
+//! nothing of the limit. Memory is unchanged:
 //! pacing holds back the same bounded part buffers, and a slow send slows
 //! the producer (pg_dump) as a slow store does.
 
 use crate::PutOptions;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use tokio::io::{AsyncRead, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use futures::FutureExt;
+use tokio::time::Instant;
 
 use crate::error::Result;
 use crate::lock::{LockProbe, Retention};
@@ -86,66 +85,26 @@ impl RateLimiter {
         start
     }
 
+    /// Reserves the next `bytes` and returns when their slot ends: when
+    /// they have been sent at the limit.
+    pub fn slot_end(&self, bytes: usize) -> Instant {
+        self.reserve(bytes) + self.length(bytes)
+    }
+
     /// How long sending `bytes` takes at the limit.
     pub fn length(&self, bytes: usize) -> Duration {
         Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64)
     }
 }
 
-/// An `AsyncRead` that delivers at most the limiter's rate: each read of
-/// up to one chunk reserves its slot, and the next read waits for the
-/// slot's end.
-pub struct Paced<R> {
-    inner: R,
-    limiter: Option<Arc<RateLimiter>>,
-    wait: Option<Pin<Box<Sleep>>>,
-}
-
-impl<R> Paced<R> {
-    /// `inner` paced by `limiter`; without one, `inner` as it is.
-    pub fn new(inner: R, limiter: Option<Arc<RateLimiter>>) -> Self {
-        Paced {
-            inner,
-            limiter,
-            wait: None,
-        }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Paced<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        let Some(limiter) = this.limiter.clone() else {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        };
-        if let Some(wait) = this.wait.as_mut() {
-            if std::future::Future::poll(wait.as_mut(), cx).is_pending() {
-                return Poll::Pending;
-            }
-            this.wait = None;
-        }
-        let room = buf.remaining().min(limiter.chunk());
-        let mut chunk = ReadBuf::new(buf.initialize_unfilled_to(room));
-        let result = Pin::new(&mut this.inner).poll_read(cx, &mut chunk);
-        let read = chunk.filled().len();
-        if let Poll::Ready(Ok(())) = &result {
-            buf.advance(read);
-            if read > 0 {
-                let end = limiter.reserve(read) + limiter.length(read);
-                this.wait = Some(Box::pin(tokio::time::sleep_until(end)));
-            }
-        }
-        result
-    }
-}
-
-/// A store whose artifact uploads go at most at the limiter's rate: it
-/// hands the limiter to [`crate::upload::upload_stream`], which reads the
-/// data through [`Paced`]; everything else is the inner store's.
+/// A store whose artifact uploads go at most at the limiter's rate, paced
+/// by the store itself (as object_store's `ThrottledStore`), so uploaders
+/// need not know: an artifact `put` waits for its slot on the limiter's
+/// timeline, then writes; a multipart upload hands each part to the inner
+/// upload at once (parts keep their call order) and reports it stored no
+/// earlier than its slot's end, so an uploader, which bounds the parts in
+/// flight, is held to the rate and the store is at most those parts ahead
+/// of it. Everything else is the inner store's.
 #[derive(Debug)]
 pub struct LimitedStore {
     inner: Arc<dyn ObjectStore>,
@@ -163,17 +122,20 @@ impl ObjectStore for LimitedStore {
     fn describe(&self) -> String {
         self.inner.describe()
     }
-    fn upload_limiter(&self) -> Option<Arc<RateLimiter>> {
-        Some(Arc::clone(&self.limiter))
-    }
     fn fixed_part_size(&self) -> Option<usize> {
         self.inner.fixed_part_size()
     }
     async fn put(&self, key: &str, data: Bytes, opts: PutOptions<'_>) -> Result<()> {
+        if opts.artifact {
+            tokio::time::sleep_until(self.limiter.slot_end(data.len())).await;
+        }
         self.inner.put(key, data, opts).await
     }
     async fn put_multipart(&self, key: &str) -> Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart(key).await
+        Ok(Box::new(PacedUpload {
+            inner: self.inner.put_multipart(key).await?,
+            limiter: Arc::clone(&self.limiter),
+        }))
     }
     async fn get(&self, key: &str) -> Result<ByteReader> {
         self.inner.get(key).await
@@ -210,6 +172,35 @@ impl ObjectStore for LimitedStore {
     }
 }
 
+/// A multipart upload of a [`LimitedStore`]: each part resolves no earlier
+/// than the end of its slot, reserved when the part is handed over.
+struct PacedUpload {
+    inner: Box<dyn MultipartUpload>,
+    limiter: Arc<RateLimiter>,
+}
+
+#[async_trait]
+impl MultipartUpload for PacedUpload {
+    fn put_part(&mut self, data: Bytes) -> BoxFuture<'static, Result<()>> {
+        let end = self.limiter.slot_end(data.len());
+        let part = self.inner.put_part(data);
+        async move {
+            part.await?;
+            tokio::time::sleep_until(end).await;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    async fn complete(self: Box<Self>) -> Result<()> {
+        self.inner.complete().await
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        self.inner.abort().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,42 +229,60 @@ mod tests {
         assert_eq!(RateLimiter::new(1).chunk(), 1024);
     }
 
-    /// Two readers sharing a limiter deliver every byte and take as long
-    /// as their total at the rate (paused clock: exact).
+    /// Two uploads through one limited store, each a put and parts, take
+    /// as long as their total at the rate (paused clock: exact), and store
+    /// every byte in order.
     #[tokio::test(start_paused = true)]
-    async fn paced_readers_share_the_rate() {
-        let limiter = RateLimiter::new(64 * 1024);
-        let data = vec![7u8; 128 * 1024];
+    async fn a_limited_store_paces_its_artifact_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inner: Arc<dyn ObjectStore> =
+            Arc::new(crate::fs::FsStore::new(dir.path()).expect("store"));
+        let store = LimitedStore::new(inner, RateLimiter::new(64 * 1024));
+        let data: Vec<u8> = (0..128 * 1024).map(|i| (i % 251) as u8).collect();
         let started = Instant::now();
-        let read = |limiter: Arc<RateLimiter>, data: Vec<u8>| async move {
+        let upload = |key: &'static str| {
+            let (store, data) = (&store, data.clone());
+            async move {
+                let mut up = store.put_multipart(key).await.expect("start");
+                let parts: Vec<_> = data
+                    .chunks(32 * 1024)
+                    .map(|c| up.put_part(Bytes::copy_from_slice(c)))
+                    .collect();
+                for p in parts {
+                    p.await.expect("part");
+                }
+                up.complete().await.expect("complete");
+            }
+        };
+        tokio::join!(upload("a"), upload("b"));
+        // 256 KiB at 64 KiB/s: 4 s (the timer rounds each wait up to the
+        // next millisecond).
+        let took = started.elapsed().as_secs_f64();
+        assert!((4.0..4.05).contains(&took), "took {took} s");
+        for key in ["a", "b"] {
             let mut out = Vec::new();
-            Paced::new(&data[..], Some(limiter))
+            store
+                .get(key)
+                .await
+                .expect("get")
                 .read_to_end(&mut out)
                 .await
                 .expect("read");
-            out
-        };
-        let (a, b) = tokio::join!(
-            read(Arc::clone(&limiter), data.clone()),
-            read(Arc::clone(&limiter), data.clone())
-        );
-        assert_eq!((a, b), (data.clone(), data));
-        // 256 KiB at 64 KiB/s: 4 s (the EOF read waits for the last slot's end).
-        // (The timer rounds each wait up to the next millisecond.)
-        let took = started.elapsed().as_secs_f64();
-        assert!((4.0..4.05).contains(&took), "took {took} s");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn without_a_limiter_a_paced_reader_is_its_inner_reader() {
-        let data = vec![1u8; 1 << 20];
+            assert_eq!(out, data, "{key}");
+        }
+        // An artifact put waits for its slot; anything else does not.
         let started = Instant::now();
-        let mut out = Vec::new();
-        Paced::new(&data[..], None)
-            .read_to_end(&mut out)
+        let body = Bytes::from(vec![0u8; 64 * 1024]);
+        store
+            .put("m", body.clone(), PutOptions::default())
             .await
-            .expect("read");
-        assert_eq!(out, data);
+            .expect("put");
         assert_eq!(started.elapsed(), Duration::ZERO);
+        store
+            .put("p", body, PutOptions::ARTIFACT)
+            .await
+            .expect("put");
+        let took = started.elapsed().as_secs_f64();
+        assert!((0.9..1.05).contains(&took), "took {took} s");
     }
 }

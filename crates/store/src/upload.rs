@@ -9,7 +9,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Error, Result};
-use crate::rate::Paced;
 use crate::{MultipartUpload, ObjectStore, PutOptions, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 
 /// Parts per part-size step: the part size doubles every this many parts.
@@ -189,14 +188,13 @@ async fn read_part<R: AsyncRead + Unpin>(
 pub async fn upload_stream(
     store: &dyn ObjectStore,
     key: &str,
-    reader: impl AsyncRead + Unpin + Send,
+    mut reader: impl AsyncRead + Unpin + Send,
     opts: &UploadOptions,
 ) -> Result<UploadOutcome> {
     let base = base_part_size(opts);
     let fixed = store.fixed_part_size();
     let size_of = |index: usize| fixed.unwrap_or_else(|| part_size_for(index, base));
     let concurrency = opts.concurrency.max(1);
-    let mut reader = Paced::new(reader, store.upload_limiter());
     let mut hasher = Sha256::new();
     let source_error = |source| Error::Source {
         key: key.to_string(),
