@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use refugio_core::{
     BackupOptions, CheckOptions, DrillOptions, JobKind, LogicalOptions, PruneOptions, Scratch,
 };
+use refugio_core::wal::{WalFetchOptions, WalPushOptions};
 use refugio_dump::pattern::DatabaseScope;
 use refugio_dump::{Compression, DumpFormat, SourceSpec};
 use refugio_schedule::{TaskKind, Trigger};
@@ -267,6 +268,28 @@ impl Job {
             batch,
             self.kind == JobKind::Physical,
         ))
+    }
+
+    /// Options of archiving the WAL file `path` (relative to the data
+    /// directory) into this job.
+    pub fn wal_push_options(&self, path: PathBuf) -> Result<WalPushOptions> {
+        Ok(WalPushOptions {
+            job: self.name.clone(),
+            path,
+            compression: self.config.compression,
+            compression_level: self.config.compression_level,
+            encryption: self.repository.recipients()?,
+        })
+    }
+
+    /// Options of fetching WAL file `name` of this job's archive to `dest`.
+    pub fn wal_fetch_options(&self, name: String, dest: PathBuf) -> Result<WalFetchOptions> {
+        Ok(WalFetchOptions {
+            job: self.name.clone(),
+            name,
+            dest,
+            identities: self.repository.identities()?,
+        })
     }
 
     /// Options of a repository check of this job.

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
-use refugio_core::wal::{self, WalFetchOptions, WalFetched, WalPushOptions};
+use refugio_core::wal::{self, WalFetched};
 use refugio_core::JobKind;
 
 use crate::cli::{WalFetchArgs, WalPushArgs};
@@ -69,13 +69,7 @@ pub async fn wal_push(cfg: Config, a: WalPushArgs) -> Result<ExitCode> {
     let job = physical_job(&cfg, a.job.as_deref(), "wal-push")?;
     let t = Instant::now();
     let repo = crate::repo::open(&cfg, None).await?;
-    let opts = WalPushOptions {
-        job: job.name.clone(),
-        path: a.path.clone(),
-        compression: job.config.compression,
-        compression_level: job.config.compression_level,
-        encryption: cfg.repository.recipients().map_err(usage)?,
-    };
+    let opts = job.wal_push_options(a.path.clone()).map_err(usage)?;
     let report = wal::push(&repo, &opts)
         .await
         .with_context(|| format!("archiving {} for job {}", a.path.display(), job.name))?;
@@ -92,12 +86,9 @@ pub async fn wal_fetch(cfg: Config, a: WalFetchArgs) -> Result<ExitCode> {
     let job = physical_job(&cfg, a.job.as_deref(), "wal-fetch")?;
     let t = Instant::now();
     let repo = crate::repo::open_existing_reader(&cfg).await?;
-    let opts = WalFetchOptions {
-        job: job.name.clone(),
-        name: a.name.clone(),
-        dest: a.dest.clone(),
-        identities: cfg.repository.identities().map_err(usage)?,
-    };
+    let opts = job
+        .wal_fetch_options(a.name.clone(), a.dest.clone())
+        .map_err(usage)?;
     match wal::fetch(&repo, &opts).await {
         Ok(WalFetched::Restored { key, bytes }) => {
             tracing::info!(job = %job.name, key, bytes, seconds = t.elapsed().as_secs_f64(), "wal-fetched");
