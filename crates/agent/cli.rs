@@ -53,6 +53,10 @@ pub enum Command {
     Backup(BackupArgs),
     /// List the committed backups, newest first.
     List(ListArgs),
+    /// Each job against its targets: last backup, newest verified backup
+    /// and the RPO, last drill and the RTO, pins, the WAL archive. Exits 1
+    /// when a target is missed.
+    Status(StatusArgs),
     /// Restore a backup into a database.
     Restore(RestoreArgs),
     /// Run a restore drill: restore into a scratch database, check, measure RPO/RTO, record a receipt.
@@ -115,6 +119,18 @@ pub struct ListArgs {
     #[command(flatten)]
     pub repo: RepoArgs,
     /// JSON output (an array of manifests).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Job to show. Default: every job of the config and the repository.
+    #[arg(long)]
+    pub job: Option<String>,
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// JSON output (an array, one object per job).
     #[arg(long)]
     pub json: bool,
 }

@@ -21,7 +21,8 @@ pub fn usage(e: anyhow::Error) -> anyhow::Error {
 pub struct CouldNotCheck(anyhow::Error);
 
 /// The operation failed: a backup, restore or prune; `verify`: the drill
-/// failed; `check`: damage; `wal-fetch`: the file is not archived.
+/// failed; `check`: damage; `status`: a target is missed; `wal-fetch`:
+/// the file is not archived.
 pub const FAILED: u8 = 1;
 /// Bad usage or an invalid configuration (clap's and ours).
 pub const USAGE: u8 = 2;
@@ -38,12 +39,12 @@ pub const CODES: &[(u8, &str)] = &[
     (0, "success"),
     (
         FAILED,
-        "the operation failed: a backup, restore or prune; `verify`: the drill failed (the backup is bad, or a target was missed); `check`: damage; `wal-fetch`: the file is not archived",
+        "the operation failed: a backup, restore or prune; `verify`: the drill failed (the backup is bad, or a target was missed); `check`: damage; `status`: a target is missed; `wal-fetch`: the file is not archived",
     ),
     (USAGE, "bad usage or an invalid configuration"),
     (
         COULD_NOT_CHECK,
-        "could not check: `verify` inconclusive (a foreign backup included), `check` could not look at everything",
+        "could not check: `verify` inconclusive (a foreign backup included), `check` could not look at everything, `status` could not read the repository",
     ),
     (
         FETCH_FAILED,

@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use refugio_core::wal::{WalFetchOptions, WalPushOptions};
 use refugio_core::{
     BackupOptions, CheckOptions, DrillOptions, JobKind, LogicalOptions, PruneOptions, Scratch,
 };
-use refugio_core::wal::{WalFetchOptions, WalPushOptions};
 use refugio_dump::pattern::DatabaseScope;
 use refugio_dump::{Compression, DumpFormat, SourceSpec};
 use refugio_schedule::{TaskKind, Trigger};
@@ -290,6 +290,14 @@ impl Job {
             dest,
             identities: self.repository.identities()?,
         })
+    }
+
+    /// The targets its status is judged against.
+    pub fn targets(&self) -> refugio_core::status::Targets {
+        refugio_core::status::Targets {
+            rpo: self.config.targets.rpo,
+            rto: self.config.targets.rto,
+        }
     }
 
     /// Options of a repository check of this job.

@@ -39,6 +39,7 @@ mod server_jobs;
 mod snapshot_metrics;
 mod snapshot_support;
 mod snapshots;
+mod status;
 mod store_faults;
 mod target_identity;
 mod zero_config;

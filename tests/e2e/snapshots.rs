@@ -312,6 +312,7 @@ url = {url:?}
 name = "trips"
 source = "postgres://refugio@127.0.0.1:1/trips"
 retention = {{ keep_last = 2, keep_daily = 3, keep_weekly = 2, min_verified = 1, gc_grace = "24h" }}
+targets = {{ rpo = "6h", rto = "2h" }}
 
 [[jobs]]
 name = "billing"
@@ -340,6 +341,34 @@ fn list_json_of_a_fixed_repository() -> Result<()> {
     )?;
     // The exact text: key order, number formatting and indentation included.
     insta::assert_snapshot!("list_json", out);
+    Ok(())
+}
+
+/// `refugio status`, text and `--json`, of every job at [`NOW`]: the
+/// report made in-process with the jobs resolved from the config (kind,
+/// targets), printed as the binary prints it.
+#[tokio::test]
+async fn status_of_a_fixed_repository() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = tmp.path().join("repo");
+    fixed_repository(&repo)?;
+    let config = fixed_config(tmp.path(), &repo)?;
+    let cfg = refugio::config::Config::load(&config)?;
+    let repository = open_repository(&cfg, &Repo::Dir(repo.clone())).await?;
+    let mut reports = Vec::new();
+    let mut text = String::new();
+    for name in ["trips", "billing"] {
+        let job = cfg.job(Some(name))?;
+        let r =
+            refugio_core::status::report(&repository, name, Some(job.kind), job.targets(), at(NOW))
+                .await?;
+        text.push_str(&refugio::commands::status::report_text(&r, at(NOW)));
+        reports.push(r);
+    }
+    // trips: its newest verified backup is 12 hours old against 6.
+    assert_eq!(refugio::commands::status::exit_code(&reports), 1);
+    insta::assert_snapshot!("status_text", text);
+    insta::assert_snapshot!("status_json", serde_json::to_string_pretty(&reports)?);
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod config_check;
 mod list;
 pub mod prune;
 mod restore;
+pub mod status;
 mod verify;
 mod wal;
 
@@ -54,6 +55,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Ok(cfg) => match cli.command {
             Command::Backup(a) => backup::backup(cfg, a).await,
             Command::List(a) => list::list(cfg, a).await,
+            Command::Status(a) => status::status(cfg, a).await,
             Command::Restore(a) => restore::restore(cfg, a, cli.config.clone()).await,
             Command::Verify(a) => verify::verify(cfg, a).await,
             Command::Prune(a) => prune::prune(cfg, a).await,

@@ -148,9 +148,9 @@ impl Agent {
         // The age is taken when asked (a scrape, /readyz), so it grows
         // on while the repository cannot be listed.
         self.metrics
-            .set_recovery_point(&job.name, st.newest_verified);
+            .set_recovery_point(&job.name, st.recovery_point);
         if let Some(target) = job.config.targets.rpo {
-            self.health.set_rpo(&job.name, st.newest_verified, target);
+            self.health.set_rpo(&job.name, st.recovery_point, target);
         }
     }
 

@@ -35,6 +35,8 @@ pub(crate) struct Listed {
     pub claims: Vec<String>,
     pub newest: Option<DateTime<Utc>>,
     pub newest_receipt: Option<DateTime<Utc>>,
+    /// The key of that newest receipt, whatever its outcome.
+    pub newest_receipt_key: Option<String>,
     /// Bytes of every object.
     pub bytes: u64,
 }
@@ -103,8 +105,9 @@ pub(crate) async fn list_job_and_wal(
             // unless another drill said otherwise).
             Some(ReceiptName::Inconclusive) | None => {}
         }
-        if receipt.is_some() {
-            entry.newest_receipt = entry.newest_receipt.max(o.last_modified);
+        if receipt.is_some() && o.last_modified >= entry.newest_receipt {
+            entry.newest_receipt = o.last_modified;
+            entry.newest_receipt_key = Some(o.key.clone());
         }
         if name.starts_with(refugio_store::repo::CLAIM_PREFIX) {
             entry.claims.push(o.key.clone());

@@ -1,5 +1,6 @@
 //! What the repository holds of a job, from one listing: for metrics,
-//! `/readyz` and the agent's decisions (catch-up, "another replica did it").
+//! `/readyz` and the agent's decisions (catch-up, "another replica did it"),
+//! and, against the job's targets, for `refugio status` ([`report`]).
 
 use chrono::{DateTime, Utc};
 use refugio_store::repo::Repository;
@@ -28,6 +29,16 @@ pub struct JobStatus {
     pub newest_drilled_at: Option<DateTime<Utc>>,
     /// A physical job's WAL archive, from the same listing.
     pub wal: WalSeen,
+    /// The newest point a restore of a verified backup reaches: of a
+    /// logical job, the newest verified backup's data time; of a physical
+    /// job, the newest archived WAL while the archive runs unbroken from
+    /// the newest verified base backup (else None, as `newest_verified`).
+    /// The RPO is its age.
+    pub recovery_point: Option<DateTime<Utc>>,
+    /// Committed backups that are pinned.
+    pub pinned: Vec<String>,
+    /// The key of the newest drill receipt of any committed backup.
+    pub last_drill: Option<(String, DateTime<Utc>)>,
     /// Committed backups whose id is later than now plus the repository's
     /// `clock_tolerance` (a writer's clock was wrong): counted in `backups`,
     /// never `newest` nor verified, so scheduling and catch-up ignore them.
@@ -55,6 +66,14 @@ pub async fn status_at(repo: &Repository, job: &str, now: DateTime<Utc>) -> Resu
     for (id, l) in listed.iter().rev().filter(|(_, l)| l.committed) {
         st.backups += 1;
         st.bytes += l.bytes;
+        if l.pinned {
+            st.pinned.push(id.clone());
+        }
+        if let (Some(key), Some(at)) = (&l.newest_receipt_key, l.newest_receipt) {
+            if st.last_drill.as_ref().is_none_or(|(_, t)| at > *t) {
+                st.last_drill = Some((key.clone(), at));
+            }
+        }
         let Some(time) = id_time(id) else { continue };
         if time > horizon {
             st.future.push(id.clone());
@@ -90,6 +109,7 @@ pub async fn status_at(repo: &Repository, job: &str, now: DateTime<Utc>) -> Resu
         };
         if let Some(m) = manifest {
             st.newest_verified = Some(m.recovery_point());
+            st.recovery_point = st.newest_verified;
             // A base backup a WAL gap cuts is not verified any more, nor
             // is any older one (the gap cuts every base backup before it).
             if let Some(needs) = crate::wal_chain::BaseNeeds::of(&m) {
@@ -100,11 +120,191 @@ pub async fn status_at(repo: &Repository, job: &str, now: DateTime<Utc>) -> Resu
                         "wal-gap: no base backup counts as verified");
                     st.newest_verified = None;
                     st.newest_verified_id = None;
+                    st.recovery_point = None;
+                } else {
+                    // Unbroken from the base backup: a recovery replays to
+                    // the newest archived WAL.
+                    st.recovery_point = st.recovery_point.max(st.wal.last_archived);
                 }
             }
         }
     }
     Ok(st)
+}
+
+/// The targets a job's status is judged against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Targets {
+    pub rpo: Option<std::time::Duration>,
+    pub rto: Option<std::time::Duration>,
+}
+
+/// What `refugio status --json` says of one job (the agent's
+/// `/status.json` says the same): its backups, what a restore would reach
+/// and how long it took the last time, against the job's targets.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    pub job: String,
+    /// `logical` or `physical` (the config's, else the newest backup's);
+    /// None: unknown (no backup and no config).
+    pub kind: Option<crate::JobKind>,
+    /// Committed backups and the bytes of their objects.
+    pub backups: u64,
+    pub bytes: u64,
+    pub last_backup: Option<LastBackup>,
+    /// The newest backup a drill verified.
+    pub newest_verified: Option<String>,
+    /// What a restore of it reaches: its data's time, or for a physical
+    /// job the newest archived WAL while the archive is unbroken.
+    pub recovery_point: Option<DateTime<Utc>>,
+    /// The recovery point's age against the RPO target.
+    pub rpo: Objective,
+    pub last_drill: Option<LastDrill>,
+    /// The last drill's measured RTO against the RTO target.
+    pub rto: Objective,
+    pub pinned: Vec<String>,
+    /// A physical job's WAL archive (None: it has none).
+    pub wal: Option<WalRange>,
+    /// Backups dated later than now plus the clock tolerance: ignored.
+    pub future: Vec<String>,
+}
+
+/// The newest committed backup.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastBackup {
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Bytes stored for it (its artifacts).
+    pub stored_bytes: Option<u64>,
+    pub age_seconds: i64,
+}
+
+/// The newest drill of any committed backup.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastDrill {
+    pub backup_id: String,
+    pub finished_at: DateTime<Utc>,
+    /// `passed`, `failed` or `inconclusive`.
+    pub outcome: &'static str,
+    pub failures: Vec<String>,
+}
+
+/// A measured figure against its target.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Objective {
+    pub seconds: Option<f64>,
+    pub target_seconds: Option<f64>,
+    /// None without a target; false with a target and nothing measured.
+    pub met: Option<bool>,
+}
+
+impl Objective {
+    fn of(seconds: Option<f64>, target: Option<std::time::Duration>) -> Objective {
+        let target_seconds = target.map(|t| t.as_secs_f64());
+        Objective {
+            seconds,
+            target_seconds,
+            met: target_seconds.map(|t| seconds.is_some_and(|s| s <= t)),
+        }
+    }
+}
+
+/// A physical job's WAL archive as the listing saw it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WalRange {
+    pub files: u64,
+    pub bytes: u64,
+    /// The oldest and newest archived segment.
+    pub oldest: Option<String>,
+    pub newest: Option<String>,
+    pub last_archived: Option<DateTime<Utc>>,
+    /// How long ago the newest file was archived.
+    pub lag_seconds: Option<i64>,
+}
+
+impl StatusReport {
+    /// Whether a target is missed (RPO or RTO).
+    pub fn misses_a_target(&self) -> bool {
+        self.rpo.met == Some(false) || self.rto.met == Some(false)
+    }
+}
+
+/// The status of `job` at `now` against `targets`; `kind` is the
+/// config's, when there is one. Reads one listing, the newest backup's
+/// manifest and the newest drill's receipt.
+pub async fn report(
+    repo: &Repository,
+    job: &str,
+    kind: Option<crate::JobKind>,
+    targets: Targets,
+    now: DateTime<Utc>,
+) -> Result<StatusReport> {
+    let st = status_at(repo, job, now).await?;
+    let newest = match &st.newest {
+        // A manifest no trusted key signed says nothing (logged by the read).
+        Some((id, _)) => match repo.read_manifest(job, id).await {
+            Err(refugio_store::Error::Unauthenticated { .. }) => None,
+            other => other?,
+        },
+        None => None,
+    };
+    let last_backup = st.newest.as_ref().map(|(id, started)| LastBackup {
+        id: id.clone(),
+        started_at: *started,
+        finished_at: newest.as_ref().map(|m| m.finished_at),
+        stored_bytes: newest
+            .as_ref()
+            .map(|m| m.artifacts.iter().map(|a| a.stored_size).sum()),
+        age_seconds: (now - *started).num_seconds(),
+    });
+    let drill = match &st.last_drill {
+        Some((key, _)) => receipt::read(repo, key).await?,
+        None => None,
+    };
+    let age = |t: DateTime<Utc>| (now - t).num_milliseconds() as f64 / 1000.0;
+    let segments = || {
+        st.wal
+            .objects
+            .iter()
+            .filter(|o| o.name.kind == refugio_dump::wal::WalKind::Segment)
+            .map(|o| &o.name.name)
+    };
+    Ok(StatusReport {
+        job: job.to_string(),
+        kind: kind.or_else(|| {
+            newest.as_ref().map(|m| match m.physical {
+                Some(_) => crate::JobKind::Physical,
+                None => crate::JobKind::Logical,
+            })
+        }),
+        backups: st.backups,
+        bytes: st.bytes,
+        last_backup,
+        newest_verified: st.newest_verified_id.clone(),
+        recovery_point: st.recovery_point,
+        rpo: Objective::of(st.recovery_point.map(age), targets.rpo),
+        rto: Objective::of(
+            drill.as_ref().and_then(|r| r.rto.measured_seconds),
+            targets.rto,
+        ),
+        last_drill: drill.map(|r| LastDrill {
+            outcome: r.outcome().as_str(),
+            backup_id: r.backup_id,
+            finished_at: r.finished_at,
+            failures: r.failures,
+        }),
+        pinned: st.pinned.clone(),
+        wal: (st.wal.files > 0).then(|| WalRange {
+            files: st.wal.files,
+            bytes: st.wal.bytes,
+            oldest: segments().min().cloned(),
+            newest: segments().max().cloned(),
+            last_archived: st.wal.last_archived,
+            lag_seconds: st.wal.last_archived.map(|t| (now - t).num_seconds()),
+        }),
+        future: st.future.clone(),
+    })
 }
 
 #[cfg(test)]
