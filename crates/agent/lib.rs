@@ -17,6 +17,7 @@ mod http;
 pub mod job;
 mod lock;
 mod metrics;
+mod objectives;
 mod output;
 mod progress;
 pub mod repo;

@@ -87,3 +87,65 @@ async fn status_judges_each_job_against_its_targets() -> Result<()> {
     assert!(text.contains("job nope"), "{text}");
     Ok(())
 }
+
+/// A six-hourly schedule cannot meet a six-hour RPO: `config check` warns
+/// and names a schedule that would (a warning, not a failure).
+#[tokio::test(flavor = "multi_thread")]
+async fn config_check_warns_of_a_target_the_schedule_cannot_meet() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = Repo::dir(tmp.path());
+    let env = repo.env();
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    let body = |schedule: &str| {
+        job(
+            "app",
+            &src,
+            "app",
+            &format!(
+                "scratch = \"ephemeral\"\ntargets = {{ rpo = \"6h\", rto = \"2h\" }}\n[jobs.schedule]\nbackup = {schedule:?}\ndrill_after_backup = true\n"
+            ),
+        )
+    };
+    std::fs::create_dir_all(tmp.path().join("repo"))?;
+    let config = write_config(tmp.path(), &repo, &body("0 */6 * * *"));
+    let cfg = config.to_str().context("path")?;
+    let text = refugio_ok(&["--config", cfg, "config", "check"], &env)?;
+    let warning = text
+        .lines()
+        .find(|l| l.starts_with("warn job app targets:"))
+        .with_context(|| text.clone())?;
+    assert!(
+        warning.contains("missed every cycle") && warning.contains("\"0 */4 * * *\""),
+        "{warning}"
+    );
+    let json: Value = serde_json::from_str(&refugio_ok(
+        &["--config", cfg, "config", "check", "--json"],
+        &env,
+    )?)?;
+    let w = json
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["what"] == "job app targets"))
+        .context("targets check")?;
+    assert_eq!(
+        (w["ok"].clone(), w["warning"].clone()),
+        (Value::Bool(true), Value::Bool(true))
+    );
+
+    // The schedule it names meets the target.
+    let config = write_config(tmp.path(), &repo, &body("0 */4 * * *"));
+    let text = refugio_ok(
+        &[
+            "--config",
+            config.to_str().context("path")?,
+            "config",
+            "check",
+        ],
+        &env,
+    )?;
+    assert!(
+        text.contains("ok   job app targets: the schedule can meet them"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -11,11 +11,15 @@ use crate::job::Job;
 use crate::output::error_chain;
 
 /// One line per check.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize)]
 struct Check {
     what: String,
     ok: bool,
     detail: String,
+    /// Not a failure, but what will go wrong as configured (a target the
+    /// schedule cannot meet).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    warning: bool,
 }
 
 /// With `[repository.encryption]`: a probe encrypted to the recipients
@@ -29,6 +33,7 @@ async fn encryption_check(cfg: &Config) -> Option<Check> {
         what: what.clone(),
         ok: false,
         detail,
+        warning: false,
     };
     let to = match enc.recipients() {
         Ok(to) => to,
@@ -51,8 +56,7 @@ async fn encryption_check(cfg: &Config) -> Option<Check> {
             detail: format!(
                 "backups are encrypted to {recipients}; the identity from {} decrypts them: this host can restore and drill",
                 ids.as_ref().map_or("?", |i| i.origin())
-            ),
-        },
+            ), warning: false },
         Ok(Some(false)) => fail(format!(
             "backups are encrypted to {recipients}; identity {} (from {}) matches none of them: this host cannot restore or drill new backups",
             ids.as_ref().map_or(String::new(), |i| i.publics().join(", ")),
@@ -64,8 +68,7 @@ async fn encryption_check(cfg: &Config) -> Option<Check> {
             detail: format!(
                 "backups are encrypted to {recipients}; no identity on this host (identity_file, REFUGIO_AGE_IDENTITY_FILE, credential age-identity): it cannot restore{}",
                 if drills { ", and this config's drills would be inconclusive" } else { " (fine for a host that only backs up)" }
-            ),
-        },
+            ), warning: false },
         Err(e) => fail(error_chain(&anyhow::Error::from(e))),
     })
 }
@@ -79,8 +82,7 @@ fn authentication_check(cfg: &Config) -> Check {
         return Check {
             what,
             ok: true,
-            detail: "none: the repository is UNAUTHENTICATED; whoever can write to it (a database host holding wal-push's credentials, anyone with the bucket's keys) can forge backups, WAL and drill verdicts that this host would trust; configure [repository.authentication] (docs/security.md)".into(),
-        };
+            detail: "none: the repository is UNAUTHENTICATED; whoever can write to it (a database host holding wal-push's credentials, anyone with the bucket's keys) can forge backups, WAL and drill verdicts that this host would trust; configure [repository.authentication] (docs/security.md)".into(), warning: false };
     };
     let auth = match conf.load(true) {
         Ok(a) => a,
@@ -89,6 +91,7 @@ fn authentication_check(cfg: &Config) -> Check {
                 what,
                 ok: false,
                 detail: error_chain(&e),
+                warning: false,
             }
         }
     };
@@ -113,8 +116,7 @@ fn authentication_check(cfg: &Config) -> Check {
         None => Check {
             what,
             ok: true,
-            detail: format!("accepts {trusts}; no signing key on this host: it can restore and check, not back up, drill or push WAL"),
-        },
+            detail: format!("accepts {trusts}; no signing key on this host: it can restore and check, not back up, drill or push WAL"), warning: false },
         Some(s) => {
             let roles: Vec<&str> = [Role::Agent, Role::Server]
                 .into_iter()
@@ -128,8 +130,7 @@ fn authentication_check(cfg: &Config) -> Check {
                     format!("this host's signing key {} is in neither agent_keys nor server_keys: what it writes would be refused; accepts {trusts}", s.id())
                 } else {
                     format!("this host signs as {} with key {}; accepts {trusts}", roles.join(" and "), s.id())
-                },
-            }
+                }, warning: false }
         }
     }
 }
@@ -144,6 +145,7 @@ async fn restore_target_check(job: &Job) -> Option<Check> {
         what: what.clone(),
         ok: false,
         detail,
+        warning: false,
     };
     let (target, source) = match (r.target_spec(), job.source()) {
         (Ok(t), Ok(s)) => (t, s),
@@ -165,8 +167,7 @@ async fn restore_target_check(job: &Job) -> Option<Check> {
             detail: format!(
                 "target {} is another cluster (system identifier {t}) than the source (system identifier {s})",
                 target.redacted()
-            ),
-        },
+            ), warning: false },
         (Err(e), _) => fail(format!(
             "could not check which cluster target {} is: {}",
             target.redacted(),
@@ -193,17 +194,20 @@ async fn repository_check(cfg: &Config) -> Check {
                 what: repo_what,
                 ok: true,
                 detail: format!("reachable, {} job(s) stored", jobs.len()),
+                warning: false,
             },
             Err(e) => Check {
                 what: repo_what,
                 ok: false,
                 detail: refugio_print::chain(&e),
+                warning: false,
             },
         },
         Err(e) => Check {
             what: repo_what,
             ok: false,
             detail: error_chain(&e),
+            warning: false,
         },
     }
 }
@@ -221,18 +225,15 @@ async fn object_lock_check(cfg: &Config) -> Option<Check> {
         Ok(refugio_store::LockProbe::Enforced) => Check {
             what,
             ok: true,
-            detail: "enforced: the store refused to delete a locked probe object".into(),
-        },
+            detail: "enforced: the store refused to delete a locked probe object".into(), warning: false },
         Ok(refugio_store::LockProbe::NotEnforced(reason)) => Check {
             what,
             ok: false,
-            detail: format!("NOT enforced, backups would not be immutable: {reason}. Backups fail while object_lock is configured on this store"),
-        },
+            detail: format!("NOT enforced, backups would not be immutable: {reason}. Backups fail while object_lock is configured on this store"), warning: false },
         Err(e) => Check {
             what,
             ok: false,
-            detail: format!("could not be probed: {}", error_chain(&e)),
-        },
+            detail: format!("could not be probed: {}", error_chain(&e)), warning: false },
     })
 }
 
@@ -276,11 +277,13 @@ async fn source_check(job: &Job) -> Check {
             what,
             ok: true,
             detail: d,
+            warning: false,
         },
         Err(e) => Check {
             what,
             ok: false,
             detail: error_chain(&e),
+            warning: false,
         },
     }
 }
@@ -288,6 +291,42 @@ async fn source_check(job: &Job) -> Check {
 /// Where `config check` writes its object-lock probe (not a job: job
 /// names cannot start with '.').
 const LOCK_PROBE_PREFIX: &str = ".refugio-lock-probe";
+
+/// Whether the job's schedule can meet its targets, with what the
+/// repository says its backups and drills take (nothing measured when it
+/// cannot be read: the schedule alone is judged).
+async fn targets_check(cfg: &Config, job: &Job) -> Vec<Check> {
+    let targets = job.targets();
+    if targets.rpo.is_none() && targets.rto.is_none() {
+        return Vec::new();
+    }
+    let now = chrono::Utc::now();
+    let measured = match crate::repo::open_existing(cfg, None).await {
+        Ok(repo) => refugio_core::status::report(&repo, &job.name, Some(job.kind), targets, now)
+            .await
+            .map(|r| crate::objectives::Measured::of(&r))
+            .unwrap_or_default(),
+        Err(_) => crate::objectives::Measured::default(),
+    };
+    let warnings = crate::objectives::warnings(job, measured, now);
+    if warnings.is_empty() {
+        return vec![Check {
+            what: format!("job {} targets", job.name),
+            ok: true,
+            detail: "the schedule can meet them".into(),
+            ..Check::default()
+        }];
+    }
+    warnings
+        .into_iter()
+        .map(|w| Check {
+            what: format!("job {} targets", job.name),
+            ok: true,
+            detail: w,
+            warning: true,
+        })
+        .collect()
+}
 
 pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<ExitCode> {
     let mut checks = Vec::new();
@@ -300,12 +339,14 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
         what: "config".into(),
         ok: true,
         detail: "parsed and valid".into(),
+        warning: false,
     });
     if cfg.jobs.is_empty() {
         checks.push(Check {
             what: "jobs".into(),
             ok: false,
             detail: "no [[jobs]] defined: nothing would be backed up".into(),
+            warning: false,
         });
     }
     checks.push(repository_check(&cfg).await);
@@ -315,6 +356,7 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
     for job in &cfg.jobs {
         checks.push(source_check(job).await);
         checks.extend(restore_target_check(job).await);
+        checks.extend(targets_check(&cfg, job).await);
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
     if json {
@@ -323,7 +365,11 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
         for c in &checks {
             println!(
                 "{} {}: {}",
-                if c.ok { "ok  " } else { "FAIL" },
+                match (c.ok, c.warning) {
+                    (false, _) => "FAIL",
+                    (true, true) => "warn",
+                    (true, false) => "ok  ",
+                },
                 c.what,
                 c.detail
             );

@@ -183,6 +183,29 @@ impl Agent {
         Ok(Scheduler::start(entries).await?)
     }
 
+    /// Logs, once, each target a job's schedule cannot meet, with what
+    /// the repository says its backups and drills take (see
+    /// `objectives`); runs beside the loop (it reads a manifest and a
+    /// receipt per job).
+    pub(super) async fn warn_unmet_targets(&self) {
+        let cur = self.current();
+        let now = Utc::now();
+        for job in &cur.cfg.jobs {
+            let targets = job.targets();
+            if targets.rpo.is_none() && targets.rto.is_none() {
+                continue;
+            }
+            let measured =
+                refugio_core::status::report(&cur.repo, &job.name, Some(job.kind), targets, now)
+                    .await
+                    .map(|r| crate::objectives::Measured::of(&r))
+                    .unwrap_or_default();
+            for w in crate::objectives::warnings(job, measured, now) {
+                tracing::warn!(job = %job.name, "target-unreachable: {w}");
+            }
+        }
+    }
+
     /// Back up now every job whose newest backup is older than its interval.
     pub(super) async fn catch_up(&self, statuses: &HashMap<String, JobStatus>) {
         let cur = self.current();

@@ -83,6 +83,10 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
     let statuses = agent.check_repository().await;
     let (mut scheduler, mut fires) = agent.start_scheduler(&statuses).await?;
     agent.catch_up(&statuses).await;
+    tokio::spawn({
+        let agent = Arc::clone(&agent);
+        async move { agent.warn_unmet_targets().await }
+    });
     health.set_scheduler_running(true);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(jobs = cfg.jobs.len(), "agent-ready");
