@@ -344,6 +344,24 @@ fn list_json_of_a_fixed_repository() -> Result<()> {
     Ok(())
 }
 
+/// `refugio list` for people: grouped by job, within 100 columns.
+#[test]
+fn list_text_of_a_fixed_repository() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = tmp.path().join("repo");
+    fixed_repository(&repo)?;
+    let config = fixed_config(tmp.path(), &repo)?;
+    let out = refugio_ok(&["--config", config.to_str().context("path")?, "list"], &[])?;
+    for line in out.lines() {
+        ensure!(
+            line.chars().count() <= 100,
+            "wider than 100 columns: {line:?}"
+        );
+    }
+    insta::assert_snapshot!("list_text", out);
+    Ok(())
+}
+
 /// `refugio status`, text and `--json`, of every job at [`NOW`]: the
 /// report made in-process with the jobs resolved from the config (kind,
 /// targets), printed as the binary prints it.
@@ -372,6 +390,18 @@ async fn status_of_a_fixed_repository() -> Result<()> {
     Ok(())
 }
 
+/// The dry run of `trips` at [`NOW`], in-process.
+async fn report_again(config: &Path, repo: &Path) -> Result<refugio_core::PruneReport> {
+    prune_report_at(
+        config,
+        &Repo::Dir(repo.to_path_buf()),
+        Some("trips"),
+        true,
+        at(NOW),
+    )
+    .await
+}
+
 /// The JSON `prune --dry-run --json` prints, decided at [`NOW`]: the prune
 /// called in-process with a fixed clock, printed as the binary prints it.
 #[tokio::test]
@@ -391,6 +421,9 @@ async fn prune_dry_run_json_of_a_fixed_repository() -> Result<()> {
     .await?;
     let out = format!("{}\n", serde_json::to_string_pretty(&[report])?);
     insta::assert_snapshot!("prune_dry_run_json", out);
+    // For people: the summary, each decision in words.
+    let text = refugio::commands::prune::report_text(&report_again(&config, &repo).await?);
+    insta::assert_snapshot!("prune_dry_run_text", text);
     assert_eq!(files_under(&repo), before, "a dry run deletes nothing");
     Ok(())
 }

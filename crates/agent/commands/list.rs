@@ -7,6 +7,11 @@ use refugio_core::receipt::Outcome;
 
 use crate::cli::ListArgs;
 use crate::config::Config;
+use std::fmt::Write as _;
+
+use refugio_core::catalog::Entry;
+
+use crate::commands::status::span;
 use crate::output::human;
 
 pub async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
@@ -35,60 +40,99 @@ pub async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
         println!("no backups in {}", repo.describe());
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<16} {:<22} {:<20} {:<16} {:<8} {:>11} {:>11} {:>9}  {:<10} {:<20} {:>8}",
-        "JOB",
-        "BACKUP",
-        "TIME (UTC)",
-        "DATABASE",
-        "SERVER",
-        "STORED",
-        "RAW",
-        "DURATION",
-        "VERIFIED",
-        "DRILL (UTC)",
-        "RTO"
-    );
-    for e in &all {
-        let m = &e.manifest;
-        let (state, when, rto) = match &e.last_drill {
-            Some(r) => (
-                match r.outcome() {
-                    Outcome::Passed => "yes",
-                    Outcome::Failed => "FAILED",
-                    Outcome::Inconclusive => "no (inconcl.)",
-                },
-                r.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                r.rto
-                    .measured_seconds
-                    .map_or("-".to_string(), |s| format!("{s:.1}s")),
-            ),
-            None => ("no", "-".to_string(), "-".to_string()),
-        };
-        println!(
-            "{:<16} {:<22} {:<20} {:<16} {:<8} {:>11} {:>11} {:>8.1}s  {:<10} {:<20} {:>8}",
-            m.job,
-            m.backup_id,
-            m.snapshot_at.format("%Y-%m-%d %H:%M:%S"),
-            databases(m),
-            m.server.version,
-            human(m.stored_size()),
-            human(m.raw_size()),
-            m.durations.total_seconds,
-            state,
-            when,
-            rto
-        );
-        if m.is_server() {
-            let sizes: Vec<String> = m
-                .database_sizes()
-                .into_iter()
-                .map(|(name, stored)| format!("{name} ({})", human(stored)))
-                .collect();
-            println!("{:<16} databases: {}", "", sizes.join(", "));
+    print!("{}", list_text(&all));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The backups, for people, grouped by job (newest first in each), in at
+/// most 100 columns: id, recovery point, database, size, duration, the
+/// newest drill's outcome and RTO, pin; a totals line.
+pub fn list_text(all: &[Entry]) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_list(&mut out, all);
+    out
+}
+
+fn write_list(out: &mut String, all: &[Entry]) -> std::fmt::Result {
+    let mut jobs: Vec<&str> = Vec::new();
+    for e in all {
+        if !jobs.contains(&e.manifest.job.as_str()) {
+            jobs.push(&e.manifest.job);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    for job in &jobs {
+        let entries: Vec<&Entry> = all.iter().filter(|e| e.manifest.job == *job).collect();
+        let stored: u64 = entries.iter().map(|e| e.manifest.stored_size()).sum();
+        let kind = match entries
+            .first()
+            .is_some_and(|e| e.manifest.physical.is_some())
+        {
+            true => "physical",
+            false => "logical",
+        };
+        writeln!(
+            out,
+            "job {job} ({kind}): {} backup{}, {} stored; times in UTC",
+            entries.len(),
+            if entries.len() == 1 { "" } else { "s" },
+            human(stored)
+        )?;
+        writeln!(
+            out,
+            "  {:<18} {:<19} {:<13} {:>9} {:>9} {:<12} {:>8} PIN",
+            "BACKUP", "RECOVERY POINT", "DATABASE", "STORED", "DURATION", "DRILL", "RTO"
+        )?;
+        for e in entries {
+            write_entry(out, e)?;
+        }
+    }
+    let stored: u64 = all.iter().map(|e| e.manifest.stored_size()).sum();
+    writeln!(
+        out,
+        "total: {} backup{} of {} job{}, {} stored",
+        all.len(),
+        if all.len() == 1 { "" } else { "s" },
+        jobs.len(),
+        if jobs.len() == 1 { "" } else { "s" },
+        human(stored)
+    )
+}
+
+fn write_entry(out: &mut String, e: &Entry) -> std::fmt::Result {
+    let m = &e.manifest;
+    let (drill, rto) = match &e.last_drill {
+        Some(r) => (
+            match r.outcome() {
+                Outcome::Passed => "passed",
+                Outcome::Failed => "FAILED",
+                Outcome::Inconclusive => "inconclusive",
+            },
+            r.rto.measured_seconds.map_or("-".to_string(), span),
+        ),
+        None => ("none", "-".to_string()),
+    };
+    let line = format!(
+        "  {:<18} {:<19} {:<13} {:>9} {:>9} {:<12} {:>8} {}",
+        m.backup_id,
+        m.recovery_point().format("%Y-%m-%d %H:%M:%S"),
+        databases(m),
+        human(m.stored_size()),
+        span(m.durations.total_seconds),
+        drill,
+        rto,
+        if e.pinned { "yes" } else { "" }
+    );
+    writeln!(out, "{}", line.trim_end())?;
+    if m.is_server() {
+        let sizes: Vec<String> = m
+            .database_sizes()
+            .into_iter()
+            .map(|(name, stored)| format!("{name} ({})", human(stored)))
+            .collect();
+        writeln!(out, "    databases: {}", sizes.join(", "))?;
+    }
+    Ok(())
 }
 
 /// The DATABASE column: the database, or how many a whole-server backup

@@ -1,5 +1,6 @@
 //! `refugio prune`, `refugio pin`, `refugio unpin`.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
@@ -147,7 +148,7 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
         return Ok(code);
     }
     for r in &reports {
-        print_report(r);
+        print!("{}", report_text(r));
     }
     Ok(code)
 }
@@ -161,64 +162,88 @@ pub fn exit_code(reports: &[refugio_core::PruneReport]) -> u8 {
     }
 }
 
-/// One job's prune report, for people.
-fn print_report(r: &refugio_core::PruneReport) {
-    println!(
-        "job {}{}:",
+/// One job's prune report, for people: a summary line, each backup's
+/// decision with its reasons in words, then garbage and the WAL.
+pub fn report_text(r: &refugio_core::PruneReport) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_report(&mut out, r);
+    out
+}
+
+/// A serde name (`keep_last`, `awaiting_drill`) in words.
+fn words<T: serde::Serialize>(x: &T) -> String {
+    serde_json::to_string(x)
+        .unwrap_or_default()
+        .trim_matches('"')
+        .replace('_', " ")
+}
+
+fn write_report(out: &mut String, r: &refugio_core::PruneReport) -> std::fmt::Result {
+    let keep = r.decisions.iter().filter(|d| d.keep).count();
+    let delete = r.decisions.len() - keep;
+    writeln!(
+        out,
+        "job {}{}: keep {keep}, {} {delete}{}, frees {}",
         r.job,
-        if r.dry_run { " (dry run)" } else { "" }
-    );
+        if r.dry_run { " (dry run)" } else { "" },
+        if r.dry_run { "would delete" } else { "delete" },
+        if r.locked.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} deferred by object lock)", r.locked.len())
+        },
+        crate::output::human(r.frees_bytes)
+    )?;
+    if !r.decisions.is_empty() {
+        writeln!(
+            out,
+            "  {:<18} {:<12} {:<8} WHY",
+            "BACKUP", "STATE", "DECISION"
+        )?;
+    }
     for d in &r.decisions {
-        let reasons: Vec<String> = d
-            .reasons
-            .iter()
-            .map(|x| {
-                serde_json::to_string(x)
-                    .unwrap_or_default()
-                    .trim_matches('"')
-                    .to_string()
-            })
-            .collect();
-        let state = r
-            .states
-            .get(&d.id)
-            .map(|s| {
-                serde_json::to_string(s)
-                    .unwrap_or_default()
-                    .trim_matches('"')
-                    .to_string()
-            })
-            .unwrap_or_default();
-        println!(
-            "  {:<22} {:<10} {:<6} {}",
+        let reasons: Vec<String> = d.reasons.iter().map(words).collect();
+        let state = r.states.get(&d.id).map(words).unwrap_or_default();
+        let line = format!(
+            "  {:<18} {:<12} {:<8} {}",
             d.id,
             state,
             if d.keep { "keep" } else { "delete" },
-            reasons.join(",")
+            if reasons.is_empty() {
+                "no rule keeps it".to_string()
+            } else {
+                reasons.join(", ")
+            }
         );
+        writeln!(out, "{}", line.trim_end())?;
     }
     for l in &r.locked {
-        println!(
-            "  {:<22} deletion deferred: object-locked until {}",
+        writeln!(
+            out,
+            "  {:<18} deletion deferred: object-locked until {}",
             l.id,
             l.until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
+        )?;
     }
     for f in &r.failed_deletes {
-        println!(
+        writeln!(
+            out,
             "  {} {}: {}",
             if f.locked { "locked:" } else { "FAILED:" },
             f.key,
             f.error
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "  orphaned objects: {}, stale multipart uploads: {}",
         r.orphans.len(),
         r.stale_uploads.len()
-    );
+    )?;
     for g in &r.wal_gaps {
-        println!(
+        writeln!(
+            out,
             "  WAL {} timeline {}: {} to {} ({} segment(s)); base backups {} count as unverified{}",
             if g.pending { "NOT ARCHIVED YET" } else { "GAP" },
             g.timeline,
@@ -231,16 +256,18 @@ fn print_report(r: &refugio_core::PruneReport) {
             } else {
                 " (`refugio pin` keeps one for the points before the gap)"
             }
-        );
+        )?;
     }
     if let Some(before) = &r.wal_pruned.before {
-        println!(
+        writeln!(
+            out,
             "  WAL before {before} (the oldest kept base backup's start): {} files, {}{}",
             r.wal_pruned.files,
             crate::output::human(r.wal_pruned.bytes),
             if r.dry_run { " would go" } else { " deleted" }
-        );
+        )?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

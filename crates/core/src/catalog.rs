@@ -11,6 +11,8 @@ use crate::receipt::{self, Receipt};
 pub struct Entry {
     pub manifest: Manifest,
     pub last_drill: Option<Receipt>,
+    /// Pinned: kept whatever the retention policy says.
+    pub pinned: bool,
 }
 
 /// The backups of `job` (or of every job in the repository), newest first
@@ -23,7 +25,15 @@ pub async fn list(repo: &Repository, job: Option<&str>) -> Result<Vec<Entry>> {
     };
     let mut manifests: Vec<Manifest> = Vec::new();
     let mut receipts: Vec<(String, String, Receipt)> = Vec::new();
+    let mut pinned: Vec<(String, String)> = Vec::new();
     for j in &jobs {
+        let (listed, _) = crate::listing::list_job_and_wal(repo, j).await?;
+        pinned.extend(
+            listed
+                .into_iter()
+                .filter(|(_, l)| l.pinned)
+                .map(|(id, _)| (j.clone(), id)),
+        );
         manifests.extend(repo.manifests_all(j).await?);
         for (id, r) in receipt::read_all(repo, j).await? {
             receipts.push((j.clone(), id, r));
@@ -40,6 +50,9 @@ pub async fn list(repo: &Repository, job: Option<&str>) -> Result<Vec<Entry>> {
                 .max_by_key(|r| r.started_at)
                 .cloned();
             Entry {
+                pinned: pinned
+                    .iter()
+                    .any(|(j, id)| *j == m.job && *id == m.backup_id),
                 manifest: m,
                 last_drill,
             }

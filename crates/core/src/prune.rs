@@ -70,6 +70,9 @@ pub struct PruneReport {
     pub decisions: Vec<Decision>,
     pub states: BTreeMap<String, State>,
     pub deleted_backups: Vec<String>,
+    /// Bytes of the backups the policy deletes (of a dry run: would
+    /// delete), object-locked ones left out.
+    pub frees_bytes: u64,
     /// Backups the policy would delete whose object lock has not expired.
     pub locked: Vec<LockedBackup>,
     /// Deletes the store refused or that failed; the rest went on.
@@ -234,6 +237,7 @@ async fn plan(
         decisions,
         states,
         deleted_backups: Vec::new(),
+        frees_bytes: 0,
         locked: Vec::new(),
         failed_deletes: Vec::new(),
         orphans: Vec::new(),
@@ -257,6 +261,11 @@ async fn plan(
     } else {
         to_delete
     };
+    report.frees_bytes = doomed
+        .iter()
+        .filter_map(|id| listed.get(id))
+        .map(|l| l.bytes)
+        .sum();
     let kept = report
         .decisions
         .iter()
