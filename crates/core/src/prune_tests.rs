@@ -265,6 +265,7 @@ fn only_deletes_refused_for_another_reason_than_a_lock_are_errors() {
         decisions: Vec::new(),
         states: BTreeMap::new(),
         deleted_backups: Vec::new(),
+        frees_bytes: 0,
         locked: Vec::new(),
         failed_deletes: Vec::new(),
         orphans: Vec::new(),

@@ -56,7 +56,7 @@ mod tests {
             io::ErrorKind::ConnectionRefused,
         )));
         assert_eq!(chain(&inner), "communicating: connection refused");
-        let outer = std::io::Error::new(io::ErrorKind::Other, Wrapped(inner));
+        let outer = io::Error::other(Wrapped(inner));
         assert_eq!(
             chain(&outer),
             "reading k: communicating: connection refused"
