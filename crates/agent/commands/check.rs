@@ -179,43 +179,7 @@ fn write_report(out: &mut String, r: &CheckReport) -> std::fmt::Result {
         }
     }
     if let Some(w) = &r.wal {
-        writeln!(
-            out,
-            "  WAL archive: {} files, {}; newest segment {}{}",
-            w.files,
-            human(w.bytes),
-            w.newest.as_deref().unwrap_or("none"),
-            w.newest_at
-                .map(|t| format!(" (stored {})", t.to_rfc3339()))
-                .unwrap_or_default()
-        )?;
-        for g in &w.gaps {
-            let cut = if g.backups.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; base backups {} cannot be recovered past it",
-                    g.backups.join(", ")
-                )
-            };
-            if g.pending {
-                writeln!(
- out,
-                    "  WAL NOT ARCHIVED YET  timeline {}: {} segment(s), {} to {}, missing after everything archived (a standby's base backup waits for the primary's next segment switch){cut}",
-                    g.timeline, g.segments, g.from, g.to
-                )?;
-            } else {
-                writeln!(
-                    out,
-                    "  WAL GAP  timeline {}: {} segment(s) missing, {} to {}{cut}",
-                    g.timeline, g.segments, g.from, g.to
-                )?;
-            }
-        }
-        for c in &w.conflicts {
-            writeln!(
- out,"  WAL CONFLICT  {c} is archived twice with different content (two servers archiving into this job?)")?;
-        }
+        write_wal(out, w)?;
     }
     for id in &r.future {
         writeln!(
@@ -242,6 +206,48 @@ fn write_report(out: &mut String, r: &CheckReport) -> std::fmt::Result {
             out,
             "  stale multipart upload (not damage; `refugio prune` aborts it): {k}"
         )?;
+    }
+    Ok(())
+}
+
+/// A physical job's WAL archive: its extent, gaps and conflicts.
+fn write_wal(out: &mut String, w: &refugio_core::wal_chain::WalChain) -> std::fmt::Result {
+    writeln!(
+        out,
+        "  WAL archive: {} files, {}; newest segment {}{}",
+        w.files,
+        human(w.bytes),
+        w.newest.as_deref().unwrap_or("none"),
+        w.newest_at
+            .map(|t| format!(" (stored {})", t.to_rfc3339()))
+            .unwrap_or_default()
+    )?;
+    for g in &w.gaps {
+        let cut = if g.backups.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; base backups {} cannot be recovered past it",
+                g.backups.join(", ")
+            )
+        };
+        if g.pending {
+            writeln!(
+ out,
+                "  WAL NOT ARCHIVED YET  timeline {}: {} segment(s), {} to {}, missing after everything archived (a standby's base backup waits for the primary's next segment switch){cut}",
+                g.timeline, g.segments, g.from, g.to
+            )?;
+        } else {
+            writeln!(
+                out,
+                "  WAL GAP  timeline {}: {} segment(s) missing, {} to {}{cut}",
+                g.timeline, g.segments, g.from, g.to
+            )?;
+        }
+    }
+    for c in &w.conflicts {
+        writeln!(
+ out,"  WAL CONFLICT  {c} is archived twice with different content (two servers archiving into this job?)")?;
     }
     Ok(())
 }

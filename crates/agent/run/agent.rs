@@ -183,6 +183,17 @@ impl Agent {
         Ok(Scheduler::start(entries).await?)
     }
 
+    /// The first listing, the scheduler, catch-up, and (beside the loop)
+    /// the warnings of targets the schedule cannot meet.
+    pub(super) async fn start(self: &Arc<Self>) -> Result<(Scheduler, mpsc::Receiver<Fire>)> {
+        let statuses = self.check_repository().await;
+        let started = self.start_scheduler(&statuses).await?;
+        self.catch_up(&statuses).await;
+        let agent = Arc::clone(self);
+        tokio::spawn(async move { agent.warn_unmet_targets().await });
+        Ok(started)
+    }
+
     /// Logs, once, each target a job's schedule cannot meet, with what
     /// the repository says its backups and drills take (see
     /// `objectives`); runs beside the loop (it reads a manifest and a

@@ -80,13 +80,7 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut stop = Stop::install()?;
 
-    let statuses = agent.check_repository().await;
-    let (mut scheduler, mut fires) = agent.start_scheduler(&statuses).await?;
-    agent.catch_up(&statuses).await;
-    tokio::spawn({
-        let agent = Arc::clone(&agent);
-        async move { agent.warn_unmet_targets().await }
-    });
+    let (mut scheduler, mut fires) = agent.start().await?;
     health.set_scheduler_running(true);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!(jobs = cfg.jobs.len(), "agent-ready");
