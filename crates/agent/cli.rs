@@ -71,12 +71,15 @@ pub enum Command {
     /// Remove a backup's pin.
     Unpin(PinArgs),
     /// Archive one WAL file of a physical job: the server's
-    /// `archive_command = 'refugio wal-push %p'`. Exits 0 only once it is
+    /// `archive_command = '/usr/local/bin/refugio --config
+    /// /etc/refugio/refugio.toml wal-push %p'` (the archiver has no
+    /// REFUGIO_CONFIG). Exits 0 only once it is
     /// stored; the same file again succeeds, different bytes under an
     /// archived name are refused.
     WalPush(WalPushArgs),
     /// Restore one archived WAL file: the `restore_command = 'refugio
-    /// wal-fetch %f %p'` of a recovering server. Exits 1 when the archive
+    /// --config FILE wal-fetch %f %p'` that `restore --physical` writes
+    /// for a recovering server. Exits 1 when the archive
     /// does not have it, 126 when it could not be fetched or checked.
     WalFetch(WalFetchArgs),
     /// Configuration commands.

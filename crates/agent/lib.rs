@@ -12,6 +12,8 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+#[cfg(test)]
+mod docs_tests;
 pub mod exit;
 mod http;
 pub mod job;

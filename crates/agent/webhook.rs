@@ -79,7 +79,7 @@ pub struct Event {
     pub job: String,
     /// `backup`, `drill`, `prune`, `check` or `restore` (`restore_on_signal`).
     pub task: String,
-    /// Why the task ran: `schedule`, `signal`, `catch_up`, `after_backup`.
+    /// Why the task ran: `schedule`, `signal`, `catch-up`, `after-backup`.
     pub reason: String,
     /// The backup made or drilled, when known.
     pub backup_id: Option<String>,

@@ -445,7 +445,7 @@ async fn the_agent_checks_on_schedule_and_exports_the_result() -> Result<()> {
     Ok(())
 }
 
-/// The measurement in README.md: plain `refugio check` of 1,000 backups
+/// The measurement in docs/performance.md: plain `refugio check` of 1,000 backups
 /// (a dump and globals each, written directly through the store API) on
 /// Garage. Ignored: run it with
 /// `cargo nextest run --test e2e --run-ignored only -E 'test(/check_of_1000/)' --no-capture`.

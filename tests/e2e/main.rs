@@ -42,4 +42,5 @@ mod snapshots;
 mod status;
 mod store_faults;
 mod target_identity;
+mod walkthrough;
 mod zero_config;

@@ -27,7 +27,7 @@ mod tests {
     use std::time::Duration;
 
     /// The contract names, as Prometheus stores the series, with their type.
-    const CONTRACT: [(&str, &str); 27] = [
+    const CONTRACT: [(&str, &str); 31] = [
         ("refugio_backup_last_success_timestamp_seconds", "gauge"),
         ("refugio_backup_last_duration_seconds", "gauge"),
         ("refugio_backup_last_stored_bytes", "gauge"),
@@ -55,6 +55,10 @@ mod tests {
         ("refugio_check_last_success_timestamp_seconds", "gauge"),
         ("refugio_check_damaged_objects", "gauge"),
         ("refugio_check_runs_total", "counter"),
+        ("refugio_wal_archived_files", "gauge"),
+        ("refugio_wal_archived_bytes", "gauge"),
+        ("refugio_wal_last_archived_timestamp_seconds", "gauge"),
+        ("refugio_wal_archive_failures_total", "counter"),
     ];
 
     /// A check report of `job` with `outcome` and `damaged` missing artifacts.
@@ -127,6 +131,16 @@ mod tests {
             job,
             &check_report(job, refugio_core::CheckOutcome::Clean, 0, t(1_790_000_200)),
         );
+        m.set_wal(
+            job,
+            &refugio_core::listing::WalSeen {
+                files: 2,
+                bytes: 32 << 20,
+                last_archived: Some(t(1_790_000_300)),
+                objects: Vec::new(),
+            },
+        );
+        m.set_archiver_failures(job, 0);
     }
 
     #[test]
@@ -190,6 +204,59 @@ mod tests {
             Some(2.0),
             "a reload keeps the last check's count"
         );
+    }
+
+    /// Every family the registry exposes, as Prometheus stores its samples
+    /// (counters with `_total`), with its type.
+    fn families() -> Vec<(String, String)> {
+        let m = Metrics::new();
+        everything(&m, "trips");
+        let text = m.render();
+        let mut out: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, kind)| match kind {
+                "counter" => (format!("{name}_total"), kind.to_string()),
+                _ => (name.to_string(), kind.to_string()),
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The registry, the contract list, the metrics table of
+    /// docs/configuration.md and scripts/check-deploy's list name the same
+    /// metrics: none is added, renamed or dropped in one place only.
+    #[test]
+    fn the_docs_and_the_deploy_checks_list_every_metric() {
+        let exposed = families();
+        let mut contract: Vec<(String, String)> = CONTRACT
+            .iter()
+            .map(|(n, k)| (n.to_string(), k.to_string()))
+            .collect();
+        contract.sort();
+        assert_eq!(contract, exposed, "CONTRACT against the registry");
+        let names: Vec<&str> = exposed.iter().map(|(n, _)| n.as_str()).collect();
+        let docs = include_str!("../../../docs/configuration.md");
+        let mut documented: Vec<&str> = docs
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `refugio_"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        documented.sort();
+        documented.dedup();
+        let documented: Vec<String> = documented.iter().map(|n| format!("refugio_{n}")).collect();
+        assert_eq!(documented, names, "docs/configuration.md's metrics table");
+        let script = include_str!("../../../scripts/check-deploy");
+        let block = script
+            .split_once("METRICS=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(block, _)| block)
+            .expect("scripts/check-deploy has METRICS=\"…\"");
+        let mut listed: Vec<&str> = block.split_whitespace().collect();
+        listed.sort();
+        assert_eq!(listed, names, "scripts/check-deploy's METRICS");
     }
 
     #[test]

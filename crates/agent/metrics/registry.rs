@@ -222,7 +222,7 @@ impl Metrics {
         register(
             &mut self.registry,
             "refugio_rpo",
-            "Age of the newest verified backup, in seconds; absent while there is none",
+            "Age of the newest verified recovery point, in seconds: a logical job's newest verified backup's data, a physical job's newest archived WAL while the archive is unbroken from a verified base backup; absent while there is none",
             Some(Unit::Seconds),
             self.rpo.clone(),
         );
@@ -338,7 +338,7 @@ impl Metrics {
         register(
             &mut self.registry,
             "refugio_check_damaged_objects",
-            "Artifacts the last repository check found missing or not matching their manifest (and unreadable manifests)",
+            "Artifacts the last repository check found missing or not matching their manifest, unreadable manifests, and gaps and conflicts in a WAL archive",
             None,
             self.check_damaged.clone(),
         );
