@@ -44,7 +44,7 @@ async fn the_walkthrough_config_passes_config_check_against_test_servers() -> Re
         server: ca.server_cert("server")?,
         client_ca: None,
     };
-    let pg = Cluster::start_tls(16, &tls).await?;
+    let mut pg = Cluster::start_tls(16, &tls).await?;
     pg.create_database("trips").await?;
     pg.psql(
         "postgres",
@@ -78,6 +78,17 @@ async fn the_walkthrough_config_passes_config_check_against_test_servers() -> Re
     );
     let path = tmp.path().join("refugio.toml");
     std::fs::write(&path, &text)?;
+    // Step 6 of the walkthrough: the primary archives with wal-push.
+    pg.psql(
+        "postgres",
+        &format!(
+            "ALTER SYSTEM SET archive_mode = 'on'; ALTER SYSTEM SET archive_command = '{} --config {} wal-push %p';",
+            env!("CARGO_BIN_EXE_refugio"),
+            path.display()
+        ),
+    )
+    .await?;
+    pg.restart().await?;
     // The walkthrough installs the client tools on the PATH.
     let mut env = repo.env();
     env.push((
@@ -100,9 +111,13 @@ async fn the_walkthrough_config_passes_config_check_against_test_servers() -> Re
     let text = all_output(&out);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(!text.lines().any(|l| l.starts_with("FAIL")), "{text}");
-    assert!(
-        text.contains("ok   job trips targets: the schedule can meet them"),
-        "{text}"
-    );
+    for line in [
+        "ok   job trips targets: the schedule can meet them",
+        "ok   job pitr physical: REPLICATION, wal_level = replica, archive_mode = on",
+        "ok   job pitr archive_command:",
+        "ok   job trips drills: ephemeral clusters with initdb and postgres 16.",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
     Ok(())
 }

@@ -72,7 +72,7 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             },
             Command::Config {
                 command: ConfigCommand::Check { json },
-            } => config_check::config_check(cfg, cli.config.is_some(), json).await,
+            } => config_check::config_check(cfg, cli.config.clone(), json).await,
         },
         Err(e) => Err(e),
     };

@@ -1,6 +1,7 @@
 //! `refugio config check`: the file, the repository, object lock, every
 //! source, and every `restore_on_signal` target (not the source's cluster).
 
+mod prerequisites;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
@@ -12,10 +13,10 @@ use crate::output::error_chain;
 
 /// One line per check.
 #[derive(Debug, Default, serde::Serialize)]
-struct Check {
-    what: String,
-    ok: bool,
-    detail: String,
+pub(super) struct Check {
+    pub(super) what: String,
+    pub(super) ok: bool,
+    pub(super) detail: String,
     /// Not a failure, but what will go wrong as configured (a target the
     /// schedule cannot meet).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -328,9 +329,13 @@ async fn targets_check(cfg: &Config, job: &Job) -> Vec<Check> {
         .collect()
 }
 
-pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<ExitCode> {
+pub async fn config_check(
+    cfg: Config,
+    config_path: Option<std::path::PathBuf>,
+    json: bool,
+) -> Result<ExitCode> {
     let mut checks = Vec::new();
-    if !from_file {
+    if config_path.is_none() {
         return Err(usage(anyhow!(
             "config check needs a config file (--config FILE or REFUGIO_CONFIG)"
         )));
@@ -353,8 +358,15 @@ pub async fn config_check(cfg: Config, from_file: bool, json: bool) -> Result<Ex
     checks.extend(object_lock_check(&cfg).await);
     checks.extend(encryption_check(&cfg).await);
     checks.push(authentication_check(&cfg));
+    let physical = cfg
+        .jobs
+        .iter()
+        .filter(|j| j.kind == refugio_core::JobKind::Physical)
+        .count();
     for job in &cfg.jobs {
         checks.push(source_check(job).await);
+        checks.extend(prerequisites::physical_checks(job, physical, config_path.as_deref()).await);
+        checks.extend(prerequisites::drill_check(job).await);
         checks.extend(restore_target_check(job).await);
         checks.extend(targets_check(&cfg, job).await);
     }
