@@ -14,8 +14,8 @@ use refugio_core::status::StatusReport;
 use refugio_core::JobKind;
 use refugio_schedule::TaskKind;
 
-use crate::commands::status::span;
 use crate::job::Job;
+use crate::output::span;
 
 /// What the repository says the job's backups and drills take.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -86,6 +86,17 @@ pub fn line(p: &Progress, labels: Labels, elapsed: Duration) -> String {
     if secs > 0.5 {
         parts.push(format!("{}/s", human((rated as f64 / secs) as u64)));
     }
+    // A percentage and what is left at the rate so far, when the total is
+    // known and the count has not passed it.
+    let total = p.total_bytes();
+    if total > 0 && rated <= total {
+        let done = rated as f64 / total as f64;
+        parts.push(format!("{:.0}%", done * 100.0));
+        if secs > 2.0 && rated > 0 {
+            let left = secs * (total - rated) as f64 / rated as f64;
+            parts.push(format!("ETA {}", crate::output::span(left)));
+        }
+    }
     parts.join(" · ")
 }
 
@@ -138,6 +149,10 @@ mod tests {
         );
         let l = line(&p, RESTORE, Duration::from_secs(2));
         assert!(l.ends_with("1.5 MiB/s"), "{l}");
+        // With a total: how far, and what is left at this rate.
+        p.add_total(12 * 1024 * 1024);
+        let l = line(&p, RESTORE, Duration::from_secs(10));
+        assert!(l.ends_with("25% · ETA 30s"), "{l}");
         assert!(!line(&p, CHECK, Duration::ZERO).contains("stored"));
     }
 }

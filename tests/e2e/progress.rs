@@ -92,7 +92,7 @@ async fn progress_is_drawn_on_a_terminal_only_and_not_with_quiet(
     )?;
     assert!(ok, "{shown}");
     assert!(
-        shown.contains("restoring app") && shown.contains("fetched"),
+        shown.contains("restoring app") && shown.contains("fetched") && shown.contains('%'),
         "{shown}"
     );
 

@@ -11,8 +11,7 @@ use std::fmt::Write as _;
 
 use refugio_core::catalog::Entry;
 
-use crate::commands::status::span;
-use crate::output::human;
+use crate::output::{human, span};
 
 pub async fn list(cfg: Config, a: ListArgs) -> Result<ExitCode> {
     let repo = crate::repo::open_existing(&cfg, a.repo.repository.as_deref()).await?;

@@ -161,16 +161,17 @@ fn print_receipt(receipt: &refugio_core::Receipt) {
                 "INCONCLUSIVE (the backup could not be checked; it stays unverified)",
         }
     );
+    use crate::output::duration;
     println!(
-        "  restore + checks: {:.1}s (fetch+restore {:.1}s, analyze {:.1}s, checks {:.1}s); {} tables compared, {} SQL checks",
-        receipt.rto.measured_seconds.unwrap_or_default(),
-        receipt.phases.fetch_restore_seconds,
-        receipt.phases.analyze_seconds,
-        receipt.phases.checks_seconds,
+        "  restore + checks: {} (fetch+restore {}, analyze {}, checks {}); {} tables compared, {} SQL checks",
+        duration(receipt.rto.measured_seconds.unwrap_or_default()),
+        duration(receipt.phases.fetch_restore_seconds),
+        duration(receipt.phases.analyze_seconds),
+        duration(receipt.phases.checks_seconds),
         receipt.counts.len(),
         receipt.checks.len()
     );
-    let secs = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.0}s"));
+    let secs = |s: Option<f64>| s.map_or("-".to_string(), duration);
     println!(
         "  RTO {} (target {}), RPO {} (target {}), largest gap between verified backups {}",
         secs(receipt.rto.measured_seconds),

@@ -18,6 +18,10 @@ pub struct Progress {
     /// Backup: bytes sent to the store (compressed, encrypted). Restore
     /// and drill: bytes fetched from the store.
     pub stored: Arc<AtomicU64>,
+    /// What the displayed counter will reach, when the operation knows
+    /// (restore and drill: the fetched artifacts' stored size; check: the
+    /// bytes it re-reads); 0: unknown (a backup: pg_dump's output).
+    total: AtomicU64,
     phase: Mutex<String>,
 }
 
@@ -36,6 +40,16 @@ impl Progress {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Adds `bytes` to the expected total.
+    pub fn add_total(&self, bytes: u64) {
+        self.total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The expected total; 0 when unknown.
+    pub fn total_bytes(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
     pub fn read_bytes(&self) -> u64 {

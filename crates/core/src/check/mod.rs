@@ -390,6 +390,9 @@ async fn read_artifacts(
     crate::progress::phase(progress, || {
         format!("reading {} artifacts of job {job}", to_read.len())
     });
+    if let Some(p) = progress {
+        p.add_total(to_read.iter().map(|(_, art)| art.stored_size).sum());
+    }
     let mut reads = futures::stream::iter(to_read)
         .map(|(id, art)| async move {
             let key = Repository::key(job, &id, &art.name);

@@ -253,6 +253,9 @@ pub(crate) async fn restore_into(
             .map(|u| (u.clone(), opts.target.with_database(u.database)))
             .collect(),
     };
+    if let Some(p) = &opts.progress {
+        p.add_total(plan.iter().map(|(u, _)| u.artifact.stored_size).sum());
+    }
     restore_units(repo, manifest, &plan, opts).await
 }
 
