@@ -27,7 +27,7 @@ mod tests {
     use std::time::Duration;
 
     /// The contract names, as Prometheus stores the series, with their type.
-    const CONTRACT: [(&str, &str); 31] = [
+    const CONTRACT: [(&str, &str); 33] = [
         ("refugio_backup_last_success_timestamp_seconds", "gauge"),
         ("refugio_backup_last_duration_seconds", "gauge"),
         ("refugio_backup_last_stored_bytes", "gauge"),
@@ -59,6 +59,8 @@ mod tests {
         ("refugio_wal_archived_bytes", "gauge"),
         ("refugio_wal_last_archived_timestamp_seconds", "gauge"),
         ("refugio_wal_archive_failures_total", "counter"),
+        ("refugio_task_running", "gauge"),
+        ("refugio_task_progress_bytes", "gauge"),
     ];
 
     /// A check report of `job` with `outcome` and `damaged` missing artifacts.
@@ -141,6 +143,8 @@ mod tests {
             },
         );
         m.set_archiver_failures(job, 0);
+        m.task_running(job, "backup", true);
+        m.task_progress(job, "backup", 4096);
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub(super) struct SkipLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct TaskLabels {
+    pub(super) backup_job: String,
+    pub(super) task: &'static str,
+}
+
 /// `database` is whatever name the server has (`"`, `\`, newlines):
 /// prometheus-client 0.26+ escapes label values in the text format (0.23
 /// and older wrote them raw), which tests/e2e/hygiene.rs holds with a
@@ -90,6 +96,10 @@ pub struct Metrics {
     pub(super) database_series: Mutex<HashMap<String, Vec<String>>>,
     pub(super) backup_runs: Family<ResultLabels, Counter>,
     pub(super) task_skipped: Family<SkipLabels, Counter>,
+    /// 1 while a task runs, 0 once it ended.
+    pub(super) task_running: Family<TaskLabels, IntGauge>,
+    /// Bytes a running task moved so far; absent when none runs.
+    pub(super) task_progress: Family<TaskLabels, IntGauge>,
     pub(super) drill_runs: Family<ResultLabels, Counter>,
     pub(super) drill_last_timestamp: Family<JobLabels, FloatGauge>,
     pub(super) drill_last_success: Family<JobLabels, IntGauge>,
@@ -142,6 +152,8 @@ impl Metrics {
             database_series: Mutex::new(HashMap::new()),
             backup_runs: Family::default(),
             task_skipped: Family::default(),
+            task_running: Family::default(),
+            task_progress: Family::default(),
             drill_runs: Family::default(),
             drill_last_timestamp: Family::default(),
             drill_last_success: Family::default(),
@@ -369,6 +381,20 @@ impl Metrics {
         );
         register(
             &mut self.registry,
+            "refugio_task_running",
+            "1 while a task of the job runs (backup, drill, restore, prune, check), 0 once it ended",
+            None,
+            self.task_running.clone(),
+        );
+        register(
+            &mut self.registry,
+            "refugio_task_progress",
+            "Bytes a running task moved so far (backup: stored; drill, restore: fetched; check: read), updated every 10 s; absent when it does not run",
+            Some(Unit::Bytes),
+            self.task_progress.clone(),
+        );
+        register(
+            &mut self.registry,
             "refugio_drill_runs",
             "Number of restore drills, by result (success, failure: the backup is bad, inconclusive: it could not be checked)",
             None,
@@ -526,6 +552,14 @@ impl Metrics {
         }
         self.prune_deleted.remove(&l);
         self.wal_failures.remove(&l);
+        for task in ["backup", "drill", "restore", "prune", "check"] {
+            let t = TaskLabels {
+                backup_job: job.to_owned(),
+                task,
+            };
+            self.task_running.remove(&t);
+            self.task_progress.remove(&t);
+        }
         self.wal_failed_seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

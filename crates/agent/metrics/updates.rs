@@ -96,6 +96,31 @@ impl Metrics {
     /// Records a task the scheduler did not start. `task` is `backup`,
     /// `drill` or `prune`; `reason` is `overlap` (still running here) or
     /// `lock` (another replica holds the job's lock).
+    /// A task of `job` started (`running`) or ended.
+    pub fn task_running(&self, job: &str, task: &'static str, running: bool) {
+        let l = super::registry::TaskLabels {
+            backup_job: job.to_owned(),
+            task,
+        };
+        self.task_running.get_or_create(&l).set(i64::from(running));
+        if running {
+            self.task_progress.get_or_create(&l).set(0);
+        } else {
+            self.task_progress.remove(&l);
+        }
+    }
+
+    /// The bytes a running task of `job` moved so far.
+    pub fn task_progress(&self, job: &str, task: &'static str, bytes: u64) {
+        let l = super::registry::TaskLabels {
+            backup_job: job.to_owned(),
+            task,
+        };
+        self.task_progress
+            .get_or_create(&l)
+            .set(saturating_i64(bytes));
+    }
+
     pub fn task_skipped(&self, job: &str, task: &str, reason: &str) {
         self.task_skipped
             .get_or_create(&self.skip_labels(job, task, reason))

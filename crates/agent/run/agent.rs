@@ -366,13 +366,15 @@ impl Agent {
                 {
                     return self.skipped(&job, kind, "another replica already did this run");
                 }
+                let watch = super::watch::Watch::start(Arc::clone(&self.metrics), &job.name, kind);
                 crate::retry::retry(&backoff, &cancel, |attempt| {
                     let (cur, job, cancel) = (cur.clone(), job.clone(), cancel.clone());
+                    let progress = watch.progress();
                     async move {
                         if attempt > 1 {
                             tracing::info!(attempt, "task-retry");
                         }
-                        run_once(&cur.repo, &job, kind, attempt, &cancel).await
+                        run_once(&cur.repo, &job, kind, attempt, &progress, &cancel).await
                     }
                 })
                 .await

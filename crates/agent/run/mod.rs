@@ -20,6 +20,7 @@ mod agent;
 mod done;
 mod outcome;
 mod task;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,9 +4,12 @@
 use anyhow::{anyhow, bail, Context, Result};
 use refugio_core::drill::{self, Pick};
 use refugio_core::prune::DELETE_BATCH;
-use refugio_core::SystemClock;
+use refugio_core::{
+    BackupOptions, CheckOptions, DrillOptions, Progress, RestoreOptions, SystemClock,
+};
 use refugio_schedule::TaskKind;
 use refugio_store::repo::Repository;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::Job;
@@ -26,16 +29,24 @@ pub(super) async fn run_once(
     job: &Job,
     kind: TaskKind,
     attempt: u32,
+    progress: &Arc<Progress>,
     cancel: &CancellationToken,
 ) -> Result<Done> {
+    let progress = Some(Arc::clone(progress));
     match kind {
         TaskKind::Backup => {
-            let opts = job.backup_options(attempt)?;
+            let opts = BackupOptions {
+                progress,
+                ..job.backup_options(attempt)?
+            };
             let m = refugio_core::backup(repo, &opts, &SystemClock, cancel).await?;
             Ok(Done::Backup(Box::new(m)))
         }
         TaskKind::Drill => {
-            let opts = job.scheduled_drill_options()?;
+            let opts = DrillOptions {
+                progress,
+                ..job.scheduled_drill_options()?
+            };
             let (m, history) = drill::pick(repo, &job.name, Pick::Newest).await?;
             let r = refugio_core::drill(repo, &m, &history, &opts, &SystemClock, cancel).await?;
             Ok(Done::Drill(Box::new(r)))
@@ -47,10 +58,13 @@ pub(super) async fn run_once(
             }
             let m = newest_verified(repo, &job.name).await?;
             let sources = job.source_cluster().await.into_iter().collect();
-            let opts = job
-                .signal_restore_options(sources)
-                .with_context(|| format!("job {}", job.name))?
-                .ok_or_else(no_target)?;
+            let opts = RestoreOptions {
+                progress,
+                ..job
+                    .signal_restore_options(sources)
+                    .with_context(|| format!("job {}", job.name))?
+                    .ok_or_else(no_target)?
+            };
             tracing::info!(backup = %m.backup_id, target = %opts.target.redacted(), "restore-started");
             let report = refugio_core::restore(repo, &m, &opts, cancel).await?;
             tracing::info!(backup = %m.backup_id, target = %report.target,
@@ -79,7 +93,10 @@ pub(super) async fn run_once(
         }
         TaskKind::Check => {
             let read_data = job.config.schedule.check_read_data(chrono::Utc::now());
-            let opts = job.check_options(read_data);
+            let opts = CheckOptions {
+                progress,
+                ..job.check_options(read_data)
+            };
             let report = refugio_core::check(repo, &opts, &SystemClock, cancel).await?;
             Ok(Done::Check(Box::new(report)))
         }
