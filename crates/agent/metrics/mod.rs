@@ -27,7 +27,7 @@ mod tests {
     use std::time::Duration;
 
     /// The contract names, as Prometheus stores the series, with their type.
-    const CONTRACT: [(&str, &str); 33] = [
+    const CONTRACT: [(&str, &str); 34] = [
         ("refugio_backup_last_success_timestamp_seconds", "gauge"),
         ("refugio_backup_last_duration_seconds", "gauge"),
         ("refugio_backup_last_stored_bytes", "gauge"),
@@ -60,6 +60,7 @@ mod tests {
         ("refugio_wal_last_archived_timestamp_seconds", "gauge"),
         ("refugio_wal_archive_failures_total", "counter"),
         ("refugio_task_running", "gauge"),
+        ("refugio_job_info", "gauge"),
         ("refugio_task_progress_bytes", "gauge"),
     ];
 
@@ -144,6 +145,7 @@ mod tests {
         );
         m.set_archiver_failures(job, 0);
         m.task_running(job, "backup", true);
+        m.set_job_kind(job, "logical");
         m.task_progress(job, "backup", 4096);
     }
 

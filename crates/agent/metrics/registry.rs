@@ -44,6 +44,12 @@ pub(super) struct SkipLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct KindLabels {
+    pub(super) backup_job: String,
+    pub(super) kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct TaskLabels {
     pub(super) backup_job: String,
     pub(super) task: &'static str,
@@ -98,6 +104,8 @@ pub struct Metrics {
     pub(super) task_skipped: Family<SkipLabels, Counter>,
     /// 1 while a task runs, 0 once it ended.
     pub(super) task_running: Family<TaskLabels, IntGauge>,
+    /// 1 per configured job, labelled with its kind.
+    pub(super) job_info: Family<KindLabels, IntGauge>,
     /// Bytes a running task moved so far; absent when none runs.
     pub(super) task_progress: Family<TaskLabels, IntGauge>,
     pub(super) drill_runs: Family<ResultLabels, Counter>,
@@ -153,6 +161,7 @@ impl Metrics {
             backup_runs: Family::default(),
             task_skipped: Family::default(),
             task_running: Family::default(),
+            job_info: Family::default(),
             task_progress: Family::default(),
             drill_runs: Family::default(),
             drill_last_timestamp: Family::default(),
@@ -381,6 +390,13 @@ impl Metrics {
         );
         register(
             &mut self.registry,
+            "refugio_job_info",
+            "1 for each configured job, with its kind (logical, physical)",
+            None,
+            self.job_info.clone(),
+        );
+        register(
+            &mut self.registry,
             "refugio_task_running",
             "1 while a task of the job runs (backup, drill, restore, prune, check), 0 once it ended",
             None,
@@ -552,6 +568,12 @@ impl Metrics {
         }
         self.prune_deleted.remove(&l);
         self.wal_failures.remove(&l);
+        for kind in ["logical", "physical"] {
+            self.job_info.remove(&KindLabels {
+                backup_job: job.to_owned(),
+                kind,
+            });
+        }
         for task in ["backup", "drill", "restore", "prune", "check"] {
             let t = TaskLabels {
                 backup_job: job.to_owned(),

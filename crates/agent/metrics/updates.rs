@@ -96,6 +96,23 @@ impl Metrics {
     /// Records a task the scheduler did not start. `task` is `backup`,
     /// `drill` or `prune`; `reason` is `overlap` (still running here) or
     /// `lock` (another replica holds the job's lock).
+    /// `job` is configured, of `kind` (`logical`, `physical`): alert rules
+    /// tell the kinds apart by it.
+    pub fn set_job_kind(&self, job: &str, kind: &'static str) {
+        for other in ["logical", "physical"].into_iter().filter(|k| *k != kind) {
+            self.job_info.remove(&super::registry::KindLabels {
+                backup_job: job.to_owned(),
+                kind: other,
+            });
+        }
+        self.job_info
+            .get_or_create(&super::registry::KindLabels {
+                backup_job: job.to_owned(),
+                kind,
+            })
+            .set(1);
+    }
+
     /// A task of `job` started (`running`) or ended.
     pub fn task_running(&self, job: &str, task: &'static str, running: bool) {
         let l = super::registry::TaskLabels {

@@ -164,6 +164,13 @@ impl Agent {
             let targets = &job.config.targets;
             self.metrics
                 .register_job(&job.name, targets.rpo, targets.rto);
+            self.metrics.set_job_kind(
+                &job.name,
+                match job.kind {
+                    refugio_core::JobKind::Logical => "logical",
+                    refugio_core::JobKind::Physical => "physical",
+                },
+            );
             let newest = statuses
                 .get(&job.name)
                 .and_then(|st| st.newest.as_ref().map(|(_, t)| *t));
