@@ -63,3 +63,17 @@ fn every_environment_variable_is_documented() {
         );
     }
 }
+
+/// The configs shipped beside the code load as refugio reads them.
+#[test]
+fn the_shipped_configs_load() {
+    for (path, text) in [
+        ("docker/refugio.toml", include_str!("../../docker/refugio.toml")),
+        ("systemd/refugio.toml.example", include_str!("../../systemd/refugio.toml.example")),
+        ("refugio.example.toml", include_str!("../../refugio.example.toml")),
+    ] {
+        let cfg = crate::config::Config::parse(text, None)
+            .unwrap_or_else(|e| panic!("{path}: {}", crate::output::error_chain(&e)));
+        assert!(!cfg.jobs.is_empty(), "{path}");
+    }
+}
