@@ -68,9 +68,18 @@ fn every_environment_variable_is_documented() {
 #[test]
 fn the_shipped_configs_load() {
     for (path, text) in [
-        ("docker/refugio.toml", include_str!("../../docker/refugio.toml")),
-        ("systemd/refugio.toml.example", include_str!("../../systemd/refugio.toml.example")),
-        ("refugio.example.toml", include_str!("../../refugio.example.toml")),
+        (
+            "docker/refugio.toml",
+            include_str!("../../docker/refugio.toml"),
+        ),
+        (
+            "systemd/refugio.toml.example",
+            include_str!("../../systemd/refugio.toml.example"),
+        ),
+        (
+            "refugio.example.toml",
+            include_str!("../../refugio.example.toml"),
+        ),
     ] {
         let cfg = crate::config::Config::parse(text, None)
             .unwrap_or_else(|e| panic!("{path}: {}", crate::output::error_chain(&e)));

@@ -362,6 +362,42 @@ fn list_text_of_a_fixed_repository() -> Result<()> {
     Ok(())
 }
 
+/// `refugio verify`'s and `refugio check`'s text for people: two receipts
+/// of the fixed repository (a passed and a failed drill) and a check of it
+/// at [`NOW`], made in-process and printed as the binary prints them.
+#[tokio::test]
+async fn verify_and_check_text_of_a_fixed_repository() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let repo = tmp.path().join("repo");
+    fixed_repository(&repo)?;
+    let config = fixed_config(tmp.path(), &repo)?;
+    let cfg = refugio::config::Config::load(&config)?;
+    let repository = open_repository(&cfg, &Repo::Dir(repo.clone())).await?;
+    let mut receipts = refugio_core::receipt::read_all(&repository, "trips").await?;
+    receipts.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut text = String::new();
+    for id in ["20261127T180000Z", "20261128T000000Z"] {
+        let (_, r) = receipts
+            .iter()
+            .find(|(rid, _)| rid == id)
+            .with_context(|| format!("a receipt of {id}"))?;
+        text.push_str(&refugio::commands::verify::receipt_text(r));
+    }
+    let opts = cfg
+        .job(Some("trips"))?
+        .check_options(refugio_core::check::ReadData::None);
+    let report = refugio_core::check(
+        &repository,
+        &opts,
+        &refugio_core::FixedClock(at(NOW)),
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
+    text.push_str(&refugio::commands::check::report_text(&report));
+    insta::assert_snapshot!("verify_and_check_text", text);
+    Ok(())
+}
+
 /// `refugio status`, text and `--json`, of every job at [`NOW`]: the
 /// report made in-process with the jobs resolved from the config (kind,
 /// targets), printed as the binary prints it.

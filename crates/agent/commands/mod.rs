@@ -8,7 +8,7 @@ mod list;
 pub mod prune;
 mod restore;
 pub mod status;
-mod verify;
+pub mod verify;
 mod wal;
 
 use std::process::ExitCode;

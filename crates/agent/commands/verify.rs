@@ -1,5 +1,6 @@
 //! `refugio verify`: a restore drill of one backup.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
@@ -58,7 +59,7 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&receipt)?);
     } else {
-        print_receipt(&receipt);
+        print!("{}", receipt_text(&receipt));
     }
     Ok(match (receipt.passed, receipt.outcome()) {
         (true, _) => ExitCode::SUCCESS,
@@ -146,9 +147,17 @@ fn at_point(
     })
 }
 
-/// A drill's receipt, for people.
-fn print_receipt(receipt: &refugio_core::Receipt) {
-    println!(
+/// A drill's receipt, for people, as `refugio verify` prints it.
+pub fn receipt_text(receipt: &refugio_core::Receipt) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_receipt(&mut out, receipt);
+    out
+}
+
+fn write_receipt(out: &mut String, receipt: &refugio_core::Receipt) -> std::fmt::Result {
+    writeln!(
+        out,
         "drill of backup {} (job {}): {}",
         receipt.backup_id,
         receipt.job,
@@ -160,9 +169,10 @@ fn print_receipt(receipt: &refugio_core::Receipt) {
             (Outcome::Inconclusive, _) =>
                 "INCONCLUSIVE (the backup could not be checked; it stays unverified)",
         }
-    );
+    )?;
     use crate::output::duration;
-    println!(
+    writeln!(
+ out,
         "  restore + checks: {} (fetch+restore {}, analyze {}, checks {}); {} tables compared, {} SQL checks",
         duration(receipt.rto.measured_seconds.unwrap_or_default()),
         duration(receipt.phases.fetch_restore_seconds),
@@ -170,20 +180,22 @@ fn print_receipt(receipt: &refugio_core::Receipt) {
         duration(receipt.phases.checks_seconds),
         receipt.counts.len(),
         receipt.checks.len()
-    );
+    )?;
     let secs = |s: Option<f64>| s.map_or("-".to_string(), duration);
-    println!(
+    writeln!(
+        out,
         "  RTO {} (target {}), RPO {} (target {}), largest gap between verified backups {}",
         secs(receipt.rto.measured_seconds),
         secs(receipt.rto.target_seconds),
         secs(receipt.rpo.measured_seconds),
         secs(receipt.rpo.target_seconds),
         secs(receipt.rpo_detail.largest_gap_seconds)
-    );
+    )?;
     for f in &receipt.failures {
-        println!("  FAIL {f}");
+        writeln!(out, "  FAIL {f}")?;
     }
     for n in &receipt.notes {
-        println!("  NOTE {n}");
+        writeln!(out, "  NOTE {n}")?;
     }
+    Ok(())
 }
