@@ -442,6 +442,15 @@ async fn the_agent_checks_on_schedule_and_exports_the_result() -> Result<()> {
     assert_eq!(agent.metric(damaged)?, Some(0.0));
     let status = agent.stop(Duration::from_secs(30))?;
     assert!(status.success(), "{status}");
+    // The agent recorded its last check: `refugio status` says so, and it
+    // is neither a backup nor garbage.
+    let shown: Value =
+        serde_json::from_str(&refugio_ok(&["--config", cfg, "status", "--json"], &env)?)?;
+    assert_eq!(shown[0]["last_check"]["outcome"], "clean", "{shown}");
+    assert_eq!(shown[0]["backups"], 1, "{shown}");
+    let later = chrono::Utc::now() + chrono::Duration::days(2);
+    let (r, text, _) = check_at(&config, &repo, later).await?;
+    assert_eq!(keys(&r["orphans"]), Vec::<String>::new(), "{text}");
     Ok(())
 }
 

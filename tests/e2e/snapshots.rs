@@ -264,6 +264,13 @@ fn fixed_repository(root: &Path) -> Result<()> {
         br#"{"pinned_at":"2026-11-21T09:00:00Z"}"#,
         at("2026-11-21T09:00:00Z"),
     )?;
+    // The agent's record of its last check: no backup, no garbage.
+    put(
+        root,
+        "trips/checks/last.json",
+        br#"{"job":"trips","outcome":"clean","finished_at":"2026-11-28T07:45:02Z","backups":10,"artifacts":20,"damaged":0,"read_scope":"1/7"}"#,
+        at("2026-11-28T07:45:02Z"),
+    )?;
     // Objects without a manifest and unfinished uploads (partial files),
     // one of each older than the grace period (24 h before NOW).
     for (key, mtime) in [

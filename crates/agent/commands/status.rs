@@ -156,6 +156,29 @@ fn write_report(out: &mut String, r: &StatusReport, now: DateTime<Utc>) -> std::
         "  RTO            {}",
         objective(&r.rto, "never measured")
     )?;
+    match &r.last_check {
+        Some(c) => writeln!(
+            out,
+            "  last check     {}{}, {} ago ({} backups; data read: {})",
+            match c.outcome {
+                refugio_core::CheckOutcome::Clean => "clean",
+                refugio_core::CheckOutcome::Damaged => "DAMAGED",
+                refugio_core::CheckOutcome::Inconclusive => "inconclusive",
+            },
+            if c.damaged > 0 {
+                format!(" ({} damaged)", c.damaged)
+            } else {
+                String::new()
+            },
+            span((now - c.finished_at).num_seconds() as f64),
+            c.backups,
+            c.read_scope
+        )?,
+        None => writeln!(
+            out,
+            "  last check     none recorded (the agent records its scheduled checks)"
+        )?,
+    }
     if !r.pinned.is_empty() {
         writeln!(out, "  pinned         {}", r.pinned.join(", "))?;
     }

@@ -98,6 +98,10 @@ pub(super) async fn run_once(
                 ..job.check_options(read_data)
             };
             let report = refugio_core::check(repo, &opts, &SystemClock, cancel).await?;
+            // For `refugio status`; the check's own result stands either way.
+            if let Err(e) = refugio_core::check::record::record(repo, &report).await {
+                tracing::warn!(error = %refugio_print::chain(&e), "check-not-recorded");
+            }
             Ok(Done::Check(Box::new(report)))
         }
     }

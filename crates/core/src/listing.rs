@@ -70,6 +70,10 @@ pub(crate) async fn list_job_and_wal(
         let Some((id, name)) = rest.split_once('/') else {
             continue;
         };
+        // Nor is the record of the last check.
+        if id == refugio_store::repo::CHECKS_DIR {
+            continue;
+        }
         // The WAL archive of a physical job is not a backup id.
         if id == refugio_store::repo::WAL_DIR {
             wal.files += 1;

@@ -163,6 +163,8 @@ pub struct StatusReport {
     /// The last drill's measured RTO against the RTO target.
     pub rto: Objective,
     pub pinned: Vec<String>,
+    /// The agent's last repository check (None: none recorded).
+    pub last_check: Option<crate::check::record::LastCheck>,
     /// A physical job's WAL archive (None: it has none).
     pub wal: Option<WalRange>,
     /// Backups dated later than now plus the clock tolerance: ignored.
@@ -262,6 +264,7 @@ pub async fn report(
         Some((key, _)) => receipt::read(repo, key).await?,
         None => None,
     };
+    let last_check = crate::check::record::last(repo, job).await?;
     let age = |t: DateTime<Utc>| (now - t).num_milliseconds() as f64 / 1000.0;
     let segments = || {
         st.wal
@@ -295,6 +298,7 @@ pub async fn report(
             failures: r.failures,
         }),
         pinned: st.pinned.clone(),
+        last_check,
         wal: (st.wal.files > 0).then(|| WalRange {
             files: st.wal.files,
             bytes: st.wal.bytes,

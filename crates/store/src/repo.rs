@@ -61,6 +61,9 @@ pub fn valid_segment(s: &str) -> bool {
 /// The folder of a physical job's WAL archive: `<job>/wal/<timeline>/…`.
 /// Never a backup id (those are times: `20261128T060000Z`).
 pub const WAL_DIR: &str = "wal";
+/// Folder of a job's last repository check by the agent
+/// (`<job>/checks/last.json`): not a backup id either.
+pub const CHECKS_DIR: &str = "checks";
 
 /// Name prefix of the objects by which a backup claims its id
 /// ([`Repository::claim_backup_id`]).

@@ -34,6 +34,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::receipt::ReceiptName;
 
+pub mod record;
 mod report;
 pub use report::{
     CheckOutcome, CheckReport, Damaged, DataRead, ForeignObject, Missing, Problem, Unchecked,
@@ -207,8 +208,9 @@ async fn list_ids(repo: &Repository, job: &str) -> Result<BTreeMap<String, IdObj
         let Some((id, name)) = rest.split_once('/') else {
             continue;
         };
-        // The WAL archive of a physical job is not a backup id.
-        if id == refugio_store::repo::WAL_DIR {
+        // The WAL archive of a physical job is not a backup id, nor is
+        // the record of the last check.
+        if id == refugio_store::repo::WAL_DIR || id == refugio_store::repo::CHECKS_DIR {
             continue;
         }
         ids.entry(id.to_string()).or_default().objects.insert(

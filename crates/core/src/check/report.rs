@@ -50,7 +50,7 @@ pub struct ForeignObject {
 }
 
 /// What the check found, as a whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckOutcome {
     /// Everything checked matches its manifest.
