@@ -156,29 +156,7 @@ fn write_report(out: &mut String, r: &StatusReport, now: DateTime<Utc>) -> std::
         "  RTO            {}",
         objective(&r.rto, "never measured")
     )?;
-    match &r.last_check {
-        Some(c) => writeln!(
-            out,
-            "  last check     {}{}, {} ago ({} backups; data read: {})",
-            match c.outcome {
-                refugio_core::CheckOutcome::Clean => "clean",
-                refugio_core::CheckOutcome::Damaged => "DAMAGED",
-                refugio_core::CheckOutcome::Inconclusive => "inconclusive",
-            },
-            if c.damaged > 0 {
-                format!(" ({} damaged)", c.damaged)
-            } else {
-                String::new()
-            },
-            span((now - c.finished_at).num_seconds() as f64),
-            c.backups,
-            c.read_scope
-        )?,
-        None => writeln!(
-            out,
-            "  last check     none recorded (the agent records its scheduled checks)"
-        )?,
-    }
+    write_last_check(out, r.last_check.as_ref(), now)?;
     if !r.pinned.is_empty() {
         writeln!(out, "  pinned         {}", r.pinned.join(", "))?;
     }
@@ -204,6 +182,38 @@ fn write_report(out: &mut String, r: &StatusReport, now: DateTime<Utc>) -> std::
             out,
             "  WARNING        backup {id} is dated in the future (ignored)"
         )?;
+    }
+    Ok(())
+}
+
+/// The agent's last recorded check.
+fn write_last_check(
+    out: &mut String,
+    last: Option<&refugio_core::check::record::LastCheck>,
+    now: DateTime<Utc>,
+) -> std::fmt::Result {
+    match last {
+        Some(c) => writeln!(
+            out,
+            "  last check     {}{}, {} ago ({} backups; data read: {})",
+            match c.outcome {
+                refugio_core::CheckOutcome::Clean => "clean",
+                refugio_core::CheckOutcome::Damaged => "DAMAGED",
+                refugio_core::CheckOutcome::Inconclusive => "inconclusive",
+            },
+            if c.damaged > 0 {
+                format!(" ({} damaged)", c.damaged)
+            } else {
+                String::new()
+            },
+            span((now - c.finished_at).num_seconds() as f64),
+            c.backups,
+            c.read_scope
+        )?,
+        None => writeln!(
+            out,
+            "  last check     none recorded (the agent records its scheduled checks)"
+        )?,
     }
     Ok(())
 }
