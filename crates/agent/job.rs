@@ -19,7 +19,8 @@ use refugio_dump::pattern::DatabaseScope;
 use refugio_dump::{Compression, DumpFormat, SourceSpec};
 use refugio_schedule::{TaskKind, Trigger};
 
-use crate::config::{wal_fetch_command, JobConfig, RepositoryConfig};
+use crate::config::job::{wal_fetch_command, JobConfig};
+use crate::config::repository::RepositoryConfig;
 
 /// One job of the configuration, checked and resolved.
 #[derive(Debug, Clone)]

@@ -7,8 +7,8 @@
 mod agent;
 mod authentication;
 mod encryption;
-mod job;
-mod repository;
+pub mod job;
+pub mod repository;
 pub mod restore_signal;
 mod retention;
 mod schedule;

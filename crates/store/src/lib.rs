@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod error;
 pub mod fs;
+mod layout;
 pub mod location;
 pub mod lock;
 pub mod manifest;

@@ -291,7 +291,7 @@ impl Manifest {
     /// Whether its id (the writer's clock) or its server time is later
     /// than `horizon`: dated in the future.
     pub fn dated_after(&self, horizon: DateTime<Utc>) -> bool {
-        crate::repo::id_time(&self.backup_id).is_some_and(|t| t > horizon)
+        crate::layout::id_time(&self.backup_id).is_some_and(|t| t > horizon)
             || self.server_time() > horizon
     }
 
@@ -468,7 +468,7 @@ impl Manifest {
     fn validate(&self) -> std::result::Result<(), String> {
         let mut names = std::collections::HashSet::new();
         for a in &self.artifacts {
-            if !crate::repo::valid_segment(&a.name) || a.name == "manifest.json" {
+            if !crate::layout::valid_segment(&a.name) || a.name == "manifest.json" {
                 return Err(format!(
                     "artifact name {:?} is not a plain object name",
                     a.name.chars().take(80).collect::<String>()

@@ -12,6 +12,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::auth::{Authentication, Role, MAX_SIGNATURE_BYTES, SIGNATURE_SUFFIX};
 use crate::error::{Error, Result};
+pub use crate::layout::{backup_id, id_time, valid_segment};
 use crate::manifest::{Manifest, MANIFEST_NAME};
 use crate::{ObjectStore, PutOptions};
 
@@ -47,17 +48,6 @@ pub struct Foreign {
     pub reason: String,
 }
 
-/// Whether a job name or backup id can be used as one path segment.
-pub fn valid_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s != "."
-        && s != ".."
-        && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
 /// The folder of a physical job's WAL archive: `<job>/wal/<timeline>/…`.
 /// Never a backup id (those are times: `20261128T060000Z`).
 pub const WAL_DIR: &str = "wal";
@@ -79,26 +69,6 @@ pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_se
 pub struct Claim {
     pub id: String,
     key: String,
-}
-
-/// The start time encoded in a backup id (`20261128T060000Z[-n]`), by
-/// the clock of the host that took it.
-pub fn id_time(id: &str) -> Option<DateTime<Utc>> {
-    let stamp = id.get(..16)?;
-    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
-        .ok()
-        .map(|t| t.and_utc())
-}
-
-/// The backup id for a start time: `20261128T060000Z`, with `-N` appended
-/// when `n > 1` (several backups started in the same second).
-pub fn backup_id(start: DateTime<Utc>, n: u32) -> String {
-    let base = start.format("%Y%m%dT%H%M%SZ").to_string();
-    if n <= 1 {
-        base
-    } else {
-        format!("{base}-{n}")
-    }
 }
 
 impl Repository {
