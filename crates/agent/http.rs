@@ -1,6 +1,8 @@
 //! The agent's HTTP endpoint: `/metrics` (OpenMetrics text), `/healthz`
 //! (the process answers) and `/readyz` (the scheduler runs, the repository
-//! answered its last check and, when required, every job meets its RPO).
+//! answered its last check and, when required, every job meets its RPO);
+//! with `[agent] status_page = true` also `/` (the status page) and
+//! `/status.json` (its data, as `refugio status --json` prints it).
 //! Every other path is 404; other methods on these paths are 405.
 
 use std::collections::BTreeMap;
@@ -15,6 +17,7 @@ use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::page::Board;
 
 /// Content type of the exposition `prometheus_client::encoding::text`
 /// writes: OpenMetrics 1.0 text (it ends with `# EOF` and names counter
@@ -158,6 +161,8 @@ fn one_line(s: &str) -> String {
 struct AppState {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    /// The status page's data; None: the page is off.
+    board: Option<Arc<Board>>,
 }
 
 /// Serves the endpoints on `listener` until `shutdown` is cancelled, then
@@ -168,19 +173,71 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    board: Option<Arc<Board>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(AppState { metrics, health }))
+    let state = AppState {
+        metrics,
+        health,
+        board,
+    };
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
 
 fn router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    let router = match state.board {
+        Some(_) => router
+            .route("/", get(page))
+            .route("/status.json", get(status_json)),
+        None => router,
+    };
+    router.with_state(state)
+}
+
+/// Headers of the page and its data: never cached (a stale "all green" is
+/// worse than none), no script nor anything fetched from elsewhere.
+const PAGE_HEADERS: [(header::HeaderName, &str); 4] = [
+    (header::CACHE_CONTROL, "no-store"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    ),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+];
+
+async fn page(State(state): State<AppState>) -> Response {
+    let Some(board) = &state.board else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let html = crate::page::render(&board.snapshot(), Utc::now());
+    (
+        PAGE_HEADERS,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        html,
+    )
+        .into_response()
+}
+
+async fn status_json(State(state): State<AppState>) -> Response {
+    let Some(board) = &state.board else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match serde_json::to_string_pretty(&board.reports()) {
+        Ok(json) => (
+            PAGE_HEADERS,
+            [(header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -265,6 +322,7 @@ mod tests {
             listener,
             metrics.clone(),
             health.clone(),
+            None,
             shutdown.clone(),
         ));
         Server {

@@ -30,12 +30,12 @@ pub async fn backup(cfg: Config, a: BackupArgs) -> Result<ExitCode> {
     let token = CancellationToken::new();
     crate::signals::cancel_on_stop(token.clone());
     let shown = crate::progress::start(crate::progress::BACKUP);
-    let m = crate::retry::retry(&job.backoff(), &token, |attempt| {
+    let m = crate::task::retry(&job.backoff(), &token, |attempt| {
         let (repo, job, token, shown) = (&repo, &job, &token, &shown);
         async move {
             // The job's lock, held until this attempt is committed or
             // abandoned; an unreachable source is retried like the backup.
-            let _lock = crate::lock::for_command(job, TaskKind::Backup).await?;
+            let _lock = crate::task::for_command(job, TaskKind::Backup).await?;
             let mut opts = job.backup_options(attempt)?;
             opts.progress = shown.as_ref().map(|s| s.progress());
             Ok(refugio_core::backup(repo, &opts, &SystemClock, token).await?)

@@ -137,7 +137,7 @@ pub async fn prune(cfg: Config, a: PruneArgs) -> Result<ExitCode> {
         // A dry run deletes nothing: it needs no lock; nor has a job the
         // config does not name a source to take it on.
         let _lock = match (a.dry_run, job) {
-            (false, Some(job)) => crate::lock::for_command(job, TaskKind::Prune).await?,
+            (false, Some(job)) => crate::task::for_command(job, TaskKind::Prune).await?,
             _ => None,
         };
         reports.push(refugio_core::prune(&repo, &opts, &SystemClock, &token).await?);

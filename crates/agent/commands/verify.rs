@@ -41,7 +41,7 @@ pub async fn verify(cfg: Config, a: VerifyArgs) -> Result<ExitCode> {
             .clone();
     }
     let _lock = match &lock {
-        Some(job) => crate::lock::for_command(job, TaskKind::Drill).await?,
+        Some(job) => crate::task::for_command(job, TaskKind::Drill).await?,
         None => None,
     };
     let token = CancellationToken::new();

@@ -38,6 +38,13 @@ pub struct AgentConfig {
     /// this long (after a check passed once). Default 2m.
     #[serde(default = "default_unready_after", with = "humantime_serde")]
     pub unready_after: Duration,
+    /// A read-only status page at `/` and its data at `/status.json`, on
+    /// the `listen` address (beside `/metrics`). Default false: the page
+    /// shows failure messages (host, database and bucket names), more than
+    /// the metrics do; turn it on where that address is reachable only by
+    /// the people who may see them.
+    #[serde(default)]
+    pub status_page: bool,
     /// JSON POST on every failed task and on the first success after a
     /// failure: `{ url = "https://…", attempts = 3, timeout = "10s" }`.
     #[serde(default)]
@@ -55,6 +62,7 @@ impl Default for AgentConfig {
             backoff: refugio_schedule::Backoff::default(),
             repository_timeout: default_repository_timeout(),
             unready_after: default_unready_after(),
+            status_page: false,
             webhook: None,
         }
     }

@@ -299,13 +299,13 @@ impl RepositoryConfig {
     pub fn wal_fetch_env(&self) -> Vec<(String, std::ffi::OsString)> {
         let mut env = Vec::new();
         if self.url.starts_with("s3://") {
-            env.extend(refugio_dump::environment::inherited(AWS_CHAIN));
+            env.extend(refugio_dump::tools::inherited_env(AWS_CHAIN));
             // The server's HOME is its cluster directory: point the SDK
             // at refugio's own shared files, which it would have read.
             // (As root the server runs as an unprivileged user who could
             // not read root's ~/.aws anyway.)
             if refugio_core::ephemeral::EphemeralCluster::server_uid().is_none() {
-                if let Some(home) = refugio_dump::environment::own_home() {
+                if let Some(home) = refugio_dump::tools::own_home() {
                     for (var, file) in [
                         ("AWS_SHARED_CREDENTIALS_FILE", "credentials"),
                         ("AWS_CONFIG_FILE", "config"),

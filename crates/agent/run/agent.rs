@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
 
 use anyhow::{bail, Result};
 use chrono::Utc;
@@ -18,14 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::done::already_done;
 use super::outcome::{Ended, Told};
-use super::task::run_once;
 use crate::config::Config;
 use crate::http::Health;
 use crate::job::Job;
-use crate::lock::advisory_lock;
 use crate::metrics::Metrics;
+use crate::page::{Board, Failure};
+use crate::task::{self, Ran};
 use crate::webhook::{Event, Outcomes, Webhook};
 
 /// The configuration in force and the repository it names.
@@ -47,6 +45,8 @@ pub(super) struct Agent {
     pub(super) tasks: TaskTracker,
     pub(super) outcomes: Outcomes,
     pub(super) hostname: String,
+    /// What the status page shows (filled only when it is on).
+    pub(super) board: Arc<Board>,
 }
 
 impl Agent {
@@ -71,6 +71,7 @@ impl Agent {
             tasks: TaskTracker::new(),
             outcomes: Outcomes::default(),
             hostname: crate::webhook::hostname(),
+            board: Arc::new(Board::new()),
         }
     }
 
@@ -95,6 +96,9 @@ impl Agent {
             match status.await {
                 Ok(Ok(st)) => {
                     self.publish_status(job, &st);
+                    if cur.cfg.agent.status_page {
+                        self.post_status(&cur, job, &st).await;
+                    }
                     out.insert(job.name.clone(), st);
                 }
                 Ok(Err(e)) => error = Some(refugio_print::chain(&e)),
@@ -108,13 +112,51 @@ impl Agent {
             }
         }
         match error {
-            None => self.health.set_repository(Ok(())),
+            None => {
+                self.health.set_repository(Ok(()));
+                self.board.set_repository(Ok(()), Utc::now());
+            }
             Some(e) => {
                 tracing::warn!(repository = %cur.repo.describe(), error = %e, "repository-check-failed");
-                self.health.set_repository(Err(e));
+                self.health.set_repository(Err(e.clone()));
+                self.board.set_repository(Err(e), Utc::now());
             }
         }
         out
+    }
+
+    /// The status page's view of a job, from the status just read (its
+    /// report reads the newest manifest, the last drill's receipt and the
+    /// last check's record, bounded like the listing).
+    async fn post_status(&self, cur: &Current, job: &Job, st: &JobStatus) {
+        let now = Utc::now();
+        let report = refugio_core::status::report_of(
+            &cur.repo,
+            &job.name,
+            Some(job.kind),
+            job.targets(),
+            now,
+            st,
+        );
+        match tokio::time::timeout(cur.cfg.agent.repository_timeout, report).await {
+            Ok(Ok(report)) => self
+                .board
+                .set_job(&job.name, report, st.history.clone(), now),
+            Ok(Err(e)) => {
+                tracing::warn!(job = %job.name, error = %refugio_print::chain(&e), "status-page-not-updated")
+            }
+            Err(_) => {
+                tracing::warn!(job = %job.name, "status-page-not-updated: the repository did not answer within agent.repository_timeout")
+            }
+        }
+    }
+
+    /// The jobs the status page lists: the configuration's, in its order.
+    pub(super) fn post_jobs(&self) {
+        let cur = self.current();
+        let names: Vec<String> = cur.cfg.jobs.iter().map(|j| j.name.clone()).collect();
+        self.board
+            .set_jobs(&cur.repo.describe(), &self.hostname, &names);
     }
 
     /// A physical job's server: its archiver's failures since the agent
@@ -314,6 +356,7 @@ impl Agent {
                 repo,
             };
         }
+        self.post_jobs();
         Ok(self.check_repository().await)
     }
 
@@ -358,36 +401,10 @@ impl Agent {
         let kind = fire.key.kind;
         let cancel = self.cancel.child_token();
         let backoff = cur.cfg.agent.backoff;
-        // One replica at a time per job: a session advisory lock on the source.
-        let lock = crate::retry::retry(&backoff, &cancel, |_| {
-            let job = job.clone();
-            async move { advisory_lock(&job, kind).await }
-        })
-        .await;
-        let started = Instant::now();
-        let result = match lock {
-            Ok(Some(lock)) => {
-                let _lock = lock.keep();
-                if matches!(fire.reason, FireReason::Schedule | FireReason::CatchUp)
-                    && already_done(&cur.repo, &job, kind, fire.scheduled_at).await
-                {
-                    return self.skipped(&job, kind, "another replica already did this run");
-                }
-                let watch = super::watch::Watch::start(Arc::clone(&self.metrics), &job.name, kind);
-                crate::retry::retry(&backoff, &cancel, |attempt| {
-                    let (cur, job, cancel) = (cur.clone(), job.clone(), cancel.clone());
-                    let progress = watch.progress();
-                    async move {
-                        if attempt > 1 {
-                            tracing::info!(attempt, "task-retry");
-                        }
-                        run_once(&cur.repo, &job, kind, attempt, &progress, &cancel).await
-                    }
-                })
-                .await
-            }
-            Ok(None) => return self.skipped(&job, kind, "another refugio holds this job's lock"),
-            Err(e) => Err(e.context("cannot take the job's lock on its source")),
+        let ran = task::run(&cur.repo, &job, &fire, &backoff, &self.metrics, &cancel).await;
+        let (result, took) = match ran {
+            Ran::Skipped(why) => return self.skipped(&job, kind, why),
+            Ran::Finished(result, took) => (result, took),
         };
         let ended = Ended {
             kind,
@@ -403,7 +420,7 @@ impl Agent {
             ))
             .await;
         }
-        ended.record(&self.metrics, &job.name, started.elapsed());
+        ended.record(&self.metrics, &job.name, took);
         self.refresh_status(&cur, &job).await;
     }
 
@@ -442,6 +459,18 @@ impl Agent {
             return;
         }
         let kind = fire.key.kind.as_str();
+        if !ok {
+            let message = error.clone().unwrap_or_else(|| "failed".into());
+            let at = Utc::now();
+            let (task, verdict) = (kind.to_string(), outcome.unwrap_or("failed").to_string());
+            let failure = Failure {
+                at,
+                task,
+                verdict,
+                message,
+            };
+            self.board.failed(&job.name, failure);
+        }
         let Some(event) = self.outcomes.record(&job.name, kind, ok) else {
             return;
         };

@@ -17,10 +17,7 @@
 //!   `agent.shutdown_timeout`, then the agent exits 0.
 
 mod agent;
-mod done;
 mod outcome;
-mod task;
-mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,7 +69,9 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
         own_tx,
     ));
     let http_stop = CancellationToken::new();
-    let http_task = serve_http(&cfg.agent.listen, &metrics, &health, &http_stop).await?;
+    agent.post_jobs();
+    let board = cfg.agent.status_page.then(|| Arc::clone(&agent.board));
+    let http_task = serve_http(&cfg.agent.listen, &metrics, &health, board, &http_stop).await?;
 
     // Signals are installed before READY, so a USR1 right after start is
     // never the default action (which would kill the process).
@@ -150,12 +149,14 @@ pub async fn run(path: PathBuf, cfg: Config) -> Result<ExitCode> {
     stop_agent(&agent, scheduler, &health, http_stop, http_task).await
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until `stop`
+/// Serves `/metrics`, `/healthz`, `/readyz` (and with a board the status
+/// page) on `listen` until `stop`
 /// (None: `listen` is empty, HTTP is off).
 async fn serve_http(
     listen: &str,
     metrics: &Arc<Metrics>,
     health: &Arc<Health>,
+    board: Option<Arc<crate::page::Board>>,
     stop: &CancellationToken,
 ) -> Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
     if listen.is_empty() {
@@ -169,6 +170,7 @@ async fn serve_http(
         listener,
         Arc::clone(metrics),
         Arc::clone(health),
+        board,
         stop.clone(),
     ))))
 }

@@ -10,9 +10,9 @@ use refugio_core::receipt::Outcome as DrillOutcome;
 use refugio_core::CheckOutcome;
 use refugio_schedule::{FireReason, TaskKind};
 
-use super::task::Done;
 use crate::job::Job;
 use crate::metrics::Metrics;
+use crate::task::Done;
 
 /// A task's end: what it did, or the error that stopped it.
 pub(super) struct Ended {

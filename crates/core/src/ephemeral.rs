@@ -81,7 +81,7 @@ fn server_cmd(
 ) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(tool);
     c.current_dir(dir).stdin(Stdio::null());
-    refugio_dump::environment::clear(&mut c, Some(dir));
+    refugio_dump::tools::clear_env(&mut c, Some(dir));
     c.envs(extra.iter().map(|(k, v)| (k, v)));
     if as_root() {
         c.uid(NOBODY).gid(NOBODY);
@@ -540,7 +540,7 @@ impl Lifeline {
     /// before there was a lifeline.
     fn watch(pid: i32) -> Option<Lifeline> {
         let mut cmd = std::process::Command::new("/bin/sh");
-        refugio_dump::environment::clear_std(&mut cmd, None);
+        refugio_dump::tools::clear_env_std(&mut cmd, None);
         cmd.arg("-c")
             .arg("read -r _; kill -QUIT \"$0\" 2>/dev/null")
             .arg(pid.to_string())

@@ -25,6 +25,7 @@ pub mod feed;
 #[cfg(test)]
 mod fixtures;
 mod gc;
+pub mod history;
 pub mod host;
 pub mod listing;
 pub mod measure;

@@ -39,6 +39,8 @@ pub(crate) struct Listed {
     pub newest_receipt_key: Option<String>,
     /// Bytes of every object.
     pub bytes: u64,
+    /// Every drill receipt: when it was written and what its name says.
+    pub drills: Vec<(DateTime<Utc>, ReceiptName)>,
 }
 
 /// What the listing saw of a physical job's WAL archive (`<job>/wal/`).
@@ -109,6 +111,9 @@ pub(crate) async fn list_job_and_wal(
             // unless another drill said otherwise).
             Some(ReceiptName::Inconclusive) | None => {}
         }
+        if let (Some(r), Some(at)) = (receipt, o.last_modified) {
+            entry.drills.push((at, r));
+        }
         if receipt.is_some() && o.last_modified >= entry.newest_receipt {
             entry.newest_receipt = o.last_modified;
             entry.newest_receipt_key = Some(o.key.clone());
@@ -119,6 +124,42 @@ pub(crate) async fn list_job_and_wal(
         entry.others.push(o.key);
     }
     Ok((listed, wal))
+}
+
+/// The job's newest committed backup not dated later than `horizon` (a
+/// wrong clock's backups are ignored): its id, its time and what the
+/// listing says of it. The one definition [`crate::status`] and
+/// [`newest_run`] share.
+pub(crate) fn newest(
+    listed: &BTreeMap<String, Listed>,
+    horizon: DateTime<Utc>,
+) -> Option<(&str, DateTime<Utc>, &Listed)> {
+    listed
+        .iter()
+        .filter(|(_, l)| l.committed)
+        .filter_map(|(id, l)| id_time(id).map(|t| (id.as_str(), t, l)))
+        .filter(|(_, t, _)| *t <= horizon)
+        .max_by_key(|(_, t, _)| *t)
+}
+
+/// When a job last ran, as one listing says: its newest backup's start
+/// and that backup's newest drill receipt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NewestRun {
+    pub backup: Option<DateTime<Utc>>,
+    pub drilled: Option<DateTime<Utc>>,
+}
+
+/// [`NewestRun`] of `job` from one listing, without reading a manifest or
+/// a receipt: what "did another replica already do this run?" asks.
+pub async fn newest_run(repo: &Repository, job: &str, now: DateTime<Utc>) -> Result<NewestRun> {
+    let (listed, _) = list_job_and_wal(repo, job).await?;
+    Ok(
+        newest(&listed, repo.horizon(now)).map_or_else(NewestRun::default, |(_, t, l)| NewestRun {
+            backup: Some(t),
+            drilled: l.newest_receipt,
+        }),
+    )
 }
 
 #[cfg(test)]

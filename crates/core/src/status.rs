@@ -43,6 +43,8 @@ pub struct JobStatus {
     /// `clock_tolerance` (a writer's clock was wrong): counted in `backups`,
     /// never `newest` nor verified, so scheduling and catch-up ignore them.
     pub future: Vec<String>,
+    /// The last days' backups and drills, from the same listing.
+    pub history: crate::history::History,
 }
 
 /// The job's status from one listing at this host's time; receipts
@@ -61,6 +63,11 @@ pub async fn status_at(repo: &Repository, job: &str, now: DateTime<Utc>) -> Resu
         wal,
         ..JobStatus::default()
     };
+    st.history = crate::history::of(&listed, &st.wal, now);
+    if let Some((id, time, l)) = crate::listing::newest(&listed, horizon) {
+        st.newest = Some((id.to_string(), time));
+        st.newest_drilled_at = l.newest_receipt;
+    }
     // Newest first: once a verified backup is found, older ones need no
     // receipt reads.
     for (id, l) in listed.iter().rev().filter(|(_, l)| l.committed) {
@@ -78,10 +85,6 @@ pub async fn status_at(repo: &Repository, job: &str, now: DateTime<Utc>) -> Resu
         if time > horizon {
             st.future.push(id.clone());
             continue;
-        }
-        if st.newest.as_ref().is_none_or(|(_, t)| time > *t) {
-            st.newest = Some((id.clone(), time));
-            st.newest_drilled_at = l.newest_receipt;
         }
         // Old receipts are fetched only when they could move the answer
         // (the agent calls this every minute).
@@ -243,6 +246,20 @@ pub async fn report(
     now: DateTime<Utc>,
 ) -> Result<StatusReport> {
     let st = status_at(repo, job, now).await?;
+    report_of(repo, job, kind, targets, now, &st).await
+}
+
+/// [`report`] from a status already read (the agent's, every minute): the
+/// newest manifest, the last drill's receipt and the last check's record
+/// are read; the listing is not.
+pub async fn report_of(
+    repo: &Repository,
+    job: &str,
+    kind: Option<crate::JobKind>,
+    targets: Targets,
+    now: DateTime<Utc>,
+    st: &JobStatus,
+) -> Result<StatusReport> {
     let newest = match &st.newest {
         // A manifest no trusted key signed says nothing (logged by the read).
         Some((id, _)) => match repo.read_manifest(job, id).await {

@@ -1,6 +1,7 @@
 //! Physical base backups: `pg_basebackup -D - -Ft -X none` as a stream
 //! (the data directory as one tar on stdout, its `backup_manifest`
-//! injected at the end by pg_basebackup), and what refugio reads out of
+//! injected at the end by pg_basebackup; started by
+//! [`crate::spawn::pg_basebackup`]), and what refugio reads out of
 //! that tar as it passes: `backup_label` (start LSN, timeline, start time)
 //! and `backup_manifest` (the WAL range the backup needs). The stream is
 //! not changed: [`TarWatch`] only looks.
@@ -8,18 +9,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::process::Command;
 
-use crate::conn::SourceSpec;
-use crate::error::{Error, Result};
-use crate::process::ChildOutput;
-use crate::tools::Tool;
 use crate::wal::Lsn;
 
 /// Name of the label file in a base backup.
@@ -29,31 +24,6 @@ pub const BACKUP_MANIFEST: &str = "backup_manifest";
 /// Largest `backup_manifest` kept in memory (it lists every file with its
 /// checksum: about 150 bytes a file).
 pub const MAX_MANIFEST: usize = 64 * 1024 * 1024;
-
-/// Starts `pg_basebackup -D - -Ft -X none --checkpoint=fast` over a
-/// replication connection to `source`; its stdout is the tar of the data
-/// directory. `-X none`: the WAL comes from the archive, so pg_basebackup
-/// ends once the server has archived the backup's last segment.
-pub fn pg_basebackup(tool: &Tool, source: &SourceSpec) -> Result<ChildOutput> {
-    let mut cmd = Command::new(&tool.path);
-    // Cleared environment, C locale: messages in English whatever the
-    // host's locale (they end up in errors that name the tool).
-    source.apply_tool_env(&mut cmd);
-    cmd.stdin(Stdio::null())
-        .kill_on_drop(true)
-        .arg("--no-password")
-        .arg(format!("--dbname={}", source.tool_dbname()))
-        .args(["-D", "-", "-Ft", "-X", "none", "--checkpoint=fast"])
-        .args(["--label", "refugio base backup"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().map_err(|source| Error::Spawn {
-        tool: tool.kind.binary(),
-        path: tool.path.clone(),
-        source,
-    })?;
-    Ok(ChildOutput::new("pg_basebackup", child)?)
-}
 
 /// What `backup_label` says.
 #[derive(Debug, Clone, PartialEq, Eq)]

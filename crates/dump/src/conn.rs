@@ -1,6 +1,6 @@
 //! The source (or target) database: its URL, where the password comes from,
-//! and how it is handed to sqlx and to libpq tools without ever appearing on
-//! a command line or in a message.
+//! its TLS settings, and how they are handed to sqlx and to libpq tools
+//! (the password without ever appearing on a command line or in a message).
 //!
 //! A password may be written in the URL's userinfo (`postgres://u:pw@h/db`)
 //! or as the `password` query parameter (`?password=pw`); both are taken out
@@ -18,16 +18,30 @@
 //! URL, its password file, or libpq's password file (`~/.pgpass`,
 //! `PGPASSFILE`), whose entries name the server they are for.
 
+//!
+//! **TLS** to PostgreSQL: libpq's `sslmode`, `sslrootcert`, `sslcert` and
+//! `sslkey`, written in the URL's query or given as job fields.
+//!
+//! Fields are merged into the URL ([`TlsSettings::merge_into`]), and the URL
+//! is what both sides read: sqlx parses it for refugio's own connections,
+//! and libpq tools (`pg_dump`, `pg_dumpall`, `pg_restore`, `psql`) get it as
+//! `--dbname`. So the two can never disagree. A field and a URL parameter
+//! that say different things are refused: neither silently wins.
+//!
+//! One difference remains between the two clients: sqlx (rustls) trusts the
+//! public web roots *and* `sslrootcert`, libpq only `sslrootcert` (default
+//! `~/.postgresql/root.crt`, which sqlx does not read). With `verify-ca` or
+//! `verify-full`, name `sslrootcert` explicitly.
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use url::Url;
 
 use crate::env_password::{env_password, PGPASSWORD};
 use crate::error::{Error, Result};
-use crate::tls::{self, TlsSettings};
 
 /// Query parameters whose value is a secret, compared after
 /// percent-decoding and ignoring ASCII case: libpq's `password`, and
@@ -143,7 +157,7 @@ impl SourceSpec {
 
     /// The same connection with TLS settings given beside the URL (a job's
     /// `sslmode`, `sslrootcert`, `sslcert`, `sslkey`), merged into the URL
-    /// so that sqlx and the libpq tools both get them (see [`crate::tls`]).
+    /// so that sqlx and the libpq tools both get them (see the module doc).
     /// A setting the URL already has with another value is refused.
     pub fn with_tls(mut self, tls: &TlsSettings) -> Result<Self> {
         tls.merge_into(&mut self.url)
@@ -160,7 +174,7 @@ impl SourceSpec {
     /// Rejects what sqlx cannot parse, and a client certificate without its
     /// key, now, with the redacted URL.
     fn validate(&self) -> Result<()> {
-        tls::check_pairing(&self.url).map_err(|reason| Error::InvalidUrl {
+        check_pairing(&self.url).map_err(|reason| Error::InvalidUrl {
             url: self.redacted(),
             reason,
         })?;
@@ -227,14 +241,14 @@ impl SourceSpec {
     /// first, and a TLS failure says which setting to look at.
     pub async fn connect(&self) -> Result<PgConnection> {
         let opts = self.connect_options()?;
-        tls::check_files(&self.url).map_err(|(param, path, source)| Error::TlsFile {
+        check_files(&self.url).map_err(|(param, path, source)| Error::TlsFile {
             url: self.redacted(),
             param,
             path,
             source,
         })?;
         PgConnection::connect_with(&opts).await.map_err(|source| {
-            match tls::describe_failure(&self.url, source) {
+            match describe_failure(&self.url, source) {
                 Ok((problem, source)) => Error::Tls {
                     url: self.redacted(),
                     problem,
@@ -275,7 +289,7 @@ impl SourceSpec {
         if self.own.is_some() {
             return Vec::new();
         }
-        crate::environment::inherited(crate::environment::LIBPQ_CONNECTION)
+        crate::tools::inherited_env(crate::tools::LIBPQ_CONNECTION)
             .into_iter()
             .filter(|(k, _)| !(k == "PGPASSWORD" && self.password.is_some()))
             .collect()
@@ -287,15 +301,15 @@ impl SourceSpec {
     pub fn tool_home(&self) -> Option<PathBuf> {
         match &self.own {
             Some(own) => Some(own.dir.clone()),
-            None => crate::environment::own_home(),
+            None => crate::tools::own_home(),
         }
     }
 
-    /// A libpq tool's environment, cleared (see [`crate::environment`]):
+    /// A libpq tool's environment, cleared (see [`crate::tools`]):
     /// the allow-list, what it keeps of refugio's environment
     /// ([`Self::inherited_tool_env`]), then [`Self::tool_env`].
     pub fn apply_tool_env(&self, cmd: &mut tokio::process::Command) {
-        crate::environment::clear(cmd, self.tool_home().as_deref());
+        crate::tools::clear_env(cmd, self.tool_home().as_deref());
         cmd.envs(self.inherited_tool_env()).envs(self.tool_env());
     }
 
@@ -418,6 +432,226 @@ fn encode_path_segment(s: &str) -> String {
 /// A path as given in configuration (for password files).
 pub fn expand(p: &str) -> PathBuf {
     PathBuf::from(p)
+}
+
+// TLS: the settings beside a URL, merged into it, and checked.
+
+/// Characters of a query value passed through as they are; everything else
+/// is percent-encoded. `+` is encoded: sqlx would read it as a space where
+/// libpq keeps it.
+const VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The value as libpq writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// TLS settings given beside a URL (a job's `sslmode`, `sslrootcert`,
+/// `sslcert`, `sslkey`). `None`: not set here (the URL's, or libpq's and
+/// sqlx's defaults, apply).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub mode: Option<SslMode>,
+    /// CA certificates (PEM) the server's certificate must chain to.
+    pub root_cert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that ask for one.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, without passphrase).
+    pub key: Option<PathBuf>,
+}
+
+/// A job field that says something else than the URL's parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub param: &'static str,
+    pub in_url: String,
+    pub in_field: String,
+}
+
+impl TlsSettings {
+    /// The settings as libpq query parameters.
+    fn params(&self) -> Vec<(&'static str, String)> {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let mut out = Vec::new();
+        if let Some(mode) = self.mode {
+            out.push(("sslmode", mode.as_str().to_string()));
+        }
+        if let Some(p) = &self.root_cert {
+            out.push(("sslrootcert", path(p)));
+        }
+        if let Some(p) = &self.cert {
+            out.push(("sslcert", path(p)));
+        }
+        if let Some(p) = &self.key {
+            out.push(("sslkey", path(p)));
+        }
+        out
+    }
+
+    /// Appends every setting to `url`'s query, unless the URL already says
+    /// the same; a different value there is a [`Conflict`].
+    pub fn merge_into(&self, url: &mut Url) -> Result<(), Conflict> {
+        let mut query = url.query().unwrap_or_default().to_string();
+        for (param, value) in self.params() {
+            match query_param(url, param) {
+                Some(in_url) if in_url == value => {}
+                Some(in_url) => {
+                    return Err(Conflict {
+                        param,
+                        in_url,
+                        in_field: value,
+                    })
+                }
+                None => {
+                    if !query.is_empty() {
+                        query.push('&');
+                    }
+                    query.push_str(param);
+                    query.push('=');
+                    query.extend(percent_encoding::utf8_percent_encode(&value, VALUE));
+                }
+            }
+        }
+        url.set_query((!query.is_empty()).then_some(query.as_str()));
+        Ok(())
+    }
+}
+
+/// The last value of query parameter `key` (libpq's rule), percent-decoded.
+pub(crate) fn query_param(url: &Url, key: &str) -> Option<String> {
+    url.query()?.split('&').rev().find_map(|segment| {
+        let (k, v) = segment.split_once('=').unwrap_or((segment, ""));
+        let k = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
+        (k == key).then(|| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// What is wrong with the TLS files `url` names, before connecting: a
+/// client certificate without its key (or the other way round), or a file
+/// that cannot be read. Without this check sqlx reports a missing file as
+/// an I/O error without its name, which also reads as connection trouble
+/// worth a retry.
+pub(crate) fn check_files(url: &Url) -> Result<(), (&'static str, PathBuf, std::io::Error)> {
+    for param in ["sslrootcert", "sslcert", "sslkey"] {
+        let Some(value) = query_param(url, param) else {
+            continue;
+        };
+        let path = PathBuf::from(value);
+        if let Err(e) = std::fs::File::open(&path) {
+            return Err((param, path, e));
+        }
+    }
+    Ok(())
+}
+
+/// A client certificate without its key, or a key without its certificate
+/// (sqlx needs both, and libpq would look for the other in
+/// `~/.postgresql`), or `sslrootcert=system` (PostgreSQL 16's "the
+/// system's roots", which sqlx would take for a file name).
+pub(crate) fn check_pairing(url: &Url) -> Result<(), String> {
+    if query_param(url, "sslrootcert").as_deref() == Some("system") {
+        return Err(
+            "sslrootcert=system is not supported (refugio's own connections would read it as a file name); name the CA file"
+                .into(),
+        );
+    }
+    match (
+        query_param(url, "sslcert").is_some(),
+        query_param(url, "sslkey").is_some(),
+    ) {
+        (true, false) => Err("sslcert is set without sslkey; set both".into()),
+        (false, true) => Err("sslkey is set without sslcert; set both".into()),
+        _ => Ok(()),
+    }
+}
+
+/// A TLS failure's cause, without sqlx's wrapping (whose `Io` variant would
+/// make the failure read as connection trouble worth a retry).
+pub type TlsCause = Box<dyn std::error::Error + Send + Sync>;
+
+/// When `e` is a TLS failure: what went wrong, in words that name the
+/// setting to look at (the CA file, the host name, the client
+/// certificate), and its cause; otherwise `e` back.
+pub(crate) fn describe_failure(
+    url: &Url,
+    e: sqlx::Error,
+) -> Result<(String, TlsCause), sqlx::Error> {
+    let mode = query_param(url, "sslmode").unwrap_or_else(|| "prefer".into());
+    let cause: TlsCause = match e {
+        sqlx::Error::Io(io) if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+            match io.into_inner() {
+                Some(inner) => inner,
+                None => return Err(sqlx::Error::Protocol("unreachable: no inner error".into())),
+            }
+        }
+        sqlx::Error::Tls(inner) => inner,
+        other => return Err(other),
+    };
+    let Some(err) = cause.downcast_ref::<rustls::Error>() else {
+        let problem = if cause.to_string().contains("does not support TLS") {
+            format!("the server does not offer TLS (its ssl setting is off), and sslmode={mode} requires it")
+        } else {
+            format!("TLS setup failed (sslmode={mode})")
+        };
+        return Ok((problem, cause));
+    };
+    use rustls::CertificateError as C;
+    let against = match query_param(url, "sslrootcert") {
+        Some(path) => format!("sslrootcert {path}"),
+        None => "the trusted roots (no sslrootcert is set)".into(),
+    };
+    let host = url.host_str().unwrap_or("?");
+    let problem = match err {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
+            "the server's certificate did not verify (sslmode={mode}): it is not signed by a CA in {against}"
+        ),
+        rustls::Error::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            format!(
+                "the server's certificate is not valid for host {host} (sslmode={mode} checks the name; verified against {against})"
+            )
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            format!("the server's certificate has expired (sslmode={mode})")
+        }
+        rustls::Error::InvalidCertificate(_) => {
+            format!("the server's certificate did not verify (sslmode={mode}, against {against})")
+        }
+        rustls::Error::AlertReceived(alert) => format!(
+            "the server ended the TLS handshake ({alert:?}); if it asks for a client certificate, check sslcert and sslkey"
+        ),
+        _ => format!("the TLS handshake failed (sslmode={mode})"),
+    };
+    Ok((problem, cause))
 }
 
 #[cfg(test)]
@@ -685,5 +919,84 @@ mod tests {
         fn make_writer(&'a self) -> LogBuffer {
             self.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).expect("test URL")
+    }
+
+    #[test]
+    fn fields_are_appended_encoded_and_read_back() {
+        let tls = TlsSettings {
+            mode: Some(SslMode::VerifyFull),
+            root_cert: Some("/etc/refugio/ca one+two.pem".into()),
+            cert: None,
+            key: None,
+        };
+        let mut u = url("postgres://u@db:5432/app?application_name=x");
+        tls.merge_into(&mut u).expect("no conflict");
+        assert_eq!(
+            u.as_str(),
+            "postgres://u@db:5432/app?application_name=x&sslmode=verify-full&sslrootcert=/etc/refugio/ca%20one%2Btwo.pem"
+        );
+        assert_eq!(
+            query_param(&u, "sslrootcert").as_deref(),
+            Some("/etc/refugio/ca one+two.pem")
+        );
+        // Merging again is a no-op: the URL already says the same.
+        let before = u.to_string();
+        tls.merge_into(&mut u).expect("same values");
+        assert_eq!(u.as_str(), before);
+    }
+
+    #[test]
+    fn a_field_that_contradicts_the_url_is_a_conflict() {
+        let tls = TlsSettings {
+            mode: Some(SslMode::VerifyFull),
+            ..TlsSettings::default()
+        };
+        let mut u = url("postgres://u@db/app?sslmode=require");
+        let conflict = tls.merge_into(&mut u).expect_err("conflict");
+        assert_eq!(
+            conflict,
+            Conflict {
+                param: "sslmode",
+                in_url: "require".into(),
+                in_field: "verify-full".into()
+            }
+        );
+        let mut same = url("postgres://u@db/app?sslmode=verify-full");
+        tls.merge_into(&mut same).expect("agreeing values");
+        assert_eq!(same.as_str(), "postgres://u@db/app?sslmode=verify-full");
+    }
+
+    #[test]
+    fn certificate_and_key_go_together() {
+        assert!(check_pairing(&url("postgres://h/d?sslcert=/c")).is_err());
+        assert!(check_pairing(&url("postgres://h/d?sslkey=/k")).is_err());
+        assert!(check_pairing(&url("postgres://h/d?sslcert=/c&sslkey=/k")).is_ok());
+        assert!(check_pairing(&url("postgres://h/d")).is_ok());
+    }
+
+    #[test]
+    fn unreadable_files_are_named() {
+        let (param, path, _) =
+            check_files(&url("postgres://h/d?sslrootcert=/no/such/ca.pem")).expect_err("missing");
+        assert_eq!(param, "sslrootcert");
+        assert_eq!(path, PathBuf::from("/no/such/ca.pem"));
+        assert!(check_pairing(&url("postgres://h/d?sslrootcert=system")).is_err());
+    }
+
+    #[test]
+    fn serde_names_are_libpq_s() {
+        let m: SslMode = serde_json::from_str("\"verify-full\"").expect("parses");
+        assert_eq!(m, SslMode::VerifyFull);
+        assert_eq!(m.as_str(), "verify-full");
+        assert!(serde_json::from_str::<SslMode>("\"verify_full\"").is_err());
     }
 }

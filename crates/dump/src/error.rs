@@ -37,7 +37,7 @@ pub enum Error {
         /// The TLS library's error (not wrapped in sqlx's `Io`, which
         /// would read as connection trouble worth a retry).
         #[source]
-        source: crate::tls::TlsCause,
+        source: crate::conn::TlsCause,
     },
 
     #[error("connecting to {url}: {param} {path} cannot be read")]

@@ -9,7 +9,6 @@ pub mod basebackup;
 pub mod compress;
 pub mod conn;
 mod env_password;
-pub mod environment;
 pub mod error;
 pub mod fingerprint;
 pub mod frames;
@@ -20,17 +19,16 @@ pub mod script;
 pub mod snapshot;
 pub mod spawn;
 pub mod sqlstate;
-pub mod tls;
 pub mod tools;
 pub mod wal;
 
 pub use compress::{Compression, CountingReader};
 pub use conn::{OwnServer, SourceSpec, OWN_SERVER_LOG_PREFIX};
+pub use conn::{SslMode, TlsCause, TlsSettings};
 pub use env_password::adopt_env_password;
 pub use error::{Error, Result};
 pub use process::{ChildOutput, StderrTail};
 pub use snapshot::{ServerFacts, Snapshot, TableCount};
-pub use tls::{SslMode, TlsSettings};
 pub use tools::{PgVersion, Tool, ToolKind};
 
 /// Output format of `pg_dump`.

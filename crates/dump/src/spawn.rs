@@ -1,7 +1,7 @@
 //! Command lines of the PostgreSQL tools. The password goes through the
 //! environment (`PGPASSWORD`), never the arguments; `--no-password` makes
 //! a tool fail instead of prompting. A tool's environment is cleared down
-//! to an allow-list ([`crate::environment`]) and the C locale.
+//! to an allow-list ([`crate::tools`]) and the C locale.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -89,6 +89,23 @@ pub fn pg_dump(tool: &Tool, source: &SourceSpec, args: &DumpArgs<'_>) -> Result<
         .stderr(Stdio::piped());
     let child = spawn(tool, cmd)?;
     Ok(ChildOutput::new("pg_dump", child)?)
+}
+
+/// Starts `pg_basebackup -D - -Ft -X none --checkpoint=fast` over a
+/// replication connection to `source`; its stdout is the tar of the data
+/// directory (read as it passes by [`crate::basebackup::TarWatch`]).
+/// `-X none`: the WAL comes from the archive, so pg_basebackup ends once
+/// the server has archived the backup's last segment.
+pub fn pg_basebackup(tool: &Tool, source: &SourceSpec) -> Result<ChildOutput> {
+    let mut cmd = base(tool, source);
+    cmd.arg("--no-password")
+        .arg(format!("--dbname={}", source.tool_dbname()))
+        .args(["-D", "-", "-Ft", "-X", "none", "--checkpoint=fast"])
+        .args(["--label", "refugio base backup"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = spawn(tool, cmd)?;
+    Ok(ChildOutput::new("pg_basebackup", child)?)
 }
 
 /// Starts `pg_dumpall --globals-only` (roles, tablespaces). Without

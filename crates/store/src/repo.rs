@@ -71,6 +71,31 @@ pub struct Claim {
     key: String,
 }
 
+/// A claim's heartbeat ([`Repository::keep_claimed`]): beats while it
+/// lives; [`Heartbeat::stop`] ends it before the claim goes.
+pub struct Heartbeat {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    /// Stops beating; after it returns no beat is in flight, so the
+    /// claim can be deleted without a late beat writing it again.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
 impl Repository {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
         Repository {
@@ -281,7 +306,7 @@ impl Repository {
     /// Rewrites the claim with beat number `n`: a running backup's
     /// heartbeat ([`HEARTBEAT_INTERVAL`]). Prune reads a claim twice, a
     /// few beats apart: a claim that changed belongs to a running backup.
-    pub async fn beat(&self, claim: &Claim, n: u64) -> Result<()> {
+    async fn beat(&self, claim: &Claim, n: u64) -> Result<()> {
         let body = format!("refugio: this backup id is taken\nbeat {n}\n");
         self.store
             .put(&claim.key, Bytes::from(body), PutOptions::default())
@@ -295,6 +320,29 @@ impl Repository {
         if let Err(e) = self.store.delete(&claim.key).await {
             tracing::warn!(key = %claim.key, error = %refugio_print::chain(&e), "orphan-left");
         }
+    }
+
+    /// Starts a running backup's heartbeat: `claim` rewritten every
+    /// [`HEARTBEAT_INTERVAL`] while the returned [`Heartbeat`] lives, so
+    /// prune's garbage collection leaves its claim and uploads alone however
+    /// old they are (a CLI backup holds no lock prune could ask, and an
+    /// agent's lock lives on a database server prune may not reach; the
+    /// repository is what both share). The claim itself is beat 0.
+    pub fn keep_claimed(&self, claim: &Claim) -> Heartbeat {
+        let (repo, claim) = (self.clone(), claim.clone());
+        let task = tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+                n += 1;
+                // A missed beat is retried at the next: prune waits for
+                // several before it calls a claim dead.
+                if let Err(e) = repo.beat(&claim, n).await {
+                    tracing::warn!(backup = %claim.id, error = %refugio_print::chain(&e), "heartbeat-missed");
+                }
+            }
+        });
+        Heartbeat { task: Some(task) }
     }
 
     /// Reads a small object (a manifest, a receipt) whole, refusing one

@@ -9,7 +9,6 @@
 //! which the manifest records).
 
 mod database;
-mod heartbeat;
 mod physical;
 mod stream;
 
@@ -195,7 +194,7 @@ pub async fn backup(
         }
         claim = repo.claim_backup_id(job, started_at) => claim?,
     };
-    let beat = heartbeat::Heartbeat::start(repo, &claim);
+    let beat = repo.keep_claimed(&claim);
     let result = commit_backup(
         repo,
         opts,

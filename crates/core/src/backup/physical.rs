@@ -114,7 +114,7 @@ pub(super) async fn base_backup(
         }
         claim = repo.claim_backup_id(job, started_at) => claim?,
     };
-    let beat = super::heartbeat::Heartbeat::start(repo, &claim);
+    let beat = repo.keep_claimed(&claim);
     let taken = Taken {
         cluster: &cluster,
         tool: &tool,
@@ -161,7 +161,7 @@ async fn take_and_commit(
     };
     let name = format!("{BASE_NAME}{}{seal}", packing.stream.suffix());
     let key = Repository::key(job, id, &name);
-    let child = basebackup::pg_basebackup(taken.tool, &opts.source)?;
+    let child = refugio_dump::spawn::pg_basebackup(taken.tool, &opts.source)?;
     let watch = basebackup::TarWatch::new(
         child,
         &[(BACKUP_LABEL, 64 * 1024), (BACKUP_MANIFEST, MAX_MANIFEST)],

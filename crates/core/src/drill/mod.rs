@@ -71,7 +71,7 @@ pub struct PhysicalDrill {
     pub restore_command: String,
     /// What the restored server (and so `restore_command`) gets of
     /// refugio's environment beyond the allow-list of
-    /// [`refugio_dump::environment`]: the store's credentials, named.
+    /// [`refugio_dump::tools`]: the store's credentials, named.
     /// A hostile base backup's server can read these, and nothing else.
     pub restore_env: Vec<(String, std::ffi::OsString)>,
     /// A role of the backed-up cluster to connect as (the job's source

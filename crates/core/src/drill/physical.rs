@@ -434,7 +434,7 @@ async fn verify_files(
         }
     };
     let mut cmd = tokio::process::Command::new(&tool.path);
-    refugio_dump::environment::clear(&mut cmd, None);
+    refugio_dump::tools::clear_env(&mut cmd, None);
     let out = cmd
         .arg("--no-parse-wal")
         .arg(cluster.data_dir())
