@@ -10,6 +10,7 @@ mod check;
 mod child_env;
 mod clocks;
 mod common;
+mod container;
 mod drill;
 mod encryption;
 mod exclude;
