@@ -41,6 +41,7 @@ mod snapshot_metrics;
 mod snapshot_support;
 mod snapshots;
 mod status;
+mod status_page;
 mod store_faults;
 mod target_identity;
 mod walkthrough;

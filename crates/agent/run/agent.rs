@@ -438,8 +438,19 @@ impl Agent {
             () = self.cancel.cancelled() => None,
             st = tokio::time::timeout(limit, refugio_core::status(&cur.repo, &job.name)) => st.ok(),
         };
-        if let Some(Ok(st)) = status {
-            self.publish_status(job, &st);
+        match status {
+            Some(Ok(st)) => {
+                self.publish_status(job, &st);
+                if cur.cfg.agent.status_page {
+                    self.post_status(cur, job, &st).await;
+                }
+            }
+            // The page says the repository cannot be read; readiness waits
+            // for the minutely check (and its grace period).
+            Some(Err(e)) => self
+                .board
+                .set_repository(Err(refugio_print::chain(&e)), Utc::now()),
+            None => {}
         }
     }
 
