@@ -328,3 +328,114 @@ async fn the_status_page_in_a_browser() -> Result<()> {
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+/// 50 jobs and 10,000 backups (a real backup and its drill receipt cloned
+/// under new ids over the last 30 days): the agent reads them once a
+/// minute, and the page answers from what it read within a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_jobs_and_ten_thousand_backups_answer_within_a_second() -> Result<()> {
+    const JOBS: usize = 50;
+    const PER_JOB: i64 = 200;
+    let tmp = tempfile::tempdir()?;
+    let src = Cluster::start(16).await?;
+    src.create_database("app").await?;
+    refugio_testkit::sample::load_sample(&src, "app").await?;
+    let repo = Repo::dir(tmp.path());
+    let Repo::Dir(repo_dir) = &repo else {
+        unreachable!()
+    };
+    let port = free_port()?;
+    let job_text = |name: &str| {
+        job(
+            name,
+            &src,
+            "app",
+            &format!(
+                "scratch = {:?}\nglobals = false\ntargets = {{ rpo = \"6h\" }}\nschedule = {{ backup = \"0 3 1 1 *\" }}\n",
+                src.url("postgres")
+            ),
+        )
+    };
+    let names: Vec<String> = (0..JOBS).map(|i| format!("job{i:02}")).collect();
+    let jobs: Vec<String> = names.iter().map(|n| job_text(n)).collect();
+    let config = agent_config(tmp.path(), &repo, port, "status_page = true\n", &jobs[..1]);
+    let cfg = config.to_str().context("path")?;
+    let env = repo.env();
+    refugio_ok(&["--config", cfg, "backup", "--job", "job00"], &env)?;
+    let bindir = src.bindir().display().to_string();
+    refugio_ok(
+        &[
+            "--config",
+            cfg,
+            "verify",
+            "--job",
+            "job00",
+            "--pg-bindir",
+            &bindir,
+        ],
+        &env,
+    )?;
+    let template_id = list(&config, &env)?[0]["backup_id"]
+        .as_str()
+        .context("id")?
+        .to_string();
+    let template = repo_dir.join("job00").join(&template_id);
+    let manifest: Value = serde_json::from_slice(&std::fs::read(template.join("manifest.json"))?)?;
+    let receipt = std::fs::read_dir(&template)?
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().to_string_lossy().starts_with("verify-"))
+        .context("the template's receipt")?;
+    let receipt_name = receipt.file_name();
+    let receipt_body = std::fs::read(receipt.path())?;
+    std::fs::remove_dir_all(repo_dir.join("job00"))?;
+    let now = chrono::Utc::now();
+    for name in &names {
+        for n in 0..PER_JOB {
+            let t = now - chrono::Duration::minutes((30 * 24 * 60 - 60) * (PER_JOB - n) / PER_JOB);
+            let id = t.format("%Y%m%dT%H%M%SZ").to_string();
+            let dir = repo_dir.join(name).join(&id);
+            std::fs::create_dir_all(&dir)?;
+            let mut m = manifest.clone();
+            m["job"] = name.as_str().into();
+            m["backup_id"] = id.as_str().into();
+            std::fs::write(dir.join("manifest.json"), serde_json::to_vec(&m)?)?;
+            std::fs::write(dir.join(&receipt_name), &receipt_body)?;
+        }
+    }
+    let config = agent_config(tmp.path(), &repo, port, "status_page = true\n", &jobs);
+    let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
+    wait_until(
+        "the page's data for every job",
+        Duration::from_secs(120),
+        || {
+            let (code, body) = http_get(port, "/status.json")?;
+            Ok(code == 200
+                && serde_json::from_str::<Value>(&body)?
+                    .as_array()
+                    .map_or(0, Vec::len)
+                    == JOBS)
+        },
+    )?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let (code, body) = http_get(port, "/")?;
+        times.push(started.elapsed());
+        assert_eq!(code, 200);
+        assert_eq!(body.matches(r#"<tr class="job""#).count(), JOBS);
+        assert_eq!(
+            body.matches(r#"class="mark backup""#).count(),
+            JOBS * PER_JOB as usize
+        );
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    eprintln!(
+        "status page, {JOBS} jobs and {} backups: answered in {times:?} (median {median:?})",
+        JOBS * PER_JOB as usize
+    );
+    assert!(median < Duration::from_secs(1), "{times:?}");
+    let status = agent.stop(Duration::from_secs(60))?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
