@@ -95,6 +95,19 @@ pub fn require_image(image: &str) -> Result<()> {
     Ok(())
 }
 
+/// Held while a test uses 127.0.0.1:9187 (the port of the image's
+/// HEALTHCHECK, on the host network): the container and compose tests take
+/// turns, also across processes (nextest runs each test in its own).
+pub fn health_port_lock() -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("refugio-test-port-9187.lock"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("locking the port 9187 lock file: {e}"))
+}
+
 /// A container removed (`podman rm -f`) when dropped.
 pub struct Container {
     pub name: String,
@@ -187,6 +200,7 @@ async fn the_shipped_image_backs_up_drills_and_stops_cleanly() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     // The image's HEALTHCHECK asks 127.0.0.1:9187 (host network: the
     // host's port): the port refugio's docs and compose file use.
+    let _port_lock = health_port_lock()?;
     let port = HEALTH_PORT;
     ensure!(
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),

@@ -10,6 +10,7 @@ mod check;
 mod child_env;
 mod clocks;
 mod common;
+mod compose;
 mod container;
 mod drill;
 mod encryption;
