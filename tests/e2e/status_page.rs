@@ -302,6 +302,17 @@ async fn the_status_page_in_a_browser() -> Result<()> {
         "{} bytes",
         png.len()
     );
+    // And as a phone shows it.
+    let phone = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page-phone.png");
+    chromium(
+        profile.path(),
+        &[
+            &format!("--screenshot={}", phone.display()),
+            "--window-size=390,1400",
+            &url,
+        ],
+    )?;
+    assert!(std::fs::read(&phone)?.starts_with(b"\x89PNG"));
 
     // The store goes away: a backup fails, the page stays up and says so,
     // showing what it read before.
