@@ -354,6 +354,18 @@ pub fn free_port() -> Result<u16> {
 
 /// A GET over a plain TCP connection to 127.0.0.1: (status, body).
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let (head, body) = http_get_with_head(port, path)?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    Ok((status, body))
+}
+
+/// A GET as [`http_get`]: the head (status line and headers, as sent)
+/// and the body.
+pub fn http_get_with_head(port: u16, path: &str) -> Result<(String, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
@@ -362,16 +374,8 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((head.to_string(), body.to_string()))
 }
 
 /// The value of the first sample line starting with `prefix`.

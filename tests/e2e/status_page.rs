@@ -6,7 +6,6 @@
 //! timeline's marks) and saves a screenshot under `target/`. Then the
 //! store goes away: the page stays up and says so.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -57,18 +56,13 @@ fn browse(profile: &Path, url: &str) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// The response's head (status line and headers) and body.
-fn get_with_headers(port: u16, path: &str) -> Result<(String, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP head")?;
-    Ok((head.to_ascii_lowercase(), body.to_string()))
+/// Waits until `/status.json` holds a report of `jobs` jobs.
+fn wait_for_reports(port: u16, jobs: usize, limit: Duration) -> Result<()> {
+    wait_until(&format!("the reports of {jobs} jobs"), limit, || {
+        let (code, body) = http_get(port, "/status.json")?;
+        let reports = serde_json::from_str::<Value>(&body).ok();
+        Ok(code == 200 && reports.and_then(|v| v.as_array().map(Vec::len)) == Some(jobs))
+    })
 }
 
 /// The section of the DOM for `job` (its summary row excluded).
@@ -222,26 +216,16 @@ async fn the_status_page_in_a_browser() -> Result<()> {
     refugio_ok(&["--config", cfg, "backup", "--job", "main"], &env)?;
 
     let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
-    wait_until(
-        "the page's data for both jobs",
-        Duration::from_secs(60),
-        || {
-            let (code, body) = http_get(port, "/status.json")?;
-            Ok(code == 200
-                && serde_json::from_str::<Value>(&body)?
-                    .as_array()
-                    .map_or(0, Vec::len)
-                    == 2)
-        },
-    )?;
+    wait_for_reports(port, 2, Duration::from_secs(60))?;
 
     // The page's headers, and its data against `refugio status --json`.
-    let (head, body) = get_with_headers(port, "/")?;
+    let (head, body) = http_get_with_head(port, "/")?;
+    let head = head.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("cache-control: no-store"), "{head}");
     assert!(head.contains("content-type: text/html"), "{head}");
     assert!(!body.contains("<script"), "the page has no script");
-    let (_, json) = get_with_headers(port, "/status.json")?;
+    let (_, json) = http_get_with_head(port, "/status.json")?;
     let served: Value = serde_json::from_str(&json)?;
     let printed: Value =
         serde_json::from_str(&refugio_ok(&["--config", cfg, "status", "--json"], &env)?)?;
@@ -415,18 +399,7 @@ async fn fifty_jobs_and_ten_thousand_backups_answer_within_a_second() -> Result<
     }
     let config = agent_config(tmp.path(), &repo, port, "status_page = true\n", &jobs);
     let agent = Agent::start(&config, &env, port, tmp.path().join("agent.log"))?;
-    wait_until(
-        "the page's data for every job",
-        Duration::from_secs(120),
-        || {
-            let (code, body) = http_get(port, "/status.json")?;
-            Ok(code == 200
-                && serde_json::from_str::<Value>(&body)?
-                    .as_array()
-                    .map_or(0, Vec::len)
-                    == JOBS)
-        },
-    )?;
+    wait_for_reports(port, JOBS, Duration::from_secs(120))?;
     let mut times = Vec::new();
     for _ in 0..5 {
         let started = std::time::Instant::now();
