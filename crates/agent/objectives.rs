@@ -39,6 +39,28 @@ impl Measured {
     }
 }
 
+/// Why `job`'s targets cannot be met, judged from its schedule and what
+/// `repo` says its backups and drills take (the schedule alone without a
+/// repository or when it cannot be read). Empty for a job without targets.
+pub async fn check(
+    repo: Option<&refugio_store::repo::Repository>,
+    job: &Job,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let targets = job.targets();
+    if targets.rpo.is_none() && targets.rto.is_none() {
+        return Vec::new();
+    }
+    let measured = match repo {
+        Some(repo) => refugio_core::status::report(repo, &job.name, Some(job.kind), targets, now)
+            .await
+            .map(|r| Measured::of(&r))
+            .unwrap_or_default(),
+        None => Measured::default(),
+    };
+    warnings(job, measured, now)
+}
+
 /// Why `job`'s targets cannot be met, one sentence each (none: they can,
 /// as far as the schedule and the measurements tell).
 pub fn warnings(job: &Job, measured: Measured, now: DateTime<Utc>) -> Vec<String> {

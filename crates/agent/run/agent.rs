@@ -251,16 +251,7 @@ impl Agent {
         let cur = self.current();
         let now = Utc::now();
         for job in &cur.cfg.jobs {
-            let targets = job.targets();
-            if targets.rpo.is_none() && targets.rto.is_none() {
-                continue;
-            }
-            let measured =
-                refugio_core::status::report(&cur.repo, &job.name, Some(job.kind), targets, now)
-                    .await
-                    .map(|r| crate::objectives::Measured::of(&r))
-                    .unwrap_or_default();
-            for w in crate::objectives::warnings(job, measured, now) {
+            for w in crate::objectives::check(Some(&cur.repo), job, now).await {
                 tracing::warn!(job = %job.name, "target-unreachable: {w}");
             }
         }

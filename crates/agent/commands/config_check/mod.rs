@@ -301,15 +301,8 @@ async fn targets_check(cfg: &Config, job: &Job) -> Vec<Check> {
     if targets.rpo.is_none() && targets.rto.is_none() {
         return Vec::new();
     }
-    let now = chrono::Utc::now();
-    let measured = match crate::repo::open_existing(cfg, None).await {
-        Ok(repo) => refugio_core::status::report(&repo, &job.name, Some(job.kind), targets, now)
-            .await
-            .map(|r| crate::objectives::Measured::of(&r))
-            .unwrap_or_default(),
-        Err(_) => crate::objectives::Measured::default(),
-    };
-    let warnings = crate::objectives::warnings(job, measured, now);
+    let repo = crate::repo::open_existing(cfg, None).await.ok();
+    let warnings = crate::objectives::check(repo.as_ref(), job, chrono::Utc::now()).await;
     if warnings.is_empty() {
         return vec![Check {
             what: format!("job {} targets", job.name),
