@@ -168,6 +168,23 @@ async fn a_database_host_can_neither_forge_a_backup_nor_get_a_good_one_deleted_a
     let sig: Value = serde_json::from_slice(&std::fs::read(dir1.join("manifest.json.sig"))?)?;
     assert_eq!(sig["key_id"], a1_id.as_str(), "{sig}");
 
+    // A forged record of a clean repository check, unsigned: read where
+    // nothing is authenticated, ignored by an authenticated status.
+    let checks = tmp.path().join("repo/app/checks");
+    std::fs::create_dir_all(&checks)?;
+    let forged = serde_json::json!({
+        "job": "app", "outcome": "clean", "finished_at": chrono::Utc::now(),
+        "backups": 1, "artifacts": 1, "damaged": 0, "read_scope": "all",
+    });
+    std::fs::write(checks.join("last.json"), serde_json::to_vec(&forged)?)?;
+    let st: Value =
+        serde_json::from_str(&refugio_ok(&["--config", &plain, "status", "--json"], &[])?)?;
+    assert_eq!(st[0]["last_check"]["outcome"], "clean", "{st}");
+    let st: Value =
+        serde_json::from_str(&refugio_ok(&["--config", &agent, "status", "--json"], &[])?)?;
+    assert_eq!(st[0]["last_check"], Value::Null, "{st}");
+    std::fs::remove_dir_all(&checks)?;
+
     // The database host's key signs WAL, not backups: refused before any
     // work, nothing written.
     let db_host = config_file(

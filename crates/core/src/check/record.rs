@@ -70,9 +70,17 @@ pub async fn last(repo: &Repository, job: &str) -> Result<Option<LastCheck>> {
         }
         Err(e) => return Err(e.into()),
     }
-    Ok(serde_json::from_slice(&bytes)
+    let record: Option<LastCheck> = serde_json::from_slice(&bytes)
         .inspect_err(|e| tracing::warn!(key, error = %e, "check-record-unreadable"))
-        .ok())
+        .ok();
+    // Another job's record, copied here, says nothing of this one.
+    Ok(record.filter(|r| {
+        let ours = r.job == job;
+        if !ours {
+            tracing::warn!(key, of = %r.job, "check-record-of-another-job: ignored");
+        }
+        ours
+    }))
 }
 
 #[cfg(test)]
@@ -96,6 +104,14 @@ mod tests {
             (CheckOutcome::Clean, 3, 0)
         );
         assert_eq!(got.finished_at, at);
+        // Copied under another job, it is not that job's record.
+        let copied = repo.read_small(&key("app"), MAX_BYTES).await.expect("read");
+        let copied = copied.expect("the record");
+        repo.store()
+            .put(&key("web"), copied, refugio_store::PutOptions::default())
+            .await
+            .expect("copy");
+        assert_eq!(last(&repo, "web").await.expect("read"), None);
         // Neither a backup id for status and prune, nor an orphan.
         let st = crate::status::status(&repo, "app").await.expect("status");
         assert_eq!(st.backups, 0);
