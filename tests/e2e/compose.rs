@@ -258,6 +258,209 @@ async fn drilled_backup(
     Ok(None)
 }
 
+/// Ports of the stack's services on the host network.
+struct Ports {
+    primary: u16,
+    replica: u16,
+    refugio: u16,
+    prometheus: u16,
+    alertmanager: u16,
+}
+
+/// The shipped refugio.toml and prometheus.yml, pointed at this stack's
+/// addresses and the test bucket, and the override with `dir` in it, all
+/// written into `dir`; returns the override's path.
+fn write_configs(
+    dir: &Path,
+    ports: &Ports,
+    target: &s3::S3Target,
+    prefix: &str,
+) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let refugio_toml = substitute(
+        &std::fs::read_to_string(repo_path("docker/refugio.toml"))?,
+        "docker/refugio.toml",
+        &[
+            (
+                "listen = \"0.0.0.0:9187\"",
+                format!("listen = \"127.0.0.1:{}\"", ports.refugio),
+            ),
+            (
+                "url = \"s3://refugio-backups/demo\"",
+                format!("url = \"s3://{}/{prefix}\"", target.bucket),
+            ),
+            (
+                "region = \"us-east-1\"",
+                format!("region = {:?}", target.region),
+            ),
+            (
+                "endpoint = \"http://s3:9000\"",
+                format!("endpoint = {:?}", target.endpoint),
+            ),
+            ("@replica:5432/", format!("@127.0.0.1:{}/", ports.replica)),
+            ("@primary:5432/", format!("@127.0.0.1:{}/", ports.primary)),
+        ],
+    )?;
+    let prometheus_yml = substitute(
+        &std::fs::read_to_string(repo_path("docker/prometheus/prometheus.yml"))?,
+        "docker/prometheus/prometheus.yml",
+        &[
+            ("scrape_interval: 15s", "scrape_interval: 2s".into()),
+            ("evaluation_interval: 15s", "evaluation_interval: 2s".into()),
+            (
+                "\"alertmanager:9093\"",
+                format!("\"127.0.0.1:{}\"", ports.alertmanager),
+            ),
+            (
+                "\"refugio:9187\"",
+                format!("\"127.0.0.1:{}\"", ports.refugio),
+            ),
+        ],
+    )?;
+    // Read by the containers' users (refugio's uid 10001 among them).
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for (name, text) in [
+        ("refugio.toml", &refugio_toml),
+        ("prometheus.yml", &prometheus_yml),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    let override_file = dir.join("compose.test.yml");
+    std::fs::write(
+        &override_file,
+        std::fs::read_to_string(repo_path("docker/test/compose.test.yml"))?
+            .replace("${RT_DIR}", &dir.display().to_string()),
+    )?;
+    Ok(override_file)
+}
+
+/// Both jobs backed up and drilled by refugio's catch-up, the primary's
+/// WAL archived.
+async fn assert_backed_up_and_drilled(
+    stack: &Stack,
+    store: &std::sync::Arc<dyn refugio_store::ObjectStore>,
+) -> Result<()> {
+    // The replica may still be cloning when refugio starts: the agent retries.
+    let long = Duration::from_secs(300);
+    let (m, r) = wait_for(stack, "a drilled backup of trips", long, || {
+        drilled_backup(store, "trips")
+    })
+    .await?;
+    assert_eq!(
+        m["server"]["in_recovery"], true,
+        "dumped from the replica: {m}"
+    );
+    assert!(
+        m["tables"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "trips" && t["rows"] == 10000)),
+        "{m}"
+    );
+    assert_eq!(r["passed"], true, "{r}");
+    assert_eq!(r["checks"][0]["ok"], true, "{r}");
+    let (m, r) = wait_for(stack, "a drilled backup of pitr", long, || {
+        drilled_backup(store, "pitr")
+    })
+    .await?;
+    assert_eq!(m["job"], "pitr", "{m}");
+    assert_eq!(
+        m["server"]["in_recovery"], false,
+        "the primary's cluster: {m}"
+    );
+    assert_eq!(r["passed"], true, "{r}");
+    // The primary archives its WAL with the image's refugio (wal-push).
+    wait_for(
+        stack,
+        "WAL archived by the primary",
+        Duration::from_secs(120),
+        || async { Ok((!keys(store, "pitr/wal/").await?.is_empty()).then_some(())) },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Prometheus scrapes refugio (up, and refugio's series of both jobs), has
+/// every alert rule of docker/prometheus/alerts.yml loaded and healthy, and
+/// sends to the stack's Alertmanager, which runs the shipped config.
+async fn assert_monitored(stack: &Stack, ports: &Ports) -> Result<()> {
+    let (prometheus, alertmanager) = (ports.prometheus, ports.alertmanager);
+    wait_for(
+        stack,
+        "Prometheus: up{job=\"refugio\"} == 1",
+        Duration::from_secs(60),
+        || async {
+            let r = prom_query(prometheus, "up%7Bjob%3D%22refugio%22%7D")?;
+            Ok((r.len() == 1 && r[0]["value"][1] == "1").then_some(()))
+        },
+    )
+    .await?;
+    wait_for(
+        stack,
+        "Prometheus: refugio's backup metrics",
+        Duration::from_secs(60),
+        || async {
+            let r = prom_query(prometheus, "refugio_backup_last_success_timestamp_seconds")?;
+            let jobs: Vec<&str> = r
+                .iter()
+                .filter_map(|s| s["metric"]["backup_job"].as_str())
+                .collect();
+            Ok((jobs.contains(&"trips") && jobs.contains(&"pitr")).then_some(()))
+        },
+    )
+    .await?;
+    let shipped = std::fs::read_to_string(repo_path("docker/prometheus/alerts.yml"))?
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    let rules = get_json(prometheus, "/api/v1/rules")?;
+    let groups = rules["data"]["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let group = groups
+        .iter()
+        .find(|g| g["name"] == "refugio")
+        .context("no rule group refugio")?;
+    let loaded = group["rules"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        loaded.len(),
+        shipped,
+        "every alert rule of alerts.yml loaded: {group}"
+    );
+    assert!(
+        loaded.iter().all(|r| r["health"] == "ok"),
+        "rules evaluate: {group}"
+    );
+    let url = format!("127.0.0.1:{alertmanager}");
+    wait_for(
+        stack,
+        "Prometheus sees Alertmanager",
+        Duration::from_secs(60),
+        || async {
+            let v = get_json(prometheus, "/api/v1/alertmanagers")?;
+            let active = v["data"]["activeAlertmanagers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            Ok(active
+                .iter()
+                .any(|a| a["url"].as_str().is_some_and(|u| u.contains(&url)))
+                .then_some(()))
+        },
+    )
+    .await?;
+    let status = get_json(alertmanager, "/api/v2/status")?;
+    assert!(
+        status["config"]["original"]
+            .as_str()
+            .is_some_and(|c| c.contains("receiver: team")),
+        "the shipped alertmanager.yml: {status}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_stack_backs_up_drills_and_is_scraped() -> Result<()> {
     for image in IMAGES {
@@ -275,72 +478,25 @@ async fn the_compose_stack_backs_up_drills_and_is_scraped() -> Result<()> {
     let prefix = s3::unique_prefix("compose");
     let store = open_s3(&target, &prefix).await?;
 
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect::<Result<_>>()?;
-    let (primary, replica, prometheus, alertmanager) = (ports[0], ports[1], ports[2], ports[3]);
-    // refugio on the host network: the port of the image's HEALTHCHECK.
+    // refugio on the host network listens on the port of the image's
+    // HEALTHCHECK; the others on free ports.
     let _port_lock = health_port_lock()?;
-    let refugio = 9187;
+    let free: Vec<u16> = (0..4).map(|_| free_port()).collect::<Result<_>>()?;
+    let ports = Ports {
+        primary: free[0],
+        replica: free[1],
+        refugio: 9187,
+        prometheus: free[2],
+        alertmanager: free[3],
+    };
     ensure!(
-        std::net::TcpListener::bind(("127.0.0.1", refugio)).is_ok(),
-        "port {refugio} on 127.0.0.1 is taken: refugio's container needs it; stop what listens there"
+        std::net::TcpListener::bind(("127.0.0.1", ports.refugio)).is_ok(),
+        "port {} on 127.0.0.1 is taken: refugio's container needs it; stop what listens there",
+        ports.refugio
     );
-
-    // The shipped configs, pointed at this stack's addresses.
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let refugio_toml = substitute(
-        &std::fs::read_to_string(repo_path("docker/refugio.toml"))?,
-        "docker/refugio.toml",
-        &[
-            (
-                "listen = \"0.0.0.0:9187\"",
-                format!("listen = \"127.0.0.1:{refugio}\""),
-            ),
-            (
-                "url = \"s3://refugio-backups/demo\"",
-                format!("url = \"s3://{}/{prefix}\"", target.bucket),
-            ),
-            (
-                "region = \"us-east-1\"",
-                format!("region = {:?}", target.region),
-            ),
-            (
-                "endpoint = \"http://s3:9000\"",
-                format!("endpoint = {:?}", target.endpoint),
-            ),
-            ("@replica:5432/", format!("@127.0.0.1:{replica}/")),
-            ("@primary:5432/", format!("@127.0.0.1:{primary}/")),
-        ],
-    )?;
-    let prometheus_yml = substitute(
-        &std::fs::read_to_string(repo_path("docker/prometheus/prometheus.yml"))?,
-        "docker/prometheus/prometheus.yml",
-        &[
-            ("scrape_interval: 15s", "scrape_interval: 2s".into()),
-            ("evaluation_interval: 15s", "evaluation_interval: 2s".into()),
-            (
-                "\"alertmanager:9093\"",
-                format!("\"127.0.0.1:{alertmanager}\""),
-            ),
-            ("\"refugio:9187\"", format!("\"127.0.0.1:{refugio}\"")),
-        ],
-    )?;
-    for (name, text) in [
-        ("refugio.toml", &refugio_toml),
-        ("prometheus.yml", &prometheus_yml),
-    ] {
-        let path = dir.join(name);
-        std::fs::write(&path, text)?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    }
-
-    let override_file = dir.join("compose.test.yml");
-    std::fs::write(
-        &override_file,
-        std::fs::read_to_string(repo_path("docker/test/compose.test.yml"))?
-            .replace("${RT_DIR}", &dir.display().to_string()),
-    )?;
+    let override_file = write_configs(dir, &ports, &target, &prefix)?;
     let project = format!("refugio-test-{}", std::process::id());
     let stack = Stack {
         bin,
@@ -348,10 +504,13 @@ async fn the_compose_stack_backs_up_drills_and_is_scraped() -> Result<()> {
         project: project.clone(),
         env: vec![
             ("RT_DIR".into(), dir.display().to_string()),
-            ("RT_PRIMARY_PORT".into(), primary.to_string()),
-            ("RT_REPLICA_PORT".into(), replica.to_string()),
-            ("RT_PROMETHEUS_PORT".into(), prometheus.to_string()),
-            ("RT_ALERTMANAGER_PORT".into(), alertmanager.to_string()),
+            ("RT_PRIMARY_PORT".into(), ports.primary.to_string()),
+            ("RT_REPLICA_PORT".into(), ports.replica.to_string()),
+            ("RT_PROMETHEUS_PORT".into(), ports.prometheus.to_string()),
+            (
+                "RT_ALERTMANAGER_PORT".into(),
+                ports.alertmanager.to_string(),
+            ),
             ("RT_S3_ENDPOINT".into(), target.endpoint.clone()),
             ("RT_S3_REGION".into(), target.region.clone()),
             ("AWS_ACCESS_KEY_ID".into(), target.access_key.clone()),
@@ -378,111 +537,8 @@ async fn the_compose_stack_backs_up_drills_and_is_scraped() -> Result<()> {
             stack.all_logs()
         );
     }
-
-    // refugio's catch-up backs up both jobs (the replica may still be
-    // cloning: the agent retries) and drills each after its backup.
-    let long = Duration::from_secs(300);
-    let (m, r) = wait_for(&stack, "a drilled backup of trips", long, || {
-        drilled_backup(&store, "trips")
-    })
-    .await?;
-    assert_eq!(
-        m["server"]["in_recovery"], true,
-        "dumped from the replica: {m}"
-    );
-    assert!(
-        m["tables"]
-            .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["name"] == "trips" && t["rows"] == 10000)),
-        "{m}"
-    );
-    assert_eq!(r["passed"], true, "{r}");
-    assert_eq!(r["checks"][0]["ok"], true, "{r}");
-    let (m, r) = wait_for(&stack, "a drilled backup of pitr", long, || {
-        drilled_backup(&store, "pitr")
-    })
-    .await?;
-    assert_eq!(m["job"], "pitr", "{m}");
-    assert_eq!(r["passed"], true, "{r}");
-    // The primary archives its WAL with the image's refugio (wal-push).
-    wait_for(
-        &stack,
-        "WAL archived by the primary",
-        Duration::from_secs(120),
-        || async { Ok((!keys(&store, "pitr/wal/").await?.is_empty()).then_some(())) },
-    )
-    .await?;
-
-    // Prometheus scrapes refugio and has its rules; Alertmanager is its
-    // alertmanager.
-    let up_query = "up%7Bjob%3D%22refugio%22%7D";
-    wait_for(
-        &stack,
-        "Prometheus: up{job=\"refugio\"} == 1",
-        Duration::from_secs(60),
-        || async {
-            let r = prom_query(prometheus, up_query)?;
-            Ok((r.len() == 1 && r[0]["value"][1] == "1").then_some(()))
-        },
-    )
-    .await?;
-    wait_for(
-        &stack,
-        "Prometheus: refugio's backup metrics",
-        Duration::from_secs(60),
-        || async {
-            let r = prom_query(prometheus, "refugio_backup_last_success_timestamp_seconds")?;
-            let jobs: Vec<&str> = r
-                .iter()
-                .filter_map(|s| s["metric"]["backup_job"].as_str())
-                .collect();
-            Ok((jobs.contains(&"trips") && jobs.contains(&"pitr")).then_some(()))
-        },
-    )
-    .await?;
-    let rules = get_json(prometheus, "/api/v1/rules")?;
-    let groups = rules["data"]["groups"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let group = groups
-        .iter()
-        .find(|g| g["name"] == "refugio")
-        .context("no rule group refugio")?;
-    let loaded = group["rules"].as_array().cloned().unwrap_or_default();
-    assert!(loaded.len() >= 5, "refugio's alert rules loaded: {group}");
-    assert!(
-        loaded.iter().all(|r| r["health"] != "err"),
-        "rules evaluate: {group}"
-    );
-    wait_for(
-        &stack,
-        "Prometheus sees Alertmanager",
-        Duration::from_secs(60),
-        || async {
-            let v = get_json(prometheus, "/api/v1/alertmanagers")?;
-            let active = v["data"]["activeAlertmanagers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            Ok(active
-                .iter()
-                .any(|a| {
-                    a["url"]
-                        .as_str()
-                        .is_some_and(|u| u.contains(&format!("127.0.0.1:{alertmanager}")))
-                })
-                .then_some(()))
-        },
-    )
-    .await?;
-    let status = get_json(alertmanager, "/api/v2/status")?;
-    assert!(
-        status["config"]["original"]
-            .as_str()
-            .is_some_and(|c| c.contains("team")),
-        "{status}"
-    );
+    assert_backed_up_and_drilled(&stack, &store).await?;
+    assert_monitored(&stack, &ports).await?;
 
     // down -v: nothing of the project is left.
     stack.run(&["down", "-v", "-t", "30"])?;
