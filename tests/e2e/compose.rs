@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use crate::common::*;
-use crate::container::{health_port_lock, podman, podman_ok, require_image};
+use crate::container::{health_port_lock, podman, podman_ok, remove_stale, require_image};
 
 const SERVICES: &[&str] = &[
     "primary",
@@ -481,6 +481,7 @@ async fn the_compose_stack_backs_up_drills_and_is_scraped() -> Result<()> {
     // refugio on the host network listens on the port of the image's
     // HEALTHCHECK; the others on free ports.
     let _port_lock = health_port_lock()?;
+    remove_stale()?;
     let free: Vec<u16> = (0..4).map(|_| free_port()).collect::<Result<_>>()?;
     let ports = Ports {
         primary: free[0],

@@ -108,6 +108,36 @@ pub fn health_port_lock() -> Result<nix::fcntl::Flock<std::fs::File>> {
         .map_err(|(_, e)| anyhow::anyhow!("locking the port 9187 lock file: {e}"))
 }
 
+/// Removes what a killed earlier run of these tests left (its Drop never
+/// ran): containers and volumes named `refugio-test-<pid>…` whose process
+/// is gone. A leftover container would hold port 9187.
+pub fn remove_stale() -> Result<()> {
+    let stale = |name: &str| {
+        name.strip_prefix("refugio-test-")
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            })
+    };
+    let containers = podman_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        "name=^refugio-test-",
+        "--format",
+        "{{.Names}}",
+    ])?;
+    for name in containers.lines().filter(|n| stale(n)) {
+        podman_ok(&["rm", "-f", "-t", "0", name])?;
+    }
+    let volumes = podman_ok(&["volume", "ls", "--format", "{{.Name}}"])?;
+    for name in volumes.lines().filter(|n| stale(n)) {
+        podman_ok(&["volume", "rm", "-f", name])?;
+    }
+    Ok(())
+}
+
 /// A container removed (`podman rm -f`) when dropped.
 pub struct Container {
     pub name: String,
@@ -201,6 +231,7 @@ async fn the_shipped_image_backs_up_drills_and_stops_cleanly() -> Result<()> {
     // The image's HEALTHCHECK asks 127.0.0.1:9187 (host network: the
     // host's port): the port refugio's docs and compose file use.
     let _port_lock = health_port_lock()?;
+    remove_stale()?;
     let port = HEALTH_PORT;
     ensure!(
         std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
