@@ -540,6 +540,15 @@ async fn the_compose_stack_backs_up_drills_and_is_scraped() -> Result<()> {
     }
     assert_backed_up_and_drilled(&stack, &store).await?;
     assert_monitored(&stack, &ports).await?;
+    // The shipped config turns the status page on: both jobs on it.
+    let (code, page) = http_get(ports.refugio, "/")?;
+    ensure!(code == 200, "the status page answered {code}");
+    for job in ["trips", "pitr"] {
+        ensure!(
+            page.contains(&format!(r#"<tr class="job" data-job="{job}""#)),
+            "job {job} is not on the status page:\n{page}"
+        );
+    }
 
     // down -v: nothing of the project is left.
     stack.run(&["down", "-v", "-t", "30"])?;
