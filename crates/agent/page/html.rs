@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use refugio_core::status::StatusReport;
 
-use super::{Failure, JobView, Snapshot};
+use super::{age, esc, Failure, JobView, Snapshot};
 
 /// A job's state at a glance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -402,27 +402,6 @@ fn finish(mut found: Vec<(Light, String)>) -> (Light, Vec<String>) {
     found.sort_by_key(|f| std::cmp::Reverse(f.0));
     let light = found.first().map_or(Light::Green, |f| f.0);
     (light, found.into_iter().map(|f| f.1).collect())
-}
-
-/// A duration in seconds, for people (`45s`, `12m`, `7h 5m`, as `refugio status` writes them).
-pub fn age(seconds: f64) -> String {
-    crate::output::span(seconds.max(0.0))
-}
-
-/// `s` escaped for HTML text and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -147,6 +147,27 @@ impl Board {
     }
 }
 
+/// A duration in seconds, for people (`45s`, `12m`, `7h 5m`, as `refugio status` writes them).
+pub(crate) fn age(seconds: f64) -> String {
+    crate::output::span(seconds.max(0.0))
+}
+
+/// `s` escaped for HTML text and attribute values.
+pub(crate) fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use refugio_core::history::History;
 
-use super::html::{age, esc};
+use super::{age, esc};
 
 const WIDTH: f64 = 720.0;
 const LEFT: f64 = 70.0;

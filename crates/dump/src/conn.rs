@@ -595,9 +595,7 @@ pub(crate) fn check_pairing(url: &Url) -> Result<(), String> {
     }
 }
 
-/// A TLS failure's cause, without sqlx's wrapping (whose `Io` variant would
-/// make the failure read as connection trouble worth a retry).
-pub type TlsCause = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::error::TlsCause;
 
 /// When `e` is a TLS failure: what went wrong, in words that name the
 /// setting to look at (the CA file, the host name, the client

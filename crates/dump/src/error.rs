@@ -6,6 +6,10 @@ use std::process::ExitStatus;
 /// Result of the dump crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A TLS failure's cause, without sqlx's wrapping (whose `Io` variant would
+/// make the failure read as connection trouble worth a retry).
+pub type TlsCause = Box<dyn std::error::Error + Send + Sync>;
+
 /// What went wrong talking to PostgreSQL or running its tools. A message
 /// never repeats its `#[source]`: print an error with its chain (anyhow's
 /// `{:#}`, `refugio_print::chain`), and each cause appears once.
@@ -37,7 +41,7 @@ pub enum Error {
         /// The TLS library's error (not wrapped in sqlx's `Io`, which
         /// would read as connection trouble worth a retry).
         #[source]
-        source: crate::conn::TlsCause,
+        source: TlsCause,
     },
 
     #[error("connecting to {url}: {param} {path} cannot be read")]
