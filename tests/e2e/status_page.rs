@@ -133,6 +133,9 @@ async fn the_status_page_in_a_browser() -> Result<()> {
     src.create_database("app").await?;
     refugio_testkit::sample::load_sample(&src, "app").await?;
     let port = free_port()?;
+    // A password in the source URL (unused: the cluster trusts local
+    // connections) that must appear nowhere on the page.
+    const SECRET: &str = "page-Secret-pw1";
     let trips = job(
         "trips",
         &src,
@@ -141,7 +144,12 @@ async fn the_status_page_in_a_browser() -> Result<()> {
             "scratch = {:?}\nglobals = false\ntargets = {{ rpo = \"6h\" }}\nschedule = {{ backup = \"0 3 1 1 *\" }}\n",
             src.url("postgres")
         ),
+    )
+    .replace(
+        &format!("source = {:?}", src.url("app")),
+        &format!("source = {:?}", src.url_as("postgres", Some(SECRET), "app")),
     );
+    assert!(trips.contains(SECRET), "{trips}");
     let main = format!(
         "name = \"main\"\nkind = \"physical\"\nsource = {:?}\npg_bindir = {:?}\nschedule = {{ backup = \"0 3 1 1 *\" }}\n",
         src.url("postgres"),
@@ -269,6 +277,10 @@ async fn the_status_page_in_a_browser() -> Result<()> {
     assert!(m.contains(r#"class="mark wal""#), "{m}");
     assert!(m.contains("no backup is verified by a drill yet"), "{m}");
     assert!(!dom.contains(r#"id="repository-problem""#));
+    assert!(
+        !dom.contains(SECRET) && !json.contains(SECRET),
+        "a secret on the page"
+    );
 
     // A screenshot for people to look at.
     let shot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/status-page.png");
@@ -317,6 +329,7 @@ async fn the_status_page_in_a_browser() -> Result<()> {
     let t = section(&dom, "trips");
     assert_eq!(t.matches(r#"class="mark backup""#).count(), 3, "{t}");
     assert!(t.contains("backup failed"), "{t}");
+    assert!(!dom.contains(SECRET), "a secret on the page");
     std::fs::remove_file(repo_dir)?;
     std::fs::rename(&away, repo_dir)?;
     let status = agent.stop(Duration::from_secs(60))?;
