@@ -79,6 +79,8 @@ impl Setup {
 #[rstest]
 #[case::pg15(15)]
 #[case::pg16(16)]
+#[case::pg17(17)]
+#[case::pg18(18)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_good_backup_passes_its_drill(#[case] major: u32) -> Result<()> {
     let s = setup(

@@ -1,5 +1,5 @@
 //! End-to-end tests of the `refugio` binary against real PostgreSQL
-//! clusters (15 and 16) and real S3 servers (moto, Garage) started by
+//! clusters (15 to 18) and real S3 servers (moto, Garage) started by
 //! `scripts/services start` (or `scripts/test`).
 
 mod agent;

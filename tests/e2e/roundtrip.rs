@@ -170,6 +170,8 @@ async fn round_trip(
 #[rstest]
 #[case::pg15_dir(15, Backend::Dir)]
 #[case::pg16_dir(16, Backend::Dir)]
+#[case::pg17_dir(17, Backend::Dir)]
+#[case::pg18_dir(18, Backend::Dir)]
 #[case::pg15_moto(15, Backend::Moto)]
 #[case::pg16_moto(16, Backend::Moto)]
 #[case::pg15_garage(15, Backend::Garage)]

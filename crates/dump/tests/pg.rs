@@ -25,6 +25,8 @@ fn opts() -> SnapshotOptions {
 #[rstest]
 #[case(15)]
 #[case(16)]
+#[case(17)]
+#[case(18)]
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_counts_match_and_dump_reads_it(#[case] major: u32) -> Result<()> {
     let c = Cluster::start(major).await?;

@@ -255,6 +255,8 @@ fn pgbench(c: &Cluster, args: &[&str]) -> Result<std::process::Child> {
 #[rstest]
 #[case::pg16(16)]
 #[case::pg15(15)]
+#[case::pg17(17)]
+#[case::pg18(18)]
 #[tokio::test(flavor = "multi_thread")]
 async fn recovery_to_a_point_in_time_and_across_a_timeline_switch(
     #[case] major: u32,
