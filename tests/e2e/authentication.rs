@@ -294,6 +294,30 @@ async fn a_database_host_can_neither_forge_a_backup_nor_get_a_good_one_deleted_a
     assert_eq!(pruned["foreign"], serde_json::json!([id2]), "{pruned}");
     assert_eq!(pruned["deleted_backups"], serde_json::json!([]), "{pruned}");
     assert!(dir1.join("manifest.json").exists() && dir2.join("manifest.json").exists());
+
+    // The status page believes no receipt by its name: the forged
+    // backup's copied "ok" is drawn unsigned, the good one's passed.
+    let port = free_port()?;
+    let paged = tmp.path().join("paged.toml");
+    std::fs::write(
+        &paged,
+        format!(
+            "{}\n[agent]\nlisten = \"127.0.0.1:{port}\"\nstatus_page = true\n",
+            std::fs::read_to_string(&agent)?
+        ),
+    )?;
+    let running = Agent::start(&paged, &[], port, tmp.path().join("agent.log"))?;
+    let limit = std::time::Duration::from_secs(60);
+    wait_until("the page's vetted timeline", limit, || {
+        let (code, body) = http_get(port, "/")?;
+        Ok(code == 200 && body.contains("mark drill unsigned"))
+    })?;
+    let (_, page) = http_get(port, "/")?;
+    for (verdict, id) in [("unsigned", &id2), ("passed", &id1)] {
+        let mark = format!(r#"class="mark drill {verdict}" data-backup="{id}""#);
+        assert!(page.contains(&mark), "{mark}: {page}");
+    }
+    running.stop(limit)?;
     observed(
         48,
         &format!(

@@ -42,7 +42,8 @@ svg.timeline{width:100%;height:auto;background:#fafafa;border:1px solid #eee}
 .timeline .grid{stroke:#e4e4e4}
 .mark.backup{stroke:#1565c0;stroke-width:2}
 .mark.drill.passed{fill:#2e7d32}.mark.drill.failed{fill:#c62828}
-.mark.drill.inconclusive{fill:#f9a825}.mark.drill.unknown{fill:#9e9e9e}
+.mark.drill.inconclusive{fill:#f9a825}.mark.drill.unknown,.mark.drill.unchecked{fill:#9e9e9e}
+.mark.drill.unsigned{fill:#fff;stroke:#c62828;stroke-width:2}
 .rpo{fill:none;stroke:#6a1b9a;stroke-width:1.5}.rpo-target{stroke:#c62828;stroke-dasharray:4 3}
 .mark.wal{fill:#80cbc4}
 .failures li{margin-bottom:.3rem}.failures code{white-space:pre-wrap;word-break:break-word}
@@ -408,7 +409,7 @@ fn finish(mut found: Vec<(Light, String)>) -> (Light, Vec<String>) {
 mod tests {
     use super::*;
     use chrono::Duration;
-    use refugio_core::history::{DrillMark, History};
+    use refugio_core::history::{DrillMark, History, Pass};
     use refugio_core::status::{LastBackup, LastDrill, Objective};
 
     fn now() -> DateTime<Utc> {
@@ -471,8 +472,13 @@ mod tests {
                 at: t + Duration::minutes(10),
                 backup_id: id.clone(),
                 verdict: if i == n - 1 { drill } else { "passed" },
+                key: format!("{job}/{id}/verify.json"),
             });
-            h.verified_steps.push((t + Duration::minutes(10), t));
+            h.passes.push(Pass {
+                at: t + Duration::minutes(10),
+                backup_start: t,
+                key: format!("{job}/{id}/verify.json"),
+            });
             h.backups.push((id, t));
         }
         JobView {

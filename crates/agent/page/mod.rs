@@ -14,22 +14,30 @@
 mod html;
 mod timeline;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 use refugio_core::history::History;
 use refugio_core::status::StatusReport;
+use refugio_store::repo::Repository;
 
 pub use html::render;
 
 /// Failures kept per job.
 pub const FAILURES_KEPT: usize = 5;
 
+/// Receipt signatures checked per refresh at most (the rest wait for the
+/// next: a long history is vetted over a few minutes, never in one go).
+const VETTED_PER_REFRESH: usize = 32;
+
 /// What the page shows, as the agent last read it.
 #[derive(Debug, Default)]
 pub struct Board {
     state: Mutex<Snapshot>,
+    /// In an authenticated repository: whether a receipt named passed is
+    /// signed by a trusted agent, by key (receipts do not change).
+    signed: Mutex<HashMap<String, bool>>,
 }
 
 /// A copy of the board for one request.
@@ -130,6 +138,45 @@ impl Board {
         if list.len() > FAILURES_KEPT {
             list.remove(0);
         }
+    }
+
+    /// In an authenticated repository, checks the signatures of the
+    /// receipts `history` names passed that are not checked yet, a few per
+    /// call (once per receipt: receipts do not change); a store that fails
+    /// leaves them for the next call.
+    pub async fn check_signatures(&self, repo: &Repository, history: &History) {
+        if repo.authentication().is_none() {
+            return;
+        }
+        let unknown: Vec<String> = {
+            let signed = self.signed.lock().unwrap_or_else(PoisonError::into_inner);
+            history
+                .pass_keys()
+                .filter(|k| !signed.contains_key(*k))
+                .take(VETTED_PER_REFRESH)
+                .map(String::from)
+                .collect()
+        };
+        for key in unknown {
+            let ok = refugio_core::receipt::any_authentic(repo, std::slice::from_ref(&key)).await;
+            if let Ok(ok) = ok {
+                self.signed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key, ok);
+            }
+        }
+    }
+
+    /// In an authenticated repository, keeps the passes of `history` whose
+    /// receipts a trusted agent signed; the others are marked `unsigned`
+    /// or (not checked yet) `unchecked`, and move no RPO.
+    pub fn vet(&self, repo: &Repository, history: &mut History) {
+        if repo.authentication().is_none() {
+            return;
+        }
+        let signed = self.signed.lock().unwrap_or_else(PoisonError::into_inner);
+        history.vet(|k| signed.get(k).copied());
     }
 
     pub fn snapshot(&self) -> Snapshot {

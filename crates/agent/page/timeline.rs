@@ -118,9 +118,10 @@ fn rpo(s: &mut String, h: &History, target: Option<f64>, x: &dyn Fn(DateTime<Utc
     };
     // (time, RPO seconds) at each corner.
     let mut corners: Vec<(DateTime<Utc>, f64)> = Vec::new();
-    for (i, (at, start)) in h.verified_steps.iter().enumerate() {
+    let steps = h.verified_steps();
+    for (i, (at, start)) in steps.iter().enumerate() {
         let begin = (*at).max(from);
-        let end = h.verified_steps.get(i + 1).map_or(to, |n| n.0).min(to);
+        let end = steps.get(i + 1).map_or(to, |n| n.0).min(to);
         if end < begin {
             continue;
         }

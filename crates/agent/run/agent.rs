@@ -139,9 +139,13 @@ impl Agent {
             st,
         );
         match tokio::time::timeout(cur.cfg.agent.repository_timeout, report).await {
-            Ok(Ok(report)) => self
-                .board
-                .set_job(&job.name, report, st.history.clone(), now),
+            Ok(Ok(report)) => {
+                let mut history = st.history.clone();
+                let checked = self.board.check_signatures(&cur.repo, &history);
+                let _ = tokio::time::timeout(cur.cfg.agent.repository_timeout, checked).await;
+                self.board.vet(&cur.repo, &mut history);
+                self.board.set_job(&job.name, report, history, now)
+            }
             Ok(Err(e)) => {
                 tracing::warn!(job = %job.name, error = %refugio_print::chain(&e), "status-page-not-updated")
             }

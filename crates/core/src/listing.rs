@@ -39,8 +39,8 @@ pub(crate) struct Listed {
     pub newest_receipt_key: Option<String>,
     /// Bytes of every object.
     pub bytes: u64,
-    /// Every drill receipt: when it was written and what its name says.
-    pub drills: Vec<(DateTime<Utc>, ReceiptName)>,
+    /// Every drill receipt: when it was written, what its name says, its key.
+    pub drills: Vec<(DateTime<Utc>, ReceiptName, String)>,
 }
 
 /// What the listing saw of a physical job's WAL archive (`<job>/wal/`).
@@ -112,7 +112,7 @@ pub(crate) async fn list_job_and_wal(
             Some(ReceiptName::Inconclusive) | None => {}
         }
         if let (Some(r), Some(at)) = (receipt, o.last_modified) {
-            entry.drills.push((at, r));
+            entry.drills.push((at, r, o.key.clone()));
         }
         if receipt.is_some() && o.last_modified >= entry.newest_receipt {
             entry.newest_receipt = o.last_modified;
