@@ -347,6 +347,11 @@ async fn kill_9_during_prune_leaves_only_orphans_that_the_next_prune_collects() 
     child.kill()?; // SIGKILL
     child.wait()?;
     proxy.set(Slowdown::NONE);
+    // A delete the proxy still holds reaches the store after the kill:
+    // let it land before looking (else the next prune may list a manifest
+    // that is gone by the time it reads it, keep that backup as unreadable,
+    // and leave its artifacts for the run after).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 
     // Every manifest still there has all its artifacts.
     let keys: Vec<String> = store.list("app/").map_ok(|o| o.key).try_collect().await?;
